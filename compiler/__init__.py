@@ -1,0 +1,1 @@
+"""tide.compiler: ONNX -> import -> kernel substitution -> per-target schedule -> plan -> artifact."""

@@ -1,0 +1,160 @@
+/*
+ * tide runtime: the public C API.
+ *
+ * Executes a compiled tide artifact (see docs/artifact-format.md) with no TVM library at run time.
+ *
+ * Objects and ownership
+ *   tide_model_t    a loaded, validated artifact: plan, kernel library, memory-mapped weights.
+ *                   Immutable after load. Reference counted: tide_model_retain/tide_model_release.
+ *   tide_session_t  what one caller needs to run a model: the arena, the decode state and a thread
+ *                   pool. Created from a model (which it retains), released with
+ *                   tide_session_release.
+ *   tide_status_t   NULL means success. A non-NULL status is owned by the caller and must be freed
+ *                   with tide_status_free; it carries a code and a message.
+ *
+ * Thread safety
+ *   A tide_model_t may be shared by any number of threads and sessions. A tide_session_t must be
+ *   used by one thread at a time; different sessions may run concurrently. There is no global
+ *   mutable state; while a session runs, its kernels find their thread pool and error slot through
+ *   a thread-local pointer that the session sets on the calling thread and on its own workers.
+ */
+#ifndef TIDE_RUNTIME_H_
+#define TIDE_RUNTIME_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define TIDE_API __attribute__((visibility("default")))
+
+typedef enum tide_status_code_e {
+  TIDE_STATUS_OK = 0,
+  TIDE_STATUS_INVALID_ARGUMENT = 1, /* a caller's argument is wrong (name, dtype, shape, NULL) */
+  TIDE_STATUS_NOT_FOUND = 2,        /* no such file, entry, input */
+  TIDE_STATUS_DATA_LOSS = 3,        /* artifact truncated, corrupt, checksum mismatch */
+  TIDE_STATUS_UNIMPLEMENTED = 4,    /* format version, target or feature this runtime lacks */
+  TIDE_STATUS_RESOURCE_EXHAUSTED = 5, /* out of memory, threads */
+  TIDE_STATUS_INTERNAL = 6,         /* a kernel reported an error */
+  TIDE_STATUS_UNAVAILABLE = 7,      /* a device driver or device is missing */
+} tide_status_code_t;
+
+typedef struct tide_status_s* tide_status_t;
+
+TIDE_API tide_status_code_t tide_status_code(tide_status_t status);
+/* The message; valid until tide_status_free. "OK" for NULL. */
+TIDE_API const char* tide_status_message(tide_status_t status);
+TIDE_API void tide_status_free(tide_status_t status);
+
+/* Element types, DLPack codes: (code, bits). */
+typedef struct tide_dtype_s {
+  uint8_t code; /* 0 int, 1 uint, 2 float, 4 bfloat, 6 bool */
+  uint8_t bits;
+  uint16_t lanes; /* always 1 */
+} tide_dtype_t;
+
+#define TIDE_MAX_RANK 8
+
+/* A tensor passed in or out of tide_session_run. `data` is host memory on the CPU target. */
+typedef struct tide_tensor_s {
+  void* data;
+  tide_dtype_t dtype;
+  int32_t ndim;
+  int64_t shape[TIDE_MAX_RANK];
+} tide_tensor_t;
+
+typedef enum tide_io_role_e {
+  TIDE_IO_DATA = 0,  /* supplied by the caller on every run / a fresh result */
+  TIDE_IO_STATE = 1, /* bound to a session state tensor, updated in place */
+} tide_io_role_t;
+
+/* Describes one input, output or state of a model (strings owned by the model). */
+typedef struct tide_tensor_info_s {
+  const char* name;
+  tide_dtype_t dtype;
+  int32_t ndim;
+  int64_t shape[TIDE_MAX_RANK];
+  tide_io_role_t role;
+  int32_t state_index; /* for role STATE: which state; -1 otherwise */
+} tide_tensor_info_t;
+
+/* ---- model ---------------------------------------------------------------------------------- */
+
+typedef struct tide_model_s tide_model_t;
+
+typedef struct tide_model_options_s {
+  uint32_t struct_size;      /* sizeof(tide_model_options_t), set by _initialize */
+  int32_t verify_checksums;  /* 1 (default): check every section's CRC at load */
+} tide_model_options_t;
+
+TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options);
+
+/* Loads and validates an artifact. options may be NULL (defaults). */
+TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,
+                                            tide_model_t** out_model);
+TIDE_API void tide_model_retain(tide_model_t* model);
+TIDE_API void tide_model_release(tide_model_t* model);
+
+/* "cpu", "cuda" or "ascend". */
+TIDE_API const char* tide_model_target(const tide_model_t* model);
+/* The METADATA section as a NUL-terminated JSON string ("{}" when absent). */
+TIDE_API const char* tide_model_metadata(const tide_model_t* model);
+
+TIDE_API int32_t tide_model_entry_count(const tide_model_t* model);
+TIDE_API const char* tide_model_entry_name(const tide_model_t* model, int32_t entry);
+TIDE_API tide_status_t tide_model_find_entry(const tide_model_t* model, const char* name,
+                                             int32_t* out_entry);
+TIDE_API int32_t tide_model_input_count(const tide_model_t* model, int32_t entry);
+TIDE_API int32_t tide_model_output_count(const tide_model_t* model, int32_t entry);
+TIDE_API tide_status_t tide_model_input_info(const tide_model_t* model, int32_t entry, int32_t index,
+                                             tide_tensor_info_t* out_info);
+TIDE_API tide_status_t tide_model_output_info(const tide_model_t* model, int32_t entry,
+                                              int32_t index, tide_tensor_info_t* out_info);
+TIDE_API int32_t tide_model_state_count(const tide_model_t* model);
+TIDE_API tide_status_t tide_model_state_info(const tide_model_t* model, int32_t index,
+                                             tide_tensor_info_t* out_info);
+/* Memory plan figures: largest arena over entries, total state bytes, weight bytes. */
+TIDE_API void tide_model_memory(const tide_model_t* model, uint64_t* out_arena_bytes,
+                                uint64_t* out_state_bytes, uint64_t* out_weight_bytes);
+
+/* ---- session -------------------------------------------------------------------------------- */
+
+typedef struct tide_session_s tide_session_t;
+
+typedef struct tide_session_options_s {
+  uint32_t struct_size; /* sizeof(tide_session_options_t), set by _initialize */
+  int32_t num_threads;  /* 0 (default): one per online CPU; 1: no worker threads */
+} tide_session_options_t;
+
+TIDE_API void tide_session_options_initialize(tide_session_options_t* out_options);
+
+TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_session_options_t* options,
+                                           tide_session_t** out_session);
+TIDE_API void tide_session_release(tide_session_t* session);
+
+/* Zero-fills every state tensor (the empty decode state). */
+TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session);
+
+/* A view of state tensor `index` (data points into the session; valid until release). */
+TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index,
+                                          tide_tensor_t* out_tensor);
+
+/*
+ * Runs entry `entry`. `inputs` are in the entry's input order and must match each input's dtype and
+ * shape exactly; an input with role STATE may have data == NULL (keep the session's state) or data
+ * (copied into the state before the run). On success `outputs[i]` (num_outputs must equal the
+ * entry's output count) is filled with a view of the result: valid until the session's next run,
+ * reset or release. On failure the session's state is unchanged when the error is found before any
+ * kernel ran (argument errors); a kernel error leaves the state undefined (reset it).
+ */
+TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
+                                        const tide_tensor_t* inputs, int32_t num_inputs,
+                                        tide_tensor_t* outputs, int32_t num_outputs);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* TIDE_RUNTIME_H_ */
