@@ -1,0 +1,257 @@
+"""Relax -> scheduled TensorIR kernels + a static execution plan for one entry point.
+
+Runs after ``tide.compiler.substitute``. Legalizes the remaining Relax ops into TensorIR, fuses
+them, lets the target schedule every kernel (``tide.targets.<kind>.schedule``), rewrites calls into
+destination-passing form (CallTIRRewrite), and then reads ``main`` as a flat list of kernel calls.
+From that list it builds the entry's plan: buffers (inputs, weights, states, arena tensors and
+views), kernel calls in order, and a static arena layout from liveness. After it only codegen
+(``tide.compiler.driver``) and artifact writing remain.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import CompileError
+from .substitute import STATE_ATTR
+
+ALIGN = 64
+
+
+@dataclass
+class Buf:
+    kind: str  # "arena" | "input" | "weight" | "state"
+    index: int  # input position / weight index / state index / arena storage id
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int = 0  # byte offset in the arena (filled by the memory planner) or in a view's base
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(_np_dtype(self.dtype)).itemsize
+
+
+@dataclass
+class Call:
+    kernel: str
+    args: list  # ("buf", buffer id) | ("imm", int)
+
+
+@dataclass
+class EntryPlan:
+    name: str
+    buffers: list[Buf] = field(default_factory=list)
+    inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (name, buffer, role)
+    outputs: list[tuple[str, int, str]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
+    arena_bytes: int = 0
+
+
+@dataclass
+class WeightTable:
+    """Weights shared by every entry, deduplicated by content."""
+
+    arrays: list[np.ndarray] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    by_digest: dict[str, int] = field(default_factory=dict)
+
+    def add(self, array: np.ndarray, name: str) -> int:
+        array = np.ascontiguousarray(array)
+        digest = hashlib.sha1(array.view(np.uint8).reshape(-1) if array.size else b"").hexdigest()
+        key = f"{array.dtype}{array.shape}{digest}"
+        if key not in self.by_digest:
+            self.by_digest[key] = len(self.arrays)
+            self.arrays.append(array)
+            self.names.append(name)
+        return self.by_digest[key]
+
+
+def _np_dtype(dtype: str):
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return ml_dtypes.bfloat16
+    return np.dtype(dtype)
+
+
+def legalize_and_fuse(mod, target):
+    """LegalizeOps .. FuseTIR, then the target's schedule, then destination-passing calls."""
+    import tvm
+    from tvm import relax
+
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+        relax.transform.RewriteDataflowReshape(),
+    ])
+    with target:
+        return seq(mod)
+
+
+def to_dps(mod):
+    import tvm
+    from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+    ])(mod)
+
+
+def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
+               state_of_input: dict[str, int], state_names: list[str], weights: WeightTable):
+    """Reads ``main`` (after ``to_dps``) into an EntryPlan; returns it and the PrimFuncs it calls."""
+    from tvm import relax, tirx
+    from tvm.ir.expr import GenericConst
+
+    main = mod["main"]
+    plan = EntryPlan(entry)
+    where: dict = {}  # relax Var -> buffer id (or a tuple of ids)
+    storages: dict[int, int] = {}  # arena buffer id -> storage id
+    kernels: dict[str, object] = {}
+    state_calls: list[Call] = []
+
+    def new_buf(b: Buf) -> int:
+        plan.buffers.append(b)
+        return len(plan.buffers) - 1
+
+    for i, (param, name) in enumerate(zip(main.params, input_names)):
+        shape = tuple(int(d) for d in param.ty.shape)
+        if name in state_of_input:
+            where[param] = new_buf(Buf("state", state_of_input[name], str(param.ty.dtype), shape))
+            plan.inputs.append((name, where[param], "state"))
+        else:
+            where[param] = new_buf(Buf("input", i, str(param.ty.dtype), shape))
+            plan.inputs.append((name, where[param], "data"))
+
+    def operand(expr):
+        if isinstance(expr, relax.Var):
+            if expr not in where:
+                raise CompileError(f"entry {entry}: internal: value {expr.name} used before definition")
+            return where[expr]
+        if isinstance(expr, GenericConst):
+            arr = expr.value.numpy()
+            w = weights.add(arr, f"const{len(weights.arrays)}")
+            return new_buf(Buf("weight", w, str(expr.value.dtype), tuple(arr.shape)))
+        raise CompileError(f"entry {entry}: internal: unsupported operand {type(expr).__name__}")
+
+    op_alloc = tvm_op("relax.builtin.alloc_tensor")
+    op_reshape = tvm_op("relax.reshape")
+    body = main.body
+    for block in body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            if isinstance(value, relax.Call) and value.op == op_alloc:
+                shape = tuple(int(d) for d in value.args[0].values)
+                bid = new_buf(Buf("arena", 0, str(value.args[1].value), shape))
+                storages[bid] = len(storages)
+                plan.buffers[bid].index = storages[bid]
+                where[var] = bid
+            elif isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
+                func = mod[value.op]
+                if not isinstance(func, tirx.PrimFunc):
+                    raise CompileError(f"entry {entry}: call to a non-kernel function {value.op.name_hint}")
+                args = []
+                for a in value.args:
+                    if isinstance(a, tirx.IntImm):
+                        args.append(("imm", int(a.value)))
+                    else:
+                        args.append(("buf", operand(a)))
+                name = value.op.name_hint
+                kernels[name] = func
+                call = Call(name, args)
+                state = func.attrs.get(STATE_ATTR) if func.attrs else None
+                if state is not None:
+                    out = args[-1][1]
+                    sidx = state_names.index(str(state))
+                    old = plan.buffers[out]
+                    plan.buffers[out] = Buf("state", sidx, old.dtype, old.shape)
+                    storages.pop(out, None)
+                    state_calls.append(call)
+                else:
+                    plan.calls.append(call)
+            elif isinstance(value, relax.Call) and value.op == op_reshape:
+                src = operand(value.args[0])
+                base = plan.buffers[src]
+                shape = tuple(int(d) for d in value.ty.shape)
+                bid = new_buf(Buf(base.kind, base.index, base.dtype, shape, base.offset))
+                if src in storages:
+                    storages[bid] = storages[src]
+                where[var] = bid
+            elif isinstance(value, relax.Tuple):
+                where[var] = tuple(operand(f) for f in value.fields)
+            elif isinstance(value, relax.TupleGetItem):
+                where[var] = where[value.tuple_value][value.index]
+            elif isinstance(value, (relax.Var, GenericConst)):
+                where[var] = operand(value)
+            else:
+                raise CompileError(
+                    f"entry {entry}: the lowered graph calls {getattr(value, 'op', value)}, which has no "
+                    "kernel; tide's runtime executes only compiled kernels")
+    plan.calls.extend(state_calls)
+
+    result = body.body
+    outs = where[result] if isinstance(result, relax.Var) else operand(result)
+    if not isinstance(outs, tuple):
+        outs = (outs,)
+    if len(outs) != len(output_names):
+        raise CompileError(f"entry {entry}: {len(outs)} results for {len(output_names)} graph outputs")
+    for name, bid in zip(output_names, outs):
+        b = plan.buffers[bid]
+        plan.outputs.append((name, bid, "state" if b.kind == "state" and name.startswith("present.") else "data"))
+    _plan_memory(plan, storages)
+    return plan, kernels
+
+
+def _plan_memory(plan: EntryPlan, storages: dict[int, int]) -> None:
+    """Assigns arena offsets: storages whose lifetimes overlap never share bytes."""
+    size: dict[int, int] = {}
+    for bid, sid in storages.items():
+        size[sid] = max(size.get(sid, 0), _align(plan.buffers[bid].nbytes))
+    first: dict[int, int] = {}
+    last: dict[int, int] = {}
+    for t, call in enumerate(plan.calls):
+        for kind, v in call.args:
+            if kind == "buf" and v in storages:
+                sid = storages[v]
+                first.setdefault(sid, t)
+                last[sid] = t
+    end = len(plan.calls)
+    for _, bid, _ in plan.outputs:
+        if bid in storages:
+            last[storages[bid]] = end
+            first.setdefault(storages[bid], end)
+    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    offset_of: dict[int, int] = {}
+    for sid in sorted(size, key=lambda s: -size[s]):
+        lo, hi = first.get(sid, 0), last.get(sid, 0)
+        overlapping = sorted((o, s) for o, s, f, l in placed if not (l < lo or f > hi))
+        off = 0
+        for o, s in overlapping:
+            if off + size[sid] <= o:
+                break
+            off = max(off, o + s)
+        offset_of[sid] = off
+        placed.append((off, size[sid], lo, hi))
+    for bid, sid in storages.items():
+        b = plan.buffers[bid]
+        b.offset = offset_of[sid]
+    plan.arena_bytes = _align(max((o + s for o, s, _, _ in placed), default=0))
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+def tvm_op(name: str):
+    import tvm
+
+    return tvm.ir.Op.get(name)

@@ -1,0 +1,251 @@
+"""ONNX loading, validation, shape specialization and constant folding.
+
+Runs first in the pipeline: ONNX file -> (this module) -> a static-shape ONNX graph ready for the
+Relax frontend (``tide.compiler.relax_import``). Nothing before it. After it, every tensor has a
+static shape, every shape computation is folded to a constant, and every node is an op the
+frontend (or a tide converter) accepts; anything else was refused with a CompileError naming the
+node, op type, opset and reason.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper, shape_inference
+
+from .errors import CompileError
+
+# Constants up to this many elements are folded at compile time; larger ones (weights and their
+# transforms) stay in the graph so their storage dtype is kept.
+FOLD_MAX_ELEMENTS = 1 << 16
+
+TIDE_DOMAIN = "tide"
+
+
+@dataclass
+class LoadedModel:
+    """An ONNX model read from disk: the graph (weights still external where they were)."""
+
+    path: str
+    model: onnx.ModelProto
+
+    @property
+    def opset(self) -> int:
+        return _default_opset(self.model)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx"):
+            return imp.version
+    raise CompileError("model has no default-domain opset import")
+
+
+def load(path: str) -> LoadedModel:
+    """Reads and checks an ONNX file; malformed or truncated files raise CompileError."""
+    if not os.path.isfile(path):
+        raise CompileError(f"{path}: no such ONNX file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as err:  # protobuf raises DecodeError, Message errors, ValueError ...
+        raise CompileError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
+    if not model.HasField("graph") or not model.graph.output:
+        raise CompileError(f"{path}: ONNX model has no graph or no graph outputs")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as err:
+        raise CompileError(f"{path}: ONNX model is invalid: {err}") from err
+    base = os.path.dirname(os.path.abspath(path))
+    for init in model.graph.initializer:
+        if init.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in init.external_data}
+            loc = os.path.join(base, info.get("location", ""))
+            if not os.path.isfile(loc):
+                raise CompileError(
+                    f"{path}: initializer '{init.name}' refers to missing external data file {loc}")
+    try:
+        onnx.load_external_data_for_model(model, base)
+    except Exception as err:
+        raise CompileError(f"{path}: cannot read external data: {err}") from err
+    return LoadedModel(path=path, model=model)
+
+
+def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
+    """Maps each symbolic dimension name to the (input, axis) pairs that carry it."""
+    dims: dict[str, list[tuple[str, int]]] = {}
+    init_names = {i.name for i in model.graph.initializer}
+    for inp in model.graph.input:
+        if inp.name in init_names:
+            continue
+        for axis, d in enumerate(inp.type.tensor_type.shape.dim):
+            if d.HasField("dim_param") or not d.HasField("dim_value"):
+                dims.setdefault(d.dim_param or f"{inp.name}:{axis}", []).append((inp.name, axis))
+    return dims
+
+
+def specialize(loaded: LoadedModel, dim_values: dict[str, int]) -> onnx.ModelProto:
+    """Returns a copy of the model with every symbolic input dimension set to a static value.
+
+    Local functions are inlined (kernel substitution for tide-domain functions happens in
+    ``tide.compiler.substitute`` before this runs, replacing those calls), shapes are inferred and
+    constant subgraphs are folded until nothing changes.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(loaded.model)
+    missing = [d for d in symbolic_dims(model) if d not in dim_values]
+    if missing:
+        raise CompileError(
+            f"{loaded.path}: symbolic dimension(s) {missing} need a value "
+            "(--batch / --seq / prefill chunk options)")
+    for inp in model.graph.input:
+        for axis, d in enumerate(inp.type.tensor_type.shape.dim):
+            name = d.dim_param or f"{inp.name}:{axis}"
+            if name in dim_values:
+                d.Clear()
+                d.dim_value = int(dim_values[name])
+    if model.functions:
+        model = onnx.inliner.inline_local_functions(model)
+    _check_supported(loaded.path, model)
+    for _ in range(8):
+        model = _infer(loaded.path, model)
+        if not _fold_once(loaded.path, model):
+            break
+    model = _infer(loaded.path, model)
+    _check_static(loaded.path, model)
+    return model
+
+
+def _infer(path: str, model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as err:
+        raise CompileError(f"{path}: shape inference failed: {err}") from err
+
+
+def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
+    out = {}
+    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
+        t = vi.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        out[vi.name] = (dims, t.elem_type)
+    return out
+
+
+def _fold_once(path: str, model: onnx.ModelProto) -> bool:
+    """Folds every node whose inputs are known constants (or static shapes); True if any changed."""
+    graph = model.graph
+    consts: dict[str, np.ndarray] = {}
+    for init in graph.initializer:
+        if int(np.prod(init.dims, dtype=np.int64)) <= FOLD_MAX_ELEMENTS:
+            consts[init.name] = numpy_helper.to_array(init)
+    shapes = _value_shapes(model)
+    opset = _default_opset(model)
+    kept, new_inits, changed = [], [], False
+    for node in graph.node:
+        value = None
+        if node.domain in ("", "ai.onnx") and node.op_type == "Shape" and node.input[0] in shapes:
+            dims, _ = shapes[node.input[0]]
+            if all(d is not None for d in dims):
+                start = next((a.i for a in node.attribute if a.name == "start"), 0)
+                end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
+                value = [np.array(dims, dtype=np.int64)[start:end]]
+        elif node.op_type == "Constant":
+            value = [numpy_helper.to_array(node.attribute[0].t)] if node.attribute[0].name == "value" else None
+        elif node.domain in ("", "ai.onnx") and all(i == "" or i in consts for i in node.input):
+            outs_small = True
+            for o in node.output:
+                if o in shapes:
+                    dims, _ = shapes[o]
+                    if None in dims or int(np.prod(dims, dtype=np.int64)) > FOLD_MAX_ELEMENTS:
+                        outs_small = False
+                else:
+                    outs_small = False
+            if outs_small and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
+                                                   "RandomUniformLike", "Multinomial", "Bernoulli"):
+                value = _evaluate(path, node, consts, shapes, opset)
+        if value is None:
+            kept.append(node)
+            continue
+        changed = True
+        for name, arr in zip(node.output, value):
+            arr = np.asarray(arr)
+            consts[name] = arr
+            new_inits.append(numpy_helper.from_array(arr, name))
+    if not changed:
+        return False
+    del graph.node[:]
+    graph.node.extend(kept)
+    graph.initializer.extend(new_inits)
+    used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(inits)
+    del graph.value_info[:]
+    return True
+
+
+def _evaluate(path, node, consts, shapes, opset):
+    from onnx.reference import ReferenceEvaluator
+
+    inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(consts[i].dtype),
+                                            consts[i].shape) for i in node.input if i]
+    outputs = [helper.make_tensor_value_info(o, shapes[o][1], shapes[o][0]) for o in node.output]
+    graph = helper.make_graph([node], "fold", inputs, outputs)
+    single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    try:
+        return ReferenceEvaluator(single).run(None, {i: consts[i] for i in node.input if i})
+    except Exception as err:
+        raise CompileError(
+            f"{path}: node '{node.name}' ({node.op_type}, opset {opset}): constant folding failed: {err}"
+        ) from err
+
+
+def _check_static(path: str, model: onnx.ModelProto) -> None:
+    shapes = _value_shapes(model)
+    for out in model.graph.output:
+        dims = shapes.get(out.name, ([None], 0))[0]
+        if None in dims:
+            raise CompileError(
+                f"{path}: output '{out.name}' has a data-dependent shape {dims}; tide compiles static "
+                "execution plans, so every shape must follow from the input shapes")
+
+
+def frontend_ops() -> set[str]:
+    from tvm.relax.frontend.onnx import onnx_frontend
+
+    return set(onnx_frontend._get_convert_map()) | {"Constant"}
+
+
+# Ops the frontend lists but tide refuses, with the reason.
+_REFUSED = {
+    "If": "control flow is not compiled into static plans",
+    "Loop": "control flow is not compiled into static plans",
+    "Scan": "control flow is not compiled into static plans",
+    "NonZero": "its output shape depends on the data",
+    "Unique": "its output shape depends on the data",
+    "Compress": "its output shape depends on the data",
+    "RandomNormal": "random ops are not deterministic",
+    "RandomUniform": "random ops are not deterministic",
+    "RandomNormalLike": "random ops are not deterministic",
+    "RandomUniformLike": "random ops are not deterministic",
+    "Multinomial": "random ops are not deterministic",
+    "Bernoulli": "random ops are not deterministic",
+}
+
+
+def _check_supported(path: str, model: onnx.ModelProto) -> None:
+    supported = frontend_ops()
+    opset = _default_opset(model)
+    for node in model.graph.node:
+        where = f"{path}: node '{node.name or node.output[0]}' (op {node.domain + '.' if node.domain else ''}{node.op_type}, opset {opset})"
+        if node.domain not in ("", "ai.onnx"):
+            raise CompileError(f"{where}: unsupported: custom domain '{node.domain}' has no tide converter")
+        if node.op_type in _REFUSED:
+            raise CompileError(f"{where}: unsupported: {_REFUSED[node.op_type]}")
+        if node.op_type not in supported:
+            raise CompileError(f"{where}: unsupported: no converter for this op type")

@@ -1,0 +1,126 @@
+"""Kernel substitution: replaces Relax ops with tide's own TensorIR kernels.
+
+Runs after ``tide.compiler.relax_import`` and before legalization (``tide.compiler.lower``), so the
+kernels it inserts are opaque ``call_tir`` calls that LegalizeOps leaves alone and FuseOps does not
+fuse. What it replaces today:
+
+- ``relax.topk`` -> ``tide.ops.topk`` (TVM's CPU lowering of top-k calls a runtime sort function);
+- ``relax.scatter_nd`` whose data is a decode-state input -> ``tide.ops.state_scatter``, an in-place
+  update: the call's output is bound to the state buffer by the plan builder, which also orders
+  the call after every read of the old state.
+
+Every substitution is recorded in the returned report (kernel name -> what it serves).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from .errors import CompileError
+
+STATE_ATTR = "tide.state"
+OPAQUE = 8  # Relax op pattern: never fused
+
+
+@dataclass
+class SubstitutionReport:
+    """Which tide kernel serves which op of the graph, plus what used generic lowering."""
+
+    kernels: dict[str, str] = field(default_factory=dict)
+
+    def add(self, kernel: str, served: str) -> None:
+        self.kernels.setdefault(kernel, served)
+
+
+def substitute(mod, target_kind: str, state_params: dict[str, str], report: SubstitutionReport):
+    """Returns ``mod`` with tide kernels in place. ``state_params`` maps a main parameter name to
+    its state name (``past.0.window`` -> ``0.window``)."""
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from ..ops import state_scatter, topk
+
+    parallel = target_kind == "cpu"
+    op_topk = tvm_op("relax.topk")
+    op_scatter = tvm_op("relax.scatter_nd")
+    params = {p.name: p for p in mod["main"].params}
+    state_vars = {params[name]: state for name, state in state_params.items() if name in params}
+
+    @mutator
+    class Rewriter(PyExprMutator):
+        def __init__(self, module):
+            super().__init__(module)
+            self.cache = {}
+
+        def _add(self, func, name):
+            if name not in self.cache:
+                func = func.with_attr("op_pattern", OPAQUE)
+                self.cache[name] = self.builder_.add_func(func, name)
+            return self.cache[name]
+
+        def visit_call_(self, call):
+            call = super().visit_call_(call)
+            if call.op == op_topk:
+                return self._topk(call)
+            if call.op == op_scatter and call.args[0] in state_vars:
+                return self._state_scatter(call, state_vars[call.args[0]])
+            return call
+
+        def _topk(self, call):
+            data = call.args[0]
+            shape = [int(d) for d in data.ty.shape]
+            axis = int(call.attrs.axis) % len(shape)
+            k = int(call.attrs.k)
+            largest = bool(call.attrs.largest)
+            if call.attrs.ret_type != "both":
+                raise CompileError(f"top-k with ret_type={call.attrs.ret_type} is not supported")
+            perm = [i for i in range(len(shape)) if i != axis] + [axis]
+            if axis != len(shape) - 1:
+                data = self.builder_.emit(relax.op.permute_dims(data, perm))
+            outer = [shape[i] for i in perm[:-1]]
+            rows, n = math.prod(outer), shape[axis]
+            if not 1 <= k <= n:
+                raise CompileError(f"top-k with k={k} over an axis of {n} elements")
+            dtype = data.ty.dtype
+            name = f"tide_topk_{dtype}_{rows}x{n}_k{k}{'' if largest else '_min'}"
+            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, parallel, name),
+                           name)
+            report.add(name, f"top-k over {n} (k={k}) x {rows} rows")
+            flat = self.builder_.emit(relax.op.reshape(data, (rows, n)))
+            res = self.builder_.emit(relax.call_tir(gv, [flat], out_ty=[
+                relax.TensorType((rows, k), dtype), relax.TensorType((rows, k), str(call.attrs.dtype))]))
+            outs = []
+            inverse = [perm.index(i) for i in range(len(shape))]
+            for i in range(2):
+                item = self.builder_.emit(relax.TupleGetItem(res, i))
+                item = self.builder_.emit(relax.op.reshape(item, tuple(outer) + (k,)))
+                if axis != len(shape) - 1:
+                    item = self.builder_.emit(relax.op.permute_dims(item, inverse))
+                outs.append(item)
+            return relax.Tuple(outs)
+
+        def _state_scatter(self, call, state):
+            data, index, updates = call.args
+            if call.attrs.reduction != "update":
+                raise CompileError(f"state '{state}' is updated with ScatterND reduction "
+                                   f"'{call.attrs.reduction}'; only 'none' is an in-place update")
+            dshape = [int(d) for d in data.ty.shape]
+            ishape = [int(d) for d in index.ty.shape]
+            name = f"tide_state_scatter_{state.replace('.', '_')}"
+            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, parallel, name)
+            gv = self._add(func.with_attr(STATE_ATTR, state), name)
+            report.add(name, f"in-place update of state '{state}'")
+            return relax.call_tir(gv, [index, updates], out_ty=data.ty)
+
+    rewriter = Rewriter(mod)
+    main = rewriter.visit_expr(mod["main"])
+    out = rewriter.builder_.get()
+    out["main"] = main
+    return out
+
+
+def tvm_op(name: str):
+    import tvm
+
+    return tvm.ir.Op.get(name)

@@ -1,0 +1,56 @@
+"""Top-k along the last axis, sorted descending, ties broken by the lower index first.
+
+The ONNX TopK rule and the one the V4 indexer and router rely on. One row per outer iteration: an
+insertion into a sorted list of k, so a row costs O(n) when few elements enter the list and
+O(n * k) at worst. Replaces TVM's generic lowering, which calls a runtime sort function that a
+thin runtime does not provide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def prim_func(rows: int, n: int, k: int, dtype: str = "float32", index_dtype: str = "int64",
+              largest: bool = True, parallel: bool = True, name: str = "tide_topk"):
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    if not 1 <= k <= n:
+        raise ValueError(f"top-k needs 1 <= k <= n, got k={k}, n={n}")
+    better = ">" if largest else "<"
+    loop = "T.parallel" if parallel else "range"
+    src = f'''
+@T.prim_func(s_tir=True)
+def {name}(data: T.Buffer(({rows}, {n}), "{dtype}"), values: T.Buffer(({rows}, {k}), "{dtype}"),
+           indices: T.Buffer(({rows}, {k}), "{index_dtype}")):
+    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True, "tirx.is_scheduled": True}})
+    with T.sblock("root"):
+        for r in {loop}({rows}):
+            count = T.alloc_buffer((1,), "int32", scope="local")
+            pos = T.alloc_buffer((1,), "int32", scope="local")
+            count[0] = 0
+            for i in range({n}):
+                v = data[r, i]
+                if count[0] < {k} or v {better} values[r, {k - 1}]:
+                    pos[0] = T.min(count[0], {k - 1})
+                    while pos[0] > 0 and v {better} values[r, pos[0] - 1]:
+                        values[r, pos[0]] = values[r, pos[0] - 1]
+                        indices[r, pos[0]] = indices[r, pos[0] - 1]
+                        pos[0] = pos[0] - 1
+                    values[r, pos[0]] = v
+                    indices[r, pos[0]] = T.{index_dtype}(i)
+                    count[0] = T.min(count[0] + 1, {k})
+'''
+    return tvm.script.from_source(src)
+
+
+def reference(data: np.ndarray, k: int, largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Values and int64 indices of the k largest (or smallest) entries of each row."""
+    order = np.argsort(-data if largest else data, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(data, order, axis=-1), order.astype(np.int64)
+
+
+def cost(rows: int, n: int, k: int, itemsize: int = 4) -> dict:
+    """Comparisons counted as FLOPs (one per element, the common case); bytes: read once, write k."""
+    return {"flops": rows * n, "bytes": rows * n * itemsize + rows * k * (itemsize + 8)}

@@ -1,0 +1,121 @@
+"""The CPU target (LLVM): target description, required host features, and kernel schedules.
+
+Kernels reach ``schedule`` after fusion (``tide.compiler.lower.legalize_and_fuse``). tide's own
+kernels arrive already written for the CPU (parallel outer loops, no blocks to schedule); generic
+kernels get dlight's CPU rules (GEMV, reductions) and otherwise the parallel-spatial rule: each
+block's leading data-parallel loops fused and run on the thread pool, the innermost data-parallel
+loop vectorized when it is the block's last loop.
+"""
+
+from __future__ import annotations
+
+import platform
+
+KIND = "cpu"
+
+# /proc/cpuinfo flag -> bit of the artifact's host-feature mask (docs/artifact-format.md).
+FEATURE_BITS = {
+    "sse4_2": 0, "avx": 1, "avx2": 2, "fma": 3, "avx512f": 4, "avx512bw": 5, "avx512dq": 6,
+    "avx512vl": 7, "avx512_vnni": 8, "avx512_bf16": 9,
+}
+
+
+def host_features() -> set[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def host_arch() -> str:
+    machine = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
+
+
+def feature_mask(features: set[str]) -> int:
+    """The artifact's required-feature bits: the listed features the code generator may use."""
+    return sum(1 << bit for flag, bit in FEATURE_BITS.items() if flag in features)
+
+
+def tvm_target(mcpu: str | None = None):
+    """The LLVM target for this machine's CPU (or for ``mcpu``)."""
+    import tvm
+
+    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or tvm.target.codegen.llvm_get_system_cpu()})
+
+
+def schedule(mod, target):
+    """Schedules every not-yet-scheduled PrimFunc of ``mod`` for the CPU."""
+    from tvm.s_tir import dlight as dl
+
+    with target:
+        return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction(), _parallel_spatial_rule())(mod)
+
+
+def _parallel_spatial_rule():
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.analysis import normalize_prim_func
+    from tvm.s_tir.dlight.base import try_inline
+    from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+    class ParallelSpatial(CPUScheduleRule):
+        def apply(self, func, target, _tunable):
+            if not isinstance(func, tirx.PrimFunc):
+                return None
+            sch = s_tir.Schedule(func)
+            try:
+                infos = normalize_prim_func(sch)
+            except s_tir.ScheduleError:
+                return None
+            if infos is None:  # written without blocks (tide kernels): already in final form
+                return None
+            for info in try_inline(sch, infos):
+                _schedule_block(sch, info)
+            return sch
+
+    return ParallelSpatial()
+
+
+VECTOR = 16  # fp32 lanes of a 512-bit register
+
+
+def _schedule_block(sch, info) -> None:
+    """Spatial loops outside, reductions inside, the last spatial loop innermost and vectorized when
+    it divides evenly; the outer spatial loops fused and parallel."""
+    from tvm import s_tir, tirx
+
+    block = info.block_rv
+    loops = sch.get_loops(block)
+    kinds = info.dom_kind()
+    if not loops or len(kinds) != len(loops) or "O" in kinds:
+        return
+    s_loops = [l for l, k in zip(loops, kinds) if k == "S"]
+    r_loops = [l for l, k in zip(loops, kinds) if k == "R"]
+    if not s_loops:
+        return
+    inner = None
+    last = sch.get(s_loops[-1]).extent
+    if isinstance(last, tirx.IntImm) and last.value % VECTOR == 0 and (r_loops or len(s_loops) > 1):
+        inner = s_loops.pop()
+    elif isinstance(last, tirx.IntImm) and last.value % VECTOR == 0 and not r_loops:
+        outer, inner = sch.split(s_loops.pop(), factors=[None, VECTOR])
+        s_loops.append(outer)
+    sch.reorder(*s_loops, *r_loops, *([inner] if inner is not None else []))
+    fused = sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0]
+    try:
+        sch.parallel(fused)
+    except s_tir.ScheduleError:
+        pass  # a dependence the schedule cannot prove free: the loop stays serial
+    if r_loops:
+        sch.decompose_reduction(block, r_loops[0])
+    if inner is not None:
+        vec_inner = sch.get_loops(block)[-1]
+        _, vec = sch.split(vec_inner, factors=[None, VECTOR])
+        try:
+            sch.vectorize(vec)
+        except s_tir.ScheduleError:
+            pass  # a data-dependent access: the loop stays scalar
