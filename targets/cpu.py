@@ -74,6 +74,13 @@ def _parallel_spatial_rule():
             if infos is None:  # written without blocks (tide kernels): already in final form
                 return None
             for info in try_inline(sch, infos):
+                trial = sch.copy()
+                try:
+                    if _tile_reduction(trial, info):
+                        sch = trial
+                        continue
+                except s_tir.ScheduleError:
+                    pass  # not a GEMM-like block after all: the generic schedule below
                 _schedule_block(sch, info)
             return sch
 
@@ -81,6 +88,46 @@ def _parallel_spatial_rule():
 
 
 VECTOR = 16  # fp32 lanes of a 512-bit register
+TILE_ROWS, TILE_COLS = 4, 64  # a register tile of the GEMM-like rule: 4 x (4 vectors)
+
+
+def _tile_reduction(sch, info) -> bool:
+    """GEMM-like blocks (spatial loops then reductions, the last spatial loop a multiple of the
+    vector width): a TILE_ROWS x TILE_COLS accumulator tile kept in registers across the reduction,
+    tiles spread over the thread pool. False when the block does not have that shape."""
+    from tvm import tirx
+
+    block = info.block_rv
+    loops = sch.get_loops(block)
+    kinds = info.dom_kind()
+    if len(kinds) != len(loops) or "O" in kinds or "R" not in kinds:
+        return False
+    first_r = kinds.index("R")
+    if first_r == 0 or "S" in kinds[first_r:]:
+        return False
+    s_loops, r_loops = loops[:first_r], loops[first_r:]
+    extents = [sch.get(l).extent for l in s_loops]
+    if not all(isinstance(e, tirx.IntImm) for e in extents) or extents[-1].value % VECTOR:
+        return False
+    cols = TILE_COLS if extents[-1].value % TILE_COLS == 0 else VECTOR
+    j0, j1 = sch.split(s_loops[-1], factors=[None, cols])
+    outer = list(s_loops[:-1])
+    tile = []
+    if outer and extents[-2].value % TILE_ROWS == 0:
+        i0, i1 = sch.split(outer.pop(), factors=[None, TILE_ROWS])
+        outer.append(i0)
+        tile.append(i1)
+    sch.reorder(*outer, j0, *r_loops, *tile, j1)
+    sch.parallel(sch.fuse(*outer, j0))
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, sch.get_loops(block)[0])
+    sch.decompose_reduction(block, r_loops[0])
+    inner = sch.get_loops(block)
+    lanes_outer, _ = sch.split(inner[-1], factors=[None, VECTOR])
+    for loop in (*inner[len(inner) - 1 - len(tile):-1], lanes_outer):
+        sch.unroll(loop)
+    sch.unroll(sch.get_loops(block)[-1])
+    return True
 
 
 def _schedule_block(sch, info) -> None:
