@@ -165,7 +165,8 @@ def _compressor(b: Builder) -> None:
     start3 = b.unsqueeze(start, 1, 2)
     in_chunk = b.ge(pos, start3)
     chunk_src = b.op("Add", b.op("Sub", pos, start3), ring)
-    src = b.op("Where", in_chunk, chunk_src, b.op("Mod", pos, ring))
+    # pos >= -ratio (CSA window 0 reaches one window back); pos + R keeps the Mod dividend >= 0.
+    src = b.op("Where", in_chunk, chunk_src, b.op("Mod", b.op("Add", pos, ring), ring))
     src = b.op("Min", src, b.op("Sub", b.op("Add", ring, seq), b.scalar_i(1)))
     row = b.op("Add", b.op("Mul", src, series), b.op("Div", slot, ratio))
     index = b.stack_last(b.batch_index(row, batch, 3), row)

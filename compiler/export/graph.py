@@ -135,7 +135,9 @@ class _MainGraph:
         w = spec.window
         prev = b.unsqueeze(b.op("Sub", "start_pos", b.scalar_i(1)), 1)
         slots = b.const(np.arange(w, dtype=np.int64))
-        ring_pos = b.op("Sub", prev, b.op("Mod", b.op("Sub", prev, slots), b.scalar_i(w)))
+        # prev - s >= -W; adding W keeps the Mod dividend non-negative (same residue).
+        ring_pos = b.op("Sub", prev, b.op("Mod", b.op("Add", b.op("Sub", prev, slots), b.scalar_i(w)),
+                                          b.scalar_i(w)))
         key_pos = b.unsqueeze(b.op("Concat", ring_pos, self.pos, axis=1), 1)               # [B,1,W+S]
         query_pos = b.unsqueeze(self.pos, 2)                                                # [B,S,1]
         visible = b.op("And", b.op("And", b.ge(key_pos, b.scalar_i(0)), b.ge(query_pos, key_pos)),
