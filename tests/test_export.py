@@ -392,6 +392,24 @@ def test_tied_embeddings(tmp_path):
         assert_close(ours.step(prompt, [0], ours.empty())[0], load_hf(result.checkpoint)(torch.tensor(prompt)).logits)
 
 
+@pytest.mark.heavy
+def test_pro_2layer_matches_transformers(tmp_path):
+    """V4-Pro attention dims (D 7168, 128 heads x 512, q_lora 1536, 16 groups x 1024, top-k 1024 above
+    the cache rows) with vocab and experts shrunk: ~4 GB of weights, ~50 s and 10 GB of memory."""
+    overrides = {"vocab_size": 1024, "n_routed_experts": 2, "num_experts_per_tok": 1}
+    result = export("pro-2layer", tmp_path / "pro.onnx", max_seq_len=256, config_overrides=overrides,
+                    save_checkpoint=tmp_path / "ckpt")
+    assert result.spec.heads == 128 and result.spec.o_groups == 16 and result.spec.q_lora == 1536
+    hf = HfRunner(load_hf(result.checkpoint))
+    ours = OrtModel(result.path)
+    prompt, fed = tokens(18, 131, 1024), tokens(19, 3, 1024)
+    logits, state = ours.step(prompt, [0], ours.empty())
+    assert_close(logits, hf.step(prompt))
+    for k in range(fed.shape[1]):
+        logits, state = ours.step(fed[:, k:k + 1], [131 + k], state)
+        assert_close(logits, hf.step(fed[:, k:k + 1]))
+
+
 # --------------------------------------------------------------------------------------------------
 # options and outputs
 
