@@ -339,6 +339,23 @@ def test_batch2_rows_at_different_positions_match_transformers(tmp_path, tiny, t
             assert_close(logits[row:row + 1], hf.step(fed[row:row + 1, k:k + 1]))
 
 
+def test_calls_ending_exactly_at_capacity(tmp_path, tiny_hf):
+    """max_seq_len 32: the HCA cache has 32 // 16 + 1 = 3 rows, and a 16-token chunk from position 16
+    writes candidate rows 1 and 2 (the spare row) -- all in range, and still exact."""
+    ours = OrtModel(export("tiny", tmp_path / "cap.onnx", max_seq_len=32).path)
+    assert dict(ours.state_inputs)["past.2.compressed"] == [1, 3, 64]
+    prompt = tokens(20, 32)
+    hf = HfRunner(tiny_hf)
+    logits, state = ours.prefill_chunks(prompt[:, :29], (16, 13))
+    assert_close(logits, hf.step(prompt[:, :29]))
+    for pos in range(29, 32):
+        logits, state = ours.step(prompt[:, pos:pos + 1], [pos], state)
+        assert_close(logits, hf.step(prompt[:, pos:pos + 1]))
+    chunked, _ = ours.prefill_chunks(prompt, (16, 16))
+    with torch.no_grad():
+        assert_close(chunked, tiny_hf(torch.tensor(prompt)).logits.numpy())
+
+
 def test_bf16_export_matches_transformers_on_rounded_weights(tmp_path, tiny):
     result = export("tiny", tmp_path / "bf16.onnx", dtype="bfloat16", save_checkpoint=tmp_path / "ckpt")
     model = onnx.load(result.path)
