@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.inliner
 from onnx import helper, numpy_helper, shape_inference
 
 from .errors import CompileError
@@ -106,6 +107,13 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int]) -> onnx.ModelPro
             if name in dim_values:
                 d.Clear()
                 d.dim_value = int(dim_values[name])
+    for out in model.graph.output:
+        for d in out.type.tensor_type.shape.dim:
+            if d.dim_param in dim_values:
+                value = int(dim_values[d.dim_param])
+                d.Clear()
+                d.dim_value = value
+    del model.graph.value_info[:]
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     _check_supported(loaded.path, model)
@@ -133,6 +141,8 @@ def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], i
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         out[vi.name] = (dims, t.elem_type)
+    for init in model.graph.initializer:
+        out[init.name] = (list(init.dims), init.data_type)
     return out
 
 
@@ -155,7 +165,7 @@ def _fold_once(path: str, model: onnx.ModelProto) -> bool:
                 end = next((a.i for a in node.attribute if a.name == "end"), len(dims))
                 value = [np.array(dims, dtype=np.int64)[start:end]]
         elif node.op_type == "Constant":
-            value = [numpy_helper.to_array(node.attribute[0].t)] if node.attribute[0].name == "value" else None
+            value = _evaluate(path, node, consts, opset)
         elif node.domain in ("", "ai.onnx") and all(i == "" or i in consts for i in node.input):
             outs_small = True
             for o in node.output:
@@ -167,7 +177,7 @@ def _fold_once(path: str, model: onnx.ModelProto) -> bool:
                     outs_small = False
             if outs_small and node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike",
                                                    "RandomUniformLike", "Multinomial", "Bernoulli"):
-                value = _evaluate(path, node, consts, shapes, opset)
+                value = _evaluate(path, node, consts, opset)
         if value is None:
             kept.append(node)
             continue
@@ -189,12 +199,12 @@ def _fold_once(path: str, model: onnx.ModelProto) -> bool:
     return True
 
 
-def _evaluate(path, node, consts, shapes, opset):
+def _evaluate(path, node, consts, opset):
     from onnx.reference import ReferenceEvaluator
 
     inputs = [helper.make_tensor_value_info(i, helper.np_dtype_to_tensor_dtype(consts[i].dtype),
                                             consts[i].shape) for i in node.input if i]
-    outputs = [helper.make_tensor_value_info(o, shapes[o][1], shapes[o][0]) for o in node.output]
+    outputs = [helper.make_empty_tensor_value_info(o) for o in node.output]
     graph = helper.make_graph([node], "fold", inputs, outputs)
     single = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     try:
