@@ -87,12 +87,13 @@ def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     return dims
 
 
-def specialize(loaded: LoadedModel, dim_values: dict[str, int]) -> onnx.ModelProto:
+def specialize(loaded: LoadedModel, dim_values: dict[str, int],
+               kernel_functions: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """Returns a copy of the model with every symbolic input dimension set to a static value.
 
-    Local functions are inlined (kernel substitution for tide-domain functions happens in
-    ``tide.compiler.substitute`` before this runs, replacing those calls), shapes are inferred and
-    constant subgraphs are folded until nothing changes.
+    Calls of the ``tide``-domain functions named in ``kernel_functions`` stay single nodes (a tide
+    kernel serves each, see ``tide.compiler.substitute``); every other local function is inlined.
+    Then shapes are inferred and constant subgraphs folded until nothing changes.
     """
     model = onnx.ModelProto()
     model.CopyFrom(loaded.model)
@@ -115,8 +116,9 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int]) -> onnx.ModelPro
                 d.dim_value = value
     del model.graph.value_info[:]
     if model.functions:
-        model = onnx.inliner.inline_local_functions(model)
-    _check_supported(loaded.path, model)
+        keep = [(TIDE_DOMAIN, name) for name in sorted(kernel_functions)]
+        model = onnx.inliner.inline_selected_functions(model, keep, exclude=True)
+    _check_supported(loaded.path, model, kernel_functions)
     for _ in range(8):
         model = _infer(loaded.path, model)
         if not _fold_once(loaded.path, model):
@@ -128,7 +130,7 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int]) -> onnx.ModelPro
 
 def _infer(path: str, model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+        return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
     except Exception as err:
         raise CompileError(f"{path}: shape inference failed: {err}") from err
 
@@ -248,11 +250,13 @@ _REFUSED = {
 }
 
 
-def _check_supported(path: str, model: onnx.ModelProto) -> None:
+def _check_supported(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str]) -> None:
     supported = frontend_ops()
     opset = _default_opset(model)
     for node in model.graph.node:
         where = f"{path}: node '{node.name or node.output[0]}' (op {node.domain + '.' if node.domain else ''}{node.op_type}, opset {opset})"
+        if node.domain == TIDE_DOMAIN and node.op_type in kernel_functions:
+            continue
         if node.domain not in ("", "ai.onnx"):
             raise CompileError(f"{where}: unsupported: custom domain '{node.domain}' has no tide converter")
         if node.op_type in _REFUSED:

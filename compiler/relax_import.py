@@ -16,11 +16,20 @@ from .errors import CompileError
 
 
 @contextlib.contextmanager
-def _named_converter_errors(path: str, opset: int):
+def _converters(path: str, opset: int, function_converters: dict):
+    """Adds tide's converters for ``tide``-domain function calls to the frontend's convert map
+    (its extension point), and names the ONNX node in every converter failure."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     importer = onnx_frontend.ONNXGraphImporter
     original = importer._convert_operator
+    original_map = onnx_frontend._get_convert_map
+
+    def convert_map():
+        table = dict(original_map())
+        for name, fn in function_converters.items():
+            table[name] = _converter_class(name, fn)
+        return table
 
     def convert(self, op_name, inputs, attrs, op_opset):
         try:
@@ -34,20 +43,34 @@ def _named_converter_errors(path: str, opset: int):
                 f"convert it: {type(err).__name__}: {err}") from err
 
     importer._convert_operator = convert
+    onnx_frontend._get_convert_map = convert_map
     try:
         yield
     finally:
         importer._convert_operator = original
+        onnx_frontend._get_convert_map = original_map
 
 
-def to_relax(model: onnx.ModelProto, path: str):
-    """Imports a static ONNX graph; returns the IRModule whose ``main`` takes the graph inputs."""
+def _converter_class(name: str, fn):
+    """A frontend converter class whose conversion is ``fn(bb, inputs, attrs)``."""
+
+    def get_converter(_cls, _opset):
+        return lambda bb, inputs, attrs, _params: fn(
+            bb, list(inputs), {k: v for k, v in attrs.items() if k != "tvm_custom"})
+
+    return type(f"Tide{name}", (), {"get_converter": classmethod(get_converter)})
+
+
+def to_relax(model: onnx.ModelProto, path: str, function_converters: dict | None = None):
+    """Imports a static ONNX graph; returns the IRModule whose ``main`` takes the graph inputs.
+    ``function_converters`` maps a kept ``tide`` function name to ``fn(bb, inputs, attrs)``
+    returning the Relax expression of its outputs (a ``relax.Tuple`` for several)."""
     import warnings
 
     from tvm.relax.frontend.onnx import from_onnx
 
     opset = next(i.version for i in model.opset_import if i.domain in ("", "ai.onnx"))
-    with _named_converter_errors(path, opset), warnings.catch_warnings():
+    with _converters(path, opset, function_converters or {}), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             return from_onnx(model, opset=opset, keep_params_in_input=False)

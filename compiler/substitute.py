@@ -9,6 +9,9 @@ fuse. What it replaces today:
   update: the call's output is bound to the state buffer by the plan builder, which also orders
   the call after every read of the old state.
 
+``function_kernels`` gives the converters of ``tide``-domain ONNX functions (``tide.ops``'
+FUNCTION_KERNELS); those calls are never inlined and become kernel calls during the Relax import.
+
 Every substitution is recorded in the returned report (kernel name -> what it serves).
 """
 
@@ -118,6 +121,22 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
     out = rewriter.builder_.get()
     out["main"] = main
     return out
+
+
+def function_kernels(target_kind: str, report: SubstitutionReport) -> dict:
+    """The ``tide``-domain functions a tide kernel serves on this target: name -> converter
+    ``fn(bb, inputs, attrs)`` for ``tide.compiler.relax_import``. The rest are inlined and lowered
+    generically."""
+    import functools
+    import importlib
+
+    from ..ops import FUNCTION_KERNELS
+
+    converters = {}
+    for function, module_name in FUNCTION_KERNELS.items():
+        module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.ops.{module_name}")
+        converters[function] = functools.partial(module.relax_convert, target_kind=target_kind, report=report)
+    return converters
 
 
 def tvm_op(name: str):

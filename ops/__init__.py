@@ -4,3 +4,9 @@ One kernel per module. Each module gives ``prim_func(...)`` (the TensorIR defini
 shapes; ``parallel`` chooses the CPU outer-loop kind), ``reference(...)`` (plain numpy) and
 ``cost(...)`` (analytic FLOPs and minimum bytes moved).
 """
+
+# tide-domain ONNX functions (docs/onnx-contract.md) that a kernel of this package serves, with the
+# module that defines it. Each such module gives ``TIDE_FUNCTION`` and ``relax_convert``.
+FUNCTION_KERNELS = {
+    "RMSNorm": "rmsnorm",
+}
