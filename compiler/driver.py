@@ -1,0 +1,277 @@
+"""``tide compile``: the whole pipeline, one entry point at a time, into one artifact.
+
+ONNX file -> onnx_import (specialize each entry's shapes) -> relax_import -> substitute (tide
+kernels) -> lower (legalize, fuse, target schedule, plan) -> codegen of all kernels into one host
+library -> artifact. A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/
+``present.*`` outputs (the exporter's contract, docs/onnx-contract.md) becomes a decode model with
+entries ``decode`` (one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from . import lower, onnx_import, relax_import, substitute
+from .errors import CompileError
+
+DEFAULT_PREFILL_CHUNKS = (32,)
+
+
+@dataclass
+class CompileOptions:
+    target: str = "cpu"
+    batch: int | None = None
+    max_seq_len: int | None = None
+    prefill_chunks: tuple[int, ...] = DEFAULT_PREFILL_CHUNKS
+    dims: dict[str, int] = field(default_factory=dict)
+    mcpu: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class CompileResult:
+    path: str
+    entries: list[str]
+    kernels: dict[str, str]  # kernel -> what it serves ("generic" for TVM-lowered ones)
+    seconds: float
+
+
+class _Progress:
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total, self.step, self.t0 = enabled, total, 0, time.time()
+
+    def __call__(self, what: str) -> None:
+        self.step += 1
+        if self.enabled:
+            print(f"[{self.step}/{self.total}] {what} ({time.time() - self.t0:.1f}s)", file=sys.stderr,
+                  flush=True)
+
+
+def _target_module(kind: str):
+    if kind == "cpu":
+        from ..targets import cpu
+
+        return cpu
+    raise CompileError(f"target '{kind}' is not available in this build of tide (available: cpu)")
+
+
+def _decode_signature(model) -> dict | None:
+    """The exporter's decode contract, if the graph follows it: seq dim name, batch, state names."""
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    names = [i.name for i in inputs]
+    outs = [o.name for o in model.graph.output]
+    if names[:2] != ["input_ids", "start_pos"] or not outs or outs[0] != "logits":
+        return None
+    past = names[2:]
+    present = outs[1:]
+    if [p.removeprefix("past.") for p in past] != [p.removeprefix("present.") for p in present] or \
+            not all(p.startswith("past.") for p in past):
+        raise CompileError("decode graph: state inputs past.* and outputs present.* must pair up in order, "
+                           f"got inputs {past} and outputs {present}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    if len(dims) != 2 or not dims[1].dim_param:
+        raise CompileError("decode graph: input_ids must be [batch, seq] with a symbolic seq dimension")
+    return {"seq": dims[1].dim_param, "batch": dims[0], "states": [p.removeprefix("past.") for p in past]}
+
+
+def _entries(loaded, options: CompileOptions):
+    model = loaded.model
+    symbolic = onnx_import.symbolic_dims(model)
+    sig = _decode_signature(model)
+    dims = dict(options.dims)
+    for name in symbolic:
+        if name not in dims and options.batch is not None and "batch" in name.lower():
+            dims[name] = options.batch
+    if sig is None:
+        return None, [("main", dims)]
+    static_batch = sig["batch"].dim_value if sig["batch"].HasField("dim_value") else None
+    if static_batch is not None and options.batch not in (None, static_batch):
+        raise CompileError(f"{loaded.path}: the graph was exported for batch {static_batch}, not "
+                           f"{options.batch}; export it again with --batch {options.batch}")
+    chunks = sorted({int(c) for c in options.prefill_chunks if int(c) > 1}, reverse=True)
+    entries = [("decode", {**dims, sig["seq"]: 1})]
+    entries += [(f"prefill_{c}", {**dims, sig["seq"]: c}) for c in chunks]
+    return sig, entries
+
+
+def compile_model(onnx_path: str, output_path: str, options: CompileOptions | None = None) -> CompileResult:
+    """Compiles ``onnx_path`` for ``options.target`` into the artifact ``output_path``."""
+    from . import artifact
+
+    options = options or CompileOptions()
+    t0 = time.time()
+    tgt_mod = _target_module(options.target)
+    loaded = onnx_import.load(onnx_path)
+    sig, entries = _entries(loaded, options)
+    progress = _Progress(options.progress, 4 * len(entries) + 2)
+    target = tgt_mod.tvm_target(options.mcpu)
+    model = loaded.model
+    input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    output_names = [o.name for o in model.graph.output]
+    state_names = sig["states"] if sig else []
+    state_specs = []
+    if sig:
+        for inp in model.graph.input:
+            if inp.name.startswith("past."):
+                state_specs.append((inp.name.removeprefix("past."), inp.type.tensor_type))
+    weights = lower.WeightTable()
+    report = substitute.SubstitutionReport()
+    converters = substitute.function_kernels(tgt_mod.KIND, report)
+    plans, kernels = [], {}
+    for entry, dims in entries:
+        shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
+        progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
+        static = onnx_import.specialize(loaded, dims, frozenset(converters))
+        mod = relax_import.to_relax(static, onnx_path, converters)
+        progress(f"substitute kernels for {entry}")
+        state_params = {}
+        for param, name in zip(mod["main"].params, input_names):
+            if sig and name.startswith("past."):
+                state_params[param.name] = name.removeprefix("past.")
+        mod = substitute.substitute(mod, tgt_mod.KIND, state_params, report)
+        progress(f"lower and schedule {entry} for {options.target}")
+        mod = lower.legalize_and_fuse(mod, target)
+        mod = tgt_mod.schedule(mod, target)
+        mod = lower.to_dps(mod)
+        progress(f"plan {entry}")
+        state_index = {f"past.{s}": i for i, s in enumerate(state_names)}
+        plan, entry_kernels = lower.build_plan(mod, entry, input_names, output_names, state_index,
+                                               state_names, weights)
+        _merge_kernels(kernels, entry_kernels, plan)
+        _check_state_bindings(plan, sig)
+        plans.append(plan)
+    for name in kernels:
+        report.kernels.setdefault(name, "generic")
+    progress(f"codegen {len(kernels)} kernels for {options.target}")
+    library = _build_host_library(kernels, target)
+    progress(f"write {output_path}")
+    metadata = {
+        "source": os.path.basename(onnx_path),
+        "kind": "decode" if sig else "graph",
+        "target": options.target,
+        "mcpu": str(target.attrs.get("mcpu", "")),
+        "kernels": report.kernels,
+        "entries": [p.name for p in plans],
+    }
+    if sig:
+        metadata.update(_decode_metadata(model, plans, options))
+    artifact.write_artifact(
+        output_path,
+        artifact.TargetInfo(kind=tgt_mod.KIND, host_arch=tgt_mod.host_arch(),
+                            host_features=tgt_mod.feature_mask(tgt_mod.host_features()), device_arch=""),
+        _to_artifact_plan(plans, kernels, weights, state_specs),
+        library,
+        weights.arrays,
+        metadata,
+        None,
+    )
+    return CompileResult(output_path, [p.name for p in plans], dict(report.kernels), time.time() - t0)
+
+
+def _decode_metadata(model, plans, options: CompileOptions) -> dict:
+    props = {p.key: p.value for p in model.metadata_props}
+    exported = int(props.get("tide.max_seq_len", "0")) or None
+    if exported and options.max_seq_len not in (None, exported):
+        raise CompileError(f"decode graph: its state holds {exported} tokens (fixed at export); export it "
+                           f"again with --max-seq-len {options.max_seq_len}")
+    max_len = exported or options.max_seq_len
+    if max_len is None:
+        raise CompileError("decode graph: state capacity unknown: pass --max-seq-len (the graph has no "
+                           "tide.max_seq_len metadata)")
+    chunks = sorted(int(p.name.split("_")[1]) for p in plans if p.name.startswith("prefill_"))
+    logits = next(o for o in plans[0].outputs if o[0] == "logits")
+    shape = plans[0].buffers[logits[1]].shape
+    return {"max_seq_len": max_len, "batch": int(shape[0]), "vocab": int(shape[-1]),
+            "prefill_chunks": chunks, "model": props.get("tide.model", "")}
+
+
+def _check_state_bindings(plan: lower.EntryPlan, sig) -> None:
+    if not sig:
+        return
+    for name, bid, role in plan.outputs:
+        if name.startswith("present.") and role != "state":
+            raise CompileError(
+                f"entry {plan.name}: output '{name}' is not an in-place update of '{name.replace('present.', 'past.', 1)}'"
+                " (the contract: present.X = ScatterND(past.X, ...), see docs/onnx-contract.md)")
+
+
+def _merge_kernels(kernels: dict, entry_kernels: dict, plan: lower.EntryPlan) -> None:
+    import tvm_ffi
+
+    rename = {}
+    for name, func in entry_kernels.items():
+        if name in kernels and not tvm_ffi.structural_equal(kernels[name], func):
+            new = f"{plan.name}_{name}"
+            rename[name] = new
+            kernels[new] = func
+        else:
+            kernels.setdefault(name, func)
+    for call in plan.calls:
+        call.kernel = rename.get(call.kernel, call.kernel)
+
+
+def _build_host_library(kernels: dict, target) -> bytes:
+    """Compiles every kernel with LLVM and links them with the runtime's shim into one .so."""
+    import tvm
+
+    funcs = {name: func.with_attr("global_symbol", name) for name, func in kernels.items()}
+    try:
+        exe = tvm.compile(tvm.IRModule(funcs), target=target)
+    except Exception as err:
+        raise CompileError(f"code generation failed: {type(err).__name__}: {err}") from err
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if cc is None:
+        raise CompileError("no C compiler found to link the kernel library (set CC)")
+    with tempfile.TemporaryDirectory(prefix="tide-link-") as tmp:
+        obj = os.path.join(tmp, "kernels.o")
+        lib = os.path.join(tmp, "kernels.so")
+        exe.mod.write_to_file(obj)
+        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", lib, obj, _kernel_shim_source(), "-lm", "-Wl,-Bsymbolic"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise CompileError(f"linking the kernel library failed: {' '.join(cmd)}\n{proc.stderr}")
+        with open(lib, "rb") as f:
+            return f.read()
+
+
+def _kernel_shim_source() -> str:
+    """runtime/src/kernel_shim.c: routes the kernels' error reports to the runtime that loads them."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.runtime")
+    for base in spec.submodule_search_locations or []:
+        path = os.path.join(base, "src", "kernel_shim.c")
+        if os.path.isfile(path):
+            return path
+    raise CompileError("tide's runtime sources (runtime/src/kernel_shim.c) are missing from this install")
+
+
+def _to_artifact_plan(plans, kernels, weights, state_specs):
+    from . import artifact
+    from onnx import helper
+
+    kernel_names = list(kernels)
+    kidx = {n: i for i, n in enumerate(kernel_names)}
+    entries = []
+    for p in plans:
+        buffers = [artifact.Buffer(kind=b.kind, index=b.index if b.kind != "arena" else 0, offset=b.offset,
+                                   dtype=b.dtype, shape=tuple(b.shape)) for b in p.buffers]
+        ops = [artifact.Op(kind="call", kernel=kidx[c.kernel], args=list(c.args)) for c in p.calls]
+        entries.append(artifact.Entry(
+            name=p.name, arena_bytes=p.arena_bytes, buffers=buffers,
+            inputs=[artifact.IOBinding(n, b, r) for n, b, r in p.inputs],
+            outputs=[artifact.IOBinding(n, b, r) for n, b, r in p.outputs], ops=ops))
+    states = []
+    for name, ttype in state_specs:
+        dtype = str(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
+        states.append(artifact.StateSpec(name=name, dtype=dtype,
+                                         shape=tuple(d.dim_value for d in ttype.shape.dim)))
+    wspecs = [artifact.WeightSpec(name=n, dtype=str(a.dtype), shape=tuple(a.shape))
+              for n, a in zip(weights.names, weights.arrays)]
+    return artifact.Plan(kernels=kernel_names, weights=wspecs, states=states, entries=entries)
