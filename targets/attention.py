@@ -1,0 +1,229 @@
+"""Target schedules of tide's attention-family kernels (``tide.ops.sink_attention*``).
+
+The kernels are defined once, unscheduled (``prim_func`` of each op module); the functions here
+turn a definition into a target kernel with ``tvm.s_tir.Schedule`` and mark it scheduled.
+
+CPU: the (batch, query, head block, split) loop runs on the thread pool; inside, every stage is
+vectorized over 16 fp32 lanes: the logits as ``[entries x heads]`` register tiles with the head
+axis in the vector, the accumulator update ``acc += p @ tile`` as a 4-head x 64-channel register
+tile, the softmax bookkeeping over the head vector.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+VECTOR = 16  # fp32 lanes of a 512-bit register
+CPU_ENTRY_BLOCK = 8  # entries per tile on the CPU (the logits tile is 8 vectors of 16 heads)
+CUDA_ENTRY_BLOCK = 16
+CUDA_CTAS = 264  # two waves' worth of thread blocks on a 132-SM H100/H200
+
+
+def config(target_kind: str, batch: int, seq: int, heads: int, head_dim: int, n_entries: int) -> dict:
+    """Blocking of a sink-attention kernel for the target: heads per block, entries per tile and
+    the number of entry ranges (split-K) for short query batches."""
+    head_block = math.gcd(heads, 16)
+    rows = batch * seq * (heads // head_block)
+    if target_kind == "cuda":
+        entry_block, want = CUDA_ENTRY_BLOCK, CUDA_CTAS
+    elif target_kind == "cpu":
+        entry_block, want = CPU_ENTRY_BLOCK, 2 * (os.cpu_count() or 1)
+    else:
+        raise ValueError(f"no attention schedule for target '{target_kind}'")
+    tiles = -(-n_entries // entry_block)
+    splits = max(1, min(-(-want // rows), tiles // 8))
+    return {"head_block": head_block, "entry_block": entry_block, "splits": splits}
+
+
+def schedule(func, target_kind: str):
+    """The target's schedule of a sink-attention kernel."""
+    if target_kind == "cuda":
+        return schedule_cuda(func)
+    if target_kind == "cpu":
+        return schedule_cpu(func)
+    raise ValueError(f"no attention schedule for target '{target_kind}'")
+
+
+def _extent(sch, loop) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _vectorize_last(sch, block, lanes: int = VECTOR) -> None:
+    """Vectorizes the innermost loop of ``block`` in chunks of ``lanes`` (the whole loop when it
+    is shorter)."""
+    loop = sch.get_loops(block)[-1]
+    n = _extent(sch, loop)
+    if n <= lanes:
+        sch.vectorize(loop)
+    elif n % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
+
+
+def schedule_cpu(func, target=None):
+    """The CPU schedule of a ``sink_attention`` kernel (dense or sparse)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    attn = sch.get_sblock("attn")
+    outer = sch.get_loops(attn)
+    sch.parallel(sch.fuse(*outer))
+
+    for name in ("q_load", "state_init", "acc_init", "rescale", "prob", "max_update", "tile_load"):
+        _vectorize_last(sch, sch.get_sblock(name))
+
+    # logits [entries x heads]: the reduction over channels outside, entries unrolled, heads in the vector
+    qk = sch.get_sblock("qk")
+    j, h, d = sch.get_loops(qk)[-3:]
+    sch.reorder(d, j, h)
+    sch.unroll(j)
+    _vectorize_last(sch, qk)
+    sch.decompose_reduction(qk, d)
+
+    for name in ("tile_max", "row_sum"):
+        block = sch.get_sblock(name)
+        h, j = sch.get_loops(block)[-2:]
+        sch.reorder(j, h)
+        _vectorize_last(sch, block)
+        sch.decompose_reduction(block, j)
+
+    # acc[h, d] += p[j, h] * tile[j, d]: a 4 x 64 register tile, entries innermost but one
+    pv = sch.get_sblock("pv")
+    h, d, j = sch.get_loops(pv)[-3:]
+    h_tile = 4 if _extent(sch, h) % 4 == 0 else 1
+    d_tile = 64 if _extent(sch, d) % 64 == 0 else VECTOR
+    h0, h1 = sch.split(h, factors=[None, h_tile])
+    d0, d1 = sch.split(d, factors=[None, d_tile])
+    d1a, d1v = sch.split(d1, factors=[None, VECTOR])
+    sch.reorder(h0, d0, j, h1, d1a, d1v)
+    sch.unroll(h1)
+    sch.unroll(d1a)
+    sch.vectorize(d1v)
+    sch.decompose_reduction(pv, j)
+
+    if _has_block(sch, "store"):
+        _vectorize_last(sch, sch.get_sblock("store"))
+    else:
+        _vectorize_last(sch, sch.get_sblock("store_acc"))
+        merge = sch.get_sblock("merge")
+        b, s, h, d, p = sch.get_loops(merge)
+        sch.reorder(p, d)
+        sch.parallel(sch.fuse(b, s, h))
+        _vectorize_last(sch, merge)
+        sch.decompose_reduction(merge, p)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
+        return False
+    return True
+
+
+def schedule_cuda(func, target=None):
+    """The CUDA schedule of a ``sink_attention`` kernel: one thread block per (batch, query, head
+    block, split); the query block, the entry tile, logits and softmax state in shared memory; each
+    thread owns ``head_block x 4`` accumulator channels in registers. The split merge is a second
+    kernel (one thread block per query row, channels over threads)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    attn = sch.get_sblock("attn")
+    sch.bind(sch.fuse(*sch.get_loops(attn)), "blockIdx.x")
+    acc_init = sch.get_sblock("acc_init")
+    head_block, head_dim = (_extent(sch, l) for l in sch.get_loops(acc_init)[-2:])
+    lanes = 4
+    threads = head_dim // lanes
+    if threads * lanes != head_dim or threads > 1024:
+        raise ValueError(f"head_dim {head_dim} does not map onto threads of {lanes} channels")
+
+    for name, index, scope in (("q_load", 0, "shared.dyn"), ("tile_load", 0, "shared.dyn"), ("bias_load", 0, "shared"),
+                               ("qk", 0, "shared"), ("prob", 0, "shared"), ("state_init", 0, "shared"),
+                               ("state_init", 1, "shared"), ("tile_max", 0, "shared"), ("rescale", 0, "shared"),
+                               ("acc_init", 0, "local"), ("tile_start", 0, "local"), ("tile_range", 0, "local")):
+        sch.set_scope(sch.get_sblock(name), index, scope)
+
+    def spread(name, n_loops, vector=1):
+        """The block's own ``n_loops`` loops fused, over the threads (and ``vector`` lanes)."""
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)[-n_loops:]
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        if vector > 1:
+            fused, vec = sch.split(fused, factors=[None, vector])
+            sch.vectorize(vec)
+        _, tx = sch.split(fused, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+
+    def per_thread_channels(name):
+        """``[head_block, head_dim]`` nest: thread t owns channels 4t..4t+3 of every head."""
+        block = sch.get_sblock(name)
+        h, d = sch.get_loops(block)[-2:]
+        tx, vec = sch.split(d, factors=[threads, lanes])
+        sch.reorder(tx, h, vec)
+        sch.bind(tx, "threadIdx.x")
+        sch.vectorize(vec)
+        return block
+
+    # q: load heads x channels coalesced, stored transposed [Dh, heads]
+    q_load = sch.get_sblock("q_load")
+    d, h = sch.get_loops(q_load)[-2:]
+    sch.reorder(h, d)
+    spread("q_load", 2)
+    for name in ("state_init", "rescale", "max_update", "bias_load"):
+        spread(name, 1)
+    spread("tile_load", 2, vector=lanes)
+    per_thread_channels("acc_init")
+
+    # logits: one (entry, head) dot product per thread, channels from shared memory
+    qk = sch.get_sblock("qk")
+    j, h, d = sch.get_loops(qk)[-3:]
+    fused = sch.fuse(j, h)
+    _, tx = sch.split(fused, factors=[None, threads])
+    sch.bind(tx, "threadIdx.x")
+    dot = sch.cache_write(qk, 0, "local")
+    sch.reverse_compute_at(dot, tx)
+    sch.decompose_reduction(qk, d)
+    for name in ("tile_max", "row_sum"):
+        block = sch.get_sblock(name)
+        h, j = sch.get_loops(block)[-2:]
+        _, tx = sch.split(h, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+        sch.decompose_reduction(block, j)
+    prob = sch.get_sblock("prob")
+    _, tx = sch.split(sch.fuse(*sch.get_loops(prob)[-2:]), factors=[None, threads])
+    sch.bind(tx, "threadIdx.x")
+
+    # acc[h, 4t:4t+4] += p[j, h] * tile[j, 4t:4t+4]
+    pv = sch.get_sblock("pv")
+    h, d, j = sch.get_loops(pv)[-3:]
+    tx, vec = sch.split(d, factors=[threads, lanes])
+    sch.reorder(tx, j, h, vec)
+    sch.bind(tx, "threadIdx.x")
+    sch.unroll(h)
+    sch.vectorize(vec)
+    sch.decompose_reduction(pv, j)
+
+    if _has_block(sch, "store"):
+        per_thread_channels("store")
+    else:
+        spread("store_ml", 1)
+        per_thread_channels("store_acc")
+        for name in ("merge_max", "merge_sum"):
+            block = sch.get_sblock(name)
+            loops = sch.get_loops(block)
+            bx, tx = sch.split(sch.fuse(*loops[:-1]), factors=[None, 32])
+            sch.bind(bx, "blockIdx.x")
+            sch.bind(tx, "threadIdx.x")
+        weight = sch.get_sblock("merge_weight")
+        bx, tx = sch.split(sch.fuse(*sch.get_loops(weight)), factors=[None, 32])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+        merge = sch.get_sblock("merge")
+        b, s, h, d, p = sch.get_loops(merge)
+        sch.bind(sch.fuse(b, s, h), "blockIdx.x")
+        _, tx = sch.split(d, factors=[None, min(threads, 128)])
+        sch.bind(tx, "threadIdx.x")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -1,0 +1,281 @@
+"""tide's hybrid-attention kernels (``tide.ops.sink_attention*`` + ``tide.targets.attention``)
+against their float64 references and transformers' DeepSeek-V4 modules, on seeded random data.
+
+CPU kernels are built and run here; CUDA kernels are built and their source is compiled with nvcc
+for sm_90 and sm_80 (their numerics need a GPU, which this suite does not assume).
+
+Tolerances: float32 kernels vs float64 references, outputs of magnitude ~1, reductions over at
+most a few hundred entries of 512 channels: observed errors are ~1e-6; TOL = 2e-5.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+import types
+import zlib
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
+
+from tide.compiler.substitute import SubstitutionReport
+from tide.ops import sink_attention, sink_attention_sparse
+from tide.targets import attention, cpu
+
+TOL = 2e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+@functools.cache
+def _target():
+    return cpu.tvm_target()
+
+
+def _run_prim(func, *arrays, out_shape):
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=_target())
+    args = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]
+    out = tvm.runtime.tensor(np.full(out_shape, np.nan, np.float32))
+    ex["main"](*args, out)
+    return out.numpy()
+
+
+def _run_convert(module, arrays, attrs):
+    """Builds a Relax function that is exactly ``module.relax_convert`` on inputs shaped like
+    ``arrays`` (what the compiler does for a kept tide function) and runs it on the CPU."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
+    report = SubstitutionReport()
+    with bb.function("main", params):
+        out = module.relax_convert(bb, params, attrs, target_kind="cpu", report=report)
+        bb.emit_func_output(bb.emit(out))
+    assert any(module.TIDE_FUNCTION in served for served in report.kernels.values())
+    ex = tvm.compile(bb.get(), target=_target())
+    vm = relax.VirtualMachine(ex, tvm.cpu())
+    return vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]).numpy()
+
+
+def _window_bias(start, seq, window):
+    """The exporter's sliding-window mask over [ring (W) ; this call (S)], per row ``[B, S, W+S]``."""
+    start = np.asarray(start)
+    bias = np.full((len(start), seq, window + seq), -np.inf, np.float32)
+    for b, p0 in enumerate(start):
+        ring = np.array([max(p for p in range(-window, p0) if p % window == s) for s in range(window)])
+        keys = np.concatenate([ring, p0 + np.arange(seq)])
+        for t in range(seq):
+            pos = p0 + t
+            bias[b, t, (keys >= 0) & (keys <= pos) & (keys > pos - window)] = 0.0
+    return bias
+
+
+def _hca_bias(start, seq, window, ratio, rows):
+    """SinkAttention's HCA mask: window mask, then ``rows`` old compressed rows, then the call's
+    ``seq // ratio + 1`` candidates."""
+    start = np.asarray(start)
+    nb = seq // ratio + 1
+    comp = np.full((len(start), seq, rows + nb), -np.inf, np.float32)
+    for b, p0 in enumerate(start):
+        base = p0 // ratio
+        for t in range(seq):
+            comp[b, t, :rows][np.arange(rows) < base] = 0.0
+            comp[b, t, rows:][base + np.arange(nb) < (p0 + t + 1) // ratio] = 0.0
+    return np.concatenate([_window_bias(start, seq, window), comp], axis=-1)
+
+
+def _indexer_picks(rng, start, seq, ratio, rows, top_k):
+    """Indices/valid as LightningIndexer returns them: top-k of random scores over the visible
+    entries (w < (t+1)//ratio), invisible ones at -inf, sorted, ties to the lower index."""
+    B = len(start)
+    idx = np.zeros((B, seq, top_k), np.int64)
+    valid = np.zeros((B, seq, top_k), bool)
+    for b, p0 in enumerate(start):
+        for t in range(seq):
+            limit = (p0 + t + 1) // ratio
+            score = np.where(np.arange(rows) < limit, rng.standard_normal(rows), -np.inf)
+            order = np.argsort(-score, kind="stable")[:top_k]
+            idx[b, t], valid[b, t] = order, order < limit
+    return idx, valid
+
+
+def _eager(q, keys, bias, sinks, scale):
+    """transformers' eager attention with sinks on ``q [B,S,H,D]``, shared ``keys [B,N,D]``."""
+    H = q.shape[2]
+    module = types.SimpleNamespace(num_key_value_groups=H, sinks=torch.from_numpy(sinks), training=False)
+    key = torch.from_numpy(keys)[:, None]
+    out, _ = hf.eager_attention_forward(module, torch.from_numpy(q).transpose(1, 2), key, key,
+                                        torch.from_numpy(bias)[:, None], scale)
+    return out.numpy()
+
+
+def _rand(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# SinkAttention
+
+
+# (batch, seq, heads, head_dim, start positions, layer kind)
+DENSE_CASES = {
+    "tiny-sliding-prefill": (2, 5, 8, 64, [0, 13], "sliding"),   # row 1 wraps the ring
+    "tiny-sliding-decode": (2, 1, 8, 64, [3, 40], "sliding"),
+    "tiny-hca-prefill": (2, 16, 8, 64, [7, 50], "hca"),          # starts off the ratio grid
+    "tiny-hca-decode": (1, 1, 8, 64, [255], "hca"),
+    "flash-hca-decode": (1, 1, 64, 512, [70], "hca"),
+    "pro-sliding-prefill": (1, 3, 128, 512, [21], "sliding"),
+}
+
+
+@pytest.mark.parametrize("case", list(DENSE_CASES))
+def test_sink_attention_matches_reference_and_transformers(case):
+    B, S, H, D, start, kind = DENSE_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    window, ratio, rows = 16, 16, 17
+    bias = _window_bias(start, S, window) if kind == "sliding" else _hca_bias(start, S, window, ratio, rows)
+    N = bias.shape[-1]
+    q, kv, sinks = _rand(rng, B, S, H, D), _rand(rng, B, N, D), _rand(rng, H)
+    scale = D ** -0.5
+    got = _run_convert(sink_attention, [q, kv, bias, sinks], {"scale": scale})
+    want = sink_attention.reference(q, kv, bias, sinks, scale)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+    np.testing.assert_allclose(got, _eager(q, kv, bias, sinks, scale), rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("splits,entry_block", [(1, 8), (3, 8), (5, 4), (2, 16)])
+def test_sink_attention_splits_and_masked_rows(splits, entry_block):
+    """Split-K merges, tiles that are partly past the end, a query row that sees nothing (output
+    exactly 0: only the sink), and fully masked tiles in the middle of the list."""
+    rng = np.random.default_rng(splits * 100 + entry_block)
+    B, S, H, D, N = 2, 3, 16, 32, 37
+    q, kv, sinks = _rand(rng, B, S, H, D), _rand(rng, B, N, D), _rand(rng, H)
+    bias = np.where(rng.random((B, S, N)) < 0.4, -np.inf, 0.0).astype(np.float32)
+    bias[:, :, 8:24] = -np.inf
+    bias[1, 2, :] = -np.inf
+    func = sink_attention.prim_func(B, S, H, D, N, 0.3, entry_block=entry_block, splits=splits)
+    got = _run_prim(attention.schedule_cpu(func), q, kv, bias, sinks, out_shape=(B, S, H, D))
+    np.testing.assert_allclose(got, sink_attention.reference(q, kv, bias, sinks, 0.3), rtol=0, atol=TOL)
+    assert not np.any(got[1, 2])
+
+
+def test_sink_attention_unscheduled_definition():
+    """The target-independent definition itself (serial loops) computes the same thing."""
+    rng = np.random.default_rng(7)
+    B, S, H, D, N = 1, 2, 4, 16, 11
+    q, kv, sinks = _rand(rng, B, S, H, D), _rand(rng, B, N, D), _rand(rng, H)
+    bias = _window_bias([4], S, 9)
+    func = sink_attention.prim_func(B, S, H, D, N, 0.25, entry_block=4, splits=2)
+    got = _run_prim(func, q, kv, bias, sinks, out_shape=(B, S, H, D))
+    np.testing.assert_allclose(got, sink_attention.reference(q, kv, bias, sinks, 0.25), rtol=0, atol=TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# SparseSinkAttention
+
+
+# (batch, seq, heads, head_dim, start positions, top_k, cache rows C)
+SPARSE_CASES = {
+    "tiny-prefill": (2, 16, 8, 64, [0, 22], 4, 65),     # k > visible entries early in row 0
+    "tiny-decode": (2, 1, 8, 64, [5, 130], 4, 65),      # off-grid starts, new entry from this call
+    "topk-over-visible": (1, 3, 8, 64, [9], 12, 17),    # more picks than entries: invalid tail
+    "flash-decode": (1, 1, 64, 512, [41], 8, 17),
+    "pro-prefill": (1, 4, 128, 512, [14], 8, 9),
+}
+
+
+def _sparse_inputs(case):
+    B, S, H, D, start, K, C = SPARSE_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    window, ratio = 16, 4
+    E = S // ratio + 1
+    bias = _window_bias(start, S, window)
+    q, kv, sinks = _rand(rng, B, S, H, D), _rand(rng, B, window + S, D), _rand(rng, H)
+    cache, entries = _rand(rng, B, C, D), _rand(rng, B, E, D)
+    idx, valid = _indexer_picks(rng, start, S, ratio, C, K)
+    return (q, kv, bias, cache, entries, idx, valid, np.array(start, np.int64), sinks), ratio, D ** -0.5
+
+
+@pytest.mark.parametrize("case", list(SPARSE_CASES))
+def test_sparse_sink_attention_matches_reference(case):
+    arrays, ratio, scale = _sparse_inputs(case)
+    got = _run_convert(sink_attention_sparse, list(arrays), {"ratio": ratio, "scale": scale})
+    want = sink_attention_sparse.reference(*arrays, ratio, scale)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("case", ["tiny-prefill", "tiny-decode", "topk-over-visible"])
+def test_sparse_sink_attention_matches_transformers_block_bias(case):
+    """transformers' CSA path: eager attention over [window ; the whole compressed list] with the
+    block bias that is 0 at the picks and -inf elsewhere."""
+    arrays, ratio, scale = _sparse_inputs(case)
+    q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
+    B, S = q.shape[:2]
+    C, E = cache.shape[1], entries.shape[1]
+    compressed = cache.copy()
+    block = np.full((B, S, C), -np.inf, np.float32)
+    for b in range(B):
+        base = start[b] // ratio
+        n_new = min(E, C - base)
+        compressed[b, base:base + n_new] = entries[b, :n_new]
+        for t in range(S):
+            block[b, t, idx[b, t][valid[b, t]]] = 0.0
+    want = _eager(q, np.concatenate([kv, compressed], 1), np.concatenate([bias, block], -1), sinks, scale)
+    got = _run_convert(sink_attention_sparse, list(arrays), {"ratio": ratio, "scale": scale})
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+@pytest.mark.parametrize("splits", [1, 4])
+def test_sparse_sink_attention_scattered_valid_picks(splits):
+    """Valid flags that are not a prefix (the kernel must not rely on the indexer's order)."""
+    arrays, ratio, scale = _sparse_inputs("tiny-prefill")
+    q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
+    rng = np.random.default_rng(splits)
+    valid = valid & (rng.random(valid.shape) < 0.6)
+    B, S, H, D = q.shape
+    func = sink_attention_sparse.prim_func(B, S, H, D, kv.shape[1], idx.shape[-1], cache.shape[1],
+                                           entries.shape[1], ratio, scale, entry_block=4, splits=splits)
+    got = _run_prim(attention.schedule_cpu(func), q, kv, bias, cache, entries, idx, valid, start, sinks,
+                    out_shape=q.shape)
+    want = sink_attention_sparse.reference(q, kv, bias, cache, entries, idx, valid, start, sinks, ratio, scale)
+    np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA builds
+
+
+def _nvcc():
+    path = shutil.which("nvcc") or "/usr/local/bin/nvcc"
+    assert os.path.exists(path), "nvcc is needed to check the CUDA kernels"
+    return path
+
+
+CUDA_KERNELS = {
+    "dense-decode-split": lambda: sink_attention.prim_func(
+        1, 1, 64, 512, 1100, 512 ** -0.5, **attention.config("cuda", 1, 1, 64, 512, 1100)),
+    "dense-prefill": lambda: sink_attention.prim_func(
+        1, 32, 128, 512, 160, 512 ** -0.5, **attention.config("cuda", 1, 32, 128, 512, 160)),
+    "sparse-decode": lambda: sink_attention_sparse.prim_func(
+        2, 1, 64, 512, 129, 512, 1025, 1, 4, 512 ** -0.5, **attention.config("cuda", 2, 1, 64, 512, 641)),
+}
+
+
+@pytest.mark.parametrize("kernel", list(CUDA_KERNELS))
+def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
+    func = attention.schedule(CUDA_KERNELS[kernel](), "cuda")
+    exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    source = exe.mod.imports[0].inspect_source()
+    assert "__global__" in source
+    cu = tmp_path / "kernel.cu"
+    cu.write_text(source)
+    for arch in ("sm_90", "sm_80"):
+        res = subprocess.run([_nvcc(), "-cubin", f"-arch={arch}", "-o", str(tmp_path / f"{arch}.cubin"), str(cu)],
+                             capture_output=True, text=True)
+        assert res.returncode == 0, f"{arch}: {res.stderr[-2000:]}"
