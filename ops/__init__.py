@@ -9,4 +9,5 @@ shapes; ``parallel`` chooses the CPU outer-loop kind), ``reference(...)`` (plain
 # module that defines it. Each such module gives ``TIDE_FUNCTION`` and ``relax_convert``.
 FUNCTION_KERNELS = {
     "RMSNorm": "rmsnorm",
+    "SinkAttention": "sink_attention",
 }
