@@ -1,0 +1,1 @@
+"""tide.bench: the benchmark suite (whole-model throughput in e2e.py)."""
