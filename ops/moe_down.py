@@ -1,0 +1,88 @@
+"""Grouped down-projection GEMM over the expert tiles of ``tide.ops.moe_permute``.
+
+Third kernel of the ``tide.MoEExperts`` chain: for every used tile q (expert ``e = tile_expert[q]``)
+and row r of it, ``o[r] = W_down[e] h[r]`` (h already carries the routing weight). Rows stay in
+expert order; ``tide.ops.moe_experts``' combine brings them back to token order. Tiles past
+``num_tiles`` do nothing, so experts without tokens are never read.
+
+Weight layout (packed at compile time from ``down [E, D, F]``): ``[E, D / NB, F, NB]``, the
+F x NB panel of each block of NB output columns contiguous and row-major in F.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def col_block(dim: int) -> int:
+    """NB: output columns per tile task (the CPU register tile)."""
+    for nb in (64, 32, 16):
+        if dim % nb == 0:
+            return nb
+    return dim
+
+
+def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
+              name: str = "tide_moe_down"):
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    nb = col_block(dim)
+    db = dim // nb
+    rows = max_tiles * block_rows
+    src = f'''
+@T.prim_func(s_tir=True)
+def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {db}, {inter}, {nb}), "float32"),
+           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
+           o: T.Buffer(({rows}, {dim}), "float32")):
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "down"}})
+    for jb, tile in T.grid({db}, {max_tiles}):
+        with T.sblock("tile"):
+            vj, vt = T.axis.remap("SS", [jb, tile])
+            acc = T.sblock_alloc_buffer(({block_rows}, {nb}), "float32", scope="local")
+            if vt < num_tiles[0]:
+                for i, c, k in T.grid({block_rows}, {nb}, {inter}):
+                    with T.sblock("gemm"):
+                        vi, vc, vk = T.axis.remap("SSR", [i, c, k])
+                        with T.init():
+                            acc[vi, vc] = T.float32(0)
+                        acc[vi, vc] = acc[vi, vc] + h[vt * {block_rows} + vi, vk] * w[tile_expert[vt], vj, vk, vc]
+                for i, c in T.grid({block_rows}, {nb}):
+                    with T.sblock("store"):
+                        vi, vc = T.axis.remap("SS", [i, c])
+                        o[vt * {block_rows} + vi, vj * {nb} + vc] = acc[vi, vc]
+'''
+    return tvm.script.from_source(src)
+
+
+def pack(down: np.ndarray) -> np.ndarray:
+    """``[E, D, F]`` -> the kernel's ``[E, D/NB, F, NB]``."""
+    e, d, f = down.shape
+    nb = col_block(d)
+    return np.ascontiguousarray(down.reshape(e, d // nb, nb, f).transpose(0, 1, 3, 2))
+
+
+def relax_pack(bb, down):
+    """The same packing as Relax ops on ``down`` (a constant: folded at compile time)."""
+    from tvm import relax
+
+    e, d, f = (int(v) for v in down.ty.shape)
+    nb = col_block(d)
+    split = bb.emit(relax.op.reshape(down, (e, d // nb, nb, f)))
+    return bb.emit(relax.op.permute_dims(split, [0, 1, 3, 2]))
+
+
+def reference(h, tile_expert, num_tiles, down, block_rows):
+    """o (float64) for the rows of used tiles; other rows zero (the kernel leaves them unwritten)."""
+    o = np.zeros((h.shape[0], down.shape[1]))
+    for q in range(int(num_tiles[0])):
+        rows = slice(q * block_rows, (q + 1) * block_rows)
+        o[rows] = h[rows].astype(np.float64) @ down[tile_expert[q]].astype(np.float64).T
+    return o
+
+
+def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: int = 4) -> dict:
+    """FLOPs of the rows computed (padding included); bytes: each active expert's down weights once,
+    h read and o written."""
+    return {"flops": 2 * used_rows * dim * inter,
+            "bytes": (active_experts * dim * inter + used_rows * (dim + inter)) * itemsize}

@@ -1,0 +1,115 @@
+"""Routed experts: serves ``tide.MoEExperts(x, weights, indices, gate_up, down) -> y``.
+
+The function becomes a chain of four kernels (docs/onnx-contract.md, section 5):
+
+1. ``tide.ops.moe_permute``: assignments grouped by expert into row tiles, plus the inverse map;
+2. ``tide.ops.moe_gate_up``: grouped SwiGLU GEMM over the used tiles (routing weight applied);
+3. ``tide.ops.moe_down``: grouped down GEMM over the same tiles;
+4. this module's kernel, the combine: ``y[t] = sum_j o[slot[t, j]]``, a gather in fixed slot order
+   (deterministic, no atomics).
+
+Only routed tokens are computed and only active experts' weights are read. Tile height
+(``block_rows``) picks the regime: decode (at most one assignment per expert on average) uses
+1-row tiles, so each active expert streams its weights once per token; prefill uses 4-row tiles,
+so each weight load feeds four rows. The weights are packed for the GEMMs at compile time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import moe_down, moe_gate_up, moe_permute
+
+TIDE_FUNCTION = "MoEExperts"
+
+
+def block_rows(tokens: int, top_k: int, experts: int) -> int:
+    """Rows per expert tile: 1 while assignments do not outnumber experts (decode), else 4."""
+    return 1 if tokens * top_k <= experts else 3
+
+
+def prim_func(tokens: int, top_k: int, dim: int, rows: int, name: str = "tide_moe_combine"):
+    """The combine: ``y [T, D]`` from ``o [rows, D]`` and ``slot [T, k]``."""
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    total = " + ".join(f"o[slot[vt, {j}], vc]" for j in range(top_k))
+    src = f'''
+@T.prim_func(s_tir=True)
+def {name}(o: T.Buffer(({rows}, {dim}), "float32"), slot: T.Buffer(({tokens}, {top_k}), "int32"),
+           y: T.Buffer(({tokens}, {dim}), "float32")):
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "combine"}})
+    for t, c in T.grid({tokens}, {dim}):
+        with T.sblock("combine"):
+            vt, vc = T.axis.remap("SS", [t, c])
+            y[vt, vc] = {total}
+'''
+    return tvm.script.from_source(src)
+
+
+def reference(o: np.ndarray, slot: np.ndarray) -> np.ndarray:
+    """The combine in float64."""
+    return o[slot].astype(np.float64).sum(axis=1)
+
+
+def function_reference(x, weights, indices, gate_up, down, limit):
+    """The whole ``tide.MoEExperts`` in float64, expert by expert over its routed tokens."""
+    inter = gate_up.shape[1] // 2
+    x64, y = x.astype(np.float64), np.zeros(x.shape)
+    for e in np.unique(indices):
+        tok, j = np.nonzero(indices == e)
+        gu = x64[tok] @ gate_up[e].astype(np.float64).T
+        g, u = np.minimum(gu[:, :inter], limit), np.clip(gu[:, inter:], -limit, limit)
+        act = weights[tok, j, None].astype(np.float64) * g / (1 + np.exp(-g)) * u
+        np.add.at(y, tok, act @ down[e].astype(np.float64).T)
+    return y
+
+
+def cost(tokens: int, top_k: int, dim: int, itemsize: int = 4) -> dict:
+    """The combine: k - 1 adds per output; reads k rows per token, writes one."""
+    return {"flops": tokens * (top_k - 1) * dim, "bytes": tokens * (top_k + 1) * dim * itemsize + tokens * top_k * 4}
+
+
+def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
+            tag: str = ""):
+    """The chain's four PrimFuncs (unscheduled) as (name, func) pairs, with its tiling."""
+    br = block_rows(tokens, top_k, experts)
+    max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
+    shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
+    names = [f"tide_moe_permute_{shape}", f"tide_moe_gate_up_{shape}", f"tide_moe_down_{shape}",
+             f"tide_moe_combine_{shape}"]
+    funcs = [moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]),
+             moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1]),
+             moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2]),
+             prim_func(tokens, top_k, dim, rows, name=names[3])]
+    return list(zip(names, funcs)), br, max_tiles, rows
+
+
+def relax_convert(bb, inputs, attrs, *, target_kind, report):
+    """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine."""
+    from tvm import relax
+
+    from ..targets import moe as schedules
+
+    x, weights, indices, gate_up, down = inputs
+    tokens, dim = (int(v) for v in x.ty.shape)
+    top_k = int(indices.ty.shape[1])
+    experts, inter = int(gate_up.ty.shape[0]), int(gate_up.ty.shape[1]) // 2
+    if str(x.ty.dtype) != "float32" or str(gate_up.ty.dtype) != "float32" or str(down.ty.dtype) != "float32":
+        raise ValueError("tide.MoEExperts kernels take float32 activations and weights")
+    limit = float(attrs.get("swiglu_limit", 10.0))
+    funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype))
+    gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
+    served = f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles]"
+    for (n, _), what in zip(funcs, ("permutation", "grouped SwiGLU gate/up GEMM", "grouped down GEMM", "combine")):
+        report.add(n, f"{served}: {what}")
+    perm = bb.emit(relax.call_tir(gvs[0], [indices, weights], out_ty=[
+        relax.TensorType((rows,), "int32"), relax.TensorType((rows,), "float32"),
+        relax.TensorType((max_tiles,), "int32"), relax.TensorType((1,), "int32"),
+        relax.TensorType((tokens, top_k), "int32")]))
+    row_token, row_weight, tile_expert, num_tiles, slot = (bb.emit(relax.TupleGetItem(perm, i)) for i in range(5))
+    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up), row_token, row_weight,
+                                        tile_expert, num_tiles], out_ty=relax.TensorType((rows, inter), "float32")))
+    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down), tile_expert, num_tiles],
+                               out_ty=relax.TensorType((rows, dim), "float32")))
+    return relax.call_tir(gvs[3], [o, slot], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -1,0 +1,107 @@
+"""Grouped SwiGLU GEMM over the expert tiles of ``tide.ops.moe_permute``.
+
+Second kernel of the ``tide.MoEExperts`` chain. For every used tile q (expert ``e = tile_expert[q]``)
+and row r of it, with token ``t = row_token[r]``:
+
+    g = x_t . W_gate[e],  u = x_t . W_up[e]
+    h[r] = row_weight[r] * silu(min(g, L)) * clip(u, -L, L)
+
+(V4's clamps; the routing weight is applied here, before the down projection). Only routed tokens
+are computed and only the weights of experts that received tokens are read: each tile reads its
+expert's weights once for all of its rows. Tiles past ``num_tiles`` do nothing.
+
+Weight layout (packed at compile time from the checkpoint's ``gate_up [E, 2F, D]``, gate rows then
+up rows): ``[E, F / NB, D, 2, NB]``: for each block of NB output columns, the D x (NB gate + NB up)
+panel is contiguous and row-major in D, so a tile streams it once and the gate and up dot
+products of a column share every load of x.
+
+The definition is target-neutral: an outer block per (column block, tile) holding the
+accumulator, a reduction block and the SwiGLU block; ``tide.targets.moe`` schedules it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def col_block(inter: int) -> int:
+    """NB: columns of h per tile task (the CPU register tile is 2 NB wide: gate and up)."""
+    for nb in (32, 16):
+        if inter % nb == 0:
+            return nb
+    return inter
+
+
+def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
+              limit: float, name: str = "tide_moe_gate_up"):
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    nb = col_block(inter)
+    fb = inter // nb
+    rows = max_tiles * block_rows
+    lim = f"T.float32({float(limit)!r})"
+    src = f'''
+@T.prim_func(s_tir=True)
+def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {fb}, {dim}, 2, {nb}), "float32"),
+           row_token: T.Buffer(({rows},), "int32"), row_weight: T.Buffer(({rows},), "float32"),
+           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
+           h: T.Buffer(({rows}, {inter}), "float32")):
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "gate_up"}})
+    for jb, tile in T.grid({fb}, {max_tiles}):
+        with T.sblock("tile"):
+            vj, vt = T.axis.remap("SS", [jb, tile])
+            acc = T.sblock_alloc_buffer(({block_rows}, 2, {nb}), "float32", scope="local")
+            if vt < num_tiles[0]:
+                for i, s, c, k in T.grid({block_rows}, 2, {nb}, {dim}):
+                    with T.sblock("gemm"):
+                        vi, vs, vc, vk = T.axis.remap("SSSR", [i, s, c, k])
+                        with T.init():
+                            acc[vi, vs, vc] = T.float32(0)
+                        acc[vi, vs, vc] = acc[vi, vs, vc] + \\
+                            x[row_token[vt * {block_rows} + vi], vk] * w[tile_expert[vt], vj, vk, vs, vc]
+                for i, c in T.grid({block_rows}, {nb}):
+                    with T.sblock("swiglu"):
+                        vi, vc = T.axis.remap("SS", [i, c])
+                        h[vt * {block_rows} + vi, vj * {nb} + vc] = row_weight[vt * {block_rows} + vi] \\
+                            * T.min(acc[vi, 0, vc], {lim}) \\
+                            / (T.float32(1) + T.exp(T.float32(0) - T.min(acc[vi, 0, vc], {lim}))) \\
+                            * T.max(T.min(acc[vi, 1, vc], {lim}), T.float32(0) - {lim})
+'''
+    return tvm.script.from_source(src)
+
+
+def pack(gate_up: np.ndarray) -> np.ndarray:
+    """``[E, 2F, D]`` -> the kernel's ``[E, F/NB, D, 2, NB]``."""
+    e, f2, d = gate_up.shape
+    nb = col_block(f2 // 2)
+    return np.ascontiguousarray(gate_up.reshape(e, 2, f2 // 2 // nb, nb, d).transpose(0, 2, 4, 1, 3))
+
+
+def relax_pack(bb, gate_up):
+    """The same packing as Relax ops on ``gate_up`` (a constant: folded at compile time)."""
+    from tvm import relax
+
+    e, f2, d = (int(v) for v in gate_up.ty.shape)
+    nb = col_block(f2 // 2)
+    split = bb.emit(relax.op.reshape(gate_up, (e, 2, f2 // 2 // nb, nb, d)))
+    return bb.emit(relax.op.permute_dims(split, [0, 2, 4, 1, 3]))
+
+
+def reference(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit, block_rows):
+    """h (float64) for the used rows; rows of unused tiles are zero (the kernel leaves them unwritten)."""
+    inter = gate_up.shape[1] // 2
+    h = np.zeros((row_token.shape[0], inter))
+    for q in range(int(num_tiles[0])):
+        rows = slice(q * block_rows, (q + 1) * block_rows)
+        gu = x[row_token[rows]].astype(np.float64) @ gate_up[tile_expert[q]].astype(np.float64).T
+        g, u = np.minimum(gu[:, :inter], limit), np.clip(gu[:, inter:], -limit, limit)
+        h[rows] = row_weight[rows, None] * g / (1 + np.exp(-g)) * u
+    return h
+
+
+def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: int = 4) -> dict:
+    """FLOPs of the rows computed (padding included); bytes: each active expert's gate/up weights
+    once, the gathered x rows and h."""
+    return {"flops": 2 * used_rows * dim * 2 * inter + 6 * used_rows * inter,
+            "bytes": (active_experts * 2 * inter * dim + used_rows * (dim + inter)) * itemsize}

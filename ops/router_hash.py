@@ -1,0 +1,88 @@
+"""Hash MoE routing: serves ``tide.HashMoERouter(x, weight, tid2eid, input_ids) -> (weights, indices)``.
+
+V4's first layers pick experts by token id: ``indices = tid2eid[input_ids]``; the weights come
+from the learned scores as in ``tide.MoERouter``. Two kernels: ``tide.ops.router_scores``, then
+this module's per-token gather and normalization
+``weights = s[indices] / (sum + 1e-20) * routed_scaling_factor`` (summed in slot order). A token
+id outside the table reads row 0 instead of memory outside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import router_scores
+
+TIDE_FUNCTION = "HashMoERouter"
+
+
+def prim_func(tokens: int, experts: int, top_k: int, vocab: int, scale: float, index_dtype: str = "int64",
+              id_dtype: str = "int64", name: str = "tide_router_hash"):
+    """``scores [T, E]``, ``tid2eid [V, k]``, ``input_ids [T]`` -> ``weights [T, k]``, ``indices [T, k]``."""
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    k = top_k
+    row = f"T.if_then_else(input_ids[vt] >= T.{id_dtype}(0) and input_ids[vt] < T.{id_dtype}({vocab}), input_ids[vt], T.{id_dtype}(0))"
+    expert = f"T.Cast(\"int32\", tid2eid[{row}, j])"
+    src = f'''
+@T.prim_func(s_tir=True)
+def {name}(scores: T.Buffer(({tokens}, {experts}), "float32"), tid2eid: T.Buffer(({vocab}, {k}), "{index_dtype}"),
+           input_ids: T.Buffer(({tokens},), "{id_dtype}"),
+           weights: T.Buffer(({tokens}, {k}), "float32"), indices: T.Buffer(({tokens}, {k}), "{index_dtype}")):
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "router_select"}})
+    for t in range({tokens}):
+        with T.sblock("select"):
+            vt = T.axis.spatial({tokens}, t)
+            T.reads(scores[vt, 0:{experts}], tid2eid[0:{vocab}, 0:{k}], input_ids[vt])
+            T.writes(weights[vt, 0:{k}], indices[vt, 0:{k}])
+            total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+            total[0] = T.float32(0)
+            for j in range({k}):
+                total[0] = total[0] + scores[vt, {expert}]
+            for j in range({k}):
+                indices[vt, j] = tid2eid[{row}, j]
+                weights[vt, j] = scores[vt, {expert}] / (total[0] + T.float32(1e-20)) * T.float32({float(scale)!r})
+'''
+    return tvm.script.from_source(src)
+
+
+def reference(scores: np.ndarray, tid2eid: np.ndarray, input_ids: np.ndarray, scale: float):
+    """(weights float64, indices int64)."""
+    indices = tid2eid[input_ids].astype(np.int64)
+    picked = np.take_along_axis(scores.astype(np.float64), indices, axis=-1)
+    return picked / (picked.sum(-1, keepdims=True) + 1e-20) * scale, indices
+
+
+def cost(tokens: int, top_k: int, itemsize: int = 4) -> dict:
+    """3 FLOPs per pick; a table row, k scores and the outputs per token."""
+    return {"flops": 3 * tokens * top_k, "bytes": tokens * (8 + top_k * (8 + itemsize + itemsize + 8))}
+
+
+def relax_convert(bb, inputs, attrs, *, target_kind, report):
+    """``tide.HashMoERouter`` -> router scores, then this gather."""
+    from tvm import relax
+
+    from ..targets import moe as schedules
+
+    x, weight, tid2eid, input_ids = inputs
+    tokens, dim = (int(v) for v in x.ty.shape)
+    experts = int(weight.ty.shape[0])
+    vocab, top_k = (int(v) for v in tid2eid.ty.shape)
+    scale = float(attrs.get("routed_scaling_factor", 1.0))
+    if str(x.ty.dtype) != "float32" or str(weight.ty.dtype) != "float32":
+        raise ValueError("tide.HashMoERouter kernels take float32 activations and weights")
+    scores_name = f"tide_router_scores_t{tokens}d{dim}e{experts}"
+    hash_name = f"tide_router_hash_t{tokens}e{experts}k{top_k}v{vocab}"
+    scores_gv = bb.add_func(schedules.schedule(router_scores.prim_func(tokens, dim, experts, scores_name),
+                                               target_kind).with_attr("op_pattern", 8), scores_name)
+    func = prim_func(tokens, experts, top_k, vocab, scale, str(tid2eid.ty.dtype), str(input_ids.ty.dtype), hash_name)
+    hash_gv = bb.add_func(schedules.schedule(func, target_kind).with_attr("op_pattern", 8), hash_name)
+    report.add(scores_name, f"router scores sqrt(softplus(x W^T)) [T {tokens}, D {dim}, E {experts}]")
+    report.add(hash_name, f"tide.HashMoERouter [T {tokens}, k {top_k}]: tid2eid gather, weights")
+    scores = bb.emit(relax.call_tir(scores_gv, [x, router_scores.relax_pack(bb, weight)],
+                                    out_ty=relax.TensorType((tokens, experts), "float32")))
+    ids = bb.emit(relax.op.reshape(input_ids, (tokens,)))
+    out = bb.emit(relax.call_tir(hash_gv, [scores, tid2eid, ids], out_ty=[
+        relax.TensorType((tokens, top_k), "float32"), relax.TensorType((tokens, top_k), str(tid2eid.ty.dtype))]))
+    return relax.Tuple([bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))])

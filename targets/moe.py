@@ -1,0 +1,197 @@
+"""Schedules of the MoE kernels (``tide.ops.moe_*``, ``tide.ops.router*``) for the CPU and CUDA.
+
+Every MoE PrimFunc names its kind in the ``tide.moe_kernel`` attribute; ``schedule`` picks the
+target's rule for it and marks the result ``tirx.is_scheduled`` so the generic target rules leave
+it alone.
+
+CPU (LLVM, AVX-512): the grouped GEMMs run one task per (column block, tile) on the thread pool,
+column-block major so that consecutive tasks of a thread reuse an expert's weight panel from
+cache; inside a task the reduction loop is outermost and a ``rows x 64`` accumulator tile
+(4 x 4 zmm for 4-row tiles) stays in registers: each step broadcasts one x value per row and
+loads 64 weights once for all rows. Epilogues and element-wise kernels are vectorized 16 wide.
+
+CUDA (sm_80 / sm_90): one thread block per (column block, tile), a thread per output element of
+the tile (gate and up accumulated by the same thread), weight loads coalesced along the packed
+column axis; blocks of unused tiles exit at once. Sequential kernels (the permutation) run on one
+thread; per-row kernels (router selection) one thread per token.
+"""
+
+from __future__ import annotations
+
+VECTOR = 16  # fp32 lanes of a 512-bit register
+CUDA_THREADS = 128
+
+
+def schedule(func, target_kind: str, target=None):
+    """``func`` scheduled for ``target_kind`` ("cpu" or "cuda"), marked as scheduled."""
+    if target_kind == "cpu":
+        return schedule_cpu(func, target)
+    if target_kind == "cuda":
+        return schedule_cuda(func, target)
+    raise ValueError(f"no MoE kernel schedules for target kind '{target_kind}'")
+
+
+def _kind(func) -> str:
+    kind = func.attrs.get("tide.moe_kernel") if func.attrs else None
+    if kind is None:
+        raise ValueError("not a tide MoE kernel (no tide.moe_kernel attribute)")
+    return str(kind)
+
+
+def _done(sch):
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU
+
+
+def schedule_cpu(func, target=None):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    rule = {"permute": lambda s: None, "gate_up": _cpu_gate_up, "down": _cpu_down,
+            "combine": _cpu_rows, "router_scores": _cpu_router_scores, "router_select": _cpu_per_row}[_kind(func)]
+    rule(sch)
+    return _done(sch)
+
+
+def _cpu_gemm(sch, gemm, epilogue):
+    """The shared part of the grouped GEMMs: parallel (column block, tile) tasks, k outermost
+    inside a task, the register tile unrolled and its last axis vectorized."""
+    tile_block = sch.get_sblock("tile")
+    jb, tile = sch.get_loops(tile_block)
+    sch.parallel(sch.fuse(jb, tile))
+    sch.set_scope(gemm, 0, "global")  # CPU: a stack array (promoted to registers), not a workspace
+    *spatial, k = sch.get_loops(gemm)
+    sch.reorder(k, *spatial)
+    c_out, c_vec = sch.split(spatial[-1], factors=[None, VECTOR])
+    sch.vectorize(c_vec)
+    for loop in (*spatial[:-1], c_out):
+        sch.unroll(loop)
+    init = sch.decompose_reduction(gemm, k)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.vectorize(sch.split(sch.get_loops(epilogue)[-1], factors=[None, VECTOR])[1])
+
+
+def _cpu_gate_up(sch):
+    _cpu_gemm(sch, sch.get_sblock("gemm"), sch.get_sblock("swiglu"))
+
+
+def _cpu_down(sch):
+    _cpu_gemm(sch, sch.get_sblock("gemm"), sch.get_sblock("store"))
+
+
+def _cpu_rows(sch):
+    """A spatial [rows, cols] block: rows x column chunks in parallel, chunks vectorized."""
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    rows, cols = sch.get_loops(block)
+    extent = int(sch.get(cols).extent)
+    if extent % VECTOR:
+        sch.parallel(rows)
+        return
+    chunk = next(c for c in (256, 128, 64, 32, 16) if extent % c == 0)
+    c_out, c_in = sch.split(cols, factors=[None, chunk])
+    sch.parallel(sch.fuse(rows, c_out))
+    sch.vectorize(sch.split(c_in, factors=[None, VECTOR])[1])
+
+
+def _divisor(n: int, options) -> int:
+    return next((c for c in options if n % c == 0), n)
+
+
+def _cpu_router_scores(sch):
+    """The score GEMM in (rows x experts) register tiles, parallel over tiles; the score function
+    runs on each tile right after its reduction."""
+    logits, scores = sch.get_sblock("logits"), sch.get_sblock("scores")
+    t, e, k = sch.get_loops(logits)
+    rows = _divisor(int(sch.get(t).extent), (3, 2, 1))
+    cols = _divisor(int(sch.get(e).extent), (64, 32, 16))
+    t_out, t_in = sch.split(t, factors=[None, rows])
+    e_out, e_in = sch.split(e, factors=[None, cols])
+    sch.reorder(t_out, e_out, k, t_in, e_in)
+    task = sch.fuse(t_out, e_out)
+    sch.parallel(task)
+    sch.reverse_compute_at(scores, task)
+    sch.unroll(t_in)
+    if cols % VECTOR == 0:
+        e_unroll, e_vec = sch.split(e_in, factors=[None, VECTOR])
+        sch.unroll(e_unroll)
+        sch.vectorize(e_vec)
+    init = sch.decompose_reduction(logits, k)
+    if cols % VECTOR == 0:
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.vectorize(sch.split(sch.get_loops(scores)[-1], factors=[None, VECTOR])[1])
+
+
+def _cpu_per_row(sch):
+    """One opaque block per row: rows on the thread pool."""
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    sch.parallel(sch.get_loops(block)[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+def schedule_cuda(func, target=None):
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    rule = {"permute": _cuda_single, "gate_up": _cuda_gemm, "down": _cuda_gemm,
+            "combine": _cuda_rows, "router_scores": _cuda_router_scores, "router_select": _cuda_rows}[_kind(func)]
+    rule(sch)
+    return _done(sch)
+
+
+def _cuda_single(sch):
+    """A sequential kernel: its unit loop becomes one block of one thread."""
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    (unit,) = sch.get_loops(block)
+    b, t = sch.split(unit, factors=[1, 1])
+    sch.bind(b, "blockIdx.x")
+    sch.bind(t, "threadIdx.x")
+
+
+def _cuda_gemm(sch):
+    """A thread block per (column block, tile); its threads cover the tile's outputs."""
+    tile_block = sch.get_sblock("tile")
+    jb, tile = sch.get_loops(tile_block)
+    sch.bind(sch.fuse(jb, tile), "blockIdx.x")
+    gemm = sch.get_sblock("gemm")
+    *spatial, k = sch.get_loops(gemm)
+    rows, *cols = spatial
+    if len(cols) == 2:  # gate_up: (gate|up, column): one thread computes both for its column
+        half, col = cols
+        sch.reorder(rows, col, half, k)
+        sch.bind(sch.fuse(rows, col), "threadIdx.x")
+        sch.unroll(half)
+    else:
+        sch.bind(sch.fuse(rows, *cols), "threadIdx.x")
+    sch.decompose_reduction(gemm, k)
+    epilogue = next(b for b in sch.get_child_blocks(tile_block) if sch.get(b).name_hint in ("swiglu", "store"))
+    sch.bind(sch.fuse(*sch.get_loops(epilogue)), "threadIdx.x")
+
+
+def _cuda_rows(sch):
+    """The loops of the kernel's only block spread over threads (consecutive threads on
+    consecutive innermost indices)."""
+    block = sch.get_child_blocks(sch.get_sblock("root"))[0]
+    loops = sch.get_loops(block)
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    b, t = sch.split(fused, factors=[None, CUDA_THREADS])
+    sch.bind(b, "blockIdx.x")
+    sch.bind(t, "threadIdx.x")
+
+
+def _cuda_router_scores(sch):
+    """A thread per score: consecutive threads on consecutive experts (coalesced weight loads),
+    the score function applied by the same thread to its register accumulator."""
+    logits, scores = sch.get_sblock("logits"), sch.get_sblock("scores")
+    t, e, k = sch.get_loops(logits)
+    b, th = sch.split(sch.fuse(t, e), factors=[None, CUDA_THREADS])
+    sch.bind(b, "blockIdx.x")
+    sch.bind(th, "threadIdx.x")
+    sch.set_scope(logits, 0, "local")
+    sch.reverse_compute_at(scores, th)
+    sch.decompose_reduction(logits, k)

@@ -1,0 +1,337 @@
+"""tide's MoE kernels (routers, permutation, grouped SwiGLU GEMMs, combine) against their float64
+references and against transformers' DeepSeek-V4 modules, built for the CPU and run with TVM's
+runtime; their CUDA builds compiled with nvcc; and the tiny V4 model compiled with them against
+onnxruntime."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from transformers import DeepseekV4Config
+from transformers.models.deepseek_v4.modeling_deepseek_v4 import (DeepseekV4Experts, DeepseekV4HashRouter,
+                                                                  DeepseekV4TopKRouter)
+
+from tide.ops import moe_down, moe_experts, moe_gate_up, moe_permute, router, router_hash, router_scores
+from tide.targets import cpu
+from tide.targets import moe as schedules
+
+FLASH_D, FLASH_F = 4096, 2048
+
+
+def _build(funcs: dict):
+    """name -> PrimFunc, scheduled for this CPU, compiled; returns name -> callable."""
+    mod = tvm.IRModule({n: schedules.schedule_cpu(f).with_attr("global_symbol", n) for n, f in funcs.items()})
+    lib = tvm.compile(mod, target=cpu.tvm_target())
+    return {n: lib[n] for n in funcs}
+
+
+def _tensor(a):
+    return tvm.runtime.tensor(np.ascontiguousarray(a), tvm.cpu())
+
+
+def _config(dim, inter, experts, top_k, limit=10.0, vocab=64):
+    return DeepseekV4Config(hidden_size=dim, moe_intermediate_size=inter, n_routed_experts=experts,
+                            num_experts_per_tok=top_k, swiglu_limit=limit, vocab_size=vocab, num_hidden_layers=1,
+                            routed_scaling_factor=1.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# routing patterns
+
+
+def _distinct(rng, tokens, top_k, pool):
+    return np.stack([rng.choice(pool, top_k, replace=False) for _ in range(tokens)]).astype(np.int64)
+
+
+def _routing(kind, rng, tokens, top_k, experts):
+    if kind == "random":
+        return _distinct(rng, tokens, top_k, experts)
+    if kind == "empty_experts":  # the upper half of the experts gets no token
+        return _distinct(rng, tokens, top_k, max(top_k, experts // 2))
+    if kind == "one_expert":  # every token's first choice is the same expert
+        others = [e for e in range(experts) if e != experts - 2]
+        return np.concatenate([np.full((tokens, 1), experts - 2, np.int64),
+                               _distinct(rng, tokens, top_k - 1, others)], axis=1)
+    if kind == "repeats":  # hash tables may list an expert twice for a token
+        return rng.integers(0, experts, (tokens, top_k)).astype(np.int64)
+    raise ValueError(kind)
+
+
+# ---------------------------------------------------------------------------------------------
+# permutation
+
+
+@pytest.mark.parametrize("tokens,top_k,experts,kind", [
+    (7, 3, 8, "random"), (5, 2, 9, "empty_experts"), (11, 3, 6, "one_expert"), (1, 6, 16, "random"),
+    (4, 4, 5, "repeats"), (13, 1, 3, "one_expert")])
+def test_permutation_groups_tokens_by_expert(tokens, top_k, experts, kind):
+    rng = np.random.default_rng(tokens * 100 + experts)
+    indices = _routing(kind, rng, tokens, top_k, experts)
+    weights = rng.random((tokens, top_k)).astype(np.float32) + 0.1
+    block = moe_experts.block_rows(tokens, top_k, experts)
+    fn = _build({"perm": moe_permute.prim_func(tokens, top_k, experts, block, name="perm")})["perm"]
+    want = moe_permute.reference(indices, weights, experts, block)
+    got = [_tensor(np.full(w.shape, 99, w.dtype)) for w in want]  # poisoned: every element must be written
+    fn(_tensor(indices), _tensor(weights), *got)
+    got = [g.numpy() for g in got]
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    row_token, row_weight, tile_expert, num_tiles, slot = got
+    counts = np.bincount(indices.reshape(-1), minlength=experts)
+    assert num_tiles[0] == sum(-(-c // block) for c in counts)  # no tile for an expert without tokens
+    np.testing.assert_array_equal(row_token[slot], np.arange(tokens)[:, None].repeat(top_k, 1))
+    np.testing.assert_array_equal(row_weight[slot], weights)
+    np.testing.assert_array_equal(tile_expert[slot // block], indices)
+    assert len(np.unique(slot)) == tokens * top_k
+
+
+# ---------------------------------------------------------------------------------------------
+# routed experts
+
+
+def _expert_weights(rng, experts, dim, inter, limit):
+    """Scaled so that |g| and |u| often exceed the SwiGLU limit (both clamps active)."""
+    gate_up = (rng.standard_normal((experts, 2 * inter, dim), dtype=np.float32) * (2.5 * limit / np.sqrt(dim)))
+    down = rng.standard_normal((experts, dim, inter), dtype=np.float32) / np.float32(np.sqrt(inter))
+    return gate_up.astype(np.float32), down
+
+
+def _run_experts(x, weights, indices, gate_up, down, limit, packed=None):
+    tokens, dim = x.shape
+    top_k, experts, inter = indices.shape[1], gate_up.shape[0], gate_up.shape[1] // 2
+    funcs, _, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit)
+    fns = [f for f in _build(dict(funcs)).values()]
+    packed = packed or (moe_gate_up.pack(gate_up), moe_down.pack(down))
+    perm = [_tensor(np.zeros(s, d)) for s, d in [((rows,), np.int32), ((rows,), np.float32),
+                                                  ((max_tiles,), np.int32), ((1,), np.int32),
+                                                  ((tokens, top_k), np.int32)]]
+    h, o = _tensor(np.zeros((rows, inter), np.float32)), _tensor(np.zeros((rows, dim), np.float32))
+    y = _tensor(np.zeros((tokens, dim), np.float32))
+    fns[0](_tensor(indices), _tensor(weights), *perm)
+    fns[1](_tensor(x), _tensor(packed[0]), *perm[:4], h)
+    fns[2](h, _tensor(packed[1]), perm[2], perm[3], o)
+    fns[3](o, perm[4], y)
+    return y.numpy(), [p.numpy() for p in perm], h.numpy(), o.numpy()
+
+
+def _transformers_experts(x, weights, indices, gate_up, down, limit):
+    experts, inter, dim = gate_up.shape[0], gate_up.shape[1] // 2, gate_up.shape[2]
+    module = DeepseekV4Experts(_config(dim, inter, experts, indices.shape[1], limit)).eval()
+    with torch.no_grad():
+        module.gate_up_proj.copy_(torch.from_numpy(gate_up))
+        module.down_proj.copy_(torch.from_numpy(down))
+        return module(torch.from_numpy(x), torch.from_numpy(indices), torch.from_numpy(weights)).numpy()
+
+
+def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=2e-5):
+    got, (row_token, row_weight, tile_expert, num_tiles, _), h, o = _run_experts(
+        x, weights, indices, gate_up, down, limit, packed)
+    block = moe_experts.block_rows(*indices.shape, gate_up.shape[0])
+    used = int(num_tiles[0]) * block
+    h_ref = moe_gate_up.reference(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit, block)
+    np.testing.assert_allclose(h[:used], h_ref[:used], rtol=rtol, atol=rtol * np.abs(h_ref).max())
+    o_ref = moe_down.reference(h_ref, tile_expert, num_tiles, down, block)
+    np.testing.assert_allclose(o[:used], o_ref[:used], rtol=rtol, atol=rtol * np.abs(o_ref).max())
+    want = moe_experts.function_reference(x, weights, indices, gate_up, down, limit)
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * scale)
+    hf = _transformers_experts(x, weights, indices, gate_up, down, limit)
+    np.testing.assert_allclose(got, hf, rtol=rtol, atol=rtol * scale)
+    return h_ref[:used]
+
+
+@pytest.mark.parametrize("tokens,top_k,experts,dim,inter,kind", [
+    (7, 3, 8, 64, 32, "random"),          # prefill tiles, 21 rows: not a multiple of the tile
+    (10, 2, 12, 48, 16, "empty_experts"),  # half of the experts never read
+    (9, 2, 6, 64, 48, "one_expert"),       # every token on one expert (several tiles of it)
+    (5, 3, 4, 32, 16, "repeats"),          # an expert twice for one token
+    (1, 4, 16, 128, 64, "random"),         # decode: 1-row tiles, 4 of 16 experts active
+    (3, 4, 16, 128, 64, "one_expert"),     # batched decode sharing an expert
+])
+def test_routed_experts(tokens, top_k, experts, dim, inter, kind):
+    rng = np.random.default_rng(tokens * 1000 + dim)
+    limit = 1.5
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    indices = _routing(kind, rng, tokens, top_k, experts)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
+    h = _check_experts(x, weights, indices, gate_up, down, limit)
+    assert (h != 0).any()
+
+
+@pytest.fixture(scope="module")
+def flash_experts():
+    """3 experts of V4-Flash's size (D 4096, F 2048), packed once."""
+    rng = np.random.default_rng(7)
+    limit = 10.0
+    gate_up, down = _expert_weights(rng, 3, FLASH_D, FLASH_F, limit)
+    return limit, gate_up, down, (moe_gate_up.pack(gate_up), moe_down.pack(down))
+
+
+@pytest.mark.parametrize("tokens,top_k", [(1, 2), (4, 2)], ids=["decode", "prefill"])
+def test_routed_experts_flash_dims(flash_experts, tokens, top_k):
+    limit, gate_up, down, packed = flash_experts
+    rng = np.random.default_rng(tokens)
+    x = rng.standard_normal((tokens, FLASH_D), dtype=np.float32)
+    indices = _routing("one_expert", rng, tokens, top_k, 3)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    _check_experts(x, weights, indices, gate_up, down, limit, packed, rtol=5e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# routers
+
+
+def _router_inputs(rng, tokens, dim, experts, logit_scale=3.0):
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    weight = (rng.standard_normal((experts, dim), dtype=np.float32) * np.float32(logit_scale / np.sqrt(dim)))
+    return x, weight
+
+
+def _scores(x, weight):
+    tokens, dim = x.shape
+    experts = weight.shape[0]
+    fn = _build({"scores": router_scores.prim_func(tokens, dim, experts, "scores")})["scores"]
+    out = _tensor(np.zeros((tokens, experts), np.float32))
+    fn(_tensor(x), _tensor(weight.T), out)
+    return out.numpy()
+
+
+@pytest.mark.parametrize("tokens,dim,experts,logit_scale", [(5, 64, 16, 3.0), (1, 128, 48, 3.0),
+                                                              (7, 32, 16, 60.0), (16, 96, 8, 1.0)])
+def test_router_scores(tokens, dim, experts, logit_scale):
+    rng = np.random.default_rng(dim + experts)
+    x, weight = _router_inputs(rng, tokens, dim, experts, logit_scale)
+    want = router_scores.reference(x, weight)
+    np.testing.assert_allclose(_scores(x, weight), want, rtol=2e-6, atol=1e-6 * want.max())
+
+
+def _select(scores, bias, top_k, scale):
+    tokens, experts = scores.shape
+    fn = _build({"sel": router.prim_func(tokens, experts, top_k, scale, name="sel")})["sel"]
+    w, i = _tensor(np.zeros((tokens, top_k), np.float32)), _tensor(np.full((tokens, top_k), -1, np.int64))
+    fn(_tensor(scores), _tensor(bias), w, i)
+    return w.numpy(), i.numpy()
+
+
+def _transformers_router(x, weight, top_k, bias=None, tid2eid=None, input_ids=None):
+    experts, dim = weight.shape
+    config = _config(dim, 16, experts, top_k, vocab=64 if tid2eid is None else tid2eid.shape[0])
+    module = (DeepseekV4TopKRouter(config) if tid2eid is None else DeepseekV4HashRouter(config)).eval()
+    with torch.no_grad():
+        module.weight.copy_(torch.from_numpy(weight))
+        if tid2eid is None:
+            module.e_score_correction_bias.copy_(torch.from_numpy(bias))
+            _, w, i = module(torch.from_numpy(x))
+        else:
+            module.tid2eid.copy_(torch.from_numpy(tid2eid))
+            _, w, i = module(torch.from_numpy(x), torch.from_numpy(input_ids))
+    return w.numpy(), i.numpy()
+
+
+def _by_index(weights, indices):
+    """Rows of (index, weight) sorted by index: transformers' top-k order is unspecified."""
+    order = np.argsort(indices, axis=-1, kind="stable")
+    return np.take_along_axis(indices, order, -1), np.take_along_axis(weights, order, -1)
+
+
+@pytest.mark.parametrize("tokens,dim,experts,top_k", [(6, 64, 16, 4), (1, 64, 16, 4), (5, FLASH_D, 256, 6),
+                                                       (9, 32, 7, 7)])
+def test_topk_router(tokens, dim, experts, top_k):
+    rng = np.random.default_rng(tokens + experts)
+    x, weight = _router_inputs(rng, tokens, dim, experts)
+    bias = (rng.standard_normal(experts) * 0.2).astype(np.float32)
+    scores = _scores(x, weight)
+    got_w, got_i = _select(scores, bias, top_k, 1.5)
+    want_w, want_i = router.reference(scores, bias, top_k, 1.5)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_w, want_w, rtol=1e-6)
+    hf_w, hf_i = _transformers_router(x, weight, top_k, bias=bias)
+    got_i, got_w = _by_index(got_w, got_i)
+    hf_i, hf_w = _by_index(hf_w, hf_i)
+    np.testing.assert_array_equal(got_i, hf_i)
+    np.testing.assert_allclose(got_w, hf_w, rtol=2e-5)
+
+
+def test_topk_router_ties_pick_lower_index():
+    """Experts with identical gate rows and bias tie exactly: the lower index wins, every time."""
+    rng = np.random.default_rng(3)
+    tokens, dim, experts, top_k = 8, 32, 12, 3
+    x, weight = _router_inputs(rng, tokens, dim, experts)
+    bias = (rng.standard_normal(experts) * 0.2).astype(np.float32)
+    for a, b in ((2, 9), (4, 5), (1, 11)):  # expert b duplicates expert a
+        weight[b], bias[b] = weight[a], bias[a]
+    scores = _scores(x, weight)
+    np.testing.assert_array_equal(scores[:, [2, 4, 1]], scores[:, [9, 5, 11]])
+    got_w, got_i = _select(scores, bias, top_k, 1.5)
+    want_w, want_i = router.reference(scores, bias, top_k, 1.5)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_w, want_w, rtol=1e-6)
+    split = 0  # rows that keep exactly one expert of a tied pair: it must be the lower one
+    for row in got_i:
+        for a, b in ((2, 9), (4, 5), (1, 11)):
+            assert b not in row or a in row
+            split += (a in row) != (b in row)
+    assert split > 0
+    # transformers keeps one of each tied pair (its order is unspecified): same weights either way
+    hf_w, _ = _transformers_router(x, weight, top_k, bias=bias)
+    np.testing.assert_allclose(np.sort(got_w, -1), np.sort(hf_w, -1), rtol=2e-5)
+
+
+@pytest.mark.parametrize("tokens,dim,experts,top_k,vocab", [(6, 64, 16, 4, 50), (1, FLASH_D, 256, 6, 300),
+                                                             (11, 32, 5, 3, 7)])
+def test_hash_router(tokens, dim, experts, top_k, vocab):
+    rng = np.random.default_rng(tokens + vocab)
+    x, weight = _router_inputs(rng, tokens, dim, experts)
+    tid2eid = rng.integers(0, experts, (vocab, top_k)).astype(np.int64)
+    input_ids = rng.integers(0, vocab, tokens).astype(np.int64)
+    scores = _scores(x, weight)
+    fn = _build({"hash": router_hash.prim_func(tokens, experts, top_k, vocab, 1.5, name="hash")})["hash"]
+    w, i = _tensor(np.zeros((tokens, top_k), np.float32)), _tensor(np.full((tokens, top_k), -1, np.int64))
+    fn(_tensor(scores), _tensor(tid2eid), _tensor(input_ids), w, i)
+    want_w, want_i = router_hash.reference(scores, tid2eid, input_ids, 1.5)
+    np.testing.assert_array_equal(i.numpy(), want_i)
+    np.testing.assert_allclose(w.numpy(), want_w, rtol=1e-6)
+    hf_w, hf_i = _transformers_router(x, weight, top_k, tid2eid=tid2eid, input_ids=input_ids)
+    np.testing.assert_array_equal(i.numpy(), hf_i)
+    np.testing.assert_allclose(w.numpy(), hf_w, rtol=2e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA builds
+
+
+def _cuda_kernels():
+    funcs = {}
+    for tokens in (1, 16):  # decode (1-row tiles) and prefill tiles
+        funcs.update(moe_experts.kernels(tokens, 6, 16, 256, 128, 10.0, tag=f"s{tokens}")[0])
+        funcs[f"scores{tokens}"] = router_scores.prim_func(tokens, 256, 16, f"scores{tokens}")
+        funcs[f"select{tokens}"] = router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}")
+        funcs[f"hash{tokens}"] = router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}")
+    return funcs
+
+
+@pytest.mark.parametrize("arch", ["sm_90", "sm_80"])
+def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
+    """The CUDA schedules build in TVM and the generated source compiles to a cubin (numerics need
+    a GPU and are not checked here)."""
+    nvcc = shutil.which("nvcc") or "/usr/local/bin/nvcc"
+    assert os.path.exists(nvcc), "nvcc is needed to check the CUDA kernels"
+    funcs = _cuda_kernels()
+    mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs.items()})
+    exe = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": arch}))
+    source = exe.mod.imports[0].inspect_source()
+    for name in funcs:
+        assert f"{name}_kernel" in source
+    cu, cubin = tmp_path / "moe.cu", tmp_path / "moe.cubin"
+    cu.write_text(source)
+    proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(cu)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert cubin.stat().st_size > 0
