@@ -10,4 +10,6 @@ shapes; ``parallel`` chooses the CPU outer-loop kind), ``reference(...)`` (plain
 FUNCTION_KERNELS = {
     "RMSNorm": "rmsnorm",
     "SinkAttention": "sink_attention",
+    "MoERouter": "router",
+    "HashMoERouter": "router_hash",
 }
