@@ -43,6 +43,7 @@ typedef enum tide_status_code_e {
 
 typedef struct tide_status_s* tide_status_t;
 
+/* TIDE_STATUS_OK for NULL. */
 TIDE_API tide_status_code_t tide_status_code(tide_status_t status);
 /* The message; valid until tide_status_free. "OK" for NULL. */
 TIDE_API const char* tide_status_message(tide_status_t status);
@@ -56,6 +57,9 @@ typedef struct tide_dtype_s {
 } tide_dtype_t;
 
 #define TIDE_MAX_RANK 8
+
+/* Kernels may use aligned vector loads: input data must be aligned to this many bytes. */
+#define TIDE_TENSOR_ALIGNMENT 64
 
 /* A tensor passed in or out of tide_session_run. `data` is host memory on the CPU target. */
 typedef struct tide_tensor_s {
@@ -84,24 +88,41 @@ typedef struct tide_tensor_info_s {
 
 typedef struct tide_model_s tide_model_t;
 
+/*
+ * Load options. Always initialize with tide_model_options_initialize, then change fields: a struct
+ * from an older caller (smaller struct_size) gets defaults for the fields it lacks; a struct_size
+ * larger than this runtime knows is rejected.
+ */
 typedef struct tide_model_options_s {
   uint32_t struct_size;      /* sizeof(tide_model_options_t), set by _initialize */
-  int32_t verify_checksums;  /* 1 (default): check every section's CRC at load */
+  /* 1 (default): check every section's CRC at load. 0: skip the CRCs of the bulk sections
+   * (WEIGHTS, DEVICE_CODE), which are never parsed; the header, TARGET, PLAN, METADATA and
+   * KERNELS_HOST checksums are always verified, because the loader parses or dlopens them. */
+  int32_t verify_checksums;
+  /* Required-CPU-feature bits (docs/artifact-format.md, TARGET) the loader may treat as present,
+   * ANDed with what the CPU reports. Default all ones. Clear bits to check whether an artifact would
+   * load on a machine without those features. */
+  uint64_t allowed_cpu_features;
 } tide_model_options_t;
 
 TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options);
 
-/* Loads and validates an artifact. options may be NULL (defaults). */
+/*
+ * Loads and validates an artifact. options may be NULL (defaults). The file is memory-mapped
+ * read-only for the model's lifetime (weights are used in place): it must not be truncated or
+ * rewritten in place while loaded (replace it by rename instead).
+ */
 TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,
                                             tide_model_t** out_model);
 TIDE_API void tide_model_retain(tide_model_t* model);
 TIDE_API void tide_model_release(tide_model_t* model);
 
-/* "cpu", "cuda" or "ascend". */
+/* "cpu" (the only target this runtime loads; "cuda" and "ascend" artifacts are refused). */
 TIDE_API const char* tide_model_target(const tide_model_t* model);
 /* The METADATA section as a NUL-terminated JSON string ("{}" when absent). */
 TIDE_API const char* tide_model_metadata(const tide_model_t* model);
 
+/* Counts return -1 and names NULL for an out-of-range entry. */
 TIDE_API int32_t tide_model_entry_count(const tide_model_t* model);
 TIDE_API const char* tide_model_entry_name(const tide_model_t* model, int32_t entry);
 TIDE_API tide_status_t tide_model_find_entry(const tide_model_t* model, const char* name,
@@ -134,7 +155,11 @@ TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_sessi
                                            tide_session_t** out_session);
 TIDE_API void tide_session_release(tide_session_t* session);
 
-/* Zero-fills every state tensor (the empty decode state). */
+/* The number of threads that run kernels (the caller's thread included). */
+TIDE_API int32_t tide_session_num_threads(const tide_session_t* session);
+
+/* Zero-fills every state tensor (the empty decode state). Also the way back to a defined state
+ * after a kernel error. */
 TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session);
 
 /* A view of state tensor `index` (data points into the session; valid until release). */
@@ -143,8 +168,10 @@ TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index
 
 /*
  * Runs entry `entry`. `inputs` are in the entry's input order and must match each input's dtype and
- * shape exactly; an input with role STATE may have data == NULL (keep the session's state) or data
- * (copied into the state before the run). On success `outputs[i]` (num_outputs must equal the
+ * shape exactly; data inputs are used in place (no copy) and must be TIDE_TENSOR_ALIGNMENT-aligned,
+ * non-NULL, compact row-major host memory that stays unchanged during the call. An input with role
+ * STATE may have data == NULL (keep the session's state) or data (copied into the state before the
+ * run; any alignment). On success `outputs[i]` (num_outputs must equal the
  * entry's output count) is filled with a view of the result: valid until the session's next run,
  * reset or release. On failure the session's state is unchanged when the error is found before any
  * kernel ran (argument errors); a kernel error leaves the state undefined (reset it).

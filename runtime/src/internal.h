@@ -1,0 +1,264 @@
+/* Private declarations shared by the runtime's translation units. */
+#ifndef TIDE_SRC_INTERNAL_H_
+#define TIDE_SRC_INTERNAL_H_
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "abi.h"
+#include "tide/runtime.h"
+
+/* ---- status ---------------------------------------------------------------------------------- */
+
+tide_status_t tide_make_status(tide_status_code_t code, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* A new status: "<prefix>: <message of cause>" with cause's code; frees cause. */
+tide_status_t tide_status_wrap(tide_status_t cause, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* ---- CRC-32 (IEEE 802.3, as zlib.crc32) ------------------------------------------------------ */
+
+/* Continues a CRC: crc = tide_crc32(0, a, n); crc = tide_crc32(crc, b, m); */
+uint32_t tide_crc32(uint32_t crc, const void* data, size_t size);
+
+/* ---- bump allocator: everything a parsed plan owns, freed at once ----------------------------- */
+
+typedef struct tide_pool_chunk_s tide_pool_chunk_t;
+typedef struct tide_mem_pool_s {
+  tide_pool_chunk_t* head;
+} tide_mem_pool_t;
+
+/* Zero-filled, 16-byte aligned; NULL when out of memory. */
+void* tide_pool_alloc(tide_mem_pool_t* pool, size_t size);
+void* tide_pool_alloc_array(tide_mem_pool_t* pool, size_t count, size_t elem_size);
+void tide_pool_free(tide_mem_pool_t* pool);
+
+/* ---- the parsed artifact ---------------------------------------------------------------------- */
+
+enum {
+  TIDE_SECTION_TARGET = 1,
+  TIDE_SECTION_PLAN = 2,
+  TIDE_SECTION_KERNELS_HOST = 3,
+  TIDE_SECTION_WEIGHTS = 4,
+  TIDE_SECTION_METADATA = 5,
+  TIDE_SECTION_DEVICE_CODE = 6,
+  TIDE_SECTION_KIND_MAX = 6,
+};
+
+enum { TIDE_TARGET_CPU = 1, TIDE_TARGET_CUDA = 2, TIDE_TARGET_ASCEND = 3 };
+enum { TIDE_BUF_ARENA = 0, TIDE_BUF_INPUT = 1, TIDE_BUF_WEIGHT = 2, TIDE_BUF_STATE = 3 };
+enum { TIDE_OP_CALL = 0, TIDE_OP_COPY = 1 };
+enum { TIDE_ARG_BUFFER = 0, TIDE_ARG_INT = 1 };
+
+#define TIDE_MAX_KERNEL_ARGS 64
+#define TIDE_MAX_STRING 4096
+#define TIDE_CPU_FEATURE_COUNT 10
+
+typedef struct tide_tensor_desc_s {
+  tide_dtype_t dtype;
+  int32_t ndim;
+  int64_t shape[TIDE_MAX_RANK];
+  uint64_t nbytes;
+} tide_tensor_desc_t;
+
+typedef struct tide_weight_decl_s {
+  const char* name;
+  tide_tensor_desc_t desc;
+  uint64_t offset; /* inside the WEIGHTS section */
+} tide_weight_decl_t;
+
+typedef struct tide_state_decl_s {
+  const char* name;
+  tide_tensor_desc_t desc;
+} tide_state_decl_t;
+
+typedef struct tide_buffer_decl_s {
+  uint8_t kind;
+  uint32_t index;
+  uint64_t offset;
+  tide_tensor_desc_t desc;
+} tide_buffer_decl_t;
+
+typedef struct tide_io_decl_s {
+  const char* name;
+  uint32_t buffer;
+  uint32_t role;
+} tide_io_decl_t;
+
+typedef struct tide_arg_decl_s {
+  uint8_t kind;
+  int64_t value;
+} tide_arg_decl_t;
+
+typedef struct tide_op_decl_s {
+  uint8_t op;
+  uint32_t kernel;
+  uint32_t num_args;
+  tide_arg_decl_t* args;
+} tide_op_decl_t;
+
+typedef struct tide_entry_decl_s {
+  const char* name;
+  uint64_t arena_bytes;
+  uint32_t num_buffers;
+  tide_buffer_decl_t* buffers;
+  uint32_t num_inputs;
+  tide_io_decl_t* inputs;
+  uint32_t num_outputs;
+  tide_io_decl_t* outputs;
+  uint32_t num_ops;
+  tide_op_decl_t* ops;
+} tide_entry_decl_t;
+
+typedef struct tide_section_ref_s {
+  int present;
+  uint64_t offset;
+  uint64_t size;
+} tide_section_ref_t;
+
+typedef struct tide_artifact_s {
+  tide_mem_pool_t pool; /* owns every pointer below except section bytes */
+  tide_section_ref_t sections[TIDE_SECTION_KIND_MAX + 1];
+  /* TARGET */
+  uint32_t target_kind;
+  const char* host_arch;
+  uint64_t cpu_features;
+  const char* device_arch;
+  /* PLAN */
+  uint32_t num_kernels;
+  const char** kernel_names;
+  uint32_t num_weights;
+  tide_weight_decl_t* weights;
+  uint32_t num_states;
+  tide_state_decl_t* states;
+  uint32_t num_entries;
+  tide_entry_decl_t* entries;
+} tide_artifact_t;
+
+/*
+ * Parses and validates an artifact image of `size` bytes. verify_bulk_checksums: also check the
+ * WEIGHTS and DEVICE_CODE CRCs. On success *out owns a pool (tide_artifact_free); on failure
+ * nothing is left allocated.
+ */
+tide_status_t tide_artifact_parse(const uint8_t* data, uint64_t size, int verify_bulk_checksums,
+                                  tide_artifact_t* out);
+void tide_artifact_free(tide_artifact_t* artifact);
+
+/* "float32", ...; NULL for a dtype the format does not support. */
+const char* tide_dtype_name(tide_dtype_t dtype);
+
+/* ---- host CPU --------------------------------------------------------------------------------- */
+
+const char* tide_host_arch(void);                /* "x86_64", "aarch64" or "unknown" */
+uint64_t tide_host_cpu_features(void);           /* TARGET feature bits this CPU has */
+const char* tide_cpu_feature_name(int bit);      /* "avx2", ... */
+
+/* ---- the kernel library ------------------------------------------------------------------------ */
+
+typedef struct tide_kernel_library_s {
+  void* handle; /* dlopen handle; NULL when the artifact has no kernels */
+  tide_kernel_fn_t* kernels;
+} tide_kernel_library_t;
+
+/* Loads the KERNELS_HOST image, resolves __tvm_ffi_<name> for every kernel, fills the backend
+ * service variables and the error hook. */
+tide_status_t tide_kernel_library_load(const uint8_t* image, uint64_t size,
+                                       const tide_artifact_t* artifact, tide_mem_pool_t* pool,
+                                       tide_kernel_library_t* out);
+void tide_kernel_library_unload(tide_kernel_library_t* lib);
+
+/* ---- model ------------------------------------------------------------------------------------ */
+
+struct tide_model_s {
+  atomic_int refcount;
+  void* map; /* the whole file, PROT_READ */
+  uint64_t map_size;
+  tide_artifact_t artifact;
+  tide_kernel_library_t kernels;
+  const uint8_t* weights_base;
+  char* metadata; /* NUL-terminated copy */
+  uint64_t max_arena_bytes;
+  uint64_t state_bytes; /* sum over states, each rounded up to 64 */
+  uint64_t* state_offsets;
+};
+
+/* ---- thread pool -------------------------------------------------------------------------------- */
+
+typedef struct tide_thread_pool_s tide_thread_pool_t;
+
+tide_status_t tide_thread_pool_create(int32_t num_threads, tide_session_t* session,
+                                      tide_thread_pool_t** out_pool);
+void tide_thread_pool_destroy(tide_thread_pool_t* pool);
+int32_t tide_thread_pool_size(const tide_thread_pool_t* pool);
+/* TVMBackendParallelLaunch semantics; runs serially when nested or pool is NULL. */
+int tide_thread_pool_launch(tide_thread_pool_t* pool, tide_parallel_lambda_t flambda, void* cdata,
+                            int num_task);
+int tide_thread_pool_barrier(int task_id, tide_parallel_env_t* penv);
+
+/* ---- workspace allocator -------------------------------------------------------------------- */
+
+#define TIDE_WORKSPACE_CACHE 16
+
+typedef struct tide_workspace_s {
+  pthread_mutex_t mu;
+  int num_cached;
+  void* cached[TIDE_WORKSPACE_CACHE];
+} tide_workspace_t;
+
+void tide_workspace_init(tide_workspace_t* ws);
+void tide_workspace_destroy(tide_workspace_t* ws);
+/* 64-byte aligned; ws may be NULL (no caching). NULL when out of memory. */
+void* tide_workspace_alloc(tide_workspace_t* ws, uint64_t nbytes);
+void tide_workspace_free(tide_workspace_t* ws, void* ptr);
+
+/* ---- session & backend services ------------------------------------------------------------- */
+
+#define TIDE_ERROR_SLOT_BYTES 2048
+
+typedef struct tide_entry_exec_s tide_entry_exec_t;
+
+struct tide_session_s {
+  tide_model_t* model;
+  tide_thread_pool_t* pool;
+  tide_workspace_t workspace;
+  uint8_t* arena;
+  uint8_t* states; /* one allocation; state i at model->state_offsets[i] */
+  tide_dl_tensor_t* tensors; /* every buffer of every entry */
+  tide_ffi_any_t* args;      /* every kernel call's argument array */
+  tide_entry_exec_t* entries;
+  tide_mem_pool_t tables;    /* owns tensors, args, entries */
+  /* Error slot: the first message a kernel reports during one kernel call. */
+  pthread_mutex_t error_mu;
+  int error_set;
+  char error[TIDE_ERROR_SLOT_BYTES];
+};
+
+/* The session whose kernels run on this thread (set around a run and on pool workers). */
+tide_session_t* tide_current_session(void);
+tide_session_t* tide_set_current_session(tide_session_t* session); /* returns the previous one */
+/* Records a message in the current session's error slot (first one wins). */
+void tide_report_error(tide_session_t* session, const char* fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* The functions the loader stores into a kernel library's service variables. */
+void* tide_backend_alloc_workspace(int device_type, int device_id, uint64_t nbytes,
+                                   int dtype_code_hint, int dtype_bits_hint);
+int tide_backend_free_workspace(int device_type, int device_id, void* ptr);
+int tide_backend_parallel_launch(tide_parallel_lambda_t flambda, void* cdata, int num_task);
+int tide_backend_parallel_barrier(int task_id, tide_parallel_env_t* penv);
+void tide_backend_error_hook(const char* kind, const char** parts, int32_t num_parts);
+
+/* ---- checked arithmetic ----------------------------------------------------------------------- */
+
+static inline int tide_add_overflows(uint64_t a, uint64_t b, uint64_t* out) {
+  return __builtin_add_overflow(a, b, out);
+}
+static inline int tide_mul_overflows(uint64_t a, uint64_t b, uint64_t* out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+static inline uint64_t tide_round_up64(uint64_t x) { return (x + 63u) & ~(uint64_t)63u; }
+
+#endif /* TIDE_SRC_INTERNAL_H_ */

@@ -1,0 +1,324 @@
+/*
+ * tide_session_t: arena, states, thread pool, and every DLTensor and argument array prebuilt at
+ * create time. tide_session_run validates the inputs, patches the input data pointers and calls the
+ * kernels: no allocation on that path.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+/* Where a run stores input `input`'s data pointer (+ offset, for views of the input). */
+typedef struct input_patch_s {
+  tide_dl_tensor_t* tensor;
+  uint32_t input;
+  uint64_t offset;
+} input_patch_t;
+
+struct tide_entry_exec_s {
+  const tide_entry_decl_t* decl;
+  tide_dl_tensor_t* tensors; /* decl->num_buffers */
+  tide_ffi_any_t** op_args;  /* per op; NULL for copies */
+  uint32_t num_patches;
+  input_patch_t* patches;
+};
+
+static void format_desc(char* out, size_t n, tide_dtype_t dtype, int32_t ndim, const int64_t* shape) {
+  const char* name = tide_dtype_name(dtype);
+  int used = name ? snprintf(out, n, "%s[", name)
+                  : snprintf(out, n, "dtype(code %u, bits %u, lanes %u)[", dtype.code, dtype.bits, dtype.lanes);
+  for (int32_t i = 0; i < ndim && used > 0 && (size_t)used < n; ++i) {
+    used += snprintf(out + used, n - (size_t)used, "%s%lld", i ? ", " : "", (long long)shape[i]);
+  }
+  if (used > 0 && (size_t)used < n) snprintf(out + used, n - (size_t)used, "]");
+}
+
+TIDE_API void tide_session_options_initialize(tide_session_options_t* out_options) {
+  if (!out_options) return;
+  memset(out_options, 0, sizeof(*out_options));
+  out_options->struct_size = sizeof(*out_options);
+  out_options->num_threads = 0;
+}
+
+static void session_destroy(tide_session_t* s) {
+  tide_thread_pool_destroy(s->pool);
+  tide_workspace_destroy(&s->workspace);
+  pthread_mutex_destroy(&s->error_mu);
+  free(s->arena);
+  free(s->states);
+  tide_pool_free(&s->tables);
+  tide_model_release(s->model);
+  free(s);
+}
+
+static tide_status_t build_tables(tide_session_t* s) {
+  tide_model_t* m = s->model;
+  const tide_artifact_t* a = &m->artifact;
+  tide_mem_pool_t* pool = &s->tables;
+  uint64_t num_tensors = 0, num_args = 0;
+  for (uint32_t e = 0; e < a->num_entries; ++e) {
+    num_tensors += a->entries[e].num_buffers;
+    for (uint32_t o = 0; o < a->entries[e].num_ops; ++o) {
+      if (a->entries[e].ops[o].op == TIDE_OP_CALL) num_args += a->entries[e].ops[o].num_args;
+    }
+  }
+  s->entries = tide_pool_alloc_array(pool, a->num_entries, sizeof(tide_entry_exec_t));
+  s->tensors = tide_pool_alloc_array(pool, (size_t)num_tensors, sizeof(tide_dl_tensor_t));
+  s->args = tide_pool_alloc_array(pool, (size_t)num_args, sizeof(tide_ffi_any_t));
+  if (!s->entries || !s->tensors || !s->args) {
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory building the session's call tables");
+  }
+  tide_dl_tensor_t* t = s->tensors;
+  tide_ffi_any_t* arg = s->args;
+  for (uint32_t e = 0; e < a->num_entries; ++e) {
+    const tide_entry_decl_t* d = &a->entries[e];
+    tide_entry_exec_t* x = &s->entries[e];
+    x->decl = d;
+    x->tensors = t;
+    x->op_args = tide_pool_alloc_array(pool, d->num_ops, sizeof(tide_ffi_any_t*));
+    uint32_t patches = 0;
+    for (uint32_t b = 0; b < d->num_buffers; ++b) patches += d->buffers[b].kind == TIDE_BUF_INPUT;
+    x->patches = tide_pool_alloc_array(pool, patches, sizeof(input_patch_t));
+    if (!x->op_args || !x->patches) {
+      return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory building the session's call tables");
+    }
+    for (uint32_t b = 0; b < d->num_buffers; ++b) {
+      const tide_buffer_decl_t* bd = &d->buffers[b];
+      tide_dl_tensor_t* dl = &t[b];
+      uint8_t* base = NULL;
+      switch (bd->kind) {
+        case TIDE_BUF_ARENA: base = s->arena; break;
+        case TIDE_BUF_WEIGHT: base = (uint8_t*)m->weights_base + a->weights[bd->index].offset; break;
+        case TIDE_BUF_STATE: base = s->states + m->state_offsets[bd->index]; break;
+        default: x->patches[x->num_patches++] = (input_patch_t){dl, bd->index, bd->offset}; break;
+      }
+      dl->data = base ? base + bd->offset : NULL;
+      dl->device = (tide_dl_device_t){TIDE_DL_CPU, 0};
+      dl->ndim = bd->desc.ndim;
+      dl->dtype = (tide_dl_dtype_t){bd->desc.dtype.code, bd->desc.dtype.bits, bd->desc.dtype.lanes};
+      dl->shape = (int64_t*)bd->desc.shape;
+      dl->strides = NULL;
+      dl->byte_offset = 0;
+    }
+    for (uint32_t o = 0; o < d->num_ops; ++o) {
+      const tide_op_decl_t* op = &d->ops[o];
+      if (op->op != TIDE_OP_CALL) continue;
+      x->op_args[o] = arg;
+      for (uint32_t k = 0; k < op->num_args; ++k, ++arg) {
+        memset(arg, 0, sizeof(*arg));
+        if (op->args[k].kind == TIDE_ARG_BUFFER) {
+          arg->type_index = TIDE_FFI_DLTENSOR_PTR;
+          arg->v_ptr = &t[op->args[k].value];
+        } else {
+          arg->type_index = TIDE_FFI_INT;
+          arg->v_int64 = op->args[k].value;
+        }
+      }
+    }
+    t += d->num_buffers;
+  }
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_session_options_t* options,
+                                           tide_session_t** out_session) {
+  if (!out_session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_session is NULL");
+  *out_session = NULL;
+  if (!model) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "model is NULL");
+  tide_session_options_t opts;
+  tide_session_options_initialize(&opts);
+  if (options) {
+    if (options->struct_size < sizeof(uint32_t) || options->struct_size > sizeof(opts)) {
+      return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                              "tide_session_options_t.struct_size is %u; this runtime knows sizes up to "
+                              "%zu (call tide_session_options_initialize)",
+                              options->struct_size, sizeof(opts));
+    }
+    if (options->struct_size >= offsetof(tide_session_options_t, num_threads) + sizeof(int32_t)) {
+      opts.num_threads = options->num_threads;
+    }
+  }
+  tide_session_t* s = calloc(1, sizeof(*s));
+  if (!s) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory creating a session");
+  tide_model_retain(model);
+  s->model = model;
+  tide_workspace_init(&s->workspace);
+  pthread_mutex_init(&s->error_mu, NULL);
+
+  tide_status_t st = NULL;
+  size_t arena = (size_t)(model->max_arena_bytes ? model->max_arena_bytes : 64);
+  if (posix_memalign((void**)&s->arena, 64, arena) != 0) {
+    s->arena = NULL;
+    st = tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate the %llu-byte arena",
+                          (unsigned long long)model->max_arena_bytes);
+  }
+  size_t states = (size_t)(model->state_bytes ? model->state_bytes : 64);
+  if (!st && posix_memalign((void**)&s->states, 64, states) != 0) {
+    s->states = NULL;
+    st = tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate %llu bytes of state",
+                          (unsigned long long)model->state_bytes);
+  }
+  if (!st) {
+    memset(s->states, 0, states);
+    st = build_tables(s);
+  }
+  if (!st) st = tide_thread_pool_create(opts.num_threads, s, &s->pool);
+  if (st) {
+    session_destroy(s);
+    return tide_status_wrap(st, "creating a session");
+  }
+  *out_session = s;
+  return NULL;
+}
+
+TIDE_API void tide_session_release(tide_session_t* session) {
+  if (session) session_destroy(session);
+}
+
+TIDE_API int32_t tide_session_num_threads(const tide_session_t* session) {
+  return tide_thread_pool_size(session->pool);
+}
+
+TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  memset(session->states, 0, (size_t)session->model->state_bytes);
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index, tide_tensor_t* out_tensor) {
+  if (!session || !out_tensor) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session or out_tensor is NULL");
+  const tide_artifact_t* a = &session->model->artifact;
+  if (index < 0 || (uint32_t)index >= a->num_states) {
+    return tide_make_status(TIDE_STATUS_NOT_FOUND, "state index %d out of range (%u states)", index, a->num_states);
+  }
+  const tide_tensor_desc_t* d = &a->states[index].desc;
+  memset(out_tensor, 0, sizeof(*out_tensor));
+  out_tensor->data = session->states + session->model->state_offsets[index];
+  out_tensor->dtype = d->dtype;
+  out_tensor->ndim = d->ndim;
+  memcpy(out_tensor->shape, d->shape, sizeof(int64_t) * (size_t)d->ndim);
+  return NULL;
+}
+
+static tide_status_t check_inputs(const tide_entry_exec_t* x, const tide_tensor_t* inputs, int32_t num_inputs) {
+  const tide_entry_decl_t* d = x->decl;
+  if (num_inputs < 0 || (uint32_t)num_inputs != d->num_inputs) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' takes %u inputs, got %d", d->name,
+                            d->num_inputs, num_inputs);
+  }
+  if (num_inputs > 0 && !inputs) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s': inputs is NULL", d->name);
+  }
+  for (uint32_t i = 0; i < d->num_inputs; ++i) {
+    const tide_io_decl_t* io = &d->inputs[i];
+    const tide_tensor_desc_t* want = &d->buffers[io->buffer].desc;
+    const tide_tensor_t* got = &inputs[i];
+    int same = got->dtype.code == want->dtype.code && got->dtype.bits == want->dtype.bits &&
+               got->dtype.lanes == want->dtype.lanes && got->ndim == want->ndim;
+    for (int32_t k = 0; same && k < want->ndim; ++k) same = got->shape[k] == want->shape[k];
+    if (!same) {
+      char a[256], b[256];
+      format_desc(a, sizeof(a), want->dtype, want->ndim, want->shape);
+      if (got->ndim < 0 || got->ndim > TIDE_MAX_RANK) {
+        snprintf(b, sizeof(b), "rank %d", got->ndim);
+      } else {
+        format_desc(b, sizeof(b), got->dtype, got->ndim, got->shape);
+      }
+      return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' input '%s': expected %s, got %s", d->name,
+                              io->name, a, b);
+    }
+    if (io->role == TIDE_IO_DATA) {
+      if (!got->data) {
+        return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' input '%s': data is NULL", d->name,
+                                io->name);
+      }
+      if ((uintptr_t)got->data % TIDE_TENSOR_ALIGNMENT != 0) {
+        return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                                "entry '%s' input '%s': data %p is not %d-byte aligned (kernels use aligned "
+                                "vector loads)",
+                                d->name, io->name, got->data, TIDE_TENSOR_ALIGNMENT);
+      }
+    }
+  }
+  return NULL;
+}
+
+static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
+  const tide_entry_decl_t* d = x->decl;
+  for (uint32_t o = 0; o < d->num_ops; ++o) {
+    const tide_op_decl_t* op = &d->ops[o];
+    if (op->op == TIDE_OP_COPY) {
+      const tide_dl_tensor_t* src = &x->tensors[op->args[0].value];
+      tide_dl_tensor_t* dst = &x->tensors[op->args[1].value];
+      if (dst->data != src->data) {
+        memmove(dst->data, src->data, (size_t)d->buffers[op->args[0].value].desc.nbytes);
+      }
+      continue;
+    }
+    pthread_mutex_lock(&s->error_mu);
+    s->error_set = 0;
+    pthread_mutex_unlock(&s->error_mu);
+    tide_ffi_any_t ret;
+    memset(&ret, 0, sizeof(ret));
+    ret.type_index = TIDE_FFI_NONE;
+    int rc = s->model->kernels.kernels[op->kernel](NULL, x->op_args[o], (int32_t)op->num_args, &ret);
+    if (rc != 0) {
+      const char* name = s->model->artifact.kernel_names[op->kernel];
+      pthread_mutex_lock(&s->error_mu);
+      tide_status_t st =
+          s->error_set
+              ? tide_make_status(TIDE_STATUS_INTERNAL, "entry '%s' op %u: kernel '%s' failed: %s", d->name, o, name,
+                                 s->error)
+              : tide_make_status(TIDE_STATUS_INTERNAL,
+                                 "entry '%s' op %u: kernel '%s' failed (returned %d) without an error message",
+                                 d->name, o, name, rc);
+      pthread_mutex_unlock(&s->error_mu);
+      return st;
+    }
+  }
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                        int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  const tide_artifact_t* a = &session->model->artifact;
+  if (entry < 0 || (uint32_t)entry >= a->num_entries) {
+    return tide_make_status(TIDE_STATUS_NOT_FOUND, "entry index %d out of range (%u entries)", entry, a->num_entries);
+  }
+  const tide_entry_exec_t* x = &session->entries[entry];
+  const tide_entry_decl_t* d = x->decl;
+  tide_status_t st = check_inputs(x, inputs, num_inputs);
+  if (st) return st;
+  if (num_outputs < 0 || (uint32_t)num_outputs != d->num_outputs || (num_outputs > 0 && !outputs)) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' has %u outputs, got room for %d%s", d->name,
+                            d->num_outputs, num_outputs, num_outputs > 0 && !outputs ? " (outputs is NULL)" : "");
+  }
+  for (uint32_t i = 0; i < d->num_inputs; ++i) {
+    const tide_io_decl_t* io = &d->inputs[i];
+    if (io->role != TIDE_IO_STATE || !inputs[i].data) continue;
+    const tide_dl_tensor_t* state = &x->tensors[io->buffer];
+    if (state->data != inputs[i].data) {
+      memmove(state->data, inputs[i].data, (size_t)d->buffers[io->buffer].desc.nbytes);
+    }
+  }
+  for (uint32_t p = 0; p < x->num_patches; ++p) {
+    const input_patch_t* patch = &x->patches[p];
+    patch->tensor->data = (uint8_t*)inputs[patch->input].data + patch->offset;
+  }
+  tide_session_t* prev = tide_set_current_session(session);
+  st = run_ops(session, x);
+  tide_set_current_session(prev);
+  if (st) return st;
+  for (uint32_t i = 0; i < d->num_outputs; ++i) {
+    const tide_dl_tensor_t* t = &x->tensors[d->outputs[i].buffer];
+    tide_tensor_t* out = &outputs[i];
+    memset(out, 0, sizeof(*out));
+    out->data = t->data;
+    out->dtype = (tide_dtype_t){t->dtype.code, t->dtype.bits, t->dtype.lanes};
+    out->ndim = t->ndim;
+    memcpy(out->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+  }
+  return NULL;
+}
