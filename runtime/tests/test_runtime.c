@@ -1,0 +1,595 @@
+/*
+ * C tests of the runtime, built with the runtime sources under ASan + UBSan.
+ *   test_runtime <libtest_kernels.so> <scratch dir>
+ */
+#define _GNU_SOURCE
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "builder.h"
+#include "crc32_table.h"
+#include "internal.h"
+#include "tide/runtime.h"
+
+static int g_failures;
+static const char* g_kernels;
+static const char* g_dir;
+
+#define CHECK(cond)                                                        \
+  do {                                                                     \
+    if (!(cond)) {                                                         \
+      fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+      ++g_failures;                                                        \
+    }                                                                      \
+  } while (0)
+
+/* Expects success; prints and counts the status otherwise. */
+#define OK(expr)                                                                                    \
+  do {                                                                                              \
+    tide_status_t st_ = (expr);                                                                     \
+    if (st_) {                                                                                      \
+      fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, tide_status_message(st_)); \
+      tide_status_free(st_);                                                                        \
+      ++g_failures;                                                                                 \
+    }                                                                                               \
+  } while (0)
+
+/* Expects a status with `code` whose message contains `needle`. */
+static void expect_error(tide_status_t st, tide_status_code_t code, const char* needle, const char* what, int line) {
+  if (!st) {
+    fprintf(stderr, "line %d: %s: expected an error containing '%s', got OK\n", line, what, needle);
+    ++g_failures;
+    return;
+  }
+  if (tide_status_code(st) != code || !strstr(tide_status_message(st), needle)) {
+    fprintf(stderr, "line %d: %s: expected code %d containing '%s', got code %d: %s\n", line, what, code, needle,
+            tide_status_code(st), tide_status_message(st));
+    ++g_failures;
+  }
+  tide_status_free(st);
+}
+#define EXPECT_ERROR(expr, code, needle) expect_error((expr), (code), (needle), #expr, __LINE__)
+
+static char* scratch_path(const char* name) {
+  static char path[4096];
+  snprintf(path, sizeof(path), "%s/%s", g_dir, name);
+  return path;
+}
+
+static tide_model_t* load_bytes(const tb_bytes_t* img, const tide_model_options_t* opts, tide_status_t* out_st) {
+  const char* path = scratch_path("t.tide");
+  tb_write_file(path, img->p, img->n);
+  tide_model_t* m = NULL;
+  *out_st = tide_model_load_file(path, opts, &m);
+  return m;
+}
+
+static tide_model_t* load_standard(void) {
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  tb_bytes_t img;
+  tb_build(&c, &img);
+  tide_status_t st;
+  tide_model_t* m = load_bytes(&img, NULL, &st);
+  tb_free(&img);
+  OK(st);
+  return m;
+}
+
+static void* aligned(size_t n) {
+  void* p = NULL;
+  if (posix_memalign(&p, 64, n ? n : 64) != 0) abort();
+  memset(p, 0, n);
+  return p;
+}
+
+static tide_tensor_t f32_tensor(void* data, int32_t ndim, const int64_t* shape) {
+  tide_tensor_t t;
+  memset(&t, 0, sizeof(t));
+  t.data = data;
+  t.dtype = (tide_dtype_t){2, 32, 1};
+  t.ndim = ndim;
+  memcpy(t.shape, shape, sizeof(int64_t) * (size_t)ndim);
+  return t;
+}
+
+static int32_t entry(tide_model_t* m, const char* name) {
+  int32_t e = -1;
+  OK(tide_model_find_entry(m, name, &e));
+  return e;
+}
+
+/* ---- tests --------------------------------------------------------------------------------- */
+
+static void test_crc32(void) {
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int k = 0; k < 8; ++k) c = (c & 1u) ? (c >> 1) ^ 0xEDB88320u : (c >> 1);
+    CHECK(k_crc32_table[0][i] == c);
+    for (int t = 1; t < 8; ++t) {
+      CHECK(k_crc32_table[t][i] == ((k_crc32_table[t - 1][i] >> 8) ^ k_crc32_table[0][k_crc32_table[t - 1][i] & 0xFF]));
+    }
+  }
+  CHECK(tide_crc32(0, "123456789", 9) == 0xCBF43926u);
+  /* Incremental and unaligned use agree with one pass. */
+  uint8_t buf[1000];
+  for (int i = 0; i < 1000; ++i) buf[i] = (uint8_t)(i * 7 + 3);
+  uint32_t whole = tide_crc32(0, buf, sizeof(buf));
+  CHECK(tide_crc32(tide_crc32(0, buf, 13), buf + 13, sizeof(buf) - 13) == whole);
+  CHECK(tide_crc32(0, NULL, 0) == 0);
+}
+
+static void test_status(void) {
+  CHECK(tide_status_code(NULL) == TIDE_STATUS_OK);
+  CHECK(strcmp(tide_status_message(NULL), "OK") == 0);
+  tide_status_free(NULL);
+  tide_status_t st = tide_status_wrap(tide_make_status(TIDE_STATUS_NOT_FOUND, "inner %d", 7), "outer");
+  CHECK(tide_status_code(st) == TIDE_STATUS_NOT_FOUND);
+  CHECK(strcmp(tide_status_message(st), "outer: inner 7") == 0);
+  tide_status_free(st);
+}
+
+static void test_load_and_query(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  CHECK(strcmp(tide_model_target(m), "cpu") == 0);
+  CHECK(strstr(tide_model_metadata(m), "\"standard\"") != NULL);
+  CHECK(tide_model_entry_count(m) == 5);
+  CHECK(strcmp(tide_model_entry_name(m, 0), "main") == 0);
+  CHECK(tide_model_entry_name(m, 5) == NULL);
+  CHECK(tide_model_input_count(m, -1) == -1);
+  int32_t e = entry(m, "step");
+  CHECK(e == 1);
+  EXPECT_ERROR(tide_model_find_entry(m, "nope", &e), TIDE_STATUS_NOT_FOUND, "no entry 'nope' (the model has 'main'");
+  CHECK(tide_model_input_count(m, 1) == 2);
+  CHECK(tide_model_output_count(m, 0) == 4);
+  tide_tensor_info_t info;
+  OK(tide_model_input_info(m, 1, 1, &info));
+  CHECK(strcmp(info.name, "acc") == 0 && info.role == TIDE_IO_STATE && info.state_index == 0);
+  CHECK(info.ndim == 1 && info.shape[0] == 4 && info.dtype.code == 2 && info.dtype.bits == 32);
+  OK(tide_model_output_info(m, 0, 2, &info));
+  CHECK(strcmp(info.name, "t") == 0 && info.ndim == 2 && info.role == TIDE_IO_DATA && info.state_index == -1);
+  EXPECT_ERROR(tide_model_output_info(m, 0, 4, &info), TIDE_STATUS_NOT_FOUND, "output index 4 out of range");
+  EXPECT_ERROR(tide_model_input_info(m, 9, 0, &info), TIDE_STATUS_NOT_FOUND, "entry index 9");
+  CHECK(tide_model_state_count(m) == 1);
+  OK(tide_model_state_info(m, 0, &info));
+  CHECK(strcmp(info.name, "acc") == 0 && info.state_index == 0);
+  uint64_t arena, state, weights;
+  tide_model_memory(m, &arena, &state, &weights);
+  CHECK(arena == 12096 && state == 64 && weights == 80);
+  tide_model_release(m);
+}
+
+static void test_options(void) {
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  CHECK(o.struct_size == sizeof(o) && o.verify_checksums == 1 && o.allowed_cpu_features == ~(uint64_t)0);
+  o.struct_size = sizeof(o) + 8;
+  tide_model_t* m = NULL;
+  EXPECT_ERROR(tide_model_load_file(scratch_path("x"), &o, &m), TIDE_STATUS_INVALID_ARGUMENT, "struct_size");
+  EXPECT_ERROR(tide_model_load_file(scratch_path("does-not-exist.tide"), NULL, &m), TIDE_STATUS_NOT_FOUND,
+               "does-not-exist.tide");
+  EXPECT_ERROR(tide_model_load_file(g_dir, NULL, &m), TIDE_STATUS_INVALID_ARGUMENT, "not a regular file");
+  tb_write_file(scratch_path("empty.tide"), (const uint8_t*)"", 0);
+  EXPECT_ERROR(tide_model_load_file(scratch_path("empty.tide"), NULL, &m), TIDE_STATUS_DATA_LOSS, "empty");
+  CHECK(m == NULL);
+
+  tide_model_t* model = load_standard();
+  if (!model) return;
+  tide_session_options_t so;
+  tide_session_options_initialize(&so);
+  so.num_threads = -1;
+  tide_session_t* s = NULL;
+  EXPECT_ERROR(tide_session_create(model, &so, &s), TIDE_STATUS_INVALID_ARGUMENT, "num_threads -1");
+  so.num_threads = 3;
+  OK(tide_session_create(model, &so, &s));
+  CHECK(tide_session_num_threads(s) == 3);
+  tide_session_release(s);
+  OK(tide_session_create(model, NULL, &s));
+  CHECK(tide_session_num_threads(s) >= 1);
+  tide_session_release(s);
+  tide_model_release(model);
+}
+
+static void test_run_main(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  tide_model_release(m); /* the session keeps it alive */
+  if (!s) return;
+  float* x = aligned(16);
+  for (int i = 0; i < 4; ++i) x[i] = (float)(i + 1) * 0.5f;
+  tide_tensor_t in = f32_tensor(x, 1, (int64_t[]){4});
+  tide_tensor_t out[4];
+  for (int rep = 0; rep < 3; ++rep) {
+    OK(tide_session_run(s, 0, &in, 1, out, 4));
+    const float w0[4] = {1, 2, 3, 4}, w1[4] = {10, 20, 30, 40};
+    for (int i = 0; i < 4; ++i) {
+      CHECK(((float*)out[0].data)[i] == x[i] + w0[i]);
+      CHECK(((float*)out[1].data)[i] == (x[i] + w0[i]) * 3);
+      CHECK(((float*)out[2].data)[i] == x[i] + w1[i]);
+      CHECK(((float*)out[3].data)[i] == x[i] + w1[i]);
+    }
+    CHECK(out[2].ndim == 2 && out[2].shape[0] == 2 && out[2].shape[1] == 2);
+    CHECK(out[3].ndim == 1 && out[3].dtype.code == 2 && out[3].dtype.bits == 32);
+    CHECK((uint8_t*)out[1].data - (uint8_t*)out[0].data == 64); /* views into the arena */
+    x[0] += 1.0f;
+  }
+
+  /* Input validation: each error leaves the session usable. */
+  EXPECT_ERROR(tide_session_run(s, 0, &in, 0, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "entry 'main' takes 1 inputs, got 0");
+  EXPECT_ERROR(tide_session_run(s, 0, &in, 1, out, 3), TIDE_STATUS_INVALID_ARGUMENT, "entry 'main' has 4 outputs");
+  EXPECT_ERROR(tide_session_run(s, 0, NULL, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "inputs is NULL");
+  EXPECT_ERROR(tide_session_run(s, 0, &in, 1, NULL, 4), TIDE_STATUS_INVALID_ARGUMENT, "outputs is NULL");
+  EXPECT_ERROR(tide_session_run(s, 7, &in, 1, out, 4), TIDE_STATUS_NOT_FOUND, "entry index 7");
+  EXPECT_ERROR(tide_session_run(NULL, 0, &in, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  tide_tensor_t bad = in;
+  bad.dtype.bits = 16;
+  EXPECT_ERROR(tide_session_run(s, 0, &bad, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT,
+               "entry 'main' input 'x': expected float32[4], got float16[4]");
+  bad = f32_tensor(x, 2, (int64_t[]){2, 2});
+  EXPECT_ERROR(tide_session_run(s, 0, &bad, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "expected float32[4], got float32[2, 2]");
+  bad = in;
+  bad.ndim = 99;
+  EXPECT_ERROR(tide_session_run(s, 0, &bad, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "got rank 99");
+  bad = in;
+  bad.data = NULL;
+  EXPECT_ERROR(tide_session_run(s, 0, &bad, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "data is NULL");
+  bad = in;
+  bad.data = (uint8_t*)x + 4;
+  EXPECT_ERROR(tide_session_run(s, 0, &bad, 1, out, 4), TIDE_STATUS_INVALID_ARGUMENT, "not 64-byte aligned");
+  OK(tide_session_run(s, 0, &in, 1, out, 4));
+  CHECK(((float*)out[0].data)[1] == x[1] + 2);
+  free(x);
+  tide_session_release(s);
+}
+
+static void test_state(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (!s) {
+    tide_model_release(m);
+    return;
+  }
+  int32_t e = entry(m, "step");
+  float* x = aligned(16);
+  for (int i = 0; i < 4; ++i) x[i] = (float)i;
+  tide_tensor_t in[2] = {f32_tensor(x, 1, (int64_t[]){4}), f32_tensor(NULL, 1, (int64_t[]){4})};
+  tide_tensor_t out[2];
+  tide_tensor_t state;
+  OK(tide_session_state(s, 0, &state));
+  EXPECT_ERROR(tide_session_state(s, 1, &state), TIDE_STATUS_NOT_FOUND, "state index 1");
+  for (int i = 0; i < 4; ++i) CHECK(((float*)state.data)[i] == 0.0f); /* zero-filled at create */
+
+  /* NULL keeps the state: two runs accumulate. */
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  CHECK(out[0].data == state.data); /* present aliases the state */
+  for (int i = 0; i < 4; ++i) {
+    CHECK(((float*)state.data)[i] == 2.0f * (float)i);
+    CHECK(((float*)out[1].data)[i] == 2.0f * (float)i);
+  }
+  /* Given data is copied into the state first (any alignment). */
+  float given[5] = {0, 100, 200, 300, 400};
+  in[1].data = given + 1;
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  for (int i = 0; i < 4; ++i) CHECK(((float*)state.data)[i] == given[i + 1] + (float)i);
+  CHECK(given[1] == 100.0f); /* the caller's copy is not written */
+  /* Passing the state's own memory is allowed. */
+  in[1].data = state.data;
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  CHECK(((float*)state.data)[3] == 400.0f + 6.0f);
+  /* A rejected call leaves the state alone. */
+  in[1].data = NULL;
+  tide_tensor_t bad[2] = {in[0], f32_tensor(NULL, 1, (int64_t[]){5})};
+  EXPECT_ERROR(tide_session_run(s, e, bad, 2, out, 2), TIDE_STATUS_INVALID_ARGUMENT, "input 'acc'");
+  CHECK(((float*)state.data)[3] == 406.0f);
+  OK(tide_session_reset_state(s));
+  for (int i = 0; i < 4; ++i) CHECK(((float*)state.data)[i] == 0.0f);
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  CHECK(((float*)state.data)[3] == 3.0f);
+  /* Sessions have separate states. */
+  tide_session_t* s2 = NULL;
+  OK(tide_session_create(m, NULL, &s2));
+  tide_tensor_t state2;
+  OK(tide_session_state(s2, 0, &state2));
+  CHECK(state2.data != state.data && ((float*)state2.data)[3] == 0.0f);
+  tide_session_release(s2);
+  free(x);
+  tide_session_release(s);
+  tide_model_release(m);
+}
+
+static void test_kernel_error(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (!s) {
+    tide_model_release(m);
+    return;
+  }
+  float* x = aligned(16);
+  tide_tensor_t in = f32_tensor(x, 1, (int64_t[]){4});
+  tide_tensor_t out[4];
+  for (int rep = 0; rep < 2; ++rep) {
+    EXPECT_ERROR(tide_session_run(s, entry(m, "fail"), &in, 1, out, 1), TIDE_STATUS_INTERNAL,
+                 "entry 'fail' op 1: kernel 'fail' failed: ValueError: intentional failure from the fail kernel");
+    OK(tide_session_run(s, 0, &in, 1, out, 4));
+  }
+  free(x);
+  tide_session_release(s);
+  tide_model_release(m);
+}
+
+static void check_par(tide_session_t* s, int32_t e, const float* x, int reps) {
+  tide_tensor_t in = f32_tensor((void*)x, 1, (int64_t[]){1000});
+  tide_tensor_t out[3];
+  for (int r = 0; r < reps; ++r) {
+    tide_status_t st = tide_session_run(s, e, &in, 1, out, 3);
+    if (st) {
+      fprintf(stderr, "par run failed: %s\n", tide_status_message(st));
+      tide_status_free(st);
+      ++g_failures;
+      return;
+    }
+    int bad = 0;
+    for (int i = 0; i < 1000; ++i) {
+      bad += ((float*)out[0].data)[i] != x[999 - i] * 2.0f;
+      bad += ((float*)out[1].data)[i] != x[i] * 2.0f;
+      bad += ((float*)out[2].data)[i] != x[i] + 1.0f;
+    }
+    if (bad) {
+      fprintf(stderr, "par run %d: %d wrong values\n", r, bad);
+      ++g_failures;
+      return;
+    }
+  }
+}
+
+typedef struct {
+  tide_model_t* model;
+  const float* x;
+} par_thread_arg_t;
+
+static void* par_thread(void* p) {
+  par_thread_arg_t* a = p;
+  tide_session_options_t o;
+  tide_session_options_initialize(&o);
+  o.num_threads = 3;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(a->model, &o, &s));
+  if (s) check_par(s, entry(a->model, "par"), a->x, 150);
+  tide_session_release(s);
+  return NULL;
+}
+
+static void test_parallel(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  float* x = aligned(4000);
+  for (int i = 0; i < 1000; ++i) x[i] = (float)i - 300.0f;
+  int32_t e = entry(m, "par");
+  const int32_t threads[] = {1, 2, 4, 8};
+  for (size_t k = 0; k < sizeof(threads) / sizeof(threads[0]); ++k) {
+    tide_session_options_t o;
+    tide_session_options_initialize(&o);
+    o.num_threads = threads[k];
+    tide_session_t* s = NULL;
+    OK(tide_session_create(m, &o, &s));
+    if (!s) continue;
+    check_par(s, e, x, 200);
+    /* A barrier that cannot complete fails with a message instead of hanging. */
+    EXPECT_ERROR(tide_session_run(s, entry(m, "barrier"), NULL, 0, NULL, 0), TIDE_STATUS_INTERNAL,
+                 threads[k] == 1 ? "run serially" : "cannot all run at once");
+    check_par(s, e, x, 3);
+    tide_session_release(s);
+  }
+  /* Sessions of one model running concurrently on different threads. */
+  pthread_t t[3];
+  par_thread_arg_t arg = {m, x};
+  for (int i = 0; i < 3; ++i) CHECK(pthread_create(&t[i], NULL, par_thread, &arg) == 0);
+  for (int i = 0; i < 3; ++i) pthread_join(t[i], NULL);
+  free(x);
+  tide_model_release(m);
+}
+
+static void test_two_models(void) {
+  /* Two live models and a reload after release get their own kernel library instances. */
+  tide_model_t* a = load_standard();
+  tide_model_t* b = load_standard();
+  tide_model_release(a);
+  tide_model_t* c = load_standard();
+  tide_model_t* models[2] = {b, c};
+  for (int k = 0; k < 2; ++k) {
+    if (!models[k]) continue;
+    tide_session_t* s = NULL;
+    OK(tide_session_create(models[k], NULL, &s));
+    float* x = aligned(16);
+    tide_tensor_t in = f32_tensor(x, 1, (int64_t[]){4});
+    tide_tensor_t out[4];
+    EXPECT_ERROR(tide_session_run(s, entry(models[k], "fail"), &in, 1, out, 1), TIDE_STATUS_INTERNAL,
+                 "intentional failure");
+    OK(tide_session_run(s, 0, &in, 1, out, 4));
+    free(x);
+    tide_session_release(s);
+  }
+  tide_model_release(b);
+  tide_model_release(c);
+  CHECK(a != b && b != c);
+}
+
+/* ---- corrupt and incompatible artifacts ---------------------------------------------------- */
+
+static void expect_load_error(const tb_bytes_t* img, const tide_model_options_t* opts, tide_status_code_t code,
+                              const char* needle, const char* what, int line) {
+  tide_status_t st;
+  tide_model_t* m = load_bytes(img, opts, &st);
+  CHECK(m == NULL);
+  if (m) tide_model_release(m);
+  expect_error(st, code, needle, what, line);
+}
+#define EXPECT_LOAD_ERROR(img, opts, code, needle) expect_load_error((img), (opts), (code), (needle), #img, __LINE__)
+
+static const char* section_name(uint32_t kind) {
+  static const char* const names[] = {"?", "TARGET", "PLAN", "KERNELS_HOST", "WEIGHTS", "METADATA", "DEVICE_CODE"};
+  return kind <= 6 ? names[kind] : "?";
+}
+
+static void test_corruption(void) {
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  tb_bytes_t good;
+  tb_build(&c, &good);
+  tb_layout_t lay;
+  tb_layout(good.p, &lay);
+  tb_bytes_t img = {0};
+  tb_raw(&img, good.p, good.n);
+
+  /* Truncation anywhere. */
+  const size_t cuts[] = {0, 1, 8, 63, 64, 100, 64 + 48 * 6 - 1, good.n / 2, good.n - 4097, good.n - 1};
+  for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); ++i) {
+    img.n = cuts[i];
+    EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, cuts[i] == 0 ? "empty" : "truncated");
+  }
+  img.n = good.n;
+
+  /* A flipped byte in the header, the table and every section. */
+  const size_t header_bytes[] = {20, 33, 41, 50, 64 + 5, 64 + 48 + 17};
+  for (size_t i = 0; i < sizeof(header_bytes) / sizeof(header_bytes[0]); ++i) {
+    img.p[header_bytes[i]] ^= 0x10;
+    EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "header");
+    img.p[header_bytes[i]] ^= 0x10;
+  }
+  img.p[44] ^= 1;
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "header: checksum mismatch");
+  img.p[44] ^= 1;
+  for (int i = 0; i < lay.num_sections; ++i) {
+    char needle[64];
+    snprintf(needle, sizeof(needle), "%s section: checksum mismatch", section_name(lay.kind[i]));
+    size_t at = (size_t)(lay.offset[i] + lay.size[i] / 2);
+    img.p[at] ^= 0x01;
+    EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, needle);
+    /* Skipping bulk checksums still verifies the sections the loader parses or loads. */
+    tide_model_options_t o;
+    tide_model_options_initialize(&o);
+    o.verify_checksums = 0;
+    if (lay.kind[i] == TIDE_SECTION_WEIGHTS || lay.kind[i] == TIDE_SECTION_DEVICE_CODE) {
+      tide_status_t st;
+      tide_model_t* m = load_bytes(&img, &o, &st);
+      OK(st);
+      tide_model_release(m);
+    } else {
+      EXPECT_LOAD_ERROR(&img, &o, TIDE_STATUS_DATA_LOSS, needle);
+    }
+    img.p[at] ^= 0x01;
+  }
+  img.p[0] = 'X';
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "bad magic");
+  tb_free(&img);
+
+  tb_config_t v = c;
+  v.version = 2;
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "format version 2 is not supported");
+  tb_free(&img);
+
+  v = c;
+  v.target_kind = 2;
+  v.device_arch = "sm_90";
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "targets cuda (device 'sm_90')");
+  tb_free(&img);
+
+  v = c;
+  v.target_kind = 9;
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "unknown target kind 9");
+  tb_free(&img);
+
+  v = c;
+  v.host_arch = strcmp(tide_host_arch(), "aarch64") == 0 ? "x86_64" : "aarch64";
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "compiled for host architecture");
+  tb_free(&img);
+
+  v = c;
+  v.cpu_features = (uint64_t)1 << 12;
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "unknown CPU feature bits 0x1000");
+  tb_free(&img);
+
+#if defined(__x86_64__)
+  /* Requires avx2 + fma; pretend the machine lacks them. */
+  v = c;
+  v.cpu_features = (1u << 2) | (1u << 3);
+  tb_build(&v, &img);
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  o.allowed_cpu_features = ~(uint64_t)((1u << 2) | (1u << 3));
+  EXPECT_LOAD_ERROR(&img, &o, TIDE_STATUS_UNIMPLEMENTED, "CPU features this machine lacks: avx2, fma");
+  o.allowed_cpu_features = ~(uint64_t)0;
+  if ((tide_host_cpu_features() & 0xC) == 0xC) {
+    tide_status_t st;
+    tide_model_t* m = load_bytes(&img, &o, &st);
+    OK(st);
+    tide_model_release(m);
+  }
+  tb_free(&img);
+#endif
+
+  v = c;
+  v.extra_missing_kernel = 1;
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_NOT_FOUND, "kernel 'missing' (index 8): symbol __tvm_ffi_missing is missing");
+  tb_free(&img);
+
+  v = c;
+  v.bad_arg_index = 1;
+  tb_build(&v, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS,
+                    "PLAN section, entry 'main' op 0 (byte");
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "argument 0: buffer index 99 out of range (9 buffers)");
+  tb_free(&img);
+  tb_free(&good);
+}
+
+int main(int argc, char** argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir>\n", argv[0]);
+    return 2;
+  }
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  g_kernels = argv[1];
+  g_dir = argv[2];
+  struct {
+    const char* name;
+    void (*fn)(void);
+  } tests[] = {
+      {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
+      {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
+      {"kernel_error", test_kernel_error}, {"parallel", test_parallel}, {"two_models", test_two_models},
+      {"corruption", test_corruption},
+  };
+  for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
+    int before = g_failures;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    tests[i].fn();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+    printf("%-16s %s (%.0f ms)\n", tests[i].name, g_failures == before ? "ok" : "FAILED", ms);
+  }
+  if (g_failures) {
+    printf("%d check(s) failed\n", g_failures);
+    return 1;
+  }
+  printf("all C runtime tests passed\n");
+  return 0;
+}
