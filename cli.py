@@ -139,10 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     from .compiler.errors import CompileError
+    from .runtime import TideError
 
     try:
         return args.func(args)
-    except CompileError as err:
+    except (CompileError, TideError) as err:
         print(f"tide {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,113 @@
+"""The main path on DeepSeek-V4: ``tide export tiny`` -> ``tide compile --target cpu`` -> the C
+runtime, checked against transformers' DeepseekV4ForCausalLM on the same checkpoint."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from transformers import DeepseekV4ForCausalLM
+
+import tide
+from tide.compiler.driver import CompileOptions, compile_model
+from tide.compiler.export import export
+
+NEW_TOKENS = 33
+# Teacher-forced logits: float32 on both sides, but different GEMM blocking and reduction orders
+# (tide's tiled kernels vs MKL/OpenBLAS in torch) leave ~1e-6 relative error per op, compounded
+# over the layers, the mHC Sinkhorn iterations and the compressor softmaxes. 1e-4 of the logits'
+# scale is two orders above that noise and far below any real error (a wrong mask, state slot or
+# routing choice moves logits by O(scale)).
+LOGIT_TOL = 1e-4
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2"])
+def tiny(request, tmp_path_factory):
+    batch = request.param
+    tmp = tmp_path_factory.mktemp(f"tiny_b{batch}")
+    onnx_path, ckpt, art = str(tmp / "tiny.onnx"), str(tmp / "ckpt"), str(tmp / "tiny.tide")
+    export("tiny", onnx_path, seed=0, batch=batch, save_checkpoint=ckpt)
+    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(16,), progress=False))
+    ref = DeepseekV4ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    return batch, tide.load(art), ref
+
+
+def _prompt(model, batch, length, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, int(model.metadata["vocab"]), size=(batch, length), dtype=np.int64)
+
+
+def test_greedy_tokens_match_transformers(tiny):
+    batch, model, ref = tiny
+    prompt = _prompt(model, batch, 21, seed=1)  # 21: past the window, ends mid compression block
+    got = model.session().generate(prompt, NEW_TOKENS)
+    with torch.no_grad():
+        want = ref.generate(torch.from_numpy(prompt), max_new_tokens=NEW_TOKENS, do_sample=False)
+    np.testing.assert_array_equal(got, want[:, prompt.shape[1]:].numpy())
+
+
+def test_teacher_forced_logits_match_transformers(tiny):
+    batch, model, ref = tiny
+    prompt = _prompt(model, batch, 19, seed=2)
+    forced = _prompt(model, batch, NEW_TOKENS, seed=3)  # both sides are fed the same tokens
+    session = model.session()
+    got = [session.prefill(prompt, all_logits=True)]
+    with torch.no_grad():
+        out = ref(torch.from_numpy(prompt), use_cache=True)
+        want = [out.logits.numpy()]
+        past = out.past_key_values
+        for t in range(NEW_TOKENS):
+            step = forced[:, t:t + 1]
+            got.append(session.decode(step)[:, None, :])
+            out = ref(torch.from_numpy(step), past_key_values=past, use_cache=True)
+            past = out.past_key_values
+            want.append(out.logits.numpy())
+    for step, (g, w) in enumerate(zip(got, want)):
+        scale = float(np.abs(w).max())
+        err = float(np.abs(g - w).max())
+        assert err <= LOGIT_TOL * scale, f"step {step}: max |tide - transformers| = {err:.3g} (scale {scale:.3g})"
+
+
+def test_chunked_prefill_equals_single_prefill(tiny):
+    batch, model, _ = tiny
+    prompt = _prompt(model, batch, 37, seed=4)
+    whole = model.session().prefill(prompt, all_logits=True)
+    session = model.session()
+    parts, pos = [], 0
+    for size in (3, 16, 5, 1, 12):  # chunks ending mid compression block, a full compiled chunk
+        parts.append(session.prefill(prompt[:, pos:pos + size], all_logits=True))
+        pos += size
+    np.testing.assert_allclose(np.concatenate(parts, axis=1), whole, rtol=0,
+                               atol=LOGIT_TOL * float(np.abs(whole).max()))
+
+
+def test_session_reset_and_capacity(tiny):
+    batch, model, _ = tiny
+    prompt = _prompt(model, batch, 8, seed=5)
+    session = model.session()
+    first = session.prefill(prompt)
+    session.decode(np.argmax(first, -1)[:, None])
+    session.reset()
+    np.testing.assert_array_equal(session.prefill(prompt), first)
+    capacity = int(model.metadata["max_seq_len"])
+    with pytest.raises(Exception, match="capacity|max_seq_len"):
+        session.prefill(_prompt(model, batch, capacity, seed=6))
+    np.testing.assert_array_equal(session.position, np.full(batch, 8))  # the rejected call changed nothing
+    with pytest.raises(Exception, match="batch"):
+        session.prefill(_prompt(model, batch + 1, 4, seed=7))
+
+
+def test_cli_run_generates(tiny, tmp_path):
+    batch, model, _ = tiny
+    if batch != 1:
+        return
+    res = subprocess.run([sys.executable, "-m", "tide.cli", "run", model.path, "--prompt", "5 17 3 99", "-n", "8"],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "tokens[0]:" in res.stdout and "decode:" in res.stdout
+    ids = [int(t) for t in res.stdout.split("tokens[0]:")[1].splitlines()[0].split()]
+    want = model.session().generate(np.array([[5, 17, 3, 99]], dtype=np.int64), 8)[0].tolist()
+    assert ids == want
