@@ -16,9 +16,10 @@ import torch
 import tvm
 from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import (DeepseekV4Experts, DeepseekV4HashRouter,
-                                                                  DeepseekV4TopKRouter)
+                                                                  DeepseekV4MLP, DeepseekV4TopKRouter)
 
-from tide.ops import moe_down, moe_experts, moe_gate_up, moe_permute, router, router_hash, router_scores
+from tide.ops import (moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, router, router_hash,
+                      router_scores)
 from tide.targets import cpu
 from tide.targets import moe as schedules
 
@@ -186,6 +187,53 @@ def test_routed_experts_flash_dims(flash_experts, tokens, top_k):
 
 
 # ---------------------------------------------------------------------------------------------
+# shared expert
+
+
+def _run_shared(x, gate_weight, up_weight, down_weight, limit, packed=None):
+    tokens, dim = x.shape
+    inter = gate_weight.shape[0]
+    fns = list(_build(dict(moe_shared.kernels(tokens, dim, inter, limit))).values())
+    gate_up, down = packed or moe_shared.pack(gate_weight, up_weight, down_weight)
+    fixed = {k: _tensor(v) for k, v in moe_shared.tiles(tokens).items()}
+    rows = fixed["row_token"].shape[0]
+    h, o = _tensor(np.zeros((rows, inter), np.float32)), _tensor(np.zeros((rows, dim), np.float32))
+    y = _tensor(np.zeros((tokens, dim), np.float32))
+    fns[0](_tensor(x), _tensor(gate_up), fixed["row_token"], fixed["row_weight"], fixed["tile_expert"],
+           fixed["num_tiles"], h)
+    fns[1](h, _tensor(down), fixed["tile_expert"], fixed["num_tiles"], o)
+    fns[2](o, fixed["slot"], y)
+    return y.numpy()
+
+
+def _transformers_mlp(x, gate_weight, up_weight, down_weight, limit):
+    inter, dim = gate_weight.shape
+    module = DeepseekV4MLP(_config(dim, 16, 4, 2, limit)).eval()
+    module.gate_proj = torch.nn.Linear(dim, inter, bias=False)
+    module.up_proj = torch.nn.Linear(dim, inter, bias=False)
+    module.down_proj = torch.nn.Linear(inter, dim, bias=False)
+    with torch.no_grad():
+        for layer, w in ((module.gate_proj, gate_weight), (module.up_proj, up_weight), (module.down_proj, down_weight)):
+            layer.weight.copy_(torch.from_numpy(w))
+        return module(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("tokens,dim,inter", [(1, 64, 32), (7, 64, 48), (16, 128, 64), (2, FLASH_D, FLASH_F)])
+def test_shared_expert(tokens, dim, inter):
+    rng = np.random.default_rng(tokens + dim)
+    limit = 1.5 if dim < FLASH_D else 10.0
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    gate_up, down = _expert_weights(rng, 1, dim, inter, limit)
+    gate_weight, up_weight, down_weight = gate_up[0, :inter], gate_up[0, inter:], down[0]
+    got = _run_shared(x, gate_weight, up_weight, down_weight, limit)
+    want = moe_shared.reference(x, gate_weight, up_weight, down_weight, limit)
+    rtol = 5e-5 if dim == FLASH_D else 2e-5
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=rtol * np.abs(want).max())
+    hf = _transformers_mlp(x, gate_weight, up_weight, down_weight, limit)
+    np.testing.assert_allclose(got, hf, rtol=rtol, atol=rtol * np.abs(want).max())
+
+
+# ---------------------------------------------------------------------------------------------
 # routers
 
 
@@ -315,6 +363,7 @@ def _cuda_kernels():
         funcs[f"scores{tokens}"] = router_scores.prim_func(tokens, 256, 16, f"scores{tokens}")
         funcs[f"select{tokens}"] = router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}")
         funcs[f"hash{tokens}"] = router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}")
+        funcs.update(moe_shared.kernels(tokens, 256, 128, 10.0))
     return funcs
 
 
@@ -341,7 +390,7 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
 # the tiny V4 model
 
 
-MOE_MODULES = (router, router_hash, moe_experts)
+MOE_MODULES = (router, router_hash, moe_experts, moe_shared)
 
 
 @pytest.fixture(scope="module")
@@ -420,18 +469,19 @@ def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq, monkeyp
     mod = substitute.substitute(mod, "cpu", {}, report)
     mod = lower.legalize_and_fuse(mod, target)
     mod = cpu.schedule(mod, target)
-    served = {k for k, v in report.kernels.items() if k.startswith(("tide_moe_", "tide_router_"))}
-    assert len(served) == 7  # scores, select, hash, permute, gate/up, down, combine
+    served = {k for k, v in report.kernels.items() if k.startswith(("tide_moe_", "tide_router_", "tide_shared_"))}
+    assert len(served) == 10  # scores, select, hash, permute, gate/up, down, combine; shared gate/up, down, rows
     packed_args = 0  # the packed weights are folded constants: no layout change runs in the graph
     for block in mod["main"].body.blocks:
         for binding in block.bindings:
             value = binding.value
             if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir"):
                 callee = value.args[0].name_hint
-                if callee.startswith(("tide_moe_gate_up", "tide_moe_down", "tide_router_scores")):
+                if callee.startswith(("tide_moe_gate_up", "tide_moe_down", "tide_router_scores", "tide_shared_gate_up",
+                                      "tide_shared_down")):
                     assert isinstance(value.args[1].fields[1], GenericConst), callee
                     packed_args += 1
-    assert packed_args == 3 * 5  # router scores, gate/up and down in each of the 5 layers
+    assert packed_args == 5 * 5  # router scores, routed and shared gate/up and down in each of the 5 layers
     for gv, func in mod.functions_items():
         if isinstance(func, tvm.tirx.PrimFunc):
             mod[gv] = func.with_attr("global_symbol", gv.name_hint)
