@@ -12,4 +12,5 @@ FUNCTION_KERNELS = {
     "SinkAttention": "sink_attention",
     "MoERouter": "router",
     "HashMoERouter": "router_hash",
+    "SharedExpert": "moe_shared",
 }
