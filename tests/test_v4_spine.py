@@ -100,14 +100,12 @@ def test_session_reset_and_capacity(tiny):
         session.prefill(_prompt(model, batch + 1, 4, seed=7))
 
 
-def test_cli_run_generates(tiny, tmp_path):
+def test_cli_run_generates(tiny):
     batch, model, _ = tiny
-    if batch != 1:
-        return
     res = subprocess.run([sys.executable, "-m", "tide.cli", "run", model.path, "--prompt", "5 17 3 99", "-n", "8"],
                          capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "tokens[0]:" in res.stdout and "decode:" in res.stdout
     ids = [int(t) for t in res.stdout.split("tokens[0]:")[1].splitlines()[0].split()]
-    want = model.session().generate(np.array([[5, 17, 3, 99]], dtype=np.int64), 8)[0].tolist()
+    want = model.session().generate(np.array([[5, 17, 3, 99]] * batch, dtype=np.int64), 8)[0].tolist()
     assert ids == want
