@@ -227,3 +227,143 @@ def schedule_cuda(func, target=None):
         _, tx = sch.split(d, factors=[None, min(threads, 128)])
         sch.bind(tx, "threadIdx.x")
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Lightning Indexer (tide.ops.indexer)
+
+
+def indexer_config(target_kind: str, batch: int, seq: int, cache_rows: int, top_k: int) -> dict:
+    """Entries per tile and entry-range splits of the indexer: a split must cover several times
+    top_k entries for its list merge to pay off."""
+    if target_kind == "cuda":
+        entry_block, want = CUDA_ENTRY_BLOCK, CUDA_CTAS
+    elif target_kind == "cpu":
+        entry_block, want = CPU_ENTRY_BLOCK, 2 * (os.cpu_count() or 1)
+    else:
+        raise ValueError(f"no indexer schedule for target '{target_kind}'")
+    splits = max(1, min(-(-want // (batch * seq)), cache_rows // (8 * top_k)))
+    return {"entry_block": entry_block, "splits": splits}
+
+
+def schedule_indexer(func, target_kind: str):
+    if target_kind == "cuda":
+        return schedule_indexer_cuda(func)
+    if target_kind == "cpu":
+        return schedule_indexer_cpu(func)
+    raise ValueError(f"no indexer schedule for target '{target_kind}'")
+
+
+def _rank_vectorized(sch, block) -> None:
+    """A rank count ``r[x] += better(y, x)``: the compared-against loop outside, x in the vector."""
+    x, y = sch.get_loops(block)[-2:]
+    sch.reorder(y, x)
+    _vectorize_last(sch, block)
+    sch.decompose_reduction(block, y)
+
+
+def schedule_indexer_cpu(func, target=None):
+    """CPU: (batch, query, split) rows on the thread pool; the dots as ``[entries x 16 heads]``
+    register tiles; list ranks vectorized over the list."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("score"))))
+    for name in ("q_load", "w_load", "list_init", "pend_init", "pend_reset", "tile_load", "commit", "f_commit"):
+        _vectorize_last(sch, sch.get_sblock(name))
+    qk = sch.get_sblock("qk")
+    j, h, d = sch.get_loops(qk)[-3:]
+    lanes = math.gcd(_extent(sch, h), 2 * VECTOR)
+    h0, h1 = sch.split(h, factors=[None, lanes])
+    h1a, h1v = sch.split(h1, factors=[None, min(lanes, VECTOR)])
+    sch.reorder(h0, d, j, h1a, h1v)
+    sch.unroll(j)
+    sch.unroll(h1a)
+    sch.vectorize(h1v)
+    sch.decompose_reduction(qk, d)
+    for name in ("rank_list", "rank_cand", "f_rank_list", "f_rank_cand"):
+        _rank_vectorized(sch, sch.get_sblock(name))
+    if _has_block(sch, "merge"):
+        sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("merge"))))
+        for name in ("m_list_init", "m_load", "m_commit"):
+            _vectorize_last(sch, sch.get_sblock(name))
+        for name in ("m_rank_list", "m_rank_cand"):
+            _rank_vectorized(sch, sch.get_sblock(name))
+    else:
+        _vectorize_last(sch, sch.get_sblock("emit"))
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+CUDA_THREADS = 128
+
+
+def schedule_indexer_cuda(func, target=None):
+    """CUDA: one thread block per (batch, query, split); q, the key tile and the top-k lists in
+    shared memory; one (entry, head) dot product per thread; merges one list slot or candidate per
+    thread. The split merge is a second kernel, one thread block per query row."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    threads = CUDA_THREADS
+    sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("score"))), "blockIdx.x")
+    scopes = [("q_load", 0, "shared.dyn"), ("tile_load", 0, "shared.dyn"), ("list_init", 0, "shared.dyn"),
+              ("list_init", 1, "shared.dyn"), ("move_list", 0, "shared.dyn"), ("move_list", 1, "shared.dyn"),
+              ("w_load", 0, "shared"), ("qk", 0, "shared"), ("weigh", 0, "shared"), ("cand", 0, "shared"),
+              ("cand", 1, "shared"), ("pend_init", 0, "shared"), ("pend_init", 1, "shared"),
+              ("rank_list", 0, "shared"), ("rank_cand", 0, "shared"),
+              ("limit", 0, "local"), ("limit", 1, "local"), ("tile_start", 0, "local")]
+    merged = _has_block(sch, "merge")
+    if merged:
+        sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("merge"))), "blockIdx.x")
+        scopes += [("m_list_init", 0, "shared.dyn"), ("m_list_init", 1, "shared.dyn"),
+                   ("m_load", 0, "shared.dyn"), ("m_load", 1, "shared.dyn"), ("m_move_list", 0, "shared.dyn"),
+                   ("m_move_list", 1, "shared.dyn"), ("m_rank_list", 0, "shared.dyn"),
+                   ("m_rank_cand", 0, "shared.dyn"), ("m_part", 0, "local")]
+    for name, index, scope in scopes:
+        sch.set_scope(sch.get_sblock(name), index, scope)
+
+    def spread(name, n_loops):
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)[-n_loops:]
+        fused = sch.fuse(*loops) if n_loops > 1 else loops[0]
+        _, tx = sch.split(fused, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+
+    def per_thread_reduction(name, cache_local=False):
+        """Spatial loop over the threads, the reduction serial in each thread."""
+        block = sch.get_sblock(name)
+        loops = sch.get_loops(block)
+        spatial, red = loops[-2], loops[-1]
+        _, tx = sch.split(spatial, factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+        if cache_local:
+            acc = sch.cache_write(block, 0, "local")
+            sch.reverse_compute_at(acc, tx)
+        sch.decompose_reduction(block, red)
+
+    q_load = sch.get_sblock("q_load")
+    d, h = sch.get_loops(q_load)[-2:]
+    sch.reorder(h, d)
+    spread("q_load", 2)
+    for name, n in (("w_load", 1), ("list_init", 1), ("pend_init", 1), ("pend_reset", 1), ("tile_load", 2),
+                    ("cand", 1), ("pend", 1), ("move_list", 1), ("move_cand", 1), ("commit", 1),
+                    ("f_move_list", 1), ("f_move_cand", 1), ("f_commit", 1)):
+        spread(name, n)
+    qk = sch.get_sblock("qk")
+    j, h, d = sch.get_loops(qk)[-3:]
+    _, tx = sch.split(sch.fuse(j, h), factors=[None, threads])
+    sch.bind(tx, "threadIdx.x")
+    dot = sch.cache_write(qk, 0, "local")
+    sch.reverse_compute_at(dot, tx)
+    sch.decompose_reduction(qk, d)
+    for name in ("weigh", "rank_list", "rank_cand", "f_rank_list", "f_rank_cand"):
+        per_thread_reduction(name, cache_local=True)
+    if merged:
+        for name in ("m_list_init", "m_load", "m_move_list", "m_move_cand", "m_commit", "emit"):
+            spread(name, 1)
+        for name in ("m_rank_list", "m_rank_cand"):
+            per_thread_reduction(name, cache_local=True)
+        spread("store_part", 1)
+    else:
+        spread("emit", 1)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from tvm import relax
+from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
 
 from tide.compiler.substitute import SubstitutionReport
-from tide.ops import sink_attention, sink_attention_sparse
+from tide.ops import indexer, sink_attention, sink_attention_sparse
 from tide.targets import attention, cpu
 
 TOL = 2e-5
@@ -60,7 +62,8 @@ def _run_convert(module, arrays, attrs):
     assert any(module.TIDE_FUNCTION in served for served in report.kernels.values())
     ex = tvm.compile(bb.get(), target=_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
-    return vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]).numpy()
+    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
+    return tuple(o.numpy() for o in out) if isinstance(out, tvm_ffi.Array) else out.numpy()
 
 
 def _window_bias(start, seq, window):
@@ -248,6 +251,102 @@ def test_sparse_sink_attention_scattered_valid_picks(splits):
 
 
 # ---------------------------------------------------------------------------------------------
+# LightningIndexer
+
+
+# (batch, seq, index heads, index head_dim, rope dims, start positions, top_k, cache rows C)
+INDEXER_CASES = {
+    "tiny-prefill": (2, 16, 16, 32, 16, [0, 22], 4, 65),      # top_k > visible early in row 0
+    "tiny-decode": (2, 1, 16, 32, 16, [5, 130], 4, 65),       # off-grid starts, candidate row
+    "topk-over-visible": (1, 3, 16, 32, 16, [9], 12, 17),     # more picks than visible entries
+    "flash-decode": (1, 1, 64, 128, 64, [2900], 512, 1025),    # 725 visible, list merges
+    "flash-prefill-short": (1, 5, 64, 128, 64, [30], 129, 129),
+}
+
+
+def _indexer_inputs(case):
+    B, S, Hi, Di, rd, start, K, C = INDEXER_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    q_lora, hidden, ratio = 48, 64, 4
+    E = S // ratio + 1
+    arrays = [_rand(rng, B, S, q_lora), _rand(rng, B, S, hidden), _rand(rng, B, S, rd // 2), _rand(rng, B, S, rd // 2),
+              _rand(rng, B, C, Di), _rand(rng, B, E, Di), np.array(start, np.int64),
+              _rand(rng, Hi * Di, q_lora) * q_lora ** -0.5, _rand(rng, Hi, hidden) * hidden ** -0.5]
+    attrs = {"ratio": ratio, "head_dim": Di, "rope_dim": rd, "top_k": K, "softmax_scale": Di ** -0.5,
+             "weights_scale": Hi ** -0.5}
+    return arrays, attrs
+
+
+def _indexer_reference(arrays, attrs):
+    q_res, x, cos, sin, cache, entries, start, q_weight, weights_proj = arrays
+    B, S = x.shape[:2]
+    q = (q_res.astype(np.float64) @ q_weight.T.astype(np.float64)).reshape(B, S, -1, attrs["head_dim"])
+    w = x.astype(np.float64) @ weights_proj.T.astype(np.float64)
+    return indexer.reference(q, cos, sin, w, cache, entries, start, attrs["ratio"], attrs["rope_dim"], attrs["top_k"],
+                             attrs["softmax_scale"] * attrs["weights_scale"])
+
+
+@pytest.mark.parametrize("case", list(INDEXER_CASES))
+def test_lightning_indexer_matches_reference(case):
+    arrays, attrs = _indexer_inputs(case)
+    got = _run_convert(indexer, arrays, attrs)
+    want_idx, want_valid = _indexer_reference(arrays, attrs)
+    np.testing.assert_array_equal(got[0], want_idx)
+    np.testing.assert_array_equal(got[1], want_valid)
+
+
+@pytest.mark.parametrize("case", ["tiny-prefill", "topk-over-visible", "flash-decode"])
+def test_lightning_indexer_matches_transformers(case):
+    """transformers' V4 RoPE on the index queries and DeepseekV4IndexerScorer, then the top-k of
+    the visible entries; the kernel's valid picks must be exactly those, in score order."""
+    arrays, attrs = _indexer_inputs(case)
+    q_res, x, cos, sin, cache, entries, start, q_weight, weights_proj = arrays
+    B, S = x.shape[:2]
+    Hi, Di = weights_proj.shape[0], attrs["head_dim"]
+    cfg = DeepseekV4Config(hidden_size=x.shape[-1], index_head_dim=Di, index_n_heads=Hi, q_lora_rank=q_res.shape[-1])
+    scorer = hf.DeepseekV4IndexerScorer(cfg)
+    with torch.no_grad():
+        scorer.weights_proj.weight.copy_(torch.from_numpy(weights_proj))
+        q = (torch.from_numpy(q_res) @ torch.from_numpy(q_weight).T).view(B, S, Hi, Di).transpose(1, 2)
+        q = hf.apply_rotary_pos_emb(q, torch.from_numpy(cos), torch.from_numpy(sin)).transpose(1, 2)
+        keys = torch.from_numpy(cache).clone()
+        for b in range(B):
+            base = int(start[b]) // attrs["ratio"]
+            n_new = min(entries.shape[1], cache.shape[1] - base)
+            keys[b, base:base + n_new] = torch.from_numpy(entries[b, :n_new])
+        scores = scorer(q, keys, torch.from_numpy(x))
+    got_idx, got_valid = _run_convert(indexer, arrays, attrs)
+    for b in range(B):
+        for t in range(S):
+            visible = (int(start[b]) + t + 1) // attrs["ratio"]
+            n = min(visible, attrs["top_k"])
+            want = torch.topk(scores[b, t, :visible], n).indices.numpy()
+            np.testing.assert_array_equal(got_idx[b, t, :n], want)
+            assert got_valid[b, t, :n].all() and not got_valid[b, t, n:].any()
+            np.testing.assert_array_equal(got_idx[b, t, n:], visible + np.arange(attrs["top_k"] - n))
+
+
+@pytest.mark.parametrize("splits,entry_block", [(1, 4), (3, 4), (2, 8)])
+def test_lightning_indexer_splits_and_ties(splits, entry_block):
+    """Split lists merged, and exact ties (keys repeated) broken toward the lower entry."""
+    rng = np.random.default_rng(splits)
+    B, S, Hi, Di, rd, C, E, r, K = 2, 3, 16, 32, 16, 48, 1, 4, 10
+    q, cos, sin, w = _rand(rng, B, S, Hi, Di), _rand(rng, B, S, rd // 2), _rand(rng, B, S, rd // 2), _rand(rng, B, S, Hi)
+    cache, entries = _rand(rng, B, C, Di), _rand(rng, B, E, Di)
+    cache[:, 20:40] = cache[:, 0:20]
+    start = np.array([150, 77], np.int64)
+    func = indexer.prim_func(B, S, Hi, Di, rd, C, E, r, K, 0.2, entry_block=entry_block, splits=splits)
+    ex = tvm.compile(tvm.IRModule({"main": attention.schedule_indexer_cpu(func)}), target=_target())
+    out_idx = tvm.runtime.tensor(np.full((B, S, K), -1, np.int64))
+    out_valid = tvm.runtime.tensor(np.zeros((B, S, K), bool))
+    ex["main"](*[tvm.runtime.tensor(a) for a in (q, cos, sin, w, cache, entries, start)], out_idx, out_valid)
+    want_idx, want_valid = indexer.reference(q, cos, sin, w, cache, entries, start, r, rd, K, 0.2)
+    np.testing.assert_array_equal(out_idx.numpy(), want_idx)
+    np.testing.assert_array_equal(out_valid.numpy(), want_valid)
+    assert (want_idx >= 20).any() and (want_idx < 20).any()
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA builds
 
 
@@ -267,9 +366,23 @@ CUDA_KERNELS = {
 }
 
 
-@pytest.mark.parametrize("kernel", list(CUDA_KERNELS))
+CUDA_INDEXERS = {
+    "indexer-decode-split": lambda: indexer.prim_func(
+        1, 1, 64, 128, 64, 4097, 1, 4, 512, 0.01, **attention.indexer_config("cuda", 1, 1, 4097, 512)),
+    "indexer-prefill": lambda: indexer.prim_func(
+        2, 16, 64, 128, 64, 1025, 5, 4, 512, 0.01, **attention.indexer_config("cuda", 2, 16, 1025, 512)),
+}
+
+
+def _cuda_kernel(kernel):
+    if kernel in CUDA_INDEXERS:
+        return attention.schedule_indexer(CUDA_INDEXERS[kernel](), "cuda")
+    return attention.schedule(CUDA_KERNELS[kernel](), "cuda")
+
+
+@pytest.mark.parametrize("kernel", list(CUDA_KERNELS) + list(CUDA_INDEXERS))
 def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
-    func = attention.schedule(CUDA_KERNELS[kernel](), "cuda")
+    func = _cuda_kernel(kernel)
     exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
     source = exe.mod.imports[0].inspect_source()
     assert "__global__" in source
