@@ -128,7 +128,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
         static = onnx_import.specialize(loaded, dims, frozenset(converters))
-        mod = relax_import.to_relax(static, onnx_path, converters)
+        mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
         progress(f"substitute kernels for {entry}")
         state_params = {}
         for param, name in zip(mod["main"].params, input_names):

@@ -28,10 +28,13 @@ TIDE_DOMAIN = "tide"
 
 @dataclass
 class LoadedModel:
-    """An ONNX model read from disk: the graph (weights still external where they were)."""
+    """An ONNX model read from disk. Large initializers are held outside the protobuf (``weights``,
+    memory-mapped when they are external data) and the graph keeps data-less initializers (name,
+    dtype, dims), so graph passes never copy or serialize weight bytes."""
 
     path: str
     model: onnx.ModelProto
+    weights: dict
 
     @property
     def opset(self) -> int:
@@ -67,11 +70,46 @@ def load(path: str) -> LoadedModel:
             if not os.path.isfile(loc):
                 raise CompileError(
                     f"{path}: initializer '{init.name}' refers to missing external data file {loc}")
-    try:
-        onnx.load_external_data_for_model(model, base)
-    except Exception as err:
-        raise CompileError(f"{path}: cannot read external data: {err}") from err
-    return LoadedModel(path=path, model=model)
+    weights = {}
+    for init in model.graph.initializer:
+        small = int(np.prod(init.dims, dtype=np.int64)) <= FOLD_MAX_ELEMENTS
+        if small and init.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        try:
+            value = _read_initializer(init, base)
+        except Exception as err:
+            raise CompileError(f"{path}: initializer '{init.name}' cannot be read: {err}") from err
+        if small:  # small constants stay in the graph, where the folder can use them
+            init.CopyFrom(numpy_helper.from_array(np.array(value), init.name))
+            continue
+        weights[init.name] = value
+        init.CopyFrom(onnx.TensorProto(name=init.name, data_type=init.data_type, dims=list(init.dims)))
+    return LoadedModel(path=path, model=model, weights=weights)
+
+
+def _read_initializer(init: onnx.TensorProto, base: str) -> np.ndarray:
+    """The initializer's values; external data is memory-mapped, not read."""
+    if init.data_location != onnx.TensorProto.EXTERNAL:
+        return numpy_helper.to_array(init)
+    info = {e.key: e.value for e in init.external_data}
+    dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
+    count = int(np.prod(init.dims, dtype=np.int64))
+    offset = int(info.get("offset", 0))
+    length = int(info.get("length", count * dtype.itemsize))
+    if length != count * dtype.itemsize:
+        raise ValueError(f"external data length {length} != {count} x {dtype.itemsize} bytes")
+    location = os.path.join(base, info["location"])
+    if offset + length > os.path.getsize(location):
+        raise ValueError(f"external data [{offset}, {offset + length}) lies outside {location}")
+    return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=tuple(init.dims))
+
+
+def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
+    """Puts the held-out weight values back into the (specialized) graph's initializers."""
+    for init in model.graph.initializer:
+        if init.name in weights and not init.raw_data:
+            init.raw_data = np.ascontiguousarray(weights[init.name]).tobytes()
+    return model
 
 
 def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
