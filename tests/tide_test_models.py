@@ -1,0 +1,149 @@
+"""Small artifacts for the runtime and artifact tests, written with tide.compiler.artifact over the
+hand-written ABI kernels of runtime/tests/test_kernels.c (compiled here with the kernel shim)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+
+import numpy as np
+
+from tide.compiler import artifact as A
+from tide.runtime import build
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_KERNELS_C = os.path.join(REPO, "runtime", "tests", "test_kernels.c")
+F32 = "float32"
+I64 = "int64"
+W0 = np.array([1, 2, 3, 4], dtype=np.float32)
+W1 = np.array([[10, 20], [30, 40]], dtype=np.float32)
+
+
+def host_arch() -> str:
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(platform.machine().lower(), platform.machine())
+
+
+def cpu_target(features: int = 0) -> A.TargetInfo:
+    return A.TargetInfo("cpu", host_arch(), features, "")
+
+
+def compile_test_kernels(out_dir: str, with_shim: bool = True) -> str:
+    """runtime/tests/test_kernels.c (+ the shim) -> a shared object; returns its path."""
+    path = os.path.join(out_dir, "libtest_kernels.so" if with_shim else "libtest_kernels_noshim.so")
+    cmd = ["gcc", "-std=c11", "-O2", "-fPIC", "-shared", "-o", path, TEST_KERNELS_C, "-Wl,-Bsymbolic"]
+    if with_shim:
+        cmd.insert(-1, build.kernel_shim_source())
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return path
+
+
+KERNELS = ["add", "scale", "fail", "accumulate", "par_reverse", "nested_par", "many_tasks", "barrier_many",
+           "toy_lm"]
+K = {name: i for i, name in enumerate(KERNELS)}
+
+
+def call(kernel: str, *bufs, imm=()):
+    return A.Op("call", K[kernel], [("buf", b) for b in bufs] + [("imm", v) for v in imm])
+
+
+def standard_plan() -> A.Plan:
+    """Entries:
+    main(x f32[4]) -> y = x + w0, z = y * 3, t = x.reshape(2, 2) + w1, u = copy of t flattened
+    step(x f32[4], acc STATE) -> acc_out STATE (acc += x), snapshot = copy of acc
+    fail(x f32[4]) -> y: add, then the fail kernel
+    par(x f32[1000]) -> y = reverse(x) * 2, z = x * 2 (nested launch), w = x + 1 (37 tasks)
+    """
+    main = A.Entry("main", 256, [
+        A.Buffer("input", 0, 0, F32, (4,)),
+        A.Buffer("weight", 0, 0, F32, (4,)),
+        A.Buffer("arena", 0, 0, F32, (4,)),
+        A.Buffer("arena", 0, 64, F32, (4,)),
+        A.Buffer("input", 0, 0, F32, (2, 2)),
+        A.Buffer("weight", 1, 0, F32, (2, 2)),
+        A.Buffer("arena", 0, 128, F32, (2, 2)),
+        A.Buffer("arena", 0, 128, F32, (4,)),
+        A.Buffer("arena", 0, 192, F32, (4,)),
+    ], [A.IOBinding("x", 0, "data")],
+        [A.IOBinding("y", 2, "data"), A.IOBinding("z", 3, "data"), A.IOBinding("t", 6, "data"),
+         A.IOBinding("u", 8, "data")],
+        [call("add", 0, 1, 2), call("scale", 2, 3, imm=(3,)), call("add", 4, 5, 6),
+         A.Op("copy", None, [("buf", 7), ("buf", 8)])])
+    step = A.Entry("step", 64, [
+        A.Buffer("input", 0, 0, F32, (4,)),
+        A.Buffer("state", 0, 0, F32, (4,)),
+        A.Buffer("arena", 0, 0, F32, (4,)),
+    ], [A.IOBinding("x", 0, "data"), A.IOBinding("acc", 1, "state")],
+        [A.IOBinding("acc_out", 1, "state"), A.IOBinding("snapshot", 2, "data")],
+        [call("accumulate", 1, 0), A.Op("copy", None, [("buf", 1), ("buf", 2)])])
+    fail = A.Entry("fail", 64, [
+        A.Buffer("input", 0, 0, F32, (4,)),
+        A.Buffer("weight", 0, 0, F32, (4,)),
+        A.Buffer("arena", 0, 0, F32, (4,)),
+    ], [A.IOBinding("x", 0, "data")], [A.IOBinding("y", 2, "data")],
+        [call("add", 0, 1, 2), call("fail", 0)])
+    par = A.Entry("par", 12096, [
+        A.Buffer("input", 0, 0, F32, (1000,)),
+        A.Buffer("arena", 0, 0, F32, (1000,)),
+        A.Buffer("arena", 0, 4032, F32, (1000,)),
+        A.Buffer("arena", 0, 8064, F32, (1000,)),
+    ], [A.IOBinding("x", 0, "data")],
+        [A.IOBinding("y", 1, "data"), A.IOBinding("z", 2, "data"), A.IOBinding("w", 3, "data")],
+        [call("par_reverse", 0, 1), call("nested_par", 0, 2), call("many_tasks", 0, 3)])
+    return A.Plan(list(KERNELS), [A.WeightSpec("w0", F32, (4,)), A.WeightSpec("w1", F32, (2, 2))],
+                  [A.StateSpec("acc", F32, (4,))], [main, step, fail, par])
+
+
+def write_standard(path: str, kernels_so: str, **kw) -> str:
+    with open(kernels_so, "rb") as f:
+        lib = f.read()
+    A.write_artifact(path, kw.pop("target", cpu_target()), kw.pop("plan", standard_plan()), lib, [W0, W1],
+                     kw.pop("metadata", {"name": "standard"}), kw.pop("device_code", b"opaque device code"), **kw)
+    return path
+
+
+# ---- a toy decode model over the toy_lm kernel -------------------------------------------------------
+
+def decode_plan(batch: int, capacity: int, vocab: int, chunks=(4, 2)) -> A.Plan:
+    """Entries decode and prefill_<S> over toy_lm(input_ids, start_pos, history, logits); the state
+    'history' int64 [batch, capacity] records the tokens."""
+    entries = []
+    for seq, name in [(1, "decode")] + [(s, f"prefill_{s}") for s in chunks]:
+        arena = -(-batch * seq * vocab * 4 // 64) * 64
+        entries.append(A.Entry(name, arena, [
+            A.Buffer("input", 0, 0, I64, (batch, seq)),
+            A.Buffer("input", 1, 0, I64, (batch,)),
+            A.Buffer("state", 0, 0, I64, (batch, capacity)),
+            A.Buffer("arena", 0, 0, F32, (batch, seq, vocab)),
+        ], [A.IOBinding("input_ids", 0, "data"), A.IOBinding("start_pos", 1, "data"),
+            A.IOBinding("past.history", 2, "state")],
+            [A.IOBinding("logits", 3, "data"), A.IOBinding("present.history", 2, "state")],
+            [call("toy_lm", 0, 1, 2, 3)]))
+    return A.Plan(list(KERNELS), [], [A.StateSpec("history", I64, (batch, capacity))], entries)
+
+
+def write_decode(path: str, kernels_so: str, batch: int = 2, capacity: int = 16, vocab: int = 7,
+                 chunks=(4, 2), metadata=None) -> str:
+    with open(kernels_so, "rb") as f:
+        lib = f.read()
+    meta = {"kind": "decode", "max_seq_len": capacity, "batch": batch, "vocab": vocab} if metadata is None \
+        else metadata
+    A.write_artifact(path, cpu_target(), decode_plan(batch, capacity, vocab, chunks), lib, [], meta)
+    return path
+
+
+class ToyLM:
+    """numpy reference of toy_lm: logits[b, p] is one-hot at (sum(tokens[b, :p+1]) + p) % vocab."""
+
+    def __init__(self, batch: int, vocab: int):
+        self.vocab = vocab
+        self.history = [[] for _ in range(batch)]
+
+    def feed(self, ids: np.ndarray) -> np.ndarray:
+        out = np.zeros(ids.shape + (self.vocab,), dtype=np.float32)
+        for b, row in enumerate(ids):
+            for s, tok in enumerate(row):
+                self.history[b].append(int(tok))
+                p = len(self.history[b]) - 1
+                out[b, s, (sum(self.history[b]) + p) % self.vocab] = 1
+        return out
