@@ -1,17 +1,33 @@
-"""tide.runtime: the Python API over tide's C runtime (cffi, ABI mode).
+"""tide.runtime: the Python API over tide's C runtime (libtide_runtime.so through cffi, ABI mode).
 
-Needs only numpy and cffi: no TVM, torch or onnx. ``load(path)`` returns a :class:`Model`;
-``Model.run(feeds)`` follows onnxruntime's convention for any graph; decode models (entries
-``decode`` and ``prefill_<S>``, see docs/onnx-contract.md) also give ``Model.session()`` with
-``prefill``/``decode``/``generate``/``reset``, their state kept and updated in place by the runtime.
+Needs only numpy and cffi (ml_dtypes for bfloat16 numpy arrays); never imports TVM, torch or onnx.
 
-Thread safety: a Model may be shared; each Session (and ``Model.run``'s internal session) must be
-used by one thread at a time.
+    model = tide.runtime.load("model.tide")          # tide.load re-exports it
+    outs = model.run({"x": x})                        # onnxruntime convention: fresh numpy arrays
+    views = model.run_dlpack({"x": torch_tensor})     # zero copy both ways (DLPack)
+    s = model.session()                               # decode models: prefill / decode / generate
+    ids = s.generate(prompt_ids, 32)
+
+Inputs are numpy arrays or any object implementing ``__dlpack__`` (a torch CPU tensor, ...); they are
+used in place when C-contiguous and 64-byte aligned (kernels use aligned vector loads), otherwise
+copied into an aligned staging buffer. dtypes and shapes must match exactly.
+
+Lifetimes: ``run`` returns copies. ``run_dlpack`` returns :class:`Tensor` views of the runtime's
+memory (implementing ``__dlpack__``, so ``torch.from_dlpack`` / ``np.from_dlpack`` view them without a
+copy): their contents are valid until the next run of the same model (``run``/``run_dlpack``) or
+session; the memory itself stays allocated as long as any view or DLPack consumer is alive.
+
+Thread safety: a Model may be shared by threads; ``Model.run``/``run_dlpack`` calls are serialized
+on the model's internal session, and each :class:`Session` serializes its own calls. Different
+sessions run in parallel (the C calls release the GIL).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import re
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,24 +35,30 @@ import numpy as np
 from . import build
 from ._ffi import ffi
 
+__all__ = ["load", "Model", "Session", "Tensor", "TensorInfo", "MemoryInfo", "TideError"]
+
+ALIGNMENT = 64
 _DTYPES = {(0, 8): "int8", (0, 16): "int16", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8",
            (1, 16): "uint16", (1, 32): "uint32", (1, 64): "uint64", (2, 16): "float16",
            (2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (6, 8): "bool"}
 _CODES = {v: k for k, v in _DTYPES.items()}
-ALIGNMENT = 64
+_ITEMSIZE = {name: max(bits // 8, 1) for (_, bits), name in _DTYPES.items()}
 
 _lib = None
+_lib_lock = threading.Lock()
 
 
 def _library():
     global _lib
-    if _lib is None:
-        _lib = ffi.dlopen(build.library_path())
-    return _lib
+    with _lib_lock:
+        if _lib is None:
+            _lib = ffi.dlopen(build.library_path())
+        return _lib
 
 
 class TideError(RuntimeError):
-    """An error reported by the runtime (load, validation, a kernel); ``code`` is the status code."""
+    """An error from the runtime or a rejected call. ``code``: the C status code (0 for errors
+    found by the Python layer)."""
 
     def __init__(self, message: str, code: int = 0):
         super().__init__(message)
@@ -52,264 +74,649 @@ def _check(status) -> None:
         raise TideError(message, code)
 
 
-def _np_dtype(name: str):
+def _np_dtype(name: str) -> np.dtype:
     if name == "bfloat16":
-        import ml_dtypes
-
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TideError("bfloat16 tensors as numpy arrays need the ml_dtypes package (pip install "
+                            "ml_dtypes), or use run_dlpack") from None
         return np.dtype(ml_dtypes.bfloat16)
     return np.dtype(name)
 
 
+def _desc(dtype: str, shape) -> str:
+    return f"{dtype}{list(shape)}"
+
+
 @dataclass(frozen=True)
 class TensorInfo:
+    """An input, output or state of a model."""
+
     name: str
-    dtype: str
+    dtype: str  # "float32", "int64", "bfloat16", ...
     shape: tuple
     role: str  # "data" | "state"
+    state_index: int | None = None  # which state, for role "state"
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE[self.dtype]
+
+
+@dataclass(frozen=True)
+class MemoryInfo:
+    """The memory plan: the arena (largest entry), the decode state, the (memory-mapped) weights."""
+
+    arena_bytes: int
+    state_bytes: int
+    weight_bytes: int
 
 
 def _info(c) -> TensorInfo:
+    role = "state" if c.role == 1 else "data"
     return TensorInfo(ffi.string(c.name).decode(), _DTYPES[(c.dtype.code, c.dtype.bits)],
-                      tuple(int(c.shape[i]) for i in range(c.ndim)), "state" if c.role == 1 else "data")
+                      tuple(int(c.shape[i]) for i in range(c.ndim)), role,
+                      int(c.state_index) if role == "state" else None)
 
 
-def _aligned(array: np.ndarray) -> np.ndarray:
-    """The array itself when C-contiguous and 64-byte aligned (zero copy), else an aligned copy."""
-    if array.flags.c_contiguous and array.ctypes.data % ALIGNMENT == 0:
-        return array
-    raw = np.empty(array.nbytes + ALIGNMENT, dtype=np.uint8)
-    start = -raw.ctypes.data % ALIGNMENT
-    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
-    out[...] = array
-    return out
+# ---- DLPack ---------------------------------------------------------------------------------------
+
+_capi = ctypes.pythonapi
+_capi.PyCapsule_IsValid.restype = ctypes.c_int
+_capi.PyCapsule_IsValid.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capi.PyCapsule_GetPointer.restype = ctypes.c_void_p
+_capi.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_capi.PyCapsule_SetName.restype = ctypes.c_int
+_capi.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+_CAPSULE_DESTRUCTOR = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
+_capi.PyCapsule_New.restype = ctypes.py_object
+_capi.PyCapsule_New.argtypes = [ctypes.c_void_p, ctypes.c_char_p, _CAPSULE_DESTRUCTOR]
+# Raw-pointer variants for the capsule destructor (the capsule is being deallocated: no py_object).
+_capsule_is_valid_raw = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)(("PyCapsule_IsValid", _capi))
+_capsule_get_pointer_raw = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_char_p)(
+    ("PyCapsule_GetPointer", _capi))
+
+_NAME_LEGACY = b"dltensor"
+_NAME_VERSIONED = b"dltensor_versioned"
+_NAME_USED_LEGACY = b"used_dltensor"
+_NAME_USED_VERSIONED = b"used_dltensor_versioned"
+_DLPACK_CPU = 1
+_DLPACK_FLAG_READ_ONLY = 1
+
+# Exported DLManagedTensor(s) still owned by a consumer: address -> what keeps their memory alive.
+_exports: dict = {}
 
 
-def _as_array(value) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "__dlpack__"):
-        return np.from_dlpack(value)  # zero copy for CPU tensors (torch, jax, ...)
-    return np.asarray(value)
+def _release_export(address: int) -> None:
+    _exports.pop(address, None)
 
 
-class _CSession:
-    """One C session: arena, state, thread pool."""
+@ffi.callback("void(DLManagedTensor*)")
+def _deleter_legacy(managed):
+    _release_export(int(ffi.cast("uintptr_t", managed)))
 
-    def __init__(self, model: "Model", threads: int):
-        lib = _library()
-        opts = ffi.new("tide_session_options_t*")
-        lib.tide_session_options_initialize(opts)
-        opts.num_threads = threads
-        out = ffi.new("tide_session_t**")
-        _check(lib.tide_session_create(model._handle, opts, out))
-        self._handle = ffi.gc(out[0], lib.tide_session_release)
-        self.model = model
 
-    def reset(self) -> None:
-        _check(_library().tide_session_reset_state(self._handle))
+@ffi.callback("void(DLManagedTensorVersioned*)")
+def _deleter_versioned(managed):
+    _release_export(int(ffi.cast("uintptr_t", managed)))
 
-    def run(self, entry: str, arrays: list) -> list[np.ndarray]:
-        """``arrays`` in the entry's input order (None keeps a state input); returns views of the
-        outputs, valid until this session's next run."""
-        model = self.model
-        index = model._entry_index(entry)
-        infos = model.inputs(entry)
-        outs = model.outputs(entry)
-        c_in = ffi.new("tide_tensor_t[]", max(len(infos), 1))
-        keep = []
-        for i, (info, array) in enumerate(zip(infos, arrays)):
-            code, bits = _CODES[info.dtype]
-            c_in[i].dtype.code, c_in[i].dtype.bits, c_in[i].dtype.lanes = code, bits, 1
-            c_in[i].ndim = len(info.shape)
+
+@_CAPSULE_DESTRUCTOR
+def _capsule_destructor(capsule):
+    # Never consumed (still under its original name): the producer frees it.
+    for name in (_NAME_LEGACY, _NAME_VERSIONED):
+        if _capsule_is_valid_raw(capsule, name):
+            _release_export(_capsule_get_pointer_raw(capsule, name))
+            return
+
+
+class Tensor:
+    """A zero-copy view of tensor memory owned by the runtime (``run_dlpack`` outputs).
+
+    Implements ``__dlpack__``/``__dlpack_device__`` and ``__array__``; ``numpy()`` gives a numpy view.
+    The contents are valid until the next run of the model or session that produced it.
+    """
+
+    __slots__ = ("_ptr", "dtype", "shape", "_owner")
+
+    def __init__(self, ptr: int, dtype: str, shape: tuple, owner):
+        self._ptr = ptr
+        self.dtype = dtype
+        self.shape = tuple(shape)
+        self._owner = owner  # keeps the runtime memory alive
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE[self.dtype]
+
+    @property
+    def data_ptr(self) -> int:
+        return self._ptr
+
+    def __repr__(self) -> str:
+        return f"tide.runtime.Tensor({_desc(self.dtype, self.shape)} at 0x{self._ptr:x})"
+
+    def numpy(self) -> np.ndarray:
+        """A numpy view (no copy) of the same memory."""
+        dtype = _np_dtype(self.dtype)
+        if self.nbytes == 0:
+            return np.zeros(self.shape, dtype=dtype)
+        buf = ffi.buffer(ffi.cast("char*", self._ptr), self.nbytes)
+        return np.frombuffer(buf, dtype=dtype).reshape(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        view = self.numpy()
+        if copy:
+            view = view.copy()
+        return view if dtype is None else view.astype(dtype, copy=bool(copy))
+
+    def __dlpack_device__(self):
+        return (_DLPACK_CPU, 0)
+
+    def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
+        if stream is not None and stream != -1:
+            raise BufferError("tide tensors are CPU memory: stream must be None")
+        if dl_device is not None and tuple(dl_device) != (_DLPACK_CPU, 0):
+            raise BufferError(f"tide tensors live on the CPU; cannot export to device {tuple(dl_device)}")
+        source = self
+        if copy:
+            holder = np.empty(max(self.nbytes, 1), dtype=np.uint8)
+            if self.nbytes:
+                ffi.memmove(ffi.cast("char*", holder.ctypes.data), ffi.cast("char*", self._ptr), self.nbytes)
+            source = Tensor(holder.ctypes.data, self.dtype, self.shape, holder)
+        versioned = max_version is not None and tuple(max_version)[0] >= 1
+        managed = ffi.new("DLManagedTensorVersioned*" if versioned else "DLManagedTensor*")
+        shape = ffi.new("int64_t[]", max(len(source.shape), 1))
+        for i, d in enumerate(source.shape):
+            shape[i] = d
+        t = managed.dl_tensor
+        t.data = ffi.cast("void*", source._ptr)
+        t.device.device_type, t.device.device_id = _DLPACK_CPU, 0
+        t.ndim = len(source.shape)
+        t.dtype.code, t.dtype.bits = _CODES[source.dtype]
+        t.dtype.lanes = 1
+        t.shape = shape
+        t.strides = ffi.NULL
+        t.byte_offset = 0
+        if versioned:
+            managed.version.major, managed.version.minor = 1, 0
+            managed.flags = 0
+            managed.deleter = _deleter_versioned
+        else:
+            managed.deleter = _deleter_legacy
+        address = int(ffi.cast("uintptr_t", managed))
+        _exports[address] = (managed, shape, source)
+        return _capi.PyCapsule_New(address, _NAME_VERSIONED if versioned else _NAME_LEGACY, _capsule_destructor)
+
+
+class _Borrowed:
+    """A DLPack input held for the duration of one run (the deleter is called on release)."""
+
+    __slots__ = ("capsule", "managed")
+
+    def __init__(self, capsule, managed):
+        self.capsule, self.managed = capsule, managed
+
+    def release(self) -> None:
+        if self.managed is not None and self.managed.deleter != ffi.NULL:
+            self.managed.deleter(self.managed)
+        self.managed = None
+
+
+def _borrow_dlpack(obj):
+    """(DLTensor cdata, _Borrowed) for an object implementing __dlpack__ (consumed per the spec)."""
+    try:
+        capsule = obj.__dlpack__(max_version=(1, 0))
+    except TypeError:
+        capsule = obj.__dlpack__()
+    if _capi.PyCapsule_IsValid(capsule, _NAME_VERSIONED):
+        managed = ffi.cast("DLManagedTensorVersioned*", _capi.PyCapsule_GetPointer(capsule, _NAME_VERSIONED))
+        _capi.PyCapsule_SetName(capsule, _NAME_USED_VERSIONED)
+    elif _capi.PyCapsule_IsValid(capsule, _NAME_LEGACY):
+        managed = ffi.cast("DLManagedTensor*", _capi.PyCapsule_GetPointer(capsule, _NAME_LEGACY))
+        _capi.PyCapsule_SetName(capsule, _NAME_USED_LEGACY)
+    else:
+        raise TideError(f"{type(obj).__name__}.__dlpack__() did not return a DLPack capsule")
+    return managed.dl_tensor, _Borrowed(capsule, managed)
+
+
+# ---- running an entry ---------------------------------------------------------------------------
+
+class _Handle:
+    """Owns one C session; whatever holds it (a Model, a Session, output views) keeps it alive."""
+
+    __slots__ = ("ptr", "__weakref__")
+
+    def __init__(self, ptr):
+        self.ptr = ptr
+
+
+class _Runner:
+    """One entry on one C session, with its C input/output arrays built once."""
+
+    def __init__(self, model: "Model", handle: _Handle, entry: str):
+        self.model, self.handle, self.entry = model, handle, entry
+        self.index = model._entry_index(entry)
+        self.inputs = model.inputs(entry)
+        self.outputs = model.outputs(entry)
+        self.c_in = ffi.new("tide_tensor_t[]", max(len(self.inputs), 1))
+        self.c_out = ffi.new("tide_tensor_t[]", max(len(self.outputs), 1))
+        for i, info in enumerate(self.inputs):
+            c = self.c_in[i]
+            c.dtype.code, c.dtype.bits = _CODES[info.dtype]
+            c.dtype.lanes = 1
+            c.ndim = len(info.shape)
             for d, n in enumerate(info.shape):
-                c_in[i].shape[d] = n
-            if array is None:
-                c_in[i].data = ffi.NULL
-            else:
-                array = _aligned(array)
-                keep.append(array)
-                c_in[i].data = ffi.cast("void*", array.ctypes.data)
-        c_out = ffi.new("tide_tensor_t[]", max(len(outs), 1))
-        _check(_library().tide_session_run(self._handle, index, c_in, len(infos), c_out, len(outs)))
-        results = []
-        for i, info in enumerate(outs):
-            dtype = _np_dtype(info.dtype)
-            shape = tuple(int(c_out[i].shape[d]) for d in range(c_out[i].ndim))
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            buf = ffi.buffer(c_out[i].data, nbytes) if nbytes else b""
-            results.append(np.frombuffer(buf, dtype=dtype).reshape(shape))
-        return results
+                c.shape[d] = n
+        self.staging: dict = {}  # input index -> aligned buffer for inputs that must be copied
+
+    def _staging(self, i: int, nbytes: int) -> np.ndarray:
+        buf = self.staging.get(i)
+        if buf is None or buf.nbytes < nbytes:
+            raw = np.empty(nbytes + ALIGNMENT, dtype=np.uint8)
+            start = -raw.ctypes.data % ALIGNMENT
+            buf = raw[start:start + nbytes]
+            self.staging[i] = buf
+        return buf
+
+    def _bind(self, i: int, info: TensorInfo, value, keep: list, borrowed: list) -> None:
+        where = f"entry '{self.entry}' input '{info.name}'"
+        c = self.c_in[i]
+        if value is None:
+            if info.role != "state":
+                raise TideError(f"{where} is missing")
+            c.data = ffi.NULL
+            return
+        if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
+            t, held = _borrow_dlpack(value)
+            borrowed.append(held)
+            got = (_DTYPES.get((t.dtype.code, t.dtype.bits), f"dtype(code {t.dtype.code}, bits {t.dtype.bits})")
+                   if t.dtype.lanes == 1 else f"{t.dtype.lanes}-lane vector")
+            shape = tuple(int(t.shape[d]) for d in range(t.ndim))
+            if t.device.device_type != _DLPACK_CPU:
+                raise TideError(f"{where}: the tensor is on DLPack device type {t.device.device_type}; this "
+                                "runtime takes CPU memory")
+            if got != info.dtype or shape != info.shape:
+                raise TideError(f"{where}: expected {_desc(info.dtype, info.shape)}, got {_desc(got, shape)}")
+            if t.strides != ffi.NULL:
+                expect = 1
+                for d in reversed(range(t.ndim)):
+                    if shape[d] != 1 and t.strides[d] != expect:
+                        raise TideError(f"{where}: the tensor is not contiguous (make it contiguous first)")
+                    expect *= shape[d]
+            ptr = int(ffi.cast("uintptr_t", t.data)) + int(t.byte_offset)
+            if info.role == "data" and ptr % ALIGNMENT:
+                buf = self._staging(i, info.nbytes)
+                if info.nbytes:
+                    ffi.memmove(ffi.cast("char*", buf.ctypes.data), ffi.cast("char*", ptr), info.nbytes)
+                ptr = buf.ctypes.data
+            c.data = ffi.cast("void*", ptr)
+            return
+        want = _np_dtype(info.dtype)
+        if not isinstance(value, np.ndarray):  # a list or scalar has no dtype of its own: take the input's
+            try:
+                value = np.asarray(value, dtype=want)
+            except (TypeError, ValueError) as err:
+                raise TideError(f"{where}: cannot convert {type(value).__name__} to {info.dtype}: {err}") from None
+        array = value
+        if array.dtype != want or tuple(array.shape) != info.shape:
+            raise TideError(f"{where}: expected {_desc(info.dtype, info.shape)}, got "
+                            f"{_desc(str(array.dtype), array.shape)}")
+        if not array.flags.c_contiguous or (info.role == "data" and array.ctypes.data % ALIGNMENT):
+            buf = self._staging(i, info.nbytes)
+            np.copyto(buf.view(want).reshape(info.shape), array)
+            array = buf
+        keep.append(array)
+        c.data = ffi.cast("void*", array.ctypes.data)
+
+    def run(self, values: list) -> list[Tensor]:
+        """``values`` in input order (None keeps a state input); returns output views."""
+        keep: list = []
+        borrowed: list = []
+        try:
+            for i, (info, value) in enumerate(zip(self.inputs, values)):
+                self._bind(i, info, value, keep, borrowed)
+            _check(_library().tide_session_run(self.handle.ptr, self.index, self.c_in, len(self.inputs),
+                                               self.c_out, len(self.outputs)))
+        finally:
+            for held in borrowed:
+                held.release()
+        return [Tensor(int(ffi.cast("uintptr_t", self.c_out[i].data)), info.dtype,
+                       tuple(int(self.c_out[i].shape[d]) for d in range(self.c_out[i].ndim)), self.handle)
+                for i, info in enumerate(self.outputs)]
+
+
+def _create_session(model: "Model", num_threads: int) -> _Handle:
+    lib = _library()
+    if not isinstance(num_threads, int) or num_threads < 0:
+        raise TideError(f"num_threads must be an integer >= 0 (0: one per CPU), got {num_threads!r}")
+    opts = ffi.new("tide_session_options_t*")
+    lib.tide_session_options_initialize(opts)
+    opts.num_threads = num_threads
+    out = ffi.new("tide_session_t**")
+    _check(lib.tide_session_create(model._ptr, opts, out))
+    return _Handle(ffi.gc(out[0], lib.tide_session_release))
 
 
 class Model:
-    """A loaded artifact. ``run`` for any graph; ``session`` for decode models."""
+    """A loaded artifact (see :func:`load`). ``run``/``run_dlpack`` for any entry; ``session()`` for
+    decode models."""
 
-    def __init__(self, path: str, verify: bool = True):
+    def __init__(self, path, verify: bool = True, num_threads: int = 0):
         lib = _library()
         opts = ffi.new("tide_model_options_t*")
         lib.tide_model_options_initialize(opts)
         opts.verify_checksums = 1 if verify else 0
         out = ffi.new("tide_model_t**")
         _check(lib.tide_model_load_file(str(path).encode(), opts, out))
-        self._handle = ffi.gc(out[0], lib.tide_model_release)
+        self._ptr = ffi.gc(out[0], lib.tide_model_release)
         self.path = str(path)
-        self.target = ffi.string(lib.tide_model_target(self._handle)).decode()
-        self.metadata = json.loads(ffi.string(lib.tide_model_metadata(self._handle)).decode("utf-8"))
-        n = lib.tide_model_entry_count(self._handle)
-        self.entries = [ffi.string(lib.tide_model_entry_name(self._handle, i)).decode() for i in range(n)]
-        self._io = {}
-        for i, name in enumerate(self.entries):
-            self._io[name] = (self._infos(lib.tide_model_input_count, lib.tide_model_input_info, i),
-                              self._infos(lib.tide_model_output_count, lib.tide_model_output_info, i))
+        self.num_threads = num_threads
+        self.target = ffi.string(lib.tide_model_target(self._ptr)).decode()
+        raw_meta = ffi.string(lib.tide_model_metadata(self._ptr)).decode("utf-8")
+        try:
+            self.metadata = json.loads(raw_meta)
+        except json.JSONDecodeError as err:
+            raise TideError(f"{self.path}: the METADATA section is not JSON: {err}") from None
+        n = lib.tide_model_entry_count(self._ptr)
+        self.entries = [ffi.string(lib.tide_model_entry_name(self._ptr, i)).decode() for i in range(n)]
+        self._io = {name: (self._infos(lib.tide_model_input_count, lib.tide_model_input_info, i),
+                           self._infos(lib.tide_model_output_count, lib.tide_model_output_info, i))
+                    for i, name in enumerate(self.entries)}
         info = ffi.new("tide_tensor_info_t*")
         self.states = []
-        for i in range(lib.tide_model_state_count(self._handle)):
-            _check(lib.tide_model_state_info(self._handle, i, info))
+        for i in range(lib.tide_model_state_count(self._ptr)):
+            _check(lib.tide_model_state_info(self._ptr, i, info))
             self.states.append(_info(info))
         sizes = ffi.new("uint64_t[3]")
-        lib.tide_model_memory(self._handle, sizes, sizes + 1, sizes + 2)
-        self.memory = {"arena_bytes": int(sizes[0]), "state_bytes": int(sizes[1]), "weight_bytes": int(sizes[2])}
-        self._run_session = None
+        lib.tide_model_memory(self._ptr, sizes, sizes + 1, sizes + 2)
+        self.memory = MemoryInfo(int(sizes[0]), int(sizes[1]), int(sizes[2]))
+        self._lock = threading.Lock()
+        self._handle: _Handle | None = None
+        self._runners: dict = {}
+
+    def __repr__(self) -> str:
+        return f"tide.runtime.Model('{self.path}', target={self.target}, entries={self.entries})"
 
     def _infos(self, count_fn, info_fn, entry: int) -> list[TensorInfo]:
         info = ffi.new("tide_tensor_info_t*")
         out = []
-        for j in range(count_fn(self._handle, entry)):
-            _check(info_fn(self._handle, entry, j, info))
+        for j in range(count_fn(self._ptr, entry)):
+            _check(info_fn(self._ptr, entry, j, info))
             out.append(_info(info))
         return out
 
     def _entry_index(self, entry: str) -> int:
         if entry not in self._io:
-            raise TideError(f"{self.path}: no entry '{entry}' (entries: {', '.join(self.entries)})")
+            raise TideError(f"{self.path}: no entry '{entry}' (the model has {', '.join(self.entries)})")
         return self.entries.index(entry)
 
     def inputs(self, entry: str = "main") -> list[TensorInfo]:
         self._entry_index(entry)
-        return self._io[entry][0]
+        return list(self._io[entry][0])
 
     def outputs(self, entry: str = "main") -> list[TensorInfo]:
         self._entry_index(entry)
-        return self._io[entry][1]
+        return list(self._io[entry][1])
 
-    def run(self, feeds: dict, entry: str = "main", copy: bool = True) -> dict:
-        """Runs ``entry`` on ``feeds`` (name -> array or DLPack tensor). Returns name -> array: fresh
-        copies, or with ``copy=False`` zero-copy views (numpy arrays that also export DLPack, e.g. to
-        ``torch.from_dlpack``) valid until the model's next run."""
+    def _values(self, feeds: dict, entry: str) -> list:
+        if not isinstance(feeds, dict):
+            raise TideError(f"feeds must be a dict of input name -> array, got {type(feeds).__name__}")
         infos = self.inputs(entry)
-        names = {i.name for i in infos}
-        unknown = sorted(set(feeds) - names)
+        names = [i.name for i in infos]
+        unknown = sorted(set(feeds) - set(names))
         if unknown:
-            raise TideError(f"{self.path}: entry '{entry}' has no input {unknown}; its inputs are "
-                            f"{[i.name for i in infos]}")
-        arrays = []
-        for info in infos:
-            if info.name not in feeds:
-                if info.role == "state":
-                    arrays.append(None)
-                    continue
-                raise TideError(f"{self.path}: entry '{entry}': input '{info.name}' is missing")
-            array = _as_array(feeds[info.name])
-            want = _np_dtype(info.dtype)
-            if array.dtype != want:
-                raise TideError(f"input '{info.name}': expected dtype {info.dtype}, got {array.dtype}")
-            if tuple(array.shape) != info.shape:
-                raise TideError(f"input '{info.name}': expected shape {list(info.shape)}, got "
-                                f"{list(array.shape)}")
-            arrays.append(array)
-        if self._run_session is None:
-            self._run_session = _CSession(self, 0)
-        outs = self._run_session.run(entry, arrays)
-        return {info.name: (o.copy() if copy else o) for info, o in zip(self.outputs(entry), outs)}
+            raise TideError(f"entry '{entry}' has no input(s) {', '.join(map(repr, unknown))}; its inputs are "
+                            f"{', '.join(names)}")
+        missing = [i.name for i in infos if i.role == "data" and feeds.get(i.name) is None]
+        if missing:
+            raise TideError(f"entry '{entry}': missing input(s) {', '.join(map(repr, missing))}")
+        return [feeds.get(i.name) for i in infos]
 
-    def session(self, batch: int | None = None, threads: int = 0) -> "Session":
-        """A decode session (own arena, state and thread pool) for decode models."""
-        return Session(self, batch, threads)
+    def _run(self, feeds: dict, entry: str) -> list[Tensor]:
+        values = self._values(feeds, entry)
+        if self._handle is None:
+            self._handle = _create_session(self, self.num_threads)
+        runner = self._runners.get(entry)
+        if runner is None:
+            runner = self._runners[entry] = _Runner(self, self._handle, entry)
+        return runner.run(values)
+
+    def run(self, feeds: dict, entry: str = "main") -> dict:
+        """Runs ``entry`` on ``feeds`` (input name -> numpy array or DLPack tensor) and returns output
+        name -> a fresh numpy array. State inputs may be omitted: the model's internal session keeps
+        its state between calls (``reset()`` zeroes it); given, they are copied into the state."""
+        with self._lock:
+            outs = self._run(feeds, entry)
+            return {info.name: t.numpy().copy() for info, t in zip(self.outputs(entry), outs)}
+
+    def run_dlpack(self, feeds: dict, entry: str = "main") -> dict:
+        """Like ``run`` but zero copy: returns output name -> :class:`Tensor` views (DLPack), valid
+        until this model's next ``run``/``run_dlpack``."""
+        with self._lock:
+            outs = self._run(feeds, entry)
+            return {info.name: t for info, t in zip(self.outputs(entry), outs)}
+
+    def reset(self) -> None:
+        """Zero-fills the state of the internal session used by ``run``/``run_dlpack``."""
+        with self._lock:
+            if self._handle is not None:
+                _check(_library().tide_session_reset_state(self._handle.ptr))
+
+    def session(self, batch: int | None = None, num_threads: int | None = None) -> "Session":
+        """A decode session with its own arena, state and threads (decode models only)."""
+        return Session(self, batch, self.num_threads if num_threads is None else num_threads)
+
+
+_PREFILL = re.compile(r"prefill_([1-9][0-9]*)$")
 
 
 class Session:
-    """Prefill/decode with the state held by the runtime (decode models only).
+    """Prefill / decode on a decode model, its state held and updated in place by the runtime.
 
-    All rows advance together: ``position`` is the number of tokens each row has consumed.
+    A decode model has entries ``decode`` and ``prefill_<S>`` (any chunk sizes S), each with inputs
+    ``input_ids`` int64 [B, S], ``start_pos`` int64 [B] and the ``past.*`` states, and outputs
+    ``logits`` float32 [B, S, V] and the ``present.*`` states; metadata ``max_seq_len`` is the state
+    capacity. All rows advance together; ``position`` is how many tokens each row has consumed. A call
+    that is rejected (wrong batch, too many tokens, bad ids) changes nothing. If a kernel fails during
+    a call, the state is reset (zeroed, position 0) and TideError says so.
     """
 
-    def __init__(self, model: Model, batch: int | None, threads: int):
-        if model.metadata.get("kind") != "decode" or "decode" not in model.entries:
-            raise TideError(f"{model.path} is not a decode model (entries: {model.entries})")
-        meta = model.metadata
+    def __init__(self, model: Model, batch: int | None = None, num_threads: int = 0):
+        if "decode" not in model.entries:
+            raise TideError(f"{model.path} is not a decode model: it has no 'decode' entry (entries: "
+                            f"{', '.join(model.entries)}); use Model.run")
         self.model = model
-        self.batch = int(meta["batch"])
+        self.batch, self.vocab_size = self._signature("decode", 1)
+        sizes = []
+        for entry in model.entries:
+            m = _PREFILL.match(entry)
+            if m:
+                b, v = self._signature(entry, int(m.group(1)))
+                if (b, v) != (self.batch, self.vocab_size):
+                    raise TideError(f"{model.path}: entry '{entry}' has batch {b} / vocab {v}, 'decode' has "
+                                    f"{self.batch} / {self.vocab_size}")
+                sizes.append(int(m.group(1)))
+        self.prefill_sizes = tuple(sorted(sizes))
         if batch is not None and batch != self.batch:
-            raise TideError(f"{model.path} was compiled for batch {self.batch}, not {batch}")
-        self.vocab = int(meta["vocab"])
-        self.capacity = int(meta["max_seq_len"])
-        self.chunks = sorted((int(c) for c in meta.get("prefill_chunks", [])), reverse=True)
-        self._c = _CSession(model, threads)
-        self._states = sum(1 for i in model.inputs("decode") if i.role == "state")
-        self.position = np.zeros(self.batch, dtype=np.int64)
+            raise TideError(f"{model.path} was compiled for batch {self.batch}, not batch {batch}")
+        capacity = model.metadata.get("max_seq_len")
+        if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+            raise TideError(f"{model.path}: metadata 'max_seq_len' (the state capacity) is missing or invalid: "
+                            f"{capacity!r}")
+        self.max_seq_len = capacity
+        self._handle = _create_session(model, num_threads)
+        self._lock = threading.Lock()
+        self._runners = {e: _Runner(model, self._handle, e) for e in ["decode"] + [f"prefill_{s}" for s in sizes]}
+        self._ids = {e: self._aligned((self.batch, 1 if e == "decode" else int(e.split("_")[1])), np.int64)
+                     for e in self._runners}
+        self._start = self._aligned((self.batch,), np.int64)
+        self._position = np.zeros(self.batch, dtype=np.int64)
 
-    def reset(self) -> None:
-        self._c.reset()
-        self.position = np.zeros(self.batch, dtype=np.int64)
+    @property
+    def vocab(self) -> int:
+        return self.vocab_size
 
-    def _check_ids(self, ids) -> np.ndarray:
-        ids = _as_array(ids)
-        if ids.dtype != np.int64 or ids.ndim != 2:
-            raise TideError(f"token ids must be int64 [batch, tokens], got {ids.dtype}{list(ids.shape)}")
+    @property
+    def capacity(self) -> int:
+        return self.max_seq_len
+
+    @property
+    def position(self) -> np.ndarray:
+        """Tokens consumed so far, per row (int64 [batch]; a copy)."""
+        return self._position.copy()
+
+    @property
+    def num_threads(self) -> int:
+        return int(_library().tide_session_num_threads(self._handle.ptr))
+
+    @staticmethod
+    def _aligned(shape, dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        raw = np.zeros(nbytes + ALIGNMENT, dtype=np.uint8)
+        start = -raw.ctypes.data % ALIGNMENT
+        return raw[start:start + nbytes].view(dtype).reshape(shape)
+
+    def _signature(self, entry: str, seq: int) -> tuple[int, int]:
+        """Checks an entry against the decode-model contract; returns (batch, vocab)."""
+        ins, outs = self.model.inputs(entry), self.model.outputs(entry)
+        where = f"{self.model.path}: entry '{entry}'"
+        if len(ins) < 2 or ins[0].name != "input_ids" or ins[1].name != "start_pos":
+            raise TideError(f"{where}: inputs must be input_ids, start_pos, then states; got "
+                            f"{', '.join(i.name for i in ins)}")
+        ids, start = ins[0], ins[1]
+        if ids.dtype != "int64" or len(ids.shape) != 2 or ids.shape[1] != seq:
+            raise TideError(f"{where}: input_ids is {_desc(ids.dtype, ids.shape)}, expected int64[batch, {seq}]")
+        batch = ids.shape[0]
+        if start.dtype != "int64" or start.shape != (batch,):
+            raise TideError(f"{where}: start_pos is {_desc(start.dtype, start.shape)}, expected int64[{batch}]")
+        if any(i.role != "state" for i in ins[2:]):
+            raise TideError(f"{where}: inputs after start_pos must all be states")
+        if not outs or outs[0].name != "logits":
+            raise TideError(f"{where}: the first output must be logits")
+        lg = outs[0]
+        if lg.dtype != "float32" or len(lg.shape) != 3 or lg.shape[:2] != (batch, seq):
+            raise TideError(f"{where}: logits is {_desc(lg.dtype, lg.shape)}, expected float32[{batch}, {seq}, vocab]")
+        return batch, lg.shape[2]
+
+    def _check_ids(self, ids, what: str = "token ids") -> np.ndarray:
+        if not isinstance(ids, np.ndarray) and hasattr(ids, "__dlpack__"):
+            ids = np.from_dlpack(ids)
+        ids = np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.ndim != 2:
+            raise TideError(f"{what} must be an integer array [batch, tokens], got {ids.dtype}{list(ids.shape)}")
         if ids.shape[0] != self.batch:
-            raise TideError(f"token ids have batch {ids.shape[0]}; the model was compiled for batch {self.batch}")
+            raise TideError(f"{what} have batch {ids.shape[0]}; the model was compiled for batch {self.batch}")
         if ids.shape[1] < 1:
-            raise TideError("no tokens given")
-        if ids.size and (ids.min() < 0 or ids.max() >= self.vocab):
-            raise TideError(f"token ids must lie in [0, {self.vocab}), got [{ids.min()}, {ids.max()}]")
-        if int(self.position.max()) + ids.shape[1] > self.capacity:
-            raise TideError(f"{ids.shape[1]} tokens at position {int(self.position.max())} exceed the state "
-                            f"capacity (max_seq_len {self.capacity})")
+            raise TideError(f"{what}: no tokens given")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            raise TideError(f"{what} must lie in [0, {self.vocab_size}), got values in [{lo}, {hi}]")
         return ids
 
-    def _step(self, entry: str, ids: np.ndarray) -> np.ndarray:
-        arrays = [np.ascontiguousarray(ids), self.position.copy()] + [None] * self._states
-        logits = self._c.run(entry, arrays)[0].copy()
-        self.position = self.position + ids.shape[1]
+    def _check_capacity(self, tokens: int) -> None:
+        pos = int(self._position.max())
+        if pos + tokens > self.max_seq_len:
+            raise TideError(f"{tokens} more tokens at position {pos} exceed the state capacity "
+                            f"(max_seq_len {self.max_seq_len}); reset() the session or compile with a larger "
+                            "--max-seq-len")
+
+    def _chunks(self, total: int) -> list[tuple[str, int]]:
+        """Largest compiled prefill size that fits, then smaller; single tokens through decode."""
+        plan, left = [], total
+        for size in reversed(self.prefill_sizes):
+            while left >= size:
+                plan.append((f"prefill_{size}", size))
+                left -= size
+        plan.extend([("decode", 1)] * left)
+        return plan
+
+    def _step(self, entry: str, ids: np.ndarray) -> Tensor:
+        """Runs one chunk; returns the logits view. Caller holds the lock and has validated."""
+        buf = self._ids[entry]
+        np.copyto(buf, ids, casting="unsafe")
+        np.copyto(self._start, self._position)
+        runner = self._runners[entry]
+        try:
+            logits = runner.run([buf, self._start] + [None] * (len(runner.inputs) - 2))[0]
+        except TideError as err:
+            if err.code == 6:  # a kernel failed: the state may be half-updated
+                _check(_library().tide_session_reset_state(self._handle.ptr))
+                self._position[:] = 0
+                raise TideError(f"{err} (the session state was reset)", err.code) from None
+            raise
+        self._position += ids.shape[1]
         return logits
 
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
-        """Consumes ``ids`` [batch, T]; returns the last position's logits [batch, vocab] (every
-        position's [batch, T, vocab] with ``all_logits``)."""
-        ids = self._check_ids(ids)
-        outs, pos = [], 0
-        while pos < ids.shape[1]:
-            left = ids.shape[1] - pos
-            size = next((c for c in self.chunks if c <= left), 1)
-            outs.append(self._step(f"prefill_{size}" if size > 1 else "decode", ids[:, pos:pos + size]))
-            pos += size
-        logits = np.concatenate(outs, axis=1)
-        return logits if all_logits else logits[:, -1]
+        """Consumes ``ids`` (integer [batch, T], T >= 1). Returns the last position's logits
+        [batch, vocab], or every position's [batch, T, vocab] with ``all_logits``."""
+        with self._lock:
+            ids = self._check_ids(ids)
+            total = ids.shape[1]
+            self._check_capacity(total)
+            out = np.empty((self.batch, total, self.vocab_size), dtype=np.float32) if all_logits else None
+            pos = 0
+            for entry, size in self._chunks(total):
+                logits = self._step(entry, ids[:, pos:pos + size]).numpy()
+                if all_logits:
+                    out[:, pos:pos + size] = logits
+                pos += size
+            return out if all_logits else logits[:, -1].copy()
 
     def decode(self, ids) -> np.ndarray:
-        """One token per row ([batch, 1]) -> logits [batch, vocab]."""
-        ids = self._check_ids(ids)
-        if ids.shape[1] != 1:
-            raise TideError(f"decode takes one token per row, got {ids.shape[1]}")
-        return self._step("decode", ids)[:, -1]
+        """One token per row (integer [batch, 1]) -> logits [batch, vocab]."""
+        with self._lock:
+            ids = self._check_ids(ids)
+            if ids.shape[1] != 1:
+                raise TideError(f"decode takes one token per row ([batch, 1]), got {ids.shape[1]} tokens; use prefill")
+            self._check_capacity(1)
+            return self._step("decode", ids).numpy()[:, -1].copy()
 
-    def generate(self, prompt_ids, max_new_tokens: int) -> np.ndarray:
-        """Greedy generation from a fresh state: returns the new ids [batch, max_new_tokens]."""
-        prompt_ids = _as_array(prompt_ids)
-        if max_new_tokens < 1:
-            raise TideError("max_new_tokens must be >= 1")
-        if prompt_ids.ndim == 2 and prompt_ids.shape[1] + max_new_tokens - 1 > self.capacity:
-            raise TideError(f"{prompt_ids.shape[1]} prompt + {max_new_tokens} new tokens exceed the state "
-                            f"capacity (max_seq_len {self.capacity})")
-        self.reset()
-        tokens = [np.argmax(self.prefill(prompt_ids), axis=-1)]
-        for _ in range(max_new_tokens - 1):
-            tokens.append(np.argmax(self.decode(tokens[-1][:, None].astype(np.int64)), axis=-1))
-        return np.stack(tokens, axis=1).astype(np.int64)
+    def generate(self, prompt_ids, max_new_tokens: int, on_token=None) -> np.ndarray:
+        """Greedy generation continuing from the current state (``reset()`` first for a new
+        sequence): prefills ``prompt_ids`` [batch, T], then picks ``max_new_tokens`` tokens by argmax,
+        feeding each back. Returns the new ids int64 [batch, max_new_tokens].
+        ``on_token(step, ids)`` (optional) is called with each new token column (int64 [batch])."""
+        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise TideError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        with self._lock:
+            prompt = self._check_ids(prompt_ids, "prompt ids")
+            # The last new token is returned, not fed back.
+            self._check_capacity(prompt.shape[1] + max(max_new_tokens - 1, 0))
+        out = np.empty((self.batch, max_new_tokens), dtype=np.int64)
+        if max_new_tokens == 0:
+            self.prefill(prompt)
+            return out
+        logits = self.prefill(prompt)
+        for step in range(max_new_tokens):
+            out[:, step] = np.argmax(logits, axis=-1)
+            if on_token is not None:
+                on_token(step, out[:, step].copy())
+            if step + 1 < max_new_tokens:
+                logits = self.decode(out[:, step:step + 1])
+        return out
+
+    def reset(self) -> None:
+        """Zero-fills the state and sets every row's position to 0."""
+        with self._lock:
+            _check(_library().tide_session_reset_state(self._handle.ptr))
+            self._position[:] = 0
+
+    def state(self, index: int) -> np.ndarray:
+        """A copy of state tensor ``index`` (see ``Model.states``)."""
+        with self._lock:
+            t = ffi.new("tide_tensor_t*")
+            _check(_library().tide_session_state(self._handle.ptr, index, t))
+            info = self.model.states[index]
+            return Tensor(int(ffi.cast("uintptr_t", t.data)), info.dtype, info.shape, self._handle).numpy().copy()
 
 
-def load(path, device: str = "cpu", verify: bool = True) -> Model:
-    """Loads a compiled ``.tide`` artifact for ``device`` ("cpu")."""
+def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0) -> Model:
+    """Loads a compiled ``.tide`` artifact. ``device``: "cpu" (the only backend of this runtime).
+    ``verify=False`` skips the weight/device-code checksums (faster load of big models; the plan and
+    kernel library are always verified). ``num_threads``: threads per session (0: one per CPU)."""
     if device != "cpu":
-        raise TideError(f"device '{device}': this runtime build runs cpu artifacts only")
-    return Model(path, verify)
+        raise TideError(f"device '{device}': this runtime runs cpu artifacts only")
+    return Model(path, verify, num_threads)
