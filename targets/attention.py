@@ -367,3 +367,73 @@ def schedule_indexer_cuda(func, target=None):
     else:
         spread("emit", 1)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Compressor (tide.ops.compressor)
+
+
+def schedule_compressor(func, target_kind: str):
+    if target_kind == "cuda":
+        return schedule_compressor_cuda(func)
+    if target_kind == "cpu":
+        return schedule_compressor_cpu(func)
+    raise ValueError(f"no compressor schedule for target '{target_kind}'")
+
+
+_SLOT_REDUCTIONS = ("slot_max", "slot_sum", "slot_pool")
+
+
+def schedule_compressor_cpu(func, target=None):
+    """CPU: candidates on the thread pool; the slot softmax and pooling with slots outside and
+    channels in the vector; the ring rows parallel over tokens, vectorized over features."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))))
+    for name in _SLOT_REDUCTIONS:
+        _rank_vectorized(sch, sch.get_sblock(name))
+    for name in ("norm", "rope", "cache_row"):
+        _vectorize_last(sch, sch.get_sblock(name))
+    rows = sch.get_sblock("ring_rows")
+    b, i, f = sch.get_loops(rows)
+    sch.parallel(sch.fuse(b, i))
+    _vectorize_last(sch, rows)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
+def schedule_compressor_cuda(func, target=None):
+    """CUDA: one thread block per candidate; thread t owns a contiguous run of channels (their
+    running max, sum and pool stay in registers), slots serial in each thread; the squared sum a
+    cross-thread reduction; RoPE reads neighbours from shared memory. The ring rows: one thread
+    per feature."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))), "blockIdx.x")
+    dim = _extent(sch, sch.get_loops(sch.get_sblock("norm"))[-1])
+    threads = min(dim, CUDA_THREADS)
+    for name in _SLOT_REDUCTIONS:
+        sch.set_scope(sch.get_sblock(name), 0, "local")
+    sch.set_scope(sch.get_sblock("norm"), 0, "shared")
+
+    def own_channels(loop):
+        tx, _ = sch.split(loop, factors=[threads, None])
+        sch.bind(tx, "threadIdx.x")
+
+    for name in _SLOT_REDUCTIONS:
+        block = sch.get_sblock(name)
+        c, j = sch.get_loops(block)[-2:]
+        own_channels(c)
+        sch.decompose_reduction(block, j)
+    for name in ("square_sum", "norm"):
+        own_channels(sch.get_loops(sch.get_sblock(name))[-1])
+    for name in ("rope", "cache_row", "cache_index"):
+        _, tx = sch.split(sch.get_loops(sch.get_sblock(name))[-1], factors=[None, threads])
+        sch.bind(tx, "threadIdx.x")
+    for name in ("ring_rows", "ring_index"):
+        block = sch.get_sblock(name)
+        bx, tx = sch.split(sch.fuse(*sch.get_loops(block)), factors=[None, threads])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)

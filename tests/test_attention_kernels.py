@@ -27,7 +27,7 @@ from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
 
 from tide.compiler.substitute import SubstitutionReport
-from tide.ops import indexer, sink_attention, sink_attention_sparse
+from tide.ops import compressor, indexer, sink_attention, sink_attention_sparse
 from tide.targets import attention, cpu
 
 TOL = 2e-5
@@ -347,6 +347,79 @@ def test_lightning_indexer_splits_and_ties(splits, entry_block):
 
 
 # ---------------------------------------------------------------------------------------------
+# Compressor
+
+
+# (batch, seq, ratio, overlap, head_dim, rope dims, cache rows, start positions)
+COMPRESSOR_CASES = {
+    "csa-prefill-window0": (2, 5, 4, 1, 64, 16, 65, [0, 13]),     # window 0 reaches before position 0
+    "csa-decode-completes": (2, 1, 4, 1, 64, 16, 65, [3, 130]),   # row 0 completes window 0
+    "hca-prefill": (1, 16, 16, 0, 64, 16, 17, [7]),               # off-grid start, two windows
+    "hca-decode": (2, 1, 16, 0, 64, 16, 17, [255, 20]),
+    "flash-csa-prefill": (1, 8, 4, 1, 512, 64, 1025, [61]),
+    "flash-hca-decode": (1, 1, 128, 0, 512, 64, 33, [383]),
+}
+
+
+def _compressor_inputs(case):
+    B, S, r, o, Dc, rd, C, start = COMPRESSOR_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    R, F, nb, hidden = (1 + o) * r, (1 + o) * Dc, S // r + 1, 64
+    arrays = [_rand(rng, B, S, hidden), np.array(start, np.int64), _rand(rng, B, R, F), _rand(rng, B, R, F),
+              _rand(rng, B, C, Dc), _rand(rng, F, hidden) * hidden ** -0.5, _rand(rng, F, hidden) * hidden ** -0.5,
+              _rand(rng, r, F), 1 + 0.1 * _rand(rng, Dc), _rand(rng, B, nb, rd // 2), _rand(rng, B, nb, rd // 2)]
+    return arrays, {"ratio": r, "overlap": o, "head_dim": Dc, "epsilon": 1e-6, "rope_dim": rd}
+
+
+@pytest.mark.parametrize("case", list(COMPRESSOR_CASES))
+def test_compressor_matches_reference(case):
+    arrays, attrs = _compressor_inputs(case)
+    x, start, kv_state, score_state, cache, kv_weight, gate_weight, bias, norm_weight, cos, sin = arrays
+    got = _run_convert(compressor, arrays, attrs)
+    x64 = x.astype(np.float64)
+    want = compressor.reference(x64 @ kv_weight.T, x64 @ gate_weight.T, start, kv_state, score_state, cache, bias,
+                                norm_weight, cos, sin, attrs["ratio"], attrs["overlap"], attrs["epsilon"],
+                                attrs["rope_dim"])
+    names = ("entries", "cache_index", "cache_update", "state_index", "kv_update", "score_update")
+    for name, g, w in zip(names, got, want):
+        if g.dtype == np.int64:
+            np.testing.assert_array_equal(g, w, err_msg=name)
+        else:
+            np.testing.assert_allclose(g, w, rtol=0, atol=TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("kind", ["heavily_compressed_attention", "compressed_sparse_attention"])
+def test_compressor_matches_transformers(kind):
+    """transformers' stateless compressors (a prompt from position 0, every complete window):
+    the kernel's complete entries from an empty state equal their compressed entries."""
+    B, S, hidden = 2, 32, 64
+    cfg = DeepseekV4Config(hidden_size=hidden, head_dim=64, qk_rope_head_dim=16, q_lora_rank=48, index_n_heads=16,
+                           index_head_dim=32, max_position_embeddings=256,
+                           compress_rates={"compressed_sparse_attention": 4, "heavily_compressed_attention": 16})
+    torch.manual_seed(0)
+    module = (hf.DeepseekV4HCACompressor if kind.startswith("heavily") else hf.DeepseekV4CSACompressor)(cfg).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(module.position_bias)
+        torch.nn.init.normal_(module.kv_norm.weight, 1.0, 0.1)
+        x = torch.randn(B, S, hidden)
+        positions = torch.arange(S)[None].expand(B, -1)
+        want = module(x, torch.randn(B, S, 48), positions, None, 0)[0][:, 0].numpy()
+        r = module.compress_rate
+        nb = S // r + 1
+        cos, sin = module.rotary_emb(x, position_ids=(torch.arange(nb) * r)[None].expand(B, -1), layer_type="compress")
+    o = 0 if kind.startswith("heavily") else 1
+    R, F, Dc = (1 + o) * r, (1 + o) * 64, 64
+    arrays = [x.numpy(), np.zeros(B, np.int64), np.zeros((B, R, F), np.float32), np.zeros((B, R, F), np.float32),
+              np.zeros((B, S // r + 1, Dc), np.float32), module.kv_proj.weight.detach().numpy(),
+              module.gate_proj.weight.detach().numpy(), module.position_bias.detach().numpy(),
+              module.kv_norm.weight.detach().numpy(), cos.numpy(), sin.numpy()]
+    attrs = {"ratio": r, "overlap": o, "head_dim": Dc, "epsilon": cfg.rms_norm_eps, "rope_dim": 16}
+    entries = _run_convert(compressor, arrays, attrs)[0]
+    assert want.shape == (B, S // r, Dc)
+    np.testing.assert_allclose(entries[:, :S // r], want, rtol=0, atol=TOL)
+
+
+# ---------------------------------------------------------------------------------------------
 # CUDA builds
 
 
@@ -374,13 +447,21 @@ CUDA_INDEXERS = {
 }
 
 
+CUDA_COMPRESSORS = {
+    "compressor-csa-prefill": lambda: compressor.prim_func(1, 32, 4, 1, 512, 1025, 64, 1e-6),
+    "compressor-hca-decode": lambda: compressor.prim_func(2, 1, 128, 0, 512, 33, 64, 1e-6),
+}
+
+
 def _cuda_kernel(kernel):
+    if kernel in CUDA_COMPRESSORS:
+        return attention.schedule_compressor(CUDA_COMPRESSORS[kernel](), "cuda")
     if kernel in CUDA_INDEXERS:
         return attention.schedule_indexer(CUDA_INDEXERS[kernel](), "cuda")
     return attention.schedule(CUDA_KERNELS[kernel](), "cuda")
 
 
-@pytest.mark.parametrize("kernel", list(CUDA_KERNELS) + list(CUDA_INDEXERS))
+@pytest.mark.parametrize("kernel", list(CUDA_KERNELS) + list(CUDA_INDEXERS) + list(CUDA_COMPRESSORS))
 def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
     func = _cuda_kernel(kernel)
     exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
