@@ -50,7 +50,6 @@ OPS = {"call": 0, "copy": 1}
 FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
             "avx512bf16")
 FEATURE_BIT_COUNT = len(FEATURES)
-ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
 
 # dtype name -> (DLPack code, bits)
 DTYPES = {
@@ -167,11 +166,12 @@ class Artifact:
     target: TargetInfo
     plan: Plan
     metadata: dict
-    sections: dict = field(default_factory=dict)  # kind name -> Section, in file order
+    sections: dict = field(default_factory=dict)  # kind name -> (offset, size), in file order
+    section_info: dict = field(default_factory=dict)  # kind name -> Section (with CRC and alignment)
 
     def section_bytes(self, kind: str) -> bytes:
         """A section's bytes (e.g. "KERNELS_HOST"); b"" when the artifact has none."""
-        s = self.sections.get(kind)
+        s = self.section_info.get(kind)
         if s is None:
             return b""
         with open(self.path, "rb") as f:
@@ -388,7 +388,7 @@ def _validate_entry(plan: Plan, e: Entry, state_bytes: list) -> None:
                 raise ArtifactError(f"{where}: argument {a} is {arg!r}, expected ('buf', index) or ('imm', value)")
             if arg[0] == "buf":
                 if _check_int(arg[1], -2**63, 2**63 - 1, f"{where} argument {a}") >= len(e.buffers) or arg[1] < 0:
-                    raise ArtifactError(f"{where}: argument {a}: buffer index {arg[1]} out of range "
+                    raise ArtifactError(f"{where}: argument {a}: buffer {arg[1]} out of range "
                                         f"({len(e.buffers)} buffers)")
             else:
                 _check_int(arg[1], -2**63, 2**63 - 1, f"{where} argument {a} (int64 immediate)")
@@ -493,19 +493,16 @@ def _encode_plan(plan: Plan, layout: list) -> bytes:
     return out.bytes()
 
 
-def _check_elf(image, host_arch: str, where: str) -> None:
+def _check_elf(image, where: str) -> None:
+    """An ELF64 little-endian shared object (the C loader also checks its machine against the host)."""
     head = bytes(image[:20])
     if len(head) < 20 or head[:4] != b"\x7fELF":
         raise ArtifactError(f"{where}: the kernel library is not an ELF file")
     if head[4] != 2 or head[5] != 1:
         raise ArtifactError(f"{where}: the kernel library is not a 64-bit little-endian ELF file")
-    etype, machine = struct.unpack_from("<HH", head, 16)
+    etype = struct.unpack_from("<H", head, 16)[0]
     if etype != 3:
         raise ArtifactError(f"{where}: the kernel library has ELF type {etype}, not a shared object (3)")
-    want = ELF_MACHINES.get(host_arch)
-    if want is not None and machine != want:
-        raise ArtifactError(f"{where}: the kernel library is for ELF machine {machine}, the target host "
-                            f"architecture {host_arch} needs {want}")
 
 
 def _array_chunks(array: np.ndarray):
@@ -560,7 +557,7 @@ def write_artifact(path: str, target: TargetInfo, plan: Plan, kernel_library: by
         if plan.kernels and not kernel_library:
             raise ArtifactError(f"the plan calls {len(plan.kernels)} kernels but no kernel library was given")
         if kernel_library:
-            _check_elf(kernel_library, target.host_arch, "KERNELS_HOST")
+            _check_elf(kernel_library, "KERNELS_HOST")
     try:
         meta = json.dumps(metadata, sort_keys=True, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError) as err:
@@ -922,8 +919,9 @@ def _parse(path: str, data, verify: bool) -> Artifact:
             raise ArtifactError(f"the plan calls {len(plan.kernels)} kernels but the artifact has no KERNELS_HOST "
                                 "section")
         s = sections["KERNELS_HOST"]
-        _check_elf(data[s.offset:s.offset + min(s.size, 64)], target.host_arch, "KERNELS_HOST section")
-    return Artifact(path, size, target, plan, metadata, sections)
+        _check_elf(data[s.offset:s.offset + min(s.size, 64)], "KERNELS_HOST section")
+    return Artifact(path, size, target, plan, metadata, {k: (s.offset, s.size) for k, s in sections.items()},
+                    sections)
 
 
 def read_artifact(path: str, verify: bool = True) -> Artifact:
@@ -952,5 +950,5 @@ def load_weight(artifact: Artifact, index: int) -> np.ndarray:
     dtype = np_dtype(spec.dtype)
     if spec.nbytes == 0:
         return np.zeros(spec.shape, dtype=dtype)
-    return np.memmap(artifact.path, dtype=dtype, mode="r", offset=artifact.sections["WEIGHTS"].offset + spec.offset,
+    return np.memmap(artifact.path, dtype=dtype, mode="r", offset=artifact.sections["WEIGHTS"][0] + spec.offset,
                      shape=tuple(spec.shape))

@@ -45,9 +45,9 @@ def test_roundtrip(standard, kernels_so):
     with open(standard, "rb") as f:
         data = f.read()
     assert art.file_size == len(data) == os.path.getsize(standard)
-    for s in art.sections.values():
+    for s in art.section_info.values():
         assert s.offset % s.alignment == 0 and s.crc32 == zlib.crc32(data[s.offset:s.offset + s.size])
-    assert art.sections["WEIGHTS"].alignment == 4096 and art.sections["WEIGHTS"].offset % 4096 == 0
+    assert art.section_info["WEIGHTS"].alignment == 4096 and art.sections["WEIGHTS"][0] % 4096 == 0
     magic, version, hsize, n, flags, table, size, crc = struct.unpack_from("<8sIIIIQQI", data)
     assert (magic, version, hsize, n, flags, table, size) == (b"TIDEART\0", 1, 64, 6, 0, 64, len(data))
     head = bytearray(data[:64])
@@ -87,7 +87,7 @@ def test_streams_weights_of_every_layout(tmp_path, monkeypatch):
 
 BAD_PLANS = {
     "kernel index": (lambda p: setattr(p.entries[0].ops[0], "kernel", 99), "kernel index 99 out of range"),
-    "argument buffer": (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("buf", 9)), "buffer index 9 out of range"),
+    "argument buffer": (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("buf", 9)), "argument 0: buffer 9 out of range"),
     "argument kind": (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("tensor", 0)), "argument 0"),
     "too many args": (lambda p: p.entries[0].ops[0].args.extend([("imm", 0)] * 62), "65 arguments exceed"),
     "arena overflow": (lambda p: setattr(p.entries[0].buffers[8], "offset", 248), "exceed the 256-byte arena"),
@@ -225,13 +225,13 @@ def test_reader_rejects_corruption(standard):
     for offset in (20, 33, 50, 64 + 3, 64 + 48 * 3 + 20):
         _flip(standard, offset)
         expect("header")
-    for s in art.sections.values():
+    for s in art.section_info.values():
         _flip(standard, s.offset + s.size // 2)
         expect(f"{s.kind} section: checksum mismatch")
     # Bulk checksums may be skipped; parsed sections are always verified.
-    _flip(standard, art.sections["WEIGHTS"].offset + 3)
+    _flip(standard, art.sections["WEIGHTS"][0] + 3)
     assert A.read_artifact(standard, verify=False).plan.weights[0].name == "w0"
-    _flip(standard, art.sections["PLAN"].offset + 3)
+    _flip(standard, art.sections["PLAN"][0] + 3)
     expect("PLAN section: checksum mismatch", verify=False)
     _flip(standard, 0)
     expect("bad magic")
@@ -252,7 +252,7 @@ def test_reader_applies_the_plan_rules(tmp_path, kernels_so):
     plan.entries[0].ops[0].args[0] = ("buf", 99)
     path = str(tmp_path / "unchecked.tide")
     write_standard(path, kernels_so, plan=plan, check=False)
-    with pytest.raises(A.ArtifactError, match=r"PLAN section: entry 'main' op 0: argument 0: buffer index 99"):
+    with pytest.raises(A.ArtifactError, match=r"PLAN section: entry 'main' op 0: argument 0: buffer 99"):
         A.read_artifact(path)
 
 

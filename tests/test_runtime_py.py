@@ -421,10 +421,10 @@ def test_corrupt_artifacts_are_rejected(standard, tmp_path):
     for offset in (16, 24, 36, 52, 64 + 8, 64 + 48 * 5 + 30):
         _rewrite(path, good, flip(offset))
         _expect_both(path, "header", 3)
-    for s in art.sections.values():
+    for s in art.section_info.values():
         _rewrite(path, good, flip(s.offset + s.size // 3))
         _expect_both(path, f"{s.kind} section: checksum mismatch", 3)
-    _rewrite(path, good, flip(art.sections["WEIGHTS"].offset))
+    _rewrite(path, good, flip(art.sections["WEIGHTS"][0]))
     assert R.load(path, verify=False).entries[0] == "main"  # bulk checksums skipped on request
     _rewrite(path, good, flip(1))
     _expect_both(path, "bad magic", 3)
@@ -476,7 +476,7 @@ def test_plan_and_library_errors(tmp_path, kernels_so):
     # A plan that bypassed the writer's validation: the C loader applies the same rules.
     for mutate, message in [
         (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("buf", 99)),
-         r"PLAN section, entry 'main' op 0 \(byte \d+\): argument 0: buffer index 99 out of range \(9 buffers\)"),
+         r"PLAN section, entry 'main' op 0 \(byte \d+\): argument 0: buffer 99 out of range \(9 buffers\)"),
         (lambda p: setattr(p.entries[0].ops[1], "kernel", 40), "kernel index 40 out of range"),
         (lambda p: setattr(p.entries[1].buffers[1], "index", 7), "state index 7 out of range"),
         (lambda p: setattr(p.entries[0].buffers[8], "offset", 4096), "exceed the 256-byte arena"),

@@ -533,7 +533,7 @@ static int validate_entry(reader_t* r, const tide_artifact_t* art, tide_entry_de
     for (uint32_t a = 0; a < op->num_args; ++a) {
       const tide_arg_decl_t* arg = &op->args[a];
       if (arg->kind == TIDE_ARG_BUFFER && (arg->value < 0 || (uint64_t)arg->value >= e->num_buffers)) {
-        return fail(r, TIDE_STATUS_DATA_LOSS, "argument %u: buffer index %lld out of range (%u buffers)", a,
+        return fail(r, TIDE_STATUS_DATA_LOSS, "argument %u: buffer %lld out of range (%u buffers)", a,
                     (long long)arg->value, e->num_buffers);
       }
     }

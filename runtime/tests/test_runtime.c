@@ -555,7 +555,7 @@ static void test_corruption(void) {
   tb_build(&v, &img);
   EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS,
                     "PLAN section, entry 'main' op 0 (byte");
-  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "argument 0: buffer index 99 out of range (9 buffers)");
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_DATA_LOSS, "argument 0: buffer 99 out of range (9 buffers)");
   tb_free(&img);
   tb_free(&good);
 }

@@ -146,7 +146,8 @@ typedef struct tide_session_s tide_session_t;
 
 typedef struct tide_session_options_s {
   uint32_t struct_size; /* sizeof(tide_session_options_t), set by _initialize */
-  int32_t num_threads;  /* 0 (default): one per online CPU; 1: no worker threads */
+  int32_t num_threads;  /* 0 (default): one per CPU this process may run on (its affinity mask,
+                         * else the online CPUs); 1: no worker threads; at most 1024 */
 } tide_session_options_t;
 
 TIDE_API void tide_session_options_initialize(tide_session_options_t* out_options);
