@@ -76,6 +76,7 @@ def {name}(kv: T.Buffer(({B}, {S}, {F}), "float32"), gate: T.Buffer(({B}, {S}, {
                 mx = T.sblock_alloc_buffer(({Dc},), {f32})
                 den = T.sblock_alloc_buffer(({Dc},), {f32})
                 num = T.sblock_alloc_buffer(({Dc},), {f32})
+                pooled = T.sblock_alloc_buffer(({Dc},), {f32})
                 normed = T.sblock_alloc_buffer(({Dc},), {f32})
                 ssq = T.sblock_alloc_buffer((1,), {f32})
                 with T.sblock("slot_max_scope"):
@@ -85,31 +86,31 @@ def {name}(kv: T.Buffer(({B}, {S}, {F}), "float32"), gate: T.Buffer(({B}, {S}, {
                             with T.init():
                                 mx[vc] = {LOWEST}
                             mx[vc] = T.max(mx[vc], {score_at})
-                with T.sblock("slot_sum_scope"):
-                    for c, j in T.grid({Dc}, {R}):
-                        with T.sblock("slot_sum"):
-                            vc, vj = T.axis.remap("SR", [c, j])
-                            with T.init():
-                                den[vc] = T.float32(0)
-                            den[vc] = den[vc] + T.exp({score_at} - mx[vc])
                 with T.sblock("slot_pool_scope"):
                     for c, j in T.grid({Dc}, {R}):
                         with T.sblock("slot_pool"):
                             vc, vj = T.axis.remap("SR", [c, j])
                             with T.init():
+                                den[vc] = T.float32(0)
                                 num[vc] = T.float32(0)
-                            num[vc] = num[vc] + T.exp({score_at} - mx[vc]) / den[vc] * {kv_at}
+                            weight: T.let[T.float32] = T.exp({score_at} - mx[vc])
+                            den[vc] = den[vc] + weight
+                            num[vc] = num[vc] + weight * {kv_at}
+                for c in range({Dc}):
+                    with T.sblock("pooled"):
+                        vc = T.axis.remap("S", [c])
+                        pooled[vc] = num[vc] / den[vc]
                 with T.sblock("square_sum_scope"):
                     for c in range({Dc}):
                         with T.sblock("square_sum"):
                             vc = T.axis.remap("R", [c])
                             with T.init():
                                 ssq[0] = T.float32(0)
-                            ssq[0] = ssq[0] + num[vc] * num[vc]
+                            ssq[0] = ssq[0] + pooled[vc] * pooled[vc]
                 for c in range({Dc}):
                     with T.sblock("norm"):
                         vc = T.axis.remap("S", [c])
-                        normed[vc] = num[vc] * T.rsqrt(ssq[0] / T.float32({Dc}) + T.float32({epsilon!r})) * norm_weight[vc]
+                        normed[vc] = pooled[vc] * T.rsqrt(ssq[0] / T.float32({Dc}) + T.float32({epsilon!r})) * norm_weight[vc]
                 for c in range({Dc}):
                     with T.sblock("rope"):
                         vc = T.axis.remap("S", [c])

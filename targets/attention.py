@@ -280,8 +280,13 @@ def schedule_indexer_cpu(func, target=None):
     sch.unroll(j)
     sch.unroll(h1a)
     sch.vectorize(h1v)
+    # the [entries x 32 heads] accumulators local to the head chunk, stored once as dots[head, entry]
+    # so that the weighted ReLU sum runs heads outside and entries in the vector
+    acc = sch.cache_write(qk, 0, "local")
+    sch.reverse_compute_at(acc, h0)
+    sch.transform_layout(acc, ("write", 0), lambda j, h: (h, j))
     sch.decompose_reduction(qk, d)
-    for name in ("rank_list", "rank_cand", "f_rank_list", "f_rank_cand"):
+    for name in ("weigh", "rank_list", "rank_cand", "f_rank_list", "f_rank_cand"):
         _rank_vectorized(sch, sch.get_sblock(name))
     if _has_block(sch, "merge"):
         sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("merge"))))
@@ -381,7 +386,7 @@ def schedule_compressor(func, target_kind: str):
     raise ValueError(f"no compressor schedule for target '{target_kind}'")
 
 
-_SLOT_REDUCTIONS = ("slot_max", "slot_sum", "slot_pool")
+_SLOT_REDUCTIONS = ("slot_max", "slot_pool")
 
 
 def schedule_compressor_cpu(func, target=None):
@@ -393,7 +398,7 @@ def schedule_compressor_cpu(func, target=None):
     sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))))
     for name in _SLOT_REDUCTIONS:
         _rank_vectorized(sch, sch.get_sblock(name))
-    for name in ("norm", "rope", "cache_row"):
+    for name in ("pooled", "norm", "rope", "cache_row"):
         _vectorize_last(sch, sch.get_sblock(name))
     rows = sch.get_sblock("ring_rows")
     b, i, f = sch.get_loops(rows)
@@ -413,8 +418,8 @@ def schedule_compressor_cuda(func, target=None):
     sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))), "blockIdx.x")
     dim = _extent(sch, sch.get_loops(sch.get_sblock("norm"))[-1])
     threads = min(dim, CUDA_THREADS)
-    for name in _SLOT_REDUCTIONS:
-        sch.set_scope(sch.get_sblock(name), 0, "local")
+    for name, index in (("slot_max", 0), ("slot_pool", 0), ("slot_pool", 1), ("pooled", 0)):
+        sch.set_scope(sch.get_sblock(name), index, "local")
     sch.set_scope(sch.get_sblock("norm"), 0, "shared")
 
     def own_channels(loop):
@@ -426,7 +431,7 @@ def schedule_compressor_cuda(func, target=None):
         c, j = sch.get_loops(block)[-2:]
         own_channels(c)
         sch.decompose_reduction(block, j)
-    for name in ("square_sum", "norm"):
+    for name in ("pooled", "square_sum", "norm"):
         own_channels(sch.get_loops(sch.get_sblock(name))[-1])
     for name in ("rope", "cache_row", "cache_index"):
         _, tx = sch.split(sch.get_loops(sch.get_sblock(name))[-1], factors=[None, threads])
