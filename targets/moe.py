@@ -163,12 +163,14 @@ def _cuda_gemm(sch):
     rows, *cols = spatial
     if len(cols) == 2:  # gate_up: (gate|up, column): one thread computes both for its column
         half, col = cols
-        sch.reorder(rows, col, half, k)
+        sch.reorder(rows, col, k, half)
         sch.bind(sch.fuse(rows, col), "threadIdx.x")
         sch.unroll(half)
     else:
         sch.bind(sch.fuse(rows, *cols), "threadIdx.x")
-    sch.decompose_reduction(gemm, k)
+    init = sch.decompose_reduction(gemm, k)
+    if len(cols) == 2:
+        sch.unroll(sch.get_loops(init)[-1])
     epilogue = next(b for b in sch.get_child_blocks(tile_block) if sch.get(b).name_hint in ("swiglu", "store"))
     sch.bind(sch.fuse(*sch.get_loops(epilogue)), "threadIdx.x")
 

@@ -465,7 +465,7 @@ def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq, monkeyp
     monkeypatch.setattr(onnx_import, "_infer", infer_with_call_shapes)
     static = onnx_import.specialize(loaded, {"seq": seq}, frozenset(converters))
     target = cpu.tvm_target()
-    mod = relax_import.to_relax(static, loaded.path, converters)
+    mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), loaded.path, converters)
     mod = substitute.substitute(mod, "cpu", {}, report)
     mod = lower.legalize_and_fuse(mod, target)
     mod = cpu.schedule(mod, target)
