@@ -113,7 +113,7 @@ def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, n_
         combine = f'''
         merge_m = T.alloc_buffer(({B}, {S}, {H}), {f32})
         merge_l = T.alloc_buffer(({B}, {S}, {H}), {f32})
-        merge_w = T.alloc_buffer(({B}, {S}, {P}, {H}), {f32})
+        merge_w = T.alloc_buffer(({B}, {S}, {H}, {P}), {f32})
         for b, s, h, p in T.grid({B}, {S}, {H}, {P}):
             with T.sblock("merge_max"):
                 vb, vs, vh, vp = T.axis.remap("SSSR", [b, s, h, p])
@@ -129,13 +129,13 @@ def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, n_
         for b, s, p, h in T.grid({B}, {S}, {P}, {H}):
             with T.sblock("merge_weight"):
                 vb, vs, vp, vh = T.axis.remap("SSSS", [b, s, p, h])
-                merge_w[vb, vs, vp, vh] = T.exp(part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh]) / merge_l[vb, vs, vh]
+                merge_w[vb, vs, vh, vp] = T.exp(part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh]) / merge_l[vb, vs, vh]
         for b, s, h, d, p in T.grid({B}, {S}, {H}, {D}, {P}):
             with T.sblock("merge"):
                 vb, vs, vh, vd, vp = T.axis.remap("SSSSR", [b, s, h, d, p])
                 with T.init():
                     out[vb, vs, vh, vd] = T.float32(0)
-                out[vb, vs, vh, vd] = out[vb, vs, vh, vd] + part_acc[vb, vs, vp, vh, vd] * merge_w[vb, vs, vp, vh]'''
+                out[vb, vs, vh, vd] = out[vb, vs, vh, vd] + part_acc[vb, vs, vp, vh, vd] * merge_w[vb, vs, vh, vp]'''
 
     return f'''
 @T.prim_func(s_tir=True)

@@ -420,6 +420,7 @@ def schedule_compressor_cuda(func, target=None):
     threads = min(dim, CUDA_THREADS)
     for name, index in (("slot_max", 0), ("slot_pool", 0), ("slot_pool", 1), ("pooled", 0)):
         sch.set_scope(sch.get_sblock(name), index, "local")
+    sch.set_scope(sch.get_sblock("square_sum"), 0, "shared")
     sch.set_scope(sch.get_sblock("norm"), 0, "shared")
 
     def own_channels(loop):

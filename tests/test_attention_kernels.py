@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import subprocess
 import types
@@ -466,7 +467,15 @@ def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
     func = _cuda_kernel(kernel)
     exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
     source = exe.mod.imports[0].inspect_source()
-    assert "__global__" in source
+    # Every kernel reads and writes only the function's tensors and the split-K partials: a
+    # per-block scratch buffer left in global memory would be shared by all thread blocks.
+    allowed = {str(p) for p in func.params}
+    kernels = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?\w+\(([^)]*)\)\s*\{', source)
+    assert kernels
+    for params in kernels:
+        names = [re.sub(r"_ptr(_\d+)?$", "", p.split()[-1]) for p in params.split(",")]
+        assert len(names) == len(set(names)), f"aliased kernel parameters {names}"
+        assert all(n in allowed or n.startswith(("part_", "merge_")) for n in names), names
     cu = tmp_path / "kernel.cu"
     cu.write_text(source)
     for arch in ("sm_90", "sm_80"):
