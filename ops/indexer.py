@@ -5,10 +5,11 @@ For query t (absolute position ``start_pos + t``) the visible compressed entries
 and ``cache[s]`` otherwise. The kernel scores only the visible entries, one tile of ``entry_block``
 keys at a time: ``dots [entry x head] = key @ RoPE(q)^T`` (RoPE applied to q as it is loaded),
 ``score = sum_h w_h relu(dot_h)``, and keeps a sorted top-k list (value descending, lower entry first
-on ties) in the kernel's own memory. A tile is merged into the list only when one of its
-candidates beats the list's last element; the merge ranks every list element and candidate by
-comparison counts and scatters them into place (data-parallel, no sort). The ``[S, Hi, C]`` dot
-products, the gathered keys and the ``[S, C]`` scores are never materialized.
+on ties) in the kernel's own memory. Only candidates that beat the list's last element are kept,
+in a small pending buffer; when it is nearly full (and once at the end) it is merged into the list
+by ranking every list element and pending candidate with comparison counts and scattering them into
+place (data-parallel, no sort). The ``[S, Hi, C]`` dot products, the gathered keys and the
+``[S, C]`` scores are never materialized.
 
 The output follows the ONNX body (TopK over scores with invisible entries at -inf): the visible
 picks first, then, when fewer than top_k entries are visible, the invisible entries in increasing

@@ -5,8 +5,9 @@ entries once per block of heads: for every ``entry_block`` entries it loads one 
 ``[entry_block x head_block]`` logits, updates a blocked online softmax (running max, sum and
 accumulator per head) and adds ``p @ tile`` to the accumulator. The running max starts at the sink
 logit, the running sum at 1 (the sink's own weight, whose value is dropped), so a query that sees no
-entry gets exact zeros. Tiles whose entries are all masked (bias -inf) are skipped, which keeps
-sliding-window prefill and early HCA decode at the cost of the visible entries only.
+entry gets exact zeros. Each query first finds its first and last visible entry (bias > -inf) and
+walks only the tiles in between: HCA's not-yet-visible compressed rows, the ring slots a prefill
+query cannot see yet and the CSA picks the indexer marked invalid cost nothing.
 
 Decode of one token is the same kernel with one query row: ``splits`` cuts the entry list into that
 many ranges (split-K) whose partial states are merged by a second stage, so a long entry list keeps
@@ -80,7 +81,6 @@ def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, n_
         new = f"entries[vb, T.max(T.min({w} - {base}, T.int64({E - 1})), T.int64(0)), {d}]"
         old = f"cache[vb, T.max(T.min({w}, T.int64({C - 1})), T.int64(0)), {d}]"
         return f"T.if_then_else({e} < {N}, {dense}, T.if_then_else({w} >= {base}, {new}, {old}))"
-
 
     if P == 1:
         part_allocs = ""

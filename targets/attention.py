@@ -1,12 +1,18 @@
-"""Target schedules of tide's attention-family kernels (``tide.ops.sink_attention*``).
+"""Target schedules of tide's hybrid-attention kernels: ``tide.ops.sink_attention`` (and its sparse
+variant), ``tide.ops.indexer`` and ``tide.ops.compressor``.
 
 The kernels are defined once, unscheduled (``prim_func`` of each op module); the functions here
-turn a definition into a target kernel with ``tvm.s_tir.Schedule`` and mark it scheduled.
+pick their blocking for a target and turn a definition into a target kernel with
+``tvm.s_tir.Schedule``, marked ``tirx.is_scheduled``.
 
-CPU: the (batch, query, head block, split) loop runs on the thread pool; inside, every stage is
-vectorized over 16 fp32 lanes: the logits as ``[entries x heads]`` register tiles with the head
-axis in the vector, the accumulator update ``acc += p @ tile`` as a 4-head x 64-channel register
-tile, the softmax bookkeeping over the head vector.
+CPU: the outer (batch, query, head block, split) loop runs on the thread pool; inside, every stage
+is vectorized over 16 fp32 lanes: logits and index dots as ``[entries x heads]`` register tiles with
+the head axis in the vector, the accumulator update ``acc += p @ tile`` as a 4-head x 64-channel
+register tile, softmax bookkeeping over the head vector, top-k ranks over the list.
+
+CUDA: one thread block per outer iteration (split-K merges are separate kernels); q, the entry tile
+and softmax state in shared memory (dynamic shared memory for the large buffers: a runtime must
+allow more than 48 KiB per block), accumulators in registers with a fixed channel-per-thread map.
 """
 
 from __future__ import annotations
