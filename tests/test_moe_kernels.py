@@ -155,6 +155,7 @@ def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=
     (5, 3, 4, 32, 16, "repeats"),          # an expert twice for one token
     (1, 4, 16, 128, 64, "random"),         # decode: 1-row tiles, 4 of 16 experts active
     (3, 4, 16, 128, 64, "one_expert"),     # batched decode sharing an expert
+    (5, 3, 8, 24, 40, "random"),           # widths that are no multiple of the vector or column block
 ])
 def test_routed_experts(tokens, top_k, experts, dim, inter, kind):
     rng = np.random.default_rng(tokens * 1000 + dim)
@@ -218,7 +219,8 @@ def _transformers_mlp(x, gate_weight, up_weight, down_weight, limit):
         return module(torch.from_numpy(x)).numpy()
 
 
-@pytest.mark.parametrize("tokens,dim,inter", [(1, 64, 32), (7, 64, 48), (16, 128, 64), (2, FLASH_D, FLASH_F)])
+@pytest.mark.parametrize("tokens,dim,inter", [(1, 64, 32), (7, 64, 48), (16, 128, 64), (4, 24, 40),
+                                              (2, FLASH_D, FLASH_F)])
 def test_shared_expert(tokens, dim, inter):
     rng = np.random.default_rng(tokens + dim)
     limit = 1.5 if dim < FLASH_D else 10.0
