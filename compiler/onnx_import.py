@@ -153,20 +153,38 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int],
                 d.Clear()
                 d.dim_value = value
     del model.graph.value_info[:]
+    kept_shapes = {}
+    if model.functions and kernel_functions:
+        # ONNX shape inference does not always see through a kept function call; the static shapes
+        # of the calls' outputs come from the same graph with every function inlined.
+        inlined = _fold_to_fixpoint(loaded.path, onnx.inliner.inline_local_functions(model), frozenset())
+        shapes = _value_shapes(inlined)
+        kept_shapes = {o: shapes[o] for n in model.graph.node if n.domain == TIDE_DOMAIN
+                       and n.op_type in kernel_functions for o in n.output if o in shapes}
     if model.functions:
         keep = [(TIDE_DOMAIN, name) for name in sorted(kernel_functions)]
         model = onnx.inliner.inline_selected_functions(model, keep, exclude=True)
-    _check_supported(loaded.path, model, kernel_functions)
-    for _ in range(8):
-        model = _infer(loaded.path, model)
-        if not _fold_once(loaded.path, model):
-            break
-    model = _infer(loaded.path, model)
+    model = _fold_to_fixpoint(loaded.path, model, kernel_functions, kept_shapes)
     _check_static(loaded.path, model)
     return model
 
 
-def _infer(path: str, model: onnx.ModelProto) -> onnx.ModelProto:
+def _fold_to_fixpoint(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str],
+                      kept_shapes: dict | None = None) -> onnx.ModelProto:
+    _check_supported(path, model, kernel_functions)
+    for _ in range(8):
+        model = _infer(path, model, kept_shapes)
+        if not _fold_once(path, model):
+            break
+    return _infer(path, model, kept_shapes)
+
+
+def _infer(path: str, model: onnx.ModelProto, kept_shapes: dict | None = None) -> onnx.ModelProto:
+    if kept_shapes:
+        known = {vi.name for vi in model.graph.value_info}
+        for name, (dims, elem_type) in kept_shapes.items():
+            if name not in known and None not in dims:
+                model.graph.value_info.append(helper.make_tensor_value_info(name, elem_type, dims))
     try:
         return shape_inference.infer_shapes(model, check_type=True, strict_mode=False, data_prop=True)
     except Exception as err:

@@ -13,4 +13,8 @@ FUNCTION_KERNELS = {
     "MoERouter": "router",
     "HashMoERouter": "router_hash",
     "SharedExpert": "moe_shared",
+    "MoEExperts": "moe_experts",
+    "SparseSinkAttention": "sink_attention_sparse",
+    "LightningIndexer": "indexer",
+    "Compressor": "compressor",
 }

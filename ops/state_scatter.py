@@ -35,7 +35,7 @@ def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str 
 @T.prim_func(s_tir=True)
 def {name}(index: T.Buffer({tuple(index_shape)}, "{index_dtype}"), updates: T.Buffer({upd_shape}, "{dtype}"),
            state: T.Buffer({tuple(data_shape)}, "{dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True, "tirx.is_scheduled": True}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tirx.is_scheduled": True}})
     with T.sblock("root"):
         idx = T.decl_buffer(({rows_m * k},), "{index_dtype}", data=index.data)
         upd = T.decl_buffer(({rows_m * inner},), "{dtype}", data=updates.data)

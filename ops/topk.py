@@ -24,7 +24,7 @@ def prim_func(rows: int, n: int, k: int, dtype: str = "float32", index_dtype: st
 @T.prim_func(s_tir=True)
 def {name}(data: T.Buffer(({rows}, {n}), "{dtype}"), values: T.Buffer(({rows}, {k}), "{dtype}"),
            indices: T.Buffer(({rows}, {k}), "{index_dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True, "tirx.is_scheduled": True}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tirx.is_scheduled": True}})
     with T.sblock("root"):
         for r in {loop}({rows}):
             count = T.alloc_buffer((1,), "int32", scope="local")

@@ -424,27 +424,10 @@ def tiny_onnx(tmp_path_factory):
     return loaded, names, {16: (prefill, ref_prefill[0]), 1: (decode, ref_decode[0])}
 
 
-def _call_output_shapes(loaded, dims, kept):
-    """Static shapes of the outputs of calls to ``kept`` functions, from the graph with them inlined."""
-    from onnx import helper
-
-    from tide.compiler import onnx_import
-
-    calls = {o for n in loaded.model.graph.node if n.domain == "tide" and n.op_type in kept for o in n.output}
-    static = onnx_import.specialize(loaded, dims, frozenset())
-    return [helper.make_tensor_value_info(name, elem, dims_)
-            for name, (dims_, elem) in onnx_import._value_shapes(static).items() if name in calls]
-
-
 @pytest.mark.parametrize("seq", [1, 16], ids=["decode", "prefill16"])
-def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq, monkeypatch):
+def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq):
     """The tiny model with every MoE function served by these kernels (plus the registered ones),
-    lowered and run with TVM's runtime, against onnxruntime on the reference bodies.
-
-    ONNX shape inference does not see through kept function calls (a kept MoEExperts output loses
-    its token dimension, which breaks constant folding downstream in the decode graph), so the
-    calls' static output shapes, taken from the same graph with the functions inlined, are
-    declared before each inference pass."""
+    lowered and run with TVM's runtime, against onnxruntime on the reference bodies."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
@@ -456,15 +439,6 @@ def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq, monkeyp
     converters = substitute.function_kernels("cpu", report)
     converters |= {m.TIDE_FUNCTION: functools.partial(m.relax_convert, target_kind="cpu", report=report)
                    for m in MOE_MODULES}
-    known = _call_output_shapes(loaded, {"seq": seq}, {m.TIDE_FUNCTION for m in MOE_MODULES})
-    infer = onnx_import._infer
-
-    def infer_with_call_shapes(path, model):
-        present = {vi.name for vi in model.graph.value_info}
-        model.graph.value_info.extend(vi for vi in known if vi.name not in present)
-        return infer(path, model)
-
-    monkeypatch.setattr(onnx_import, "_infer", infer_with_call_shapes)
     static = onnx_import.specialize(loaded, {"seq": seq}, frozenset(converters))
     target = cpu.tvm_target()
     mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), loaded.path, converters)
