@@ -58,6 +58,15 @@ class WeightTable:
     names: list[str] = field(default_factory=list)
     by_digest: dict[str, int] = field(default_factory=dict)
 
+    def add_named(self, name: str, array: np.ndarray) -> int:
+        """A model weight, identified by its name (no copy, no hashing: it may be memory-mapped)."""
+        key = f"param:{name}"
+        if key not in self.by_digest:
+            self.by_digest[key] = len(self.arrays)
+            self.arrays.append(array)
+            self.names.append(name)
+        return self.by_digest[key]
+
     def add(self, array: np.ndarray, name: str) -> int:
         array = np.ascontiguousarray(array)
         digest = hashlib.sha1(array.view(np.uint8).reshape(-1) if array.size else b"").hexdigest()
@@ -107,8 +116,11 @@ def to_dps(mod):
 
 
 def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
-               state_of_input: dict[str, int], state_names: list[str], weights: WeightTable):
-    """Reads ``main`` (after ``to_dps``) into an EntryPlan; returns it and the PrimFuncs it calls."""
+               state_of_input: dict[str, int], state_names: list[str], weights: WeightTable,
+               weight_params: dict | None = None):
+    """Reads ``main`` (after ``to_dps``) into an EntryPlan; returns it and the PrimFuncs it calls.
+    ``main``'s parameters are the graph inputs, then the weights passed as parameters
+    (``weight_params``: name -> array, see ``onnx_import.weights_as_inputs``)."""
     from tvm import relax, tirx
     from tvm.ir.expr import GenericConst
 
@@ -123,9 +135,13 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
         plan.buffers.append(b)
         return len(plan.buffers) - 1
 
-    for i, (param, name) in enumerate(zip(main.params, input_names)):
+    weight_params = weight_params or {}
+    for i, (param, name) in enumerate(zip(main.params, input_names + list(weight_params))):
         shape = tuple(int(d) for d in param.ty.shape)
-        if name in state_of_input:
+        if name in weight_params:
+            w = weights.add_named(name, weight_params[name])
+            where[param] = new_buf(Buf("weight", w, str(param.ty.dtype), shape))
+        elif name in state_of_input:
             where[param] = new_buf(Buf("state", state_of_input[name], str(param.ty.dtype), shape))
             plan.inputs.append((name, where[param], "state"))
         else:

@@ -104,6 +104,26 @@ def _read_initializer(init: onnx.TensorProto, base: str) -> np.ndarray:
     return np.memmap(location, dtype=dtype, mode="r", offset=offset, shape=tuple(init.dims))
 
 
+# Weights of at least this many bytes enter Relax as function parameters bound to the held-out
+# (memory-mapped) arrays instead of as constants, so importing never copies them; compile-time
+# transforms (folding) then do not apply to them.
+PARAMETER_MIN_BYTES = 1 << 30
+
+
+def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.ModelProto, list[str]]:
+    """Turns the held-out initializers of PARAMETER_MIN_BYTES or more into trailing graph inputs;
+    returns the model and their names in input order."""
+    big = [i for i in model.graph.initializer if i.name in weights
+           and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES]
+    names = [i.name for i in big]
+    if names:
+        keep = [i for i in model.graph.initializer if i.name not in set(names)]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in big)
+    return model, names
+
+
 def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
     """Puts the held-out weight values back into the (specialized) graph's initializers."""
     for init in model.graph.initializer:
