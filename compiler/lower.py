@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .artifact import nbytes_of
 from .errors import CompileError
-from .substitute import STATE_ATTR
+from .substitute import STATE_ATTR, tvm_op
 
 ALIGN = 64
 
@@ -31,7 +32,7 @@ class Buf:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(_np_dtype(self.dtype)).itemsize
+        return nbytes_of(self.dtype, self.shape)
 
 
 @dataclass
@@ -76,14 +77,6 @@ class WeightTable:
             self.arrays.append(array)
             self.names.append(name)
         return self.by_digest[key]
-
-
-def _np_dtype(dtype: str):
-    if dtype == "bfloat16":
-        import ml_dtypes
-
-        return ml_dtypes.bfloat16
-    return np.dtype(dtype)
 
 
 def legalize_and_fuse(mod, target):
@@ -266,8 +259,3 @@ def _plan_memory(plan: EntryPlan, storages: dict[int, int]) -> None:
 def _align(n: int) -> int:
     return (n + ALIGN - 1) // ALIGN * ALIGN
 
-
-def tvm_op(name: str):
-    import tvm
-
-    return tvm.ir.Op.get(name)
