@@ -1,8 +1,8 @@
 """``tide compile``: the whole pipeline, one entry point at a time, into one artifact.
 
 ONNX file -> onnx_import (specialize each entry's shapes) -> relax_import -> substitute (tide
-kernels) -> lower (legalize, fuse, target schedule, plan) -> codegen of all kernels into one host
-library -> artifact. A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/
+kernels) -> lower (legalize, fuse, target schedule, plan) -> codegen (one host library, plus device
+code on device targets) -> artifact. A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/
 ``present.*`` outputs (the exporter's contract, docs/onnx-contract.md) becomes a decode model with
 entries ``decode`` (one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``.
 """
@@ -10,14 +10,11 @@ entries ``decode`` (one token) and ``prefill_<S>`` per chunk size; any other gra
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 
-from . import lower, onnx_import, relax_import, substitute
+from . import codegen, lower, onnx_import, relax_import, substitute
 from .errors import CompileError
 
 DEFAULT_PREFILL_CHUNKS = (32,)
@@ -51,14 +48,6 @@ class _Progress:
         if self.enabled:
             print(f"[{self.step}/{self.total}] {what} ({time.time() - self.t0:.1f}s)", file=sys.stderr,
                   flush=True)
-
-
-def _target_module(kind: str):
-    if kind == "cpu":
-        from ..targets import cpu
-
-        return cpu
-    raise CompileError(f"target '{kind}' is not available in this build of tide (available: cpu)")
 
 
 def _decode_signature(model) -> dict | None:
@@ -106,7 +95,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
 
     options = options or CompileOptions()
     t0 = time.time()
-    tgt_mod = _target_module(options.target)
+    tgt_mod = codegen.target_module(options.target)
     loaded = onnx_import.load(onnx_path)
     sig, entries = _entries(loaded, options)
     progress = _Progress(options.progress, 4 * len(entries) + 2)
@@ -152,7 +141,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     for name in kernels:
         report.kernels.setdefault(name, "generic")
     progress(f"codegen {len(kernels)} kernels for {options.target}")
-    library = _build_host_library(kernels, target)
+    library = codegen.build(kernels, tgt_mod, target)
     progress(f"write {output_path}")
     metadata = {
         "source": os.path.basename(onnx_path),
@@ -167,12 +156,13 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     artifact.write_artifact(
         output_path,
         artifact.TargetInfo(kind=tgt_mod.KIND, host_arch=tgt_mod.host_arch(),
-                            host_features=tgt_mod.feature_mask(tgt_mod.host_features()), device_arch=""),
+                            host_features=tgt_mod.feature_mask(tgt_mod.host_features()),
+                            device_arch=library.device_arch),
         _to_artifact_plan(plans, kernels, weights, state_specs),
-        library,
+        library.host,
         weights.arrays,
         metadata,
-        None,
+        library.device_code,
     )
     return CompileResult(output_path, [p.name for p in plans], dict(report.kernels), time.time() - t0)
 
@@ -217,42 +207,6 @@ def _merge_kernels(kernels: dict, entry_kernels: dict, plan: lower.EntryPlan) ->
             kernels.setdefault(name, func)
     for call in plan.calls:
         call.kernel = rename.get(call.kernel, call.kernel)
-
-
-def _build_host_library(kernels: dict, target) -> bytes:
-    """Compiles every kernel with LLVM and links them with the runtime's shim into one .so."""
-    import tvm
-
-    funcs = {name: func.with_attr("global_symbol", name) for name, func in kernels.items()}
-    try:
-        exe = tvm.compile(tvm.IRModule(funcs), target=target)
-    except Exception as err:
-        raise CompileError(f"code generation failed: {type(err).__name__}: {err}") from err
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
-    if cc is None:
-        raise CompileError("no C compiler found to link the kernel library (set CC)")
-    with tempfile.TemporaryDirectory(prefix="tide-link-") as tmp:
-        obj = os.path.join(tmp, "kernels.o")
-        lib = os.path.join(tmp, "kernels.so")
-        exe.mod.write_to_file(obj)
-        cmd = [cc, "-shared", "-fPIC", "-O2", "-o", lib, obj, _kernel_shim_source(), "-lm", "-Wl,-Bsymbolic"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise CompileError(f"linking the kernel library failed: {' '.join(cmd)}\n{proc.stderr}")
-        with open(lib, "rb") as f:
-            return f.read()
-
-
-def _kernel_shim_source() -> str:
-    """runtime/src/kernel_shim.c: routes the kernels' error reports to the runtime that loads them."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(f"{__package__.rsplit('.', 1)[0]}.runtime")
-    for base in spec.submodule_search_locations or []:
-        path = os.path.join(base, "src", "kernel_shim.c")
-        if os.path.isfile(path):
-            return path
-    raise CompileError("tide's runtime sources (runtime/src/kernel_shim.c) are missing from this install")
 
 
 def _to_artifact_plan(plans, kernels, weights, state_specs):
