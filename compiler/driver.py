@@ -117,7 +117,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
         static = onnx_import.specialize(loaded, dims, frozenset(converters))
-        static, param_names = onnx_import.weights_as_inputs(static, loaded.weights)
+        static, params = onnx_import.weights_as_inputs(static, loaded.weights)
         mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
         progress(f"substitute kernels for {entry}")
         state_params = {}
@@ -132,8 +132,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         progress(f"plan {entry}")
         state_index = {f"past.{s}": i for i, s in enumerate(state_names)}
         plan, entry_kernels = lower.build_plan(mod, entry, input_names, output_names, state_index,
-                                               state_names, weights,
-                                               {n: loaded.weights[n] for n in param_names})
+                                               state_names, weights, params)
         del mod
         _merge_kernels(kernels, entry_kernels, plan)
         _check_state_bindings(plan, sig)

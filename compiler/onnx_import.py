@@ -110,18 +110,44 @@ def _read_initializer(init: onnx.TensorProto, base: str) -> np.ndarray:
 PARAMETER_MIN_BYTES = 1 << 30
 
 
-def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.ModelProto, list[str]]:
+def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.ModelProto, dict]:
     """Turns the held-out initializers of PARAMETER_MIN_BYTES or more into trailing graph inputs;
-    returns the model and their names in input order."""
-    big = [i for i in model.graph.initializer if i.name in weights
-           and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES]
-    names = [i.name for i in big]
-    if names:
-        keep = [i for i in model.graph.initializer if i.name not in set(names)]
-        del model.graph.initializer[:]
-        model.graph.initializer.extend(keep)
-        model.graph.input.extend(helper.make_tensor_value_info(i.name, i.data_type, list(i.dims)) for i in big)
-    return model, names
+    returns the model and those parameters (name -> array) in input order.
+
+    Folding does not reach parameters, so a layout change the graph asks of one is made here, once,
+    at compile time: a ``Gemm(x, W, transB=1)`` reads ``W`` through a new parameter ``W.T`` (a
+    transposed view of the memory-mapped array, written out in that layout), never transposing
+    gigabytes at run time. ``W`` itself stays only if something else (an embedding Gather) reads it."""
+    big = {i.name: i for i in model.graph.initializer if i.name in weights
+           and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES}
+    params: dict = {}
+    if not big:
+        return model, params
+    transposed: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type != "Gemm" or len(node.input) < 2 or node.input[1] not in big:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        if "transB" not in attrs or helper.get_attribute_value(attrs["transB"]) != 1 or \
+                len(big[node.input[1]].dims) != 2:
+            continue
+        name = node.input[1]
+        transposed[name] = f"{name}.T"
+        node.input[1] = transposed[name]
+        attrs["transB"].i = 0
+    used = {name for node in model.graph.node for name in node.input}
+    keep = [i for i in model.graph.initializer if i.name not in big]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for name, init in big.items():
+        if name in used:
+            model.graph.input.append(helper.make_tensor_value_info(name, init.data_type, list(init.dims)))
+            params[name] = weights[name]
+        if name in transposed:
+            model.graph.input.append(helper.make_tensor_value_info(transposed[name], init.data_type,
+                                                                   list(init.dims)[::-1]))
+            params[transposed[name]] = weights[name].T
+    return model, params
 
 
 def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:

@@ -131,12 +131,14 @@ def test_flash_2layer_generates_transformers_tokens(tmp_path):
 def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch):
     """Weights above onnx_import.PARAMETER_MIN_BYTES enter Relax as parameters bound to the
     memory-mapped arrays (how multi-GB models compile without copies); lowered to 64 KiB here so the
-    tiny model's embedding, lm_head and expert weights take that path. Checked against onnxruntime."""
+    tiny model's embedding, lm_head and expert weights take that path, the lm_head ``Gemm(transB=1)``
+    reading a compile-time transposed copy (no transpose at run time). Checked against onnxruntime."""
     import onnxruntime as ort
 
     from tide.compiler import onnx_import
 
     monkeypatch.setattr(onnx_import, "PARAMETER_MIN_BYTES", 1 << 16)
+    monkeypatch.setattr(onnx_import, "FOLD_MAX_ELEMENTS", 1 << 14)
     onnx_path, art = str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.tide")
     export("tiny", onnx_path, seed=3)
     compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(8,), progress=False))
@@ -147,4 +149,8 @@ def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch
     feeds = {i.name: np.zeros(i.shape, np.float32) for i in sess.get_inputs()[2:]}
     want = sess.run(["logits"], {"input_ids": prompt, "start_pos": np.zeros(1, np.int64), **feeds})[0]
     np.testing.assert_allclose(got, want, rtol=0, atol=LOGIT_TOL * float(np.abs(want).max()))
-    assert any(w.name.startswith("model.") for w in tide.compiler.artifact.read_artifact(art).plan.weights)
+    plan = tide.compiler.artifact.read_artifact(art).plan
+    weights = {w.name: w.shape for w in plan.weights}
+    assert any(name.startswith("model.layers.") for name in weights)
+    head = "lm_head.weight.T" if "lm_head.weight.T" in weights else "model.embed_tokens.weight.T"
+    assert weights[head] == (128, 512) and "lm_head.weight" not in weights
