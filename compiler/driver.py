@@ -29,6 +29,7 @@ class CompileOptions:
     dims: dict[str, int] = field(default_factory=dict)
     mcpu: str | None = None
     progress: bool = True
+    kernels: bool = True  # False: no tide-domain function kernels (their ONNX bodies get generic lowering)
 
 
 @dataclass
@@ -111,7 +112,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
                 state_specs.append((inp.name.removeprefix("past."), inp.type.tensor_type))
     weights = lower.WeightTable()
     report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels(tgt_mod.KIND, report)
+    converters = substitute.function_kernels(tgt_mod.KIND, report) if options.kernels else {}
     plans, kernels = [], {}
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
