@@ -10,8 +10,8 @@ The function becomes a chain of four kernels (docs/onnx-contract.md, section 5):
 
 Only routed tokens are computed and only active experts' weights are read. Tile height
 (``block_rows``) picks the regime: decode (at most one assignment per expert on average) uses
-1-row tiles, so each active expert streams its weights once per token; prefill uses 4-row tiles,
-so each weight load feeds four rows. The weights are packed for the GEMMs at compile time.
+1-row tiles, so each active expert streams its weights once per token; prefill uses 3-row tiles,
+so each weight load feeds three rows. The weights are packed for the GEMMs at compile time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ TIDE_FUNCTION = "MoEExperts"
 
 
 def block_rows(tokens: int, top_k: int, experts: int) -> int:
-    """Rows per expert tile: 1 while assignments do not outnumber experts (decode), else 4."""
+    """Rows per expert tile: 1 while assignments do not outnumber experts (decode), else 3."""
     return 1 if tokens * top_k <= experts else 3
 
 

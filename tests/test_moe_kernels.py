@@ -24,6 +24,7 @@ from tide.targets import cpu
 from tide.targets import moe as schedules
 
 FLASH_D, FLASH_F = 4096, 2048
+PRO_D, PRO_F = 7168, 3072
 
 
 def _build(funcs: dict):
@@ -168,6 +169,22 @@ def test_routed_experts(tokens, top_k, experts, dim, inter, kind):
     assert (h != 0).any()
 
 
+def test_inactive_experts_are_never_read():
+    """Experts without tokens hold NaN weights: any read of them would poison the output."""
+    rng = np.random.default_rng(11)
+    tokens, top_k, experts, dim, inter, limit = 6, 2, 10, 64, 32, 1.5
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    indices = _routing("empty_experts", rng, tokens, top_k, experts)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
+    inactive = np.setdiff1d(np.arange(experts), indices)
+    assert len(inactive) >= experts // 2
+    poisoned_gate_up, poisoned_down = gate_up.copy(), down.copy()
+    poisoned_gate_up[inactive], poisoned_down[inactive] = np.nan, np.nan
+    packed = (moe_gate_up.pack(poisoned_gate_up), moe_down.pack(poisoned_down))
+    _check_experts(x, weights, indices, gate_up, down, limit, packed)
+
+
 @pytest.fixture(scope="module")
 def flash_experts():
     """3 experts of V4-Flash's size (D 4096, F 2048), packed once."""
@@ -185,6 +202,17 @@ def test_routed_experts_flash_dims(flash_experts, tokens, top_k):
     indices = _routing("one_expert", rng, tokens, top_k, 3)
     weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
     _check_experts(x, weights, indices, gate_up, down, limit, packed, rtol=5e-5)
+
+
+def test_routed_experts_pro_dims():
+    """V4-Pro's expert dims (D 7168, F 3072) with 2 experts, 3 tokens each on both (prefill tiles)."""
+    rng = np.random.default_rng(5)
+    limit = 10.0
+    gate_up, down = _expert_weights(rng, 2, PRO_D, PRO_F, limit)
+    x = rng.standard_normal((3, PRO_D), dtype=np.float32)
+    indices = np.array([[0, 1], [1, 0], [0, 1]], np.int64)
+    weights = (rng.random((3, 2)) + 0.1).astype(np.float32)
+    _check_experts(x, weights, indices, gate_up, down, limit, rtol=5e-5)
 
 
 # ---------------------------------------------------------------------------------------------
