@@ -58,8 +58,8 @@ def load(path: str) -> LoadedModel:
         raise CompileError(f"{path}: not a readable ONNX model ({type(err).__name__}: {err})") from err
     if not model.HasField("graph") or not model.graph.output:
         raise CompileError(f"{path}: ONNX model has no graph or no graph outputs")
-    try:
-        onnx.checker.check_model(model)
+    try:  # by path: external data files are then resolved next to the model, not in the cwd
+        onnx.checker.check_model(path)
     except Exception as err:
         raise CompileError(f"{path}: ONNX model is invalid: {err}") from err
     base = os.path.dirname(os.path.abspath(path))

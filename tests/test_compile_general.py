@@ -188,3 +188,26 @@ def test_cli_compile_and_inspect(tmp_path, mlp):
         assert word in res.stdout, word
     res = subprocess.run(cmd + ["compile", onnx_path + ".missing", "-o", art], capture_output=True, text=True)
     assert res.returncode == 2 and "no such ONNX file" in res.stderr
+
+
+def test_external_data_model_compiles_from_another_directory(tmp_path, mlp, monkeypatch):
+    """Weights in an ONNX external-data file are found next to the model, whatever the cwd; a
+    missing data file is named."""
+    _, onnx_path, art, x = mlp
+    model = onnx.load(onnx_path)
+    ext = tmp_path / "models" / "mlp_ext.onnx"
+    ext.parent.mkdir()
+    onnx.save_model(model, str(ext), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="mlp_ext.onnx.data", size_threshold=0)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    out = str(tmp_path / "ext.tide")
+    compile_model(str(ext), out, CompileOptions(batch=x.shape[0], progress=False))
+    want = tide.load(art).run({"x": x})
+    got = tide.load(out).run({"x": x})
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    os.remove(tmp_path / "models" / "mlp_ext.onnx.data")
+    with pytest.raises(CompileError, match="mlp_ext.onnx.data"):
+        compile_model(str(ext), str(tmp_path / "missing.tide"), CompileOptions(batch=x.shape[0], progress=False))
