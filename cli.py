@@ -1,4 +1,4 @@
-"""The ``tide`` command: export, compile, inspect, run, demo.
+"""The ``tide`` command: export, compile, inspect, run, bench, demo.
 
 Each subcommand imports only what it needs: ``tide run`` and ``tide inspect`` work without TVM,
 torch or onnx installed.
@@ -87,6 +87,12 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench.suite import command
+
+    return command(args)
+
+
 def _cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -127,6 +133,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("bench", help="kernel benchmark suite: every kernel vs the machine's ceilings and "
+                                      "baselines (table, JSON, plots, --compare)")
+    from .bench.suite import add_arguments as add_bench_arguments
+
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="export, compile and run the built-in tiny V4 model; check it "
                                      "against transformers")

@@ -22,14 +22,14 @@ import time
 import numpy as np
 
 
-def _median_time(fn, repeat: int) -> float:
+def _times(fn, repeat: int) -> list[float]:
     fn()
     times = []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.perf_counter_ns()
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        times.append((time.perf_counter_ns() - t) * 1e-9)
+    return times
 
 
 class _OrtDecoder:
@@ -119,13 +119,20 @@ def run(model_name: str, prompt_len: int, new_tokens: int, repeat: int, workdir:
     for name, prefill, generate in (("tide", tide_prefill, tide_generate),
                                     ("onnxruntime", ort_prefill, ort_generate),
                                     ("transformers", hf_prefill, hf_generate)):
-        tp = _median_time(prefill, repeat)
-        tg = _median_time(generate, repeat)
-        decode_s = max(tg - tp, 1e-9) / max(new_tokens - 1, 1)
+        prefill_times = _times(prefill, repeat)
+        generate_times = _times(generate, repeat)
+        tp = statistics.median(prefill_times)
+        # per decode step: each generate run less the median prefill, over its decode steps
+        steps = max(new_tokens - 1, 1)
+        decode_times = [max(tg - tp, 1e-9) / steps for tg in generate_times]
+        decode_s = statistics.median(decode_times)
         rows[name] = {"prefill_tokens_per_s": prompt_len / tp, "decode_tokens_per_s": 1.0 / decode_s,
-                      "prefill_ms": tp * 1e3, "decode_ms_per_token": decode_s * 1e3}
+                      "prefill_ms": tp * 1e3, "decode_ms_per_token": decode_s * 1e3,
+                      "prefill_times_s": prefill_times, "decode_times_s": decode_times}
     return {"model": model_name, "prompt_len": prompt_len, "new_tokens": new_tokens, "threads": threads,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
+            "weight_bytes": model.memory.weight_bytes,
+            "weight_elements": sum(int(np.prod(w.shape)) for w in ref.parameters()),
             "tokens_checked_against_transformers": True, "results": rows}
 
 

@@ -1,0 +1,236 @@
+"""The benchmark suite's machinery (tide.bench) on one small kernel: cost counters, the roofline,
+output checks refusing a wrong kernel, the JSON schema, --compare, and the TVM-free bundle path.
+Performance is never asserted: times only have to exist (or not, for a wrong output)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tide.bench import cases, harness, report, suite
+from tide.bench.cases import KERNELS, all_cases
+
+FAKE_CEILINGS = {"gemm_flops": 100e9, "gemm_how": "test", "bandwidth": 10e9, "bandwidth_how": "test", "blas": []}
+QUICK = harness.TimingPolicy(warmup=1, min_reps=3, min_seconds=0.0, max_reps=3, max_seconds=1.0)
+
+
+def _rmsnorm_case(phase="decode"):
+    return next(c for c in KERNELS["rmsnorm"].cases("tiny") if c.phase == phase)
+
+
+# ---------------------------------------------------------------------------------------------
+# counters and formulas
+
+
+def test_rmsnorm_cost_matches_hand_count():
+    case = _rmsnorm_case("prefill")           # x [256, 128]
+    rows, dim = 256, 128
+    assert case.inputs[0][2] == (rows, dim)
+    # square, sum, scale, weight: 4 FLOPs per element; x read, y written (4 bytes), weight once
+    assert KERNELS["rmsnorm"].cost(case, {}) == {"flops": 4 * rows * dim, "bytes": 4 * (2 * rows * dim + dim)}
+
+
+def test_moe_experts_cost_counts_routed_rows_and_active_experts():
+    case = next(c for c in KERNELS["moe_experts"].cases("tiny") if c.label == "T1")   # T 1, k 4, E 16, D 128, F 64
+    feeds = {"indices": np.array([[3, 7, 11, 12]], np.int64)}
+    got = KERNELS["moe_experts"].cost(case, feeds)
+    D, F, k, active, rows = 128, 64, 4, 4, 4   # 1-row tiles in decode: one row per routed pair
+    gate_up = 2 * rows * D * 2 * F + 6 * rows * F
+    down = 2 * rows * D * F
+    combine = 1 * (k - 1) * D
+    assert got["flops"] == gate_up + down + combine
+    weights = 4 * active * (2 * F * D + D * F)
+    assert got["bytes"] > weights  # every active expert's weights once, plus activations and indices
+    assert got["bytes"] - weights < 4 * 16 * (D + F) + 1024
+
+
+def test_roofline_formula():
+    peak, bw = 100e9, 10e9                    # ridge at 10 FLOP/byte
+    mem = harness.roofline(1e9, 1e9, peak, bw)           # intensity 1: memory bound, 10 GFLOP/s attainable
+    assert mem["bound"] == "memory" and mem["attainable_flops"] == pytest.approx(10e9)
+    assert mem["min_time_s"] == pytest.approx(0.1)
+    comp = harness.roofline(1e12, 1e9, peak, bw)         # intensity 1000: compute bound
+    assert comp["bound"] == "compute" and comp["attainable_flops"] == pytest.approx(peak)
+    fig = harness.figures(0.2, 1e9, 1e9, {"gemm_flops": peak, "bandwidth": bw})
+    assert fig["gflops"] == pytest.approx(5.0) and fig["roofline_pct"] == pytest.approx(50.0)
+    # no FLOPs (a permutation): the bytes alone set the bound
+    assert harness.figures(0.2, 0, 1e9, {"gemm_flops": peak, "bandwidth": bw})["roofline_pct"] == pytest.approx(50.0)
+    with pytest.raises(ValueError):
+        harness.roofline(1.0, 1.0, 0.0, bw)
+
+
+def test_stats_median_and_spread():
+    st = harness.stats([4.0, 1.0, 2.0, 3.0, 5.0])
+    assert st["median_s"] == 3.0 and st["min_s"] == 1.0 and st["reps"] == 5
+    assert st["spread"] == pytest.approx((4.0 - 2.0) / 3.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# checks
+
+
+def test_check_refuses_one_wrong_element():
+    outputs = [("y", "float32", (4, 8))]
+    want = {"y": np.random.default_rng(0).standard_normal((4, 8))}
+    got = {"y": want["y"].astype(np.float32)}
+    harness.check_outputs(outputs, got, want, {})
+    got["y"][2, 5] += 0.05
+    with pytest.raises(harness.CheckError, match=r"y: 1 of 32 elements"):
+        harness.check_outputs(outputs, got, want, {})
+
+
+def test_check_topk_picks_by_score_and_paired_weights():
+    outputs = [("weights", "float32", (1, 3)), ("indices", "int64", (1, 3))]
+    scores = np.array([[0.5, 0.9, 0.1, 0.9 + 1e-9, 0.3]])
+    want = {"indices": np.array([[3, 1, 0]]), "weights": np.array([[0.4, 0.35, 0.25]]), "indices:scores": scores}
+    # a near-tie swap of entries 1 and 3 is accepted; paired weights follow their indices
+    got = {"indices": np.array([[1, 3, 0]]), "weights": np.array([[0.35, 0.4, 0.25]], np.float32)}
+    harness.check_outputs(outputs, got, want, {"weights": "indices"})
+    with pytest.raises(harness.CheckError, match="scores of the picks"):
+        harness.check_outputs(outputs, {**got, "indices": np.array([[1, 3, 4]])}, want, {"weights": "indices"})
+    with pytest.raises(harness.CheckError, match="twice"):
+        harness.check_outputs(outputs, {**got, "indices": np.array([[1, 1, 0]])}, want, {"weights": "indices"})
+
+
+# ---------------------------------------------------------------------------------------------
+# the suite on one small kernel
+
+
+@pytest.fixture(scope="module")
+def rmsnorm_run(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("cache")
+    doc = suite.run_suite("cpu", ["tiny"], ["rmsnorm"], cache=cache, policy=QUICK, models=False,
+                          engines=("tide", "generic", "onnxruntime"), ceilings=dict(FAKE_CEILINGS))
+    return doc, cache
+
+
+def test_suite_json_schema_table_and_plots(rmsnorm_run, tmp_path):
+    doc, _ = rmsnorm_run
+    report.validate(doc)
+    assert [r["name"] for r in doc["results"]] == ["rmsnorm/tiny/decode/T1", "rmsnorm/tiny/prefill/T256"]
+    assert (doc["results"][0]["flops"], doc["results"][0]["bytes"]) == (4 * 128, 4 * (2 * 128 + 128))
+    for rec in doc["results"]:
+        assert set(rec["engines"]) == {"tide", "generic", "onnxruntime"}, rec["skipped"]
+        assert set(rec["ratios"]) == {"generic", "onnxruntime"}
+        tide = rec["engines"]["tide"]
+        assert tide["reps"] == 3 and tide["p25_s"] <= tide["median_s"] <= tide["p75_s"]
+        assert tide["gflops"] == pytest.approx(rec["flops"] / tide["median_s"] / 1e9)
+    path = tmp_path / "out.json"
+    report.write_json(doc, path)
+    assert report.load_json(path)["results"][0]["name"] == "rmsnorm/tiny/decode/T1"
+    broken = json.loads(path.read_text())
+    del broken["results"][1]["engines"]["tide"]["median_s"]
+    path.write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match=r"results\[1\].*engines.tide.median_s"):
+        report.load_json(path)
+    text = report.table(doc)
+    assert "rmsnorm/tiny/prefill/T256" in text and "GEMM 100.0 GFLOP/s" in text
+    pngs = report.plots(doc, tmp_path)
+    assert [p.name for p in pngs] == ["roofline_cpu.png", "ratios_cpu.png"]
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_compare_flags_planted_regression(rmsnorm_run):
+    doc, _ = rmsnorm_run
+    new = copy.deepcopy(doc)
+    new["results"][0]["engines"]["tide"]["median_s"] *= 1.5      # planted regression
+    new["results"][1]["engines"]["tide"]["median_s"] *= 0.5      # planted improvement
+    result = report.compare(doc, new, threshold=0.10)
+    assert [r[0] for r in result["regressions"]] == ["rmsnorm/tiny/decode/T1"]
+    assert result["regressions"][0][3] == pytest.approx(1.5)
+    assert [r[0] for r in result["improvements"]] == ["rmsnorm/tiny/prefill/T256"]
+    assert "REGRESSIONS (1)" in report.compare_text(result, 0.10)
+    same = report.compare(doc, copy.deepcopy(doc))
+    assert not same["regressions"] and not same["improvements"] and len(same["unchanged"]) == 2
+    wrong = copy.deepcopy(doc)
+    del wrong["results"][0]["engines"]["tide"]
+    wrong["results"][0]["skipped"]["tide"] = "WRONG OUTPUT, not timed: y: ..."
+    assert [n for n, _ in report.compare(doc, wrong)["newly_wrong"]] == ["rmsnorm/tiny/decode/T1"]
+
+
+def test_wrong_kernel_output_is_not_timed(rmsnorm_run, monkeypatch):
+    """A kernel whose output is off (here: the reference the artifact must match is scaled by
+    1.001, i.e. the artifact computes something else) gets no time, only the reason."""
+    _, cache = rmsnorm_run
+    case = _rmsnorm_case("decode")
+    from tide.bench.prepare import prepare_case
+
+    folder = prepare_case(case, "cpu", cache)
+    kdef = KERNELS["rmsnorm"]
+    right = kdef.reference
+    monkeypatch.setattr(type(kdef), "reference", lambda self, c, f, w: {"y": right(c, f, w)["y"] * 1.001})
+    rec = suite.run_case(case, folder, "cpu", "cpu", ("tide", "generic"), QUICK, 0, 0)
+    assert rec["engines"] == {}
+    assert rec["skipped"]["tide"].startswith("WRONG OUTPUT, not timed: y:")
+    assert rec["skipped"]["generic"].startswith("WRONG OUTPUT")
+
+
+def test_bundle_runs_without_tvm(rmsnorm_run, tmp_path):
+    """--prepare cpu writes artifacts + case descriptions; --bundle runs them with TVM unimportable."""
+    from tide.bench.prepare import prepare_bundle
+
+    bundle = tmp_path / "bundle"
+    prepare_bundle([_rmsnorm_case("decode")], "cpu", bundle, max_mib=5.0, log=lambda m: None)
+    index = json.loads((bundle / "bundle.json").read_text())
+    assert index["target"] == "cpu" and len(index["cases"]) == 1
+    assert not list(bundle.rglob("*.onnx"))
+    script = (
+        "import sys, json\n"
+        "sys.modules['tvm'] = None\n"   # any TVM import fails
+        "from pathlib import Path\n"
+        "from tide.bench import suite, harness\n"
+        f"doc = suite.run_suite('cpu', bundle=Path({str(bundle)!r}), policy=harness.TimingPolicy(1, 3, 0.0, 3, 1.0),\n"
+        f"                      models=False, ceilings={FAKE_CEILINGS!r})\n"
+        "rec = doc['results'][0]\n"
+        "print(json.dumps([rec['name'], sorted(rec['engines']), rec['skipped']]))\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "TIDE_BENCH_CACHE": str(tmp_path / "unused")})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    name, engines, skipped = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert name == "rmsnorm/tiny/decode/T1" and "tide" in engines and "generic" in engines
+    assert "onnxruntime" in skipped  # the bundle carries no ONNX
+
+
+def test_bundle_size_limit_and_unavailable_target(tmp_path):
+    from tide.bench.prepare import prepare_bundle
+    from tide.compiler.errors import CompileError
+
+    with pytest.raises(CompileError, match="max-bundle-mib"):
+        prepare_bundle([_rmsnorm_case("prefill")], "cpu", tmp_path / "b", max_mib=0.01, log=lambda m: None)
+    with pytest.raises(CompileError, match="target 'cuda' is not available|cuda"):
+        prepare_bundle([_rmsnorm_case("decode")], "cuda", tmp_path / "c", max_mib=50, log=lambda m: None)
+
+
+def test_case_selection_and_json_round_trip():
+    default = all_cases(["tiny", "flash"])
+    assert not any(c.heavy for c in default)
+    assert {c.kernel for c in default} == set(KERNELS)
+    heavy = all_cases(["flash", "pro"], heavy=True)
+    assert any(c.label == "ctx1048576" for c in heavy) and all(c.heavy for c in heavy if c.shapes == "pro")
+    case = default[3]
+    assert cases.Case.from_json(json.loads(json.dumps(case.to_json()))) == case
+    with pytest.raises(ValueError, match="unknown kernel"):
+        all_cases(["tiny"], ["nope"])
+
+
+def test_ceilings_are_measured():
+    gemm = harness.cpu_gemm_peak(n=128, seconds=0.05)
+    assert gemm["gemm_flops"] > 0 and gemm["blas"], gemm
+    bw = harness.cpu_bandwidth(mib=8, reps=2)
+    assert bw["bandwidth"] > 0
+
+
+def test_cli_parses_bench():
+    from tide.cli import build_parser
+
+    args = build_parser().parse_args(["bench", "--target", "cpu", "--kernel", "rmsnorm", "--shapes", "tiny",
+                                      "--json", "x.json", "--compare", "base.json"])
+    assert args.kernel == ["rmsnorm"] and args.shapes == ["tiny"] and args.compare == "base.json"
+    assert Path(args.json).name == "x.json"
