@@ -386,6 +386,23 @@ class _Runner:
                        tuple(int(self.c_out[i].shape[d]) for d in range(self.c_out[i].ndim)), self.handle)
                 for i, info in enumerate(self.outputs)]
 
+    def time(self, values: list, iterations: int) -> np.ndarray:
+        """Binds ``values`` like ``run`` and runs the entry ``iterations`` times; per-run seconds."""
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+            raise TideError(f"iterations must be an integer >= 1, got {iterations!r}")
+        seconds = np.empty(iterations, dtype=np.float64)
+        keep: list = []
+        borrowed: list = []
+        try:
+            for i, (info, value) in enumerate(zip(self.inputs, values)):
+                self._bind(i, info, value, keep, borrowed)
+            _check(_library().tide_session_time(self.handle.ptr, self.index, self.c_in, len(self.inputs), iterations,
+                                                ffi.cast("double*", seconds.ctypes.data)))
+        finally:
+            for held in borrowed:
+                held.release()
+        return seconds
+
 
 def _create_session(model: "Model", num_threads: int) -> _Handle:
     lib = _library()
@@ -497,6 +514,19 @@ class Model:
         with self._lock:
             outs = self._run(feeds, entry)
             return {info.name: t for info, t in zip(self.outputs(entry), outs)}
+
+    def time(self, feeds: dict, entry: str = "main", iterations: int = 10) -> np.ndarray:
+        """Runs ``entry`` on ``feeds`` ``iterations`` times back to back on the internal session and
+        returns each run's duration in seconds (float64 [iterations]): host monotonic clock on the
+        cpu, CUDA events around each run on a GPU. No outputs; states advance as on every run."""
+        with self._lock:
+            values = self._values(feeds, entry)
+            if self._handle is None:
+                self._handle = _create_session(self, self.num_threads)
+            runner = self._runners.get(entry)
+            if runner is None:
+                runner = self._runners[entry] = _Runner(self, self._handle, entry)
+            return runner.time(values, iterations)
 
     def reset(self) -> None:
         """Zero-fills the state of the internal session used by ``run``/``run_dlpack``."""
@@ -697,6 +727,24 @@ class Session:
             if step + 1 < max_new_tokens:
                 logits = self.decode(out[:, step:step + 1])
         return out
+
+    def time(self, ids, iterations: int = 10) -> np.ndarray:
+        """Times one chunk: ``ids`` integer [batch, S] with S = 1 (the decode entry) or a compiled
+        prefill size, run ``iterations`` times at the current position (each run rewrites the same
+        state rows; the position does not advance). Returns per-run seconds (float64 [iterations])."""
+        with self._lock:
+            ids = self._check_ids(ids)
+            size = ids.shape[1]
+            entry = "decode" if size == 1 else f"prefill_{size}"
+            if entry not in self._runners:
+                raise TideError(f"no entry for {size} tokens: the model has decode (1) and prefill sizes "
+                                f"{list(self.prefill_sizes)}")
+            self._check_capacity(size)
+            buf = self._ids[entry]
+            np.copyto(buf, ids, casting="unsafe")
+            np.copyto(self._start, self._position)
+            runner = self._runners[entry]
+            return runner.time([buf, self._start] + [None] * (len(runner.inputs) - 2), iterations)
 
     def reset(self) -> None:
         """Zero-fills the state and sets every row's position to 0."""

@@ -93,6 +93,9 @@ tide_status_t tide_session_state(tide_session_t* session, int32_t index,
 tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
                                         const tide_tensor_t* inputs, int32_t num_inputs,
                                         tide_tensor_t* outputs, int32_t num_outputs);
+tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
+                                         const tide_tensor_t* inputs, int32_t num_inputs,
+                                         int32_t iterations, double* out_seconds);
 """
 
 # DLPack (https://dmlc.github.io/dlpack/latest/c_api.html), legacy and versioned managed tensors.

@@ -197,6 +197,31 @@ def test_state_semantics(standard):
     np.testing.assert_array_equal(R.load(standard).run({"x": x}, "step")["acc_out"], x)
 
 
+def test_time_runs_the_entry_each_iteration(standard):
+    m = R.load(standard)
+    x = np.array([0.5, -1.25, 2.0, 3.5], dtype=np.float32)
+    seconds = m.time({"x": x}, "step", iterations=4)
+    assert seconds.dtype == np.float64 and seconds.shape == (4,) and (seconds >= 0).all()
+    # Four runs accumulated into the state: the next run sees 4x and adds the fifth.
+    np.testing.assert_array_equal(m.run({"x": x}, "step")["acc_out"], 5 * x)
+    with pytest.raises(R.TideError, match="iterations must be an integer >= 1"):
+        m.time({"x": x}, "step", iterations=0)
+    with pytest.raises(R.TideError, match="missing input"):
+        m.time({}, "main")
+
+
+def test_session_time_keeps_the_position(decode_model):
+    s = R.load(decode_model).session()
+    rng = np.random.default_rng(3)
+    s.prefill(rng.integers(0, 7, (2, 3)))
+    seconds = s.time(rng.integers(0, 7, (2, 1)), iterations=3)
+    assert seconds.shape == (3,) and (seconds >= 0).all()
+    assert s.time(rng.integers(0, 7, (2, 4)), iterations=2).shape == (2,)
+    np.testing.assert_array_equal(s.position, [3, 3])
+    with pytest.raises(R.TideError, match="no entry for 3 tokens"):
+        s.time(rng.integers(0, 7, (2, 3)))
+
+
 def test_kernel_error_names_the_kernel_and_the_model_stays_usable(standard):
     m = R.load(standard)
     x = np.ones(4, dtype=np.float32)

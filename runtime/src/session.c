@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "internal.h"
 
@@ -280,8 +281,9 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
   return NULL;
 }
 
-TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
-                                        int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+/* Validates a run's arguments and binds the inputs (state copies, input data pointers). */
+static tide_status_t bind_inputs(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                 int32_t num_inputs, const tide_entry_exec_t** out_x) {
   if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
   const tide_artifact_t* a = &session->model->artifact;
   if (entry < 0 || (uint32_t)entry >= a->num_entries) {
@@ -291,10 +293,6 @@ TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, 
   const tide_entry_decl_t* d = x->decl;
   tide_status_t st = check_inputs(x, inputs, num_inputs);
   if (st) return st;
-  if (num_outputs < 0 || (uint32_t)num_outputs != d->num_outputs || (num_outputs > 0 && !outputs)) {
-    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' has %u outputs, got room for %d%s", d->name,
-                            d->num_outputs, num_outputs, num_outputs > 0 && !outputs ? " (outputs is NULL)" : "");
-  }
   for (uint32_t i = 0; i < d->num_inputs; ++i) {
     const tide_io_decl_t* io = &d->inputs[i];
     if (io->role != TIDE_IO_STATE || !inputs[i].data) continue;
@@ -307,9 +305,37 @@ TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, 
     const input_patch_t* patch = &x->patches[p];
     patch->tensor->data = (uint8_t*)inputs[patch->input].data + patch->offset;
   }
+  *out_x = x;
+  return NULL;
+}
+
+static tide_status_t execute(tide_session_t* session, const tide_entry_exec_t* x) {
   tide_session_t* prev = tide_set_current_session(session);
-  st = run_ops(session, x);
+  tide_status_t st = run_ops(session, x);
   tide_set_current_session(prev);
+  return st;
+}
+
+static tide_status_t check_num_outputs(const tide_entry_decl_t* d, tide_tensor_t* outputs, int32_t num_outputs) {
+  if (num_outputs < 0 || (uint32_t)num_outputs != d->num_outputs || (num_outputs > 0 && !outputs)) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' has %u outputs, got room for %d%s", d->name,
+                            d->num_outputs, num_outputs, num_outputs > 0 && !outputs ? " (outputs is NULL)" : "");
+  }
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                        int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  if (entry >= 0 && (uint32_t)entry < session->model->artifact.num_entries) {
+    tide_status_t st = check_num_outputs(session->entries[entry].decl, outputs, num_outputs);
+    if (st) return st;
+  }
+  const tide_entry_exec_t* x = NULL;
+  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, &x);
+  if (st) return st;
+  const tide_entry_decl_t* d = x->decl;
+  st = execute(session, x);
   if (st) return st;
   for (uint32_t i = 0; i < d->num_outputs; ++i) {
     const tide_dl_tensor_t* t = &x->tensors[d->outputs[i].buffer];
@@ -319,6 +345,31 @@ TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, 
     out->dtype = (tide_dtype_t){t->dtype.code, t->dtype.bits, t->dtype.lanes};
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+  }
+  return NULL;
+}
+
+static double monotonic_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                         int32_t num_inputs, int32_t iterations, double* out_seconds) {
+  if (iterations < 1) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "iterations must be >= 1, got %d", iterations);
+  }
+  if (!out_seconds) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_seconds is NULL");
+  const tide_entry_exec_t* x = NULL;
+  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, &x);
+  if (st) return st;
+  for (int32_t i = 0; i < iterations; ++i) {
+    double t0 = monotonic_seconds();
+    st = execute(session, x);
+    double t1 = monotonic_seconds();
+    if (st) return tide_status_wrap(st, "timing iteration %d of %d", i, iterations);
+    out_seconds[i] = t1 - t0;
   }
   return NULL;
 }

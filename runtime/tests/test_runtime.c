@@ -306,6 +306,38 @@ static void test_state(void) {
   tide_model_release(m);
 }
 
+static void test_time(void) {
+  tide_model_t* m = load_standard();
+  if (!m) return;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (!s) {
+    tide_model_release(m);
+    return;
+  }
+  int32_t e = entry(m, "step");
+  float* x = aligned(16);
+  for (int i = 0; i < 4; ++i) x[i] = 0.25f * (float)(i + 1);
+  tide_tensor_t in[2] = {f32_tensor(x, 1, (int64_t[]){4}), f32_tensor(NULL, 1, (int64_t[]){4})};
+  double seconds[5] = {-1, -1, -1, -1, -1};
+  OK(tide_session_time(s, e, in, 2, 5, seconds));
+  for (int i = 0; i < 5; ++i) CHECK(seconds[i] >= 0.0 && seconds[i] < 10.0);
+  /* Every iteration ran: the accumulator state advanced five times. */
+  tide_tensor_t state;
+  OK(tide_session_state(s, 0, &state));
+  for (int i = 0; i < 4; ++i) CHECK(((float*)state.data)[i] == 5.0f * x[i]);
+  EXPECT_ERROR(tide_session_time(s, e, in, 2, 0, seconds), TIDE_STATUS_INVALID_ARGUMENT, "iterations must be >= 1");
+  EXPECT_ERROR(tide_session_time(s, e, in, 2, 1, NULL), TIDE_STATUS_INVALID_ARGUMENT, "out_seconds is NULL");
+  EXPECT_ERROR(tide_session_time(s, e, in, 1, 1, seconds), TIDE_STATUS_INVALID_ARGUMENT, "takes 2 inputs, got 1");
+  EXPECT_ERROR(tide_session_time(s, 9, in, 2, 1, seconds), TIDE_STATUS_NOT_FOUND, "entry index 9");
+  EXPECT_ERROR(tide_session_time(s, entry(m, "fail"), in, 1, 2, seconds), TIDE_STATUS_INTERNAL,
+               "timing iteration 0 of 2: entry 'fail' op 1: kernel 'fail' failed");
+  CHECK(((float*)state.data)[3] == 5.0f * x[3]); /* rejected calls ran nothing */
+  free(x);
+  tide_session_release(s);
+  tide_model_release(m);
+}
+
 static void test_kernel_error(void) {
   tide_model_t* m = load_standard();
   if (!m) return;
@@ -574,7 +606,7 @@ int main(int argc, char** argv) {
   } tests[] = {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
-      {"kernel_error", test_kernel_error}, {"parallel", test_parallel}, {"two_models", test_two_models},
+      {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
       {"corruption", test_corruption},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
