@@ -10,7 +10,6 @@ under a key that hashes the case, the target, tide's version and the sources of 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -107,10 +106,8 @@ def prepare_case(case: Case, target: str, cache: Path, generic: bool = True, onn
         if variant == "generic" and (not generic or case.domain != "tide"):
             continue
         t1 = time.time()
-        # onnx's checker resolves external data against the working directory
-        with contextlib.chdir(tmp):
-            result = compile_model(str(onnx_path), str(tmp / f"{variant}.tide"),
-                                   CompileOptions(target=target, progress=False, kernels=kernels))
+        result = compile_model(str(onnx_path), str(tmp / f"{variant}.tide"),
+                               CompileOptions(target=target, progress=False, kernels=kernels))
         built[variant] = {"seconds": round(time.time() - t1, 2),
                           "tide_kernels": sorted(k for k, v in result.kernels.items() if v != "generic"),
                           "generic_kernels": sorted(k for k, v in result.kernels.items() if v == "generic")}
