@@ -122,26 +122,34 @@ def prepare_case(case: Case, target: str, cache: Path, generic: bool = True, onn
     return folder
 
 
-def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, log=print) -> Path:
-    """``tide bench --prepare <target> --out DIR``: compiles every case for ``target`` into ``DIR``
-    (artifacts + case descriptions, no ONNX) for a machine without TVM. Refuses to grow past
-    ``max_mib`` (weights travel inside the artifacts)."""
+def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, log=print) -> dict:
+    """``tide bench --prepare <target> --out DIR``: compiles the cases for ``target`` into ``DIR``
+    (artifacts + case descriptions, no ONNX) for a machine without TVM. The weights travel inside
+    the artifacts, so cases that would take the bundle past ``max_mib`` are left out (listed in
+    ``bundle.json`` with their size). Returns the bundle index."""
     from ..compiler import codegen
-    from ..compiler.errors import CompileError
 
     codegen.target_module(target)  # a clear CompileError when this build cannot compile for target
     out.mkdir(parents=True, exist_ok=True)
-    total, index = 0, []
+    budget = max_mib * 2**20
+    total, index, left_out = 0, [], {}
     for case in cases:
+        weight_bytes = sum(int(np.prod(s)) * np.dtype(t).itemsize for _, t, s in case.weights)
+        if total + 2 * weight_bytes > budget:  # kernel + generic artifact each hold the weights
+            left_out[case.name] = f"weights {2 * weight_bytes / 2**20:.1f} MiB over the remaining budget"
+            continue
         folder = prepare_case(case, target, out / "cases", onnx_file=False, log=log)
         size = sum(p.stat().st_size for p in folder.iterdir())
-        if (total + size) / 2**20 > max_mib:
+        if total + size > budget:
             shutil.rmtree(folder)
-            raise CompileError(f"bundle {out}: {case.name} ({size / 2**20:.1f} MiB) would take the bundle past "
-                               f"--max-bundle-mib {max_mib:g}; pick fewer cases (--kernel, --shapes) or raise the limit")
+            left_out[case.name] = f"artifacts {size / 2**20:.1f} MiB over the remaining budget"
+            continue
         total += size
         index.append(str(folder.relative_to(out)))
-    (out / "bundle.json").write_text(json.dumps({"target": target, "cases": index,
-                                                 "python": sys.version.split()[0]}, indent=1))
-    log(f"bundle {out}: {len(index)} cases, {total / 2**20:.1f} MiB")
-    return out
+    doc = {"target": target, "cases": index, "left_out": left_out, "bytes": total, "max_mib": max_mib,
+           "python": sys.version.split()[0]}
+    (out / "bundle.json").write_text(json.dumps(doc, indent=1))
+    log(f"bundle {out}: {len(index)} cases, {total / 2**20:.1f} MiB (limit {max_mib:g} MiB)")
+    for name, why in left_out.items():
+        log(f"  left out {name}: {why} (raise --max-bundle-mib or pick cases with --kernel/--shapes)")
+    return doc
