@@ -5,8 +5,10 @@ and row r of it, ``o[r] = W_down[e] h[r]`` (h already carries the routing weight
 expert order; ``tide.ops.moe_experts``' combine brings them back to token order. Tiles past
 ``num_tiles`` do nothing, so experts without tokens are never read.
 
-Weight layout (packed at compile time from ``down [E, D, F]``): ``[E, D / NB, F, NB]``, the
-F x NB panel of each block of NB output columns contiguous and row-major in F.
+Weight layouts (``tide.targets.moe.layout`` picks one at compile time): ``"panel"``, packed at
+compile time from ``down [E, D, F]`` into ``[E, D / NB, F, NB]``, the F x NB panel of each block of
+NB output columns contiguous and row-major in F; ``"rows"``, the checkpoint's ``[E, D, F]`` as is
+(K-contiguous rows). float32 or bfloat16 weights, float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -14,28 +16,45 @@ from __future__ import annotations
 import numpy as np
 
 
-def col_block(dim: int) -> int:
-    """NB: output columns per tile task (the CPU register tile)."""
-    for nb in (64, 32, 16):
+LAYOUTS = ("panel", "rows")
+
+
+def col_block(dim: int, layout: str = "panel") -> int:
+    """NB: output columns per tile task (the CPU register tile); rows layout: a few dot products."""
+    for nb in ((64, 32, 16) if layout == "panel" else (8, 4, 2)):
         if dim % nb == 0:
             return nb
-    return dim
+    return dim if layout == "panel" else 1
+
+
+def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
+    if layout == "panel":
+        nb = col_block(dim)
+        return (experts, dim // nb, inter, nb)
+    if layout == "rows":
+        return (experts, dim, inter)
+    raise ValueError(f"moe_down: unknown weight layout '{layout}' (expected one of {LAYOUTS})")
 
 
 def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
-              name: str = "tide_moe_down"):
+              name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32"):
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
-    nb = col_block(dim)
+    wshape = weight_shape(experts, dim, inter, layout)
+    nb = col_block(dim, layout)
     db = dim // nb
     rows = max_tiles * block_rows
+    wval = "w[tile_expert[vt], vj, vk, vc]" if layout == "panel" else f"w[tile_expert[vt], vj * {nb} + vc, vk]"
+    if weight_dtype != "float32":
+        wval = f'T.Cast("float32", {wval})'
     src = f'''
 @T.prim_func(s_tir=True)
-def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {db}, {inter}, {nb}), "float32"),
+def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer({wshape}, "{weight_dtype}"),
            tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
            o: T.Buffer(({rows}, {dim}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "down"}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "down",
+                 "tide.weight_layout": "{layout}"}})
     for jb, tile in T.grid({db}, {max_tiles}):
         with T.sblock("tile"):
             vj, vt = T.axis.remap("SS", [jb, tile])
@@ -46,7 +65,7 @@ def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {d
                         vi, vc, vk = T.axis.remap("SSR", [i, c, k])
                         with T.init():
                             acc[vi, vc] = T.float32(0)
-                        acc[vi, vc] = acc[vi, vc] + h[vt * {block_rows} + vi, vk] * w[tile_expert[vt], vj, vk, vc]
+                        acc[vi, vc] = acc[vi, vc] + h[vt * {block_rows} + vi, vk] * {wval}
                 for i, c in T.grid({block_rows}, {nb}):
                     with T.sblock("store"):
                         vi, vc = T.axis.remap("SS", [i, c])
@@ -55,17 +74,23 @@ def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {d
     return tvm.script.from_source(src)
 
 
-def pack(down: np.ndarray) -> np.ndarray:
-    """``[E, D, F]`` -> the kernel's ``[E, D/NB, F, NB]``."""
+def pack(down: np.ndarray, layout: str = "panel") -> np.ndarray:
+    """``[E, D, F]`` -> the kernel's layout (``"rows"``: unchanged)."""
+    if layout == "rows":
+        return down
     e, d, f = down.shape
+    weight_shape(e, d, f, layout)
     nb = col_block(d)
     return np.ascontiguousarray(down.reshape(e, d // nb, nb, f).transpose(0, 1, 3, 2))
 
 
-def relax_pack(bb, down):
-    """The same packing as Relax ops on ``down`` (a constant: folded at compile time)."""
+def relax_pack(bb, down, layout: str = "panel"):
+    """The same packing as Relax ops on ``down``; folded at compile time, so only for
+    constants (``tide.targets.moe.layout`` picks "rows" for parameters)."""
     from tvm import relax
 
+    if layout == "rows":
+        return down
     e, d, f = (int(v) for v in down.ty.shape)
     nb = col_block(d)
     split = bb.emit(relax.op.reshape(down, (e, d // nb, nb, f)))

@@ -11,7 +11,8 @@ The function becomes a chain of four kernels (docs/onnx-contract.md, section 5):
 Only routed tokens are computed and only active experts' weights are read. Tile height
 (``block_rows``) picks the regime: decode (at most one assignment per expert on average) uses
 1-row tiles, so each active expert streams its weights once per token; prefill uses 3-row tiles,
-so each weight load feeds three rows. The weights are packed for the GEMMs at compile time.
+so each weight load feeds three rows. The weights (float32 or bfloat16) are read in the layout the
+target's schedule wants, made at compile time (``tide.targets.moe.layout``), never at run time.
 """
 
 from __future__ import annotations
@@ -70,24 +71,48 @@ def cost(tokens: int, top_k: int, dim: int, itemsize: int = 4) -> dict:
     return {"flops": tokens * (top_k - 1) * dim, "bytes": tokens * (top_k + 1) * dim * itemsize + tokens * top_k * 4}
 
 
+WEIGHT_DTYPES = ("float32", "bfloat16")
+
+
 def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
-            tag: str = ""):
+            tag: str = "", layout: str = "panel", weight_dtype: str = "float32"):
     """The chain's four PrimFuncs (unscheduled) as (name, func) pairs, with its tiling."""
     br = block_rows(tokens, top_k, experts)
     max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
     shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
-    names = [f"tide_moe_permute_{shape}", f"tide_moe_gate_up_{shape}", f"tide_moe_down_{shape}",
+    wtag = f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    names = [f"tide_moe_permute_{shape}", f"tide_moe_gate_up_{shape}{wtag}", f"tide_moe_down_{shape}{wtag}",
              f"tide_moe_combine_{shape}"]
     funcs = [moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]),
-             moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1]),
-             moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2]),
+             moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1], layout=layout,
+                                   weight_dtype=weight_dtype),
+             moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
+                                weight_dtype=weight_dtype),
              prim_func(tokens, top_k, dim, rows, name=names[3])]
     return list(zip(names, funcs)), br, max_tiles, rows
 
 
+def check_dtypes(function: str, activations: dict, weights: dict) -> str:
+    """The weights' common dtype, after checking that activations are float32 and weights float32
+    or bfloat16 (all alike); a clear error otherwise."""
+    for name, value in activations.items():
+        if str(value.ty.dtype) != "float32":
+            raise ValueError(f"tide.{function}: input '{name}' must be float32, got {value.ty.dtype}")
+    dtypes = {name: str(value.ty.dtype) for name, value in weights.items()}
+    for name, dtype in dtypes.items():
+        if dtype not in WEIGHT_DTYPES:
+            raise ValueError(f"tide.{function}: weight '{name}' must be one of {WEIGHT_DTYPES}, got {dtype}")
+    if len(set(dtypes.values())) != 1:
+        raise ValueError(f"tide.{function}: weights must share one dtype, got {dtypes}")
+    return next(iter(dtypes.values()))
+
+
 def relax_convert(bb, inputs, attrs, *, target_kind, report):
-    """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine."""
+    """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine. The weight layout is
+    the target's compile-time choice (``tide.targets.moe.layout``): constants are packed by folding,
+    parameters are read as stored."""
     from tvm import relax
+    from tvm.ir.expr import GenericConst
 
     from ..targets import moe as schedules
 
@@ -95,12 +120,16 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     tokens, dim = (int(v) for v in x.ty.shape)
     top_k = int(indices.ty.shape[1])
     experts, inter = int(gate_up.ty.shape[0]), int(gate_up.ty.shape[1]) // 2
-    if str(x.ty.dtype) != "float32" or str(gate_up.ty.dtype) != "float32" or str(down.ty.dtype) != "float32":
-        raise ValueError("tide.MoEExperts kernels take float32 activations and weights")
+    weight_dtype = check_dtypes("MoEExperts", {"x": x, "weights": weights}, {"gate_up": gate_up, "down": down})
     limit = float(attrs.get("swiglu_limit", 10.0))
-    funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype))
+    br = block_rows(tokens, top_k, experts)
+    constant = isinstance(gate_up, GenericConst) and isinstance(down, GenericConst)
+    layout = schedules.layout(target_kind, br, constant)
+    funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype),
+                                         layout=layout, weight_dtype=weight_dtype)
     gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
-    served = f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles]"
+    served = (f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles, "
+              f"{weight_dtype} {layout} weights]")
     for (n, _), what in zip(funcs, ("permutation", "grouped SwiGLU gate/up GEMM", "grouped down GEMM", "combine")):
         report.add(n, f"{served}: {what}")
     perm = bb.emit(relax.call_tir(gvs[0], [indices, weights], out_ty=[
@@ -108,8 +137,8 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
         relax.TensorType((max_tiles,), "int32"), relax.TensorType((1,), "int32"),
         relax.TensorType((tokens, top_k), "int32")]))
     row_token, row_weight, tile_expert, num_tiles, slot = (bb.emit(relax.TupleGetItem(perm, i)) for i in range(5))
-    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up), row_token, row_weight,
+    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up, layout), row_token, row_weight,
                                         tile_expert, num_tiles], out_ty=relax.TensorType((rows, inter), "float32")))
-    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down), tile_expert, num_tiles],
+    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down, layout), tile_expert, num_tiles],
                                out_ty=relax.TensorType((rows, dim), "float32")))
     return relax.call_tir(gvs[3], [o, slot], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -10,10 +10,17 @@ and row r of it, with token ``t = row_token[r]``:
 are computed and only the weights of experts that received tokens are read: each tile reads its
 expert's weights once for all of its rows. Tiles past ``num_tiles`` do nothing.
 
-Weight layout (packed at compile time from the checkpoint's ``gate_up [E, 2F, D]``, gate rows then
-up rows): ``[E, F / NB, D, 2, NB]``: for each block of NB output columns, the D x (NB gate + NB up)
-panel is contiguous and row-major in D, so a tile streams it once and the gate and up dot
-products of a column share every load of x.
+Weight layouts (a compile-time choice of the target's schedule, ``tide.targets.moe.layout``):
+
+- ``"panel"`` (packed at compile time from the checkpoint's ``gate_up [E, 2F, D]``, gate rows then
+  up rows): ``[E, F / NB, D, 2, NB]``: for each block of NB output columns, the D x (NB gate + NB
+  up) panel is contiguous and row-major in D, so a tile streams it once and the gate and up dot
+  products of a column share every load of x;
+- ``"rows"``: the checkpoint's own ``[E, 2F, D]``, K-contiguous rows (dot products along D): no
+  packing at all, for GEMV-like schedules and for weights that are parameters (memory-mapped
+  arrays that compile-time folding does not reach).
+
+Weights are float32 or bfloat16; products and sums are float32 either way.
 
 The definition is target-neutral: an outer block per (column block, tile) holding the
 accumulator, a reduction block and the SwiGLU block; ``tide.targets.moe`` schedules it.
@@ -24,30 +31,51 @@ from __future__ import annotations
 import numpy as np
 
 
-def col_block(inter: int) -> int:
-    """NB: columns of h per tile task (the CPU register tile is 2 NB wide: gate and up)."""
-    for nb in (32, 16):
+LAYOUTS = ("panel", "rows")
+
+
+def col_block(inter: int, layout: str = "panel") -> int:
+    """NB: columns of h per tile task (the CPU register tile is 2 NB wide: gate and up). Rows
+    layout: a few columns, each a vectorized dot product along D."""
+    for nb in ((32, 16) if layout == "panel" else (4, 2)):
         if inter % nb == 0:
             return nb
-    return inter
+    return inter if layout == "panel" else 1
+
+
+def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
+    if layout == "panel":
+        nb = col_block(inter)
+        return (experts, inter // nb, dim, 2, nb)
+    if layout == "rows":
+        return (experts, 2 * inter, dim)
+    raise ValueError(f"moe_gate_up: unknown weight layout '{layout}' (expected one of {LAYOUTS})")
 
 
 def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
-              limit: float, name: str = "tide_moe_gate_up"):
+              limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32"):
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
-    nb = col_block(inter)
+    wshape = weight_shape(experts, dim, inter, layout)
+    nb = col_block(inter, layout)
     fb = inter // nb
     rows = max_tiles * block_rows
     lim = f"T.float32({float(limit)!r})"
+    if layout == "panel":
+        wval = "w[tile_expert[vt], vj, vk, vs, vc]"
+    else:
+        wval = f"w[tile_expert[vt], vs * {inter} + vj * {nb} + vc, vk]"
+    if weight_dtype != "float32":
+        wval = f'T.Cast("float32", {wval})'
     src = f'''
 @T.prim_func(s_tir=True)
-def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {fb}, {dim}, 2, {nb}), "float32"),
+def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer({wshape}, "{weight_dtype}"),
            row_token: T.Buffer(({rows},), "int32"), row_weight: T.Buffer(({rows},), "float32"),
            tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
            h: T.Buffer(({rows}, {inter}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "gate_up"}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "gate_up",
+                 "tide.weight_layout": "{layout}"}})
     for jb, tile in T.grid({fb}, {max_tiles}):
         with T.sblock("tile"):
             vj, vt = T.axis.remap("SS", [jb, tile])
@@ -58,8 +86,7 @@ def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {f
                         vi, vs, vc, vk = T.axis.remap("SSSR", [i, s, c, k])
                         with T.init():
                             acc[vi, vs, vc] = T.float32(0)
-                        acc[vi, vs, vc] = acc[vi, vs, vc] + \\
-                            x[row_token[vt * {block_rows} + vi], vk] * w[tile_expert[vt], vj, vk, vs, vc]
+                        acc[vi, vs, vc] = acc[vi, vs, vc] + x[row_token[vt * {block_rows} + vi], vk] * {wval}
                 for i, c in T.grid({block_rows}, {nb}):
                     with T.sblock("swiglu"):
                         vi, vc = T.axis.remap("SS", [i, c])
@@ -71,17 +98,23 @@ def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {f
     return tvm.script.from_source(src)
 
 
-def pack(gate_up: np.ndarray) -> np.ndarray:
-    """``[E, 2F, D]`` -> the kernel's ``[E, F/NB, D, 2, NB]``."""
+def pack(gate_up: np.ndarray, layout: str = "panel") -> np.ndarray:
+    """``[E, 2F, D]`` -> the kernel's layout (``"rows"``: unchanged)."""
+    if layout == "rows":
+        return gate_up
     e, f2, d = gate_up.shape
+    weight_shape(e, d, f2 // 2, layout)
     nb = col_block(f2 // 2)
     return np.ascontiguousarray(gate_up.reshape(e, 2, f2 // 2 // nb, nb, d).transpose(0, 2, 4, 1, 3))
 
 
-def relax_pack(bb, gate_up):
-    """The same packing as Relax ops on ``gate_up`` (a constant: folded at compile time)."""
+def relax_pack(bb, gate_up, layout: str = "panel"):
+    """The same packing as Relax ops on ``gate_up``; folded at compile time, so only for
+    constants (``tide.targets.moe.layout`` picks "rows" for parameters)."""
     from tvm import relax
 
+    if layout == "rows":
+        return gate_up
     e, f2, d = (int(v) for v in gate_up.ty.shape)
     nb = col_block(f2 // 2)
     split = bb.emit(relax.op.reshape(gate_up, (e, 2, f2 // 2 // nb, nb, d)))

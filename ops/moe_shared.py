@@ -5,7 +5,10 @@ clip(W_up x, -L, L))``, runs on the routed experts' kernels as ONE expert whose 
 compile time (every token, in order, weight 1): ``tide.ops.moe_gate_up`` (gate and up fused, the
 clamps and SiLU in its epilogue), ``tide.ops.moe_down``, then ``tide.ops.moe_experts``' combine
 with one slot per token, which drops the tile padding. No permutation kernel runs; the weights
-are packed at compile time exactly as the routed experts' are.
+are laid out at compile time exactly as the routed experts' are (``tide.targets.moe.layout``).
+Weights that are parameters rather than constants (only above ``onnx_import.PARAMETER_MIN_BYTES``,
+far beyond any V4 shared expert) are read in the rows layout after a run-time concatenation of
+gate and up (a copy, no transpose).
 """
 
 from __future__ import annotations
@@ -34,20 +37,23 @@ def tiles(tokens: int) -> dict:
             "slot": np.arange(tokens, dtype=np.int32)[:, None]}
 
 
-def kernels(tokens: int, dim: int, inter: int, limit: float):
+def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "panel", weight_dtype: str = "float32"):
     """(name, PrimFunc) of gate/up, down and combine for this shape (unscheduled)."""
     br, count = block_rows(tokens), -(-tokens // block_rows(tokens))
     shape = f"t{tokens}d{dim}f{inter}"
-    names = [f"tide_shared_gate_up_{shape}", f"tide_shared_down_{shape}", f"tide_shared_rows_{shape}"]
-    funcs = [moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0]),
-             moe_down.prim_func(dim, 1, inter, count, br, name=names[1]),
+    wtag = f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    names = [f"tide_shared_gate_up_{shape}{wtag}", f"tide_shared_down_{shape}{wtag}", f"tide_shared_rows_{shape}"]
+    funcs = [moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
+                                   weight_dtype=weight_dtype),
+             moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout, weight_dtype=weight_dtype),
              moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2])]
     return list(zip(names, funcs))
 
 
-def pack(gate_weight: np.ndarray, up_weight: np.ndarray, down_weight: np.ndarray):
+def pack(gate_weight: np.ndarray, up_weight: np.ndarray, down_weight: np.ndarray, layout: str = "panel"):
     """The kernels' weight layouts from ``[F, D], [F, D], [D, F]``."""
-    return (moe_gate_up.pack(np.concatenate([gate_weight, up_weight])[None]), moe_down.pack(down_weight[None]))
+    return (moe_gate_up.pack(np.concatenate([gate_weight, up_weight])[None], layout),
+            moe_down.pack(down_weight[None], layout))
 
 
 def reference(x, gate_weight, up_weight, down_weight, limit):
@@ -66,27 +72,31 @@ def cost(tokens: int, dim: int, inter: int, itemsize: int = 4) -> dict:
 def relax_convert(bb, inputs, attrs, *, target_kind, report):
     """``tide.SharedExpert`` -> gate/up, down and the row copy-out on a fixed tile schedule."""
     from tvm import relax
+    from tvm.ir.expr import GenericConst
 
     from ..targets import moe as schedules
 
     x, gate_weight, up_weight, down_weight = inputs
     tokens, dim = (int(v) for v in x.ty.shape)
     inter = int(gate_weight.ty.shape[0])
-    if any(str(v.ty.dtype) != "float32" for v in inputs):
-        raise ValueError("tide.SharedExpert kernels take float32 activations and weights")
+    weight_dtype = moe_experts.check_dtypes("SharedExpert", {"x": x}, {
+        "gate_weight": gate_weight, "up_weight": up_weight, "down_weight": down_weight})
     limit = float(attrs.get("swiglu_limit", 10.0))
-    funcs = kernels(tokens, dim, inter, limit)
+    constant = all(isinstance(w, GenericConst) for w in inputs[1:])
+    layout = schedules.layout(target_kind, block_rows(tokens), constant)
+    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype)
     gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
     for (n, _), what in zip(funcs, ("gate/up GEMM + SwiGLU", "down GEMM", "rows out")):
-        report.add(n, f"tide.SharedExpert [T {tokens}, D {dim}, F {inter}]: {what}")
+        report.add(n, f"tide.SharedExpert [T {tokens}, D {dim}, F {inter}, {weight_dtype} {layout} weights]: {what}")
     fixed = tiles(tokens)
     rows = fixed["row_token"].shape[0]
     sched = {k: relax.const(v) for k, v in fixed.items()}
     gate_up = bb.emit(relax.op.expand_dims(relax.op.concat([gate_weight, up_weight], axis=0), 0))
     down = bb.emit(relax.op.expand_dims(down_weight, 0))
-    h = bb.emit(relax.call_tir(gvs[0], [x, moe_gate_up.relax_pack(bb, gate_up), sched["row_token"],
+    h = bb.emit(relax.call_tir(gvs[0], [x, moe_gate_up.relax_pack(bb, gate_up, layout), sched["row_token"],
                                         sched["row_weight"], sched["tile_expert"], sched["num_tiles"]],
                                out_ty=relax.TensorType((rows, inter), "float32")))
-    o = bb.emit(relax.call_tir(gvs[1], [h, moe_down.relax_pack(bb, down), sched["tile_expert"], sched["num_tiles"]],
+    o = bb.emit(relax.call_tir(gvs[1], [h, moe_down.relax_pack(bb, down, layout), sched["tile_expert"],
+                                        sched["num_tiles"]],
                                out_ty=relax.TensorType((rows, dim), "float32")))
     return relax.call_tir(gvs[2], [o, sched["slot"]], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -10,9 +10,15 @@ cache; inside a task the reduction loop is outermost and a ``rows x 64`` accumul
 (4 x 4 zmm for 4-row tiles) stays in registers: each step broadcasts one x value per row and
 loads 64 weights once for all rows. Epilogues and element-wise kernels are vectorized 16 wide.
 
-CUDA (sm_80 / sm_90): one thread block per (column block, tile), a thread per output element of
-the tile (gate and up accumulated by the same thread), weight loads coalesced along the packed
-column axis; blocks of unused tiles exit at once. Sequential kernels (the permutation) run on one
+On K-contiguous "rows" weights (parameters) the tasks are a few columns wide and each dot product
+is split into 16 vector lanes (rfactor), summed once at the end.
+
+CUDA (sm_80 / sm_90): prefill on packed panels: one thread block per (column block, tile), a
+thread per output element of the tile (gate and up accumulated by the same thread), weight loads
+coalesced along the packed column axis. Decode (1-row tiles) and parameters read K-contiguous rows
+with a weight-streaming GEMV: many blocks over the output columns, a warp per column, the K
+reduction split over the warp's lanes and merged by shuffles. Blocks of unused tiles exit at once.
+``layout`` is the compile-time choice of the weight layout for a target and regime. Sequential kernels (the permutation) run on one
 thread; per-row kernels (router selection) one thread per token.
 """
 
@@ -36,6 +42,24 @@ def _kind(func) -> str:
     if kind is None:
         raise ValueError("not a tide MoE kernel (no tide.moe_kernel attribute)")
     return str(kind)
+
+
+def _layout(sch) -> str:
+    return str(sch.mod["main"].attrs.get("tide.weight_layout", "panel"))
+
+
+def layout(target_kind: str, block_rows: int, constant: bool) -> str:
+    """The expert weights' layout for a target and regime, chosen at compile time: weights that are
+    parameters (memory-mapped, not folded) are read as the checkpoint stores them ("rows",
+    K-contiguous); constants are packed into "panel"s on the CPU (a register tile streams one
+    contiguous panel); on CUDA the decode GEMV reads K-contiguous rows (a warp along K)."""
+    if not constant:
+        return "rows"
+    if target_kind == "cpu":
+        return "panel"
+    if target_kind == "cuda":
+        return "rows" if block_rows == 1 else "panel"
+    raise ValueError(f"no MoE weight layout for target kind '{target_kind}'")
 
 
 def _done(sch):
@@ -74,12 +98,40 @@ def _cpu_gemm(sch, gemm, epilogue):
     sch.vectorize(sch.split(sch.get_loops(epilogue)[-1], factors=[None, VECTOR])[1])
 
 
+def _cpu_gemm_rows(sch, gemm, epilogue):
+    """Grouped GEMM on K-contiguous weight rows: parallel (column block, tile) tasks; inside, the
+    reduction split into VECTOR lanes (rfactor) with the lane axis vectorized and innermost, so
+    each step loads VECTOR consecutive weights of every column of the block once for all rows;
+    the lanes are summed once at the end."""
+    tile_block = sch.get_sblock("tile")
+    jb, tile = sch.get_loops(tile_block)
+    sch.parallel(sch.fuse(jb, tile))
+    *spatial, k = sch.get_loops(gemm)
+    lanes = _divisor(int(sch.get(k).extent), (VECTOR, 8, 4, 2, 1))
+    k_out, k_lane = sch.split(k, factors=[None, lanes])
+    lanes_block = sch.rfactor(k_lane, len(spatial))  # lane index last in the partial sums
+    sch.set_scope(lanes_block, 0, "global")  # stack arrays (registers), not workspaces
+    sch.set_scope(gemm, 0, "global")
+    *spatial, k_out, k_lane = sch.get_loops(lanes_block)
+    sch.reorder(k_out, *spatial, k_lane)
+    for loop in spatial:
+        sch.unroll(loop)
+    sch.vectorize(k_lane)
+    init = sch.decompose_reduction(lanes_block, k_out)
+    sch.vectorize(sch.get_loops(init)[-1])
+    for loop in sch.get_loops(gemm)[2:]:
+        sch.unroll(loop)
+    sch.unroll(sch.get_loops(epilogue)[-1])
+
+
 def _cpu_gate_up(sch):
-    _cpu_gemm(sch, sch.get_sblock("gemm"), sch.get_sblock("swiglu"))
+    rows = _layout(sch) == "rows"
+    (_cpu_gemm_rows if rows else _cpu_gemm)(sch, sch.get_sblock("gemm"), sch.get_sblock("swiglu"))
 
 
 def _cpu_down(sch):
-    _cpu_gemm(sch, sch.get_sblock("gemm"), sch.get_sblock("store"))
+    rows = _layout(sch) == "rows"
+    (_cpu_gemm_rows if rows else _cpu_gemm)(sch, sch.get_sblock("gemm"), sch.get_sblock("store"))
 
 
 def _cpu_rows(sch):
@@ -138,7 +190,8 @@ def schedule_cuda(func, target=None):
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
-    rule = {"permute": _cuda_single, "gate_up": _cuda_gemm, "down": _cuda_gemm,
+    gemm = _cuda_gemm_rows if _layout(sch) == "rows" else _cuda_gemm
+    rule = {"permute": _cuda_single, "gate_up": gemm, "down": gemm,
             "combine": _cuda_rows, "router_scores": _cuda_router_scores, "router_select": _cuda_rows}[_kind(func)]
     rule(sch)
     return _done(sch)
@@ -173,6 +226,39 @@ def _cuda_gemm(sch):
         sch.unroll(sch.get_loops(init)[-1])
     epilogue = next(b for b in sch.get_child_blocks(tile_block) if sch.get(b).name_hint in ("swiglu", "store"))
     sch.bind(sch.fuse(*sch.get_loops(epilogue)), "threadIdx.x")
+
+
+CUDA_WARP = 32
+CUDA_K_UNROLL = 4
+
+
+def _cuda_gemm_rows(sch):
+    """Weight-streaming GEMV on K-contiguous rows (decode, and parameters): a thread block per
+    (column block, tile), a warp per column of the block, computing that column for every row of
+    the tile (and gate and up): the reduction is split over the warp's 32 lanes (consecutive
+    lanes on consecutive k: coalesced row reads, CUDA_K_UNROLL independent loads in flight per
+    lane) and merged by warp shuffles, so the warp holds its column's results in registers and
+    runs the epilogue (SwiGLU or store) on them without shared memory or block barriers."""
+    tile_block = sch.get_sblock("tile")
+    jb, tile = sch.get_loops(tile_block)
+    sch.bind(sch.fuse(jb, tile), "blockIdx.x")
+    gemm = sch.get_sblock("gemm")
+    *spatial, k = sch.get_loops(gemm)
+    *per_thread, col = spatial
+    extent = int(sch.get(k).extent)
+    if extent % (CUDA_WARP * CUDA_K_UNROLL) == 0:
+        k_out, k_unroll, lane = sch.split(k, factors=[None, CUDA_K_UNROLL, CUDA_WARP])
+        sch.reorder(col, *per_thread, lane, k_out, k_unroll)
+        sch.unroll(k_unroll)
+    else:
+        k_out, lane = sch.split(k, factors=[None, CUDA_WARP])
+        sch.reorder(col, *per_thread, lane, k_out)
+    sch.bind(col, "threadIdx.y")
+    sch.bind(lane, "threadIdx.x")  # per_thread loops stay serial: TVM 0.27 loses the buffer of an unrolled allreduce
+    epilogue = next(b for b in sch.get_child_blocks(tile_block) if sch.get(b).name_hint in ("swiglu", "store"))
+    row, col = sch.get_loops(epilogue)
+    sch.reorder(col, row)
+    sch.bind(col, "threadIdx.y")
 
 
 def _cuda_rows(sch):

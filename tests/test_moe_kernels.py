@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -105,12 +106,13 @@ def _expert_weights(rng, experts, dim, inter, limit):
     return gate_up.astype(np.float32), down
 
 
-def _run_experts(x, weights, indices, gate_up, down, limit, packed=None):
+def _run_experts(x, weights, indices, gate_up, down, limit, packed=None, layout="panel"):
     tokens, dim = x.shape
     top_k, experts, inter = indices.shape[1], gate_up.shape[0], gate_up.shape[1] // 2
-    funcs, _, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit)
+    funcs, _, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit, layout=layout,
+                                                    weight_dtype=str(gate_up.dtype))
     fns = [f for f in _build(dict(funcs)).values()]
-    packed = packed or (moe_gate_up.pack(gate_up), moe_down.pack(down))
+    packed = packed or (moe_gate_up.pack(gate_up, layout), moe_down.pack(down, layout))
     perm = [_tensor(np.zeros(s, d)) for s, d in [((rows,), np.int32), ((rows,), np.float32),
                                                   ((max_tiles,), np.int32), ((1,), np.int32),
                                                   ((tokens, top_k), np.int32)]]
@@ -132,9 +134,12 @@ def _transformers_experts(x, weights, indices, gate_up, down, limit):
         return module(torch.from_numpy(x), torch.from_numpy(indices), torch.from_numpy(weights)).numpy()
 
 
-def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=2e-5):
+def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=2e-5, layout="panel"):
+    """The chain against float64 references (per kernel and whole) and transformers; bfloat16
+    weights are compared with the references computed on the same rounded weights in float64."""
     got, (row_token, row_weight, tile_expert, num_tiles, _), h, o = _run_experts(
-        x, weights, indices, gate_up, down, limit, packed)
+        x, weights, indices, gate_up, down, limit, packed, layout)
+    gate_up, down = gate_up.astype(np.float32), down.astype(np.float32)  # bfloat16 values exactly
     block = moe_experts.block_rows(*indices.shape, gate_up.shape[0])
     used = int(num_tiles[0]) * block
     h_ref = moe_gate_up.reference(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit, block)
@@ -169,7 +174,28 @@ def test_routed_experts(tokens, top_k, experts, dim, inter, kind):
     assert (h != 0).any()
 
 
-def test_inactive_experts_are_never_read():
+@pytest.mark.parametrize("layout", ["panel", "rows"])
+@pytest.mark.parametrize("weight_dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("tokens,top_k,experts,dim,inter,kind", [
+    (7, 3, 8, 64, 32, "random"),        # prefill tiles
+    (1, 4, 16, 128, 64, "random"),      # decode: 1-row tiles
+    (5, 3, 8, 24, 40, "one_expert"),    # widths that are no multiple of the vector or any column block
+    (4, 2, 12, 48, 18, "empty_experts"),
+])
+def test_routed_experts_layouts_and_dtypes(tokens, top_k, experts, dim, inter, kind, weight_dtype, layout):
+    rng = np.random.default_rng(tokens * 7 + inter)
+    limit = 1.5
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    indices = _routing(kind, rng, tokens, top_k, experts)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
+    if weight_dtype == "bfloat16":
+        gate_up, down = gate_up.astype(ml_dtypes.bfloat16), down.astype(ml_dtypes.bfloat16)
+    _check_experts(x, weights, indices, gate_up, down, limit, layout=layout)
+
+
+@pytest.mark.parametrize("layout", ["panel", "rows"])
+def test_inactive_experts_are_never_read(layout):
     """Experts without tokens hold NaN weights: any read of them would poison the output."""
     rng = np.random.default_rng(11)
     tokens, top_k, experts, dim, inter, limit = 6, 2, 10, 64, 32, 1.5
@@ -181,8 +207,8 @@ def test_inactive_experts_are_never_read():
     assert len(inactive) >= experts // 2
     poisoned_gate_up, poisoned_down = gate_up.copy(), down.copy()
     poisoned_gate_up[inactive], poisoned_down[inactive] = np.nan, np.nan
-    packed = (moe_gate_up.pack(poisoned_gate_up), moe_down.pack(poisoned_down))
-    _check_experts(x, weights, indices, gate_up, down, limit, packed)
+    packed = (moe_gate_up.pack(poisoned_gate_up, layout), moe_down.pack(poisoned_down, layout))
+    _check_experts(x, weights, indices, gate_up, down, limit, packed, layout=layout)
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +230,17 @@ def test_routed_experts_flash_dims(flash_experts, tokens, top_k):
     _check_experts(x, weights, indices, gate_up, down, limit, packed, rtol=5e-5)
 
 
+def test_routed_experts_flash_dims_bf16_rows(flash_experts):
+    """Decode at V4-Flash dims on bfloat16 weights read as stored (the parameter path)."""
+    limit, gate_up, down, _ = flash_experts
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((1, FLASH_D), dtype=np.float32)
+    indices = np.array([[2, 0]], np.int64)
+    weights = (rng.random((1, 2)) + 0.1).astype(np.float32)
+    _check_experts(x, weights, indices, gate_up.astype(ml_dtypes.bfloat16), down.astype(ml_dtypes.bfloat16), limit,
+                   rtol=5e-5, layout="rows")
+
+
 def test_routed_experts_pro_dims():
     """V4-Pro's expert dims (D 7168, F 3072) with 2 experts, 3 tokens each on both (prefill tiles)."""
     rng = np.random.default_rng(5)
@@ -219,11 +256,11 @@ def test_routed_experts_pro_dims():
 # shared expert
 
 
-def _run_shared(x, gate_weight, up_weight, down_weight, limit, packed=None):
+def _run_shared(x, gate_weight, up_weight, down_weight, limit, layout="panel"):
     tokens, dim = x.shape
     inter = gate_weight.shape[0]
-    fns = list(_build(dict(moe_shared.kernels(tokens, dim, inter, limit))).values())
-    gate_up, down = packed or moe_shared.pack(gate_weight, up_weight, down_weight)
+    fns = list(_build(dict(moe_shared.kernels(tokens, dim, inter, limit, layout, str(gate_weight.dtype)))).values())
+    gate_up, down = moe_shared.pack(gate_weight, up_weight, down_weight, layout)
     fixed = {k: _tensor(v) for k, v in moe_shared.tiles(tokens).items()}
     rows = fixed["row_token"].shape[0]
     h, o = _tensor(np.zeros((rows, inter), np.float32)), _tensor(np.zeros((rows, dim), np.float32))
@@ -245,6 +282,21 @@ def _transformers_mlp(x, gate_weight, up_weight, down_weight, limit):
         for layer, w in ((module.gate_proj, gate_weight), (module.up_proj, up_weight), (module.down_proj, down_weight)):
             layer.weight.copy_(torch.from_numpy(w))
         return module(torch.from_numpy(x)).numpy()
+
+
+@pytest.mark.parametrize("layout", ["panel", "rows"])
+@pytest.mark.parametrize("tokens,dim,inter", [(1, 48, 20), (5, 64, 32)])
+def test_shared_expert_bf16(tokens, dim, inter, layout):
+    """bfloat16 weights against the float64 reference of the rounded weights."""
+    rng = np.random.default_rng(tokens + inter)
+    limit = 1.5
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    gate_up, down = _expert_weights(rng, 1, dim, inter, limit)
+    gate_up, down = gate_up.astype(ml_dtypes.bfloat16), down.astype(ml_dtypes.bfloat16)
+    gate_weight, up_weight, down_weight = gate_up[0, :inter], gate_up[0, inter:], down[0]
+    got = _run_shared(x, gate_weight, up_weight, down_weight, limit, layout)
+    want = moe_shared.reference(x, gate_weight, up_weight, down_weight, limit)
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5 * np.abs(want).max())
 
 
 @pytest.mark.parametrize("tokens,dim,inter", [(1, 64, 32), (7, 64, 48), (16, 128, 64), (4, 24, 40),
@@ -390,6 +442,9 @@ def _cuda_kernels():
     funcs = {}
     for tokens in (1, 16):  # decode (1-row tiles) and prefill tiles
         funcs.update(moe_experts.kernels(tokens, 6, 16, 256, 128, 10.0, tag=f"s{tokens}")[0])
+        for layout, dtype in (("rows", "float32"), ("rows", "bfloat16"), ("panel", "bfloat16")):
+            funcs.update(moe_experts.kernels(tokens, 6, 16, 256, 128, 10.0, tag=f"s{tokens}", layout=layout,
+                                             weight_dtype=dtype)[0][1:3])
         funcs[f"scores{tokens}"] = router_scores.prim_func(tokens, 256, 16, f"scores{tokens}")
         funcs[f"select{tokens}"] = router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}")
         funcs[f"hash{tokens}"] = router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}")
@@ -414,6 +469,74 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
     proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(cu)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert cubin.stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# weight layout: a compile-time choice
+
+
+def _converted_calls(weights_constant, target_kind, tokens=1, weight_dtype="float32"):
+    """``tide.MoEExperts`` converted with its expert weights as constants or as function parameters:
+    (kernel names of the call_tir's, the Relax ops other than call_tir in the function)."""
+    from tvm import relax
+
+    from tide.compiler import substitute
+
+    tokens, top_k, experts, dim, inter = tokens, 2, 4, 32, 16
+    rng = np.random.default_rng(0)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, 1.5)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((tokens, dim), "float32"))
+    w = relax.Var("w", relax.TensorType((tokens, top_k), "float32"))
+    i = relax.Var("i", relax.TensorType((tokens, top_k), "int64"))
+    params = [x, w, i]
+    if weights_constant:
+        wts = [relax.const(gate_up.astype(weight_dtype)), relax.const(down.astype(weight_dtype))]
+    else:
+        wts = [relax.Var("gate_up", relax.TensorType(gate_up.shape, weight_dtype)),
+               relax.Var("down", relax.TensorType(down.shape, weight_dtype))]
+        params += wts
+    with bb.function("main", params):
+        with bb.dataflow():
+            y = bb.emit_output(moe_experts.relax_convert(bb, [x, w, i, *wts], {"swiglu_limit": 1.5},
+                                                         target_kind=target_kind,
+                                                         report=substitute.SubstitutionReport()))
+        bb.emit_func_output(y)
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    names, others = [], []
+    for block in bb.get()["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op == call_tir:
+                names.append(value.args[0].name_hint)
+            elif isinstance(value, relax.Call):
+                others.append(value.op.name)
+    return names, others
+
+
+@pytest.mark.parametrize("target_kind", ["cpu", "cuda"])
+def test_parameter_weights_are_read_as_stored(target_kind):
+    """Weights that are parameters (memory-mapped, not folded) get the rows layout: the kernels
+    read them as stored, with no layout op in the graph; constants get the target's packing."""
+    names, others = _converted_calls(False, target_kind)
+    assert all(n.endswith("_rows") for n in names[1:3]), names
+    assert others == [], others
+    names, others = _converted_calls(True, target_kind, tokens=8)
+    assert all(n.endswith("_panel") for n in names[1:3]), names
+    assert others == ["relax.reshape", "relax.permute_dims"] * 2  # on constants: folded at compile time
+    names, _ = _converted_calls(False, target_kind, weight_dtype="bfloat16")
+    assert all(n.endswith("_rows_bf16") for n in names[1:3]), names
+
+
+def test_cuda_decode_reads_rows():
+    """CUDA decode (1-row tiles) reads constant weights as K-contiguous rows (the GEMV layout)."""
+    names, others = _converted_calls(True, "cuda", tokens=1)
+    assert all(n.endswith("_rows") for n in names[1:3]) and others == [], (names, others)
+
+
+def test_bad_weight_dtype_is_named():
+    with pytest.raises(ValueError, match="weight 'gate_up' must be one of"):
+        _converted_calls(False, "cpu", weight_dtype="float16")
 
 
 # ---------------------------------------------------------------------------------------------
