@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import moe_down, moe_gate_up, moe_permute
+from . import moe_down, moe_gate_up, moe_grouped_mma, moe_permute
 
 TIDE_FUNCTION = "MoEExperts"
 
@@ -75,19 +75,28 @@ WEIGHT_DTYPES = ("float32", "bfloat16")
 
 
 def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
-            tag: str = "", layout: str = "panel", weight_dtype: str = "float32"):
-    """The chain's four PrimFuncs (unscheduled) as (name, func) pairs, with its tiling."""
-    br = block_rows(tokens, top_k, experts)
+            tag: str = "", layout: str = "panel", weight_dtype: str = "float32", tensor_cores: bool = False):
+    """The chain's four PrimFuncs (unscheduled) as (name, func) pairs, with its tiling. With
+    ``tensor_cores`` (CUDA prefill, bfloat16 rows-layout weights) the GEMMs are
+    ``tide.ops.moe_grouped_mma``'s on 16-row tiles."""
+    br = moe_grouped_mma.TILE_ROWS if tensor_cores else block_rows(tokens, top_k, experts)
     max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
     shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
-    wtag = f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
-    names = [f"tide_moe_permute_{shape}", f"tide_moe_gate_up_{shape}{wtag}", f"tide_moe_down_{shape}{wtag}",
-             f"tide_moe_combine_{shape}"]
-    funcs = [moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]),
-             moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1], layout=layout,
-                                   weight_dtype=weight_dtype),
-             moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
-                                weight_dtype=weight_dtype),
+    wtag = "_mma_bf16" if tensor_cores else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    names = [f"tide_moe_permute_{shape}_b{br}", f"tide_moe_gate_up_{shape}{wtag}", f"tide_moe_down_{shape}{wtag}",
+             f"tide_moe_combine_{shape}_b{br}"]
+    if tensor_cores:
+        if layout != "rows" or weight_dtype != "bfloat16":
+            raise ValueError("tide.MoEExperts tensor-core kernels take bfloat16 weights in the rows layout, "
+                             f"got {weight_dtype} {layout}")
+        gemms = [moe_grouped_mma.gate_up_func(tokens, dim, experts, inter, max_tiles, limit, name=names[1]),
+                 moe_grouped_mma.down_func(dim, experts, inter, max_tiles, name=names[2])]
+    else:
+        gemms = [moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1], layout=layout,
+                                       weight_dtype=weight_dtype),
+                 moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
+                                    weight_dtype=weight_dtype)]
+    funcs = [moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]), *gemms,
              prim_func(tokens, top_k, dim, rows, name=names[3])]
     return list(zip(names, funcs)), br, max_tiles, rows
 
@@ -124,12 +133,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     limit = float(attrs.get("swiglu_limit", 10.0))
     br = block_rows(tokens, top_k, experts)
     constant = isinstance(gate_up, GenericConst) and isinstance(down, GenericConst)
-    layout = schedules.layout(target_kind, br, constant)
+    tensor_cores = schedules.tensor_cores(target_kind, br, weight_dtype, dim, inter)
+    layout = "rows" if tensor_cores else schedules.layout(target_kind, br, constant)
     funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype),
-                                         layout=layout, weight_dtype=weight_dtype)
+                                         layout=layout, weight_dtype=weight_dtype, tensor_cores=tensor_cores)
     gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
     served = (f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles, "
-              f"{weight_dtype} {layout} weights]")
+              f"{weight_dtype} {layout} weights{', tensor cores' if tensor_cores else ''}]")
     for (n, _), what in zip(funcs, ("permutation", "grouped SwiGLU gate/up GEMM", "grouped down GEMM", "combine")):
         report.add(n, f"{served}: {what}")
     perm = bb.emit(relax.call_tir(gvs[0], [indices, weights], out_ty=[

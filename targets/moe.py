@@ -18,7 +18,9 @@ thread per output element of the tile (gate and up accumulated by the same threa
 coalesced along the packed column axis. Decode (1-row tiles) and parameters read K-contiguous rows
 with a weight-streaming GEMV: many blocks over the output columns, a warp per column, the K
 reduction split over the warp's lanes and merged by shuffles. Blocks of unused tiles exit at once.
-``layout`` is the compile-time choice of the weight layout for a target and regime. Sequential kernels (the permutation) run on one
+Prefill on bfloat16 weights runs ``tide.ops.moe_grouped_mma``'s tensor-core kernels (mma.sync
+m16n8k16, fp32 accumulation; 16-row tiles). ``layout`` and ``tensor_cores`` are the compile-time
+choices of the weight layout and the GEMM kind for a target and regime. Sequential kernels (the permutation) run on one
 thread; per-row kernels (router selection) one thread per token.
 """
 
@@ -62,6 +64,15 @@ def layout(target_kind: str, block_rows: int, constant: bool) -> str:
     raise ValueError(f"no MoE weight layout for target kind '{target_kind}'")
 
 
+def tensor_cores(target_kind: str, block_rows: int, weight_dtype: str, dim: int, inter: int) -> bool:
+    """CUDA prefill on bfloat16 weights runs the grouped GEMMs on tensor cores
+    (``tide.ops.moe_grouped_mma``); float32 weights keep the exact float32 SIMT schedule."""
+    from ..ops import moe_grouped_mma
+
+    return (target_kind == "cuda" and block_rows > 1 and weight_dtype == "bfloat16"
+            and moe_grouped_mma.supported(dim, inter))
+
+
 def _done(sch):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
@@ -72,6 +83,9 @@ def _done(sch):
 
 def schedule_cpu(func, target=None):
     from tvm import s_tir
+
+    if _kind(func) == "mma":
+        raise ValueError("tensor-core MoE kernels (tide.ops.moe_grouped_mma) are CUDA-only")
 
     sch = s_tir.Schedule(func)
     rule = {"permute": lambda s: None, "gate_up": _cpu_gate_up, "down": _cpu_down,
@@ -189,6 +203,8 @@ def _cpu_per_row(sch):
 def schedule_cuda(func, target=None):
     from tvm import s_tir
 
+    if _kind(func) == "mma":  # written with its thread mapping and warp fragments
+        return func.with_attr("tirx.is_scheduled", True)
     sch = s_tir.Schedule(func)
     gemm = _cuda_gemm_rows if _layout(sch) == "rows" else _cuda_gemm
     rule = {"permute": _cuda_single, "gate_up": gemm, "down": gemm,

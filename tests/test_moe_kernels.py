@@ -19,8 +19,8 @@ from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import (DeepseekV4Experts, DeepseekV4HashRouter,
                                                                   DeepseekV4MLP, DeepseekV4TopKRouter)
 
-from tide.ops import (moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, router, router_hash,
-                      router_scores)
+from tide.ops import (moe_down, moe_experts, moe_gate_up, moe_grouped_mma, moe_permute, moe_shared, router,
+                      router_hash, router_scores)
 from tide.targets import cpu
 from tide.targets import moe as schedules
 
@@ -449,6 +449,8 @@ def _cuda_kernels():
         funcs[f"select{tokens}"] = router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}")
         funcs[f"hash{tokens}"] = router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}")
         funcs.update(moe_shared.kernels(tokens, 256, 128, 10.0))
+    funcs.update(moe_experts.kernels(40, 6, 16, 256, 128, 10.0, layout="rows", weight_dtype="bfloat16",
+                                     tensor_cores=True)[0])  # prefill on tensor cores
     return funcs
 
 
@@ -464,6 +466,7 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
     source = exe.mod.imports[0].inspect_source()
     for name in funcs:
         assert f"{name}_kernel" in source
+    assert source.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 2  # gate/up and down
     cu, cubin = tmp_path / "moe.cu", tmp_path / "moe.cubin"
     cu.write_text(source)
     proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(cu)], capture_output=True, text=True)
@@ -475,14 +478,14 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
 # weight layout: a compile-time choice
 
 
-def _converted_calls(weights_constant, target_kind, tokens=1, weight_dtype="float32"):
+def _converted_calls(weights_constant, target_kind, tokens=1, weight_dtype="float32", dim=32, inter=16):
     """``tide.MoEExperts`` converted with its expert weights as constants or as function parameters:
     (kernel names of the call_tir's, the Relax ops other than call_tir in the function)."""
     from tvm import relax
 
     from tide.compiler import substitute
 
-    tokens, top_k, experts, dim, inter = tokens, 2, 4, 32, 16
+    top_k, experts = 2, 4
     rng = np.random.default_rng(0)
     gate_up, down = _expert_weights(rng, experts, dim, inter, 1.5)
     bb = relax.BlockBuilder()
@@ -532,6 +535,20 @@ def test_cuda_decode_reads_rows():
     """CUDA decode (1-row tiles) reads constant weights as K-contiguous rows (the GEMV layout)."""
     names, others = _converted_calls(True, "cuda", tokens=1)
     assert all(n.endswith("_rows") for n in names[1:3]) and others == [], (names, others)
+
+
+def test_cuda_prefill_on_bf16_uses_tensor_cores():
+    """CUDA prefill with bfloat16 weights: the tensor-core GEMMs on 16-row tiles, weights as stored;
+    float32 weights keep the float32 SIMT kernels; the CPU never gets the CUDA-only kernels."""
+    names, others = _converted_calls(True, "cuda", tokens=8, weight_dtype="bfloat16", dim=64, inter=32)
+    assert all(n.endswith("_mma_bf16") for n in names[1:3]) and names[0].endswith("_b16"), names
+    assert others == []
+    names, _ = _converted_calls(True, "cuda", tokens=8, dim=64, inter=32)
+    assert all(n.endswith("_panel") for n in names[1:3]), names
+    names, _ = _converted_calls(True, "cpu", tokens=8, weight_dtype="bfloat16", dim=64, inter=32)
+    assert all(n.endswith("_panel_bf16") for n in names[1:3]), names
+    with pytest.raises(ValueError, match="CUDA-only"):
+        schedules.schedule_cpu(moe_grouped_mma.down_func(32, 2, 32, 2))
 
 
 def test_bad_weight_dtype_is_named():
