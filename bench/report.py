@@ -102,7 +102,8 @@ def table(doc: dict) -> str:
         def ratio(name):
             if name in r:
                 return f"{r[name]:.2f}x"
-            return "WRONG" if rec["skipped"].get(name, "").startswith("WRONG") else "-"
+            why = rec["skipped"].get(name, "")
+            return "WRONG" if why.startswith("WRONG") else "FAIL" if why.startswith("FAILED") else "-"
         if tide:
             lines.append(f"{rec['name']:<46}{_ms(tide['median_s']):>10}{100 * tide['spread']:>7.0f}%"
                          f"{tide['gflops']:>9.1f}{tide['gbs']:>8.1f}{tide['roofline_pct']:>7.1f}  "
@@ -111,7 +112,8 @@ def table(doc: dict) -> str:
         else:
             why = rec["skipped"].get("tide", "not run")
             lines.append(f"{rec['name']:<46}  tide: {why[:120]}")
-    wrong = [(rec["name"], e, w) for rec in doc["results"] for e, w in rec["skipped"].items() if w.startswith("WRONG")]
+    wrong = [(rec["name"], e, w) for rec in doc["results"] for e, w in rec["skipped"].items()
+             if w.startswith(("WRONG", "FAILED"))]
     for name, engine, why in wrong:
         lines.append(f"! {name} [{engine}]: {why}")
     return "\n".join(lines)
@@ -132,7 +134,7 @@ def compare(old: dict, new: dict, threshold: float = 0.10, engine: str = "tide")
             out["only_new"].append(rec["name"])
             continue
         why = rec["skipped"].get(engine, "")
-        if why.startswith("WRONG") and engine in prev["engines"]:
+        if why.startswith(("WRONG", "FAILED")) and engine in prev["engines"]:
             out["newly_wrong"].append((rec["name"], why))
             continue
         if engine not in rec["engines"] or engine not in prev["engines"]:

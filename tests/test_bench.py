@@ -232,7 +232,10 @@ def test_ceilings_are_measured():
     gemm = harness.cpu_gemm_peak(n=128, seconds=0.05)
     assert gemm["gemm_flops"] > 0 and gemm["blas"], gemm
     bw = harness.cpu_bandwidth(mib=8, reps=2)
-    assert bw["bandwidth"] > 0
+    assert bw["bandwidth"] > 0 and bw["read_bandwidth"] > 0
+    best = harness.best_ceilings({"gemm_flops": 1.0, "gemm_how": "a", "bandwidth": 5.0, "bandwidth_how": "a"},
+                                 {"gemm_flops": 2.0, "gemm_how": "b", "bandwidth": 3.0, "bandwidth_how": "b"})
+    assert (best["gemm_flops"], best["gemm_how"], best["bandwidth"], best["bandwidth_how"]) == (2.0, "b", 5.0, "a")
 
 
 def test_cli_parses_bench():
