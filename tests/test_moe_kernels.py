@@ -557,6 +557,89 @@ def test_bad_weight_dtype_is_named():
 
 
 # ---------------------------------------------------------------------------------------------
+# tensor-core kernels' CUDA source on a CPU warp emulator
+
+
+def _emulated(source: str, kernel: str, tmp_path, blocks: int):
+    """``kernel`` from the generated CUDA ``source``, compiled for the host against
+    tests/mma_warp_emulator.h (mma.sync emulated per the PTX fragment layouts) and launched on
+    ``blocks`` thread blocks; returns call(**arrays), arrays named as the kernel's parameters."""
+    import ctypes
+    import re
+
+    definition = re.search(r'extern "C" __global__ void __launch_bounds__\(\d+\) (%s\(([^)]*)\)) \{' % kernel, source)
+    assert definition, f"no definition of {kernel} in the CUDA source"
+    signature, params = definition[1].replace("__restrict__", ""), re.findall(r"\*\s*__restrict__\s+(\w+)",
+                                                                               definition[2])
+    body_start = definition.end() - 1
+    depth, end = 0, body_start
+    for end in range(body_start, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[end], 0)
+        if depth == 0:
+            break
+    body = source[body_start:end + 1]
+    asm = re.compile(r"\{\s*__asm__ __volatile__\(\s*\"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\"[^:]*"
+                     r":\s*\"=f\"\(\(\(float \*\)\((?P<c>[^;]*?)\)\)\[0\]\).*?"
+                     r":\s*\"r\"\(\(\(unsigned \*\)\((?P<a>[^;]*?)\)\)\[0\]\), (?:\"r\"[^,]*, ){3}"
+                     r"\"r\"\(\(\(unsigned \*\)\((?P<b>[^;]*?)\)\)\[0\]\).*?\);\s*\}", re.S)
+    body, count = asm.subn(lambda m: f"tide_emu_mma((const uint32_t *)({m['a']}), (const uint32_t *)({m['b']}), "
+                                     f"(float *)({m['c']}));", body)
+    assert count >= 1 and "__asm__" not in body
+    args = ", ".join(params)
+    header = os.path.join(os.path.dirname(__file__), "mma_warp_emulator.h")
+    src = (f'#include "{header}"\nstatic void {signature} {body}\n'
+           f'extern "C" void run({signature[signature.index("(") + 1:-1]}) '
+           f'{{ tide_emu_launch({blocks}, {moe_grouped_mma.WARPS}, [=] {{ {kernel}({args}); }}); }}\n')
+    cpp, so = tmp_path / f"{kernel}.cc", tmp_path / f"{kernel}.so"
+    cpp.write_text(src)
+    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Werror",
+                           "-Wno-unused-variable", "-o", str(so), str(cpp)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    fn = ctypes.CDLL(str(so)).run
+
+    def call(**arrays):
+        fn(*[ctypes.c_void_p(arrays[p.removesuffix("_ptr")].ctypes.data) for p in params])
+    return call
+
+
+def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
+    """The CUDA source of the tensor-core gate/up and down kernels, run on the host with mma.sync
+    emulated lane by lane, against float64 references on bfloat16-rounded operands: checks the
+    kernels' fragment indexing, tile gather and epilogue (not the GPU itself)."""
+    tokens, top_k, experts, dim, inter, limit = 9, 3, 4, 64, 96, 1.5
+    rng = np.random.default_rng(17)
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    indices = _routing("one_expert", rng, tokens, top_k, experts)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
+    gate_up, down = gate_up.astype(ml_dtypes.bfloat16), down.astype(ml_dtypes.bfloat16)
+    funcs, block, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit, layout="rows",
+                                                        weight_dtype="bfloat16", tensor_cores=True)
+    assert block == moe_grouped_mma.TILE_ROWS
+    mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs[1:3]})
+    source = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"})).mod.imports[0].inspect_source()
+    cols = moe_grouped_mma.WARPS * moe_grouped_mma.MMA_N
+    gate_up_fn = _emulated(source, f"{funcs[1][0]}_kernel", tmp_path, inter // cols * max_tiles)
+    down_fn = _emulated(source, f"{funcs[2][0]}_kernel", tmp_path, dim // cols * max_tiles)
+    row_token, row_weight, tile_expert, num_tiles, slot = moe_permute.reference(indices, weights, experts, block)
+    h = np.full((rows, inter), np.nan, np.float32)
+    gate_up_fn(x=x, w=gate_up, row_token=row_token, row_weight=row_weight, tile_expert=tile_expert,
+               num_tiles=num_tiles, h=h)
+    used = int(num_tiles[0]) * block
+    h_ref = moe_grouped_mma.reference_gate_up(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit)
+    np.testing.assert_allclose(h[:used], h_ref[:used], rtol=1e-5, atol=1e-5 * np.abs(h_ref).max())
+    o = np.full((rows, dim), np.nan, np.float32)
+    down_fn(h=h, w=down, tile_expert=tile_expert, num_tiles=num_tiles, o=o)
+    hb = h.astype(ml_dtypes.bfloat16)  # the kernel's A operand
+    o_ref = moe_down.reference(hb, tile_expert, num_tiles, down.astype(np.float64), block)
+    np.testing.assert_allclose(o[:used], o_ref[:used], rtol=1e-5, atol=1e-5 * np.abs(o_ref).max())
+    y = moe_experts.reference(o, slot)
+    want = moe_experts.function_reference(x, weights, indices, gate_up.astype(np.float32), down.astype(np.float32),
+                                          limit)
+    np.testing.assert_allclose(y, want, rtol=0, atol=2e-2 * np.abs(want).max())  # bfloat16 activations
+
+
+# ---------------------------------------------------------------------------------------------
 # the tiny V4 model
 
 
