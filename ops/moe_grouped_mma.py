@@ -14,9 +14,9 @@ and ``q = l % 4``, holds
 - B (16 x 8, column-major): column g, rows 2q, 2q + 1, 2q + 8, 2q + 9;
 - C (16 x 8, float32): rows g and g + 8, columns 2q, 2q + 1.
 
-A thread block is WARPS warps over one tile and WARPS * 8 output columns (a warp per 8 columns;
-for gate/up the warp also owns the 8 matching up columns and applies the SwiGLU to its own
-accumulators). Activations (float32) are rounded to bfloat16 as the A fragments are loaded;
+A thread block is WARPS warps over one tile and COLS output columns (a warp per WARP_TILES x 8
+columns, so one A fragment load feeds several mma; for gate/up the warp also owns the matching up
+columns and applies the SwiGLU to its own accumulators). Activations (float32) are rounded to bfloat16 as the A fragments are loaded;
 fragments are loaded straight from global memory (a first tensor-core version: no shared-memory
 staging, ldmatrix or cp.async pipeline yet). Blocks of unused tiles exit at once.
 """
@@ -29,18 +29,18 @@ TILE_ROWS = 16  # the mma's M
 MMA_K = 16
 MMA_N = 8
 WARPS = 4
+WARP_TILES = 2  # n8 tiles per warp: each A fragment load feeds 2 * WARP_TILES mma (gate/up) or WARP_TILES (down)
+COLS = WARPS * WARP_TILES * MMA_N  # output columns per thread block
 
 
 def supported(dim: int, inter: int) -> bool:
-    """The shapes these kernels tile exactly: K a multiple of 16, N of WARPS * 8 (both GEMMs)."""
-    cols = WARPS * MMA_N
-    return dim % MMA_K == 0 and inter % MMA_K == 0 and inter % cols == 0 and dim % cols == 0
+    """The shapes these kernels tile exactly: K a multiple of 16, N of COLS (both GEMMs)."""
+    return dim % MMA_K == 0 and inter % MMA_K == 0 and inter % COLS == 0 and dim % COLS == 0
 
 
 def _check(dim: int, inter: int):
     if not supported(dim, inter):
-        raise ValueError(f"moe_grouped_mma: D {dim} and F {inter} must be multiples of {MMA_K} and "
-                         f"{WARPS * MMA_N}")
+        raise ValueError(f"moe_grouped_mma: D {dim} and F {inter} must be multiples of {MMA_K} and {COLS}")
 
 
 def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, limit: float,
@@ -51,8 +51,9 @@ def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int
 
     _check(dim, inter)
     rows = max_tiles * TILE_ROWS
-    blocks = inter // (WARPS * MMA_N)
+    blocks = inter // COLS
     lim = f"T.float32({float(limit)!r})"
+    nt = WARP_TILES
     src = f'''
 @T.prim_func
 def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {2 * inter}, {dim}), "bfloat16"),
@@ -65,32 +66,32 @@ def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {2
         for warp in T.thread_binding({WARPS}, thread="threadIdx.y"):
             for lane in T.thread_binding(32, thread="threadIdx.x"):
                 a = T.alloc_buffer((8,), "bfloat16", scope="local")
-                b = T.alloc_buffer((8,), "bfloat16", scope="local")
-                c = T.alloc_buffer((8,), "float32", scope="local")
+                b = T.alloc_buffer(({2 * nt * 4},), "bfloat16", scope="local")
+                c = T.alloc_buffer(({2 * nt * 4},), "float32", scope="local")
                 if bx % {max_tiles} < num_tiles[0]:
-                    for j in range(8):
+                    for j in range({2 * nt * 4}):
                         c[j] = T.float32(0)
                     for ko in range({dim // MMA_K}):
                         for half, r, j in T.grid(2, 2, 2):
                             a[half * 4 + r * 2 + j] = T.Cast("bfloat16", x[row_token[bx % {max_tiles} * 16 + lane // 4
                                                                                       + r * 8],
                                                                            ko * 16 + half * 8 + lane % 4 * 2 + j])
-                        for s, half, j in T.grid(2, 2, 2):
-                            b[s * 4 + half * 2 + j] = w[tile_expert[bx % {max_tiles}],
-                                                        s * {inter} + bx // {max_tiles} * {WARPS * MMA_N}
-                                                        + warp * 8 + lane // 4,
-                                                        ko * 16 + half * 8 + lane % 4 * 2 + j]
-                        for s in range(2):
+                        for s, n, half, j in T.grid(2, {nt}, 2, 2):
+                            b[(s * {nt} + n) * 4 + half * 2 + j] = w[tile_expert[bx % {max_tiles}],
+                                                                   s * {inter} + bx // {max_tiles} * {COLS}
+                                                                   + (warp * {nt} + n) * 8 + lane // 4,
+                                                                   ko * 16 + half * 8 + lane % 4 * 2 + j]
+                        for sn in range({2 * nt}):
                             T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                        a.data, 0, b.data, s * 4, c.data, s * 4, False,
+                                                        a.data, 0, b.data, sn * 4, c.data, sn * 4, False,
                                                         dtype="float32"))
-                    for r, j in T.grid(2, 2):
+                    for n, r, j in T.grid({nt}, 2, 2):
                         h[bx % {max_tiles} * 16 + lane // 4 + r * 8,
-                          bx // {max_tiles} * {WARPS * MMA_N} + warp * 8 + lane % 4 * 2 + j] = \\
+                          bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane % 4 * 2 + j] = \\
                             row_weight[bx % {max_tiles} * 16 + lane // 4 + r * 8] \\
-                            * T.min(c[r * 2 + j], {lim}) \\
-                            / (T.float32(1) + T.exp(T.float32(0) - T.min(c[r * 2 + j], {lim}))) \\
-                            * T.max(T.min(c[4 + r * 2 + j], {lim}), T.float32(0) - {lim})
+                            * T.min(c[n * 4 + r * 2 + j], {lim}) \\
+                            / (T.float32(1) + T.exp(T.float32(0) - T.min(c[n * 4 + r * 2 + j], {lim}))) \\
+                            * T.max(T.min(c[({nt} + n) * 4 + r * 2 + j], {lim}), T.float32(0) - {lim})
 '''
     return tvm.script.from_source(src)
 
@@ -102,7 +103,8 @@ def down_func(dim: int, experts: int, inter: int, max_tiles: int, name: str = "t
 
     _check(dim, inter)
     rows = max_tiles * TILE_ROWS
-    blocks = dim // (WARPS * MMA_N)
+    blocks = dim // COLS
+    nt = WARP_TILES
     src = f'''
 @T.prim_func
 def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {dim}, {inter}), "bfloat16"),
@@ -114,24 +116,26 @@ def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {d
         for warp in T.thread_binding({WARPS}, thread="threadIdx.y"):
             for lane in T.thread_binding(32, thread="threadIdx.x"):
                 a = T.alloc_buffer((8,), "bfloat16", scope="local")
-                b = T.alloc_buffer((4,), "bfloat16", scope="local")
-                c = T.alloc_buffer((4,), "float32", scope="local")
+                b = T.alloc_buffer(({nt * 4},), "bfloat16", scope="local")
+                c = T.alloc_buffer(({nt * 4},), "float32", scope="local")
                 if bx % {max_tiles} < num_tiles[0]:
-                    for j in range(4):
+                    for j in range({nt * 4}):
                         c[j] = T.float32(0)
                     for ko in range({inter // MMA_K}):
                         for half, r, j in T.grid(2, 2, 2):
                             a[half * 4 + r * 2 + j] = T.Cast("bfloat16", h[bx % {max_tiles} * 16 + lane // 4 + r * 8,
                                                                            ko * 16 + half * 8 + lane % 4 * 2 + j])
-                        for half, j in T.grid(2, 2):
-                            b[half * 2 + j] = w[tile_expert[bx % {max_tiles}],
-                                                bx // {max_tiles} * {WARPS * MMA_N} + warp * 8 + lane // 4,
-                                                ko * 16 + half * 8 + lane % 4 * 2 + j]
-                        T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                    a.data, 0, b.data, 0, c.data, 0, False, dtype="float32"))
-                    for r, j in T.grid(2, 2):
+                        for n, half, j in T.grid({nt}, 2, 2):
+                            b[n * 4 + half * 2 + j] = w[tile_expert[bx % {max_tiles}],
+                                                        bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane // 4,
+                                                        ko * 16 + half * 8 + lane % 4 * 2 + j]
+                        for n in range({nt}):
+                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                        a.data, 0, b.data, n * 4, c.data, n * 4, False,
+                                                        dtype="float32"))
+                    for n, r, j in T.grid({nt}, 2, 2):
                         o[bx % {max_tiles} * 16 + lane // 4 + r * 8,
-                          bx // {max_tiles} * {WARPS * MMA_N} + warp * 8 + lane % 4 * 2 + j] = c[r * 2 + j]
+                          bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane % 4 * 2 + j] = c[n * 4 + r * 2 + j]
 '''
     return tvm.script.from_source(src)
 

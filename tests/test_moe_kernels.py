@@ -540,15 +540,15 @@ def test_cuda_decode_reads_rows():
 def test_cuda_prefill_on_bf16_uses_tensor_cores():
     """CUDA prefill with bfloat16 weights: the tensor-core GEMMs on 16-row tiles, weights as stored;
     float32 weights keep the float32 SIMT kernels; the CPU never gets the CUDA-only kernels."""
-    names, others = _converted_calls(True, "cuda", tokens=8, weight_dtype="bfloat16", dim=64, inter=32)
+    names, others = _converted_calls(True, "cuda", tokens=8, weight_dtype="bfloat16", dim=128, inter=64)
     assert all(n.endswith("_mma_bf16") for n in names[1:3]) and names[0].endswith("_b16"), names
     assert others == []
-    names, _ = _converted_calls(True, "cuda", tokens=8, dim=64, inter=32)
+    names, _ = _converted_calls(True, "cuda", tokens=8, dim=128, inter=64)
     assert all(n.endswith("_panel") for n in names[1:3]), names
-    names, _ = _converted_calls(True, "cpu", tokens=8, weight_dtype="bfloat16", dim=64, inter=32)
+    names, _ = _converted_calls(True, "cpu", tokens=8, weight_dtype="bfloat16", dim=128, inter=64)
     assert all(n.endswith("_panel_bf16") for n in names[1:3]), names
     with pytest.raises(ValueError, match="CUDA-only"):
-        schedules.schedule_cpu(moe_grouped_mma.down_func(32, 2, 32, 2))
+        schedules.schedule_cpu(moe_grouped_mma.down_func(64, 2, 64, 2))
 
 
 def test_bad_weight_dtype_is_named():
@@ -606,7 +606,7 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
     """The CUDA source of the tensor-core gate/up and down kernels, run on the host with mma.sync
     emulated lane by lane, against float64 references on bfloat16-rounded operands: checks the
     kernels' fragment indexing, tile gather and epilogue (not the GPU itself)."""
-    tokens, top_k, experts, dim, inter, limit = 9, 3, 4, 64, 96, 1.5
+    tokens, top_k, experts, dim, inter, limit = 9, 3, 4, 192, 128, 1.5
     rng = np.random.default_rng(17)
     x = rng.standard_normal((tokens, dim), dtype=np.float32)
     indices = _routing("one_expert", rng, tokens, top_k, experts)
@@ -618,7 +618,7 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
     assert block == moe_grouped_mma.TILE_ROWS
     mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs[1:3]})
     source = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"})).mod.imports[0].inspect_source()
-    cols = moe_grouped_mma.WARPS * moe_grouped_mma.MMA_N
+    cols = moe_grouped_mma.COLS
     gate_up_fn = _emulated(source, f"{funcs[1][0]}_kernel", tmp_path, inter // cols * max_tiles)
     down_fn = _emulated(source, f"{funcs[2][0]}_kernel", tmp_path, dim // cols * max_tiles)
     row_token, row_weight, tile_expert, num_tiles, slot = moe_permute.reference(indices, weights, experts, block)
