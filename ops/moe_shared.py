@@ -6,7 +6,8 @@ compile time (every token, in order, weight 1): ``tide.ops.moe_gate_up`` (gate a
 clamps and SiLU in its epilogue), ``tide.ops.moe_down``, then ``tide.ops.moe_experts``' combine
 with one slot per token, which drops the tile padding. No permutation kernel runs; the weights
 are laid out at compile time exactly as the routed experts' are (``tide.targets.moe.layout``).
-Weights that are parameters rather than constants (only above ``onnx_import.PARAMETER_MIN_BYTES``,
+CUDA prefill on bfloat16 weights runs the tensor-core GEMMs of ``tide.ops.moe_grouped_mma`` on
+16-row tiles. Weights that are parameters rather than constants (only above ``onnx_import.PARAMETER_MIN_BYTES``,
 far beyond any V4 shared expert) are read in the rows layout after a run-time concatenation of
 gate and up (a copy, no transpose).
 """
@@ -15,20 +16,23 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import moe_down, moe_experts, moe_gate_up
+from . import moe_down, moe_experts, moe_gate_up, moe_grouped_mma
 
 TIDE_FUNCTION = "SharedExpert"
 
 
-def block_rows(tokens: int) -> int:
-    """Rows per tile: 1 for a single token (decode: the weights stream once), else 3."""
+def block_rows(tokens: int, tensor_cores: bool = False) -> int:
+    """Rows per tile: 1 for a single token (decode: the weights stream once), else 3; 16 on tensor
+    cores (``tide.ops.moe_grouped_mma``)."""
+    if tensor_cores:
+        return moe_grouped_mma.TILE_ROWS
     return 1 if tokens == 1 else 3
 
 
-def tiles(tokens: int) -> dict:
+def tiles(tokens: int, tensor_cores: bool = False) -> dict:
     """The fixed tile schedule: numpy arrays for the GEMMs' row_token, row_weight, tile_expert,
     num_tiles and the combine's slot."""
-    br = block_rows(tokens)
+    br = block_rows(tokens, tensor_cores)
     count = -(-tokens // br)
     rows = np.arange(count * br)
     return {"row_token": np.where(rows < tokens, rows, 0).astype(np.int32),
@@ -37,16 +41,26 @@ def tiles(tokens: int) -> dict:
             "slot": np.arange(tokens, dtype=np.int32)[:, None]}
 
 
-def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "panel", weight_dtype: str = "float32"):
+def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "panel", weight_dtype: str = "float32",
+            tensor_cores: bool = False):
     """(name, PrimFunc) of gate/up, down and combine for this shape (unscheduled)."""
-    br, count = block_rows(tokens), -(-tokens // block_rows(tokens))
+    br = block_rows(tokens, tensor_cores)
+    count = -(-tokens // br)
     shape = f"t{tokens}d{dim}f{inter}"
-    wtag = f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
-    names = [f"tide_shared_gate_up_{shape}{wtag}", f"tide_shared_down_{shape}{wtag}", f"tide_shared_rows_{shape}"]
-    funcs = [moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
-                                   weight_dtype=weight_dtype),
-             moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout, weight_dtype=weight_dtype),
-             moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2])]
+    wtag = "_mma_bf16" if tensor_cores else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    names = [f"tide_shared_gate_up_{shape}{wtag}", f"tide_shared_down_{shape}{wtag}",
+             f"tide_shared_rows_{shape}_b{br}"]
+    if tensor_cores:
+        if layout != "rows" or weight_dtype != "bfloat16":
+            raise ValueError("tide.SharedExpert tensor-core kernels take bfloat16 weights in the rows layout, "
+                             f"got {weight_dtype} {layout}")
+        gemms = [moe_grouped_mma.gate_up_func(tokens, dim, 1, inter, count, limit, name=names[0]),
+                 moe_grouped_mma.down_func(dim, 1, inter, count, name=names[1])]
+    else:
+        gemms = [moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
+                                       weight_dtype=weight_dtype),
+                 moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout, weight_dtype=weight_dtype)]
+    funcs = [*gemms, moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2])]
     return list(zip(names, funcs))
 
 
@@ -83,12 +97,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
         "gate_weight": gate_weight, "up_weight": up_weight, "down_weight": down_weight})
     limit = float(attrs.get("swiglu_limit", 10.0))
     constant = all(isinstance(w, GenericConst) for w in inputs[1:])
-    layout = schedules.layout(target_kind, block_rows(tokens), constant)
-    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype)
+    tensor_cores = schedules.tensor_cores(target_kind, block_rows(tokens), weight_dtype, dim, inter)
+    layout = "rows" if tensor_cores else schedules.layout(target_kind, block_rows(tokens), constant)
+    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype, tensor_cores)
     gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
     for (n, _), what in zip(funcs, ("gate/up GEMM + SwiGLU", "down GEMM", "rows out")):
         report.add(n, f"tide.SharedExpert [T {tokens}, D {dim}, F {inter}, {weight_dtype} {layout} weights]: {what}")
-    fixed = tiles(tokens)
+    fixed = tiles(tokens, tensor_cores)
     rows = fixed["row_token"].shape[0]
     sched = {k: relax.const(v) for k, v in fixed.items()}
     gate_up = bb.emit(relax.op.expand_dims(relax.op.concat([gate_weight, up_weight], axis=0), 0))

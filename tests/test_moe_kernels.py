@@ -451,6 +451,7 @@ def _cuda_kernels():
         funcs.update(moe_shared.kernels(tokens, 256, 128, 10.0))
     funcs.update(moe_experts.kernels(40, 6, 16, 256, 128, 10.0, layout="rows", weight_dtype="bfloat16",
                                      tensor_cores=True)[0])  # prefill on tensor cores
+    funcs.update(moe_shared.kernels(40, 256, 128, 10.0, "rows", "bfloat16", tensor_cores=True))
     return funcs
 
 
@@ -466,7 +467,7 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
     source = exe.mod.imports[0].inspect_source()
     for name in funcs:
         assert f"{name}_kernel" in source
-    assert source.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 2  # gate/up and down
+    assert source.count("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32") == 4  # routed and shared gate/up, down
     cu, cubin = tmp_path / "moe.cu", tmp_path / "moe.cubin"
     cu.write_text(source)
     proc = subprocess.run([nvcc, "-cubin", f"-arch={arch}", "-o", str(cubin), str(cu)], capture_output=True, text=True)
@@ -549,6 +550,34 @@ def test_cuda_prefill_on_bf16_uses_tensor_cores():
     assert all(n.endswith("_panel_bf16") for n in names[1:3]), names
     with pytest.raises(ValueError, match="CUDA-only"):
         schedules.schedule_cpu(moe_grouped_mma.down_func(64, 2, 64, 2))
+
+
+def test_shared_expert_conversion_per_target():
+    """SharedExpert: CUDA prefill on bfloat16 weights on tensor cores (16-row tiles), CUDA decode the
+    rows GEMV, CPU packed panels."""
+    from tvm import relax
+
+    from tide.compiler import substitute
+
+    def names(tokens, target_kind, dtype):
+        rng = np.random.default_rng(1)
+        dim, inter = 128, 64
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((tokens, dim), "float32"))
+        ws = [relax.const((rng.standard_normal(s, dtype=np.float32) * 0.1).astype(dtype))
+              for s in ((inter, dim), (inter, dim), (dim, inter))]
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit_output(moe_shared.relax_convert(bb, [x, *ws], {"swiglu_limit": 1.5}, target_kind=target_kind,
+                                                            report=substitute.SubstitutionReport()))
+            bb.emit_func_output(y)
+        return [gv.name_hint for gv, f in bb.get().functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+    assert sorted(names(20, "cuda", "bfloat16")) == ["tide_shared_down_t20d128f64_mma_bf16",
+                                                     "tide_shared_gate_up_t20d128f64_mma_bf16",
+                                                     "tide_shared_rows_t20d128f64_b16"]
+    assert "tide_shared_gate_up_t1d128f64_rows" in names(1, "cuda", "float32")
+    assert "tide_shared_gate_up_t20d128f64_panel_bf16" in names(20, "cpu", "bfloat16")
 
 
 def test_bad_weight_dtype_is_named():
