@@ -28,7 +28,7 @@ def _cmd_compile(args) -> int:
         dims[name] = int(value)
     options = CompileOptions(target=args.target, batch=args.batch, max_seq_len=args.max_seq_len,
                              prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims,
-                             mcpu=args.mcpu, progress=not args.quiet)
+                             mcpu=args.mcpu, arch=args.arch, progress=not args.quiet)
     result = compile_model(args.model, args.output, options)
     generic = sorted(k for k, v in result.kernels.items() if v == "generic")
     tide_kernels = {k: v for k, v in result.kernels.items() if v != "generic"}
@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefill-chunk", type=int, action="append",
                    help="prefill chunk size (repeatable; default 32; single tokens use decode)")
     p.add_argument("--dim", action="append", help="NAME=INT for other symbolic dimensions")
-    p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's)")
+    p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; cuda: the generic host CPU)")
+    p.add_argument("--arch", help="cuda: GPU architectures, comma-separated (sm_80, sm_86, sm_89, sm_90, sm_90a; "
+                                  "default sm_90), e.g. sm_80,sm_90")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_compile)
 

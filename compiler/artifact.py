@@ -46,6 +46,12 @@ TARGET_KINDS = {"cpu": 1, "cuda": 2, "ascend": 3}
 BUFFER_KINDS = {"arena": 0, "input": 1, "weight": 2, "state": 3}
 ROLES = {"data": 0, "state": 1}
 OPS = {"call": 0, "copy": 1}
+DEVICE_MAGIC = b"TIDECUDA"
+DEVICE_VERSION = 1
+DEVICE_FORMATS = {"cubin": 0, "fatbin": 1, "ptx": 2}
+DEVICE_HANDLE = (3, 64)  # DLPack opaque handle: a pointer argument of a device kernel
+DEVICE_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z",
+               "tir.use_dyn_shared_memory")
 # Required-CPU-feature bits of the TARGET section (bit i = FEATURES[i]).
 FEATURES = ("sse4.2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vnni",
             "avx512bf16")
@@ -149,6 +155,28 @@ class Plan:
 
 
 @dataclass
+class DeviceImage:
+    arch: str  # "sm_80", "sm_90", "sm_90a"
+    format: str  # "cubin" | "fatbin" | "ptx"
+    data: bytes
+
+
+@dataclass
+class DeviceFunction:
+    name: str  # the device kernel symbol the host stubs look up
+    args: list  # dtype names in launch order; "handle" for a pointer
+    tags: list  # launch dimensions after the arguments ("blockIdx.x", ..., "tir.use_dyn_shared_memory")
+
+
+@dataclass
+class DeviceCode:
+    """The DEVICE_CODE section (cuda): images per architecture and the kernels' launch signatures."""
+
+    images: list
+    functions: list
+
+
+@dataclass
 class Section:
     kind: str  # "TARGET", "PLAN", ...
     offset: int
@@ -168,6 +196,7 @@ class Artifact:
     metadata: dict
     sections: dict = field(default_factory=dict)  # kind name -> (offset, size), in file order
     section_info: dict = field(default_factory=dict)  # kind name -> Section (with CRC and alignment)
+    device_code: DeviceCode | None = None  # the parsed DEVICE_CODE section (cuda)
 
     def section_bytes(self, kind: str) -> bytes:
         """A section's bytes (e.g. "KERNELS_HOST"); b"" when the artifact has none."""
@@ -493,6 +522,77 @@ def _encode_plan(plan: Plan, layout: list) -> bytes:
     return out.bytes()
 
 
+def _is_device_arch(arch: str) -> bool:
+    return arch.startswith("sm_") and len(arch) > 3 and (arch[3:].isdigit() or
+                                                         (arch.endswith("a") and arch[3:-1].isdigit()))
+
+
+def _device_arch_key(arch: str):
+    return (int(arch[3:].rstrip("a")), arch.endswith("a"))
+
+
+def validate_device_code(code: DeviceCode, device_arch: str | None = None) -> None:
+    """The DEVICE_CODE rules (docs/artifact-format.md); ``device_arch``: the TARGET record's list,
+    which must name exactly the images' architectures in ascending order."""
+    if not code.images:
+        raise ArtifactError("DEVICE_CODE: no device image")
+    for i, img in enumerate(code.images):
+        _check_string(img.arch, f"DEVICE_CODE image {i} architecture")
+        if not _is_device_arch(img.arch):
+            raise ArtifactError(f"DEVICE_CODE image {i}: architecture '{img.arch}' is not sm_<digits>[a]")
+        if img.format not in DEVICE_FORMATS:
+            raise ArtifactError(f"DEVICE_CODE image {img.arch}: unknown format '{img.format}' "
+                                f"(known: {', '.join(DEVICE_FORMATS)})")
+        if not img.data:
+            raise ArtifactError(f"DEVICE_CODE image {img.arch}: empty")
+        if img.format == "ptx" and b"\0" in bytes(img.data):
+            raise ArtifactError(f"DEVICE_CODE image {img.arch}: ptx text holds a NUL byte")
+    _check_unique([img.arch for img in code.images], "DEVICE_CODE image architecture")
+    for f in code.functions:
+        _check_string(f.name, "DEVICE_CODE function name")
+        for a in f.args:
+            if a != "handle" and a not in DTYPES:
+                raise ArtifactError(f"DEVICE_CODE function '{f.name}': unknown argument dtype '{a}'")
+        for t in f.tags:
+            _check_string(t, f"DEVICE_CODE function '{f.name}' launch tag")
+            if t not in DEVICE_TAGS:
+                raise ArtifactError(f"DEVICE_CODE function '{f.name}': unknown launch tag '{t}' "
+                                    f"(known: {', '.join(DEVICE_TAGS)})")
+        if "tir.use_dyn_shared_memory" in f.tags[:-1]:
+            raise ArtifactError(f"DEVICE_CODE function '{f.name}': the dynamic shared memory tag must be last")
+    _check_unique([f.name for f in code.functions], "DEVICE_CODE function name")
+    if device_arch is not None:
+        expected = ",".join(sorted((img.arch for img in code.images), key=_device_arch_key))
+        if device_arch != expected:
+            raise ArtifactError(f"target device architecture '{device_arch}' does not list the DEVICE_CODE "
+                                f"images in ascending order (expected '{expected}')")
+
+
+def encode_device_code(code: DeviceCode) -> bytes:
+    """The DEVICE_CODE section bytes of ``code`` (validated first)."""
+    validate_device_code(code)
+    out = _Out()
+    out.parts.append(DEVICE_MAGIC)
+    out.u32(DEVICE_VERSION)
+    out.u32(len(code.images))
+    for img in code.images:
+        out.string(img.arch)
+        out.u8(DEVICE_FORMATS[img.format])
+        out.u64(len(img.data))
+        out.parts.append(bytes(img.data))
+    out.u32(len(code.functions))
+    for f in code.functions:
+        out.string(f.name)
+        out.u32(len(f.args))
+        for a in f.args:
+            code_, bits = DEVICE_HANDLE if a == "handle" else DTYPES[a]
+            out.parts.append(struct.pack("<BBH", code_, bits, 1))
+        out.u32(len(f.tags))
+        for t in f.tags:
+            out.string(t)
+    return out.bytes()
+
+
 def _check_elf(image, where: str) -> None:
     """An ELF64 little-endian shared object (the C loader also checks its machine against the host)."""
     head = bytes(image[:20])
@@ -571,6 +671,10 @@ def write_artifact(path: str, target: TargetInfo, plan: Plan, kernel_library: by
         blobs.append(("KERNELS_HOST", kernel_library))
     if device_code:
         blobs.append(("DEVICE_CODE", bytes(device_code)))
+    if check and target.kind == "cuda":
+        if not device_code:
+            raise ArtifactError("a cuda target needs a DEVICE_CODE section")
+        validate_device_code(decode_device_code(bytes(device_code)), target.device_arch)
     n = len(blobs) + 1
     pos = HEADER_BYTES + n * TABLE_ENTRY_BYTES
     sections = []
@@ -801,6 +905,56 @@ def _decode_plan(data) -> Plan:
     return plan
 
 
+def decode_device_code(data) -> DeviceCode:
+    """Parses and validates a DEVICE_CODE section (the C loader's rules)."""
+    r = _In(data, "DEVICE_CODE")
+    r.context = "header"
+    if bytes(r.take(8, "magic")) != DEVICE_MAGIC:
+        r.pos -= 8
+        r.fail('bad magic (expected "TIDECUDA")')
+    version = r.u32("version")
+    if version != DEVICE_VERSION:
+        r.fail(f"version {version} is not supported (expected {DEVICE_VERSION})")
+    formats = {v: k for k, v in DEVICE_FORMATS.items()}
+    images = []
+    for i in range(r.count("image count", 4 + 1 + 8)):
+        r.context = f"image {i}"
+        arch = r.string("architecture")
+        fmt = r.u8("format")
+        if fmt not in formats:
+            r.fail(f"unknown image format {fmt} (0 cubin, 1 fatbin, 2 ptx)")
+        n = r.u64("image size")
+        if n > len(r.data) - r.pos:
+            r.fail(f"image of {n} bytes exceeds the {len(r.data) - r.pos} bytes left (truncated?)")
+        images.append(DeviceImage(arch, formats[fmt], bytes(r.take(n, "image"))))
+    functions = []
+    for i in range(r.count("function count", 4 + 1 + 8)):
+        r.context = f"function {i}"
+        name = r.string("function name")
+        r.context = f"function {i} ('{name}')"
+        args = []
+        for _ in range(r.count("argument count", 4)):
+            code, bits, lanes = struct.unpack("<BBH", r.take(4, "argument dtype"))
+            if (code, bits) == DEVICE_HANDLE and lanes == 1:
+                args.append("handle")
+            elif (code, bits) in DTYPE_NAMES and lanes == 1:
+                args.append(DTYPE_NAMES[(code, bits)])
+            else:
+                r.pos -= 4
+                r.fail(f"unsupported argument dtype (code {code}, bits {bits}, lanes {lanes})")
+        tags = [r.string("launch tag") for _ in range(r.count("launch tag count", 5))]
+        functions.append(DeviceFunction(name, args, tags))
+    if r.pos != len(r.data):
+        r.context = "end"
+        r.fail(f"{len(r.data) - r.pos} bytes follow the last function")
+    code = DeviceCode(images, functions)
+    try:
+        validate_device_code(code)
+    except ArtifactError as err:
+        raise ArtifactError(f"DEVICE_CODE section: {str(err).removeprefix('DEVICE_CODE').lstrip(': ')}") from None
+    return code
+
+
 def _crc_range(data, offset: int, size: int) -> int:
     """CRC-32 of data[offset:offset + size] in chunks, without copying and without leaving a buffer
     export behind (the mmap must stay closable)."""
@@ -920,8 +1074,14 @@ def _parse(path: str, data, verify: bool) -> Artifact:
                                 "section")
         s = sections["KERNELS_HOST"]
         _check_elf(data[s.offset:s.offset + min(s.size, 64)], "KERNELS_HOST section")
+    device_code = None
+    if target.kind == "cuda":
+        if "DEVICE_CODE" not in sections:
+            raise ArtifactError("a cuda target needs a DEVICE_CODE section")
+        device_code = decode_device_code(blob("DEVICE_CODE"))
+        validate_device_code(device_code, target.device_arch)
     return Artifact(path, size, target, plan, metadata, {k: (s.offset, s.size) for k, s in sections.items()},
-                    sections)
+                    sections, device_code)
 
 
 def read_artifact(path: str, verify: bool = True) -> Artifact:

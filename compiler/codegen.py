@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .errors import CompileError
 
-TARGETS = ("cpu",)
+TARGETS = ("cpu", "cuda")
 
 
 @dataclass
@@ -37,16 +37,38 @@ def target_module(kind: str):
     return importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.targets.{kind}")
 
 
-def build(kernels: dict, tgt_mod, target) -> KernelLibrary:
-    """Compiles every kernel for ``target`` and links the host side with the runtime's shim."""
+def build(kernels: dict, tgt_mod, target, device_archs=()) -> KernelLibrary:
+    """Compiles every kernel for ``target`` and links the host side with the runtime's shim; on a
+    device target also compiles the device code for each of ``device_archs``."""
     import tvm
 
     funcs = {name: func.with_attr("global_symbol", name) for name, func in kernels.items()}
     try:
         exe = tvm.compile(tvm.IRModule(funcs), target=target)
     except Exception as err:
-        raise CompileError(f"code generation failed: {type(err).__name__}: {err}") from err
-    return KernelLibrary(host=_link_host_library(exe.mod), device_code=None, device_arch="")
+        raise CompileError(f"code generation failed{_failing_kernel(funcs, target, str(err))}: "
+                           f"{type(err).__name__}: {err}") from err
+    host = _link_host_library(exe.mod)
+    if not hasattr(tgt_mod, "build_device_code"):
+        return KernelLibrary(host=host, device_code=None, device_arch="")
+    device_code, device_arch = tgt_mod.build_device_code(exe.mod, list(device_archs))
+    return KernelLibrary(host=host, device_code=device_code, device_arch=device_arch)
+
+
+def _failing_kernel(funcs: dict, target, message: str) -> str:
+    """``" in kernel 'X'"`` for the kernel TVM's error names, else for the first kernel that fails to
+    build on its own (TVM's pass errors often do not say which function they were in)."""
+    import tvm
+
+    named = [name for name in funcs if name in message]
+    if named:
+        return f" in kernel '{max(named, key=len)}'"
+    for name, func in funcs.items():
+        try:
+            tvm.compile(tvm.IRModule({name: func}), target=target)
+        except Exception:  # noqa: BLE001  (any failure identifies the kernel)
+            return f" in kernel '{name}'"
+    return ""
 
 
 def _link_host_library(host_mod) -> bytes:

@@ -28,6 +28,7 @@ class CompileOptions:
     prefill_chunks: tuple[int, ...] = DEFAULT_PREFILL_CHUNKS
     dims: dict[str, int] = field(default_factory=dict)
     mcpu: str | None = None
+    arch: str | None = None  # device architectures of a device target, e.g. "sm_80,sm_90" (cuda: default sm_90)
     progress: bool = True
     kernels: bool = True  # False: no tide-domain function kernels (their ONNX bodies get generic lowering)
 
@@ -100,7 +101,10 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     loaded = onnx_import.load(onnx_path)
     sig, entries = _entries(loaded, options)
     progress = _Progress(options.progress, 4 * len(entries) + 2)
-    target = tgt_mod.tvm_target(options.mcpu)
+    if options.arch and not hasattr(tgt_mod, "parse_archs"):
+        raise CompileError(f"--arch {options.arch}: target '{options.target}' has no device architectures")
+    device_archs = tgt_mod.parse_archs(options.arch) if hasattr(tgt_mod, "parse_archs") else []
+    target = tgt_mod.tvm_target(options.mcpu, device_archs) if device_archs else tgt_mod.tvm_target(options.mcpu)
     model = loaded.model
     input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     output_names = [o.name for o in model.graph.output]
@@ -141,13 +145,13 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     for name in kernels:
         report.kernels.setdefault(name, "generic")
     progress(f"codegen {len(kernels)} kernels for {options.target}")
-    library = codegen.build(kernels, tgt_mod, target)
+    library = codegen.build(kernels, tgt_mod, target, device_archs)
     progress(f"write {output_path}")
     metadata = {
         "source": os.path.basename(onnx_path),
         "kind": "decode" if sig else "graph",
         "target": options.target,
-        "mcpu": str(target.attrs.get("mcpu", "")),
+        "mcpu": str((target.host or target).attrs.get("mcpu", "")),
         "kernels": report.kernels,
         "entries": [p.name for p in plans],
     }

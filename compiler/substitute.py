@@ -44,7 +44,7 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
 
     from ..ops import state_scatter, topk
 
-    parallel = target_kind == "cpu"
+    parallel = True  # rows are independent: the CPU thread pool, or the CUDA grid (targets/cuda.py)
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
     params = {p.name: p for p in mod["main"].params}

@@ -1,0 +1,307 @@
+"""The CUDA target: target description, generic-kernel schedules and device code (cubin per arch).
+
+Kernels reach ``schedule`` after fusion (``tide.compiler.lower.legalize_and_fuse``). tide's attention
+and MoE kernels arrive already scheduled for CUDA by their ``tide.targets`` modules (``target_kind``
+"cuda" in their ``relax_convert``). Two kinds are left here:
+
+- generic (TVM-lowered) kernels and ``tide.ops.rmsnorm``: dlight's GPU rules, first that applies wins
+  (Matmul, GEMV, Reduction, GeneralReduction, Fallback);
+- kernels written as final loops whose outer loop is ``T.parallel`` (``tide.ops.topk``,
+  ``tide.ops.state_scatter``: independent rows): the parallel loop becomes the grid, one row per
+  thread (``ROW_THREADS`` threads per block).
+
+A kernel that ends up without a thread binding would run on the host and fail TVM's memory
+verification; ``schedule`` refuses it with a CompileError naming it.
+
+Device code: ``tvm.compile`` keeps the CUDA module as source (no libcuda here); ``build_device_code``
+reads the source and each kernel's FunctionInfo (argument dtypes, launch tags) from the module's
+serialized import blob and compiles the source with nvcc into one cubin per architecture, encoded
+as the DEVICE_CODE section (``tide.compiler.artifact.encode_device_code``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+
+from ..compiler.errors import CompileError
+from . import cpu
+
+KIND = "cuda"
+DEFAULT_ARCH = "sm_90"
+# Ampere and Hopper: the schedules use cp.async-era features and up to 227 KiB of shared memory.
+SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
+ROW_THREADS = 64  # threads per block for kernels whose parallel outer loop becomes the grid
+NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
+
+
+def host_arch() -> str:
+    return cpu.host_arch()
+
+
+def host_features() -> set[str]:
+    """The host stubs are built for the generic CPU of the architecture: they only marshal arguments
+    and launch, and the GPU machine's CPU is not known at compile time."""
+    return set()
+
+
+def feature_mask(features: set[str]) -> int:
+    return cpu.feature_mask(features)
+
+
+def parse_archs(spec: str | None) -> list[str]:
+    """``"sm_80,sm_90"`` -> ``["sm_80", "sm_90"]`` (ascending, unique); unknown names are an error."""
+    names = [a.strip() for a in (spec or DEFAULT_ARCH).split(",") if a.strip()]
+    if not names:
+        raise CompileError(f"--arch '{spec}' names no architecture (e.g. sm_90 or sm_80,sm_90)")
+    for name in names:
+        if name not in SUPPORTED_ARCHS:
+            raise CompileError(f"unknown CUDA architecture '{name}' in --arch '{spec}' "
+                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
+    if len(set(names)) != len(names):
+        raise CompileError(f"--arch '{spec}' names an architecture twice")
+    return sorted(names, key=arch_key)
+
+
+def arch_key(arch: str) -> tuple[int, int]:
+    m = re.fullmatch(r"sm_(\d+)(a?)", arch)
+    return int(m.group(1)), 1 if m.group(2) else 0
+
+
+def tvm_target(mcpu: str | None = None, archs=(DEFAULT_ARCH,)):
+    """The CUDA target for the lowest requested architecture (the CUDA source is compiled for every
+    one of them), with a generic LLVM host (or ``mcpu``) for the launch stubs."""
+    import tvm
+
+    host = {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
+    return tvm.target.Target({"kind": "cuda", "arch": min(archs, key=arch_key), "host": host})
+
+
+# ---- schedules -----------------------------------------------------------------------------------
+
+def schedule(mod, target):
+    """Schedules every PrimFunc of ``mod`` for the GPU (see the module doc); raises CompileError
+    naming any kernel left without a thread binding."""
+    from tvm import tirx
+    from tvm.s_tir import dlight as dl
+
+    updated = {}
+    for gv, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs and func.attrs.get("tirx.is_scheduled") \
+                and not _has_thread_binding(func):
+            updated[gv] = _parallel_loops_to_grid(func)
+    for gv, func in updated.items():
+        mod[gv] = func
+    with target:
+        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
+    unbound = [gv.name_hint for gv, func in mod.functions_items()
+               if isinstance(func, tirx.PrimFunc) and not _has_thread_binding(func)]
+    if unbound:
+        raise CompileError(f"no CUDA schedule for kernel(s) {', '.join(sorted(unbound))}: no thread "
+                           "binding after the tide and dlight schedules (the kernel would run on the host "
+                           "and fail TVM's memory verification)")
+    return mod
+
+
+_THREAD_MARKERS = ("T.thread_binding(", "T.launch_thread(", "T.env_thread(")
+
+
+def _has_thread_binding(func) -> bool:
+    text = func.script()
+    return any(marker in text for marker in _THREAD_MARKERS)
+
+
+_PARALLEL_RE = re.compile(r"^(?P<indent> *)for (?P<var>\w+) in T\.parallel\((?P<n>\d+)\):$")
+
+
+def _parallel_loops_to_grid(func):
+    """Each outermost ``T.parallel`` loop (independent iterations) becomes blockIdx.x x threadIdx.x,
+    one iteration per thread, guarded when the extent is no multiple of the block. Done on the
+    function's TVMScript (TVM 0.27 has no Python statement mutator), parsed back."""
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    lines = func.script().splitlines()
+    out, i, changed = [], 0, False
+    while i < len(lines):
+        m = _PARALLEL_RE.match(lines[i])
+        if not m:
+            out.append(lines[i])
+            i += 1
+            continue
+        indent, var, n = m.group("indent"), m.group("var"), int(m.group("n"))
+        body = []
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
+            body.append(lines[i])
+            i += 1
+        threads = min(ROW_THREADS, n)
+        blocks = -(-n // threads)
+        pad = indent + " " * 8
+        out += [f"{indent}for {var}_bx in T.thread_binding({blocks}, thread=\"blockIdx.x\"):",
+                f"{indent}    for {var}_tx in T.thread_binding({threads}, thread=\"threadIdx.x\"):",
+                f"{pad}{var}: T.int32 = {var}_bx * {threads} + {var}_tx"]
+        if blocks * threads != n:
+            out.append(f"{pad}if {var} < {n}:")
+            pad += "    "
+        out += [pad + line[len(indent) + 4:] if line.strip() else line for line in body]
+        changed = True
+    if not changed:
+        return func
+    return tvm.script.from_source("\n".join(out))
+
+
+# ---- device code ---------------------------------------------------------------------------------
+
+class _Blob:
+    """A cursor over TVM's serialized import blob (u64 lengths, little-endian)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def take(self, n: int) -> bytes:
+        if self.pos + n > len(self.data):
+            raise CompileError(f"TVM's serialized CUDA module is truncated at byte {self.pos} (TVM version "
+                               "mismatch?)")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def u64(self) -> int:
+        return struct.unpack("<Q", self.take(8))[0]
+
+    def string(self) -> str:
+        return self.take(self.u64()).decode("utf-8")
+
+    def vec(self, item):
+        return [item() for _ in range(self.u64())]
+
+
+def device_modules(host_mod) -> list[tuple[str, dict, str]]:
+    """The CUDA modules imported by ``host_mod``: (format, {kernel: FunctionInfo}, source) from
+    the serialized import blob (``__tvm_ffi__library_bin`` layout, /work/shared/docs/tvm-0.27.md).
+    FunctionInfo: {"args": [(code, bits, lanes)], "tags": [launch tags]}."""
+    import numpy as np
+    import tvm_ffi
+
+    packed = tvm_ffi.get_global_func("runtime.ModulePackImportsToTensor")(host_mod)
+    blob = _Blob(np.asarray(packed.numpy()).tobytes())
+    total = blob.u64()
+    if total + 8 != len(blob.data):
+        raise CompileError(f"TVM's serialized module records {total} bytes but holds {len(blob.data) - 8}")
+    blob.vec(blob.u64)  # import tree: indptr
+    blob.vec(blob.u64)  # import tree: child indices
+    out = []
+    while blob.pos < len(blob.data):
+        kind = blob.string()
+        if kind == "_lib":
+            continue
+        payload = _Blob(blob.take(blob.u64()))
+        if kind != "cuda":
+            raise CompileError(f"the compiled model imports a '{kind}' module; only CUDA device code "
+                               "can be stored in the artifact")
+        fmt = payload.string()
+        funcs = {}
+        for _ in range(payload.u64()):
+            key = payload.string()
+            name = payload.string()
+            args = payload.vec(lambda: struct.unpack("<BBH", payload.take(4)))
+            tags = payload.vec(payload.string)
+            payload.vec(lambda: payload.take(4))  # arg_extra_tags (tensor-map descriptors): unused
+            if key != name:
+                raise CompileError(f"CUDA function '{key}' is recorded as '{name}'")
+            funcs[name] = {"args": args, "tags": tags}
+        out.append((fmt, funcs, payload.string()))
+    return out
+
+
+def nvcc_path() -> str:
+    nvcc = shutil.which(os.environ.get("NVCC", "nvcc"))
+    if nvcc is None:
+        for candidate in ("/usr/local/bin/nvcc", "/usr/local/cuda/bin/nvcc"):
+            if os.access(candidate, os.X_OK):
+                return candidate
+        raise CompileError("nvcc not found (set NVCC or put the CUDA toolkit's nvcc on PATH): it compiles "
+                           "the device code of a --target cuda model")
+    return nvcc
+
+
+def nvcc_command(nvcc: str, arch: str, source: str, output: str) -> list[str]:
+    """One cubin for ``arch``: ``-arch=sm_XX``, or the -gencode form for an ``a`` (arch-specific)
+    variant."""
+    if arch.endswith("a"):
+        gen = ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    else:
+        gen = [f"-arch={arch}"]
+    return [nvcc, "-cubin", *gen, *NVCC_FLAGS, "-o", output, source]
+
+
+def _failing_kernel(stderr: str, source: str) -> str:
+    """The kernel a compiler error points into (``file(line): error``), or "" when it is not clear."""
+    m = re.search(r"\((\d+)\): error", stderr)
+    if not m:
+        return ""
+    line = int(m.group(1))
+    names = re.findall(r'extern "C" __global__[^\n]*?\b(\w+)\(', "\n".join(source.splitlines()[:line]))
+    return names[-1] if names else ""
+
+
+def compile_source(source: str, archs: list[str]) -> dict[str, bytes]:
+    """nvcc per architecture (in parallel, as many at once as there are cores); arch -> cubin."""
+    nvcc = nvcc_path()
+    with tempfile.TemporaryDirectory(prefix="tide-nvcc-") as tmp:
+        src = os.path.join(tmp, "kernels.cu")
+        with open(src, "w", encoding="utf-8") as f:
+            f.write(source)
+
+        def one(arch):
+            out = os.path.join(tmp, f"{arch}.cubin")
+            cmd = nvcc_command(nvcc, arch, src, out)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                kernel = _failing_kernel(proc.stderr, source)
+                raise CompileError(f"nvcc failed for {arch}" + (f" in kernel '{kernel}'" if kernel else "")
+                                   + f" (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr.strip()}")
+            with open(out, "rb") as f:
+                return f.read()
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(archs), os.cpu_count() or 1))) as pool:
+            images = list(pool.map(one, archs))
+    return dict(zip(archs, images))
+
+
+def build_device_code(host_mod, archs: list[str]) -> tuple[bytes, str]:
+    """(DEVICE_CODE section bytes, TARGET device architecture) for the compiled ``host_mod``."""
+    from ..compiler import artifact
+
+    mods = device_modules(host_mod)
+    if len(mods) != 1:
+        raise CompileError(f"expected one CUDA device module from TVM, got {len(mods)}")
+    fmt, funcs, source = mods[0]
+    if fmt != "cuda":
+        raise CompileError(f"TVM's CUDA module holds '{fmt}', expected CUDA source")
+    images = compile_source(source, archs)
+    code = artifact.DeviceCode(
+        images=[artifact.DeviceImage(arch, "cubin", images[arch]) for arch in archs],
+        functions=[artifact.DeviceFunction(name, [_dtype_name(name, a) for a in info["args"]], info["tags"])
+                   for name, info in funcs.items()])
+    return artifact.encode_device_code(code), ",".join(archs)
+
+
+def _dtype_name(func: str, dl) -> str:
+    from ..compiler import artifact
+
+    code, bits, lanes = dl
+    if (code, bits, lanes) == (3, 64, 1):
+        return "handle"
+    name = artifact.DTYPE_NAMES.get((code, bits))
+    if name is None or lanes != 1:
+        raise CompileError(f"CUDA kernel '{func}' takes an argument of DLPack type (code {code}, bits {bits}, "
+                           f"lanes {lanes}) that the artifact cannot describe")
+    return name
