@@ -16,9 +16,10 @@ and ``q = l % 4``, holds
 
 A thread block is WARPS warps over one tile and COLS output columns (a warp per WARP_TILES x 8
 columns, so one A fragment load feeds several mma; for gate/up the warp also owns the matching up
-columns and applies the SwiGLU to its own accumulators). Activations (float32) are rounded to bfloat16 as the A fragments are loaded;
-fragments are loaded straight from global memory (a first tensor-core version: no shared-memory
-staging, ldmatrix or cp.async pipeline yet). Blocks of unused tiles exit at once.
+columns and applies the SwiGLU to its own accumulators). Activations (float32 x, h) are rounded to
+bfloat16 as the A fragments are loaded; fragments are loaded straight from global memory (a first
+tensor-core version: no shared-memory staging, ldmatrix or cp.async pipeline yet). Blocks of
+unused tiles exit at once.
 """
 
 from __future__ import annotations

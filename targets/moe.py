@@ -7,7 +7,7 @@ it alone.
 CPU (LLVM, AVX-512): the grouped GEMMs run one task per (column block, tile) on the thread pool,
 column-block major so that consecutive tasks of a thread reuse an expert's weight panel from
 cache; inside a task the reduction loop is outermost and a ``rows x 64`` accumulator tile
-(4 x 4 zmm for 4-row tiles) stays in registers: each step broadcasts one x value per row and
+(3 x 4 zmm for 3-row tiles) stays in registers: each step broadcasts one x value per row and
 loads 64 weights once for all rows. Epilogues and element-wise kernels are vectorized 16 wide.
 
 On K-contiguous "rows" weights (parameters) the tasks are a few columns wide and each dot product
@@ -19,9 +19,11 @@ coalesced along the packed column axis. Decode (1-row tiles) and parameters read
 with a weight-streaming GEMV: many blocks over the output columns, a warp per column, the K
 reduction split over the warp's lanes and merged by shuffles. Blocks of unused tiles exit at once.
 Prefill on bfloat16 weights runs ``tide.ops.moe_grouped_mma``'s tensor-core kernels (mma.sync
-m16n8k16, fp32 accumulation; 16-row tiles). ``layout`` and ``tensor_cores`` are the compile-time
-choices of the weight layout and the GEMM kind for a target and regime. Sequential kernels (the permutation) run on one
+m16n8k16, fp32 accumulation; 16-row tiles). Sequential kernels (the permutation) run on one
 thread; per-row kernels (router selection) one thread per token.
+
+``layout`` and ``tensor_cores`` are the compile-time choices of the weight layout and the GEMM
+kind for a target and regime (tokens per call are static: decode = batch, prefill = batch x chunk).
 """
 
 from __future__ import annotations

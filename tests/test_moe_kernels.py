@@ -568,7 +568,8 @@ def test_shared_expert_conversion_per_target():
               for s in ((inter, dim), (inter, dim), (dim, inter))]
         with bb.function("main", [x]):
             with bb.dataflow():
-                y = bb.emit_output(moe_shared.relax_convert(bb, [x, *ws], {"swiglu_limit": 1.5}, target_kind=target_kind,
+                y = bb.emit_output(moe_shared.relax_convert(bb, [x, *ws], {"swiglu_limit": 1.5},
+                                                            target_kind=target_kind,
                                                             report=substitute.SubstitutionReport()))
             bb.emit_func_output(y)
         return [gv.name_hint for gv, f in bb.get().functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -607,7 +608,8 @@ def _emulated(source: str, kernel: str, tmp_path, blocks: int):
         if depth == 0:
             break
     body = source[body_start:end + 1]
-    asm = re.compile(r"\{\s*__asm__ __volatile__\(\s*\"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\"[^:]*"
+    asm = re.compile(r"\{\s*__asm__ __volatile__\(\s*"
+                     r"\"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\"[^:]*"
                      r":\s*\"=f\"\(\(\(float \*\)\((?P<c>[^;]*?)\)\)\[0\]\).*?"
                      r":\s*\"r\"\(\(\(unsigned \*\)\((?P<a>[^;]*?)\)\)\[0\]\), (?:\"r\"[^,]*, ){3}"
                      r"\"r\"\(\(\(unsigned \*\)\((?P<b>[^;]*?)\)\)\[0\]\).*?\);\s*\}", re.S)
@@ -646,7 +648,8 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
                                                         weight_dtype="bfloat16", tensor_cores=True)
     assert block == moe_grouped_mma.TILE_ROWS
     mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs[1:3]})
-    source = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"})).mod.imports[0].inspect_source()
+    exe = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    source = exe.mod.imports[0].inspect_source()
     cols = moe_grouped_mma.COLS
     gate_up_fn = _emulated(source, f"{funcs[1][0]}_kernel", tmp_path, inter // cols * max_tiles)
     down_fn = _emulated(source, f"{funcs[2][0]}_kernel", tmp_path, dim // cols * max_tiles)
