@@ -92,8 +92,8 @@ def table(doc: dict) -> str:
              f"{doc['machine'].get('target')}; ceilings: GEMM {c['gemm_flops'] / 1e9:.1f} GFLOP/s, "
              f"bandwidth {c['bandwidth'] / 1e9:.1f} GB/s",
              "times: median ms (IQR/median); ratios: baseline time / tide time (>1: tide faster)"]
-    head = (f"{'case':<46}{'tide ms':>10}{'spread':>8}{'GFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  "
-            f"{'vs generic':>10}{'vs torch':>9}{'vs ort':>8}{'vs hf':>7}")
+    head = (f"{'case':<52}{'tide ms':>10}{'spread':>8}{'GFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  "
+            f"{'vs generic':>10}{'vs torch':>10}{'vs ort':>9}{'vs hf':>9}")
     lines += [head, "-" * len(head)]
     for rec in doc["results"]:
         tide = rec["engines"].get("tide")
@@ -105,13 +105,13 @@ def table(doc: dict) -> str:
             why = rec["skipped"].get(name, "")
             return "WRONG" if why.startswith("WRONG") else "FAIL" if why.startswith("FAILED") else "-"
         if tide:
-            lines.append(f"{rec['name']:<46}{_ms(tide['median_s']):>10}{100 * tide['spread']:>7.0f}%"
+            lines.append(f"{rec['name']:<52}{_ms(tide['median_s']):>10}{100 * tide['spread']:>7.0f}%"
                          f"{tide['gflops']:>9.1f}{tide['gbs']:>8.1f}{tide['roofline_pct']:>7.1f}  "
-                         f"{ratio('generic'):>10}{ratio('torch'):>9}{ratio('onnxruntime'):>8}"
-                         f"{ratio('transformers'):>7}")
+                         f"{ratio('generic'):>10}{ratio('torch'):>10}{ratio('onnxruntime'):>9}"
+                         f"{ratio('transformers'):>9}")
         else:
             why = rec["skipped"].get("tide", "not run")
-            lines.append(f"{rec['name']:<46}  tide: {why[:120]}")
+            lines.append(f"{rec['name']:<52}  tide: {why[:120]}")
     wrong = [(rec["name"], e, w) for rec in doc["results"] for e, w in rec["skipped"].items()
              if w.startswith(("WRONG", "FAILED"))]
     for name, engine, why in wrong:
@@ -156,7 +156,7 @@ def compare_text(result: dict, threshold: float) -> str:
     for key, title in (("regressions", "REGRESSIONS"), ("improvements", "improvements")):
         lines.append(f"{title} ({len(result[key])}):")
         for name, t_old, t_new, ratio in sorted(result[key], key=lambda r: -r[3]):
-            lines.append(f"  {name:<46} {_ms(t_old):>9} -> {_ms(t_new):>9} ms  ({ratio:.2f}x time)")
+            lines.append(f"  {name:<52} {_ms(t_old):>9} -> {_ms(t_new):>9} ms  ({ratio:.2f}x time)")
     if result["newly_wrong"]:
         lines.append(f"NEWLY WRONG ({len(result['newly_wrong'])}):")
         lines += [f"  {name}: {why}" for name, why in result["newly_wrong"]]
@@ -187,30 +187,34 @@ def plots(doc: dict, outdir: Path, stem: str = "") -> list[Path]:
     recs = [r for r in doc["results"] if "tide" in r["engines"] and r["flops"] > 0]
     paths = []
 
-    fig, ax = plt.subplots(figsize=(11, 7.5))
+    sets = sorted({r["shapes"] for r in recs}, key=lambda n: ("tiny", "flash", "pro").index(n)
+                  if n in ("tiny", "flash", "pro") else 9) or ["-"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(8.5 * len(sets), 7.5), squeeze=False, sharey=True)
     xs = [r["flops"] / r["bytes"] for r in recs] or [1.0]
     lo, hi = min(min(xs) / 2, 0.05), max(max(xs) * 2, 4 * peak / bw)
     grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
-    ax.plot(grid, [min(peak, x * bw) for x in grid], color="black", lw=2,
-            label=f"roofline: GEMM {peak:.0f} GFLOP/s, {bw:.1f} GB/s")
-    for r in recs:
-        st = r["engines"]["tide"]
-        ax.scatter(r["flops"] / r["bytes"], st["gflops"], color=_GROUP_COLORS.get(r["group"], "gray"),
-                   marker=_PHASE_MARKERS.get(r["phase"], "^"), s=42, edgecolor="black", linewidths=0.4, zorder=3)
-        short = f"{r['kernel']} {r['shapes'][0]} {r['label']}"
-        ax.annotate(short, (r["flops"] / r["bytes"], st["gflops"]), fontsize=6.5, xytext=(4, 2),
-                    textcoords="offset points")
-    for group, color in _GROUP_COLORS.items():
-        ax.scatter([], [], color=color, label=group)
-    for phase, marker in _PHASE_MARKERS.items():
-        ax.scatter([], [], color="white", edgecolor="black", marker=marker, label=phase)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("arithmetic intensity (FLOP / byte, analytic cost())")
-    ax.set_ylabel("achieved GFLOP/s (median)")
-    ax.set_title(f"tide kernels on {doc['machine'].get('cpu', target)} ({target}): roofline")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    for ax, shapes in zip(axes[0], sets):
+        ax.plot(grid, [min(peak, x * bw) for x in grid], color="black", lw=2,
+                label=f"roofline: GEMM {peak:.0f} GFLOP/s, copy {bw:.1f} GB/s")
+        for r in (r for r in recs if r["shapes"] == shapes):
+            st = r["engines"]["tide"]
+            x = r["flops"] / r["bytes"]
+            ax.scatter(x, st["gflops"], color=_GROUP_COLORS.get(r["group"], "gray"),
+                       marker=_PHASE_MARKERS.get(r["phase"], "^"), s=42, edgecolor="black", linewidths=0.4, zorder=3)
+            ax.annotate(f"{r['kernel']} {r['label']}", (x, st["gflops"]), fontsize=6.5, xytext=(4, 2),
+                        textcoords="offset points")
+        for group, color in _GROUP_COLORS.items():
+            ax.scatter([], [], color=color, label=group)
+        for phase, marker in _PHASE_MARKERS.items():
+            ax.scatter([], [], color="white", edgecolor="black", marker=marker, label=phase)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("arithmetic intensity (FLOP / byte, analytic cost())")
+        ax.set_title(f"shapes: {shapes}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0][0].set_ylabel("achieved GFLOP/s (median)")
+    fig.suptitle(f"tide kernels on {doc['machine'].get('cpu', target)} ({target}): roofline")
     fig.tight_layout()
     path = outdir / f"{stem}roofline_{target}.png"
     fig.savefig(path, dpi=110)
@@ -219,22 +223,30 @@ def plots(doc: dict, outdir: Path, stem: str = "") -> list[Path]:
 
     with_ratios = [r for r in doc["results"] if r.get("ratios")]
     names = [n for n in BASELINES if any(n in r["ratios"] for r in with_ratios)]
-    fig, ax = plt.subplots(figsize=(11, max(4.0, 0.28 * len(with_ratios) * max(1, len(names)) / 2 + 1.5)))
+    sets = sorted({r["shapes"] for r in with_ratios}, key=lambda n: ("tiny", "flash", "pro").index(n)
+                  if n in ("tiny", "flash", "pro") else 9) or ["-"]
+    rows = max([sum(r["shapes"] == n for r in with_ratios) for n in sets] + [1])
+    fig, axes = plt.subplots(1, len(sets), figsize=(8.5 * len(sets), 0.3 * rows + 2.0), squeeze=False)
     height = 0.8 / max(1, len(names))
     colors = {"generic": "tab:purple", "torch": "tab:orange", "onnxruntime": "tab:blue", "transformers": "tab:red"}
-    for j, name in enumerate(names):
-        ys = [i + j * height for i, r in enumerate(with_ratios) if name in r["ratios"]]
-        vals = [r["ratios"][name] for r in with_ratios if name in r["ratios"]]
-        ax.barh(ys, vals, height=height, color=colors.get(name, "gray"), label=f"{name} time / tide time")
-    ax.axvline(1.0, color="black", lw=1)
-    ax.set_xscale("log")
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(with_ratios))])
-    ax.set_yticklabels([r["name"] for r in with_ratios], fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel("speed-up of tide over the baseline (log scale; > 1: tide faster)")
-    ax.set_title(f"tide vs baselines ({target}, same run)")
-    ax.grid(True, axis="x", which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    for ax, shapes in zip(axes[0], sets):
+        part = [r for r in with_ratios if r["shapes"] == shapes]
+        for j, name in enumerate(names):
+            ys = [i + j * height for i, r in enumerate(part) if name in r["ratios"]]
+            vals = [r["ratios"][name] for r in part if name in r["ratios"]]
+            if not vals:
+                continue
+            ax.barh(ys, vals, height=height, color=colors.get(name, "gray"), label=f"{name} time / tide time")
+        ax.axvline(1.0, color="black", lw=1)
+        ax.set_xscale("log")
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(part))])
+        ax.set_yticklabels([r["name"].split("/", 2)[0] + "/" + r["name"].split("/", 2)[2] for r in part], fontsize=7)
+        ax.set_ylim(rows, -1)
+        ax.set_xlabel("baseline time / tide time (log; > 1: tide faster)")
+        ax.set_title(f"shapes: {shapes}")
+        ax.grid(True, axis="x", which="both", alpha=0.3)
+        ax.legend(loc="lower right", fontsize=8)
+    fig.suptitle(f"tide vs baselines measured in the same run ({target})")
     fig.tight_layout()
     path = outdir / f"{stem}ratios_{target}.png"
     fig.savefig(path, dpi=110)
