@@ -45,4 +45,11 @@ def describe(path: str) -> str:
                  f"{len(plan.kernels) - len(tide_kernels)} from generic TVM lowering)")
     for name in sorted(tide_kernels):
         lines.append(f"  {name}: {tide_kernels[name]}")
+    if art.device_code is not None:
+        code = art.device_code
+        lines.append(f"device code: {len(code.images)} images, {len(code.functions)} device functions")
+        for img in code.images:
+            lines.append(f"  {img.arch}: {img.format}, {_mib(len(img.data))}")
+        for f in code.functions:
+            lines.append(f"  {f.name}({len(f.args)} args) launch {', '.join(f.tags)}")
     return "\n".join(lines)

@@ -38,6 +38,8 @@ DEFAULT_ARCH = "sm_90"
 SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 ROW_THREADS = 64  # threads per block for kernels whose parallel outer loop becomes the grid
 NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
+# TVM 0.27's launch tag -> the artifact format's name for it (docs/artifact-format.md)
+TAG_NAMES = {"tirx.use_dyn_shared_memory": "tir.use_dyn_shared_memory"}
 
 
 def host_arch() -> str:
@@ -289,7 +291,8 @@ def build_device_code(host_mod, archs: list[str]) -> tuple[bytes, str]:
     images = compile_source(source, archs)
     code = artifact.DeviceCode(
         images=[artifact.DeviceImage(arch, "cubin", images[arch]) for arch in archs],
-        functions=[artifact.DeviceFunction(name, [_dtype_name(name, a) for a in info["args"]], info["tags"])
+        functions=[artifact.DeviceFunction(name, [_dtype_name(name, a) for a in info["args"]],
+                                           [TAG_NAMES.get(t, t) for t in info["tags"]])
                    for name, info in funcs.items()])
     return artifact.encode_device_code(code), ",".join(archs)
 

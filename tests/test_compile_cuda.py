@@ -1,0 +1,268 @@
+"""``tide compile --target cuda``: device code for sm_80 and sm_90 in one artifact, compiled here with
+nvcc (no GPU needed). Checks the DEVICE_CODE section against the cubins themselves (ELF machine, SM
+version, defined kernels and their parameter counts, read from each cubin's own symbol table and
+.nv.info records) and against the host library (kernel names it looks up, exported entry points).
+
+The models set ``index_topk`` to 128: the Lightning Indexer's CUDA schedule (targets/attention.py)
+does not build for a top-k below its 128 threads per block (TVM: "Cannot insert syncs inside
+condition"), which the built-in tiny (top-4) and a short flash-2layer (top-k clamped to the cache
+rows) would hit.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from tide.compiler import artifact
+from tide.compiler.driver import CompileOptions, compile_model
+from tide.compiler.errors import CompileError
+from tide.compiler.export import export
+from tide.targets import cuda
+
+ARCHS = ("sm_80", "sm_90")
+EM_CUDA = 190
+EIATTR_KPARAM_INFO = 0x17
+INDEXER_OVERRIDES = {"index_topk": 128, "max_position_embeddings": 512}
+
+
+@pytest.fixture(scope="module")
+def tiny_cuda(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tiny_cuda")
+    onnx_path, art = str(tmp / "tiny.onnx"), str(tmp / "tiny.tide")
+    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides=INDEXER_OVERRIDES)
+    result = compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_90,sm_80", prefill_chunks=(16,),
+                                                          progress=False))
+    return result, artifact.read_artifact(art)
+
+
+# ---- a minimal ELF reader for cubins and the host library -----------------------------------------
+
+def _sections(d: bytes) -> dict:
+    shoff = struct.unpack_from("<Q", d, 40)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", d, 58)
+    hdrs = [struct.unpack_from("<IIQQQQIIQQ", d, shoff + i * shentsize) for i in range(shnum)]
+    names = hdrs[shstrndx][4]
+    out = {}
+    for h in hdrs:
+        start = names + h[0]
+        out[d[start:d.index(b"\0", start)].decode()] = {"type": h[1], "offset": h[4], "size": h[5],
+                                                        "link": h[6], "index": hdrs.index(h)}
+    return out, hdrs
+
+
+def _symbols(d: bytes, table: str, kind: int | None = None, defined: bool = True) -> set[str]:
+    secs, hdrs = _sections(d)
+    sec = secs[table]
+    strings = hdrs[sec["link"]][4]
+    out = set()
+    for i in range(1, sec["size"] // 24):
+        name, info, _, shndx, _, _ = struct.unpack_from("<IBBHQQ", d, sec["offset"] + i * 24)
+        if (kind is None or info & 0xF == kind) and (not defined or shndx != 0):
+            start = strings + name
+            out.add(d[start:d.index(b"\0", start)].decode())
+    return out
+
+
+def _param_count(d: bytes, func: str) -> int:
+    """Number of EIATTR_KPARAM_INFO records (one per kernel parameter) in ``.nv.info.<func>``."""
+    sec = _sections(d)[0][f".nv.info.{func}"]
+    pos, end, count = sec["offset"], sec["offset"] + sec["size"], 0
+    while pos < end:
+        fmt, attr = d[pos], d[pos + 1]
+        if fmt == 4:  # EIFMT_SVAL: u16 size, then the value
+            pos += 4 + struct.unpack_from("<H", d, pos + 2)[0]
+        elif fmt in (2, 3):  # EIFMT_BVAL / EIFMT_HVAL
+            pos += 4
+        else:  # EIFMT_NVAL
+            pos += 2
+        count += attr == EIATTR_KPARAM_INFO
+    return count
+
+
+def _sm_of(cubin: bytes) -> int:
+    flags = struct.unpack_from("<I", cubin, 48)[0]
+    return (flags >> 8) & 0xFF if cubin[8] >= 8 else flags & 0xFF  # EF_CUDA_SM by ELF ABI version
+
+
+# ---- the compiled artifact ------------------------------------------------------------------------
+
+def test_tiny_artifact_holds_a_cubin_per_arch(tiny_cuda):
+    result, art = tiny_cuda
+    assert art.target.kind == "cuda" and art.target.device_arch == "sm_80,sm_90"
+    assert art.target.host_features == 0  # generic host stubs
+    code = art.device_code
+    assert [img.arch for img in code.images] == list(ARCHS)
+    names = {f.name for f in code.functions}
+    assert len(names) == len(code.functions) >= len(art.plan.kernels)
+    for img in code.images:
+        d = img.data
+        assert img.format == "cubin" and d[:4] == b"\x7fELF" and d[4] == 2
+        assert struct.unpack_from("<H", d, 18)[0] == EM_CUDA
+        assert _sm_of(d) == int(img.arch[3:])
+        defined = _symbols(d, ".symtab", kind=2)  # STT_FUNC
+        missing = names - defined
+        assert not missing, f"{img.arch}: device functions missing from the cubin: {sorted(missing)[:5]}"
+        for f in code.functions:
+            assert _param_count(d, f.name) == len(f.args), f"{img.arch} {f.name}"
+            assert f.tags and all(t in artifact.DEVICE_TAGS for t in f.tags)
+
+
+def test_host_library_exports_every_kernel_and_looks_up_every_device_function(tiny_cuda):
+    _, art = tiny_cuda
+    host = art.section_bytes("KERNELS_HOST")
+    exported = _symbols(host, ".dynsym")
+    missing = [k for k in art.plan.kernels if f"__tvm_ffi_{k}" not in exported]
+    assert not missing, f"kernels not exported by the host library: {missing[:5]}"
+    for needed in ("__TVMFFIEnvModLookupFromImports", "__TVMFFIFunctionCall", "__TVMFFIHandleInitOnce"):
+        assert needed in exported
+    strings = set(host.split(b"\0"))
+    for f in art.device_code.functions:
+        assert f.name.encode() in strings, f"the host stubs never look up {f.name}"
+
+
+def test_inspect_shows_archs_and_device_functions(tiny_cuda):
+    _, art = tiny_cuda
+    res = subprocess.run([sys.executable, "-m", "tide.cli", "inspect", art.path], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "target: cuda (x86_64, sm_80,sm_90)" in res.stdout
+    assert f"device code: 2 images, {len(art.device_code.functions)} device functions" in res.stdout
+    for arch in ARCHS:
+        assert f"  {arch}: cubin, " in res.stdout
+    first = art.device_code.functions[0]
+    assert f"  {first.name}({len(first.args)} args) launch {', '.join(first.tags)}" in res.stdout
+
+
+# ---- the DEVICE_CODE reader ---------------------------------------------------------------------------
+
+def test_device_code_roundtrip(tiny_cuda):
+    _, art = tiny_cuda
+    raw = art.section_bytes("DEVICE_CODE")
+    assert artifact.encode_device_code(artifact.decode_device_code(raw)) == raw
+
+
+def _corruptions(raw: bytes):
+    code = artifact.decode_device_code(raw)
+    first = code.images[0]
+    head_len = 8 + 4 + 4 + 4 + len(first.arch)  # magic, version, count, arch string length + text
+    yield "bad magic", b"TIDEGPU\0" + raw[8:], 'bad magic (expected "TIDECUDA")'
+    yield "version", raw[:8] + struct.pack("<I", 2) + raw[12:], "version 2 is not supported"
+    functions_at = 16 + sum(4 + len(img.arch) + 1 + 8 + len(img.data) for img in code.images)
+    yield "no images", raw[:12] + struct.pack("<I", 0) + raw[functions_at:], "no device image"
+    yield "format", raw[:head_len] + b"\x07" + raw[head_len + 1:], "unknown image format 7"
+    yield "image size", raw[:head_len + 1] + struct.pack("<Q", len(raw)) + raw[head_len + 9:], "exceeds"
+    yield "truncated", raw[:-3], "truncated"
+    yield "trailing", raw + b"\0", "1 bytes follow the last function"
+    arch = raw.index(b"sm_90")
+    yield "duplicate arch", raw[:arch] + b"sm_80" + raw[arch + 5:], "duplicate DEVICE_CODE image architecture"
+    yield "bad arch", raw[:arch] + b"sx_90" + raw[arch + 5:], "is not sm_<digits>[a]"
+    tag = raw.index(b"threadIdx.x")
+    yield "bad tag", raw[:tag] + b"threadIdx.w" + raw[tag + 11:], "unknown launch tag 'threadIdx.w'"
+    count_at = functions_at
+    first_fn = raw[count_at + 4:]
+    fn_len = 4 + len(code.functions[0].name) + 4 + 4 * len(code.functions[0].args) + 4 + sum(
+        4 + len(t) for t in code.functions[0].tags)
+    yield ("duplicate function", raw[:count_at] + struct.pack("<I", len(code.functions) + 1) + first_fn[:fn_len]
+           + first_fn, "duplicate DEVICE_CODE function name")
+
+
+def test_device_code_reader_rejects_corrupt_sections(tiny_cuda):
+    _, art = tiny_cuda
+    raw = art.section_bytes("DEVICE_CODE")
+    for what, bad, message in _corruptions(raw):
+        with pytest.raises(artifact.ArtifactError, match="DEVICE_CODE") as err:
+            artifact.decode_device_code(bad)
+        assert message in str(err.value), f"{what}: {err.value}"
+
+
+def test_writer_and_reader_check_device_arch_and_presence(tiny_cuda, tmp_path):
+    _, art = tiny_cuda
+    raw = art.section_bytes("DEVICE_CODE")
+    weights = [art.weight(i) for i in range(len(art.plan.weights))]
+    host = art.section_bytes("KERNELS_HOST")
+    path = str(tmp_path / "x.tide")
+    for device_arch, code, message in (("sm_90,sm_80", raw, "expected 'sm_80,sm_90'"),
+                                       ("sm_90", raw, "expected 'sm_80,sm_90'"),
+                                       ("sm_80,sm_90", None, "a cuda target needs a DEVICE_CODE section")):
+        target = artifact.TargetInfo("cuda", art.target.host_arch, 0, device_arch)
+        with pytest.raises(artifact.ArtifactError, match=message):
+            artifact.write_artifact(path, target, art.plan, host, weights, art.metadata, code)
+        artifact.write_artifact(path, target, art.plan, host, weights, art.metadata, code, check=False)
+        with pytest.raises(artifact.ArtifactError, match=message):
+            artifact.read_artifact(path)
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+def test_unknown_arch_is_refused(tmp_path):
+    for spec, message in (("sm_75", "unknown CUDA architecture 'sm_75'"), ("sm_90,sm_90", "twice"),
+                          (",", "names no architecture"), ("compute_90", "unknown CUDA architecture 'compute_90'")):
+        with pytest.raises(CompileError, match=message):
+            cuda.parse_archs(spec)
+    assert cuda.parse_archs("sm_90a, sm_80,sm_90") == ["sm_80", "sm_90", "sm_90a"]
+    assert cuda.parse_archs(None) == ["sm_90"]
+    onnx_path = str(tmp_path / "tiny.onnx")
+    export("tiny", onnx_path, seed=0)
+    res = subprocess.run([sys.executable, "-m", "tide.cli", "compile", onnx_path, "-o", str(tmp_path / "t.tide"),
+                          "--target", "cuda", "--arch", "sm_80,sm_100x", "-q"], capture_output=True, text=True)
+    assert res.returncode != 0 and "unknown CUDA architecture 'sm_100x'" in res.stderr
+    with pytest.raises(CompileError, match="target 'cpu' has no device architectures"):
+        compile_model(onnx_path, str(tmp_path / "c.tide"), CompileOptions(target="cpu", arch="sm_90", progress=False))
+
+
+BROKEN = r'''
+extern "C" __global__ void good_kernel(float* __restrict__ x) { x[threadIdx.x] = 1.0f; }
+extern "C" __global__ void broken_kernel(float* __restrict__ x) {
+  x[threadIdx.x] = undefined_name;
+}
+'''
+
+
+def test_nvcc_failure_names_the_kernel_and_shows_stderr():
+    with pytest.raises(CompileError) as err:
+        cuda.compile_source(BROKEN, ["sm_80", "sm_90"])
+    text = str(err.value)
+    assert "nvcc failed for sm_8" in text or "nvcc failed for sm_9" in text
+    assert "in kernel 'broken_kernel'" in text and "undefined_name" in text and "-cubin" in text
+
+
+def test_missing_nvcc_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("NVCC", str(tmp_path / "no-nvcc"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # hide the toolkit's fixed locations
+    with pytest.raises(CompileError, match="nvcc not found"):
+        cuda.compile_source(BROKEN, ["sm_90"])
+
+
+def test_every_kernel_needs_a_thread_binding():
+    """A kernel no schedule binds to threads is refused by name (it would fail TVM's memory
+    verification later)."""
+    import tvm
+    from tvm import te
+
+    x = te.placeholder((8,), "float32", name="x")
+    y = te.compute((8,), lambda i: x[i] * 2.0, name="y")
+    func = te.create_prim_func([x, y]).with_attr("tirx.is_scheduled", True)  # claims a schedule it lacks
+    mod = tvm.IRModule({"host_loop": func})
+    with pytest.raises(CompileError, match="no CUDA schedule for kernel\\(s\\) host_loop"):
+        cuda.schedule(mod, cuda.tvm_target(None, ["sm_90"]))
+
+
+@pytest.mark.heavy
+def test_flash_2layer_compiles_for_both_archs(tmp_path):
+    overrides = {"vocab_size": 1024, "n_routed_experts": 4, "num_experts_per_tok": 2, **INDEXER_OVERRIDES}
+    onnx_path, art = str(tmp_path / "flash.onnx"), str(tmp_path / "flash.tide")
+    export("flash-2layer", onnx_path, max_seq_len=512, config_overrides=overrides)
+    compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_80,sm_90", prefill_chunks=(32,),
+                                                 progress=False))
+    read = artifact.read_artifact(art)
+    assert [img.arch for img in read.device_code.images] == list(ARCHS)
+    names = {f.name for f in read.device_code.functions}
+    for img in read.device_code.images:
+        assert _sm_of(img.data) == int(img.arch[3:]) and names <= _symbols(img.data, ".symtab", kind=2)
+    exported = _symbols(read.section_bytes("KERNELS_HOST"), ".dynsym")
+    assert all(f"__tvm_ffi_{k}" in exported for k in read.plan.kernels)
