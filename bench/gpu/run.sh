@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# GPU check, run THERE (the borrowed GPU machine: nvcc, cmake, torch, numpy, onnxruntime; no TVM),
+# from the repository root:   bash bench/gpu/run.sh [BUNDLE_DIR]   (default bench/gpu/bundle)
+# Builds the runtime (make -C runtime), then loads each artifact of the bundle on cuda:0 and checks
+# it against the stored transformers tokens and logits (bench/gpu/check.py). Exit 0 = all passed.
+set -euo pipefail
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+BUNDLE="$(cd "${1:-$REPO/bench/gpu/bundle}" && pwd)"
+PY="${PYTHON:-python3}"
+
+echo "== GPU"
+nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi: not available"
+echo "== build the runtime (make -C runtime)"
+make -C "$REPO/runtime" -j"$(nproc)"
+
+# tide.runtime imports without TVM: a package named 'tide' pointing at the repository.
+PKG="$(mktemp -d)"
+trap 'rm -rf "$PKG"' EXIT
+ln -s "$REPO" "$PKG/tide"
+export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
+if ! "$PY" -c "import cffi" 2>/dev/null; then
+    want="$(cat "$BUNDLE/pylib/PYTHON_VERSION" 2>/dev/null || echo unknown)"
+    have="$("$PY" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')"
+    if [ "$want" != "$have" ]; then
+        echo "cffi is missing and the bundle's copy is for Python $want, this is Python $have" >&2
+        exit 2
+    fi
+    export PYTHONPATH="$PYTHONPATH:$BUNDLE/pylib"
+fi
+export TIDE_RUNTIME_LIB="$REPO/build/libtide_runtime.so"
+echo "== check $BUNDLE"
+"$PY" -m tide.bench.gpu.check "$BUNDLE" --device cuda:0
