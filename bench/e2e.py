@@ -147,8 +147,8 @@ def run(model_name: str, prompt_len: int, new_tokens: int, repeat: int, workdir:
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "weight_bytes": model.memory.weight_bytes,
             "weight_elements": sum(int(np.prod(w.shape)) for w in ref.parameters()),
-            "tokens_checked_against_transformers": True, "wrong_tokens": sorted(n for n, ok in checks.items() if not ok),
-            "results": rows}
+            "tokens_checked_against_transformers": True,
+            "wrong_tokens": sorted(n for n, ok in checks.items() if not ok), "results": rows}
 
 
 def main(argv=None) -> int:

@@ -39,13 +39,13 @@ def _source_digest() -> str:
     return h.hexdigest()
 
 
-def case_key(case: Case, target: str, digest: str | None = None) -> str:
+def case_key(case: Case, target: str, digest: str | None = None, arch: str | None = None) -> str:
     """Hash of kernel + shape + target + tide version + kernel sources."""
     try:
         version = metadata.version("tide")
     except metadata.PackageNotFoundError:
         version = "unknown"
-    payload = json.dumps({"case": case.to_json(), "target": target, "version": version,
+    payload = json.dumps({"case": case.to_json(), "target": target, "arch": arch, "version": version,
                           "sources": digest or _source_digest()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
@@ -83,12 +83,12 @@ def write_onnx(case: Case, weights: dict, path: Path) -> None:
 
 
 def prepare_case(case: Case, target: str, cache: Path, generic: bool = True, onnx_file: bool = True,
-                 log=print) -> Path:
+                 log=print, arch: str | None = None) -> Path:
     """Compiles ``case`` for ``target`` into ``cache/<key>/`` (reused when present); returns the folder.
     ``case.json`` in it describes the case; ``onnx_file=False`` drops the ONNX after compiling."""
     from ..compiler.driver import CompileOptions, compile_model
 
-    key = case_key(case, target)
+    key = case_key(case, target, arch=arch)
     folder = cache / target / key
     done = folder / "case.json"
     if done.exists():
@@ -107,7 +107,7 @@ def prepare_case(case: Case, target: str, cache: Path, generic: bool = True, onn
             continue
         t1 = time.time()
         result = compile_model(str(onnx_path), str(tmp / f"{variant}.tide"),
-                               CompileOptions(target=target, progress=False, kernels=kernels))
+                               CompileOptions(target=target, progress=False, kernels=kernels, arch=arch))
         built[variant] = {"seconds": round(time.time() - t1, 2),
                           "tide_kernels": sorted(k for k, v in result.kernels.items() if v != "generic"),
                           "generic_kernels": sorted(k for k, v in result.kernels.items() if v == "generic")}
@@ -118,11 +118,27 @@ def prepare_case(case: Case, target: str, cache: Path, generic: bool = True, onn
                                                "artifacts": built}, indent=1))
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+    _drop_stale(folder, case.name)
     log(f"  compiled {case.name} for {target} in {time.time() - t0:.1f}s -> {folder}")
     return folder
 
 
-def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, log=print) -> dict:
+def _drop_stale(folder: Path, name: str) -> None:
+    """Removes the cache's older compilations of the same case (other keys: older sources or
+    versions), so the cache holds one copy per case and target (MoE cases weigh gigabytes)."""
+    for other in folder.parent.iterdir():
+        meta = other / "case.json"
+        if other == folder or not meta.exists():
+            continue
+        try:
+            if Case.from_json(json.loads(meta.read_text())["case"]).name == name:
+                shutil.rmtree(other, ignore_errors=True)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+
+
+def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, log=print,
+                   arch: str | None = None) -> dict:
     """``tide bench --prepare <target> --out DIR``: compiles the cases for ``target`` into ``DIR``
     (artifacts + case descriptions, no ONNX) for a machine without TVM. The weights travel inside
     the artifacts, so cases that would take the bundle past ``max_mib`` are left out (listed in
@@ -138,7 +154,7 @@ def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, lo
         if total + 2 * weight_bytes > budget:  # kernel + generic artifact each hold the weights
             left_out[case.name] = f"weights {2 * weight_bytes / 2**20:.1f} MiB over the remaining budget"
             continue
-        folder = prepare_case(case, target, out / "cases", onnx_file=False, log=log)
+        folder = prepare_case(case, target, out / "cases", onnx_file=False, log=log, arch=arch)
         size = sum(p.stat().st_size for p in folder.iterdir())
         if total + size > budget:
             shutil.rmtree(folder)
@@ -146,8 +162,8 @@ def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, lo
             continue
         total += size
         index.append(str(folder.relative_to(out)))
-    doc = {"target": target, "cases": index, "left_out": left_out, "bytes": total, "max_mib": max_mib,
-           "python": sys.version.split()[0]}
+    doc = {"target": target, "arch": arch, "cases": index, "left_out": left_out, "bytes": total,
+           "max_mib": max_mib, "python": sys.version.split()[0]}
     (out / "bundle.json").write_text(json.dumps(doc, indent=1))
     log(f"bundle {out}: {len(index)} cases, {total / 2**20:.1f} MiB (limit {max_mib:g} MiB)")
     for name, why in left_out.items():

@@ -177,7 +177,7 @@ def run_case(case: Case, folder: Path, target: str, device: str, engines: tuple,
                 times = timer.measure(lambda i: eng.call(prepared[i]), len(prepared), policy)
             st = harness.stats(times)
             record["engines"][engine] = st
-            del eng, prepared
+            eng = prepared = None
             gc.collect()  # the engine's runtime/thread pool goes before the next one is timed
         except harness.CheckError as err:
             record["skipped"][engine] = f"WRONG OUTPUT, not timed: {err}"
@@ -332,6 +332,8 @@ def add_arguments(p) -> None:
     p.add_argument("--bundle", metavar="DIR", help="run the pre-compiled artifacts of DIR (no TVM needed)")
     p.add_argument("--prepare", choices=["cpu", "cuda"], help="compile a bundle for this target into --out")
     p.add_argument("--out", metavar="DIR", help="bundle folder for --prepare")
+    p.add_argument("--arch", help="device architectures of a --prepare cuda bundle (e.g. sm_90; default: the "
+                                  "target's)")
     p.add_argument("--max-bundle-mib", type=float, default=50.0, help="size limit of a --prepare bundle")
     p.add_argument("--cache", metavar="DIR", help="compiled-case cache (default ~/.cache/tide-bench)")
     p.add_argument("--no-model", action="store_true", help="skip the whole-model prefill/decode rows")
@@ -352,7 +354,7 @@ def command(args) -> int:
         if not args.out:
             raise SystemExit("tide bench: --prepare needs --out DIR")
         cases = all_cases(args.shapes or ("flash",), case_kernels, args.heavy)
-        prepare_bundle(cases, args.prepare, Path(args.out), args.max_bundle_mib, log=_log)
+        prepare_bundle(cases, args.prepare, Path(args.out), args.max_bundle_mib, log=_log, arch=args.arch)
         return 0
     policy = (harness.TimingPolicy(warmup=1, min_reps=3, min_seconds=0.05, max_reps=10, max_seconds=0.5)
               if args.quick else harness.TimingPolicy())

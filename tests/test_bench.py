@@ -198,6 +198,19 @@ def test_bundle_runs_without_tvm(rmsnorm_run, tmp_path):
     assert "onnxruntime" in skipped  # the bundle carries no ONNX
 
 
+def test_cache_keeps_one_compilation_per_case(tmp_path):
+    from tide.bench import prepare
+
+    case = _rmsnorm_case("decode")
+    first = prepare.prepare_case(case, "cpu", tmp_path, generic=False, log=lambda m: None)
+    stale = first.with_name("0" * 20)
+    first.rename(stale)                      # as if compiled by older sources (another key)
+    fresh = prepare.prepare_case(case, "cpu", tmp_path, generic=False, log=lambda m: None)
+    assert fresh.exists() and not stale.exists()
+    names = {p.name for p in fresh.iterdir()}
+    assert {"case.json", "kernel.tide", "model.onnx"} <= names and "generic.tide" not in names
+
+
 def test_bundle_size_limit_and_unavailable_target(tmp_path):
     from tide.bench.prepare import prepare_bundle
     from tide.compiler.errors import CompileError
