@@ -36,6 +36,9 @@ KIND = "cuda"
 DEFAULT_ARCH = "sm_90"
 # Ampere and Hopper: the schedules use cp.async-era features and up to 227 KiB of shared memory.
 SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
+# Shared memory dlight's generic schedules may use per block: the static limit every arch launches
+# without opt-in (tide's attention kernels use dynamic shared memory beyond it, see targets/attention.py).
+STATIC_SHARED_BYTES = 48 * 1024
 ROW_THREADS = 64  # threads per block for kernels whose parallel outer loop becomes the grid
 NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
 # TVM 0.27's launch tag -> the artifact format's name for it (docs/artifact-format.md)
@@ -81,7 +84,8 @@ def tvm_target(mcpu: str | None = None, archs=(DEFAULT_ARCH,)):
     import tvm
 
     host = {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
-    return tvm.target.Target({"kind": "cuda", "arch": min(archs, key=arch_key), "host": host})
+    return tvm.target.Target({"kind": "cuda", "arch": min(archs, key=arch_key), "host": host,
+                              "max_shared_memory_per_block": STATIC_SHARED_BYTES})
 
 
 # ---- schedules -----------------------------------------------------------------------------------

@@ -29,8 +29,13 @@ INDEXER = {"index_topk": 128, "max_position_embeddings": 512}
 MODELS = {
     "tiny": {"config": "tiny", "overrides": dict(INDEXER), "max_seq_len": 512, "prompt": 24, "new": 16,
              "chunk": 16, "seed": 0},
+    # V4-Flash's head_dim (512), rope dims, layer kinds and indexer shape; widths cut so the bundle
+    # fits the 64 MiB a GPU machine receives (the full-width 2-layer model is ~2 GB of fp32 weights).
     "flash-2layer": {"config": "flash-2layer",
-                     "overrides": {"vocab_size": 1024, "n_routed_experts": 4, "num_experts_per_tok": 2, **INDEXER},
+                     "overrides": {"vocab_size": 1024, "n_routed_experts": 4, "num_experts_per_tok": 2,
+                                   "hidden_size": 128, "num_attention_heads": 4, "q_lora_rank": 64,
+                                   "o_groups": 2, "o_lora_rank": 64, "moe_intermediate_size": 64,
+                                   "index_n_heads": 16, **INDEXER},
                      "max_seq_len": 512, "prompt": 40, "new": 8, "chunk": 32, "seed": 0},
 }
 BUNDLE_LIMIT = 50 << 20
@@ -93,7 +98,11 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    manifest_path = os.path.join(args.out, "manifest.json")
     manifest = {}
+    if os.path.exists(manifest_path):  # --models redoes some models and keeps the others
+        with open(manifest_path) as f:
+            manifest = json.load(f)
     with tempfile.TemporaryDirectory(prefix="tide-gpu-prep-") as work:
         for name in args.models.split(","):
             if name not in MODELS:
@@ -101,7 +110,7 @@ def main(argv=None) -> int:
             manifest[name] = prepare_model(name, MODELS[name], args.out, args.arch, work)
             print(f"{name}: {json.dumps(manifest[name])}", flush=True)
     copy_cffi(args.out)
-    with open(os.path.join(args.out, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=2, sort_keys=True)
     total = sum(os.path.getsize(os.path.join(root, n)) for root, _, names in os.walk(args.out) for n in names)
     print(f"bundle {args.out}: {total / 2**20:.1f} MiB")
