@@ -3,14 +3,16 @@
 JSON document (``SCHEMA_VERSION`` 1)::
 
     {"schema": 1, "created": ISO time, "seconds": run time, "machine": {...}, "seed": int,
-     "ceilings": {"gemm_flops", "gemm_how", "bandwidth", "bandwidth_how", "blas": [...]},
+     "ceilings": {"gemm_flops", "gemm_how", "bandwidth", "bandwidth_how", "blas": [...], on the CPU also
+                  "gemm_all_cores", "gemm_one_core", "read_bandwidth", "measured": [start, end]},
      "policy": {warmup, min_reps, min_seconds, max_reps, max_seconds},
      "results": [{"name": "kernel/shapes/phase/label", "kernel", "group", "shapes", "phase", "label",
                   "flops", "bytes", "rotation_sets", "timer",
                   "engines": {engine: {"median_s", "p25_s", "p75_s", "min_s", "reps", "spread",
                                        "gflops", "gbs", "roofline_pct", "intensity", "bound"}},
                   "ratios": {baseline engine: baseline median / tide median},
-                  "skipped": {engine: why (a wrong output is never timed)}}]}
+                  "skipped": {engine: why (a wrong output is never timed)},
+                  optional "notes": {engine: how it was timed}, "cost_note": how FLOPs/bytes were estimated}]}
 """
 
 from __future__ import annotations
