@@ -729,6 +729,139 @@ static int parse_plan(reader_t* r, tide_artifact_t* art) {
   return 1;
 }
 
+/* ---- DEVICE_CODE (cuda) ------------------------------------------------------------------------ */
+
+static const char* const k_tag_names[] = {"blockIdx.x",  "blockIdx.y",  "blockIdx.z",
+                                          "threadIdx.x", "threadIdx.y", "threadIdx.z",
+                                          "tir.use_dyn_shared_memory"};
+
+/* "sm_" digits [a]: fills sm and arch_specific; 0 if malformed. */
+static int parse_sm(const char* arch, uint32_t* sm, int* arch_specific) {
+  if (strncmp(arch, "sm_", 3) != 0) return 0;
+  const char* p = arch + 3;
+  uint32_t v = 0;
+  int digits = 0;
+  for (; *p >= '0' && *p <= '9'; ++p, ++digits) {
+    if (digits >= 4) return 0;
+    v = v * 10u + (uint32_t)(*p - '0');
+  }
+  if (digits == 0) return 0;
+  *arch_specific = *p == 'a';
+  if (*p == 'a') ++p;
+  if (*p) return 0;
+  *sm = v;
+  return 1;
+}
+
+#define MIN_IMAGE (MIN_STRING + 1u + 8u + 1u)
+#define MIN_FUNCTION (MIN_STRING + 8u)
+
+static int parse_device_code(reader_t* r, tide_artifact_t* art) {
+  set_context(r, "header");
+  if (!need(r, 8, "magic")) return 0;
+  if (memcmp(r->data, "TIDECUDA", 8) != 0) return fail(r, TIDE_STATUS_DATA_LOSS, "bad magic (expected TIDECUDA)");
+  r->pos = 8;
+  uint32_t version;
+  if (!rd_u32(r, &version, "version")) return 0;
+  if (version != 1) return fail(r, TIDE_STATUS_UNIMPLEMENTED, "version %u (this runtime reads version 1)", version);
+  set_context(r, "images");
+  if (!rd_count(r, &art->num_device_images, MIN_IMAGE, "image count")) return 0;
+  if (art->num_device_images == 0) return fail(r, TIDE_STATUS_DATA_LOSS, "no device image");
+  art->device_images = tide_pool_alloc_array(r->pool, art->num_device_images, sizeof(tide_device_image_t));
+  if (!art->device_images) return oom(r);
+  name_set_t names;
+  if (!name_set_init(r, &names, art->num_device_images)) return 0;
+  char listed[TIDE_MAX_STRING + 1] = "";
+  size_t used = 0;
+  for (uint32_t i = 0; i < art->num_device_images; ++i) {
+    tide_device_image_t* img = &art->device_images[i];
+    set_context(r, "image %u", i);
+    if (!rd_string(r, &img->arch, 0, "architecture")) return 0;
+    set_context(r, "image '%s'", img->arch);
+    if (!parse_sm(img->arch, &img->sm, &img->arch_specific)) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "architecture '%s' is not sm_<digits>[a]", img->arch);
+    }
+    if (!name_set_add(r, &names, img->arch, "image architecture")) return 0;
+    if (i > 0) {
+      const tide_device_image_t* prev = &art->device_images[i - 1];
+      if (prev->sm > img->sm || (prev->sm == img->sm && prev->arch_specific >= img->arch_specific)) {
+        return fail(r, TIDE_STATUS_DATA_LOSS, "images are not in ascending architecture order ('%s' after '%s')",
+                    img->arch, prev->arch);
+      }
+    }
+    int n = snprintf(listed + used, sizeof(listed) - used, "%s%s", i ? "," : "", img->arch);
+    used = n < 0 || (size_t)n >= sizeof(listed) - used ? sizeof(listed) - 1 : used + (size_t)n;
+    if (!rd_u8(r, &img->format, "format")) return 0;
+    if (img->format > TIDE_IMAGE_PTX) return fail(r, TIDE_STATUS_DATA_LOSS, "unknown image format %u", img->format);
+    if (!rd_u64(r, &img->size, "image size")) return 0;
+    if (img->size == 0) return fail(r, TIDE_STATUS_DATA_LOSS, "empty image");
+    if (!need(r, img->size, "image bytes")) return 0;
+    img->offset = r->pos;
+    if (img->format == TIDE_IMAGE_PTX && memchr(r->data + r->pos, 0, (size_t)img->size)) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "ptx text holds a NUL byte");
+    }
+    r->pos += img->size;
+  }
+  if (strcmp(listed, art->device_arch) != 0) {
+    return fail(r, TIDE_STATUS_DATA_LOSS, "the images are %s but the TARGET device architecture is '%s'", listed,
+                art->device_arch);
+  }
+  set_context(r, "functions");
+  if (!rd_count(r, &art->num_device_functions, MIN_FUNCTION, "function count")) return 0;
+  art->device_functions =
+      tide_pool_alloc_array(r->pool, art->num_device_functions, sizeof(tide_device_function_t));
+  if (!art->device_functions && art->num_device_functions) return oom(r);
+  if (!name_set_init(r, &names, art->num_device_functions)) return 0;
+  for (uint32_t i = 0; i < art->num_device_functions; ++i) {
+    tide_device_function_t* f = &art->device_functions[i];
+    set_context(r, "function %u", i);
+    if (!rd_string(r, &f->name, 0, "function name")) return 0;
+    set_context(r, "function '%s'", f->name);
+    if (!name_set_add(r, &names, f->name, "function")) return 0;
+    if (!rd_count(r, &f->num_args, 4, "argument count")) return 0;
+    if (f->num_args > TIDE_MAX_KERNEL_ARGS) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "%u arguments exceed %d", f->num_args, TIDE_MAX_KERNEL_ARGS);
+    }
+    f->args = tide_pool_alloc_array(r->pool, f->num_args, sizeof(tide_dtype_t));
+    if (!f->args && f->num_args) return oom(r);
+    for (uint32_t k = 0; k < f->num_args; ++k) {
+      const uint8_t* p = r->data + r->pos;
+      tide_dtype_t d = {p[0], p[1], le16(p + 2)};
+      int handle = d.code == 3 && d.bits == 64 && d.lanes == 1;
+      if (!handle && !tide_dtype_name(d)) {
+        return fail(r, TIDE_STATUS_DATA_LOSS, "argument %u: unsupported dtype (code %u, bits %u, lanes %u)", k,
+                    d.code, d.bits, d.lanes);
+      }
+      f->args[k] = d;
+      r->pos += 4;
+    }
+    if (!rd_count(r, &f->num_tags, MIN_STRING, "launch tag count")) return 0;
+    f->tags = tide_pool_alloc_array(r->pool, f->num_tags, 1);
+    if (!f->tags && f->num_tags) return oom(r);
+    unsigned seen = 0;
+    for (uint32_t k = 0; k < f->num_tags; ++k) {
+      const char* tag;
+      if (!rd_string(r, &tag, 0, "launch tag")) return 0;
+      int found = -1;
+      for (int t = 0; t <= TIDE_TAG_DYN_SHARED; ++t) {
+        if (strcmp(tag, k_tag_names[t]) == 0) found = t;
+      }
+      if (found < 0) return fail(r, TIDE_STATUS_DATA_LOSS, "launch tag %u: unknown tag '%s'", k, tag);
+      if (seen & (1u << found)) return fail(r, TIDE_STATUS_DATA_LOSS, "launch tag %u: '%s' repeated", k, tag);
+      if (found == TIDE_TAG_DYN_SHARED && k + 1 != f->num_tags) {
+        return fail(r, TIDE_STATUS_DATA_LOSS, "launch tag %u: the dynamic shared memory tag must be last", k);
+      }
+      seen |= 1u << found;
+      f->tags[k] = (uint8_t)found;
+    }
+  }
+  set_context(r, "end");
+  if (r->pos != r->size) {
+    return fail(r, TIDE_STATUS_DATA_LOSS, "%llu unexpected trailing bytes", (unsigned long long)(r->size - r->pos));
+  }
+  return 1;
+}
+
 /* ---- METADATA: UTF-8 without NUL ------------------------------------------------------------- */
 
 static tide_status_t check_metadata(const uint8_t* p, uint64_t n) {
@@ -804,6 +937,17 @@ tide_status_t tide_artifact_parse(const uint8_t* data, uint64_t size, int verify
                   .section = "PLAN",
                   .pool = &out->pool};
     if (!parse_plan(&r, out)) st = r.status;
+  }
+  if (!st && out->target_kind == TIDE_TARGET_CUDA) {
+    if (!out->sections[TIDE_SECTION_DEVICE_CODE].present) {
+      st = tide_make_status(TIDE_STATUS_DATA_LOSS, "a cuda artifact needs a DEVICE_CODE section");
+    } else {
+      reader_t r = {.data = data + out->sections[TIDE_SECTION_DEVICE_CODE].offset,
+                    .size = out->sections[TIDE_SECTION_DEVICE_CODE].size,
+                    .section = "DEVICE_CODE",
+                    .pool = &out->pool};
+      if (!parse_device_code(&r, out)) st = r.status;
+    }
   }
   if (!st && out->num_kernels > 0 && !out->sections[TIDE_SECTION_KERNELS_HOST].present) {
     st = tide_make_status(TIDE_STATUS_DATA_LOSS, "the plan calls %u kernels but the artifact has no "

@@ -119,6 +119,31 @@ typedef struct tide_section_ref_s {
   uint64_t size;
 } tide_section_ref_t;
 
+/* DEVICE_CODE (cuda): launch tags, in the order the host stubs pass them. */
+enum {
+  TIDE_TAG_BLOCK_X = 0, TIDE_TAG_BLOCK_Y, TIDE_TAG_BLOCK_Z,
+  TIDE_TAG_THREAD_X, TIDE_TAG_THREAD_Y, TIDE_TAG_THREAD_Z,
+  TIDE_TAG_DYN_SHARED,
+};
+enum { TIDE_IMAGE_CUBIN = 0, TIDE_IMAGE_FATBIN = 1, TIDE_IMAGE_PTX = 2 };
+
+typedef struct tide_device_image_s {
+  const char* arch;     /* "sm_90a" */
+  uint32_t sm;          /* 90 */
+  int arch_specific;    /* the 'a' suffix */
+  uint8_t format;
+  uint64_t offset;      /* of the bytes, inside the DEVICE_CODE section */
+  uint64_t size;
+} tide_device_image_t;
+
+typedef struct tide_device_function_s {
+  const char* name;
+  uint32_t num_args;
+  tide_dtype_t* args;   /* code 3 bits 64: a pointer */
+  uint32_t num_tags;
+  uint8_t* tags;        /* TIDE_TAG_* */
+} tide_device_function_t;
+
 typedef struct tide_artifact_s {
   tide_mem_pool_t pool; /* owns every pointer below except section bytes */
   tide_section_ref_t sections[TIDE_SECTION_KIND_MAX + 1];
@@ -136,6 +161,11 @@ typedef struct tide_artifact_s {
   tide_state_decl_t* states;
   uint32_t num_entries;
   tide_entry_decl_t* entries;
+  /* DEVICE_CODE (parsed for cuda targets) */
+  uint32_t num_device_images;
+  tide_device_image_t* device_images;
+  uint32_t num_device_functions;
+  tide_device_function_t* device_functions;
 } tide_artifact_t;
 
 /*

@@ -324,7 +324,11 @@ void tb_build(const tb_config_t* c, tb_bytes_t* out) {
   s[3] = (tb_section_t){3, 64, "KERNELS_HOST", {0}};
   read_file(c->kernels_path, &s[3].body);
   s[4] = (tb_section_t){6, 64, "DEVICE_CODE", {0}};
-  tb_raw(&s[4].body, "opaque device code", 18);
+  if (c->device_code) {
+    tb_raw(&s[4].body, c->device_code->p, c->device_code->n);
+  } else {
+    tb_raw(&s[4].body, "opaque device code", 18);
+  }
   s[5] = (tb_section_t){4, 4096, "WEIGHTS", {0}};
   const float w0[4] = {1, 2, 3, 4}, w1[4] = {10, 20, 30, 40};
   const uint8_t pad[48] = {0};
@@ -342,4 +346,58 @@ void tb_build(const tb_config_t* c, tb_bytes_t* out) {
 void tb_write_file(const char* path, const uint8_t* data, size_t n) {
   FILE* f = fopen(path, "wb");
   if (!f || fwrite(data, 1, n, f) != n || fclose(f) != 0) die("cannot write a test artifact");
+}
+
+static void dtype4(tb_bytes_t* b, uint8_t code, uint8_t bits) {
+  tb_u8(b, code);
+  tb_u8(b, bits);
+  tb_u8(b, 1);
+  tb_u8(b, 0);
+}
+
+void tb_device_code_default(tb_bytes_t* out) {
+  memset(out, 0, sizeof(*out));
+  tb_raw(out, "TIDECUDA", 8);
+  tb_u32(out, 1);
+  tb_u32(out, 2);
+  const char* archs[2] = {"sm_80", "sm_90"};
+  for (int i = 0; i < 2; ++i) {
+    char image[64];
+    int n = snprintf(image, sizeof(image), "fake cubin for %s", archs[i]);
+    tb_str(out, archs[i]);
+    tb_u8(out, 0);
+    tb_u64(out, (uint64_t)n);
+    tb_raw(out, image, (size_t)n);
+  }
+  tb_u32(out, 2);
+  tb_str(out, "vadd_kernel");
+  tb_u32(out, 4);
+  dtype4(out, 3, 64);
+  dtype4(out, 3, 64);
+  dtype4(out, 3, 64);
+  dtype4(out, 0, 32);
+  tb_u32(out, 2);
+  tb_str(out, "blockIdx.x");
+  tb_str(out, "threadIdx.x");
+  tb_str(out, "vscale_kernel");
+  tb_u32(out, 3);
+  dtype4(out, 3, 64);
+  dtype4(out, 2, 32);
+  dtype4(out, 0, 64);
+  tb_u32(out, 3);
+  tb_str(out, "blockIdx.x");
+  tb_str(out, "threadIdx.x");
+  tb_str(out, "tir.use_dyn_shared_memory");
+}
+
+void tb_build_cuda(const char* kernels_path, tb_bytes_t* out) {
+  tb_config_t c;
+  tb_config_default(&c, kernels_path);
+  tb_bytes_t code;
+  tb_device_code_default(&code);
+  c.target_kind = 2;
+  c.device_arch = "sm_80,sm_90";
+  c.device_code = &code;
+  tb_build(&c, out);
+  tb_free(&code);
 }

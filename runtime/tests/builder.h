@@ -54,7 +54,15 @@ typedef struct tb_config_s {
   const char* device_arch;
   int extra_missing_kernel; /* add a kernel "missing" with no symbol in the library */
   int bad_arg_index;        /* op argument refers to buffer 99 */
+  const tb_bytes_t* device_code; /* DEVICE_CODE body; NULL: 18 opaque bytes (ignored on cpu) */
 } tb_config_t;
+
+/* A DEVICE_CODE body (docs/artifact-format.md): fake cubin images for sm_80 and sm_90 and two
+ * functions, vadd_kernel(handle, handle, handle, int32; blockIdx.x, threadIdx.x) and
+ * vscale_kernel(handle, float32, int64; blockIdx.x, threadIdx.x, tir.use_dyn_shared_memory). */
+void tb_device_code_default(tb_bytes_t* out);
+/* The standard model as a cuda artifact for sm_80,sm_90 with tb_device_code_default. */
+void tb_build_cuda(const char* kernels_path, tb_bytes_t* out);
 
 void tb_config_default(tb_config_t* c, const char* kernels_path);
 /* Exits the process with a message if the kernel library cannot be read. */

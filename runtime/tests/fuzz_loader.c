@@ -9,7 +9,8 @@
  * library's CRC is never recomputed: the loader trusts an ELF image whose checksum matches (dlopen
  * cannot be hardened against a corrupt ELF). Every mutant must load or fail with a status - never
  * crash, leak or hang (the Makefile runs this under a timeout). A mutant that loads also gets a
- * session, which exercises the allocation paths with fuzzed sizes.
+ * session, which exercises the allocation paths with fuzzed sizes. Then mutants of the cuda test
+ * artifact exercise the DEVICE_CODE parser (see fuzz_device_code).
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -83,6 +84,60 @@ static void overwrite_int(uint8_t* img, uint64_t file_size) {
   int width = below(2) ? 4 : 8;
   uint64_t at = r.offset + below(r.size);
   for (int i = 0; i < width && at + (uint64_t)i < r.offset + r.size; ++i) img[at + (uint64_t)i] = (uint8_t)(v >> (8 * i));
+}
+
+/*
+ * DEVICE_CODE: this runtime refuses cuda targets after parsing, so mutants of the cuda test artifact
+ * (bit flips, byte and integer overwrites inside DEVICE_CODE with CRCs recomputed, and truncations
+ * of the whole file) go straight to tide_artifact_parse. Returns the number of problems.
+ */
+static int fuzz_device_code(const char* kernels, long iterations, long* out_rejected, long* out_parsed) {
+  tb_bytes_t base;
+  tb_build_cuda(kernels, &base);
+  tb_layout_t lay;
+  tb_layout(base.p, &lay);
+  g_num_regions = 0;
+  for (int i = 0; i < lay.num_sections; ++i) {
+    if (lay.kind[i] == TIDE_SECTION_DEVICE_CODE) {
+      g_regions[g_num_regions++] = (region_t){lay.offset[i], lay.size[i], lay.kind[i]};
+    }
+  }
+  uint8_t* img = malloc(base.n);
+  if (!img || g_num_regions != 1) return 1;
+  int failures = 0;
+  for (long it = -1; it < iterations; ++it) {
+    size_t n = base.n;
+    memcpy(img, base.p, n);
+    switch (it < 0 ? -1 : it % 4) {
+      case 0: flip(img, 1); break;
+      case 1: overwrite_bytes(img); break;
+      case 2: overwrite_int(img, n); break;
+      case 3: n = (size_t)(g_regions[0].offset + below(g_regions[0].size)); break;
+      default: break;
+    }
+    if (it >= 0 && it % 4 != 3) tb_fix_crcs(img, n, 0);
+    tide_artifact_t art;
+    tide_status_t st = tide_artifact_parse(img, n, 1, &art);
+    if (st) {
+      const char* msg = tide_status_message(st);
+      if (it < 0 || tide_status_code(st) <= TIDE_STATUS_OK || strlen(msg) < 10) {
+        fprintf(stderr, "device code iteration %ld: bad status %d: %s\n", it, tide_status_code(st), msg);
+        ++failures;
+      }
+      ++*out_rejected;
+      tide_status_free(st);
+    } else {
+      ++*out_parsed;
+      tide_artifact_free(&art);
+    }
+  }
+  if (iterations >= 100 && *out_rejected == 0) {
+    fprintf(stderr, "no DEVICE_CODE mutant was rejected: the fuzzer is not reaching the checks\n");
+    ++failures;
+  }
+  free(img);
+  tb_free(&base);
+  return failures;
 }
 
 int main(int argc, char** argv) {
@@ -222,6 +277,9 @@ int main(int argc, char** argv) {
   close(fd);
   free(img);
   tb_free(&base);
+  long dc_rejected = 0, dc_parsed = 0;
+  failures += fuzz_device_code(argv[1], iterations / 5, &dc_rejected, &dc_parsed);
+  printf("  DEVICE_CODE (cuda)  rejected %6ld  parsed %6ld\n", dc_rejected, dc_parsed);
   if (failures) {
     printf("FAILED: %d problem(s)\n", failures);
     return 1;

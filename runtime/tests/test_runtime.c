@@ -532,11 +532,8 @@ static void test_corruption(void) {
   EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "format version 2 is not supported");
   tb_free(&img);
 
-  v = c;
-  v.target_kind = 2;
-  v.device_arch = "sm_90";
-  tb_build(&v, &img);
-  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "targets cuda (device 'sm_90')");
+  tb_build_cuda(g_kernels, &img);
+  EXPECT_LOAD_ERROR(&img, NULL, TIDE_STATUS_UNIMPLEMENTED, "targets cuda (device 'sm_80,sm_90')");
   tb_free(&img);
 
   v = c;
@@ -592,6 +589,123 @@ static void test_corruption(void) {
   tb_free(&good);
 }
 
+/* Parses `img` (a cuda artifact) directly: the cpu-only loader refuses cuda targets after parsing. */
+static tide_status_t parse_image(const tb_bytes_t* img, tide_artifact_t* art) {
+  return tide_artifact_parse(img->p, img->n, 1, art);
+}
+
+/* The cuda standard artifact with DEVICE_CODE bytes [at, at+len) replaced by `with` (CRCs fixed). */
+static void device_code_variant(const tb_bytes_t* code, size_t at, size_t len, const void* with, size_t with_len,
+                                tb_bytes_t* out_img) {
+  tb_bytes_t v = {0};
+  tb_raw(&v, code->p, at);
+  tb_raw(&v, with, with_len);
+  tb_raw(&v, code->p + at + len, code->n - at - len);
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  c.target_kind = 2;
+  c.device_arch = "sm_80,sm_90";
+  c.device_code = &v;
+  tb_build(&c, out_img);
+  tb_free(&v);
+}
+
+static size_t find_bytes(const tb_bytes_t* b, const char* needle, size_t n) {
+  for (size_t i = 0; i + n <= b->n; ++i) {
+    if (memcmp(b->p + i, needle, n) == 0) return i;
+  }
+  abort();
+}
+
+static void expect_parse_error(const tb_bytes_t* code, const char* find, size_t find_len, const void* with,
+                               size_t with_len, const char* needle, int line) {
+  size_t at = find_bytes(code, find, find_len);
+  tb_bytes_t img;
+  device_code_variant(code, at, find_len, with, with_len, &img);
+  tide_artifact_t art;
+  tide_status_t st = parse_image(&img, &art);
+  if (!st) tide_artifact_free(&art);
+  expect_error(st, TIDE_STATUS_DATA_LOSS, needle, "DEVICE_CODE mutation", line);
+  tb_free(&img);
+}
+/* Replaces the first occurrence of string literal `find` by string literal `with` (NULs included). */
+#define EXPECT_PARSE_ERROR(find, with, needle) \
+  expect_parse_error(&code, (find), sizeof(find) - 1, (with), sizeof(with) - 1, (needle), __LINE__)
+
+static void test_device_code(void) {
+  tb_bytes_t img;
+  tb_build_cuda(g_kernels, &img);
+  tide_artifact_t art;
+  OK(parse_image(&img, &art));
+  CHECK(art.target_kind == TIDE_TARGET_CUDA && art.num_device_images == 2 && art.num_device_functions == 2);
+  if (art.num_device_images == 2 && art.num_device_functions == 2) {
+    const tide_device_image_t* i0 = &art.device_images[0];
+    const tide_device_image_t* i1 = &art.device_images[1];
+    CHECK(strcmp(i0->arch, "sm_80") == 0 && i0->sm == 80 && !i0->arch_specific && i0->format == TIDE_IMAGE_CUBIN);
+    CHECK(strcmp(i1->arch, "sm_90") == 0 && i1->sm == 90);
+    const uint8_t* section = img.p + art.sections[TIDE_SECTION_DEVICE_CODE].offset;
+    CHECK(i1->size == 20 && memcmp(section + i1->offset, "fake cubin for sm_90", 20) == 0);
+    const tide_device_function_t* f = &art.device_functions[1];
+    CHECK(strcmp(f->name, "vscale_kernel") == 0 && f->num_args == 3 && f->num_tags == 3);
+    CHECK(f->args[0].code == 3 && f->args[0].bits == 64 && f->args[1].code == 2 && f->args[1].bits == 32);
+    CHECK(f->tags[0] == TIDE_TAG_BLOCK_X && f->tags[1] == TIDE_TAG_THREAD_X && f->tags[2] == TIDE_TAG_DYN_SHARED);
+    tide_artifact_free(&art);
+  }
+  /* This runtime has no cuda backend: a valid cuda artifact is refused with a clear message. */
+  tide_status_t st;
+  tide_model_t* m = load_bytes(&img, NULL, &st);
+  CHECK(m == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_UNIMPLEMENTED, "the artifact targets cuda (device 'sm_80,sm_90')");
+  tb_free(&img);
+
+  /* A cuda artifact without DEVICE_CODE. */
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  c.target_kind = 2;
+  c.device_arch = "sm_90";
+  tb_build(&c, &img);
+  EXPECT_ERROR(parse_image(&img, &art), TIDE_STATUS_DATA_LOSS, "DEVICE_CODE section, header (byte 0): bad magic");
+  tb_free(&img);
+
+  tb_bytes_t code;
+  tb_device_code_default(&code);
+  EXPECT_PARSE_ERROR("TIDECUDA", "TIDECUDX", "bad magic (expected TIDECUDA)");
+  EXPECT_PARSE_ERROR("\x05\0\0\0sm_80", "\x05\0\0\0sm_8x", "image 'sm_8x' (byte 25): architecture 'sm_8x' is not sm_<digits>[a]");
+  EXPECT_PARSE_ERROR("\x05\0\0\0sm_80", "\x05\0\0\0sm_90", "duplicate image architecture name 'sm_90'");
+  EXPECT_PARSE_ERROR("\x05\0\0\0sm_80", "\x06\0\0\0sm_100", "not in ascending architecture order ('sm_90' after 'sm_100')");
+  EXPECT_PARSE_ERROR("\x05\0\0\0sm_80", "\x06\0\0\0sm_80a",
+                     "the images are sm_80a,sm_90 but the TARGET device architecture is 'sm_80,sm_90'");
+  EXPECT_PARSE_ERROR("sm_80\0", "sm_80\x07", "image 'sm_80' (byte 26): unknown image format 7");
+  EXPECT_PARSE_ERROR("sm_80\0\x14\0\0\0\0\0\0\0fake", "sm_80\x02\x14\0\0\0\0\0\0\0\0ake",
+                     "image 'sm_80' (byte 34): ptx text holds a NUL byte");
+  EXPECT_PARSE_ERROR("\x0b\0\0\0threadIdx.x\x0d", "\x0b\0\0\0threadIdx.w\x0d", "function 'vadd_kernel' (byte");
+  EXPECT_PARSE_ERROR("\x0b\0\0\0threadIdx.x\x0d", "\x0a\0\0\0blockIdx.x\x0d", "launch tag 1: 'blockIdx.x' repeated");
+  EXPECT_PARSE_ERROR("tir.use_dyn_shared_memory", "tir.use_dyn_shared_memorx", "unknown tag 'tir.use_dyn_shared_memorx'");
+  EXPECT_PARSE_ERROR("\x03\x40\x01\0\x02\x20\x01\0", "\x03\x40\x01\0\x02\x21\x01\0",
+                     "function 'vscale_kernel' (byte 189): argument 1: unsupported dtype (code 2, bits 33, lanes 1)");
+  EXPECT_PARSE_ERROR("\x02\0\0\0\x0b\0\0\0vadd", "\x03\0\0\0\x0b\0\0\0vadd", "function 2 (byte 259): truncated: function name needs 4 bytes, 0 left");
+  EXPECT_PARSE_ERROR("tir.use_dyn_shared_memory", "tir.use_dyn_shared_memory!", "end (byte 259): 1 unexpected trailing bytes");
+  /* The dynamic shared memory tag must be last. */
+  {
+    tb_bytes_t v = {0};
+    size_t at = find_bytes(&code, "\x03\0\0\0\x0a\0\0\0blockIdx.x\x0b", 19);
+    tb_raw(&v, code.p, at);
+    tb_u32(&v, 3);
+    tb_str(&v, "blockIdx.x");
+    tb_str(&v, "tir.use_dyn_shared_memory");
+    tb_str(&v, "threadIdx.x");
+    tb_config_default(&c, g_kernels);
+    c.target_kind = 2;
+    c.device_arch = "sm_80,sm_90";
+    c.device_code = &v;
+    tb_build(&c, &img);
+    EXPECT_ERROR(parse_image(&img, &art), TIDE_STATUS_DATA_LOSS, "launch tag 1: the dynamic shared memory tag must be last");
+    tb_free(&img);
+    tb_free(&v);
+  }
+  tb_free(&code);
+}
+
 int main(int argc, char** argv) {
   if (argc != 3) {
     fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir>\n", argv[0]);
@@ -607,7 +721,7 @@ int main(int argc, char** argv) {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
-      {"corruption", test_corruption},
+      {"corruption", test_corruption},   {"device_code", test_device_code},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
     int before = g_failures;
