@@ -54,6 +54,9 @@ typedef struct tide_model_options_s {
   uint32_t struct_size;
   int32_t verify_checksums;
   uint64_t allowed_cpu_features;
+  int32_t device_kind;
+  int32_t device_ordinal;
+  const char* cuda_driver_path;
 } tide_model_options_t;
 void tide_model_options_initialize(tide_model_options_t* out_options);
 tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "abi.h"
 #include "tide/runtime.h"
@@ -179,6 +180,18 @@ void tide_artifact_free(tide_artifact_t* artifact);
 
 /* "float32", ...; NULL for a dtype the format does not support. */
 const char* tide_dtype_name(tide_dtype_t dtype);
+
+/* ---- the CUDA driver (cuda.c) ------------------------------------------------------------------- */
+
+typedef struct tide_cuda_driver_s tide_cuda_driver_t;
+
+/* dlopens the driver at `path` and resolves its entry points; UNAVAILABLE naming what is missing. */
+tide_status_t tide_cuda_driver_open(const char* path, tide_cuda_driver_t** out);
+void tide_cuda_driver_close(tide_cuda_driver_t* drv);
+/* cuInit, device count and ordinal checks, then the device's compute capability. */
+tide_status_t tide_cuda_device_capability(tide_cuda_driver_t* drv, int32_t ordinal, int* out_major, int* out_minor);
+/* The DEVICE_CODE image for a device of compute capability major.minor (docs/artifact-format.md). */
+tide_status_t tide_cuda_select_image(const tide_artifact_t* art, int major, int minor, uint32_t* out_index);
 
 /* ---- host CPU --------------------------------------------------------------------------------- */
 

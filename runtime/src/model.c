@@ -19,6 +19,9 @@ TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options) {
   out_options->struct_size = sizeof(*out_options);
   out_options->verify_checksums = 1;
   out_options->allowed_cpu_features = ~(uint64_t)0;
+  out_options->device_kind = TIDE_DEVICE_CPU;
+  out_options->device_ordinal = 0;
+  out_options->cuda_driver_path = NULL;
 }
 
 /* Copies the caller's options over the defaults, field by field as far as struct_size reaches. */
@@ -37,10 +40,54 @@ static tide_status_t read_options(const tide_model_options_t* in, tide_model_opt
   if (in->struct_size >= offsetof(tide_model_options_t, allowed_cpu_features) + sizeof(uint64_t)) {
     out->allowed_cpu_features = in->allowed_cpu_features;
   }
+  if (in->struct_size >= offsetof(tide_model_options_t, device_ordinal) + sizeof(int32_t)) {
+    out->device_kind = in->device_kind;
+    out->device_ordinal = in->device_ordinal;
+  }
+  if (in->struct_size >= offsetof(tide_model_options_t, cuda_driver_path) + sizeof(const char*)) {
+    out->cuda_driver_path = in->cuda_driver_path;
+  }
+  if (out->device_kind != TIDE_DEVICE_CPU && out->device_kind != TIDE_DEVICE_CUDA) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                            "tide_model_options_t.device_kind is %d (TIDE_DEVICE_CPU 1 or TIDE_DEVICE_CUDA 2)",
+                            out->device_kind);
+  }
   return NULL;
 }
 
-static tide_status_t check_target(const tide_artifact_t* art, uint64_t allowed_features) {
+/* A cuda artifact on a cuda device: the driver, the device and the image choice are checked. */
+static tide_status_t check_cuda(const tide_artifact_t* art, const tide_model_options_t* o) {
+  const char* path = o->cuda_driver_path ? o->cuda_driver_path : "libcuda.so.1";
+  tide_cuda_driver_t* drv = NULL;
+  tide_status_t st = tide_cuda_driver_open(path, &drv);
+  int major = 0, minor = 0;
+  uint32_t image = 0;
+  if (!st) st = tide_cuda_device_capability(drv, o->device_ordinal, &major, &minor);
+  if (!st) st = tide_cuda_select_image(art, major, minor, &image);
+  if (!st) {
+    st = tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
+                          "cuda:%d (compute capability %d.%d) would run the %s image, but this runtime has no "
+                          "cuda launch path yet (module load, kernel launch, graphs)",
+                          o->device_ordinal, major, minor, art->device_images[image].arch);
+  }
+  tide_cuda_driver_close(drv);
+  return st;
+}
+
+static tide_status_t check_target(const tide_artifact_t* art, const tide_model_options_t* o) {
+  uint64_t allowed_features = o->allowed_cpu_features;
+  if (art->target_kind == TIDE_TARGET_CUDA && o->device_kind == TIDE_DEVICE_CPU) {
+    return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
+                            "the artifact targets cuda (device '%s'); it cannot run on the cpu (load it with "
+                            "device cuda)",
+                            art->device_arch);
+  }
+  if (art->target_kind == TIDE_TARGET_CPU && o->device_kind == TIDE_DEVICE_CUDA) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                            "the artifact targets cpu; it cannot be loaded onto cuda:%d (compile it with --target cuda)",
+                            o->device_ordinal);
+  }
+  if (art->target_kind == TIDE_TARGET_CUDA) return check_cuda(art, o);
   if (art->target_kind != TIDE_TARGET_CPU) {
     return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
                             "the artifact targets %s (device '%s'); this runtime has only the cpu backend",
@@ -148,7 +195,7 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
   atomic_init(&m->refcount, 1);
   st = map_file(path, m);
   if (!st) st = tide_artifact_parse(m->map, m->map_size, opts.verify_checksums != 0, &m->artifact);
-  if (!st) st = check_target(&m->artifact, opts.allowed_cpu_features);
+  if (!st) st = check_target(&m->artifact, &opts);
   if (!st) st = prepare(m);
   if (!st) {
     const tide_section_ref_t* k = &m->artifact.sections[TIDE_SECTION_KERNELS_HOST];

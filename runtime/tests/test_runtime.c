@@ -1,6 +1,6 @@
 /*
  * C tests of the runtime, built with the runtime sources under ASan + UBSan.
- *   test_runtime <libtest_kernels.so> <scratch dir>
+ *   test_runtime <libtest_kernels.so> <scratch dir> <libcuda_standin.so>
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -17,6 +17,7 @@
 static int g_failures;
 static const char* g_kernels;
 static const char* g_dir;
+static const char* g_standin;
 
 #define CHECK(cond)                                                        \
   do {                                                                     \
@@ -655,7 +656,46 @@ static void test_device_code(void) {
   tide_status_t st;
   tide_model_t* m = load_bytes(&img, NULL, &st);
   CHECK(m == NULL);
-  EXPECT_ERROR(st, TIDE_STATUS_UNIMPLEMENTED, "the artifact targets cuda (device 'sm_80,sm_90')");
+  EXPECT_ERROR(st, TIDE_STATUS_UNIMPLEMENTED, "the artifact targets cuda (device 'sm_80,sm_90'); it cannot run on the cpu");
+  /* Device cuda: the driver is looked up first; its absence or a library without its entry points
+   * is a clear error, and the process goes on. */
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  o.device_kind = TIDE_DEVICE_CUDA;
+  o.cuda_driver_path = "/nonexistent/libcuda.so.1";
+  m = load_bytes(&img, &o, &st);
+  CHECK(m == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_UNAVAILABLE, "/nonexistent/libcuda.so.1 not found: ");
+  o.cuda_driver_path = "libc.so.6";
+  m = load_bytes(&img, &o, &st);
+  CHECK(m == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_UNAVAILABLE, "the CUDA driver libc.so.6 lacks the entry point cuInit");
+  o.device_kind = 7;
+  m = load_bytes(&img, &o, &st);
+  EXPECT_ERROR(st, TIDE_STATUS_INVALID_ARGUMENT, "device_kind is 7");
+  /* Image choice per compute capability. */
+  OK(parse_image(&img, &art));
+  uint32_t chosen = 99;
+  OK(tide_cuda_select_image(&art, 9, 0, &chosen));
+  CHECK(chosen == 1);
+  chosen = 99;
+  OK(tide_cuda_select_image(&art, 8, 6, &chosen));
+  CHECK(chosen == 0);
+  OK(tide_cuda_select_image(&art, 8, 0, &chosen));
+  CHECK(chosen == 0);
+  EXPECT_ERROR(tide_cuda_select_image(&art, 7, 5, &chosen), TIDE_STATUS_UNIMPLEMENTED,
+               "device code for sm_80 (cubin), sm_90 (cubin); this device is sm_75 (compute capability 7.5)");
+  EXPECT_ERROR(tide_cuda_select_image(&art, 10, 0, &chosen), TIDE_STATUS_UNIMPLEMENTED, "this device is sm_100");
+  /* ptx of the highest arch <= the device's is the fallback (JIT). */
+  art.device_images[0].format = TIDE_IMAGE_PTX;
+  OK(tide_cuda_select_image(&art, 10, 0, &chosen));
+  CHECK(chosen == 1 - 1);
+  art.device_images[1].format = TIDE_IMAGE_PTX;
+  OK(tide_cuda_select_image(&art, 10, 0, &chosen));
+  CHECK(chosen == 1);
+  OK(tide_cuda_select_image(&art, 8, 9, &chosen));
+  CHECK(chosen == 0);
+  tide_artifact_free(&art);
   tb_free(&img);
 
   /* A cuda artifact without DEVICE_CODE. */
@@ -706,14 +746,82 @@ static void test_device_code(void) {
   tb_free(&code);
 }
 
+static int log_has(const char* path, const char* line) {
+  FILE* f = fopen(path, "r");
+  if (!f) return 0;
+  char buf[256];
+  int found = 0;
+  while (!found && fgets(buf, sizeof(buf), f)) found = strncmp(buf, line, strlen(line)) == 0;
+  fclose(f);
+  return found;
+}
+
+/* Device discovery against the recording stand-in driver. */
+static void test_cuda_device(void) {
+  tb_bytes_t img;
+  tb_build_cuda(g_kernels, &img);
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  o.device_kind = TIDE_DEVICE_CUDA;
+  o.cuda_driver_path = g_standin;
+  char log[4096];
+  snprintf(log, sizeof(log), "%s/standin.log", g_dir);
+  remove(log);
+  setenv("TIDE_STANDIN_LOG", log, 1);
+  struct {
+    const char* cc;
+    const char* devices;
+    const char* init_rc;
+    int32_t ordinal;
+    tide_status_code_t code;
+    const char* needle;
+  } cases[] = {
+      {"90", "1", "0", 0, TIDE_STATUS_UNIMPLEMENTED, "cuda:0 (compute capability 9.0) would run the sm_90 image"},
+      {"86", "2", "0", 1, TIDE_STATUS_UNIMPLEMENTED, "cuda:1 (compute capability 8.6) would run the sm_80 image"},
+      {"75", "1", "0", 0, TIDE_STATUS_UNIMPLEMENTED,
+       "device code for sm_80 (cubin), sm_90 (cubin); this device is sm_75 (compute capability 7.5) and can run none"},
+      {"90", "0", "0", 0, TIDE_STATUS_UNAVAILABLE, "no CUDA device: the driver reports 0 devices"},
+      {"90", "2", "0", 2, TIDE_STATUS_UNAVAILABLE, "CUDA device 2 does not exist (the driver reports 2 devices)"},
+      {"90", "1", "100", 0, TIDE_STATUS_UNAVAILABLE, "cuInit failed: CUDA error 100 (no CUDA-capable device is detected)"},
+  };
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); ++i) {
+    setenv("TIDE_STANDIN_CC", cases[i].cc, 1);
+    setenv("TIDE_STANDIN_DEVICES", cases[i].devices, 1);
+    setenv("TIDE_STANDIN_INIT_RC", cases[i].init_rc, 1);
+    o.device_ordinal = cases[i].ordinal;
+    tide_status_t st;
+    tide_model_t* m = load_bytes(&img, &o, &st);
+    CHECK(m == NULL);
+    EXPECT_ERROR(st, cases[i].code, cases[i].needle);
+  }
+  CHECK(log_has(log, "cuInit 0"));
+  CHECK(log_has(log, "cuDeviceGet 1"));
+  CHECK(log_has(log, "cuDeviceGetAttribute 75 1"));
+  CHECK(log_has(log, "cuDeviceGetAttribute 76 1"));
+  unsetenv("TIDE_STANDIN_LOG");
+  unsetenv("TIDE_STANDIN_CC");
+  unsetenv("TIDE_STANDIN_DEVICES");
+  unsetenv("TIDE_STANDIN_INIT_RC");
+  /* A cpu artifact is refused on a cuda device. */
+  tb_free(&img);
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  tb_build(&c, &img);
+  tide_status_t st;
+  CHECK(load_bytes(&img, &o, &st) == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_INVALID_ARGUMENT, "the artifact targets cpu; it cannot be loaded onto cuda:0");
+  tb_free(&img);
+}
+
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir>\n", argv[0]);
+  if (argc != 4) {
+    fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir> <libcuda_standin.so>\n", argv[0]);
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
   g_kernels = argv[1];
   g_dir = argv[2];
+  g_standin = argv[3];
   struct {
     const char* name;
     void (*fn)(void);
@@ -721,7 +829,7 @@ int main(int argc, char** argv) {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
-      {"corruption", test_corruption},   {"device_code", test_device_code},
+      {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
     int before = g_failures;

@@ -103,7 +103,16 @@ typedef struct tide_model_options_s {
    * ANDed with what the CPU reports. Default all ones. Clear bits to check whether an artifact would
    * load on a machine without those features. */
   uint64_t allowed_cpu_features;
+  /* The device to load onto: TIDE_DEVICE_CPU (default) or TIDE_DEVICE_CUDA with device_ordinal
+   * (default 0). The artifact's target kind must match the device. */
+  int32_t device_kind;
+  int32_t device_ordinal;
+  /* The CUDA driver library dlopened for TIDE_DEVICE_CUDA; NULL (default): "libcuda.so.1". Read
+   * during tide_model_load_file only. */
+  const char* cuda_driver_path;
 } tide_model_options_t;
+
+enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2 };
 
 TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options);
 
@@ -117,7 +126,9 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
 TIDE_API void tide_model_retain(tide_model_t* model);
 TIDE_API void tide_model_release(tide_model_t* model);
 
-/* "cpu" (the only target this runtime loads; "cuda" and "ascend" artifacts are refused). */
+/* "cpu" (the only target this runtime runs). A "cuda" artifact loaded with TIDE_DEVICE_CUDA is
+ * validated (DEVICE_CODE, driver, device, image choice) and then refused with UNIMPLEMENTED: the
+ * launch path is not part of this runtime yet. "ascend" artifacts are refused. */
 TIDE_API const char* tide_model_target(const tide_model_t* model);
 /* The METADATA section as a NUL-terminated JSON string ("{}" when absent). */
 TIDE_API const char* tide_model_metadata(const tide_model_t* model);
