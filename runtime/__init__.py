@@ -420,11 +420,17 @@ class Model:
     """A loaded artifact (see :func:`load`). ``run``/``run_dlpack`` for any entry; ``session()`` for
     decode models."""
 
-    def __init__(self, path, verify: bool = True, num_threads: int = 0):
+    def __init__(self, path, verify: bool = True, num_threads: int = 0, device: str = "cpu",
+                 cuda_driver: str | None = None):
         lib = _library()
+        kind, ordinal = _parse_device(device)
         opts = ffi.new("tide_model_options_t*")
         lib.tide_model_options_initialize(opts)
         opts.verify_checksums = 1 if verify else 0
+        opts.device_kind = kind
+        opts.device_ordinal = ordinal
+        driver = ffi.new("char[]", cuda_driver.encode()) if cuda_driver is not None else ffi.NULL
+        opts.cuda_driver_path = driver
         out = ffi.new("tide_model_t**")
         _check(lib.tide_model_load_file(str(path).encode(), opts, out))
         self._ptr = ffi.gc(out[0], lib.tide_model_release)
@@ -761,10 +767,23 @@ class Session:
             return Tensor(int(ffi.cast("uintptr_t", t.data)), info.dtype, info.shape, self._handle).numpy().copy()
 
 
-def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0) -> Model:
-    """Loads a compiled ``.tide`` artifact. ``device``: "cpu" (the only backend of this runtime).
+_DEVICE = re.compile(r"(cpu|cuda)(?::([0-9]+))?$")
+
+
+def _parse_device(device: str) -> tuple[int, int]:
+    """"cpu" -> (1, 0); "cuda" / "cuda:N" -> (2, N)."""
+    m = _DEVICE.match(device) if isinstance(device, str) else None
+    if m is None or (m.group(1) == "cpu" and m.group(2) not in (None, "0")):
+        raise TideError(f"device must be 'cpu', 'cuda' or 'cuda:<ordinal>', got {device!r}")
+    return (1, 0) if m.group(1) == "cpu" else (2, int(m.group(2) or 0))
+
+
+def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
+         cuda_driver: str | None = None) -> Model:
+    """Loads a compiled ``.tide`` artifact. ``device``: "cpu", or "cuda[:N]" for a cuda artifact
+    (its DEVICE_CODE, the CUDA driver, the device and the image choice are checked; this runtime has
+    no cuda launch path yet, so a cuda load then fails with TideError code 4, unimplemented).
+    ``cuda_driver``: the driver library to dlopen (default "libcuda.so.1").
     ``verify=False`` skips the weight/device-code checksums (faster load of big models; the plan and
     kernel library are always verified). ``num_threads``: threads per session (0: one per CPU)."""
-    if device != "cpu":
-        raise TideError(f"device '{device}': this runtime runs cpu artifacts only")
-    return Model(path, verify, num_threads)
+    return Model(path, verify, num_threads, device, cuda_driver)

@@ -58,6 +58,7 @@ typedef struct tide_model_options_s {
   int32_t device_ordinal;
   const char* cuda_driver_path;
 } tide_model_options_t;
+enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2 };
 void tide_model_options_initialize(tide_model_options_t* out_options);
 tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,
                                             tide_model_t** out_model);

@@ -127,8 +127,8 @@ def test_load_and_describe(standard):
     assert m.memory == R.MemoryInfo(arena_bytes=12096, state_bytes=64, weight_bytes=80)
     with pytest.raises(R.TideError, match="no entry 'nope'"):
         m.inputs("nope")
-    with pytest.raises(R.TideError, match="cpu artifacts only"):
-        R.load(standard, device="cuda")
+    with pytest.raises(R.TideError, match="the artifact targets cpu; it cannot be loaded onto cuda:0"):
+        R.load(standard, device="cuda", cuda_driver="/nonexistent/libcuda.so.1")
     with pytest.raises(R.TideError, match="No such file") as err:
         R.load(standard + ".missing")
     assert err.value.code == 2
