@@ -132,3 +132,80 @@ tide_status_t tide_cuda_select_image(const tide_artifact_t* art, int major, int 
   *out_index = (uint32_t)best;
   return NULL;
 }
+
+/* ---- launch packing: a host stub's FunctionCall arguments -> cuLaunchKernel's ------------------ */
+
+static tide_status_t pack_error(const tide_device_function_t* f, uint32_t i, const char* what) {
+  return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "device function '%s' argument %u: %s", f->name, i, what);
+}
+
+tide_status_t tide_cuda_pack_launch(const tide_device_function_t* f, const tide_ffi_any_t* args, int32_t num_args,
+                                    tide_cuda_launch_t* out) {
+  memset(out, 0, sizeof(*out));
+  if (num_args < 0 || (uint32_t)num_args != f->num_args + f->num_tags) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                            "device function '%s' was called with %d arguments; it takes %u parameters and %u "
+                            "launch dimensions",
+                            f->name, num_args, f->num_args, f->num_tags);
+  }
+  for (uint32_t i = 0; i < f->num_args; ++i) {
+    const tide_ffi_any_t* a = &args[i];
+    tide_dtype_t d = f->args[i];
+    void* slot = &out->storage[i];
+    out->params[i] = slot;
+    if (d.code == 3) {
+      if (a->type_index != TIDE_FFI_OPAQUE_PTR && a->type_index != TIDE_FFI_NONE) {
+        return pack_error(f, i, "expected a pointer");
+      }
+      void* p = a->type_index == TIDE_FFI_NONE ? NULL : a->v_ptr;
+      memcpy(slot, &p, sizeof(p));
+    } else if (d.code == 2 && (d.bits == 32 || d.bits == 64)) {
+      if (a->type_index != TIDE_FFI_FLOAT && a->type_index != TIDE_FFI_INT) return pack_error(f, i, "expected a float");
+      double v = a->type_index == TIDE_FFI_FLOAT ? a->v_float64 : (double)a->v_int64;
+      if (d.bits == 32) {
+        float x = (float)v;
+        memcpy(slot, &x, sizeof(x));
+      } else {
+        memcpy(slot, &v, sizeof(v));
+      }
+    } else if ((d.code == 0 || d.code == 1) && (d.bits == 32 || d.bits == 64)) {
+      if (a->type_index != TIDE_FFI_INT) return pack_error(f, i, "expected an integer");
+      if (d.bits == 64) {
+        memcpy(slot, &a->v_int64, sizeof(int64_t));
+      } else if (d.code == 0) {
+        int32_t x = (int32_t)a->v_int64;
+        memcpy(slot, &x, sizeof(x));
+      } else {
+        uint32_t x = (uint32_t)a->v_int64;
+        memcpy(slot, &x, sizeof(x));
+      }
+    } else {
+      const char* name = tide_dtype_name(d);
+      char what[96];
+      snprintf(what, sizeof(what), "parameter dtype %s is not supported by the launcher", name ? name : "?");
+      return pack_error(f, i, what);
+    }
+  }
+  out->num_params = f->num_args;
+  for (int k = 0; k < 3; ++k) out->grid[k] = out->block[k] = 1;
+  for (uint32_t t = 0; t < f->num_tags; ++t) {
+    const tide_ffi_any_t* a = &args[f->num_args + t];
+    if (a->type_index != TIDE_FFI_INT) return pack_error(f, f->num_args + t, "a launch dimension must be an integer");
+    int64_t v = a->v_int64;
+    uint8_t tag = f->tags[t];
+    int shared = tag == TIDE_TAG_DYN_SHARED;
+    if (v < (shared ? 0 : 1) || v > (int64_t)UINT32_MAX) {
+      char what[96];
+      snprintf(what, sizeof(what), "launch dimension %lld out of range", (long long)v);
+      return pack_error(f, f->num_args + t, what);
+    }
+    if (shared) {
+      out->shared_bytes = (uint32_t)v;
+    } else if (tag <= TIDE_TAG_BLOCK_Z) {
+      out->grid[tag - TIDE_TAG_BLOCK_X] = (uint32_t)v;
+    } else {
+      out->block[tag - TIDE_TAG_THREAD_X] = (uint32_t)v;
+    }
+  }
+  return NULL;
+}

@@ -193,6 +193,20 @@ tide_status_t tide_cuda_device_capability(tide_cuda_driver_t* drv, int32_t ordin
 /* The DEVICE_CODE image for a device of compute capability major.minor (docs/artifact-format.md). */
 tide_status_t tide_cuda_select_image(const tide_artifact_t* art, int major, int minor, uint32_t* out_index);
 
+/* cuLaunchKernel's arguments for one device call. */
+typedef struct tide_cuda_launch_s {
+  uint32_t grid[3], block[3], shared_bytes;
+  uint32_t num_params;
+  void* params[TIDE_MAX_KERNEL_ARGS];     /* kernelParams: each points into storage */
+  uint64_t storage[TIDE_MAX_KERNEL_ARGS]; /* the parameter values, converted to their dtypes */
+} tide_cuda_launch_t;
+
+/* Packs a host stub's FunctionCall arguments (the function's parameters, then one integer per
+ * launch tag) as TVM's packer does: int32/uint32 narrowed, float32 from a double, 64-bit values and
+ * pointers as is; other parameter dtypes are refused. */
+tide_status_t tide_cuda_pack_launch(const tide_device_function_t* f, const tide_ffi_any_t* args, int32_t num_args,
+                                    tide_cuda_launch_t* out);
+
 /* ---- host CPU --------------------------------------------------------------------------------- */
 
 const char* tide_host_arch(void);                /* "x86_64", "aarch64" or "unknown" */

@@ -746,6 +746,79 @@ static void test_device_code(void) {
   tb_free(&code);
 }
 
+static tide_ffi_any_t any_int(int64_t v) {
+  tide_ffi_any_t a;
+  memset(&a, 0, sizeof(a));
+  a.type_index = TIDE_FFI_INT;
+  a.v_int64 = v;
+  return a;
+}
+
+/* Launch packing from the stub's arguments (vscale_kernel: handle, float32, int64; blockIdx.x,
+ * threadIdx.x, dynamic shared memory). */
+static void test_cuda_pack_launch(void) {
+  tb_bytes_t img;
+  tb_build_cuda(g_kernels, &img);
+  tide_artifact_t art;
+  OK(parse_image(&img, &art));
+  tb_free(&img);
+  if (art.num_device_functions != 2) return;
+  const tide_device_function_t* scale = &art.device_functions[1];
+  const tide_device_function_t* add = &art.device_functions[0];
+  float buf[4];
+  tide_ffi_any_t args[6];
+  memset(args, 0, sizeof(args));
+  args[0].type_index = TIDE_FFI_OPAQUE_PTR;
+  args[0].v_ptr = buf;
+  args[1].type_index = TIDE_FFI_FLOAT;
+  args[1].v_float64 = 0.375;
+  args[2] = any_int((int64_t)1 << 40);
+  args[3] = any_int(17);
+  args[4] = any_int(128);
+  args[5] = any_int(4096);
+  tide_cuda_launch_t l;
+  OK(tide_cuda_pack_launch(scale, args, 6, &l));
+  CHECK(l.grid[0] == 17 && l.grid[1] == 1 && l.grid[2] == 1 && l.block[0] == 128 && l.block[1] == 1);
+  CHECK(l.shared_bytes == 4096 && l.num_params == 3);
+  void* p = NULL;
+  memcpy(&p, l.params[0], sizeof(p));
+  float f = 0;
+  memcpy(&f, l.params[1], sizeof(f));
+  int64_t n = 0;
+  memcpy(&n, l.params[2], sizeof(n));
+  CHECK(p == buf && f == 0.375f && n == (int64_t)1 << 40);
+  /* vadd_kernel: three pointers (NULL allowed) and an int32, narrowed. */
+  tide_ffi_any_t a2[6];
+  memset(a2, 0, sizeof(a2));
+  for (int i = 0; i < 3; ++i) {
+    a2[i].type_index = TIDE_FFI_OPAQUE_PTR;
+    a2[i].v_ptr = buf + i;
+  }
+  a2[1].type_index = TIDE_FFI_NONE;
+  a2[3] = any_int(-5);
+  a2[4] = any_int(3);
+  a2[5] = any_int(64);
+  OK(tide_cuda_pack_launch(add, a2, 6, &l));
+  int32_t k = 0;
+  memcpy(&k, l.params[3], sizeof(k));
+  memcpy(&p, l.params[1], sizeof(p));
+  CHECK(k == -5 && p == NULL && l.grid[0] == 3 && l.block[0] == 64 && l.shared_bytes == 0);
+  EXPECT_ERROR(tide_cuda_pack_launch(add, a2, 5, &l), TIDE_STATUS_INVALID_ARGUMENT,
+               "device function 'vadd_kernel' was called with 5 arguments; it takes 4 parameters and 2 launch dimensions");
+  a2[3].type_index = TIDE_FFI_FLOAT;
+  EXPECT_ERROR(tide_cuda_pack_launch(add, a2, 6, &l), TIDE_STATUS_INVALID_ARGUMENT, "argument 3: expected an integer");
+  a2[3] = any_int(1);
+  a2[4] = any_int(0);
+  EXPECT_ERROR(tide_cuda_pack_launch(add, a2, 6, &l), TIDE_STATUS_INVALID_ARGUMENT, "argument 4: launch dimension 0 out of range");
+  args[0] = any_int(1);
+  EXPECT_ERROR(tide_cuda_pack_launch(scale, args, 6, &l), TIDE_STATUS_INVALID_ARGUMENT, "argument 0: expected a pointer");
+  art.device_functions[1].args[1] = (tide_dtype_t){2, 16, 1};
+  args[0].type_index = TIDE_FFI_OPAQUE_PTR;
+  EXPECT_ERROR(tide_cuda_pack_launch(scale, args, 6, &l), TIDE_STATUS_INVALID_ARGUMENT,
+               "argument 1: parameter dtype float16 is not supported by the launcher");
+  tide_artifact_free(&art);
+}
+
 static int log_has(const char* path, const char* line) {
   FILE* f = fopen(path, "r");
   if (!f) return 0;
@@ -829,7 +902,7 @@ int main(int argc, char** argv) {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
-      {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device},
+      {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device}, {"cuda_pack_launch", test_cuda_pack_launch},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
     int before = g_failures;
