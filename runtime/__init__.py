@@ -523,8 +523,8 @@ class Model:
 
     def time(self, feeds: dict, entry: str = "main", iterations: int = 10) -> np.ndarray:
         """Runs ``entry`` on ``feeds`` ``iterations`` times back to back on the internal session and
-        returns each run's duration in seconds (float64 [iterations]): host monotonic clock on the
-        cpu, CUDA events around each run on a GPU. No outputs; states advance as on every run."""
+        returns each run's duration in seconds (float64 [iterations]; host monotonic clock around
+        each synchronous run on the cpu). No outputs; states advance as on every run."""
         with self._lock:
             values = self._values(feeds, entry)
             if self._handle is None:

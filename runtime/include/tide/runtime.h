@@ -197,10 +197,10 @@ TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
  * inputs with data are copied into the state once, before the first iteration), then runs entry
  * `entry` `iterations` times back to back and stores each run's duration in seconds in
  * out_seconds[0 .. iterations-1]. No outputs are returned (they stay in the session as after a run).
- * The cpu backend measures each synchronous run with the host monotonic clock; the cuda backend
- * records a CUDA event before and after each run on the session's stream (a captured entry is one
- * graph replay) and reads the elapsed time between them, so host overhead outside the stream is not
- * counted. Warm-up is the caller's business (the first cuda run of an entry captures its graph).
+ * The cpu backend measures each synchronous run with the host monotonic clock. (A cuda backend is
+ * to record a CUDA event before and after each graph replay on the session's stream and report the
+ * elapsed time between them; this runtime has no cuda sessions yet.) Warm-up is the caller's
+ * business.
  * States advance on every iteration like on every run.
  */
 TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
