@@ -44,7 +44,6 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
 
     from ..ops import state_scatter, topk
 
-    parallel = True  # rows are independent: the CPU thread pool, or the CUDA grid (targets/cuda.py)
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
     params = {p.name: p for p in mod["main"].params}
@@ -87,7 +86,7 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
                 raise CompileError(f"top-k with k={k} over an axis of {n} elements")
             dtype = data.ty.dtype
             name = f"tide_topk_{dtype}_{rows}x{n}_k{k}{'' if largest else '_min'}"
-            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, parallel, name),
+            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, target_kind, name),
                            name)
             report.add(name, f"top-k over {n} (k={k}) x {rows} rows")
             flat = self.builder_.emit(relax.op.reshape(data, (rows, n)))
@@ -111,7 +110,7 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
             dshape = [int(d) for d in data.ty.shape]
             ishape = [int(d) for d in index.ty.shape]
             name = f"tide_state_scatter_{state.replace('.', '_')}"
-            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, parallel, name)
+            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, target_kind, name)
             gv = self._add(func.with_attr(STATE_ATTR, state), name)
             report.add(name, f"in-place update of state '{state}'")
             return relax.call_tir(gv, [index, updates], out_ty=data.ty)

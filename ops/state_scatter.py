@@ -14,9 +14,15 @@ import numpy as np
 
 
 def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str = "int64",
-              parallel: bool = True, name: str = "tide_state_scatter"):
+              target_kind: str = "cpu", name: str = "tide_state_scatter"):
+    """Updated rows are written in parallel: the CPU thread pool, or one row per CUDA thread
+    (``tide.targets.row_loop``)."""
+    import textwrap
+
     import tvm
-    from tvm.script import tirx as T  # noqa: F401
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    from ..targets import row_loop
 
     k = index_shape[-1]
     if not 1 <= k <= len(data_shape):
@@ -30,7 +36,11 @@ def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str 
     in_range = " and ".join(
         f"T.int64(idx[m * {k} + {j}]) >= T.int64(0) and T.int64(idx[m * {k} + {j}]) < T.int64({data_shape[j]})"
         for j in range(k))
-    loop = "T.parallel" if parallel else "range"
+    row = f'''
+        if {in_range}:
+            for e in range({inner}):
+                out[({row_expr}) * T.int64({inner}) + T.int64(e)] = upd[m * {inner} + e]
+'''
     src = f'''
 @T.prim_func(s_tir=True)
 def {name}(index: T.Buffer({tuple(index_shape)}, "{index_dtype}"), updates: T.Buffer({upd_shape}, "{dtype}"),
@@ -40,10 +50,7 @@ def {name}(index: T.Buffer({tuple(index_shape)}, "{index_dtype}"), updates: T.Bu
         idx = T.decl_buffer(({rows_m * k},), "{index_dtype}", data=index.data)
         upd = T.decl_buffer(({rows_m * inner},), "{dtype}", data=updates.data)
         out = T.decl_buffer(({total},), "{dtype}", data=state.data)
-        for m in {loop}({rows_m}):
-            if {in_range}:
-                for e in range({inner}):
-                    out[({row_expr}) * T.int64({inner}) + T.int64(e)] = upd[m * {inner} + e]
+{textwrap.indent(row_loop(target_kind, "m", rows_m, row), " " * 8)}
 '''
     return tvm.script.from_source(src)
 

@@ -12,35 +12,42 @@ import numpy as np
 
 
 def prim_func(rows: int, n: int, k: int, dtype: str = "float32", index_dtype: str = "int64",
-              largest: bool = True, parallel: bool = True, name: str = "tide_topk"):
+              largest: bool = True, target_kind: str = "cpu", name: str = "tide_topk"):
+    """Rows run in parallel: the CPU thread pool, or one row per CUDA thread
+    (``tide.targets.row_loop``)."""
+    import textwrap
+
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    from ..targets import row_loop
 
     if not 1 <= k <= n:
         raise ValueError(f"top-k needs 1 <= k <= n, got k={k}, n={n}")
     better = ">" if largest else "<"
-    loop = "T.parallel" if parallel else "range"
+    row = f'''
+        count = T.alloc_buffer((1,), "int32", scope="local")
+        pos = T.alloc_buffer((1,), "int32", scope="local")
+        count[0] = 0
+        for i in range({n}):
+            v = data[r, i]
+            if count[0] < {k} or v {better} values[r, {k - 1}]:
+                pos[0] = T.min(count[0], {k - 1})
+                while pos[0] > 0 and v {better} values[r, pos[0] - 1]:
+                    values[r, pos[0]] = values[r, pos[0] - 1]
+                    indices[r, pos[0]] = indices[r, pos[0] - 1]
+                    pos[0] = pos[0] - 1
+                values[r, pos[0]] = v
+                indices[r, pos[0]] = T.{index_dtype}(i)
+                count[0] = T.min(count[0] + 1, {k})
+'''
     src = f'''
 @T.prim_func(s_tir=True)
 def {name}(data: T.Buffer(({rows}, {n}), "{dtype}"), values: T.Buffer(({rows}, {k}), "{dtype}"),
            indices: T.Buffer(({rows}, {k}), "{index_dtype}")):
     T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tirx.is_scheduled": True}})
     with T.sblock("root"):
-        for r in {loop}({rows}):
-            count = T.alloc_buffer((1,), "int32", scope="local")
-            pos = T.alloc_buffer((1,), "int32", scope="local")
-            count[0] = 0
-            for i in range({n}):
-                v = data[r, i]
-                if count[0] < {k} or v {better} values[r, {k - 1}]:
-                    pos[0] = T.min(count[0], {k - 1})
-                    while pos[0] > 0 and v {better} values[r, pos[0] - 1]:
-                        values[r, pos[0]] = values[r, pos[0] - 1]
-                        indices[r, pos[0]] = indices[r, pos[0] - 1]
-                        pos[0] = pos[0] - 1
-                    values[r, pos[0]] = v
-                    indices[r, pos[0]] = T.{index_dtype}(i)
-                    count[0] = T.min(count[0] + 1, {k})
+{textwrap.indent(row_loop(target_kind, "r", rows, row), " " * 8)}
 '''
     return tvm.script.from_source(src)
 

@@ -2,13 +2,10 @@
 
 Kernels reach ``schedule`` after fusion (``tide.compiler.lower.legalize_and_fuse``). tide's attention
 and MoE kernels arrive already scheduled for CUDA by their ``tide.targets`` modules (``target_kind``
-"cuda" in their ``relax_convert``). Two kinds are left here:
-
-- generic (TVM-lowered) kernels and ``tide.ops.rmsnorm``: dlight's GPU rules, first that applies wins
-  (Matmul, GEMV, Reduction, GeneralReduction, Fallback);
-- kernels written as final loops whose outer loop is ``T.parallel`` (``tide.ops.topk``,
-  ``tide.ops.state_scatter``: independent rows): the parallel loop becomes the grid, one row per
-  thread (``ROW_THREADS`` threads per block).
+"cuda" in their ``relax_convert``; ``tide.ops.topk`` and ``tide.ops.state_scatter`` bind their
+independent rows to the grid themselves, ``tide.targets.row_loop``). Left here: generic
+(TVM-lowered) kernels and ``tide.ops.rmsnorm``, which get dlight's GPU rules, first that applies wins
+(Matmul, GEMV, Reduction, GeneralReduction, Fallback).
 
 A kernel that ends up without a thread binding would run on the host and fail TVM's memory
 verification; ``schedule`` refuses it with a CompileError naming it.
@@ -39,7 +36,7 @@ SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
 # Shared memory dlight's generic schedules may use per block: the static limit every arch launches
 # without opt-in (tide's attention kernels use dynamic shared memory beyond it, see targets/attention.py).
 STATIC_SHARED_BYTES = 48 * 1024
-ROW_THREADS = 64  # threads per block for kernels whose parallel outer loop becomes the grid
+ROW_THREADS = 64  # threads per block of kernels that run one independent row per thread (row_loop)
 NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
 # TVM 0.27's launch tag -> the artifact format's name for it (docs/artifact-format.md)
 TAG_NAMES = {"tirx.use_dyn_shared_memory": "tir.use_dyn_shared_memory"}
@@ -96,13 +93,6 @@ def schedule(mod, target):
     from tvm import tirx
     from tvm.s_tir import dlight as dl
 
-    updated = {}
-    for gv, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc) and func.attrs and func.attrs.get("tirx.is_scheduled") \
-                and not _has_thread_binding(func):
-            updated[gv] = _parallel_loops_to_grid(func)
-    for gv, func in updated.items():
-        mod[gv] = func
     with target:
         mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
                                       dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
@@ -121,46 +111,6 @@ _THREAD_MARKERS = ("T.thread_binding(", "T.launch_thread(", "T.env_thread(")
 def _has_thread_binding(func) -> bool:
     text = func.script()
     return any(marker in text for marker in _THREAD_MARKERS)
-
-
-_PARALLEL_RE = re.compile(r"^(?P<indent> *)for (?P<var>\w+) in T\.parallel\((?P<n>\d+)\):$")
-
-
-def _parallel_loops_to_grid(func):
-    """Each outermost ``T.parallel`` loop (independent iterations) becomes blockIdx.x x threadIdx.x,
-    one iteration per thread, guarded when the extent is no multiple of the block. Done on the
-    function's TVMScript (TVM 0.27 has no Python statement mutator), parsed back."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
-
-    lines = func.script().splitlines()
-    out, i, changed = [], 0, False
-    while i < len(lines):
-        m = _PARALLEL_RE.match(lines[i])
-        if not m:
-            out.append(lines[i])
-            i += 1
-            continue
-        indent, var, n = m.group("indent"), m.group("var"), int(m.group("n"))
-        body = []
-        i += 1
-        while i < len(lines) and (not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(indent)):
-            body.append(lines[i])
-            i += 1
-        threads = min(ROW_THREADS, n)
-        blocks = -(-n // threads)
-        pad = indent + " " * 8
-        out += [f"{indent}for {var}_bx in T.thread_binding({blocks}, thread=\"blockIdx.x\"):",
-                f"{indent}    for {var}_tx in T.thread_binding({threads}, thread=\"threadIdx.x\"):",
-                f"{pad}{var}: T.int32 = {var}_bx * {threads} + {var}_tx"]
-        if blocks * threads != n:
-            out.append(f"{pad}if {var} < {n}:")
-            pad += "    "
-        out += [pad + line[len(indent) + 4:] if line.strip() else line for line in body]
-        changed = True
-    if not changed:
-        return func
-    return tvm.script.from_source("\n".join(out))
 
 
 # ---- device code ---------------------------------------------------------------------------------
