@@ -99,6 +99,17 @@ def _rand(rng, shape, scale=1.0):
 # attention masks and picks (the exporter's conventions, docs/onnx-contract.md)
 
 
+def _context_cases(kernel, shapes: str, million: bool = True) -> list:
+    """An attention kernel's cases: decode at each context of the shape set (the 1M one heavy, or
+    left out when ``million`` is false) and one prefill chunk ending at the first context."""
+    d = DIMS[shapes]
+    out = [kernel._case(shapes, "decode", f"ctx{c}", c - 1, 1, c >= HEAVY_CONTEXT)
+           for c in d["contexts"] if million or c < HEAVY_CONTEXT]
+    c = d["contexts"][0]
+    out.append(kernel._case(shapes, "prefill", f"chunk{d['chunk']}@ctx{c}", c - d["chunk"], d["chunk"]))
+    return out
+
+
 def window_bias(start: int, seq: int, window: int) -> np.ndarray:
     """Sliding-window mask over [ring (W) ; this call (S)] for one batch row: ``[S, W+S]``."""
     slots = np.arange(window)
@@ -223,11 +234,7 @@ class SinkAttentionDef(KernelDef):
                     {"scale": D ** -0.5}, {"start": start}, heavy)
 
     def cases(self, shapes):
-        d = DIMS[shapes]
-        out = [self._case(shapes, "decode", f"ctx{c}", c - 1, 1, c >= HEAVY_CONTEXT) for c in d["contexts"]]
-        c = d["contexts"][0]
-        out.append(self._case(shapes, "prefill", f"chunk{d['chunk']}@ctx{c}", c - d["chunk"], d["chunk"]))
-        return out
+        return _context_cases(self, shapes)
 
     def make_inputs(self, case, rng):
         (_, _, qs), (_, _, ks), _ = case.inputs
@@ -257,7 +264,7 @@ class SparseAttentionDef(KernelDef):
 
     name, group = "sink_attention_sparse", "attention"
 
-    def _case(self, shapes, phase, label, start, seq):
+    def _case(self, shapes, phase, label, start, seq, heavy=False):
         d = DIMS[shapes]
         H, D, W, r, K = d["heads"], d["head_dim"], d["window"], d["csa_ratio"], d["index_topk"]
         C, nb = (start + seq) // r + 1, seq // r + 1
@@ -267,15 +274,11 @@ class SparseAttentionDef(KernelDef):
                      ("entries", "float32", (1, nb, D)), ("indices", "int64", (1, seq, K)),
                      ("valid", "bool", (1, seq, K)), ("start_pos", "int64", (1,))],
                     [("sinks", "float32", (H,))], [("out", "float32", (1, seq, H, D))],
-                    {"ratio": r, "scale": D ** -0.5}, {"start": start})
+                    {"ratio": r, "scale": D ** -0.5}, {"start": start}, heavy)
 
     def cases(self, shapes):
-        d = DIMS[shapes]
         # The per-step work does not grow past the top-k: 1M is the 64K case with a bigger cache.
-        out = [self._case(shapes, "decode", f"ctx{c}", c - 1, 1) for c in d["contexts"] if c < HEAVY_CONTEXT]
-        c = d["contexts"][0]
-        out.append(self._case(shapes, "prefill", f"chunk{d['chunk']}@ctx{c}", c - d["chunk"], d["chunk"]))
-        return out
+        return _context_cases(self, shapes, million=False)
 
     def make_inputs(self, case, rng):
         d = DIMS[case.shapes]
@@ -336,11 +339,7 @@ class IndexerDef(KernelDef):
                      "weights_scale": Hi ** -0.5}, {"start": start}, heavy)
 
     def cases(self, shapes):
-        d = DIMS[shapes]
-        out = [self._case(shapes, "decode", f"ctx{c}", c - 1, 1, c >= HEAVY_CONTEXT) for c in d["contexts"]]
-        c = d["contexts"][0]
-        out.append(self._case(shapes, "prefill", f"chunk{d['chunk']}@ctx{c}", c - d["chunk"], d["chunk"]))
-        return out
+        return _context_cases(self, shapes)
 
     def make_inputs(self, case, rng):
         feeds = {n: _rand(rng, s) for n, t, s in case.inputs if t == "float32"}
