@@ -497,14 +497,18 @@ class Model:
             raise TideError(f"entry '{entry}': missing input(s) {', '.join(map(repr, missing))}")
         return [feeds.get(i.name) for i in infos]
 
-    def _run(self, feeds: dict, entry: str) -> list[Tensor]:
-        values = self._values(feeds, entry)
+    def _runner(self, entry: str) -> "_Runner":
+        """The internal session's runner of ``entry`` (both made on first use)."""
         if self._handle is None:
             self._handle = _create_session(self, self.num_threads)
         runner = self._runners.get(entry)
         if runner is None:
             runner = self._runners[entry] = _Runner(self, self._handle, entry)
-        return runner.run(values)
+        return runner
+
+    def _run(self, feeds: dict, entry: str) -> list[Tensor]:
+        values = self._values(feeds, entry)
+        return self._runner(entry).run(values)
 
     def run(self, feeds: dict, entry: str = "main") -> dict:
         """Runs ``entry`` on ``feeds`` (input name -> numpy array or DLPack tensor) and returns output
@@ -527,12 +531,7 @@ class Model:
         each synchronous run on the cpu). No outputs; states advance as on every run."""
         with self._lock:
             values = self._values(feeds, entry)
-            if self._handle is None:
-                self._handle = _create_session(self, self.num_threads)
-            runner = self._runners.get(entry)
-            if runner is None:
-                runner = self._runners[entry] = _Runner(self, self._handle, entry)
-            return runner.time(values, iterations)
+            return self._runner(entry).time(values, iterations)
 
     def reset(self) -> None:
         """Zero-fills the state of the internal session used by ``run``/``run_dlpack``."""
