@@ -80,6 +80,20 @@ static tide_model_t* load_standard(void) {
   return m;
 }
 
+/* A session on the standard artifact, *out_model holding its own reference (the caller releases
+ * both); NULL when loading or creating failed (already counted as a failure). */
+static tide_session_t* standard_session(tide_model_t** out_model) {
+  *out_model = load_standard();
+  if (!*out_model) return NULL;
+  tide_session_t* s = NULL;
+  OK(tide_session_create(*out_model, NULL, &s));
+  if (!s) {
+    tide_model_release(*out_model);
+    *out_model = NULL;
+  }
+  return s;
+}
+
 static void* aligned(size_t n) {
   void* p = NULL;
   if (posix_memalign(&p, 64, n ? n : 64) != 0) abort();
@@ -250,14 +264,9 @@ static void test_run_main(void) {
 }
 
 static void test_state(void) {
-  tide_model_t* m = load_standard();
-  if (!m) return;
-  tide_session_t* s = NULL;
-  OK(tide_session_create(m, NULL, &s));
-  if (!s) {
-    tide_model_release(m);
-    return;
-  }
+  tide_model_t* m = NULL;
+  tide_session_t* s = standard_session(&m);
+  if (!s) return;
   int32_t e = entry(m, "step");
   float* x = aligned(16);
   for (int i = 0; i < 4; ++i) x[i] = (float)i;
@@ -308,14 +317,9 @@ static void test_state(void) {
 }
 
 static void test_time(void) {
-  tide_model_t* m = load_standard();
-  if (!m) return;
-  tide_session_t* s = NULL;
-  OK(tide_session_create(m, NULL, &s));
-  if (!s) {
-    tide_model_release(m);
-    return;
-  }
+  tide_model_t* m = NULL;
+  tide_session_t* s = standard_session(&m);
+  if (!s) return;
   int32_t e = entry(m, "step");
   float* x = aligned(16);
   for (int i = 0; i < 4; ++i) x[i] = 0.25f * (float)(i + 1);
@@ -340,14 +344,9 @@ static void test_time(void) {
 }
 
 static void test_kernel_error(void) {
-  tide_model_t* m = load_standard();
-  if (!m) return;
-  tide_session_t* s = NULL;
-  OK(tide_session_create(m, NULL, &s));
-  if (!s) {
-    tide_model_release(m);
-    return;
-  }
+  tide_model_t* m = NULL;
+  tide_session_t* s = standard_session(&m);
+  if (!s) return;
   float* x = aligned(16);
   tide_tensor_t in = f32_tensor(x, 1, (int64_t[]){4});
   tide_tensor_t out[4];
