@@ -101,10 +101,8 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     loaded = onnx_import.load(onnx_path)
     sig, entries = _entries(loaded, options)
     progress = _Progress(options.progress, 4 * len(entries) + 2)
-    if options.arch and not hasattr(tgt_mod, "parse_archs"):
-        raise CompileError(f"--arch {options.arch}: target '{options.target}' has no device architectures")
-    device_archs = tgt_mod.parse_archs(options.arch) if hasattr(tgt_mod, "parse_archs") else []
-    target = tgt_mod.tvm_target(options.mcpu, device_archs) if device_archs else tgt_mod.tvm_target(options.mcpu)
+    device_archs = tgt_mod.parse_archs(options.arch)
+    target = tgt_mod.tvm_target(options.mcpu, device_archs)
     model = loaded.model
     input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     output_names = [o.name for o in model.graph.output]

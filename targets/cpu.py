@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import platform
 
+from ..compiler.errors import CompileError
+
 KIND = "cpu"
 
 # /proc/cpuinfo flag -> bit of the artifact's host-feature mask (docs/artifact-format.md).
@@ -41,8 +43,15 @@ def feature_mask(features: set[str]) -> int:
     return sum(1 << bit for flag, bit in FEATURE_BITS.items() if flag in features)
 
 
-def tvm_target(mcpu: str | None = None):
-    """The LLVM target for this machine's CPU (or for ``mcpu``)."""
+def parse_archs(spec: str | None) -> list[str]:
+    """The CPU target has no device architectures: ``--arch`` is an error here."""
+    if spec:
+        raise CompileError(f"--arch {spec}: target 'cpu' has no device architectures (--mcpu picks the CPU)")
+    return []
+
+
+def tvm_target(mcpu: str | None = None, archs=()):
+    """The LLVM target for this machine's CPU (or for ``mcpu``); ``archs`` is always empty here."""
     import tvm
 
     return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or tvm.target.codegen.llvm_get_system_cpu()})
