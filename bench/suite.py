@@ -259,12 +259,6 @@ def run_suite(target: str = "cpu", shapes=None, kernels=None, heavy: bool = Fals
     t0 = time.time()
     if target == "cuda":
         _require_cuda(device, bundle)
-    measure_ceilings = ceilings is None
-    if measure_ceilings:
-        _log(f"tide bench: measuring the {target} ceilings")
-        ceilings = harness.cuda_ceilings(device) if target == "cuda" else harness.cpu_ceilings()
-    _log(f"  GEMM peak {ceilings['gemm_flops'] / 1e9:.1f} GFLOP/s ({ceilings['gemm_how']}), "
-         f"bandwidth {ceilings['bandwidth'] / 1e9:.1f} GB/s ({ceilings['bandwidth_how']})")
     failed = []
     if bundle is not None:
         index = json.loads((bundle / "bundle.json").read_text())
@@ -291,6 +285,12 @@ def run_suite(target: str = "cpu", shapes=None, kernels=None, heavy: bool = Fals
             except CompileError as err:  # reported in the results; the other cases still run
                 _log(f"  {case.name}: compile failed: {err}")
                 failed.append(_failed_record(case, f"compile failed: {err}"))
+    measure_ceilings = ceilings is None
+    if measure_ceilings:
+        _log(f"tide bench: measuring the {target} ceilings")
+        ceilings = harness.cuda_ceilings(device) if target == "cuda" else harness.cpu_ceilings()
+    _log(f"  GEMM peak {ceilings['gemm_flops'] / 1e9:.1f} GFLOP/s ({ceilings['gemm_how']}), "
+         f"bandwidth {ceilings['bandwidth'] / 1e9:.1f} GB/s ({ceilings['bandwidth_how']})")
     records = []
     for i, (case, folder) in enumerate(work):
         _log(f"[{i + 1}/{len(work)}] run {case.name}")
@@ -359,6 +359,7 @@ def command(args) -> int:
     policy = (harness.TimingPolicy(warmup=1, min_reps=3, min_seconds=0.05, max_reps=10, max_seconds=0.5)
               if args.quick else harness.TimingPolicy())
     try:
+        baseline = report.load_json(Path(args.compare)) if args.compare else None
         doc = run_suite(args.target, args.shapes, case_kernels, args.heavy, Path(args.bundle) if args.bundle else None,
                         Path(args.cache) if args.cache else None, tuple(args.engine or ENGINES), policy, args.seed,
                         args.threads, models=with_model)
@@ -374,6 +375,6 @@ def command(args) -> int:
         for path in report.plots(doc, plot_dir):
             print(f"wrote {path}")
     if args.compare:
-        result = report.compare(report.load_json(Path(args.compare)), doc, args.threshold)
+        result = report.compare(baseline, doc, args.threshold)
         print(report.compare_text(result, args.threshold))
     return 0

@@ -258,3 +258,16 @@ def test_cli_parses_bench():
                                       "--json", "x.json", "--compare", "base.json"])
     assert args.kernel == ["rmsnorm"] and args.shapes == ["tiny"] and args.compare == "base.json"
     assert Path(args.json).name == "x.json"
+
+
+def test_cli_refuses_bad_arguments_before_measuring(tmp_path):
+    """An unknown kernel or an unreadable --compare baseline is an error (exit 2, named) before the
+    suite spends time on ceilings or cases."""
+    bad = tmp_path / "base.json"
+    bad.write_text("{not json")
+    for extra, message in ((["--kernel", "nope"], "unknown kernel(s) nope"),
+                           (["--kernel", "rmsnorm", "--compare", str(bad)], "not a readable benchmark JSON")):
+        proc = subprocess.run([sys.executable, "-m", "tide.cli", "bench", "--shapes", "tiny", *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "measuring" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
