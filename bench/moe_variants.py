@@ -1,9 +1,10 @@
-"""Quick CPU timings of tide's MoE kernels (a manual script, not a test; the benchmarks live in bench/).
+"""CPU timings of the MoE kernel variants the compiler chooses between (weight layout, weight dtype)
+and of the shared-expert/combine fusion question; ``tide bench`` times only the chosen variant.
 
-    .venv/bin/python tests/moe_timing.py chain TOKENS [LAYOUT:DTYPE ...]
+    python -m tide.bench.moe_variants chain TOKENS [LAYOUT:DTYPE ...]
         the routed-expert chain (permute, gate/up, down, combine) at V4-Flash expert dims
         (D 4096, F 2048, top-6) with 16 experts; LAYOUT panel|rows, DTYPE float32|bfloat16
-    .venv/bin/python tests/moe_timing.py shared-combine
+    python -m tide.bench.moe_variants shared-combine
         the routed combine plus the shared expert's rows and the add, against one combine that
         reads the shared expert's down output directly (does fusing them pay?)
 
