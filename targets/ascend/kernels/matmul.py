@@ -1,0 +1,270 @@
+"""Tiled cube GEMM for Ascend as HIVM MLIR: ``C[M, N] = A[M, K] @ B[N, K]^T`` (B as V4 stores its
+weights: rows of K), bf16 or fp16 inputs, fp32 accumulation and output.
+
+The kernel is written at tensor level, the form bishengir 1.2.0 compiles for both 910B and 950:
+per output tile, a K loop of ``hivm.hir.load`` (GM -> a local buffer) -> ``bufferization.to_tensor``
+-> ``hivm.hir.mmadL1`` (accumulating in its ``outs`` tensor, initialised on the first K step), then
+one ``hivm.hir.fixpipe`` of the accumulator to the output. L1/L0 placement, the NZ layout
+conversion, multi-buffering and pipe synchronisation are left to bishengir. Output tiles are spread
+round-robin over the AI cores with ``get_block_idx`` / ``get_block_num``; edge tiles (shapes that do
+not divide the tiles) load, multiply and write back only their valid part (dynamic sizes).
+
+``cpu_emulation`` rewrites the cube ops of an emitted module into plain linalg (bishengir 1.2.0 has
+no CPU lowering for them) so the tiling and indexing can be checked on the CPU; it does not check
+the real cube behaviour (fractal layout, L0 splitting).
+"""
+
+from __future__ import annotations
+
+import re
+
+from tide.targets.ascend import cost
+
+MLIR_DTYPES = {"bfloat16": "bf16", "float16": "f16"}
+GM = "#hivm.address_space<gm>"
+
+
+def mlir_dtype(dtype: str) -> str:
+    if dtype not in MLIR_DTYPES:
+        raise ValueError(f"ascend matmul: input dtype must be one of {sorted(MLIR_DTYPES)}, got '{dtype}'")
+    return MLIR_DTYPES[dtype]
+
+
+def gm(shape, elem: str) -> str:
+    return f"memref<{'x'.join(str(d) for d in shape)}x{elem}, {GM}>"
+
+
+def choose_tiling(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16") -> cost.GemmTiling:
+    """The cost model's best tiling among those that fit the SoC's L1 / L0A / L0B / L0C."""
+    mlir_dtype(dtype)
+    return cost.choose_tiling(soc, [m], n, k, itemsize=2)
+
+
+class Body:
+    """Minimal MLIR text builder: fresh SSA names and index constants hoisted to the function top."""
+
+    def __init__(self):
+        self.lines, self.consts, self.n = [], {}, 0
+
+    def fresh(self, hint: str) -> str:
+        self.n += 1
+        return f"%{hint}{self.n}"
+
+    def const(self, v: int, ty: str = "index") -> str:
+        key = (v, ty)
+        if key not in self.consts:
+            self.consts[key] = f"%c{v}_{ty}".replace("-", "m")
+        return self.consts[key]
+
+    def emit(self, line: str, indent: int):
+        self.lines.append("  " * indent + line)
+
+    def op(self, hint: str, rhs: str, indent: int) -> str:
+        v = self.fresh(hint)
+        self.emit(f"{v} = {rhs}", indent)
+        return v
+
+    def const_lines(self, indent: int):
+        out = []
+        for (v, ty), name in self.consts.items():
+            lit = ("true" if v else "false") if ty == "i1" else str(v)
+            out.append("  " * indent + f"{name} = arith.constant {lit} : {ty}")
+        return out
+
+
+def emit_tile_loads(b: Body, src: str, src_type: str, row0: str, rows: str, k0: str, ks: str,
+                    tile_rows: int, tk: int, elem: str, ind: int) -> str:
+    """Load ``src[row0 : row0 + rows, k0 : k0 + ks]`` into a fresh (tile_rows x tk) local buffer and
+    return it as a tensor."""
+    buf = b.op("buf", f"memref.alloc() : memref<{tile_rows}x{tk}x{elem}>", ind)
+    stride = re.match(r"memref<(\d+)x(\d+)x", src_type).group(2)
+    sv_t = f"memref<?x?x{elem}, strided<[{stride}, 1], offset: ?>, {GM}>"
+    sv = b.op("src", f"memref.subview {src}[{row0}, {k0}] [{rows}, {ks}] [1, 1] : {src_type} to {sv_t}", ind)
+    dv_t = f"memref<?x?x{elem}, strided<[{tk}, 1]>>"
+    dv = b.op("dst", f"memref.subview {buf}[0, 0] [{rows}, {ks}] [1, 1] : memref<{tile_rows}x{tk}x{elem}> to {dv_t}", ind)
+    b.emit(f"hivm.hir.load ins({sv} : {sv_t}) outs({dv} : {dv_t})", ind)
+    return b.op("t", f"bufferization.to_tensor {buf} restrict writable : memref<{tile_rows}x{tk}x{elem}>", ind)
+
+
+def emit_mmad(b: Body, a: str, bt: str, init: str, ms: str, ks: str, ns: str, acc: str,
+              tm: int, tn: int, tk: int, elem: str, ind: int) -> str:
+    """acc (+)= a[:ms, :ks] @ bt[:ns, :ks]^T (B transposed: rows of K)."""
+    return b.op("mm", f"hivm.hir.mmadL1 {{b_transpose}} ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
+                      f"tensor<{tm}x{tk}x{elem}>, tensor<{tn}x{tk}x{elem}>, i1, index, index, index) "
+                      f"outs({acc} : tensor<{tm}x{tn}xf32>) -> tensor<{tm}x{tn}xf32>", ind)
+
+
+def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str, ind: int,
+                load_a, b_sources) -> list:
+    """K loop over tk steps; ``load_a(k0, ks, ind)`` returns the A tile tensor; ``b_sources`` are
+    (B memref, its type, first row) per accumulator. Returns the final accumulators."""
+    accs0 = [b.op("e", f"tensor.empty() : tensor<{tm}x{tn}xf32>", ind) for tn in tn_list]
+    kt = -(-k // tk)
+    iters = [b.fresh("acc") for _ in tn_list]
+    res = b.fresh("accs")
+    types = ", ".join(f"tensor<{tm}x{tn}xf32>" for tn in tn_list)
+    kk = b.fresh("kk")
+    iter_args = ", ".join(f"{i} = {a0}" for i, a0 in zip(iters, accs0))
+    b.emit(f"{res}:{len(tn_list)} = scf.for {kk} = {b.const(0)} to {b.const(kt)} step {b.const(1)} "
+           f"iter_args({iter_args}) -> ({types}) {{", ind)
+    i2 = ind + 1
+    k0 = b.op("k0", f"arith.muli {kk}, {b.const(tk)} : index", i2)
+    kr = b.op("kr", f"arith.subi {b.const(k)}, {k0} : index", i2)
+    ks = b.op("ks", f"arith.minui {kr}, {b.const(tk)} : index", i2)
+    ta = load_a(k0, ks, i2)
+    init = b.op("init", f"arith.cmpi eq, {kk}, {b.const(0)} : index", i2)
+    outs = []
+    for (src, src_t, row0), tn, it in zip(b_sources, tn_list, iters):
+        tb = emit_tile_loads(b, src, src_t, row0, ns, k0, ks, tn, tk, elem, i2)
+        outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, i2))
+    b.emit(f"scf.yield {', '.join(outs)} : {types}", i2)
+    b.emit("}", ind)
+    return [f"{res}#{i}" for i in range(len(tn_list))]
+
+
+def emit_block_loop(b: Body, tasks: str, ind: int) -> str:
+    """``for task = block_idx; task < tasks; task += block_num`` (opened; caller closes)."""
+    bid = b.op("bid", "hivm.hir.get_block_idx -> i64", ind)
+    bidx = b.op("bidx", f"arith.index_cast {bid} : i64 to index", ind)
+    bnum = b.op("bnum", "hivm.hir.get_block_num -> i64", ind)
+    bnx = b.op("bnumx", f"arith.index_cast {bnum} : i64 to index", ind)
+    task = b.fresh("task")
+    b.emit(f"scf.for {task} = {bidx} to {tasks} step {bnx} {{", ind)
+    return task
+
+
+def function(name: str, args, body: Body, blocks: int) -> str:
+    sig = ", ".join(f"{a}: {t}" for a, t in args)
+    head = (f"  func.func @{name}({sig}) attributes {{hacc.entry, hacc.function_kind = "
+            f"#hacc.function_kind<DEVICE>, hacc.block_dim = {blocks} : i64}} {{")
+    return "\n".join(["module {", head, *body.const_lines(2), *body.lines, "    return", "  }", "}", ""])
+
+
+def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
+         name: str = "tide_gemm") -> str:
+    """HIVM module of ``C[m, n] = A[m, k] @ B[n, k]^T`` for ``soc`` (tiling: the cost model's
+    choice unless given)."""
+    elem = mlir_dtype(dtype)
+    if min(m, n, k) < 1:
+        raise ValueError(f"ascend matmul: shape must be positive, got m={m} n={n} k={k}")
+    s = cost.soc(soc)
+    t = tiling or choose_tiling(soc, m, n, k, dtype)
+    if not t.fits(s, 2):
+        raise ValueError(f"ascend matmul: tiling {t} does not fit {soc}'s L1/L0 buffers")
+    tm, tn, tk = t.tm, t.tn, t.tk
+    mt, nt = -(-m // tm), -(-n // tn)
+    a_t, b_t, c_t = gm((m, k), elem), gm((n, k), elem), gm((m, n), "f32")
+    b = Body()
+    task = emit_block_loop(b, b.const(mt * nt), 2)
+    mi = b.op("mi", f"arith.divui {task}, {b.const(nt)} : index", 3)
+    ni = b.op("ni", f"arith.remui {task}, {b.const(nt)} : index", 3)
+    m0 = b.op("m0", f"arith.muli {mi}, {b.const(tm)} : index", 3)
+    n0 = b.op("n0", f"arith.muli {ni}, {b.const(tn)} : index", 3)
+    ms = b.op("ms", f"arith.minui {b.op('mr', f'arith.subi {b.const(m)}, {m0} : index', 3)}, {b.const(tm)} : index", 3)
+    ns = b.op("ns", f"arith.minui {b.op('nr', f'arith.subi {b.const(n)}, {n0} : index', 3)}, {b.const(tn)} : index", 3)
+    acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem, 3,
+                       lambda k0, ks, ind: emit_tile_loads(b, "%A", a_t, m0, ms, k0, ks, tm, tk, elem, ind),
+                       [("%B", b_t, n0)])
+    out_t = f"memref<?x?xf32, strided<[{n}, 1], offset: ?>, {GM}>"
+    out = b.op("out", f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", 3)
+    b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : tensor<{tm}x{tn}xf32>) outs({out} : {out_t})", 3)
+    b.emit("}", 2)
+    return function(name, [("%A", a_t), ("%B", b_t), ("%C", c_t)], b, t.blocks)
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU emulation of the cube ops
+
+_MMAD = re.compile(
+    r"^(\s*)(%\w+) = hivm\.hir\.mmadL1 \{b_transpose\} ins\((%\w+), (%\w+), (%\w+), (%\w+), (%\w+), (%\w+) : "
+    r"tensor<(\d+)x(\d+)x(\w+)>, tensor<(\d+)x(\d+)x\w+>, i1, index, index, index\) "
+    r"outs\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) -> tensor<\d+x\d+xf32>$")
+_FIXPIPE = re.compile(r"^(\s*)hivm\.hir\.fixpipe \{enable_nz2nd\} ins\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) "
+                      r"outs\((%\w+) : (memref<\?x\?xf32, .*>)\)$")
+_BLOCK_IDX = re.compile(r"^(\s*)(%\w+) = hivm\.hir\.get_block_idx -> i64$")
+_BLOCK_NUM = re.compile(r"^(\s*)(%\w+) = hivm\.hir\.get_block_num -> i64$")
+_ENTRY = re.compile(r"^(\s*func\.func @\w+\()(.*)(\) attributes \{.*hacc\.block_dim = (\d+) : i64.*)$")
+
+BLOCK_ARG = "%tide_block"
+
+
+def _mmad_linalg(g) -> list:
+    ind, r, a, bt, init, ms, ks, ns = g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]
+    tm, tk, elem, tn = g[8], g[9], g[10], g[11]
+    acc = g[13]
+    p = r.lstrip("%")
+    L = [
+        f"%{p}_a = tensor.extract_slice {a}[0, 0] [{ms}, {ks}] [1, 1] : tensor<{tm}x{tk}x{elem}> to tensor<?x?x{elem}>",
+        f"%{p}_b = tensor.extract_slice {bt}[0, 0] [{ns}, {ks}] [1, 1] : tensor<{tn}x{tk}x{elem}> to tensor<?x?x{elem}>",
+        f"%{p}_c = tensor.extract_slice {acc}[0, 0] [{ms}, {ns}] [1, 1] : tensor<{tm}x{tn}xf32> to tensor<?x?xf32>",
+        f"%{p}_z = linalg.fill ins(%tide_zero : f32) outs(%{p}_c : tensor<?x?xf32>) -> tensor<?x?xf32>",
+        f"%{p}_i = arith.select {init}, %{p}_z, %{p}_c : tensor<?x?xf32>",
+        f"%{p}_p = linalg.generic {{indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, "
+        f"affine_map<(m, n, k) -> (m, n)>], iterator_types = [\"parallel\", \"parallel\", \"reduction\"]}} "
+        f"ins(%{p}_a, %{p}_b : tensor<?x?x{elem}>, tensor<?x?x{elem}>) outs(%{p}_i : tensor<?x?xf32>) {{",
+        f"^bb0(%{p}_x: {elem}, %{p}_y: {elem}, %{p}_o: f32):",
+        f"  %{p}_xf = arith.extf %{p}_x : {elem} to f32",
+        f"  %{p}_yf = arith.extf %{p}_y : {elem} to f32",
+        f"  %{p}_m = arith.mulf %{p}_xf, %{p}_yf : f32",
+        f"  %{p}_s = arith.addf %{p}_o, %{p}_m : f32",
+        f"  linalg.yield %{p}_s : f32",
+        f"}} -> tensor<?x?xf32>",
+        f"{r} = tensor.insert_slice %{p}_p into {acc}[0, 0] [{ms}, {ns}] [1, 1] : tensor<?x?xf32> into tensor<{tm}x{tn}xf32>",
+    ]
+    return [ind + x for x in L]
+
+
+def _fixpipe_copy(g, n: int) -> list:
+    ind, src, tm, tn, dst, dst_t = g
+    p = f"tide_fp{n}"
+    L = [
+        f"%{p}_m = memref.dim {dst}, %tide_c0 : {dst_t}",
+        f"%{p}_n = memref.dim {dst}, %tide_c1 : {dst_t}",
+        f"%{p}_s = tensor.extract_slice {src}[0, 0] [%{p}_m, %{p}_n] [1, 1] : tensor<{tm}x{tn}xf32> to tensor<?x?xf32>",
+        f"bufferization.materialize_in_destination %{p}_s in restrict writable {dst} : (tensor<?x?xf32>, {dst_t}) -> ()",
+    ]
+    return [ind + x for x in L]
+
+
+def cpu_emulation(text: str) -> str:
+    """The module with its cube ops rewritten into plain linalg for the CPU runner:
+
+    - ``mmadL1 {b_transpose}`` -> a linalg.generic over the valid (m, k, n) part, on extended-to-f32
+      inputs, accumulating into the carried tensor unless the init condition holds (then from zero);
+    - ``fixpipe {enable_nz2nd}`` -> the destination-sized corner of the accumulator copied out;
+    - ``get_block_idx`` -> a value read from an extra last argument ``memref<1xi64>`` (the emulator
+      calls the kernel once per block), ``get_block_num`` -> the launch's ``hacc.block_dim``.
+    Everything else (loads, stores, vector ops) is left to bishengir's own CPU conversion."""
+    out, blocks, fixpipes = [], None, 0
+    for line in text.split("\n"):
+        if (m := _ENTRY.match(line)):
+            blocks = int(m.group(4))
+            out.append(f"{m.group(1)}{m.group(2)}, {BLOCK_ARG}: memref<1xi64, {GM}>{m.group(3)}")
+            out.append("    %tide_c0 = arith.constant 0 : index")
+            out.append("    %tide_c1 = arith.constant 1 : index")
+            out.append("    %tide_zero = arith.constant 0.000000e+00 : f32")
+        elif (m := _BLOCK_IDX.match(line)):
+            out.append(f"{m.group(1)}{m.group(2)} = memref.load {BLOCK_ARG}[%tide_c0] : memref<1xi64, {GM}>")
+        elif (m := _BLOCK_NUM.match(line)):
+            if blocks is None:
+                raise ValueError("ascend cpu emulation: get_block_num outside an entry with hacc.block_dim")
+            out.append(f"{m.group(1)}{m.group(2)} = arith.constant {blocks} : i64")
+        elif (m := _MMAD.match(line)):
+            out.extend(_mmad_linalg(m.groups()))
+        elif (m := _FIXPIPE.match(line)):
+            fixpipes += 1
+            out.extend(_fixpipe_copy(m.groups(), fixpipes))
+        elif "hivm.hir.mmadL1" in line or "hivm.hir.fixpipe" in line:
+            raise ValueError(f"ascend cpu emulation: cube op in a form it does not rewrite: {line.strip()}")
+        else:
+            out.append(line)
+    if blocks is None:
+        raise ValueError("ascend cpu emulation: no entry function with hacc.block_dim")
+    return "\n".join(out)
+
+
+def block_dim(text: str) -> int:
+    m = re.search(r"hacc\.block_dim = (\d+) : i64", text)
+    if not m:
+        raise ValueError("ascend matmul: module has no hacc.block_dim")
+    return int(m.group(1))
