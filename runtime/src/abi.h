@@ -18,7 +18,7 @@ enum {
 };
 
 /* DLPack device types used by the runtime. */
-enum { TIDE_DL_CPU = 1 };
+enum { TIDE_DL_CPU = 1, TIDE_DL_CUDA = 2 };
 
 typedef struct tide_dl_device_s {
   int32_t device_type;

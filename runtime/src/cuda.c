@@ -12,20 +12,6 @@
 #define TIDE_CU_ATTR_CC_MAJOR 75
 #define TIDE_CU_ATTR_CC_MINOR 76
 
-#define TIDE_CUDA_SYMBOLS(X)                                                     \
-  X(cuInit, (unsigned))                                                          \
-  X(cuDeviceGetCount, (int*))                                                    \
-  X(cuDeviceGet, (int*, int))                                                    \
-  X(cuDeviceGetAttribute, (int*, int, int))                                      \
-  X(cuGetErrorString, (int, const char**))
-
-struct tide_cuda_driver_s {
-  void* handle;
-#define TIDE_CUDA_FIELD(name, params) int(*name) params;
-  TIDE_CUDA_SYMBOLS(TIDE_CUDA_FIELD)
-#undef TIDE_CUDA_FIELD
-};
-
 void tide_cuda_driver_close(tide_cuda_driver_t* drv) {
   if (drv && drv->handle) dlclose(drv->handle);
   free(drv);
@@ -42,13 +28,13 @@ tide_status_t tide_cuda_driver_open(const char* path, tide_cuda_driver_t** out) 
     return tide_make_status(TIDE_STATUS_UNAVAILABLE, "%s not found: %s (no CUDA driver on this machine?)", path,
                             err ? err : "dlopen failed");
   }
-#define TIDE_CUDA_RESOLVE(name, params)                                                                   \
+#define TIDE_CUDA_RESOLVE(name, symbol, params)                                                           \
   {                                                                                                     \
-    void* sym = dlsym(drv->handle, #name);                                                              \
+    void* sym = dlsym(drv->handle, symbol);                                                             \
     if (!sym) {                                                                                         \
       tide_cuda_driver_close(drv);                                                                      \
       return tide_make_status(TIDE_STATUS_UNAVAILABLE, "the CUDA driver %s lacks the entry point %s", path, \
-                              #name);                                                                   \
+                              symbol);                                                                   \
     }                                                                                                   \
     memcpy(&drv->name, &sym, sizeof(sym));                                                              \
   }
@@ -58,19 +44,23 @@ tide_status_t tide_cuda_driver_open(const char* path, tide_cuda_driver_t** out) 
   return NULL;
 }
 
-static tide_status_t cu_error(tide_cuda_driver_t* drv, int rc, const char* call) {
+const char* tide_cuda_error_text(tide_cuda_driver_t* drv, int rc) {
   const char* text = NULL;
   if (drv->cuGetErrorString(rc, &text) != 0 || !text) text = "unknown error";
-  return tide_make_status(rc == 2 ? TIDE_STATUS_RESOURCE_EXHAUSTED : TIDE_STATUS_UNAVAILABLE, "%s failed: CUDA error %d (%s)",
-                          call, rc, text);
+  return text;
+}
+
+tide_status_t tide_cuda_error(tide_cuda_driver_t* drv, int rc, const char* call) {
+  return tide_make_status(rc == TIDE_CUDA_ERROR_OUT_OF_MEMORY ? TIDE_STATUS_RESOURCE_EXHAUSTED : TIDE_STATUS_UNAVAILABLE,
+                          "%s failed: CUDA error %d (%s)", call, rc, tide_cuda_error_text(drv, rc));
 }
 
 tide_status_t tide_cuda_device_capability(tide_cuda_driver_t* drv, int32_t ordinal, int* out_major, int* out_minor) {
   int rc = drv->cuInit(0);
-  if (rc) return cu_error(drv, rc, "cuInit");
+  if (rc) return tide_cuda_error(drv, rc, "cuInit");
   int count = 0;
   rc = drv->cuDeviceGetCount(&count);
-  if (rc) return cu_error(drv, rc, "cuDeviceGetCount");
+  if (rc) return tide_cuda_error(drv, rc, "cuDeviceGetCount");
   if (count == 0) return tide_make_status(TIDE_STATUS_UNAVAILABLE, "no CUDA device: the driver reports 0 devices");
   if (ordinal < 0 || ordinal >= count) {
     return tide_make_status(TIDE_STATUS_UNAVAILABLE, "CUDA device %d does not exist (the driver reports %d device%s)",
@@ -78,10 +68,10 @@ tide_status_t tide_cuda_device_capability(tide_cuda_driver_t* drv, int32_t ordin
   }
   int dev = 0;
   rc = drv->cuDeviceGet(&dev, ordinal);
-  if (rc) return cu_error(drv, rc, "cuDeviceGet");
+  if (rc) return tide_cuda_error(drv, rc, "cuDeviceGet");
   rc = drv->cuDeviceGetAttribute(out_major, TIDE_CU_ATTR_CC_MAJOR, dev);
   if (!rc) rc = drv->cuDeviceGetAttribute(out_minor, TIDE_CU_ATTR_CC_MINOR, dev);
-  if (rc) return cu_error(drv, rc, "cuDeviceGetAttribute(compute capability)");
+  if (rc) return tide_cuda_error(drv, rc, "cuDeviceGetAttribute(compute capability)");
   return NULL;
 }
 

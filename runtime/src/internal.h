@@ -183,11 +183,61 @@ const char* tide_dtype_name(tide_dtype_t dtype);
 
 /* ---- the CUDA driver (cuda.c) ------------------------------------------------------------------- */
 
-typedef struct tide_cuda_driver_s tide_cuda_driver_t;
+/* field, exported symbol (the driver keeps old-ABI versions under the unsuffixed names), params */
+#define TIDE_CUDA_SYMBOLS(X)                                                                     \
+  X(cuInit, "cuInit", (unsigned))                                                                \
+  X(cuDeviceGetCount, "cuDeviceGetCount", (int*))                                                \
+  X(cuDeviceGet, "cuDeviceGet", (int*, int))                                                     \
+  X(cuDeviceGetAttribute, "cuDeviceGetAttribute", (int*, int, int))                              \
+  X(cuGetErrorString, "cuGetErrorString", (int, const char**))                                   \
+  X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain", (void**, int))                         \
+  X(cuDevicePrimaryCtxRelease, "cuDevicePrimaryCtxRelease_v2", (int))                            \
+  X(cuCtxPushCurrent, "cuCtxPushCurrent_v2", (void*))                                            \
+  X(cuCtxPopCurrent, "cuCtxPopCurrent_v2", (void**))                                             \
+  X(cuModuleLoadData, "cuModuleLoadData", (void**, const void*))                                 \
+  X(cuModuleUnload, "cuModuleUnload", (void*))                                                   \
+  X(cuModuleGetFunction, "cuModuleGetFunction", (void**, void*, const char*))                    \
+  X(cuFuncSetAttribute, "cuFuncSetAttribute", (void*, int, int))                                 \
+  X(cuMemAlloc, "cuMemAlloc_v2", (uint64_t*, size_t))                                            \
+  X(cuMemFree, "cuMemFree_v2", (uint64_t))                                                       \
+  X(cuMemGetInfo, "cuMemGetInfo_v2", (size_t*, size_t*))                                         \
+  X(cuMemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2", (uint64_t, const void*, size_t, void*))           \
+  X(cuMemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2", (void*, uint64_t, size_t, void*))                 \
+  X(cuMemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2", (uint64_t, uint64_t, size_t, void*))              \
+  X(cuMemsetD8Async, "cuMemsetD8Async", (uint64_t, unsigned char, size_t, void*))                \
+  X(cuStreamCreate, "cuStreamCreate", (void**, unsigned))                                        \
+  X(cuStreamDestroy, "cuStreamDestroy_v2", (void*))                                              \
+  X(cuStreamSynchronize, "cuStreamSynchronize", (void*))                                         \
+  X(cuLaunchKernel, "cuLaunchKernel",                                                            \
+    (void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**, void**)) \
+  X(cuStreamBeginCapture, "cuStreamBeginCapture_v2", (void*, int))                               \
+  X(cuStreamEndCapture, "cuStreamEndCapture", (void*, void**))                                   \
+  X(cuGraphInstantiate, "cuGraphInstantiateWithFlags", (void**, void*, unsigned long long))      \
+  X(cuGraphLaunch, "cuGraphLaunch", (void*, void*))                                              \
+  X(cuGraphExecDestroy, "cuGraphExecDestroy", (void*))                                           \
+  X(cuGraphDestroy, "cuGraphDestroy", (void*))                                                   \
+  X(cuEventCreate, "cuEventCreate", (void**, unsigned))                                          \
+  X(cuEventRecord, "cuEventRecord", (void*, void*))                                              \
+  X(cuEventSynchronize, "cuEventSynchronize", (void*))                                           \
+  X(cuEventElapsedTime, "cuEventElapsedTime", (float*, void*, void*))                            \
+  X(cuEventDestroy, "cuEventDestroy_v2", (void*))
+
+typedef struct tide_cuda_driver_s {
+  void* handle;
+#define TIDE_CUDA_FIELD(name, symbol, params) int(*name) params;
+  TIDE_CUDA_SYMBOLS(TIDE_CUDA_FIELD)
+#undef TIDE_CUDA_FIELD
+} tide_cuda_driver_t;
+
+#define TIDE_CUDA_ERROR_OUT_OF_MEMORY 2
 
 /* dlopens the driver at `path` and resolves its entry points; UNAVAILABLE naming what is missing. */
 tide_status_t tide_cuda_driver_open(const char* path, tide_cuda_driver_t** out);
 void tide_cuda_driver_close(tide_cuda_driver_t* drv);
+/* The driver's text for a CUresult; a status "<call> failed: CUDA error N (text)" (out of memory:
+ * RESOURCE_EXHAUSTED, else UNAVAILABLE). */
+const char* tide_cuda_error_text(tide_cuda_driver_t* drv, int rc);
+tide_status_t tide_cuda_error(tide_cuda_driver_t* drv, int rc, const char* call);
 /* cuInit, device count and ordinal checks, then the device's compute capability. */
 tide_status_t tide_cuda_device_capability(tide_cuda_driver_t* drv, int32_t ordinal, int* out_major, int* out_minor);
 /* The DEVICE_CODE image for a device of compute capability major.minor (docs/artifact-format.md). */
@@ -206,6 +256,53 @@ typedef struct tide_cuda_launch_s {
  * pointers as is; other parameter dtypes are refused. */
 tide_status_t tide_cuda_pack_launch(const tide_device_function_t* f, const tide_ffi_any_t* args, int32_t num_args,
                                     tide_cuda_launch_t* out);
+
+/* ---- the CUDA backend (cuda_backend.c) ------------------------------------------------------ */
+
+typedef struct tide_cuda_model_s tide_cuda_model_t;
+typedef struct tide_cuda_session_s tide_cuda_session_t;
+typedef struct tide_cuda_fn_s tide_cuda_fn_t;
+
+/* Opens the driver, checks the device and picks the image, retains the primary context, loads the
+ * image and its functions, copies the WEIGHTS section (`file` is the mapped artifact) to the device. */
+tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* file, const tide_model_options_t* o,
+                                     tide_cuda_model_t** out);
+void tide_cuda_model_release(tide_cuda_model_t* m);
+/* Fills the host stubs' service variables of the loaded kernel library (dlopen handle `lib`). */
+tide_status_t tide_cuda_bind_library(tide_cuda_model_t* m, void* lib);
+uint64_t tide_cuda_weights(const tide_cuda_model_t* m);
+int32_t tide_cuda_ordinal(const tide_cuda_model_t* m);
+/* Push / pop the model's context on the calling thread; every driver call is made between them. */
+tide_status_t tide_cuda_enter(tide_cuda_model_t* m);
+void tide_cuda_leave(tide_cuda_model_t* m);
+/* Device memory; out of memory names `what`, the bytes asked and the bytes free. */
+tide_status_t tide_cuda_alloc(tide_cuda_model_t* m, uint64_t nbytes, const char* what, uint64_t* out_ptr);
+void tide_cuda_free(tide_cuda_model_t* m, uint64_t ptr);
+
+tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entries, int use_graphs,
+                                       tide_cuda_session_t** out);
+void tide_cuda_session_release(tide_cuda_session_t* cs);
+void* tide_cuda_stream(const tide_cuda_session_t* cs);
+
+typedef enum tide_cuda_copy_kind_e {
+  TIDE_CUDA_HOST_TO_DEVICE,
+  TIDE_CUDA_DEVICE_TO_HOST,
+  TIDE_CUDA_DEVICE_TO_DEVICE,
+} tide_cuda_copy_kind_t;
+
+/* Asynchronous on the session's stream (tide_cuda_sync waits and reports device faults). */
+tide_status_t tide_cuda_copy(tide_cuda_session_t* cs, tide_cuda_copy_kind_t kind, void* dst, const void* src,
+                             uint64_t nbytes);
+tide_status_t tide_cuda_zero(tide_cuda_session_t* cs, void* dst, uint64_t nbytes);
+tide_status_t tide_cuda_sync(tide_cuda_session_t* cs);
+
+/* Enqueues one run of entry `entry`: run_ops(ctx) launches its ops on the stream; the first run is
+ * eager, the second is captured into a CUDA graph (unless graphs are off), later runs replay it. */
+typedef tide_status_t (*tide_cuda_ops_fn_t)(void* ctx);
+tide_status_t tide_cuda_execute(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx);
+/* tide_cuda_execute between two events; waits and returns the elapsed device time. */
+tide_status_t tide_cuda_time(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx,
+                             double* out_seconds);
 
 /* ---- host CPU --------------------------------------------------------------------------------- */
 
@@ -240,6 +337,7 @@ struct tide_model_s {
   uint64_t max_arena_bytes;
   uint64_t state_bytes; /* sum over states, each rounded up to 64 */
   uint64_t* state_offsets;
+  tide_cuda_model_t* cuda; /* NULL on the cpu */
 };
 
 /* ---- thread pool -------------------------------------------------------------------------------- */
@@ -281,8 +379,11 @@ struct tide_session_s {
   tide_model_t* model;
   tide_thread_pool_t* pool;
   tide_workspace_t workspace;
+  tide_cuda_session_t* cuda; /* NULL on the cpu; then arena, states and staging are device memory */
   uint8_t* arena;
   uint8_t* states; /* one allocation; state i at model->state_offsets[i] */
+  uint8_t* staging;  /* cuda: device copies of the data inputs (fixed addresses, so graphs replay) */
+  uint8_t* host_out; /* cuda: host copies of the outputs of the last host-memory run */
   tide_dl_tensor_t* tensors; /* every buffer of every entry */
   tide_ffi_any_t* args;      /* every kernel call's argument array */
   tide_entry_exec_t* entries;

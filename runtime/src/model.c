@@ -55,25 +55,6 @@ static tide_status_t read_options(const tide_model_options_t* in, tide_model_opt
   return NULL;
 }
 
-/* A cuda artifact on a cuda device: the driver, the device and the image choice are checked. */
-static tide_status_t check_cuda(const tide_artifact_t* art, const tide_model_options_t* o) {
-  const char* path = o->cuda_driver_path ? o->cuda_driver_path : "libcuda.so.1";
-  tide_cuda_driver_t* drv = NULL;
-  tide_status_t st = tide_cuda_driver_open(path, &drv);
-  int major = 0, minor = 0;
-  uint32_t image = 0;
-  if (!st) st = tide_cuda_device_capability(drv, o->device_ordinal, &major, &minor);
-  if (!st) st = tide_cuda_select_image(art, major, minor, &image);
-  if (!st) {
-    st = tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
-                          "cuda:%d (compute capability %d.%d) would run the %s image, but this runtime has no "
-                          "cuda launch path yet (module load, kernel launch, graphs)",
-                          o->device_ordinal, major, minor, art->device_images[image].arch);
-  }
-  tide_cuda_driver_close(drv);
-  return st;
-}
-
 static tide_status_t check_target(const tide_artifact_t* art, const tide_model_options_t* o) {
   uint64_t allowed_features = o->allowed_cpu_features;
   if (art->target_kind == TIDE_TARGET_CUDA && o->device_kind == TIDE_DEVICE_CPU) {
@@ -87,10 +68,10 @@ static tide_status_t check_target(const tide_artifact_t* art, const tide_model_o
                             "the artifact targets cpu; it cannot be loaded onto cuda:%d (compile it with --target cuda)",
                             o->device_ordinal);
   }
-  if (art->target_kind == TIDE_TARGET_CUDA) return check_cuda(art, o);
+  if (art->target_kind == TIDE_TARGET_CUDA) return NULL; /* the driver and device: tide_cuda_model_create */
   if (art->target_kind != TIDE_TARGET_CPU) {
     return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
-                            "the artifact targets %s (device '%s'); this runtime has only the cpu backend",
+                            "the artifact targets %s (device '%s'); this runtime has the cpu and cuda backends",
                             k_target_names[art->target_kind], art->device_arch);
   }
   const char* host = tide_host_arch();
@@ -118,6 +99,7 @@ static tide_status_t check_target(const tide_artifact_t* art, const tide_model_o
 
 static void model_destroy(tide_model_t* m) {
   tide_kernel_library_unload(&m->kernels);
+  tide_cuda_model_release(m->cuda);
   tide_artifact_free(&m->artifact);
   if (m->map) munmap(m->map, (size_t)m->map_size);
   free(m);
@@ -197,11 +179,15 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
   if (!st) st = tide_artifact_parse(m->map, m->map_size, opts.verify_checksums != 0, &m->artifact);
   if (!st) st = check_target(&m->artifact, &opts);
   if (!st) st = prepare(m);
+  if (!st && m->artifact.target_kind == TIDE_TARGET_CUDA) {
+    st = tide_cuda_model_create(&m->artifact, m->map, &opts, &m->cuda);
+  }
   if (!st) {
     const tide_section_ref_t* k = &m->artifact.sections[TIDE_SECTION_KERNELS_HOST];
     st = tide_kernel_library_load((const uint8_t*)m->map + k->offset, k->size, &m->artifact, &m->artifact.pool,
                                   &m->kernels);
   }
+  if (!st && m->cuda) st = tide_cuda_bind_library(m->cuda, m->kernels.handle);
   if (st) {
     model_destroy(m);
     return tide_status_wrap(st, "loading '%s'", path);

@@ -18,12 +18,19 @@ typedef struct input_patch_s {
 } input_patch_t;
 
 struct tide_entry_exec_s {
+  uint32_t index;
   const tide_entry_decl_t* decl;
   tide_dl_tensor_t* tensors; /* decl->num_buffers */
   tide_ffi_any_t** op_args;  /* per op; NULL for copies */
   uint32_t num_patches;
   input_patch_t* patches;
+  uint64_t* input_offsets;  /* cuda: data input i's copy at staging + input_offsets[i] */
+  uint64_t* output_offsets; /* cuda: output i's host copy at host_out + output_offsets[i] */
 };
+
+/* Where a run's data inputs are and where its outputs go: host memory, or (cuda) device memory of
+ * the session's device. */
+typedef enum io_memory_e { IO_HOST, IO_DEVICE } io_memory_t;
 
 static void format_desc(char* out, size_t n, tide_dtype_t dtype, int32_t ndim, const int64_t* shape) {
   const char* name = tide_dtype_name(dtype);
@@ -40,14 +47,26 @@ TIDE_API void tide_session_options_initialize(tide_session_options_t* out_option
   memset(out_options, 0, sizeof(*out_options));
   out_options->struct_size = sizeof(*out_options);
   out_options->num_threads = 0;
+  out_options->use_cuda_graphs = 1;
 }
 
 static void session_destroy(tide_session_t* s) {
   tide_thread_pool_destroy(s->pool);
   tide_workspace_destroy(&s->workspace);
   pthread_mutex_destroy(&s->error_mu);
-  free(s->arena);
-  free(s->states);
+  tide_cuda_model_t* cm = s->model->cuda;
+  if (cm) {
+    tide_cuda_session_release(s->cuda);
+    int pushed = tide_cuda_enter(cm) == NULL;
+    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->arena);
+    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->states);
+    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->staging);
+    if (pushed) tide_cuda_leave(cm);
+    free(s->host_out);
+  } else {
+    free(s->arena);
+    free(s->states);
+  }
   tide_pool_free(&s->tables);
   tide_model_release(s->model);
   free(s);
@@ -72,17 +91,32 @@ static tide_status_t build_tables(tide_session_t* s) {
   }
   tide_dl_tensor_t* t = s->tensors;
   tide_ffi_any_t* arg = s->args;
+  uint8_t* weights = m->cuda ? (uint8_t*)(uintptr_t)tide_cuda_weights(m->cuda) : (uint8_t*)m->weights_base;
+  tide_dl_device_t device = m->cuda ? (tide_dl_device_t){TIDE_DL_CUDA, tide_cuda_ordinal(m->cuda)}
+                                    : (tide_dl_device_t){TIDE_DL_CPU, 0};
   for (uint32_t e = 0; e < a->num_entries; ++e) {
     const tide_entry_decl_t* d = &a->entries[e];
     tide_entry_exec_t* x = &s->entries[e];
+    x->index = e;
     x->decl = d;
     x->tensors = t;
     x->op_args = tide_pool_alloc_array(pool, d->num_ops, sizeof(tide_ffi_any_t*));
     uint32_t patches = 0;
     for (uint32_t b = 0; b < d->num_buffers; ++b) patches += d->buffers[b].kind == TIDE_BUF_INPUT;
     x->patches = tide_pool_alloc_array(pool, patches, sizeof(input_patch_t));
-    if (!x->op_args || !x->patches) {
+    x->input_offsets = tide_pool_alloc_array(pool, d->num_inputs, sizeof(uint64_t));
+    x->output_offsets = tide_pool_alloc_array(pool, d->num_outputs, sizeof(uint64_t));
+    if (!x->op_args || !x->patches || !x->input_offsets || !x->output_offsets) {
       return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory building the session's call tables");
+    }
+    uint64_t in_used = 0, out_used = 0;
+    for (uint32_t i = 0; i < d->num_inputs; ++i) {
+      x->input_offsets[i] = in_used;
+      if (d->inputs[i].role == TIDE_IO_DATA) in_used += tide_round_up64(d->buffers[d->inputs[i].buffer].desc.nbytes);
+    }
+    for (uint32_t i = 0; i < d->num_outputs; ++i) {
+      x->output_offsets[i] = out_used;
+      out_used += tide_round_up64(d->buffers[d->outputs[i].buffer].desc.nbytes);
     }
     for (uint32_t b = 0; b < d->num_buffers; ++b) {
       const tide_buffer_decl_t* bd = &d->buffers[b];
@@ -90,12 +124,18 @@ static tide_status_t build_tables(tide_session_t* s) {
       uint8_t* base = NULL;
       switch (bd->kind) {
         case TIDE_BUF_ARENA: base = s->arena; break;
-        case TIDE_BUF_WEIGHT: base = (uint8_t*)m->weights_base + a->weights[bd->index].offset; break;
+        case TIDE_BUF_WEIGHT: base = weights + a->weights[bd->index].offset; break;
         case TIDE_BUF_STATE: base = s->states + m->state_offsets[bd->index]; break;
-        default: x->patches[x->num_patches++] = (input_patch_t){dl, bd->index, bd->offset}; break;
+        default:
+          if (m->cuda) {
+            base = s->staging + x->input_offsets[bd->index];
+          } else {
+            x->patches[x->num_patches++] = (input_patch_t){dl, bd->index, bd->offset};
+          }
+          break;
       }
       dl->data = base ? base + bd->offset : NULL;
-      dl->device = (tide_dl_device_t){TIDE_DL_CPU, 0};
+      dl->device = device;
       dl->ndim = bd->desc.ndim;
       dl->dtype = (tide_dl_dtype_t){bd->desc.dtype.code, bd->desc.dtype.bits, bd->desc.dtype.lanes};
       dl->shape = (int64_t*)bd->desc.shape;
@@ -122,6 +162,66 @@ static tide_status_t build_tables(tide_session_t* s) {
   return NULL;
 }
 
+static tide_status_t allocate_host(tide_session_t* s) {
+  const tide_model_t* model = s->model;
+  size_t arena = (size_t)(model->max_arena_bytes ? model->max_arena_bytes : 64);
+  if (posix_memalign((void**)&s->arena, 64, arena) != 0) {
+    s->arena = NULL;
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate the %llu-byte arena",
+                            (unsigned long long)model->max_arena_bytes);
+  }
+  size_t states = (size_t)(model->state_bytes ? model->state_bytes : 64);
+  if (posix_memalign((void**)&s->states, 64, states) != 0) {
+    s->states = NULL;
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate %llu bytes of state",
+                            (unsigned long long)model->state_bytes);
+  }
+  memset(s->states, 0, states);
+  return NULL;
+}
+
+/* Staging bytes over the entries: (data inputs, outputs), each tensor rounded up to 64. */
+static void io_bytes(const tide_artifact_t* a, uint64_t* out_inputs, uint64_t* out_outputs) {
+  *out_inputs = *out_outputs = 0;
+  for (uint32_t e = 0; e < a->num_entries; ++e) {
+    const tide_entry_decl_t* d = &a->entries[e];
+    uint64_t in = 0, out = 0;
+    for (uint32_t i = 0; i < d->num_inputs; ++i) {
+      if (d->inputs[i].role == TIDE_IO_DATA) in += tide_round_up64(d->buffers[d->inputs[i].buffer].desc.nbytes);
+    }
+    for (uint32_t i = 0; i < d->num_outputs; ++i) out += tide_round_up64(d->buffers[d->outputs[i].buffer].desc.nbytes);
+    if (in > *out_inputs) *out_inputs = in;
+    if (out > *out_outputs) *out_outputs = out;
+  }
+}
+
+static tide_status_t allocate_device(tide_session_t* s, int use_graphs) {
+  tide_model_t* model = s->model;
+  tide_cuda_model_t* cm = model->cuda;
+  tide_status_t st = tide_cuda_session_create(cm, model->artifact.num_entries, use_graphs, &s->cuda);
+  if (st) return st;
+  uint64_t in_bytes = 0, out_bytes = 0;
+  io_bytes(&model->artifact, &in_bytes, &out_bytes);
+  s->host_out = aligned_alloc(64, (size_t)tide_round_up64(out_bytes ? out_bytes : 64));
+  if (!s->host_out) {
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate %llu bytes of host output buffers",
+                            (unsigned long long)out_bytes);
+  }
+  st = tide_cuda_enter(cm);
+  if (st) return st;
+  uint64_t arena = 0, states = 0, staging = 0;
+  st = tide_cuda_alloc(cm, model->max_arena_bytes, "the arena", &arena);
+  s->arena = (uint8_t*)(uintptr_t)arena;
+  if (!st) st = tide_cuda_alloc(cm, model->state_bytes, "the decode state", &states);
+  s->states = (uint8_t*)(uintptr_t)states;
+  if (!st) st = tide_cuda_alloc(cm, in_bytes, "the input buffers", &staging);
+  s->staging = (uint8_t*)(uintptr_t)staging;
+  if (!st) st = tide_cuda_zero(s->cuda, s->states, model->state_bytes);
+  if (!st) st = tide_cuda_sync(s->cuda);
+  tide_cuda_leave(cm);
+  return st;
+}
+
 TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_session_options_t* options,
                                            tide_session_t** out_session) {
   if (!out_session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_session is NULL");
@@ -139,6 +239,9 @@ TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_sessi
     if (options->struct_size >= offsetof(tide_session_options_t, num_threads) + sizeof(int32_t)) {
       opts.num_threads = options->num_threads;
     }
+    if (options->struct_size >= offsetof(tide_session_options_t, use_cuda_graphs) + sizeof(int32_t)) {
+      opts.use_cuda_graphs = options->use_cuda_graphs;
+    }
   }
   tide_session_t* s = calloc(1, sizeof(*s));
   if (!s) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory creating a session");
@@ -147,23 +250,10 @@ TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_sessi
   tide_workspace_init(&s->workspace);
   pthread_mutex_init(&s->error_mu, NULL);
 
-  tide_status_t st = NULL;
-  size_t arena = (size_t)(model->max_arena_bytes ? model->max_arena_bytes : 64);
-  if (posix_memalign((void**)&s->arena, 64, arena) != 0) {
-    s->arena = NULL;
-    st = tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate the %llu-byte arena",
-                          (unsigned long long)model->max_arena_bytes);
-  }
-  size_t states = (size_t)(model->state_bytes ? model->state_bytes : 64);
-  if (!st && posix_memalign((void**)&s->states, 64, states) != 0) {
-    s->states = NULL;
-    st = tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate %llu bytes of state",
-                          (unsigned long long)model->state_bytes);
-  }
-  if (!st) {
-    memset(s->states, 0, states);
-    st = build_tables(s);
-  }
+  tide_status_t st = model->cuda ? allocate_device(s, opts.use_cuda_graphs != 0) : allocate_host(s);
+  if (!st) st = build_tables(s);
+  /* A cuda session's kernels run on the device: its host side needs no worker threads. */
+  if (model->cuda) opts.num_threads = 1;
   if (!st) st = tide_thread_pool_create(opts.num_threads, s, &s->pool);
   if (st) {
     session_destroy(s);
@@ -183,17 +273,34 @@ TIDE_API int32_t tide_session_num_threads(const tide_session_t* session) {
 
 TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session) {
   if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
-  memset(session->states, 0, (size_t)session->model->state_bytes);
-  return NULL;
+  if (!session->cuda) {
+    memset(session->states, 0, (size_t)session->model->state_bytes);
+    return NULL;
+  }
+  tide_status_t st = tide_cuda_enter(session->model->cuda);
+  if (st) return st;
+  st = tide_cuda_zero(session->cuda, session->states, session->model->state_bytes);
+  if (!st) st = tide_cuda_sync(session->cuda);
+  tide_cuda_leave(session->model->cuda);
+  return st;
 }
 
-TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index, tide_tensor_t* out_tensor) {
-  if (!session || !out_tensor) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session or out_tensor is NULL");
+static tide_status_t state_at(tide_session_t* session, int32_t index, const tide_state_decl_t** out_decl) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
   const tide_artifact_t* a = &session->model->artifact;
   if (index < 0 || (uint32_t)index >= a->num_states) {
     return tide_make_status(TIDE_STATUS_NOT_FOUND, "state index %d out of range (%u states)", index, a->num_states);
   }
-  const tide_tensor_desc_t* d = &a->states[index].desc;
+  *out_decl = &a->states[index];
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index, tide_tensor_t* out_tensor) {
+  if (!out_tensor) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_tensor is NULL");
+  const tide_state_decl_t* decl = NULL;
+  tide_status_t st = state_at(session, index, &decl);
+  if (st) return st;
+  const tide_tensor_desc_t* d = &decl->desc;
   memset(out_tensor, 0, sizeof(*out_tensor));
   out_tensor->data = session->states + session->model->state_offsets[index];
   out_tensor->dtype = d->dtype;
@@ -202,7 +309,30 @@ TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index
   return NULL;
 }
 
-static tide_status_t check_inputs(const tide_entry_exec_t* x, const tide_tensor_t* inputs, int32_t num_inputs) {
+TIDE_API tide_status_t tide_session_read_state(tide_session_t* session, int32_t index, void* dst, uint64_t nbytes) {
+  const tide_state_decl_t* decl = NULL;
+  tide_status_t st = state_at(session, index, &decl);
+  if (st) return st;
+  if (!dst) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "dst is NULL");
+  if (nbytes != decl->desc.nbytes) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "state '%s' has %llu bytes; dst has room for %llu",
+                            decl->name, (unsigned long long)decl->desc.nbytes, (unsigned long long)nbytes);
+  }
+  const uint8_t* src = session->states + session->model->state_offsets[index];
+  if (!session->cuda) {
+    memcpy(dst, src, (size_t)nbytes);
+    return NULL;
+  }
+  st = tide_cuda_enter(session->model->cuda);
+  if (st) return st;
+  st = tide_cuda_copy(session->cuda, TIDE_CUDA_DEVICE_TO_HOST, dst, src, nbytes);
+  if (!st) st = tide_cuda_sync(session->cuda);
+  tide_cuda_leave(session->model->cuda);
+  return st;
+}
+
+static tide_status_t check_inputs(const tide_entry_exec_t* x, const tide_tensor_t* inputs, int32_t num_inputs,
+                                  int aligned_data) {
   const tide_entry_decl_t* d = x->decl;
   if (num_inputs < 0 || (uint32_t)num_inputs != d->num_inputs) {
     return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' takes %u inputs, got %d", d->name,
@@ -234,7 +364,7 @@ static tide_status_t check_inputs(const tide_entry_exec_t* x, const tide_tensor_
         return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "entry '%s' input '%s': data is NULL", d->name,
                                 io->name);
       }
-      if ((uintptr_t)got->data % TIDE_TENSOR_ALIGNMENT != 0) {
+      if (aligned_data && (uintptr_t)got->data % TIDE_TENSOR_ALIGNMENT != 0) {
         return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
                                 "entry '%s' input '%s': data %p is not %d-byte aligned (kernels use aligned "
                                 "vector loads)",
@@ -252,8 +382,13 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
     if (op->op == TIDE_OP_COPY) {
       const tide_dl_tensor_t* src = &x->tensors[op->args[0].value];
       tide_dl_tensor_t* dst = &x->tensors[op->args[1].value];
-      if (dst->data != src->data) {
-        memmove(dst->data, src->data, (size_t)d->buffers[op->args[0].value].desc.nbytes);
+      uint64_t nbytes = d->buffers[op->args[0].value].desc.nbytes;
+      if (dst->data == src->data) continue;
+      if (s->cuda) {
+        tide_status_t st = tide_cuda_copy(s->cuda, TIDE_CUDA_DEVICE_TO_DEVICE, dst->data, src->data, nbytes);
+        if (st) return tide_status_wrap(st, "entry '%s' op %u (copy)", d->name, o);
+      } else {
+        memmove(dst->data, src->data, (size_t)nbytes);
       }
       continue;
     }
@@ -281,24 +416,30 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
   return NULL;
 }
 
-/* Validates a run's arguments and binds the inputs (state copies, input data pointers). */
+/* Validates a run's arguments and binds the inputs: on the cpu, data inputs are used in place and
+ * state inputs with data copied into the state; on cuda, both are copied into the session's device
+ * buffers (from host or device memory, per `io`). Cuda: the context is pushed by the caller. */
 static tide_status_t bind_inputs(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
-                                 int32_t num_inputs, const tide_entry_exec_t** out_x) {
-  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+                                 int32_t num_inputs, io_memory_t io, const tide_entry_exec_t** out_x) {
   const tide_artifact_t* a = &session->model->artifact;
   if (entry < 0 || (uint32_t)entry >= a->num_entries) {
     return tide_make_status(TIDE_STATUS_NOT_FOUND, "entry index %d out of range (%u entries)", entry, a->num_entries);
   }
   const tide_entry_exec_t* x = &session->entries[entry];
   const tide_entry_decl_t* d = x->decl;
-  tide_status_t st = check_inputs(x, inputs, num_inputs);
+  tide_status_t st = check_inputs(x, inputs, num_inputs, session->cuda == NULL);
   if (st) return st;
+  tide_cuda_copy_kind_t kind = io == IO_HOST ? TIDE_CUDA_HOST_TO_DEVICE : TIDE_CUDA_DEVICE_TO_DEVICE;
   for (uint32_t i = 0; i < d->num_inputs; ++i) {
-    const tide_io_decl_t* io = &d->inputs[i];
-    if (io->role != TIDE_IO_STATE || !inputs[i].data) continue;
-    const tide_dl_tensor_t* state = &x->tensors[io->buffer];
-    if (state->data != inputs[i].data) {
-      memmove(state->data, inputs[i].data, (size_t)d->buffers[io->buffer].desc.nbytes);
+    const tide_io_decl_t* io_decl = &d->inputs[i];
+    uint64_t nbytes = d->buffers[io_decl->buffer].desc.nbytes;
+    if (io_decl->role == TIDE_IO_STATE && !inputs[i].data) continue;
+    void* dst = io_decl->role == TIDE_IO_STATE ? x->tensors[io_decl->buffer].data : session->staging + x->input_offsets[i];
+    if (session->cuda) {
+      st = tide_cuda_copy(session->cuda, kind, dst, inputs[i].data, nbytes);
+      if (st) return tide_status_wrap(st, "entry '%s' input '%s'", d->name, io_decl->name);
+    } else if (io_decl->role == TIDE_IO_STATE && dst != inputs[i].data) {
+      memmove(dst, inputs[i].data, (size_t)nbytes);
     }
   }
   for (uint32_t p = 0; p < x->num_patches; ++p) {
@@ -309,9 +450,28 @@ static tide_status_t bind_inputs(tide_session_t* session, int32_t entry, const t
   return NULL;
 }
 
-static tide_status_t execute(tide_session_t* session, const tide_entry_exec_t* x) {
+typedef struct ops_call_s {
+  tide_session_t* session;
+  const tide_entry_exec_t* x;
+} ops_call_t;
+
+static tide_status_t run_ops_cb(void* ctx) {
+  ops_call_t* c = ctx;
+  return run_ops(c->session, c->x);
+}
+
+/* One run of the entry's ops (cuda: enqueued, through its graph once captured). */
+static tide_status_t execute(tide_session_t* session, const tide_entry_exec_t* x, double* out_seconds) {
   tide_session_t* prev = tide_set_current_session(session);
-  tide_status_t st = run_ops(session, x);
+  ops_call_t call = {session, x};
+  tide_status_t st;
+  if (!session->cuda) {
+    st = run_ops(session, x);
+  } else if (out_seconds) {
+    st = tide_cuda_time(session->cuda, x->index, run_ops_cb, &call, out_seconds);
+  } else {
+    st = tide_cuda_execute(session->cuda, x->index, run_ops_cb, &call);
+  }
   tide_set_current_session(prev);
   return st;
 }
@@ -324,29 +484,60 @@ static tide_status_t check_num_outputs(const tide_entry_decl_t* d, tide_tensor_t
   return NULL;
 }
 
-TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
-                                        int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+/* Cuda host runs copy the outputs back; the views point at host_out. */
+static tide_status_t collect_outputs(tide_session_t* s, const tide_entry_exec_t* x, io_memory_t io,
+                                     tide_tensor_t* outputs) {
+  const tide_entry_decl_t* d = x->decl;
+  tide_status_t st = NULL;
+  for (uint32_t i = 0; i < d->num_outputs && !st; ++i) {
+    const tide_dl_tensor_t* t = &x->tensors[d->outputs[i].buffer];
+    tide_tensor_t* out = &outputs[i];
+    memset(out, 0, sizeof(*out));
+    out->data = t->data;
+    if (s->cuda && io == IO_HOST) {
+      out->data = s->host_out + x->output_offsets[i];
+      st = tide_cuda_copy(s->cuda, TIDE_CUDA_DEVICE_TO_HOST, out->data, t->data,
+                          d->buffers[d->outputs[i].buffer].desc.nbytes);
+    }
+    out->dtype = (tide_dtype_t){t->dtype.code, t->dtype.bits, t->dtype.lanes};
+    out->ndim = t->ndim;
+    memcpy(out->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+  }
+  if (!st && s->cuda) st = tide_cuda_sync(s->cuda);
+  return st;
+}
+
+static tide_status_t run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs, int32_t num_inputs,
+                         tide_tensor_t* outputs, int32_t num_outputs, io_memory_t io) {
   if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
   if (entry >= 0 && (uint32_t)entry < session->model->artifact.num_entries) {
     tide_status_t st = check_num_outputs(session->entries[entry].decl, outputs, num_outputs);
     if (st) return st;
   }
-  const tide_entry_exec_t* x = NULL;
-  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, &x);
-  if (st) return st;
-  const tide_entry_decl_t* d = x->decl;
-  st = execute(session, x);
-  if (st) return st;
-  for (uint32_t i = 0; i < d->num_outputs; ++i) {
-    const tide_dl_tensor_t* t = &x->tensors[d->outputs[i].buffer];
-    tide_tensor_t* out = &outputs[i];
-    memset(out, 0, sizeof(*out));
-    out->data = t->data;
-    out->dtype = (tide_dtype_t){t->dtype.code, t->dtype.bits, t->dtype.lanes};
-    out->ndim = t->ndim;
-    memcpy(out->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+  tide_cuda_model_t* cm = session->model->cuda;
+  if (cm) {
+    tide_status_t st = tide_cuda_enter(cm);
+    if (st) return st;
   }
-  return NULL;
+  const tide_entry_exec_t* x = NULL;
+  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, io, &x);
+  if (!st) st = execute(session, x, NULL);
+  if (!st) st = collect_outputs(session, x, io, outputs);
+  if (cm) {
+    if (st) tide_status_free(tide_cuda_sync(session->cuda)); /* nothing of this run may still be in flight */
+    tide_cuda_leave(cm);
+  }
+  return st;
+}
+
+TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                        int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+  return run(session, entry, inputs, num_inputs, outputs, num_outputs, IO_HOST);
+}
+
+TIDE_API tide_status_t tide_session_run_device(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
+                                               int32_t num_inputs, tide_tensor_t* outputs, int32_t num_outputs) {
+  return run(session, entry, inputs, num_inputs, outputs, num_outputs, IO_DEVICE);
 }
 
 static double monotonic_seconds(void) {
@@ -357,19 +548,35 @@ static double monotonic_seconds(void) {
 
 TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
                                          int32_t num_inputs, int32_t iterations, double* out_seconds) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
   if (iterations < 1) {
     return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "iterations must be >= 1, got %d", iterations);
   }
   if (!out_seconds) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_seconds is NULL");
-  const tide_entry_exec_t* x = NULL;
-  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, &x);
-  if (st) return st;
-  for (int32_t i = 0; i < iterations; ++i) {
-    double t0 = monotonic_seconds();
-    st = execute(session, x);
-    double t1 = monotonic_seconds();
-    if (st) return tide_status_wrap(st, "timing iteration %d of %d", i, iterations);
-    out_seconds[i] = t1 - t0;
+  tide_cuda_model_t* cm = session->model->cuda;
+  if (cm) {
+    tide_status_t st = tide_cuda_enter(cm);
+    if (st) return st;
   }
-  return NULL;
+  const tide_entry_exec_t* x = NULL;
+  tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, IO_HOST, &x);
+  for (int32_t i = 0; !st && i < iterations; ++i) {
+    double t0 = monotonic_seconds();
+    st = execute(session, x, cm ? &out_seconds[i] : NULL);
+    if (st) {
+      st = tide_status_wrap(st, "timing iteration %d of %d", i, iterations);
+    } else if (!cm) {
+      out_seconds[i] = monotonic_seconds() - t0;
+    }
+  }
+  if (cm) {
+    tide_status_t synced = tide_cuda_sync(session->cuda);
+    if (!st) {
+      st = synced;
+    } else {
+      tide_status_free(synced);
+    }
+    tide_cuda_leave(cm);
+  }
+  return st;
 }

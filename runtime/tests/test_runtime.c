@@ -651,7 +651,7 @@ static void test_device_code(void) {
     CHECK(f->tags[0] == TIDE_TAG_BLOCK_X && f->tags[1] == TIDE_TAG_THREAD_X && f->tags[2] == TIDE_TAG_DYN_SHARED);
     tide_artifact_free(&art);
   }
-  /* This runtime has no cuda backend: a valid cuda artifact is refused with a clear message. */
+  /* A cuda artifact needs a cuda device. */
   tide_status_t st;
   tide_model_t* m = load_bytes(&img, NULL, &st);
   CHECK(m == NULL);
@@ -848,8 +848,9 @@ static void test_cuda_device(void) {
     tide_status_code_t code;
     const char* needle;
   } cases[] = {
-      {"90", "1", "0", 0, TIDE_STATUS_UNIMPLEMENTED, "cuda:0 (compute capability 9.0) would run the sm_90 image"},
-      {"86", "2", "0", 1, TIDE_STATUS_UNIMPLEMENTED, "cuda:1 (compute capability 8.6) would run the sm_80 image"},
+      /* the chosen image is loaded: the builder's images are not cubins, which the driver refuses */
+      {"90", "1", "0", 0, TIDE_STATUS_DATA_LOSS, "cuModuleLoadData of the sm_90 image"},
+      {"86", "2", "0", 1, TIDE_STATUS_DATA_LOSS, "cuModuleLoadData of the sm_80 image"},
       {"75", "1", "0", 0, TIDE_STATUS_UNIMPLEMENTED,
        "device code for sm_80 (cubin), sm_90 (cubin); this device is sm_75 (compute capability 7.5) and can run none"},
       {"90", "0", "0", 0, TIDE_STATUS_UNAVAILABLE, "no CUDA device: the driver reports 0 devices"},
@@ -870,6 +871,9 @@ static void test_cuda_device(void) {
   CHECK(log_has(log, "cuDeviceGet 1"));
   CHECK(log_has(log, "cuDeviceGetAttribute 75 1"));
   CHECK(log_has(log, "cuDeviceGetAttribute 76 1"));
+  CHECK(log_has(log, "cuDevicePrimaryCtxRetain 1"));
+  CHECK(log_has(log, "cuModuleLoadData: not a cubin"));
+  CHECK(log_has(log, "cuDevicePrimaryCtxRelease 1"));
   unsetenv("TIDE_STANDIN_LOG");
   unsetenv("TIDE_STANDIN_CC");
   unsetenv("TIDE_STANDIN_DEVICES");

@@ -7,10 +7,20 @@
  *   tide_model_t    a loaded, validated artifact: plan, kernel library, memory-mapped weights.
  *                   Immutable after load. Reference counted: tide_model_retain/tide_model_release.
  *   tide_session_t  what one caller needs to run a model: the arena, the decode state and a thread
- *                   pool. Created from a model (which it retains), released with
- *                   tide_session_release.
+ *                   pool (cuda: a stream, device arena/state/input buffers, host output buffers
+ *                   and one CUDA graph per entry). Created from a model (which it retains),
+ *                   released with tide_session_release.
  *   tide_status_t   NULL means success. A non-NULL status is owned by the caller and must be freed
  *                   with tide_status_free; it carries a code and a message.
+ *
+ * Devices
+ *   A cpu artifact runs on the host. A cuda artifact is loaded with device_kind TIDE_DEVICE_CUDA:
+ *   the CUDA driver is dlopened at load (no CUDA library is linked), the device's primary context
+ *   is retained, the device code image for the device's compute capability is loaded and the
+ *   weights are copied to the device once. Sessions keep everything else on the device; a run
+ *   copies only the inputs in and the outputs out (tide_session_run: host memory;
+ *   tide_session_run_device: device memory, no host copies). Each entry's second run is captured
+ *   into a CUDA graph that later runs replay.
  *
  * Thread safety
  *   A tide_model_t may be shared by any number of threads and sessions. A tide_session_t must be
@@ -126,9 +136,7 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
 TIDE_API void tide_model_retain(tide_model_t* model);
 TIDE_API void tide_model_release(tide_model_t* model);
 
-/* "cpu" (the only target this runtime runs). A "cuda" artifact loaded with TIDE_DEVICE_CUDA is
- * validated (DEVICE_CODE, driver, device, image choice) and then refused with UNIMPLEMENTED: the
- * launch path is not part of this runtime yet. "ascend" artifacts are refused. */
+/* "cpu" or "cuda" ("ascend" artifacts are refused at load). */
 TIDE_API const char* tide_model_target(const tide_model_t* model);
 /* The METADATA section as a NUL-terminated JSON string ("{}" when absent). */
 TIDE_API const char* tide_model_metadata(const tide_model_t* model);
@@ -158,7 +166,10 @@ typedef struct tide_session_s tide_session_t;
 typedef struct tide_session_options_s {
   uint32_t struct_size; /* sizeof(tide_session_options_t), set by _initialize */
   int32_t num_threads;  /* 0 (default): one per CPU this process may run on (its affinity mask,
-                         * else the online CPUs); 1: no worker threads; at most 1024 */
+                         * else the online CPUs); 1: no worker threads; at most 1024. Cuda
+                         * sessions use none. */
+  int32_t use_cuda_graphs; /* cuda: 1 (default) capture each entry into a CUDA graph on its second
+                            * run and replay it after; 0: launch every kernel on every run */
 } tide_session_options_t;
 
 TIDE_API void tide_session_options_initialize(tide_session_options_t* out_options);
@@ -174,9 +185,13 @@ TIDE_API int32_t tide_session_num_threads(const tide_session_t* session);
  * after a kernel error. */
 TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session);
 
-/* A view of state tensor `index` (data points into the session; valid until release). */
+/* A view of state tensor `index` (data points into the session; valid until release). On a cuda
+ * session `data` is device memory (use tide_session_read_state for a host copy). */
 TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index,
                                           tide_tensor_t* out_tensor);
+/* Copies state tensor `index` into host memory `dst` (nbytes must equal the state's byte size). */
+TIDE_API tide_status_t tide_session_read_state(tide_session_t* session, int32_t index, void* dst,
+                                               uint64_t nbytes);
 
 /*
  * Runs entry `entry`. `inputs` are in the entry's input order and must match each input's dtype and
@@ -187,20 +202,33 @@ TIDE_API tide_status_t tide_session_state(tide_session_t* session, int32_t index
  * entry's output count) is filled with a view of the result: valid until the session's next run,
  * reset or release. On failure the session's state is unchanged when the error is found before any
  * kernel ran (argument errors); a kernel error leaves the state undefined (reset it).
+ * Cuda sessions: inputs are host memory of any alignment, copied to the device (state inputs with
+ * data too); outputs are host copies made after the run (valid as above); the call returns when
+ * the device has finished. A device fault is reported with the CUDA error (reset the state).
  */
 TIDE_API tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
                                         const tide_tensor_t* inputs, int32_t num_inputs,
                                         tide_tensor_t* outputs, int32_t num_outputs);
 
 /*
+ * As tide_session_run, with inputs and outputs in the session's device memory: on a cuda session
+ * the data of every input (states with data included) is device memory of the session's device,
+ * copied on the device into the session's buffers, and the outputs are views of device memory
+ * (valid until the next run, reset or release); nothing is copied through the host. On a cpu
+ * session the device is the host and this is tide_session_run.
+ */
+TIDE_API tide_status_t tide_session_run_device(tide_session_t* session, int32_t entry,
+                                               const tide_tensor_t* inputs, int32_t num_inputs,
+                                               tide_tensor_t* outputs, int32_t num_outputs);
+
+/*
  * Device-side timing for benchmarks: binds `inputs` as tide_session_run does (same checks; state
  * inputs with data are copied into the state once, before the first iteration), then runs entry
  * `entry` `iterations` times back to back and stores each run's duration in seconds in
  * out_seconds[0 .. iterations-1]. No outputs are returned (they stay in the session as after a run).
- * The cpu backend measures each synchronous run with the host monotonic clock. (A cuda backend is
- * to record a CUDA event before and after each graph replay on the session's stream and report the
- * elapsed time between them; this runtime has no cuda sessions yet.) Warm-up is the caller's
- * business.
+ * The cpu backend measures each synchronous run with the host monotonic clock; the cuda backend
+ * records a CUDA event before and after each run (a graph replay from the entry's third run on) on
+ * the session's stream and reports the device time between them. Warm-up is the caller's business.
  * States advance on every iteration like on every run.
  */
 TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry,

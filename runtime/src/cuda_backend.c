@@ -1,0 +1,463 @@
+/*
+ * The CUDA backend: what a cuda artifact needs beyond the plan executor (session.c).
+ *
+ * Model (shared by its sessions): the driver, the device's primary context, the DEVICE_CODE image
+ * loaded as one module, a function record per device function, and the weights copied to the device
+ * once. The kernel library's host stubs reach the backend through three function-pointer variables
+ * the loader fills (tide_cuda_bind_library):
+ *   __TVMFFIHandleInitOnce(slot, init)           fills a stub's cached handle once (lock-free)
+ *   __TVMFFIEnvModLookupFromImports(ctx, name, out)  ctx = the model; name -> its function record
+ *   __TVMFFIFunctionCall(handle, args, n, ret)   "__tvm_set_device" checks the device; a kernel is
+ *                                                packed (tide_cuda_pack_launch) and launched on the
+ *                                                stream of the session running on this thread
+ * Session: a stream, the device arena / states / input staging, timing events, and one CUDA graph
+ * per entry (captured on the entry's second run, replayed after).
+ *
+ * Every driver call runs with the model's context pushed on the calling thread (tide_cuda_enter /
+ * tide_cuda_leave around each public call).
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define TIDE_CU_ATTR_MAX_SHARED_OPTIN 97      /* CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN */
+#define TIDE_CU_FUNC_ATTR_MAX_DYN_SHARED 8     /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
+#define TIDE_CU_STREAM_NON_BLOCKING 1
+#define TIDE_CU_CAPTURE_THREAD_LOCAL 1
+#define TIDE_CU_EVENT_DEFAULT 0
+#define TIDE_STATIC_SHARED_LIMIT (48u * 1024u)
+
+struct tide_cuda_fn_s {
+  tide_cuda_model_t* model;
+  int32_t index; /* device function index; -1: __tvm_set_device */
+  void* function;
+  atomic_int shared_opted_in;
+};
+
+struct tide_cuda_model_s {
+  tide_cuda_driver_t* drv;
+  const tide_artifact_t* artifact;
+  int32_t ordinal;
+  int device;
+  int cc_major, cc_minor;
+  int max_shared_optin;
+  uint32_t image;
+  void* ctx;
+  void* module;
+  uint64_t weights; /* device copy of the WEIGHTS section */
+  tide_cuda_fn_t set_device;
+  tide_cuda_fn_t* functions;
+};
+
+tide_status_t tide_cuda_enter(tide_cuda_model_t* m) {
+  int rc = m->drv->cuCtxPushCurrent(m->ctx);
+  return rc ? tide_cuda_error(m->drv, rc, "cuCtxPushCurrent") : NULL;
+}
+
+void tide_cuda_leave(tide_cuda_model_t* m) {
+  void* ctx = NULL;
+  m->drv->cuCtxPopCurrent(&ctx);
+}
+
+tide_status_t tide_cuda_alloc(tide_cuda_model_t* m, uint64_t nbytes, const char* what, uint64_t* out_ptr) {
+  *out_ptr = 0;
+  int rc = m->drv->cuMemAlloc(out_ptr, (size_t)(nbytes ? nbytes : 64));
+  if (!rc) return NULL;
+  *out_ptr = 0;
+  if (rc != TIDE_CUDA_ERROR_OUT_OF_MEMORY) return tide_cuda_error(m->drv, rc, "cuMemAlloc");
+  size_t free_bytes = 0, total = 0;
+  m->drv->cuMemGetInfo(&free_bytes, &total);
+  return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED,
+                          "out of device memory on cuda:%d allocating %llu bytes for %s (%llu of %llu bytes free)",
+                          m->ordinal, (unsigned long long)nbytes, what, (unsigned long long)free_bytes,
+                          (unsigned long long)total);
+}
+
+void tide_cuda_free(tide_cuda_model_t* m, uint64_t ptr) {
+  if (ptr) m->drv->cuMemFree(ptr);
+}
+
+uint64_t tide_cuda_weights(const tide_cuda_model_t* m) { return m->weights; }
+int32_t tide_cuda_ordinal(const tide_cuda_model_t* m) { return m->ordinal; }
+
+void tide_cuda_model_release(tide_cuda_model_t* m) {
+  if (!m) return;
+  if (m->ctx) {
+    int pushed = m->drv->cuCtxPushCurrent(m->ctx) == 0;
+    tide_cuda_free(m, m->weights);
+    if (m->module) m->drv->cuModuleUnload(m->module);
+    if (pushed) tide_cuda_leave(m);
+    m->drv->cuDevicePrimaryCtxRelease(m->device);
+  }
+  tide_cuda_driver_close(m->drv);
+  free(m->functions);
+  free(m);
+}
+
+static tide_status_t load_module(tide_cuda_model_t* m, const uint8_t* device_code) {
+  const tide_artifact_t* a = m->artifact;
+  const tide_device_image_t* img = &a->device_images[m->image];
+  /* cuModuleLoadData reads a cubin/fatbin by its own headers and ptx up to a NUL: give it a copy
+   * that ends in one (the section bytes are neither aligned nor terminated). */
+  uint8_t* copy = malloc((size_t)img->size + 1);
+  if (!copy) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory copying the device image");
+  memcpy(copy, device_code + img->offset, (size_t)img->size);
+  copy[img->size] = 0;
+  int rc = m->drv->cuModuleLoadData(&m->module, copy);
+  free(copy);
+  if (rc) {
+    m->module = NULL;
+    return tide_make_status(rc == TIDE_CUDA_ERROR_OUT_OF_MEMORY ? TIDE_STATUS_RESOURCE_EXHAUSTED : TIDE_STATUS_DATA_LOSS,
+                            "cuModuleLoadData of the %s image (%llu bytes) failed: CUDA error %d (%s)", img->arch,
+                            (unsigned long long)img->size, rc, tide_cuda_error_text(m->drv, rc));
+  }
+  m->functions = calloc(a->num_device_functions ? a->num_device_functions : 1, sizeof(tide_cuda_fn_t));
+  if (!m->functions) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  m->set_device = (tide_cuda_fn_t){.model = m, .index = -1};
+  for (uint32_t i = 0; i < a->num_device_functions; ++i) {
+    tide_cuda_fn_t* f = &m->functions[i];
+    f->model = m;
+    f->index = (int32_t)i;
+    rc = m->drv->cuModuleGetFunction(&f->function, m->module, a->device_functions[i].name);
+    if (rc) {
+      return tide_make_status(TIDE_STATUS_DATA_LOSS,
+                              "device function '%s' is not in the %s image: cuModuleGetFunction failed with CUDA "
+                              "error %d (%s)",
+                              a->device_functions[i].name, img->arch, rc, tide_cuda_error_text(m->drv, rc));
+    }
+  }
+  return NULL;
+}
+
+tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* file, const tide_model_options_t* o,
+                                     tide_cuda_model_t** out) {
+  *out = NULL;
+  tide_cuda_model_t* m = calloc(1, sizeof(*m));
+  if (!m) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  m->artifact = art;
+  m->ordinal = o->device_ordinal;
+  tide_status_t st = tide_cuda_driver_open(o->cuda_driver_path ? o->cuda_driver_path : "libcuda.so.1", &m->drv);
+  if (!st) st = tide_cuda_device_capability(m->drv, m->ordinal, &m->cc_major, &m->cc_minor);
+  if (!st) st = tide_cuda_select_image(art, m->cc_major, m->cc_minor, &m->image);
+  if (!st) {
+    int rc = m->drv->cuDeviceGet(&m->device, m->ordinal);
+    if (!rc) rc = m->drv->cuDeviceGetAttribute(&m->max_shared_optin, TIDE_CU_ATTR_MAX_SHARED_OPTIN, m->device);
+    if (rc) st = tide_cuda_error(m->drv, rc, "cuDeviceGetAttribute(max shared memory per block, opt-in)");
+  }
+  if (!st) {
+    int rc = m->drv->cuDevicePrimaryCtxRetain(&m->ctx, m->device);
+    if (rc) {
+      m->ctx = NULL;
+      st = tide_cuda_error(m->drv, rc, "cuDevicePrimaryCtxRetain");
+    }
+  }
+  if (!st) st = tide_cuda_enter(m);
+  if (st) {
+    tide_cuda_model_release(m);
+    return st;
+  }
+  st = load_module(m, file + art->sections[TIDE_SECTION_DEVICE_CODE].offset);
+  const tide_section_ref_t* w = &art->sections[TIDE_SECTION_WEIGHTS];
+  if (!st) st = tide_cuda_alloc(m, w->size, "the weights", &m->weights);
+  if (!st && w->size) {
+    int rc = m->drv->cuMemcpyHtoDAsync(m->weights, file + w->offset, (size_t)w->size, NULL);
+    if (!rc) rc = m->drv->cuStreamSynchronize(NULL);
+    if (rc) st = tide_cuda_error(m->drv, rc, "copying the weights to the device");
+  }
+  tide_cuda_leave(m);
+  if (st) {
+    tide_cuda_model_release(m);
+    return st;
+  }
+  *out = m;
+  return NULL;
+}
+
+/* ---- the host stubs' services --------------------------------------------------------------- */
+
+typedef int (*tide_handle_init_fn_t)(void** out_handle);
+
+static int handle_init_once(void** slot, tide_handle_init_fn_t init) {
+  _Atomic(void*)* cell = (_Atomic(void*)*)slot;
+  if (atomic_load(cell)) return 0;
+  void* handle = NULL;
+  int rc = init(&handle);
+  if (rc) return rc;
+  void* expected = NULL;
+  atomic_compare_exchange_strong(cell, &expected, handle); /* lookups are idempotent: any winner is right */
+  return 0;
+}
+
+static int env_mod_lookup(void* library_ctx, const char* name, void** out_handle) {
+  tide_cuda_model_t* m = library_ctx;
+  if (!m) {
+    tide_report_error(tide_current_session(), "the kernel library's module context is not set (not loaded by tide)");
+    return -1;
+  }
+  if (strcmp(name, "__tvm_set_device") == 0) {
+    *out_handle = &m->set_device;
+    return 0;
+  }
+  for (uint32_t i = 0; i < m->artifact->num_device_functions; ++i) {
+    if (strcmp(m->artifact->device_functions[i].name, name) == 0) {
+      *out_handle = &m->functions[i];
+      return 0;
+    }
+  }
+  tide_report_error(tide_current_session(),
+                    "the kernel library looks up device function '%s', which the artifact's DEVICE_CODE lacks", name);
+  return -1;
+}
+
+static int set_device(tide_cuda_fn_t* f, tide_session_t* s, const tide_ffi_any_t* args, int32_t n) {
+  if (n != 2 || args[0].type_index != TIDE_FFI_INT || args[1].type_index != TIDE_FFI_INT) {
+    tide_report_error(s, "__tvm_set_device takes (device_type, device_id) integers; got %d arguments", n);
+    return -1;
+  }
+  if (args[0].v_int64 != TIDE_DL_CUDA || args[1].v_int64 != f->model->ordinal) {
+    tide_report_error(s, "a kernel asks for device (type %lld, id %lld); this model runs on cuda:%d",
+                      (long long)args[0].v_int64, (long long)args[1].v_int64, f->model->ordinal);
+    return -1;
+  }
+  return 0;
+}
+
+static int function_call(void* handle, const tide_ffi_any_t* args, int32_t n, tide_ffi_any_t* result) {
+  tide_cuda_fn_t* f = handle;
+  tide_session_t* s = tide_current_session();
+  if (result) memset(result, 0, sizeof(*result));
+  if (!s || !s->cuda) {
+    tide_report_error(s, "a device kernel was called outside a cuda session's run");
+    return -1;
+  }
+  if (f->index < 0) return set_device(f, s, args, n);
+  tide_cuda_model_t* m = f->model;
+  const tide_device_function_t* df = &m->artifact->device_functions[f->index];
+  tide_cuda_launch_t launch;
+  tide_status_t st = tide_cuda_pack_launch(df, args, n, &launch);
+  if (st) {
+    tide_report_error(s, "%s", tide_status_message(st));
+    tide_status_free(st);
+    return -1;
+  }
+  if (launch.shared_bytes > TIDE_STATIC_SHARED_LIMIT) {
+    if (launch.shared_bytes > (uint32_t)m->max_shared_optin) {
+      tide_report_error(s,
+                        "device function '%s' needs %u bytes of shared memory per block; cuda:%d allows %d (sm_%d%d)",
+                        df->name, launch.shared_bytes, m->ordinal, m->max_shared_optin, m->cc_major, m->cc_minor);
+      return -1;
+    }
+    if (!atomic_load(&f->shared_opted_in)) {
+      int rc = m->drv->cuFuncSetAttribute(f->function, TIDE_CU_FUNC_ATTR_MAX_DYN_SHARED, m->max_shared_optin);
+      if (rc) {
+        tide_report_error(s, "cuFuncSetAttribute(%s, max dynamic shared memory %d) failed: CUDA error %d (%s)",
+                          df->name, m->max_shared_optin, rc, tide_cuda_error_text(m->drv, rc));
+        return -1;
+      }
+      atomic_store(&f->shared_opted_in, 1);
+    }
+  }
+  int rc = m->drv->cuLaunchKernel(f->function, launch.grid[0], launch.grid[1], launch.grid[2], launch.block[0],
+                                  launch.block[1], launch.block[2], launch.shared_bytes, tide_cuda_stream(s->cuda),
+                                  launch.params, NULL);
+  if (rc) {
+    tide_report_error(s, "cuLaunchKernel(%s, grid %ux%ux%u, block %ux%ux%u, %u shared bytes) failed: CUDA error %d (%s)",
+                      df->name, launch.grid[0], launch.grid[1], launch.grid[2], launch.block[0], launch.block[1],
+                      launch.block[2], launch.shared_bytes, rc, tide_cuda_error_text(m->drv, rc));
+    return -1;
+  }
+  return 0;
+}
+
+typedef int (*tide_handle_init_once_fn_t)(void**, tide_handle_init_fn_t);
+typedef int (*tide_env_mod_lookup_fn_t)(void*, const char*, void**);
+typedef int (*tide_function_call_fn_t)(void*, const tide_ffi_any_t*, int32_t, tide_ffi_any_t*);
+
+static tide_status_t fill(void* lib, const char* name, const void* value, size_t size) {
+  dlerror();
+  void* var = dlsym(lib, name);
+  if (!var) {
+    return tide_make_status(TIDE_STATUS_NOT_FOUND,
+                            "the kernel library of this cuda artifact has no %s: it holds no device-launch stubs", name);
+  }
+  memcpy(var, value, size);
+  return NULL;
+}
+
+tide_status_t tide_cuda_bind_library(tide_cuda_model_t* m, void* lib) {
+  if (!m->artifact->num_device_functions) return NULL;
+  if (!lib) {
+    return tide_make_status(TIDE_STATUS_DATA_LOSS,
+                            "the artifact has %u device functions but no kernel library to launch them",
+                            m->artifact->num_device_functions);
+  }
+  tide_handle_init_once_fn_t init = handle_init_once;
+  tide_env_mod_lookup_fn_t lookup = env_mod_lookup;
+  tide_function_call_fn_t call = function_call;
+  void* ctx = m;
+  tide_status_t st = fill(lib, "__TVMFFIHandleInitOnce", &init, sizeof(init));
+  if (!st) st = fill(lib, "__TVMFFIEnvModLookupFromImports", &lookup, sizeof(lookup));
+  if (!st) st = fill(lib, "__TVMFFIFunctionCall", &call, sizeof(call));
+  if (!st) st = fill(lib, "__tvm_ffi__library_ctx", &ctx, sizeof(ctx));
+  return st;
+}
+
+/* ---- sessions --------------------------------------------------------------------------------- */
+
+struct tide_cuda_session_s {
+  tide_cuda_model_t* model;
+  void* stream;
+  void* start;
+  void* stop;
+  uint32_t num_graphs;
+  void** graphs;       /* per entry: an instantiated graph, or NULL */
+  uint32_t* eager_runs; /* per entry: runs made without a graph */
+  int use_graphs;
+};
+
+void* tide_cuda_stream(const tide_cuda_session_t* cs) { return cs->stream; }
+
+void tide_cuda_session_release(tide_cuda_session_t* cs) {
+  if (!cs) return;
+  tide_cuda_driver_t* drv = cs->model->drv;
+  int pushed = tide_cuda_enter(cs->model) == NULL;
+  for (uint32_t i = 0; i < cs->num_graphs && cs->graphs; ++i) {
+    if (cs->graphs[i]) drv->cuGraphExecDestroy(cs->graphs[i]);
+  }
+  if (cs->start) drv->cuEventDestroy(cs->start);
+  if (cs->stop) drv->cuEventDestroy(cs->stop);
+  if (cs->stream) drv->cuStreamDestroy(cs->stream);
+  if (pushed) tide_cuda_leave(cs->model);
+  free(cs->graphs);
+  free(cs->eager_runs);
+  free(cs);
+}
+
+tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entries, int use_graphs,
+                                       tide_cuda_session_t** out) {
+  *out = NULL;
+  tide_cuda_session_t* cs = calloc(1, sizeof(*cs));
+  if (!cs) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  cs->model = m;
+  cs->use_graphs = use_graphs;
+  cs->num_graphs = num_entries;
+  cs->graphs = calloc(num_entries ? num_entries : 1, sizeof(void*));
+  cs->eager_runs = calloc(num_entries ? num_entries : 1, sizeof(uint32_t));
+  if (!cs->graphs || !cs->eager_runs) {
+    tide_cuda_session_release(cs);
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  }
+  tide_status_t st = tide_cuda_enter(m);
+  if (st) {
+    tide_cuda_session_release(cs);
+    return st;
+  }
+  int rc = m->drv->cuStreamCreate(&cs->stream, TIDE_CU_STREAM_NON_BLOCKING);
+  if (rc) {
+    cs->stream = NULL;
+    st = tide_cuda_error(m->drv, rc, "cuStreamCreate");
+  }
+  if (!st && (rc = m->drv->cuEventCreate(&cs->start, TIDE_CU_EVENT_DEFAULT)) != 0) {
+    cs->start = NULL;
+    st = tide_cuda_error(m->drv, rc, "cuEventCreate");
+  }
+  if (!st && (rc = m->drv->cuEventCreate(&cs->stop, TIDE_CU_EVENT_DEFAULT)) != 0) {
+    cs->stop = NULL;
+    st = tide_cuda_error(m->drv, rc, "cuEventCreate");
+  }
+  tide_cuda_leave(m);
+  if (st) {
+    tide_cuda_session_release(cs);
+    return st;
+  }
+  *out = cs;
+  return NULL;
+}
+
+tide_status_t tide_cuda_copy(tide_cuda_session_t* cs, tide_cuda_copy_kind_t kind, void* dst, const void* src,
+                             uint64_t nbytes) {
+  if (!nbytes) return NULL;
+  tide_cuda_driver_t* drv = cs->model->drv;
+  int rc = 0;
+  const char* call = "";
+  switch (kind) {
+    case TIDE_CUDA_HOST_TO_DEVICE:
+      rc = drv->cuMemcpyHtoDAsync((uint64_t)(uintptr_t)dst, src, (size_t)nbytes, cs->stream);
+      call = "cuMemcpyHtoDAsync";
+      break;
+    case TIDE_CUDA_DEVICE_TO_HOST:
+      rc = drv->cuMemcpyDtoHAsync(dst, (uint64_t)(uintptr_t)src, (size_t)nbytes, cs->stream);
+      call = "cuMemcpyDtoHAsync";
+      break;
+    case TIDE_CUDA_DEVICE_TO_DEVICE:
+      rc = drv->cuMemcpyDtoDAsync((uint64_t)(uintptr_t)dst, (uint64_t)(uintptr_t)src, (size_t)nbytes, cs->stream);
+      call = "cuMemcpyDtoDAsync";
+      break;
+  }
+  return rc ? tide_cuda_error(drv, rc, call) : NULL;
+}
+
+tide_status_t tide_cuda_zero(tide_cuda_session_t* cs, void* dst, uint64_t nbytes) {
+  if (!nbytes) return NULL;
+  int rc = cs->model->drv->cuMemsetD8Async((uint64_t)(uintptr_t)dst, 0, (size_t)nbytes, cs->stream);
+  return rc ? tide_cuda_error(cs->model->drv, rc, "cuMemsetD8Async") : NULL;
+}
+
+tide_status_t tide_cuda_sync(tide_cuda_session_t* cs) {
+  int rc = cs->model->drv->cuStreamSynchronize(cs->stream);
+  return rc ? tide_cuda_error(cs->model->drv, rc, "cuStreamSynchronize (a kernel or copy failed on the device)")
+            : NULL;
+}
+
+/* The entry's graph once it exists; the first run of an entry is eager (the stubs resolve their
+ * handles and opt into shared memory then, outside any capture). */
+tide_status_t tide_cuda_execute(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx) {
+  tide_cuda_driver_t* drv = cs->model->drv;
+  if (cs->graphs[entry]) {
+    int rc = drv->cuGraphLaunch(cs->graphs[entry], cs->stream);
+    return rc ? tide_cuda_error(drv, rc, "cuGraphLaunch") : NULL;
+  }
+  if (!cs->use_graphs || cs->eager_runs[entry] == 0) {
+    tide_status_t st = run_ops(ctx);
+    if (!st) ++cs->eager_runs[entry];
+    return st;
+  }
+  int rc = drv->cuStreamBeginCapture(cs->stream, TIDE_CU_CAPTURE_THREAD_LOCAL);
+  if (rc) return tide_cuda_error(drv, rc, "cuStreamBeginCapture");
+  tide_status_t st = run_ops(ctx);
+  void* graph = NULL;
+  rc = drv->cuStreamEndCapture(cs->stream, &graph);
+  if (st) {
+    if (!rc && graph) drv->cuGraphDestroy(graph);
+    return st;
+  }
+  if (rc) return tide_cuda_error(drv, rc, "cuStreamEndCapture");
+  void* exec = NULL;
+  rc = drv->cuGraphInstantiate(&exec, graph, 0);
+  drv->cuGraphDestroy(graph);
+  if (rc) return tide_cuda_error(drv, rc, "cuGraphInstantiateWithFlags");
+  cs->graphs[entry] = exec;
+  rc = drv->cuGraphLaunch(exec, cs->stream);
+  return rc ? tide_cuda_error(drv, rc, "cuGraphLaunch") : NULL;
+}
+
+tide_status_t tide_cuda_time(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx,
+                             double* out_seconds) {
+  tide_cuda_driver_t* drv = cs->model->drv;
+  int rc = drv->cuEventRecord(cs->start, cs->stream);
+  if (rc) return tide_cuda_error(drv, rc, "cuEventRecord");
+  tide_status_t st = tide_cuda_execute(cs, entry, run_ops, ctx);
+  if (st) return st;
+  rc = drv->cuEventRecord(cs->stop, cs->stream);
+  if (!rc) rc = drv->cuEventSynchronize(cs->stop);
+  if (rc) return tide_cuda_error(drv, rc, "cuEventSynchronize (a kernel failed on the device)");
+  float ms = 0;
+  rc = drv->cuEventElapsedTime(&ms, cs->start, cs->stop);
+  if (rc) return tide_cuda_error(drv, rc, "cuEventElapsedTime");
+  *out_seconds = (double)ms * 1e-3;
+  return NULL;
+}
