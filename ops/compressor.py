@@ -64,7 +64,7 @@ def {name}(kv: T.Buffer(({B}, {S}, {F}), "float32"), gate: T.Buffer(({B}, {S}, {
            entries: T.Buffer(({B}, {NBC}, {Dc}), "float32"), cache_index: T.Buffer(({B}, {NBC}, 2), "int64"),
            cache_update: T.Buffer(({B}, {NBC}, {Dc}), "float32"), state_index: T.Buffer(({B}, {n_keep}, 2), "int64"),
            kv_update: T.Buffer(({B}, {n_keep}, {F}), "float32"), score_update: T.Buffer(({B}, {n_keep}, {F}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
     with T.sblock("root"):
         for b, k in T.grid({B}, {NBC}):
             with T.sblock("entry"):
