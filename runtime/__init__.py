@@ -12,6 +12,11 @@ Inputs are numpy arrays or any object implementing ``__dlpack__`` (a torch CPU t
 used in place when C-contiguous and 64-byte aligned (kernels use aligned vector loads), otherwise
 copied into an aligned staging buffer. dtypes and shapes must match exactly.
 
+On a cuda model (``load(path, device="cuda:0")``) host inputs are copied to the device and outputs
+back. When the data inputs are DLPack tensors on the model's CUDA device (torch CUDA tensors), the
+run stays on the device: inputs are copied device to device into the session's buffers and
+``run_dlpack`` returns device views (``torch.from_dlpack`` takes them without a copy).
+
 Lifetimes: ``run`` returns copies. ``run_dlpack`` returns :class:`Tensor` views of the runtime's
 memory (implementing ``__dlpack__``, so ``torch.from_dlpack`` / ``np.from_dlpack`` view them without a
 copy): their contents are valid until the next run of the same model (``run``/``run_dlpack``) or
@@ -142,6 +147,7 @@ _NAME_VERSIONED = b"dltensor_versioned"
 _NAME_USED_LEGACY = b"used_dltensor"
 _NAME_USED_VERSIONED = b"used_dltensor_versioned"
 _DLPACK_CPU = 1
+_DLPACK_CUDA = 2
 _DLPACK_FLAG_READ_ONLY = 1
 
 # Exported DLManagedTensor(s) still owned by a consumer: address -> what keeps their memory alive.
@@ -178,13 +184,14 @@ class Tensor:
     The contents are valid until the next run of the model or session that produced it.
     """
 
-    __slots__ = ("_ptr", "dtype", "shape", "_owner")
+    __slots__ = ("_ptr", "dtype", "shape", "_owner", "device")
 
-    def __init__(self, ptr: int, dtype: str, shape: tuple, owner):
+    def __init__(self, ptr: int, dtype: str, shape: tuple, owner, device: tuple = (_DLPACK_CPU, 0)):
         self._ptr = ptr
         self.dtype = dtype
         self.shape = tuple(shape)
         self._owner = owner  # keeps the runtime memory alive
+        self.device = device  # DLPack (device_type, device_id)
 
     @property
     def nbytes(self) -> int:
@@ -195,10 +202,14 @@ class Tensor:
         return self._ptr
 
     def __repr__(self) -> str:
-        return f"tide.runtime.Tensor({_desc(self.dtype, self.shape)} at 0x{self._ptr:x})"
+        where = "" if self.device == (_DLPACK_CPU, 0) else f" on cuda:{self.device[1]}"
+        return f"tide.runtime.Tensor({_desc(self.dtype, self.shape)} at 0x{self._ptr:x}{where})"
 
     def numpy(self) -> np.ndarray:
-        """A numpy view (no copy) of the same memory."""
+        """A numpy view (no copy) of the same memory (host tensors only)."""
+        if self.device != (_DLPACK_CPU, 0):
+            raise TideError(f"{self!r} is CUDA device memory: view it with torch.from_dlpack, or run with host "
+                            "inputs to get host outputs")
         dtype = _np_dtype(self.dtype)
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=dtype)
@@ -212,19 +223,24 @@ class Tensor:
         return view if dtype is None else view.astype(dtype, copy=bool(copy))
 
     def __dlpack_device__(self):
-        return (_DLPACK_CPU, 0)
+        return self.device
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
-        if stream is not None and stream != -1:
+        # Device tensors are complete when their run returns (the runtime waits for its stream), so
+        # any consumer stream may read them.
+        if self.device == (_DLPACK_CPU, 0) and stream is not None and stream != -1:
             raise BufferError("tide tensors are CPU memory: stream must be None")
-        if dl_device is not None and tuple(dl_device) != (_DLPACK_CPU, 0):
-            raise BufferError(f"tide tensors live on the CPU; cannot export to device {tuple(dl_device)}")
+        if dl_device is not None and tuple(dl_device) != self.device:
+            raise BufferError(f"this tide tensor lives on DLPack device {self.device}; cannot export to device "
+                              f"{tuple(dl_device)}")
+        if copy and self.device != (_DLPACK_CPU, 0):
+            raise BufferError("tide cannot copy a device tensor on export; copy it on the consumer's side")
         source = self
         if copy:
             holder = np.empty(max(self.nbytes, 1), dtype=np.uint8)
             if self.nbytes:
                 ffi.memmove(ffi.cast("char*", holder.ctypes.data), ffi.cast("char*", self._ptr), self.nbytes)
-            source = Tensor(holder.ctypes.data, self.dtype, self.shape, holder)
+            source = Tensor(holder.ctypes.data, self.dtype, self.shape, holder, self.device)
         versioned = max_version is not None and tuple(max_version)[0] >= 1
         managed = ffi.new("DLManagedTensorVersioned*" if versioned else "DLManagedTensor*")
         shape = ffi.new("int64_t[]", max(len(source.shape), 1))
@@ -232,7 +248,7 @@ class Tensor:
             shape[i] = d
         t = managed.dl_tensor
         t.data = ffi.cast("void*", source._ptr)
-        t.device.device_type, t.device.device_id = _DLPACK_CPU, 0
+        t.device.device_type, t.device.device_id = source.device
         t.ndim = len(source.shape)
         t.dtype.code, t.dtype.bits = _CODES[source.dtype]
         t.dtype.lanes = 1
@@ -320,7 +336,13 @@ class _Runner:
             self.staging[i] = buf
         return buf
 
-    def _bind(self, i: int, info: TensorInfo, value, keep: list, borrowed: list) -> None:
+    def _on_device(self, values: list) -> bool:
+        """True when the inputs are on the model's CUDA device (a device run), False for host memory."""
+        device = [v for v in values if v is not None and not isinstance(v, np.ndarray) and hasattr(v, "__dlpack__")
+                  and tuple(v.__dlpack_device__())[0] != _DLPACK_CPU]
+        return bool(device) and self.model.device[0] == _DLPACK_CUDA
+
+    def _bind(self, i: int, info: TensorInfo, value, keep: list, borrowed: list, on_device: bool = False) -> None:
         where = f"entry '{self.entry}' input '{info.name}'"
         c = self.c_in[i]
         if value is None:
@@ -328,15 +350,23 @@ class _Runner:
                 raise TideError(f"{where} is missing")
             c.data = ffi.NULL
             return
+        if on_device and (isinstance(value, np.ndarray) or not hasattr(value, "__dlpack__")):
+            raise TideError(f"{where}: other inputs are on cuda:{self.model.device[1]}; give every input there "
+                            "(a DLPack CUDA tensor) or every input in host memory")
         if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
             t, held = _borrow_dlpack(value)
             borrowed.append(held)
             got = (_DTYPES.get((t.dtype.code, t.dtype.bits), f"dtype(code {t.dtype.code}, bits {t.dtype.bits})")
                    if t.dtype.lanes == 1 else f"{t.dtype.lanes}-lane vector")
             shape = tuple(int(t.shape[d]) for d in range(t.ndim))
-            if t.device.device_type != _DLPACK_CPU:
-                raise TideError(f"{where}: the tensor is on DLPack device type {t.device.device_type}; this "
-                                "runtime takes CPU memory")
+            dev = (int(t.device.device_type), int(t.device.device_id))
+            if on_device and dev != self.model.device:
+                raise TideError(f"{where}: the tensor is on DLPack device {dev}; the model runs on "
+                                f"cuda:{self.model.device[1]} {self.model.device}")
+            if not on_device and dev[0] != _DLPACK_CPU:
+                raise TideError(f"{where}: the tensor is on DLPack device type {dev[0]}; this model takes host "
+                                "memory" + ("" if self.model.device[0] == _DLPACK_CUDA else
+                                            " (it is a cpu model)"))
             if got != info.dtype or shape != info.shape:
                 raise TideError(f"{where}: expected {_desc(info.dtype, info.shape)}, got {_desc(got, shape)}")
             if t.strides != ffi.NULL:
@@ -346,7 +376,7 @@ class _Runner:
                         raise TideError(f"{where}: the tensor is not contiguous (make it contiguous first)")
                     expect *= shape[d]
             ptr = int(ffi.cast("uintptr_t", t.data)) + int(t.byte_offset)
-            if info.role == "data" and ptr % ALIGNMENT:
+            if not on_device and info.role == "data" and ptr % ALIGNMENT:
                 buf = self._staging(i, info.nbytes)
                 if info.nbytes:
                     ffi.memmove(ffi.cast("char*", buf.ctypes.data), ffi.cast("char*", ptr), info.nbytes)
@@ -371,19 +401,23 @@ class _Runner:
         c.data = ffi.cast("void*", array.ctypes.data)
 
     def run(self, values: list) -> list[Tensor]:
-        """``values`` in input order (None keeps a state input); returns output views."""
+        """``values`` in input order (None keeps a state input); returns output views (device views
+        for a device run)."""
         keep: list = []
         borrowed: list = []
+        on_device = self._on_device(values)
+        lib = _library()
+        run = lib.tide_session_run_device if on_device else lib.tide_session_run
         try:
             for i, (info, value) in enumerate(zip(self.inputs, values)):
-                self._bind(i, info, value, keep, borrowed)
-            _check(_library().tide_session_run(self.handle.ptr, self.index, self.c_in, len(self.inputs),
-                                               self.c_out, len(self.outputs)))
+                self._bind(i, info, value, keep, borrowed, on_device)
+            _check(run(self.handle.ptr, self.index, self.c_in, len(self.inputs), self.c_out, len(self.outputs)))
         finally:
             for held in borrowed:
                 held.release()
+        device = self.model.device if on_device else (_DLPACK_CPU, 0)
         return [Tensor(int(ffi.cast("uintptr_t", self.c_out[i].data)), info.dtype,
-                       tuple(int(self.c_out[i].shape[d]) for d in range(self.c_out[i].ndim)), self.handle)
+                       tuple(int(self.c_out[i].shape[d]) for d in range(self.c_out[i].ndim)), self.handle, device)
                 for i, info in enumerate(self.outputs)]
 
     def time(self, values: list, iterations: int) -> np.ndarray:
@@ -411,6 +445,7 @@ def _create_session(model: "Model", num_threads: int) -> _Handle:
     opts = ffi.new("tide_session_options_t*")
     lib.tide_session_options_initialize(opts)
     opts.num_threads = num_threads
+    opts.use_cuda_graphs = 1 if model.cuda_graphs else 0
     out = ffi.new("tide_session_t**")
     _check(lib.tide_session_create(model._ptr, opts, out))
     return _Handle(ffi.gc(out[0], lib.tide_session_release))
@@ -421,9 +456,11 @@ class Model:
     decode models."""
 
     def __init__(self, path, verify: bool = True, num_threads: int = 0, device: str = "cpu",
-                 cuda_driver: str | None = None):
+                 cuda_driver: str | None = None, cuda_graphs: bool = True):
         lib = _library()
         kind, ordinal = _parse_device(device)
+        self.device = (kind, ordinal)  # DLPack (device_type, device_id)
+        self.cuda_graphs = bool(cuda_graphs)
         opts = ffi.new("tide_model_options_t*")
         lib.tide_model_options_initialize(opts)
         opts.verify_checksums = 1 if verify else 0
@@ -515,7 +552,12 @@ class Model:
         name -> a fresh numpy array. State inputs may be omitted: the model's internal session keeps
         its state between calls (``reset()`` zeroes it); given, they are copied into the state."""
         with self._lock:
-            outs = self._run(feeds, entry)
+            values = self._values(feeds, entry)
+            runner = self._runner(entry)
+            if runner._on_device(values):
+                raise TideError("Model.run returns numpy arrays and takes host inputs; for inputs and outputs on "
+                                f"cuda:{self.device[1]} use run_dlpack")
+            outs = runner.run(values)
             return {info.name: t.numpy().copy() for info, t in zip(self.outputs(entry), outs)}
 
     def run_dlpack(self, feeds: dict, entry: str = "main") -> dict:
@@ -760,10 +802,13 @@ class Session:
     def state(self, index: int) -> np.ndarray:
         """A copy of state tensor ``index`` (see ``Model.states``)."""
         with self._lock:
-            t = ffi.new("tide_tensor_t*")
-            _check(_library().tide_session_state(self._handle.ptr, index, t))
+            if not isinstance(index, int) or not 0 <= index < len(self.model.states):
+                raise TideError(f"state index {index!r} out of range ({len(self.model.states)} states)")
             info = self.model.states[index]
-            return Tensor(int(ffi.cast("uintptr_t", t.data)), info.dtype, info.shape, self._handle).numpy().copy()
+            out = np.empty(info.shape, dtype=_np_dtype(info.dtype))
+            _check(_library().tide_session_read_state(self._handle.ptr, index, ffi.cast("void*", out.ctypes.data),
+                                                      out.nbytes))
+            return out
 
 
 _DEVICE = re.compile(r"(cpu|cuda)(?::([0-9]+))?$")
@@ -778,11 +823,11 @@ def _parse_device(device: str) -> tuple[int, int]:
 
 
 def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
-         cuda_driver: str | None = None) -> Model:
+         cuda_driver: str | None = None, cuda_graphs: bool = True) -> Model:
     """Loads a compiled ``.tide`` artifact. ``device``: "cpu", or "cuda[:N]" for a cuda artifact
-    (its DEVICE_CODE, the CUDA driver, the device and the image choice are checked; this runtime has
-    no cuda launch path yet, so a cuda load then fails with TideError code 4, unimplemented).
-    ``cuda_driver``: the driver library to dlopen (default "libcuda.so.1").
+    (the CUDA driver is dlopened, the device's image loaded and the weights copied to the device).
+    ``cuda_driver``: the driver library to dlopen (default "libcuda.so.1"). ``cuda_graphs``: capture
+    each entry into a CUDA graph on its second run and replay it after (default).
     ``verify=False`` skips the weight/device-code checksums (faster load of big models; the plan and
     kernel library are always verified). ``num_threads``: threads per session (0: one per CPU)."""
-    return Model(path, verify, num_threads, device, cuda_driver)
+    return Model(path, verify, num_threads, device, cuda_driver, cuda_graphs)

@@ -85,6 +85,7 @@ typedef struct tide_session_s tide_session_t;
 typedef struct tide_session_options_s {
   uint32_t struct_size;
   int32_t num_threads;
+  int32_t use_cuda_graphs;
 } tide_session_options_t;
 void tide_session_options_initialize(tide_session_options_t* out_options);
 tide_status_t tide_session_create(tide_model_t* model, const tide_session_options_t* options,
@@ -97,6 +98,10 @@ tide_status_t tide_session_state(tide_session_t* session, int32_t index,
 tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
                                         const tide_tensor_t* inputs, int32_t num_inputs,
                                         tide_tensor_t* outputs, int32_t num_outputs);
+tide_status_t tide_session_read_state(tide_session_t* session, int32_t index, void* dst, uint64_t nbytes);
+tide_status_t tide_session_run_device(tide_session_t* session, int32_t entry,
+                                      const tide_tensor_t* inputs, int32_t num_inputs,
+                                      tide_tensor_t* outputs, int32_t num_outputs);
 tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
                                          const tide_tensor_t* inputs, int32_t num_inputs,
                                          int32_t iterations, double* out_seconds);

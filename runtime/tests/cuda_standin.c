@@ -14,8 +14,11 @@
  *   TIDE_STANDIN_MEM_BYTES  device memory size (default 1 GiB): allocations beyond it fail with
  *                           CUDA_ERROR_OUT_OF_MEMORY
  *   TIDE_STANDIN_SYNC_RC    the result cuStreamSynchronize / cuEventSynchronize return (default 0)
- *   TIDE_STANDIN_KERNELS    "name=p0,p1,...;name2=..." the parameter names of emulated kernels, in
- *                           launch order (tests read them from the generated CUDA source)
+ *   TIDE_STANDIN_KERNELS    "name=p0,p1,...;name2=..." kernel parameters in launch order: a name
+ *                           for a pointer, "#name" for a 4-byte and "%name" for an 8-byte scalar
+ *                           (tests read them from the generated CUDA source). A listed kernel's
+ *                           pointer arguments must lie in allocated device memory; the kernels
+ *                           emulate() knows also run.
  *   TIDE_STANDIN_LOG        a file each call appends one line to
  */
 #define _GNU_SOURCE
@@ -157,9 +160,11 @@ static int param_names(const char* kernel, char names[MAX_PARAMS][64]) {
   return 0;
 }
 
+static int is_scalar(const char* name) { return name[0] == '#' || name[0] == '%'; }
+
 static uint64_t param(const node_t* n, char names[MAX_PARAMS][64], int count, const char* want) {
   for (int i = 0; i < count && i < n->num_params; ++i) {
-    if (strcmp(names[i], want) == 0) return n->params[i];
+    if (strcmp(names[i] + is_scalar(names[i]), want) == 0) return n->params[i];
   }
   return 0;
 }
@@ -457,11 +462,12 @@ EXPORT int cuLaunchKernel(void* fn, unsigned gx, unsigned gy, unsigned gz, unsig
   char names[MAX_PARAMS][64];
   node.num_params = param_names(f->name, names);
   for (int i = 0; i < node.num_params; ++i) {
-    /* emulated kernels: pointer parameters are 8 bytes, integers 4 (their CUDA signatures) */
-    int is_int = strcmp(names[i], "k") == 0;
     node.params[i] = 0;
-    memcpy(&node.params[i], params[i], is_int ? 4 : 8);
-    if (!is_int && device_range(node.params[i], 4, f->name)) return ILLEGAL_ADDRESS;
+    memcpy(&node.params[i], params[i], names[i][0] == '#' ? 4 : 8);
+    if (!is_scalar(names[i]) && device_range(node.params[i], 1, f->name)) {
+      record("cuLaunchKernel %s: parameter %d (%s) is not a device pointer", f->name, i, names[i]);
+      return ILLEGAL_ADDRESS;
+    }
   }
   stream_t* s = stream;
   record("cuLaunchKernel %s grid %u,%u,%u block %u,%u,%u shared %u%s", f->name, gx, gy, gz, bx, by, bz, shared,
