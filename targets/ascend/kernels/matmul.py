@@ -72,18 +72,34 @@ class Body:
         return out
 
 
-def emit_tile_loads(b: Body, src: str, src_type: str, row0: str, rows: str, k0: str, ks: str,
-                    tile_rows: int, tk: int, elem: str, ind: int) -> str:
-    """Load ``src[row0 : row0 + rows, k0 : k0 + ks]`` into a fresh (tile_rows x tk) local buffer and
-    return it as a tensor."""
+def load_tile(b: Body, view: str, view_t: str, rows: str, ks: str, tile_rows: int, tk: int, elem: str,
+              ind: int) -> str:
+    """Load a (rows x ks) GM view into a fresh (tile_rows x tk) local buffer; returns it as a tensor
+    (the part outside rows x ks is never read: every consumer takes the valid sizes)."""
     buf = b.op("buf", f"memref.alloc() : memref<{tile_rows}x{tk}x{elem}>", ind)
-    stride = re.match(r"memref<(\d+)x(\d+)x", src_type).group(2)
-    sv_t = f"memref<?x?x{elem}, strided<[{stride}, 1], offset: ?>, {GM}>"
-    sv = b.op("src", f"memref.subview {src}[{row0}, {k0}] [{rows}, {ks}] [1, 1] : {src_type} to {sv_t}", ind)
     dv_t = f"memref<?x?x{elem}, strided<[{tk}, 1]>>"
     dv = b.op("dst", f"memref.subview {buf}[0, 0] [{rows}, {ks}] [1, 1] : memref<{tile_rows}x{tk}x{elem}> to {dv_t}", ind)
-    b.emit(f"hivm.hir.load ins({sv} : {sv_t}) outs({dv} : {dv_t})", ind)
+    b.emit(f"hivm.hir.load ins({view} : {view_t}) outs({dv} : {dv_t})", ind)
     return b.op("t", f"bufferization.to_tensor {buf} restrict writable : memref<{tile_rows}x{tk}x{elem}>", ind)
+
+
+def view2d(b: Body, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str, elem: str, ind: int):
+    """Rank-reduced GM view ``src[*lead, row0 : row0 + rows, k0 : k0 + ks]`` -> (value, type)."""
+    lead = list(lead)
+    full_t = gm(src_shape, elem)
+    t = f"memref<?x?x{elem}, strided<[{src_shape[-1]}, 1], offset: ?>, {GM}>"
+    offs = ", ".join(lead + [row0, k0])
+    sizes = ", ".join(["1"] * len(lead) + [rows, ks])
+    strides = ", ".join(["1"] * len(src_shape))
+    v = b.op("src", f"memref.subview {src}[{offs}] [{sizes}] [{strides}] : {full_t} to {t}", ind)
+    return v, t
+
+
+def emit_tile_loads(b: Body, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str,
+                    tile_rows: int, tk: int, elem: str, ind: int) -> str:
+    """Load ``src[*lead, row0 : row0 + rows, k0 : k0 + ks]`` into a (tile_rows x tk) local tensor."""
+    v, t = view2d(b, src, src_shape, lead, row0, rows, k0, ks, elem, ind)
+    return load_tile(b, v, t, rows, ks, tile_rows, tk, elem, ind)
 
 
 def emit_mmad(b: Body, a: str, bt: str, init: str, ms: str, ks: str, ns: str, acc: str,
@@ -97,7 +113,8 @@ def emit_mmad(b: Body, a: str, bt: str, init: str, ms: str, ks: str, ns: str, ac
 def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str, ind: int,
                 load_a, b_sources) -> list:
     """K loop over tk steps; ``load_a(k0, ks, ind)`` returns the A tile tensor; ``b_sources`` are
-    (B memref, its type, first row) per accumulator. Returns the final accumulators."""
+    (B memref, its shape, leading indices, first row) per accumulator, all sharing the A tile.
+    Returns the final accumulators."""
     accs0 = [b.op("e", f"tensor.empty() : tensor<{tm}x{tn}xf32>", ind) for tn in tn_list]
     kt = -(-k // tk)
     iters = [b.fresh("acc") for _ in tn_list]
@@ -114,8 +131,8 @@ def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, el
     ta = load_a(k0, ks, i2)
     init = b.op("init", f"arith.cmpi eq, {kk}, {b.const(0)} : index", i2)
     outs = []
-    for (src, src_t, row0), tn, it in zip(b_sources, tn_list, iters):
-        tb = emit_tile_loads(b, src, src_t, row0, ns, k0, ks, tn, tk, elem, i2)
+    for (src, src_shape, lead, row0), tn, it in zip(b_sources, tn_list, iters):
+        tb = emit_tile_loads(b, src, src_shape, lead, row0, ns, k0, ks, tn, tk, elem, i2)
         outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, i2))
     b.emit(f"scf.yield {', '.join(outs)} : {types}", i2)
     b.emit("}", ind)
@@ -163,8 +180,8 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
     ms = b.op("ms", f"arith.minui {b.op('mr', f'arith.subi {b.const(m)}, {m0} : index', 3)}, {b.const(tm)} : index", 3)
     ns = b.op("ns", f"arith.minui {b.op('nr', f'arith.subi {b.const(n)}, {n0} : index', 3)}, {b.const(tn)} : index", 3)
     acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem, 3,
-                       lambda k0, ks, ind: emit_tile_loads(b, "%A", a_t, m0, ms, k0, ks, tm, tk, elem, ind),
-                       [("%B", b_t, n0)])
+                       lambda k0, ks, ind: emit_tile_loads(b, "%A", (m, k), [], m0, ms, k0, ks, tm, tk, elem, ind),
+                       [("%B", (n, k), [], n0)])
     out_t = f"memref<?x?xf32, strided<[{n}, 1], offset: ?>, {GM}>"
     out = b.op("out", f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", 3)
     b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : tensor<{tm}x{tn}xf32>) outs({out} : {out_t})", 3)
@@ -181,6 +198,10 @@ _MMAD = re.compile(
     r"outs\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) -> tensor<\d+x\d+xf32>$")
 _FIXPIPE = re.compile(r"^(\s*)hivm\.hir\.fixpipe \{enable_nz2nd\} ins\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) "
                       r"outs\((%\w+) : (memref<\?x\?xf32, .*>)\)$")
+_MIX_ARG = re.compile(r"%\w+: (?:i64|memref<\?xi8>) \{hacc\.arg_type = #hacc\.arg_type<(?:ffts_base_address|workspace)>\}(?:, )?")
+_VCAST = re.compile(r"^(\s*)(%\w+) = hivm\.hir\.vcast ins\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) "
+                    r"outs\((%\w+) : tensor<\d+x\d+x(\w+)>\) round_mode = <rint> -> tensor<\d+x\d+x\w+>$")
+_STORE_T = re.compile(r"^(\s*)hivm\.hir\.store ins\((%[\w#]+) : (tensor<[^>]*>)\) outs\((%\w+) : (memref<.*>)\)$")
 _BLOCK_IDX = re.compile(r"^(\s*)(%\w+) = hivm\.hir\.get_block_idx -> i64$")
 _BLOCK_NUM = re.compile(r"^(\s*)(%\w+) = hivm\.hir\.get_block_num -> i64$")
 _ENTRY = re.compile(r"^(\s*func\.func @\w+\()(.*)(\) attributes \{.*hacc\.block_dim = (\d+) : i64.*)$")
@@ -226,12 +247,31 @@ def _fixpipe_copy(g, n: int) -> list:
     return [ind + x for x in L]
 
 
+def _vcast_linalg(g) -> list:
+    ind, r, src, rows, cols, dst, elem = g
+    p = r.lstrip("%")
+    L = [
+        f"{r} = linalg.generic {{indexing_maps = [affine_map<(i, j) -> (i, j)>, affine_map<(i, j) -> (i, j)>], "
+        f"iterator_types = [\"parallel\", \"parallel\"]}} ins({src} : tensor<{rows}x{cols}xf32>) "
+        f"outs({dst} : tensor<{rows}x{cols}x{elem}>) {{",
+        f"^bb0(%{p}_x: f32, %{p}_o: {elem}):",
+        f"  %{p}_t = arith.truncf %{p}_x : f32 to {elem}",
+        f"  linalg.yield %{p}_t : {elem}",
+        f"}} -> tensor<{rows}x{cols}x{elem}>",
+    ]
+    return [ind + x for x in L]
+
+
 def cpu_emulation(text: str) -> str:
     """The module with its cube ops rewritten into plain linalg for the CPU runner:
 
     - ``mmadL1 {b_transpose}`` -> a linalg.generic over the valid (m, k, n) part, on extended-to-f32
       inputs, accumulating into the carried tensor unless the init condition holds (then from zero);
     - ``fixpipe {enable_nz2nd}`` -> the destination-sized corner of the accumulator copied out;
+    - ``vcast`` f32 -> bf16/f16 (round to nearest even) -> ``arith.truncf``;
+    - ``store`` of a tensor into a GM memref -> ``materialize_in_destination`` (the conversion takes
+      only all-tensor or all-memref stores);
+    - the mixed-kernel FFTS address and workspace arguments are dropped (no cross-core hand-off);
     - ``get_block_idx`` -> a value read from an extra last argument ``memref<1xi64>`` (the emulator
       calls the kernel once per block), ``get_block_num`` -> the launch's ``hacc.block_dim``.
     Everything else (loads, stores, vector ops) is left to bishengir's own CPU conversion."""
@@ -239,7 +279,8 @@ def cpu_emulation(text: str) -> str:
     for line in text.split("\n"):
         if (m := _ENTRY.match(line)):
             blocks = int(m.group(4))
-            out.append(f"{m.group(1)}{m.group(2)}, {BLOCK_ARG}: memref<1xi64, {GM}>{m.group(3)}")
+            params = _MIX_ARG.sub("", m.group(2))
+            out.append(f"{m.group(1)}{params}, {BLOCK_ARG}: memref<1xi64, {GM}>{m.group(3)}")
             out.append("    %tide_c0 = arith.constant 0 : index")
             out.append("    %tide_c1 = arith.constant 1 : index")
             out.append("    %tide_zero = arith.constant 0.000000e+00 : f32")
@@ -254,7 +295,13 @@ def cpu_emulation(text: str) -> str:
         elif (m := _FIXPIPE.match(line)):
             fixpipes += 1
             out.extend(_fixpipe_copy(m.groups(), fixpipes))
-        elif "hivm.hir.mmadL1" in line or "hivm.hir.fixpipe" in line:
+        elif (m := _STORE_T.match(line)):
+            ind, src, src_t, dst, dst_t = m.groups()
+            out.append(f"{ind}bufferization.materialize_in_destination {src} in restrict writable {dst} : "
+                       f"({src_t}, {dst_t}) -> ()")
+        elif (m := _VCAST.match(line)):
+            out.extend(_vcast_linalg(m.groups()))
+        elif any(op in line for op in ("hivm.hir.mmadL1", "hivm.hir.fixpipe", "hivm.hir.vcast")):
             raise ValueError(f"ascend cpu emulation: cube op in a form it does not rewrite: {line.strip()}")
         else:
             out.append(line)
