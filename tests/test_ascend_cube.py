@@ -332,3 +332,46 @@ def test_cost_refuses_bad_input():
         cost.gemm("Ascend910B1", 512, 512, 512, cost.GemmTiling(256, 256, 512, 24))
     with pytest.raises(ValueError, match="input dtype"):
         matmul.emit(16, 16, 16, "Ascend910B1", dtype="float32")
+
+
+def _compile_errors(text: str, soc: str, tmp: Path) -> list:
+    tmp.mkdir(parents=True)
+    (tmp / "k.mlir").write_text(text)
+    r = subprocess.run([str(BIN / cost.soc(soc).tool), str(tmp / "k.mlir"), "--enable-hivm-compile", f"--target={soc}",
+                        f"--save-temps={tmp}", "-o", str(tmp / "kernel")], capture_output=True, text=True, timeout=300)
+    return [ln for ln in (r.stdout + r.stderr).splitlines() if "overflow" in ln]
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+def test_l0c_limit_agrees_with_bishengir(soc, tmp_path):
+    """The model's L0C rule (fp32 tm x tn accumulator <= L0C) is bishengir's: the largest tile it
+    allows compiles, the next one is refused by bishengir's own memory planning."""
+    s = cost.soc(soc)
+    tn = s.l0c // (4 * 128)
+    ok, over = cost.GemmTiling(128, tn, 64, 4), cost.GemmTiling(128, 2 * tn, 64, 4)
+    assert ok.fits(s, 2) and not over.fits(s, 2)
+    assert _compile_errors(matmul.emit(300, 1000, 200, soc, tiling=ok), soc, tmp_path / "ok") == []
+    text = matmul.emit(300, 1000, 200, soc, tiling=ok).replace(f"x{tn}xf32>", f"x{2 * tn}xf32>") \
+        .replace(f"memref<{tn}x64xbf16>", f"memref<{2 * tn}x64xbf16>").replace(f"tensor<{tn}x64xbf16>", f"tensor<{2 * tn}x64xbf16>")
+    errors = _compile_errors(text, soc, tmp_path / "over")
+    assert errors and "cc overflow" in errors[0], errors
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+def test_flash_tilings_compile(soc, tmp_path):
+    """The tilings the model picks at V4-Flash decode (T=1) and prefill (T=512) shapes pass
+    bishengir's memory planning: MoE gate/up + down (D=4096, F=2048, top-6 of 256) and wq_b."""
+    for t in (1, 512):
+        compile_check(moe_grouped.emit_gate_up(t, 6, 256, 4096, 2048, 10.0, soc), soc, tmp_path / f"gu{t}")
+        compile_check(moe_grouped.emit_down(t, 6, 256, 4096, 2048, soc), soc, tmp_path / f"dn{t}")
+        compile_check(matmul.emit(t, 32768, 1024, soc), soc, tmp_path / f"wqb{t}")
+
+
+def test_flash_table_covers_kernels():
+    rows = cost.v4_flash_table()
+    assert {(r[0], r[1]) for r in rows} == {(s, t) for s in SOCS for t in (1, 512)}
+    for soc, t, name, tiling, e in rows:
+        assert e.time_s > cost.soc(soc).launch_s and e.bound in e.terms
+        assert tiling.fits(cost.soc(soc), 2, 2 if name == "moe_gate_up" else 1)

@@ -71,6 +71,8 @@ _COMMON_NOTES = {
                             "per cube cycle, the rate the cube needs without L0 reuse)",
     "fixpipe_bytes_per_cycle": "assumption: 128 B/cycle per core (L0C -> GM with nz2nd)",
     "l2_bytes_per_s": "assumption: 2.5x the HBM bandwidth (no public figure found)",
+    "l1": "the model keeps room for two copies of the A and B tiles (multi-buffering); bishengir 1.2.0 "
+          "without --enable-auto-multi-buffer holds one and accepts up to the full L1",
     "launch_s": "assumption: 5 us per kernel launch through AscendCL (order of the published ACL "
                 "launch overheads), not measured",
 }
@@ -279,3 +281,41 @@ def bytes_fmt(b: float) -> str:
 
 def total_s(estimates) -> float:
     return math.fsum(e.time_s for e in estimates)
+
+
+# V4-Flash GEMMs (shared/docs/deepseek-v4.md): hidden 4096, 64 heads x 512, q_lora 1024,
+# 8 output groups x 1024, experts 256 (top-6), expert FFN 4096 -> 2048
+V4_FLASH_PROJECTIONS = {       # name: (N, K) of y[T, N] = x[T, K] @ W[N, K]^T
+    "wq_a": (1024, 4096), "wq_b": (64 * 512, 1024), "wkv": (512, 4096),
+    "wo_b": (4096, 8 * 1024),
+}
+V4_FLASH_WO_A = (8, 1024, 64 * 512 // 8)   # grouped: 8 groups, each [T, 4096] @ [1024, 4096]^T
+
+
+def v4_flash_table(socs=tuple(SOCS), token_counts=(1, 512)) -> list:
+    """(soc, tokens, kernel, tiling, Estimate) for the attention projections and the MoE grouped
+    GEMMs of one V4-Flash layer (bf16 weights, balanced top-6 routing)."""
+    from tide.targets.ascend.kernels import matmul, moe_grouped
+
+    rows = []
+    for s in socs:
+        for t in token_counts:
+            for name, (n, k) in V4_FLASH_PROJECTIONS.items():
+                tiling = matmul.choose_tiling(s, t, n, k)
+                rows.append((s, t, name, tiling, matmul.estimate(s, t, n, k, tiling=tiling, kernel=name)))
+            g, n, k = V4_FLASH_WO_A
+            tiling = choose_tiling(s, [t] * g, n, k)
+            rows.append((s, t, "wo_a (8 groups)", tiling,
+                         grouped_gemm(s, [t] * g, n, k, tiling, kernel="wo_a")))
+            for kind in ("gate_up", "down"):
+                tiling = moe_grouped.choose_tiling(s, kind, t, 6, 256, 4096, 2048)
+                rows.append((s, t, f"moe_{kind}", tiling, moe_grouped.estimate(s, kind, t, 6, 256, 4096, 2048)))
+    return rows
+
+
+if __name__ == "__main__":
+    print(f"{'soc':17} {'T':>4} {'kernel':22} {'tiling (tm,tn,tk,blocks)':26} {'time us':>9} {'bound':8} "
+          f"{'TFLOP/s':>8} {'HBM MB':>8}")
+    for s, t, name, tl, e in v4_flash_table():
+        print(f"{s:17} {t:4d} {name:22} {str((tl.tm, tl.tn, tl.tk, tl.blocks)):26} {e.time_s * 1e6:9.1f} "
+              f"{e.bound:8} {e.flops / e.time_s / 1e12:8.1f} {e.counts['hbm_bytes'] / 1e6:8.1f}")

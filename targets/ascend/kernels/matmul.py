@@ -40,6 +40,12 @@ def choose_tiling(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16") -> 
     return cost.choose_tiling(soc, [m], n, k, itemsize=2)
 
 
+def estimate(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
+             kernel: str = "gemm") -> cost.Estimate:
+    """Cost-model estimate of the kernel ``emit`` writes for these arguments."""
+    return cost.gemm(soc, m, n, k, tiling or choose_tiling(soc, m, n, k, dtype), kernel=kernel)
+
+
 class Body:
     """Minimal MLIR text builder: fresh SSA names and index constants hoisted to the function top."""
 
