@@ -195,6 +195,9 @@ MOE = dict(tokens=5, top_k=2, experts=4, dim=100, inter=88)   # D and F do not d
 LIMIT = 7.0
 
 
+MOE_DECODE = dict(tokens=1, top_k=3, experts=8, dim=72, inter=40)
+
+
 def _routing(rng, tokens, top_k, experts):
     idx = np.stack([rng.choice(experts - 1, top_k, replace=False) for _ in range(tokens)])  # expert E-1 unused
     w = rng.uniform(0.2, 1.0, (tokens, top_k)).astype(np.float32)
@@ -214,17 +217,18 @@ def test_moe_grouped_compiles(soc, tmp_path):
 
 
 @needs_cpu_runner
-def test_moe_grouped_cpu_numerics(tmp_path):
+@pytest.mark.parametrize("cfg", [MOE, MOE_DECODE], ids=["prefill", "decode"])
+def test_moe_grouped_cpu_numerics(cfg, tmp_path):
     rng = np.random.default_rng(11)
-    t, k, e, d, f = MOE["tokens"], MOE["top_k"], MOE["experts"], MOE["dim"], MOE["inter"]
+    t, k, e, d, f = cfg["tokens"], cfg["top_k"], cfg["experts"], cfg["dim"], cfg["inter"]
     row_token, row_weight, tile_expert, num_tiles, _ = _routing(rng, t, k, e)
     used = int(num_tiles[0]) * 16
     x = (3 * rng.standard_normal((t, d))).astype(np.float32).astype(ml_dtypes.bfloat16)
     w_gu = (0.3 * rng.standard_normal((e, 2 * f, d))).astype(np.float32).astype(ml_dtypes.bfloat16)
     w_dn = (0.1 * rng.standard_normal((e, d, f))).astype(np.float32).astype(ml_dtypes.bfloat16)
-    # a tiling with several K steps and a partial last column block (tn = 32 does not divide F = 88)
+    # a tiling with several K steps and a partial last column block (tn = 32 divides neither F)
     tiling = cost.GemmTiling(16, 32, 64, 3)
-    gu = moe_grouped.emit_gate_up(**MOE, limit=LIMIT, soc=SOCS[0], tiling=tiling, name="gu")
+    gu = moe_grouped.emit_gate_up(**cfg, limit=LIMIT, soc=SOCS[0], tiling=tiling, name="gu")
     (tmp_path / "gu").mkdir()
     so = cpu_build(matmul.cpu_emulation(gu), "gu", tmp_path / "gu")
     h0 = np.full((row_token.shape[0], f), np.nan, np.float32).astype(ml_dtypes.bfloat16)
@@ -232,12 +236,13 @@ def test_moe_grouped_cpu_numerics(tmp_path):
                   tile_expert.astype(np.int32), num_tiles.astype(np.int32), h0)
     h = out[-1]
     ref = moe_gate_up.reference(f64(x), row_token, f64(row_weight), tile_expert, num_tiles, f64(w_gu), LIMIT, 16)
-    gu_abs = (np.abs(f64(x))[row_token] @ np.abs(f64(w_gu)).reshape(e, 2 * f, d).max(0).T)
-    assert np.abs(gu_abs[:used, :f]).max() > LIMIT, "inputs should reach the clamps"
+    pre = np.concatenate([f64(x)[row_token[q * 16:(q + 1) * 16]] @ f64(w_gu)[tile_expert[q]].T
+                          for q in range(int(num_tiles[0]))])
+    assert (pre[:, :f] > LIMIT).any() and (np.abs(pre[:, f:]) > LIMIT).any(), "inputs should reach the clamps"
     err = np.abs(f64(h[:used]) - ref[:used])
     assert np.all(err <= 2 ** -8 * np.abs(ref[:used]) + 1e-4 * LIMIT), f"gate/up max err {err.max()}"
 
-    dn = moe_grouped.emit_down(**MOE, soc=SOCS[1], tiling=cost.GemmTiling(16, 64, 32, 2), name="dn")
+    dn = moe_grouped.emit_down(**cfg, soc=SOCS[1], tiling=cost.GemmTiling(16, 64, 32, 2), name="dn")
     (tmp_path / "dn").mkdir()
     so = cpu_build(matmul.cpu_emulation(dn), "dn", tmp_path / "dn")
     o0 = np.full((row_token.shape[0], d), np.nan, np.float32)
