@@ -26,7 +26,6 @@ public vendor figures or stated assumptions, not measurements; each field's note
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 KIB = 1024
@@ -124,8 +123,8 @@ class GemmTiling:
     blocks: int
 
     def l1_bytes(self, itemsize: int, accumulators: int = 1) -> int:
-        """A and B tiles (one B tile per accumulator), double-buffered (bishengir multi-buffers
-        the loads of a K loop)."""
+        """A and B tiles (one B tile per accumulator), twice: room to double-buffer the loads of
+        the K loop (bishengir 1.2.0 holds one copy unless --enable-auto-multi-buffer)."""
         return 2 * (self.tm + accumulators * self.tn) * self.tk * itemsize
 
     def l0c_bytes(self) -> int:
@@ -273,14 +272,6 @@ def choose_tiling(soc_name: str, group_rows: list, n: int, k: int, itemsize: int
         raise ValueError(f"ascend cost model: no tiling fits {s.name} for n={n} k={k} tm={tm}")
     tasks = best[0][1]
     return GemmTiling(best[1].tm, best[1].tn, best[1].tk, min(s.cube_cores, tasks))
-
-
-def bytes_fmt(b: float) -> str:
-    return f"{b / 2 ** 20:.1f} MiB" if b >= 2 ** 20 else f"{b / 1024:.1f} KiB"
-
-
-def total_s(estimates) -> float:
-    return math.fsum(e.time_s for e in estimates)
 
 
 # V4-Flash GEMMs (shared/docs/deepseek-v4.md): hidden 4096, 64 heads x 512, q_lora 1024,

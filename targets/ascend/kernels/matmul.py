@@ -235,7 +235,7 @@ def _mmad_linalg(g) -> list:
         f"  %{p}_m = arith.mulf %{p}_xf, %{p}_yf : f32",
         f"  %{p}_s = arith.addf %{p}_o, %{p}_m : f32",
         f"  linalg.yield %{p}_s : f32",
-        f"}} -> tensor<?x?xf32>",
+        "} -> tensor<?x?xf32>",
         f"{r} = tensor.insert_slice %{p}_p into {acc}[0, 0] [{ms}, {ns}] [1, 1] : tensor<?x?xf32> into tensor<{tm}x{tn}xf32>",
     ]
     return [ind + x for x in L]
