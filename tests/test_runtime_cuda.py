@@ -348,3 +348,57 @@ def test_release_frees_everything(launch_artifact, launch_env):
     assert sorted(int(a.split()[1]) for a in allocs) == sorted(int(f.split()[1]) for f in frees)
     for call in ("cuModuleUnload", "cuStreamDestroy", "cuDevicePrimaryCtxRelease 0"):
         assert call in log
+
+
+# ---- the whole tiny model compiled for sm_90, every launch checked by the stand-in -----------------
+
+@pytest.fixture(scope="module")
+def tiny_cuda_artifact(tmp_path_factory):
+    from tide.compiler.driver import CompileOptions, compile_model
+    from tide.compiler.export import export
+
+    tmp = tmp_path_factory.mktemp("tiny_cuda_run")
+    onnx_path, path = str(tmp / "tiny.onnx"), str(tmp / "tiny.tide")
+    # index_topk 128: see tests/test_compile_cuda.py (the indexer's CUDA schedule needs top-k >= 128)
+    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides={"index_topk": 128,
+                                                                          "max_position_embeddings": 512})
+    compile_model(onnx_path, path, CompileOptions(target="cuda", arch="sm_90", prefill_chunks=(16,), progress=False))
+    return path
+
+
+def test_tiny_model_launches_are_valid_and_decode_replays_a_graph(tiny_cuda_artifact, standin, driver_env,
+                                                                  monkeypatch):
+    code = A.read_artifact(tiny_cuda_artifact).device_code
+    kinds = {"handle": "", "int32": "#", "float32": "#", "int64": "%", "float64": "%"}
+    monkeypatch.setenv("TIDE_STANDIN_KERNELS", ";".join(
+        f"{f.name}=" + ",".join(f"{kinds[a]}a{i}" for i, a in enumerate(f.args)) for f in code.functions))
+    gc.collect()
+    driver_env.write_text("")
+    model = R.load(tiny_cuda_artifact, device="cuda", cuda_driver=STANDIN)
+    session = model.session()
+    ids = np.random.default_rng(0).integers(0, session.vocab, (session.batch, 16))
+    session.prefill(ids)
+    prefill_log = _log(driver_env)
+    steps = []
+    for t in range(4):
+        before = len(_log(driver_env))
+        logits = session.decode(ids[:, t:t + 1])
+        assert logits.shape == (session.batch, session.vocab)
+        steps.append(_log(driver_env)[before:])
+    log = _log(driver_env)
+    bad = [line for line in log if any(k in line for k in ("is not a device pointer", "is not device memory",
+                                                            "bad dimensions", "above the function's limit",
+                                                            "no current context", "inside a stream capture"))]
+    assert not bad
+    launched = {line.split()[1] for line in log if line.startswith("cuLaunchKernel ")}
+    assert launched == {f.name for f in code.functions}  # every device function, none unknown
+    eager = [line for line in steps[0] if line.startswith("cuLaunchKernel ")]
+    captured = [line for line in steps[1] if line.startswith("cuLaunchKernel ")]
+    assert eager and [line.replace(" (captured)", "") for line in captured] == eager
+    nodes = int(next(line for line in steps[1] if line.startswith("cuStreamEndCapture")).split()[-1])
+    assert nodes >= len(captured)
+    for step in steps[2:]:  # replays: one graph launch, no kernel launched one by one
+        assert f"cuGraphLaunch nodes {nodes}" in step
+        assert not [line for line in step if line.startswith("cuLaunchKernel ")]
+    assert [line for line in prefill_log if line.startswith("cuLaunchKernel ")]  # one prefill: eager
+    assert not [line for line in prefill_log if "Capture" in line]
