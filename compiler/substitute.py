@@ -10,7 +10,11 @@ fuse. What it replaces today:
   the call after every read of the old state.
 
 ``function_kernels`` gives the converters of ``tide``-domain ONNX functions (``tide.ops``'
-FUNCTION_KERNELS); those calls are never inlined and become kernel calls during the Relax import.
+FUNCTION_KERNELS, and ``tide.RoPE``); those calls are never inlined and become kernel calls during
+the Relax import. A ``tide.RoPE`` whose x is a ``tide.RMSNorm`` output (V4's q and kv paths) becomes
+one fused kernel (``tide.ops.qnorm_rope``) on the RMSNorm's input; the RMSNorm call is then
+reported only if something else still reads it (``substitute`` resolves that after dead-code
+elimination).
 
 Every substitution is recorded in the returned report (kernel name -> what it serves).
 """
@@ -31,9 +35,61 @@ class SubstitutionReport:
     """Which tide kernel serves which op of the graph, plus what used generic lowering."""
 
     kernels: dict[str, str] = field(default_factory=dict)
+    # kernels whose calls a fusion may leave dead: reported by ``substitute`` if still called
+    pending: dict[str, str] = field(default_factory=dict)
 
     def add(self, kernel: str, served: str) -> None:
         self.kernels.setdefault(kernel, served)
+
+
+@dataclass
+class NormOutput:
+    """A ``tide.RMSNorm`` call as its converter emitted it: input, weight, epsilon."""
+
+    x: object
+    weight: object
+    epsilon: float
+
+
+class NormOutputs:
+    """The ``tide.RMSNorm`` outputs of the graph being imported, for RoPE's fusion: ``record``
+    wraps the RMSNorm converter (its kernels go to the report's ``pending``), ``lookup`` finds the
+    call behind a RoPE input."""
+
+    def __init__(self, report: SubstitutionReport):
+        self.report = report
+        self.calls: list = []  # (the kernel call's output var, NormOutput)
+
+    def record(self, convert):
+        def wrapped(bb, inputs, attrs):
+            from tvm import relax
+
+            private = SubstitutionReport()
+            expr = convert(bb, inputs, attrs, report=private)
+            for name, served in private.kernels.items():
+                if name not in self.report.kernels:
+                    self.report.pending.setdefault(name, served)
+            if isinstance(expr, relax.Call) and expr.args and isinstance(expr.args[0], relax.Var):
+                self.calls.append((expr.args[0], NormOutput(inputs[0], inputs[1], float(attrs.get("epsilon", 1e-6)))))
+            return expr
+
+        return wrapped
+
+    def lookup(self, bb, x):
+        """The RMSNorm call whose (reshaped) output ``x`` is, or None."""
+        from tvm import relax
+
+        try:
+            value = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
+        except Exception:  # noqa: BLE001  (a variable without a binding in this scope)
+            value = None
+        if not isinstance(value, relax.Call) or value.op != tvm_op("relax.reshape"):
+            return None
+        source = value.args[0]
+        for var, norm in self.calls:
+            if var.same_as(source) and list(norm.x.ty.shape) == list(x.ty.shape):
+                return norm
+        return None
 
 
 def substitute(mod, target_kind: str, state_params: dict[str, str], report: SubstitutionReport):
@@ -119,6 +175,13 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
     main = rewriter.visit_expr(mod["main"])
     out = rewriter.builder_.get()
     out["main"] = main
+    if report.pending:
+        out = relax.transform.DeadCodeElimination()(out)
+        live = called_kernels(out["main"])
+        for name, served in report.pending.items():
+            if name in live:
+                report.add(name, served)
+        report.pending.clear()
     return out
 
 
@@ -131,11 +194,35 @@ def function_kernels(target_kind: str, report: SubstitutionReport) -> dict:
 
     from ..ops import FUNCTION_KERNELS
 
+    package = __package__.rsplit('.', 1)[0]
     converters = {}
     for function, module_name in FUNCTION_KERNELS.items():
-        module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.ops.{module_name}")
+        module = importlib.import_module(f"{package}.ops.{module_name}")
         converters[function] = functools.partial(module.relax_convert, target_kind=target_kind, report=report)
+    rope = importlib.import_module(f"{package}.ops.rope")
+    norms = None
+    if "RMSNorm" in converters:
+        norms = NormOutputs(report)
+        rmsnorm = importlib.import_module(f"{package}.ops.{FUNCTION_KERNELS['RMSNorm']}")
+        converters["RMSNorm"] = norms.record(functools.partial(rmsnorm.relax_convert, target_kind=target_kind))
+    converters[rope.TIDE_FUNCTION] = functools.partial(rope.relax_convert, target_kind=target_kind, report=report,
+                                                       norms=norms)
     return converters
+
+
+def called_kernels(func) -> set[str]:
+    """Names of the PrimFuncs that ``func`` (a Relax function) calls through ``call_tir``."""
+    from tvm import relax
+
+    call_tir = tvm_op("relax.call_tir")
+    names = set()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op == call_tir and isinstance(expr.args[0], relax.GlobalVar):
+            names.add(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(func, visit)
+    return names
 
 
 def tvm_op(name: str):

@@ -1,0 +1,208 @@
+"""Interleaved partial RoPE: serves the exporter's ``tide.RoPE`` function (docs/onnx-contract.md).
+
+``y = RoPE(x, cos, sin)`` rotates the LAST ``rope_dim`` channels of x in interleaved pairs
+``(x[off + 2p], x[off + 2p + 1])``, ``off = dim - rope_dim``, and passes the leading ``off``
+channels through::
+
+    y[off + 2p]     = x[off + 2p] cos_p - x[off + 2p + 1] sin_p
+    y[off + 2p + 1] = x[off + 2p + 1] cos_p + x[off + 2p] sin_p
+
+V4 applies it to the query heads, to the kv latent, to every compressed entry and index query, and,
+as the inverse rotation (the same function called with ``-sin``), to the attention output. The
+kernel sees x as ``[rows, dim]`` and cos/sin as ``[groups, rope_dim / 2]``: row i uses group
+``i // (rows / groups)`` (the exporter's tables are per token and broadcast over the heads).
+``inverse`` rotates by ``-angle`` from the given sin, which lets the compiler drop the graph's
+``Neg(sin)`` in front of the inverse RoPE.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TIDE_FUNCTION = "RoPE"
+
+
+def check_dims(dim: int, rope_dim: int, rows: int, groups: int) -> None:
+    if rope_dim % 2 or not 0 < rope_dim <= dim:
+        raise ValueError(f"rope_dim {rope_dim} must be even and in (0, {dim}] (the last axis of x)")
+    if groups < 1 or rows % groups:
+        raise ValueError(f"{rows} rows cannot share {groups} cos/sin rows (rows must be a multiple)")
+
+
+def rotation(dtype: str, off: int, inner: int, inverse: bool, value) -> str:
+    """TVMScript of the rotated channel ``off + 2 vp + vt`` of row ``vi``; ``value(c)`` is the
+    TVMScript of the (pre-rotation) channel c of that row. The pair partner is ``off + 2 vp + 1 - vt``
+    and its sign ``2 vt - 1`` (``1 - 2 vt`` for the inverse)."""
+    sign = "(T.int32(1) - T.int32(2) * vt)" if inverse else "(T.int32(2) * vt - T.int32(1))"
+    own, partner = f"{off} + 2 * vp + vt", f"{off} + 2 * vp + 1 - vt"
+    return (f"{value(own)} * cos[vi // {inner}, vp] + T.Cast(\"{dtype}\", {sign}) * {value(partner)} "
+            f"* sin[vi // {inner}, vp]")
+
+
+def row_loop(rows: int, row_kind: str) -> str:
+    """The TVMScript loop over the rows: ``serial``, ``parallel`` (the CPU thread pool) or a CUDA
+    grid axis such as ``blockIdx.x``. Rows are independent, but the pass-through and rotated
+    channels of a row are two writers of y, so the schedule primitives cannot prove it: the target
+    picks the kind here (``tide.targets.rope.ROW_KIND``)."""
+    if row_kind == "serial":
+        return f"range({rows})"
+    if row_kind == "parallel":
+        return f"T.parallel({rows})"
+    if row_kind.startswith("blockIdx."):
+        return f'T.thread_binding({rows}, thread="{row_kind}")'
+    raise ValueError(f"unknown row loop kind '{row_kind}'")
+
+
+def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False,
+                  dtype: str = "float32", row_kind: str = "serial") -> str:
+    check_dims(dim, rope_dim, rows, groups)
+    off, half = dim - rope_dim, rope_dim // 2
+    inner = rows // groups
+    passthrough = "" if off == 0 else f'''
+                for c in range({off}):
+                    with T.sblock("pass"):
+                        vc = T.axis.remap("S", [c])
+                        y[vi, vc] = x[vi, vc]'''
+    rotate = rotation(dtype, off, inner, inverse, lambda c: f"x[vi, {c}]")
+    return f'''
+@T.prim_func(s_tir=True)
+def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), cos: T.Buffer(({groups}, {half}), "{dtype}"),
+           sin: T.Buffer(({groups}, {half}), "{dtype}"), y: T.Buffer(({rows}, {dim}), "{dtype}")):
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
+    with T.sblock("root"):
+        for i in {row_loop(rows, row_kind)}:
+            with T.sblock("row"):
+                vi = T.axis.remap("S", [i])
+                T.reads(x[vi, 0:{dim}], cos[vi // {inner}, 0:{half}], sin[vi // {inner}, 0:{half}])
+                T.writes(y[vi, 0:{dim}]){passthrough}
+                for p, t in T.grid({half}, 2):
+                    with T.sblock("rotate"):
+                        vp, vt = T.axis.remap("SS", [p, t])
+                        y[vi, {off} + 2 * vp + vt] = {rotate}
+'''
+
+
+def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False, dtype: str = "float32",
+              name: str = "tide_rope", row_kind: str = "serial"):
+    """The kernel ``(x [rows, dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]``, unscheduled
+    but for the kind of its row loop."""
+    import tvm
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind))
+
+
+def reference(x, cos, sin, rope_dim: int, inverse: bool = False) -> np.ndarray:
+    """float64 RoPE with the function's broadcasting: ``cos``/``sin`` ``[..., rope_dim/2]``
+    broadcast against ``x[..., :rope_dim/2]``."""
+    x = np.asarray(x, np.float64)
+    cos, sin = np.asarray(cos, np.float64), np.asarray(sin, np.float64)
+    if inverse:
+        sin = -sin
+    off = x.shape[-1] - rope_dim
+    x0, x1 = x[..., off::2], x[..., off + 1::2]
+    out = x.copy()
+    out[..., off::2] = x0 * cos - x1 * sin
+    out[..., off + 1::2] = x1 * cos + x0 * sin
+    return out
+
+
+def cost(rows: int, dim: int, rope_dim: int, groups: int, itemsize: int = 4) -> dict:
+    """Two multiplies and an add per rotated channel; x read and y written once, cos/sin once."""
+    return {"flops": 3 * rows * rope_dim, "bytes": (2 * rows * dim + groups * rope_dim) * itemsize}
+
+
+def table_layout(x_shape, cos_shape, sin_shape, rope_dim: int):
+    """How ``cos``/``sin`` broadcast against x's leading dims: ``(groups, None)`` when they vary
+    over a prefix of them (and are 1 over the rest), so they read as ``[groups, rope_dim/2]``;
+    ``(groups, target)`` when they must first be broadcast to ``target`` (every row its own)."""
+    lead, half = list(x_shape[:-1]), rope_dim // 2
+    for name, shape in (("cos", cos_shape), ("sin", sin_shape)):
+        if len(shape) < 1 or len(shape) > len(x_shape) or shape[-1] not in (1, half):
+            raise ValueError(f"RoPE {name} of shape {list(shape)} does not broadcast to x {list(x_shape)} "
+                             f"with rope_dim {rope_dim} (expected [..., {half}])")
+        padded = [1] * (len(lead) + 1 - len(shape)) + list(shape)
+        for got, want in zip(padded[:-1], lead):
+            if got not in (1, want):
+                raise ValueError(f"RoPE {name} of shape {list(shape)} does not broadcast to x {list(x_shape)}")
+    padded = [1] * (len(lead) + 1 - len(cos_shape)) + list(cos_shape)
+    k = 0
+    while k < len(lead) and padded[k] == lead[k]:
+        k += 1
+    prefix = all(d == 1 for d in padded[k:-1]) and padded[-1] == half and list(cos_shape) == list(sin_shape)
+    if prefix:
+        return math.prod(lead[:k]), None
+    return math.prod(lead), tuple(lead) + (half,)
+
+
+def emit_tables(bb, cos, sin, x_shape, rope_dim: int):
+    """(groups, cos, sin) with the tables viewed as ``[groups, rope_dim/2]``."""
+    from tvm import relax
+
+    cos_shape = [int(d) for d in cos.ty.shape]
+    sin_shape = [int(d) for d in sin.ty.shape]
+    groups, target = table_layout(x_shape, cos_shape, sin_shape, rope_dim)
+    tables = []
+    for t in (cos, sin):
+        if target is not None:
+            t = bb.emit(relax.op.broadcast_to(t, target))
+        tables.append(bb.emit(relax.op.reshape(t, (groups, rope_dim // 2))))
+    return groups, tables[0], tables[1]
+
+
+def negated(bb, expr):
+    """``v`` when ``expr`` is bound to ``negative(v)`` in the function being built, else None."""
+    import tvm
+    from tvm import relax
+
+    try:
+        value = bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
+    except Exception:  # noqa: BLE001  (a variable of another scope has no binding here)
+        value = None
+    if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.negative"):
+        return value.args[0]
+    return None
+
+
+def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
+    """``tide.RoPE(x, cos, sin)`` -> one call of this kernel on x viewed as ``[rows, dim]``, or of
+    ``tide.ops.qnorm_rope`` on the RMSNorm input when x is a ``tide.RMSNorm`` output that ``norms``
+    (``tide.compiler.substitute.NormOutputs``) recorded. A sin bound to ``Neg(s)`` (the inverse
+    RoPE on the attention output) becomes the inverse kernel on s."""
+    from tvm import relax
+
+    from ..compiler.errors import CompileError
+    from ..targets import rope as schedules
+
+    x, cos, sin = inputs
+    if "rope_dim" not in attrs:
+        raise CompileError("tide.RoPE without its rope_dim attribute")
+    rope_dim = int(attrs["rope_dim"])
+    shape = [int(d) for d in x.ty.shape]
+    dtype = str(x.ty.dtype)
+    rows, dim = math.prod(shape[:-1]), shape[-1]
+    inverse = False
+    positive = negated(bb, sin)
+    if positive is not None and list(positive.ty.shape) == list(sin.ty.shape):
+        sin, inverse = positive, True
+    try:
+        check_dims(dim, rope_dim, rows, 1)
+        groups, cos_t, sin_t = emit_tables(bb, cos, sin, shape, rope_dim)
+    except ValueError as err:
+        raise CompileError(f"tide.RoPE: {err}") from err
+    norm = norms.lookup(bb, x) if norms is not None else None
+    if norm is not None:
+        from . import qnorm_rope
+
+        return qnorm_rope.emit(bb, norm, cos_t, sin_t, shape, rope_dim, groups, inverse, target_kind, report)
+    name = f"tide_rope_{rows}x{dim}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
+    func = schedules.schedule(prim_func(rows, dim, rope_dim, groups, inverse, dtype, name,
+                                        schedules.row_kind(target_kind)), target_kind)
+    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
+    what = "inverse RoPE (Neg(sin) folded)" if inverse else "RoPE"
+    report.add(name, f"tide.RoPE: {what} [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
+    flat = bb.emit(relax.op.reshape(x, (rows, dim)))
+    out = bb.emit(relax.call_tir(gv, [flat, cos_t, sin_t], out_ty=relax.TensorType((rows, dim), dtype)))
+    return relax.op.reshape(out, shape)
