@@ -201,7 +201,10 @@ static const char* const k_kernels[K_COUNT] = {"add",         "scale",      "fai
  */
 static void build_plan(const tb_config_t* c, tb_bytes_t* p) {
   tb_u32(p, K_COUNT + (c->extra_missing_kernel ? 1u : 0u));
-  for (int i = 0; i < K_COUNT; ++i) tb_str(p, k_kernels[i]);
+  for (int i = 0; i < K_COUNT; ++i) {
+    int stub = c->cuda_stubs && (i == K_ADD || i == K_ACCUMULATE);
+    tb_str(p, stub ? (i == K_ADD ? "cuda_add" : "cuda_accumulate") : k_kernels[i]);
+  }
   if (c->extra_missing_kernel) tb_str(p, "missing");
   tb_u32(p, 2);
   tb_str(p, "w0");
@@ -355,7 +358,7 @@ static void dtype4(tb_bytes_t* b, uint8_t code, uint8_t bits) {
   tb_u8(b, 0);
 }
 
-void tb_device_code_default(tb_bytes_t* out) {
+static void device_code(tb_bytes_t* out, int for_stubs) {
   memset(out, 0, sizeof(*out));
   tb_raw(out, "TIDECUDA", 8);
   tb_u32(out, 1);
@@ -363,11 +366,29 @@ void tb_device_code_default(tb_bytes_t* out) {
   const char* archs[2] = {"sm_80", "sm_90"};
   for (int i = 0; i < 2; ++i) {
     char image[64];
-    int n = snprintf(image, sizeof(image), "fake cubin for %s", archs[i]);
+    int n = snprintf(image, sizeof(image), "%sfake cubin for %s", for_stubs ? "\177ELF" : "", archs[i]);
     tb_str(out, archs[i]);
     tb_u8(out, 0);
     tb_u64(out, (uint64_t)n);
     tb_raw(out, image, (size_t)n);
+  }
+  if (for_stubs) {
+    tb_u32(out, 2);
+    tb_str(out, "add_w_kernel");
+    tb_u32(out, 3);
+    for (int i = 0; i < 3; ++i) dtype4(out, 3, 64);
+    tb_u32(out, 2);
+    tb_str(out, "blockIdx.x");
+    tb_str(out, "threadIdx.x");
+    tb_str(out, "accum_kernel");
+    tb_u32(out, 3);
+    dtype4(out, 3, 64);
+    dtype4(out, 3, 64);
+    dtype4(out, 0, 32);
+    tb_u32(out, 2);
+    tb_str(out, "blockIdx.x");
+    tb_str(out, "threadIdx.x");
+    return;
   }
   tb_u32(out, 2);
   tb_str(out, "vadd_kernel");
@@ -388,6 +409,21 @@ void tb_device_code_default(tb_bytes_t* out) {
   tb_str(out, "blockIdx.x");
   tb_str(out, "threadIdx.x");
   tb_str(out, "tir.use_dyn_shared_memory");
+}
+
+void tb_device_code_default(tb_bytes_t* out) { device_code(out, 0); }
+
+void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out) {
+  tb_config_t c;
+  tb_config_default(&c, kernels_path);
+  tb_bytes_t code;
+  device_code(&code, 1);
+  c.target_kind = 2;
+  c.device_arch = "sm_80,sm_90";
+  c.device_code = &code;
+  c.cuda_stubs = 1;
+  tb_build(&c, out);
+  tb_free(&code);
 }
 
 void tb_build_cuda(const char* kernels_path, tb_bytes_t* out) {

@@ -55,6 +55,7 @@ typedef struct tb_config_s {
   int extra_missing_kernel; /* add a kernel "missing" with no symbol in the library */
   int bad_arg_index;        /* op argument refers to buffer 99 */
   const tb_bytes_t* device_code; /* DEVICE_CODE body; NULL: 18 opaque bytes (ignored on cpu) */
+  int cuda_stubs;           /* kernels add and accumulate are the CUDA host stubs cuda_add and cuda_accumulate */
 } tb_config_t;
 
 /* A DEVICE_CODE body (docs/artifact-format.md): fake cubin images for sm_80 and sm_90 and two
@@ -63,6 +64,10 @@ typedef struct tb_config_s {
 void tb_device_code_default(tb_bytes_t* out);
 /* The standard model as a cuda artifact for sm_80,sm_90 with tb_device_code_default. */
 void tb_build_cuda(const char* kernels_path, tb_bytes_t* out);
+/* The standard model as a cuda artifact whose add and accumulate kernels are CUDA host stubs
+ * (test_kernels.c) launching add_w_kernel / accum_kernel, with cubin images (ELF headers only) for
+ * sm_80 and sm_90: entries step and fail run on a cuda device (the stand-in driver emulates both). */
+void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out);
 
 void tb_config_default(tb_config_t* c, const char* kernels_path);
 /* Exits the process with a message if the kernel library cannot be read. */

@@ -306,3 +306,85 @@ int __tvm_ffi_toy_lm(void* self, const Any* args, int32_t num_args, Any* result)
   }
   return 0;
 }
+
+/*
+ * CUDA host stubs written the way TVM emits them for device kernels: the library defines the
+ * service variables the runtime's cuda backend fills, resolves each device function once through
+ * __TVMFFIHandleInitOnce + __TVMFFIEnvModLookupFromImports(__tvm_ffi__library_ctx, name), calls
+ * __tvm_set_device, then __TVMFFIFunctionCall with the kernel's pointers and launch dimensions.
+ *   cuda_add(a, b, c):      add_w_kernel(a, b, c; grid 1, block numel)       c = a + b
+ *   cuda_accumulate(s, x):  accum_kernel(s, x, 1; grid 1, block numel)        s += x
+ */
+typedef int (*HandleInit)(void** out);
+__attribute__((visibility("default"))) void* __tvm_ffi__library_ctx = NULL;
+__attribute__((visibility("default"))) int (*__TVMFFIHandleInitOnce)(void** handle, HandleInit init) = NULL;
+__attribute__((visibility("default"))) int (*__TVMFFIEnvModLookupFromImports)(void* ctx, const char* name,
+                                                                            void** out) = NULL;
+__attribute__((visibility("default"))) int (*__TVMFFIFunctionCall)(void* handle, const Any* args, int32_t n,
+                                                                 Any* result) = NULL;
+
+static void* g_set_device;
+static void* g_add_w;
+static void* g_accum;
+
+static int init_set_device(void** out) {
+  return __TVMFFIEnvModLookupFromImports(__tvm_ffi__library_ctx, "__tvm_set_device", out);
+}
+static int init_add_w(void** out) { return __TVMFFIEnvModLookupFromImports(__tvm_ffi__library_ctx, "add_w_kernel", out); }
+static int init_accum(void** out) { return __TVMFFIEnvModLookupFromImports(__tvm_ffi__library_ctx, "accum_kernel", out); }
+
+static Any ptr_arg(void* p) {
+  Any a = {4, 0, {0}};
+  a.v_ptr = p;
+  return a;
+}
+
+static Any int_arg(int64_t v) {
+  Any a = {1, 0, {0}};
+  a.v_int64 = v;
+  return a;
+}
+
+/* A float32 tensor on a CUDA device (device type 2), as the stubs check. */
+static Tensor* device_tensor(const Any* args, int32_t num_args, int32_t i, const char* name) {
+  if (i >= num_args || args[i].type_index != 7) {
+    report("TypeError", name, ": expected a tensor argument");
+    return NULL;
+  }
+  Tensor* t = args[i].v_ptr;
+  if (t->device.device_type != 2 || t->dtype.code != 2 || t->dtype.bits != 32 || t->data == NULL) {
+    report("ValueError", name, ": expected a float32 CUDA tensor");
+    return NULL;
+  }
+  return t;
+}
+
+static int launch(void** slot, HandleInit init, int32_t device_id, const Any* kernel_args, int32_t n) {
+  Any ret;
+  Any dev[2] = {int_arg(2), int_arg(device_id)};
+  if (__TVMFFIHandleInitOnce(&g_set_device, init_set_device) != 0) return -1;
+  if (__TVMFFIFunctionCall(g_set_device, dev, 2, &ret) != 0) return -1;
+  if (__TVMFFIHandleInitOnce(slot, init) != 0) return -1;
+  return __TVMFFIFunctionCall(*slot, kernel_args, n, &ret);
+}
+
+int __tvm_ffi_cuda_add(void* self, const Any* args, int32_t num_args, Any* result) {
+  (void)self;
+  (void)result;
+  Tensor* a = device_tensor(args, num_args, 0, "cuda_add.a");
+  Tensor* b = a ? device_tensor(args, num_args, 1, "cuda_add.b") : NULL;
+  Tensor* c = b ? device_tensor(args, num_args, 2, "cuda_add.c") : NULL;
+  if (!c) return -1;
+  Any k[5] = {ptr_arg(a->data), ptr_arg(b->data), ptr_arg(c->data), int_arg(1), int_arg(numel(a))};
+  return launch(&g_add_w, init_add_w, a->device.device_id, k, 5);
+}
+
+int __tvm_ffi_cuda_accumulate(void* self, const Any* args, int32_t num_args, Any* result) {
+  (void)self;
+  (void)result;
+  Tensor* s = device_tensor(args, num_args, 0, "cuda_accumulate.state");
+  Tensor* x = s ? device_tensor(args, num_args, 1, "cuda_accumulate.x") : NULL;
+  if (!x) return -1;
+  Any k[5] = {ptr_arg(s->data), ptr_arg(x->data), int_arg(1), int_arg(1), int_arg(numel(s))};
+  return launch(&g_accum, init_accum, s->device.device_id, k, 5);
+}

@@ -889,6 +889,124 @@ static void test_cuda_device(void) {
   tb_free(&img);
 }
 
+static int log_count(const char* path, const char* prefix) {
+  FILE* f = fopen(path, "r");
+  if (!f) return 0;
+  char buf[512];
+  int n = 0;
+  while (fgets(buf, sizeof(buf), f)) n += strncmp(buf, prefix, strlen(prefix)) == 0;
+  fclose(f);
+  return n;
+}
+
+/* A cuda session end to end against the stand-in driver: host stubs (test_kernels.c) launching
+ * emulated device kernels, device arena/state/inputs, copies, graphs, device I/O, timing, errors. */
+static void test_cuda_session(void) {
+  tb_bytes_t img;
+  tb_build_cuda_stubs(g_kernels, &img);
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  o.device_kind = TIDE_DEVICE_CUDA;
+  o.cuda_driver_path = g_standin;
+  char log[4096];
+  snprintf(log, sizeof(log), "%s/standin-session.log", g_dir);
+  remove(log);
+  setenv("TIDE_STANDIN_LOG", log, 1);
+  setenv("TIDE_STANDIN_KERNELS", "add_w_kernel=x,w,y;accum_kernel=acc,y,#k", 1);
+  tide_status_t st;
+  tide_model_t* m = load_bytes(&img, &o, &st);
+  OK(st);
+  tb_free(&img);
+  if (!m) return;
+  CHECK(strcmp(tide_model_target(m), "cuda") == 0);
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (!s) {
+    tide_model_release(m);
+    return;
+  }
+  CHECK(tide_session_num_threads(s) == 1);
+  int32_t step = entry(m, "step");
+  float x[5] = {0, 0.5f, -1.25f, 3, 7}; /* x + 1: host inputs need no alignment on cuda */
+  tide_tensor_t in[2] = {f32_tensor(x + 1, 1, (int64_t[]){4}), f32_tensor(NULL, 1, (int64_t[]){4})};
+  tide_tensor_t out[2];
+  float acc[4] = {0, 0, 0, 0}, got[4];
+  for (int rep = 0; rep < 4; ++rep) { /* eager, captured, replayed, replayed */
+    OK(tide_session_run(s, step, in, 2, out, 2));
+    for (int i = 0; i < 4; ++i) {
+      acc[i] += x[i + 1];
+      CHECK(((float*)out[0].data)[i] == acc[i]);
+      CHECK(((float*)out[1].data)[i] == acc[i]);
+    }
+  }
+  CHECK(log_count(log, "cuStreamEndCapture nodes 2") == 1); /* the accum launch and the copy */
+  CHECK(log_count(log, "cuGraphLaunch nodes 2") == 3);
+  CHECK(log_count(log, "cuLaunchKernel accum_kernel grid 1,1,1 block 4,1,1 shared 0") == 2); /* eager + captured */
+  OK(tide_session_read_state(s, 0, got, sizeof(got)));
+  CHECK(memcmp(got, acc, sizeof(got)) == 0);
+  EXPECT_ERROR(tide_session_read_state(s, 0, got, 8), TIDE_STATUS_INVALID_ARGUMENT, "state 'acc' has 16 bytes");
+
+  /* Device I/O: the state's device memory as the input; outputs are device views. */
+  tide_tensor_t dev;
+  OK(tide_session_state(s, 0, &dev));
+  in[0].data = dev.data;
+  OK(tide_session_run_device(s, step, in, 2, out, 2));
+  CHECK(out[0].data == dev.data);
+  for (int i = 0; i < 4; ++i) CHECK(((float*)out[1].data)[i] == 2 * acc[i]); /* stand-in memory is host memory */
+  in[0].data = x + 1;
+
+  /* A state input with data is copied in; reset zeroes the device state. */
+  float start[4] = {1, 2, 3, 4};
+  in[1].data = start;
+  OK(tide_session_run(s, step, in, 2, out, 2));
+  for (int i = 0; i < 4; ++i) CHECK(((float*)out[0].data)[i] == start[i] + x[i + 1]);
+  in[1].data = NULL;
+  OK(tide_session_reset_state(s));
+  OK(tide_session_read_state(s, 0, got, sizeof(got)));
+  for (int i = 0; i < 4; ++i) CHECK(got[i] == 0.0f);
+
+  double seconds[3] = {-1, -1, -1};
+  OK(tide_session_time(s, step, in, 2, 3, seconds));
+  for (int i = 0; i < 3; ++i) CHECK(seconds[i] >= 0);
+  CHECK(log_count(log, "cuEventRecord") == 6);
+
+  /* A kernel error (the cpu kernel 'fail' refuses) and a device fault at the sync: clear errors, and
+   * the session still runs. */
+  int32_t fail = entry(m, "fail");
+  EXPECT_ERROR(tide_session_run(s, fail, in, 1, out, 1), TIDE_STATUS_INTERNAL, "kernel 'fail' failed");
+  setenv("TIDE_STANDIN_SYNC_RC", "700", 1);
+  EXPECT_ERROR(tide_session_run(s, step, in, 2, out, 2), TIDE_STATUS_UNAVAILABLE,
+               "CUDA error 700 (an illegal memory access was encountered)");
+  unsetenv("TIDE_STANDIN_SYNC_RC");
+  OK(tide_session_run(s, step, in, 2, out, 2));
+
+  /* No graph when turned off; a session that does not fit is refused naming the bytes. */
+  tide_session_options_t so;
+  tide_session_options_initialize(&so);
+  so.use_cuda_graphs = 0;
+  tide_session_t* s2 = NULL;
+  OK(tide_session_create(m, &so, &s2));
+  int captures = log_count(log, "cuStreamBeginCapture");
+  for (int rep = 0; s2 && rep < 3; ++rep) OK(tide_session_run(s2, step, in, 2, out, 2));
+  CHECK(log_count(log, "cuStreamBeginCapture") == captures);
+  tide_session_release(s2);
+  setenv("TIDE_STANDIN_MEM_BYTES", "100", 1);
+  tide_session_t* s3 = NULL;
+  EXPECT_ERROR(tide_session_create(m, NULL, &s3), TIDE_STATUS_RESOURCE_EXHAUSTED,
+               "out of device memory on cuda:0 allocating 12096 bytes for the arena");
+  CHECK(s3 == NULL);
+  unsetenv("TIDE_STANDIN_MEM_BYTES");
+
+  tide_session_release(s);
+  tide_model_release(m);
+  CHECK(log_count(log, "cuMemAlloc ") == log_count(log, "cuMemFree ") + 1); /* + the refused arena */
+  CHECK(log_has(log, "cuModuleUnload"));
+  CHECK(log_has(log, "cuDevicePrimaryCtxRelease 0"));
+  CHECK(log_count(log, "cuMemAlloc ") > 0 && !log_has(log, "cuLaunchKernel add_w_kernel: "));
+  unsetenv("TIDE_STANDIN_LOG");
+  unsetenv("TIDE_STANDIN_KERNELS");
+}
+
 int main(int argc, char** argv) {
   if (argc != 4) {
     fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir> <libcuda_standin.so>\n", argv[0]);
@@ -906,6 +1024,7 @@ int main(int argc, char** argv) {
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
       {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device}, {"cuda_pack_launch", test_cuda_pack_launch},
+      {"cuda_session", test_cuda_session},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
     int before = g_failures;
