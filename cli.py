@@ -51,9 +51,16 @@ def _cmd_inspect(args) -> int:
 def _cmd_run(args) -> int:
     import numpy as np
 
+    from .compiler.artifact import ArtifactError, read_artifact
     from .runtime import load
 
-    model = load(args.artifact)
+    device = args.device
+    if device is None:
+        try:
+            device = "cuda" if read_artifact(args.artifact, verify=False).target.kind == "cuda" else "cpu"
+        except (ArtifactError, OSError) as err:
+            raise SystemExit(f"tide run: {err}") from None
+    model = load(args.artifact, device=device)
     if "decode" not in model.entries:
         raise SystemExit(f"tide run: {args.artifact} is not a decode model (entries: {model.entries}); "
                          "use the Python API Model.run(feeds) for general graphs")
@@ -134,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=16, help="length of the random prompt")
     p.add_argument("-n", "--new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:0 for a cuda artifact, else cpu)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="kernel benchmark suite: every kernel vs the machine's ceilings and "
