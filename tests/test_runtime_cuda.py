@@ -402,3 +402,20 @@ def test_tiny_model_launches_are_valid_and_decode_replays_a_graph(tiny_cuda_arti
         assert not [line for line in step if line.startswith("cuLaunchKernel ")]
     assert [line for line in prefill_log if line.startswith("cuLaunchKernel ")]  # one prefill: eager
     assert not [line for line in prefill_log if "Capture" in line]
+
+
+def test_tide_run_picks_the_cuda_device_for_a_cuda_artifact(launch_artifact, capsys, monkeypatch):
+    from tide.cli import main
+
+    assert main(["run", launch_artifact[0], "--device", "cpu"]) == 2
+    assert "targets cuda" in capsys.readouterr().err
+    asked = []
+
+    def load(path, device="cpu"):
+        asked.append(device)
+        raise R.TideError("stop here")
+
+    monkeypatch.setattr(R, "load", load)
+    assert main(["run", launch_artifact[0]]) == 2
+    assert main(["run", launch_artifact[0], "--device", "cuda:1"]) == 2
+    assert asked == ["cuda", "cuda:1"]
