@@ -13,8 +13,8 @@
  * Session: a stream, the device arena / states / input staging, timing events, and one CUDA graph
  * per entry (captured on the entry's second run, replayed after).
  *
- * Every driver call runs with the model's context pushed on the calling thread (tide_cuda_enter /
- * tide_cuda_leave around each public call).
+ * Every driver call runs with the model's context pushed on the calling thread (the backend's enter /
+ * leave around each public call).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -31,12 +31,15 @@
 #define TIDE_CU_EVENT_DEFAULT 0
 #define TIDE_STATIC_SHARED_LIMIT (48u * 1024u)
 
-struct tide_cuda_fn_s {
+typedef struct tide_cuda_model_s tide_cuda_model_t;
+typedef struct tide_cuda_session_s tide_cuda_session_t;
+
+typedef struct tide_cuda_fn_s {
   tide_cuda_model_t* model;
   int32_t index; /* device function index; -1: __tvm_set_device */
   void* function;
   atomic_int shared_opted_in;
-};
+} tide_cuda_fn_t;
 
 struct tide_cuda_model_s {
   tide_cuda_driver_t* drv;
@@ -53,17 +56,31 @@ struct tide_cuda_model_s {
   tide_cuda_fn_t* functions;
 };
 
-tide_status_t tide_cuda_enter(tide_cuda_model_t* m) {
+struct tide_cuda_session_s {
+  tide_cuda_model_t* model;
+  void* stream;
+  void* start;
+  void* stop;
+  uint32_t num_graphs;
+  void** graphs;       /* per entry: an instantiated graph, or NULL */
+  uint32_t* eager_runs; /* per entry: runs made without a graph */
+  int use_graphs;
+};
+
+static tide_status_t cuda_enter(void* dm) {
+  tide_cuda_model_t* m = dm;
   int rc = m->drv->cuCtxPushCurrent(m->ctx);
   return rc ? tide_cuda_error(m->drv, rc, "cuCtxPushCurrent") : NULL;
 }
 
-void tide_cuda_leave(tide_cuda_model_t* m) {
+static void cuda_leave(void* dm) {
+  tide_cuda_model_t* m = dm;
   void* ctx = NULL;
   m->drv->cuCtxPopCurrent(&ctx);
 }
 
-tide_status_t tide_cuda_alloc(tide_cuda_model_t* m, uint64_t nbytes, const char* what, uint64_t* out_ptr) {
+static tide_status_t cuda_alloc(void* dm, uint64_t nbytes, const char* what, uint64_t* out_ptr) {
+  tide_cuda_model_t* m = dm;
   *out_ptr = 0;
   int rc = m->drv->cuMemAlloc(out_ptr, (size_t)(nbytes ? nbytes : 64));
   if (!rc) return NULL;
@@ -77,20 +94,22 @@ tide_status_t tide_cuda_alloc(tide_cuda_model_t* m, uint64_t nbytes, const char*
                           (unsigned long long)total);
 }
 
-void tide_cuda_free(tide_cuda_model_t* m, uint64_t ptr) {
+static void cuda_free(void* dm, uint64_t ptr) {
+  tide_cuda_model_t* m = dm;
   if (ptr) m->drv->cuMemFree(ptr);
 }
 
-uint64_t tide_cuda_weights(const tide_cuda_model_t* m) { return m->weights; }
-int32_t tide_cuda_ordinal(const tide_cuda_model_t* m) { return m->ordinal; }
+static uint64_t cuda_weights(const void* dm) { return ((const tide_cuda_model_t*)dm)->weights; }
+static int32_t cuda_ordinal(const void* dm) { return ((const tide_cuda_model_t*)dm)->ordinal; }
 
-void tide_cuda_model_release(tide_cuda_model_t* m) {
+static void cuda_model_release(void* dm) {
+  tide_cuda_model_t* m = dm;
   if (!m) return;
   if (m->ctx) {
     int pushed = m->drv->cuCtxPushCurrent(m->ctx) == 0;
-    tide_cuda_free(m, m->weights);
+    cuda_free(m, m->weights);
     if (m->module) m->drv->cuModuleUnload(m->module);
-    if (pushed) tide_cuda_leave(m);
+    if (pushed) cuda_leave(m);
     m->drv->cuDevicePrimaryCtxRelease(m->device);
   }
   tide_cuda_driver_close(m->drv);
@@ -134,8 +153,8 @@ static tide_status_t load_module(tide_cuda_model_t* m, const uint8_t* device_cod
 }
 
 tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* file, const tide_model_options_t* o,
-                                     tide_cuda_model_t** out) {
-  *out = NULL;
+                                     void** out_dm) {
+  *out_dm = NULL;
   tide_cuda_model_t* m = calloc(1, sizeof(*m));
   if (!m) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   m->artifact = art;
@@ -155,25 +174,25 @@ tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* 
       st = tide_cuda_error(m->drv, rc, "cuDevicePrimaryCtxRetain");
     }
   }
-  if (!st) st = tide_cuda_enter(m);
+  if (!st) st = cuda_enter(m);
   if (st) {
-    tide_cuda_model_release(m);
+    cuda_model_release(m);
     return st;
   }
   st = load_module(m, file + art->sections[TIDE_SECTION_DEVICE_CODE].offset);
   const tide_section_ref_t* w = &art->sections[TIDE_SECTION_WEIGHTS];
-  if (!st) st = tide_cuda_alloc(m, w->size, "the weights", &m->weights);
+  if (!st) st = cuda_alloc(m, w->size, "the weights", &m->weights);
   if (!st && w->size) {
     int rc = m->drv->cuMemcpyHtoDAsync(m->weights, file + w->offset, (size_t)w->size, NULL);
     if (!rc) rc = m->drv->cuStreamSynchronize(NULL);
     if (rc) st = tide_cuda_error(m->drv, rc, "copying the weights to the device");
   }
-  tide_cuda_leave(m);
+  cuda_leave(m);
   if (st) {
-    tide_cuda_model_release(m);
+    cuda_model_release(m);
     return st;
   }
-  *out = m;
+  *out_dm = m;
   return NULL;
 }
 
@@ -230,7 +249,7 @@ static int function_call(void* handle, const tide_ffi_any_t* args, int32_t n, ti
   tide_cuda_fn_t* f = handle;
   tide_session_t* s = tide_current_session();
   if (result) memset(result, 0, sizeof(*result));
-  if (!s || !s->cuda) {
+  if (!s || s->model->device != &tide_cuda_backend) {
     tide_report_error(s, "a device kernel was called outside a cuda session's run");
     return -1;
   }
@@ -262,7 +281,7 @@ static int function_call(void* handle, const tide_ffi_any_t* args, int32_t n, ti
     }
   }
   int rc = m->drv->cuLaunchKernel(f->function, launch.grid[0], launch.grid[1], launch.grid[2], launch.block[0],
-                                  launch.block[1], launch.block[2], launch.shared_bytes, tide_cuda_stream(s->cuda),
+                                  launch.block[1], launch.block[2], launch.shared_bytes, ((tide_cuda_session_t*)s->device)->stream,
                                   launch.params, NULL);
   if (rc) {
     tide_report_error(s, "cuLaunchKernel(%s, grid %ux%ux%u, block %ux%ux%u, %u shared bytes) failed: CUDA error %d (%s)",
@@ -288,7 +307,8 @@ static tide_status_t fill(void* lib, const char* name, const void* value, size_t
   return NULL;
 }
 
-tide_status_t tide_cuda_bind_library(tide_cuda_model_t* m, void* lib) {
+tide_status_t tide_cuda_bind_library(void* dm, void* lib) {
+  tide_cuda_model_t* m = dm;
   if (!m->artifact->num_device_functions) return NULL;
   if (!lib) {
     return tide_make_status(TIDE_STATUS_DATA_LOSS,
@@ -308,38 +328,27 @@ tide_status_t tide_cuda_bind_library(tide_cuda_model_t* m, void* lib) {
 
 /* ---- sessions --------------------------------------------------------------------------------- */
 
-struct tide_cuda_session_s {
-  tide_cuda_model_t* model;
-  void* stream;
-  void* start;
-  void* stop;
-  uint32_t num_graphs;
-  void** graphs;       /* per entry: an instantiated graph, or NULL */
-  uint32_t* eager_runs; /* per entry: runs made without a graph */
-  int use_graphs;
-};
 
-void* tide_cuda_stream(const tide_cuda_session_t* cs) { return cs->stream; }
-
-void tide_cuda_session_release(tide_cuda_session_t* cs) {
+static void cuda_session_release(void* ds) {
+  tide_cuda_session_t* cs = ds;
   if (!cs) return;
   tide_cuda_driver_t* drv = cs->model->drv;
-  int pushed = tide_cuda_enter(cs->model) == NULL;
+  int pushed = cuda_enter(cs->model) == NULL;
   for (uint32_t i = 0; i < cs->num_graphs && cs->graphs; ++i) {
     if (cs->graphs[i]) drv->cuGraphExecDestroy(cs->graphs[i]);
   }
   if (cs->start) drv->cuEventDestroy(cs->start);
   if (cs->stop) drv->cuEventDestroy(cs->stop);
   if (cs->stream) drv->cuStreamDestroy(cs->stream);
-  if (pushed) tide_cuda_leave(cs->model);
+  if (pushed) cuda_leave(cs->model);
   free(cs->graphs);
   free(cs->eager_runs);
   free(cs);
 }
 
-tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entries, int use_graphs,
-                                       tide_cuda_session_t** out) {
-  *out = NULL;
+static tide_status_t cuda_session_create(void* dm, uint32_t num_entries, int use_graphs, void** out_ds) {
+  tide_cuda_model_t* m = dm;
+  *out_ds = NULL;
   tide_cuda_session_t* cs = calloc(1, sizeof(*cs));
   if (!cs) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   cs->model = m;
@@ -348,14 +357,10 @@ tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entrie
   cs->graphs = calloc(num_entries ? num_entries : 1, sizeof(void*));
   cs->eager_runs = calloc(num_entries ? num_entries : 1, sizeof(uint32_t));
   if (!cs->graphs || !cs->eager_runs) {
-    tide_cuda_session_release(cs);
+    cuda_session_release(cs);
     return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
-  tide_status_t st = tide_cuda_enter(m);
-  if (st) {
-    tide_cuda_session_release(cs);
-    return st;
-  }
+  tide_status_t st = NULL;
   int rc = m->drv->cuStreamCreate(&cs->stream, TIDE_CU_STREAM_NON_BLOCKING);
   if (rc) {
     cs->stream = NULL;
@@ -369,31 +374,30 @@ tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entrie
     cs->stop = NULL;
     st = tide_cuda_error(m->drv, rc, "cuEventCreate");
   }
-  tide_cuda_leave(m);
   if (st) {
-    tide_cuda_session_release(cs);
+    cuda_session_release(cs);
     return st;
   }
-  *out = cs;
+  *out_ds = cs;
   return NULL;
 }
 
-tide_status_t tide_cuda_copy(tide_cuda_session_t* cs, tide_cuda_copy_kind_t kind, void* dst, const void* src,
-                             uint64_t nbytes) {
+static tide_status_t cuda_copy(void* ds, tide_copy_kind_t kind, void* dst, const void* src, uint64_t nbytes) {
+  tide_cuda_session_t* cs = ds;
   if (!nbytes) return NULL;
   tide_cuda_driver_t* drv = cs->model->drv;
   int rc = 0;
   const char* call = "";
   switch (kind) {
-    case TIDE_CUDA_HOST_TO_DEVICE:
+    case TIDE_COPY_HOST_TO_DEVICE:
       rc = drv->cuMemcpyHtoDAsync((uint64_t)(uintptr_t)dst, src, (size_t)nbytes, cs->stream);
       call = "cuMemcpyHtoDAsync";
       break;
-    case TIDE_CUDA_DEVICE_TO_HOST:
+    case TIDE_COPY_DEVICE_TO_HOST:
       rc = drv->cuMemcpyDtoHAsync(dst, (uint64_t)(uintptr_t)src, (size_t)nbytes, cs->stream);
       call = "cuMemcpyDtoHAsync";
       break;
-    case TIDE_CUDA_DEVICE_TO_DEVICE:
+    case TIDE_COPY_DEVICE_TO_DEVICE:
       rc = drv->cuMemcpyDtoDAsync((uint64_t)(uintptr_t)dst, (uint64_t)(uintptr_t)src, (size_t)nbytes, cs->stream);
       call = "cuMemcpyDtoDAsync";
       break;
@@ -401,13 +405,15 @@ tide_status_t tide_cuda_copy(tide_cuda_session_t* cs, tide_cuda_copy_kind_t kind
   return rc ? tide_cuda_error(drv, rc, call) : NULL;
 }
 
-tide_status_t tide_cuda_zero(tide_cuda_session_t* cs, void* dst, uint64_t nbytes) {
+static tide_status_t cuda_zero(void* ds, void* dst, uint64_t nbytes) {
+  tide_cuda_session_t* cs = ds;
   if (!nbytes) return NULL;
   int rc = cs->model->drv->cuMemsetD8Async((uint64_t)(uintptr_t)dst, 0, (size_t)nbytes, cs->stream);
   return rc ? tide_cuda_error(cs->model->drv, rc, "cuMemsetD8Async") : NULL;
 }
 
-tide_status_t tide_cuda_sync(tide_cuda_session_t* cs) {
+static tide_status_t cuda_sync(void* ds) {
+  tide_cuda_session_t* cs = ds;
   int rc = cs->model->drv->cuStreamSynchronize(cs->stream);
   return rc ? tide_cuda_error(cs->model->drv, rc, "cuStreamSynchronize (a kernel or copy failed on the device)")
             : NULL;
@@ -415,7 +421,8 @@ tide_status_t tide_cuda_sync(tide_cuda_session_t* cs) {
 
 /* The entry's graph once it exists; the first run of an entry is eager (the stubs resolve their
  * handles and opt into shared memory then, outside any capture). */
-tide_status_t tide_cuda_execute(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx) {
+static tide_status_t cuda_execute(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx) {
+  tide_cuda_session_t* cs = ds;
   tide_cuda_driver_t* drv = cs->model->drv;
   if (cs->graphs[entry]) {
     int rc = drv->cuGraphLaunch(cs->graphs[entry], cs->stream);
@@ -445,12 +452,12 @@ tide_status_t tide_cuda_execute(tide_cuda_session_t* cs, uint32_t entry, tide_cu
   return rc ? tide_cuda_error(drv, rc, "cuGraphLaunch") : NULL;
 }
 
-tide_status_t tide_cuda_time(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx,
-                             double* out_seconds) {
+static tide_status_t cuda_time(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx, double* out_seconds) {
+  tide_cuda_session_t* cs = ds;
   tide_cuda_driver_t* drv = cs->model->drv;
   int rc = drv->cuEventRecord(cs->start, cs->stream);
   if (rc) return tide_cuda_error(drv, rc, "cuEventRecord");
-  tide_status_t st = tide_cuda_execute(cs, entry, run_ops, ctx);
+  tide_status_t st = cuda_execute(cs, entry, run_ops, ctx);
   if (st) return st;
   rc = drv->cuEventRecord(cs->stop, cs->stream);
   if (!rc) rc = drv->cuEventSynchronize(cs->stop);
@@ -461,3 +468,23 @@ tide_status_t tide_cuda_time(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_
   *out_seconds = (double)ms * 1e-3;
   return NULL;
 }
+
+const tide_device_backend_t tide_cuda_backend = {
+    .name = "cuda",
+    .dl_device_type = TIDE_DL_CUDA,
+    .enter = cuda_enter,
+    .leave = cuda_leave,
+    .model_release = cuda_model_release,
+    .weights = cuda_weights,
+    .ordinal = cuda_ordinal,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .session_create = cuda_session_create,
+    .session_release = cuda_session_release,
+    .copy = cuda_copy,
+    .zero = cuda_zero,
+    .sync = cuda_sync,
+    .execute = cuda_execute,
+    .time = cuda_time,
+    .launch = NULL,
+};

@@ -257,52 +257,56 @@ typedef struct tide_cuda_launch_s {
 tide_status_t tide_cuda_pack_launch(const tide_device_function_t* f, const tide_ffi_any_t* args, int32_t num_args,
                                     tide_cuda_launch_t* out);
 
-/* ---- the CUDA backend (cuda_backend.c) ------------------------------------------------------ */
+/* ---- device backends (cuda_backend.c, ascend_backend.c) ------------------------------------ */
 
-typedef struct tide_cuda_model_s tide_cuda_model_t;
-typedef struct tide_cuda_session_s tide_cuda_session_t;
-typedef struct tide_cuda_fn_s tide_cuda_fn_t;
+typedef enum tide_copy_kind_e {
+  TIDE_COPY_HOST_TO_DEVICE,
+  TIDE_COPY_DEVICE_TO_HOST,
+  TIDE_COPY_DEVICE_TO_DEVICE,
+} tide_copy_kind_t;
 
-/* Opens the driver, checks the device and picks the image, retains the primary context, loads the
- * image and its functions, copies the WEIGHTS section (`file` is the mapped artifact) to the device. */
+/* Enqueues one run of an entry's ops (session.c's plan executor). */
+typedef tide_status_t (*tide_ops_fn_t)(void* ctx);
+
+/*
+ * What session.c needs of a device: memory, copies and a stream per session. `dm` is the backend's
+ * model object (tide_model_t.device_model), `ds` its session object. Every call but the releases is
+ * made between enter and leave on the calling thread. Copies, zero fills and launches are
+ * asynchronous on the session's stream; sync waits and reports device faults.
+ */
+typedef struct tide_device_backend_s {
+  const char* name;         /* "cuda" */
+  int32_t dl_device_type;   /* DLPack device type of its memory */
+  tide_status_t (*enter)(void* dm);
+  void (*leave)(void* dm);
+  void (*model_release)(void* dm);
+  uint64_t (*weights)(const void* dm); /* device copy of the WEIGHTS section */
+  int32_t (*ordinal)(const void* dm);
+  /* Out of memory names `what`, the bytes asked and the bytes free. */
+  tide_status_t (*alloc)(void* dm, uint64_t nbytes, const char* what, uint64_t* out_ptr);
+  void (*free)(void* dm, uint64_t ptr);
+  tide_status_t (*session_create)(void* dm, uint32_t num_entries, int use_graphs, void** out_ds);
+  void (*session_release)(void* ds);
+  tide_status_t (*copy)(void* ds, tide_copy_kind_t kind, void* dst, const void* src, uint64_t nbytes);
+  tide_status_t (*zero)(void* ds, void* dst, uint64_t nbytes);
+  tide_status_t (*sync)(void* ds);
+  /* One run of entry `entry`: run_ops(ctx) enqueues its ops (a backend may capture and replay them). */
+  tide_status_t (*execute)(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx);
+  /* execute between two device events; waits and returns the elapsed device time. */
+  tide_status_t (*time)(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx, double* out_seconds);
+  /* NULL when kernels are the kernel library's host stubs (which launch through the backend's
+   * services); else launches the kernel of op `op` of entry `entry` directly. */
+  tide_status_t (*launch)(void* ds, uint32_t entry, uint32_t op);
+} tide_device_backend_t;
+
+/* The CUDA backend: dlopens the driver (o->cuda_driver_path), checks the device and picks the image,
+ * retains the primary context, loads the image and its functions, copies the WEIGHTS section
+ * (`file` is the mapped artifact) to the device. */
+extern const tide_device_backend_t tide_cuda_backend;
 tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* file, const tide_model_options_t* o,
-                                     tide_cuda_model_t** out);
-void tide_cuda_model_release(tide_cuda_model_t* m);
+                                     void** out_dm);
 /* Fills the host stubs' service variables of the loaded kernel library (dlopen handle `lib`). */
-tide_status_t tide_cuda_bind_library(tide_cuda_model_t* m, void* lib);
-uint64_t tide_cuda_weights(const tide_cuda_model_t* m);
-int32_t tide_cuda_ordinal(const tide_cuda_model_t* m);
-/* Push / pop the model's context on the calling thread; every driver call is made between them. */
-tide_status_t tide_cuda_enter(tide_cuda_model_t* m);
-void tide_cuda_leave(tide_cuda_model_t* m);
-/* Device memory; out of memory names `what`, the bytes asked and the bytes free. */
-tide_status_t tide_cuda_alloc(tide_cuda_model_t* m, uint64_t nbytes, const char* what, uint64_t* out_ptr);
-void tide_cuda_free(tide_cuda_model_t* m, uint64_t ptr);
-
-tide_status_t tide_cuda_session_create(tide_cuda_model_t* m, uint32_t num_entries, int use_graphs,
-                                       tide_cuda_session_t** out);
-void tide_cuda_session_release(tide_cuda_session_t* cs);
-void* tide_cuda_stream(const tide_cuda_session_t* cs);
-
-typedef enum tide_cuda_copy_kind_e {
-  TIDE_CUDA_HOST_TO_DEVICE,
-  TIDE_CUDA_DEVICE_TO_HOST,
-  TIDE_CUDA_DEVICE_TO_DEVICE,
-} tide_cuda_copy_kind_t;
-
-/* Asynchronous on the session's stream (tide_cuda_sync waits and reports device faults). */
-tide_status_t tide_cuda_copy(tide_cuda_session_t* cs, tide_cuda_copy_kind_t kind, void* dst, const void* src,
-                             uint64_t nbytes);
-tide_status_t tide_cuda_zero(tide_cuda_session_t* cs, void* dst, uint64_t nbytes);
-tide_status_t tide_cuda_sync(tide_cuda_session_t* cs);
-
-/* Enqueues one run of entry `entry`: run_ops(ctx) launches its ops on the stream; the first run is
- * eager, the second is captured into a CUDA graph (unless graphs are off), later runs replay it. */
-typedef tide_status_t (*tide_cuda_ops_fn_t)(void* ctx);
-tide_status_t tide_cuda_execute(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx);
-/* tide_cuda_execute between two events; waits and returns the elapsed device time. */
-tide_status_t tide_cuda_time(tide_cuda_session_t* cs, uint32_t entry, tide_cuda_ops_fn_t run_ops, void* ctx,
-                             double* out_seconds);
+tide_status_t tide_cuda_bind_library(void* dm, void* lib);
 
 /* ---- host CPU --------------------------------------------------------------------------------- */
 
@@ -337,7 +341,8 @@ struct tide_model_s {
   uint64_t max_arena_bytes;
   uint64_t state_bytes; /* sum over states, each rounded up to 64 */
   uint64_t* state_offsets;
-  tide_cuda_model_t* cuda; /* NULL on the cpu */
+  const tide_device_backend_t* device; /* NULL on the cpu */
+  void* device_model;
 };
 
 /* ---- thread pool -------------------------------------------------------------------------------- */
@@ -379,7 +384,7 @@ struct tide_session_s {
   tide_model_t* model;
   tide_thread_pool_t* pool;
   tide_workspace_t workspace;
-  tide_cuda_session_t* cuda; /* NULL on the cpu; then arena, states and staging are device memory */
+  void* device; /* the backend's session (NULL on the cpu); then arena, states and staging are device memory */
   uint8_t* arena;
   uint8_t* states; /* one allocation; state i at model->state_offsets[i] */
   uint8_t* staging;  /* cuda: device copies of the data inputs (fixed addresses, so graphs replay) */

@@ -99,7 +99,7 @@ static tide_status_t check_target(const tide_artifact_t* art, const tide_model_o
 
 static void model_destroy(tide_model_t* m) {
   tide_kernel_library_unload(&m->kernels);
-  tide_cuda_model_release(m->cuda);
+  if (m->device) m->device->model_release(m->device_model);
   tide_artifact_free(&m->artifact);
   if (m->map) munmap(m->map, (size_t)m->map_size);
   free(m);
@@ -180,14 +180,15 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
   if (!st) st = check_target(&m->artifact, &opts);
   if (!st) st = prepare(m);
   if (!st && m->artifact.target_kind == TIDE_TARGET_CUDA) {
-    st = tide_cuda_model_create(&m->artifact, m->map, &opts, &m->cuda);
+    st = tide_cuda_model_create(&m->artifact, m->map, &opts, &m->device_model);
+    if (!st) m->device = &tide_cuda_backend;
   }
   if (!st) {
     const tide_section_ref_t* k = &m->artifact.sections[TIDE_SECTION_KERNELS_HOST];
     st = tide_kernel_library_load((const uint8_t*)m->map + k->offset, k->size, &m->artifact, &m->artifact.pool,
                                   &m->kernels);
   }
-  if (!st && m->cuda) st = tide_cuda_bind_library(m->cuda, m->kernels.handle);
+  if (!st && m->device == &tide_cuda_backend) st = tide_cuda_bind_library(m->device_model, m->kernels.handle);
   if (st) {
     model_destroy(m);
     return tide_status_wrap(st, "loading '%s'", path);

@@ -24,11 +24,11 @@ struct tide_entry_exec_s {
   tide_ffi_any_t** op_args;  /* per op; NULL for copies */
   uint32_t num_patches;
   input_patch_t* patches;
-  uint64_t* input_offsets;  /* cuda: data input i's copy at staging + input_offsets[i] */
-  uint64_t* output_offsets; /* cuda: output i's host copy at host_out + output_offsets[i] */
+  uint64_t* input_offsets;  /* device: data input i's copy at staging + input_offsets[i] */
+  uint64_t* output_offsets; /* device: output i's host copy at host_out + output_offsets[i] */
 };
 
-/* Where a run's data inputs are and where its outputs go: host memory, or (cuda) device memory of
+/* Where a run's data inputs are and where its outputs go: host memory, or device memory of
  * the session's device. */
 typedef enum io_memory_e { IO_HOST, IO_DEVICE } io_memory_t;
 
@@ -54,14 +54,15 @@ static void session_destroy(tide_session_t* s) {
   tide_thread_pool_destroy(s->pool);
   tide_workspace_destroy(&s->workspace);
   pthread_mutex_destroy(&s->error_mu);
-  tide_cuda_model_t* cm = s->model->cuda;
-  if (cm) {
-    tide_cuda_session_release(s->cuda);
-    int pushed = tide_cuda_enter(cm) == NULL;
-    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->arena);
-    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->states);
-    tide_cuda_free(cm, (uint64_t)(uintptr_t)s->staging);
-    if (pushed) tide_cuda_leave(cm);
+  const tide_device_backend_t* dev = s->model->device;
+  if (dev) {
+    void* dm = s->model->device_model;
+    if (s->device) dev->session_release(s->device);
+    int entered = dev->enter(dm) == NULL;
+    dev->free(dm, (uint64_t)(uintptr_t)s->arena);
+    dev->free(dm, (uint64_t)(uintptr_t)s->states);
+    dev->free(dm, (uint64_t)(uintptr_t)s->staging);
+    if (entered) dev->leave(dm);
     free(s->host_out);
   } else {
     free(s->arena);
@@ -91,9 +92,10 @@ static tide_status_t build_tables(tide_session_t* s) {
   }
   tide_dl_tensor_t* t = s->tensors;
   tide_ffi_any_t* arg = s->args;
-  uint8_t* weights = m->cuda ? (uint8_t*)(uintptr_t)tide_cuda_weights(m->cuda) : (uint8_t*)m->weights_base;
-  tide_dl_device_t device = m->cuda ? (tide_dl_device_t){TIDE_DL_CUDA, tide_cuda_ordinal(m->cuda)}
-                                    : (tide_dl_device_t){TIDE_DL_CPU, 0};
+  const tide_device_backend_t* dev = m->device;
+  uint8_t* weights = dev ? (uint8_t*)(uintptr_t)dev->weights(m->device_model) : (uint8_t*)m->weights_base;
+  tide_dl_device_t device = dev ? (tide_dl_device_t){dev->dl_device_type, dev->ordinal(m->device_model)}
+                                : (tide_dl_device_t){TIDE_DL_CPU, 0};
   for (uint32_t e = 0; e < a->num_entries; ++e) {
     const tide_entry_decl_t* d = &a->entries[e];
     tide_entry_exec_t* x = &s->entries[e];
@@ -127,7 +129,7 @@ static tide_status_t build_tables(tide_session_t* s) {
         case TIDE_BUF_WEIGHT: base = weights + a->weights[bd->index].offset; break;
         case TIDE_BUF_STATE: base = s->states + m->state_offsets[bd->index]; break;
         default:
-          if (m->cuda) {
+          if (m->device) {
             base = s->staging + x->input_offsets[bd->index];
           } else {
             x->patches[x->num_patches++] = (input_patch_t){dl, bd->index, bd->offset};
@@ -197,9 +199,8 @@ static void io_bytes(const tide_artifact_t* a, uint64_t* out_inputs, uint64_t* o
 
 static tide_status_t allocate_device(tide_session_t* s, int use_graphs) {
   tide_model_t* model = s->model;
-  tide_cuda_model_t* cm = model->cuda;
-  tide_status_t st = tide_cuda_session_create(cm, model->artifact.num_entries, use_graphs, &s->cuda);
-  if (st) return st;
+  const tide_device_backend_t* dev = model->device;
+  void* dm = model->device_model;
   uint64_t in_bytes = 0, out_bytes = 0;
   io_bytes(&model->artifact, &in_bytes, &out_bytes);
   s->host_out = aligned_alloc(64, (size_t)tide_round_up64(out_bytes ? out_bytes : 64));
@@ -207,18 +208,19 @@ static tide_status_t allocate_device(tide_session_t* s, int use_graphs) {
     return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "cannot allocate %llu bytes of host output buffers",
                             (unsigned long long)out_bytes);
   }
-  st = tide_cuda_enter(cm);
+  tide_status_t st = dev->enter(dm);
   if (st) return st;
+  st = dev->session_create(dm, model->artifact.num_entries, use_graphs, &s->device);
   uint64_t arena = 0, states = 0, staging = 0;
-  st = tide_cuda_alloc(cm, model->max_arena_bytes, "the arena", &arena);
+  if (!st) st = dev->alloc(dm, model->max_arena_bytes, "the arena", &arena);
   s->arena = (uint8_t*)(uintptr_t)arena;
-  if (!st) st = tide_cuda_alloc(cm, model->state_bytes, "the decode state", &states);
+  if (!st) st = dev->alloc(dm, model->state_bytes, "the decode state", &states);
   s->states = (uint8_t*)(uintptr_t)states;
-  if (!st) st = tide_cuda_alloc(cm, in_bytes, "the input buffers", &staging);
+  if (!st) st = dev->alloc(dm, in_bytes, "the input buffers", &staging);
   s->staging = (uint8_t*)(uintptr_t)staging;
-  if (!st) st = tide_cuda_zero(s->cuda, s->states, model->state_bytes);
-  if (!st) st = tide_cuda_sync(s->cuda);
-  tide_cuda_leave(cm);
+  if (!st) st = dev->zero(s->device, s->states, model->state_bytes);
+  if (!st) st = dev->sync(s->device);
+  dev->leave(dm);
   return st;
 }
 
@@ -250,10 +252,10 @@ TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_sessi
   tide_workspace_init(&s->workspace);
   pthread_mutex_init(&s->error_mu, NULL);
 
-  tide_status_t st = model->cuda ? allocate_device(s, opts.use_cuda_graphs != 0) : allocate_host(s);
+  tide_status_t st = model->device ? allocate_device(s, opts.use_cuda_graphs != 0) : allocate_host(s);
   if (!st) st = build_tables(s);
-  /* A cuda session's kernels run on the device: its host side needs no worker threads. */
-  if (model->cuda) opts.num_threads = 1;
+  /* A device session's kernels run on the device: its host side needs no worker threads. */
+  if (model->device) opts.num_threads = 1;
   if (!st) st = tide_thread_pool_create(opts.num_threads, s, &s->pool);
   if (st) {
     session_destroy(s);
@@ -273,15 +275,16 @@ TIDE_API int32_t tide_session_num_threads(const tide_session_t* session) {
 
 TIDE_API tide_status_t tide_session_reset_state(tide_session_t* session) {
   if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
-  if (!session->cuda) {
+  const tide_device_backend_t* dev = session->model->device;
+  if (!dev) {
     memset(session->states, 0, (size_t)session->model->state_bytes);
     return NULL;
   }
-  tide_status_t st = tide_cuda_enter(session->model->cuda);
+  tide_status_t st = dev->enter(session->model->device_model);
   if (st) return st;
-  st = tide_cuda_zero(session->cuda, session->states, session->model->state_bytes);
-  if (!st) st = tide_cuda_sync(session->cuda);
-  tide_cuda_leave(session->model->cuda);
+  st = dev->zero(session->device, session->states, session->model->state_bytes);
+  if (!st) st = dev->sync(session->device);
+  dev->leave(session->model->device_model);
   return st;
 }
 
@@ -319,15 +322,16 @@ TIDE_API tide_status_t tide_session_read_state(tide_session_t* session, int32_t 
                             decl->name, (unsigned long long)decl->desc.nbytes, (unsigned long long)nbytes);
   }
   const uint8_t* src = session->states + session->model->state_offsets[index];
-  if (!session->cuda) {
+  const tide_device_backend_t* dev = session->model->device;
+  if (!dev) {
     memcpy(dst, src, (size_t)nbytes);
     return NULL;
   }
-  st = tide_cuda_enter(session->model->cuda);
+  st = dev->enter(session->model->device_model);
   if (st) return st;
-  st = tide_cuda_copy(session->cuda, TIDE_CUDA_DEVICE_TO_HOST, dst, src, nbytes);
-  if (!st) st = tide_cuda_sync(session->cuda);
-  tide_cuda_leave(session->model->cuda);
+  st = dev->copy(session->device, TIDE_COPY_DEVICE_TO_HOST, dst, src, nbytes);
+  if (!st) st = dev->sync(session->device);
+  dev->leave(session->model->device_model);
   return st;
 }
 
@@ -384,11 +388,19 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
       tide_dl_tensor_t* dst = &x->tensors[op->args[1].value];
       uint64_t nbytes = d->buffers[op->args[0].value].desc.nbytes;
       if (dst->data == src->data) continue;
-      if (s->cuda) {
-        tide_status_t st = tide_cuda_copy(s->cuda, TIDE_CUDA_DEVICE_TO_DEVICE, dst->data, src->data, nbytes);
+      if (s->device) {
+        tide_status_t st = s->model->device->copy(s->device, TIDE_COPY_DEVICE_TO_DEVICE, dst->data, src->data, nbytes);
         if (st) return tide_status_wrap(st, "entry '%s' op %u (copy)", d->name, o);
       } else {
         memmove(dst->data, src->data, (size_t)nbytes);
+      }
+      continue;
+    }
+    if (s->device && s->model->device->launch) {
+      tide_status_t st = s->model->device->launch(s->device, x->index, o);
+      if (st) {
+        return tide_status_wrap(st, "entry '%s' op %u: kernel '%s'", d->name, o,
+                                s->model->artifact.kernel_names[op->kernel]);
       }
       continue;
     }
@@ -417,7 +429,7 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
 }
 
 /* Validates a run's arguments and binds the inputs: on the cpu, data inputs are used in place and
- * state inputs with data copied into the state; on cuda, both are copied into the session's device
+ * state inputs with data copied into the state; on a device, both are copied into the session's device
  * buffers (from host or device memory, per `io`). Cuda: the context is pushed by the caller. */
 static tide_status_t bind_inputs(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
                                  int32_t num_inputs, io_memory_t io, const tide_entry_exec_t** out_x) {
@@ -427,16 +439,16 @@ static tide_status_t bind_inputs(tide_session_t* session, int32_t entry, const t
   }
   const tide_entry_exec_t* x = &session->entries[entry];
   const tide_entry_decl_t* d = x->decl;
-  tide_status_t st = check_inputs(x, inputs, num_inputs, session->cuda == NULL);
+  tide_status_t st = check_inputs(x, inputs, num_inputs, session->device == NULL);
   if (st) return st;
-  tide_cuda_copy_kind_t kind = io == IO_HOST ? TIDE_CUDA_HOST_TO_DEVICE : TIDE_CUDA_DEVICE_TO_DEVICE;
+  tide_copy_kind_t kind = io == IO_HOST ? TIDE_COPY_HOST_TO_DEVICE : TIDE_COPY_DEVICE_TO_DEVICE;
   for (uint32_t i = 0; i < d->num_inputs; ++i) {
     const tide_io_decl_t* io_decl = &d->inputs[i];
     uint64_t nbytes = d->buffers[io_decl->buffer].desc.nbytes;
     if (io_decl->role == TIDE_IO_STATE && !inputs[i].data) continue;
     void* dst = io_decl->role == TIDE_IO_STATE ? x->tensors[io_decl->buffer].data : session->staging + x->input_offsets[i];
-    if (session->cuda) {
-      st = tide_cuda_copy(session->cuda, kind, dst, inputs[i].data, nbytes);
+    if (session->device) {
+      st = session->model->device->copy(session->device, kind, dst, inputs[i].data, nbytes);
       if (st) return tide_status_wrap(st, "entry '%s' input '%s'", d->name, io_decl->name);
     } else if (io_decl->role == TIDE_IO_STATE && dst != inputs[i].data) {
       memmove(dst, inputs[i].data, (size_t)nbytes);
@@ -460,17 +472,18 @@ static tide_status_t run_ops_cb(void* ctx) {
   return run_ops(c->session, c->x);
 }
 
-/* One run of the entry's ops (cuda: enqueued, through its graph once captured). */
+/* One run of the entry's ops (on a device: enqueued on the session's stream). */
 static tide_status_t execute(tide_session_t* session, const tide_entry_exec_t* x, double* out_seconds) {
   tide_session_t* prev = tide_set_current_session(session);
   ops_call_t call = {session, x};
   tide_status_t st;
-  if (!session->cuda) {
+  const tide_device_backend_t* dev = session->model->device;
+  if (!dev) {
     st = run_ops(session, x);
   } else if (out_seconds) {
-    st = tide_cuda_time(session->cuda, x->index, run_ops_cb, &call, out_seconds);
+    st = dev->time(session->device, x->index, run_ops_cb, &call, out_seconds);
   } else {
-    st = tide_cuda_execute(session->cuda, x->index, run_ops_cb, &call);
+    st = dev->execute(session->device, x->index, run_ops_cb, &call);
   }
   tide_set_current_session(prev);
   return st;
@@ -494,16 +507,16 @@ static tide_status_t collect_outputs(tide_session_t* s, const tide_entry_exec_t*
     tide_tensor_t* out = &outputs[i];
     memset(out, 0, sizeof(*out));
     out->data = t->data;
-    if (s->cuda && io == IO_HOST) {
+    if (s->device && io == IO_HOST) {
       out->data = s->host_out + x->output_offsets[i];
-      st = tide_cuda_copy(s->cuda, TIDE_CUDA_DEVICE_TO_HOST, out->data, t->data,
+      st = s->model->device->copy(s->device, TIDE_COPY_DEVICE_TO_HOST, out->data, t->data,
                           d->buffers[d->outputs[i].buffer].desc.nbytes);
     }
     out->dtype = (tide_dtype_t){t->dtype.code, t->dtype.bits, t->dtype.lanes};
     out->ndim = t->ndim;
     memcpy(out->shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
   }
-  if (!st && s->cuda) st = tide_cuda_sync(s->cuda);
+  if (!st && s->device) st = s->model->device->sync(s->device);
   return st;
 }
 
@@ -514,18 +527,18 @@ static tide_status_t run(tide_session_t* session, int32_t entry, const tide_tens
     tide_status_t st = check_num_outputs(session->entries[entry].decl, outputs, num_outputs);
     if (st) return st;
   }
-  tide_cuda_model_t* cm = session->model->cuda;
-  if (cm) {
-    tide_status_t st = tide_cuda_enter(cm);
+  const tide_device_backend_t* dev = session->model->device;
+  if (dev) {
+    tide_status_t st = dev->enter(session->model->device_model);
     if (st) return st;
   }
   const tide_entry_exec_t* x = NULL;
   tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, io, &x);
   if (!st) st = execute(session, x, NULL);
   if (!st) st = collect_outputs(session, x, io, outputs);
-  if (cm) {
-    if (st) tide_status_free(tide_cuda_sync(session->cuda)); /* nothing of this run may still be in flight */
-    tide_cuda_leave(cm);
+  if (dev) {
+    if (st) tide_status_free(dev->sync(session->device)); /* nothing of this run may still be in flight */
+    dev->leave(session->model->device_model);
   }
   return st;
 }
@@ -553,30 +566,30 @@ TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
     return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "iterations must be >= 1, got %d", iterations);
   }
   if (!out_seconds) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_seconds is NULL");
-  tide_cuda_model_t* cm = session->model->cuda;
-  if (cm) {
-    tide_status_t st = tide_cuda_enter(cm);
+  const tide_device_backend_t* dev = session->model->device;
+  if (dev) {
+    tide_status_t st = dev->enter(session->model->device_model);
     if (st) return st;
   }
   const tide_entry_exec_t* x = NULL;
   tide_status_t st = bind_inputs(session, entry, inputs, num_inputs, IO_HOST, &x);
   for (int32_t i = 0; !st && i < iterations; ++i) {
     double t0 = monotonic_seconds();
-    st = execute(session, x, cm ? &out_seconds[i] : NULL);
+    st = execute(session, x, dev ? &out_seconds[i] : NULL);
     if (st) {
       st = tide_status_wrap(st, "timing iteration %d of %d", i, iterations);
-    } else if (!cm) {
+    } else if (!dev) {
       out_seconds[i] = monotonic_seconds() - t0;
     }
   }
-  if (cm) {
-    tide_status_t synced = tide_cuda_sync(session->cuda);
+  if (dev) {
+    tide_status_t synced = dev->sync(session->device);
     if (!st) {
       st = synced;
     } else {
       tide_status_free(synced);
     }
-    tide_cuda_leave(cm);
+    dev->leave(session->model->device_model);
   }
   return st;
 }
