@@ -79,10 +79,9 @@ class NormOutputs:
         """The RMSNorm call whose (reshaped) output ``x`` is, or None."""
         from tvm import relax
 
-        try:
-            value = bb.lookup_binding(x) if isinstance(x, relax.Var) else None
-        except Exception:  # noqa: BLE001  (a variable without a binding in this scope)
-            value = None
+        from ..ops.rope import bound_value
+
+        value = bound_value(bb, x)
         if not isinstance(value, relax.Call) or value.op != tvm_op("relax.reshape"):
             return None
         source = value.args[0]

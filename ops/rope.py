@@ -152,15 +152,25 @@ def emit_tables(bb, cos, sin, x_shape, rope_dim: int):
     return groups, tables[0], tables[1]
 
 
+def bound_value(bb, expr):
+    """What ``expr`` computes: the expression itself, or the value a variable is bound to in the
+    function being built (the ONNX frontend passes un-emitted calls, a BlockBuilder user variables)."""
+    from tvm import relax
+
+    if not isinstance(expr, relax.Var):
+        return expr
+    try:
+        return bb.lookup_binding(expr)
+    except Exception:  # noqa: BLE001  (a variable without a binding in this scope: a parameter)
+        return None
+
+
 def negated(bb, expr):
-    """``v`` when ``expr`` is bound to ``negative(v)`` in the function being built, else None."""
+    """``v`` when ``expr`` computes ``negative(v)``, else None."""
     import tvm
     from tvm import relax
 
-    try:
-        value = bb.lookup_binding(expr) if isinstance(expr, relax.Var) else None
-    except Exception:  # noqa: BLE001  (a variable of another scope has no binding here)
-        value = None
+    value = bound_value(bb, expr)
     if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.negative"):
         return value.args[0]
     return None
