@@ -306,6 +306,7 @@ def schedule_indexer_cpu(func, target=None):
 
 
 CUDA_THREADS = 128
+CUDA_STATIC_SHARED_BYTES = 48 * 1024  # static shared memory every arch launches without opt-in
 
 
 def schedule_indexer_cuda(func, target=None):
@@ -317,19 +318,39 @@ def schedule_indexer_cuda(func, target=None):
     sch = s_tir.Schedule(func)
     threads = CUDA_THREADS
     sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("score"))), "blockIdx.x")
-    scopes = [("q_load", 0, "shared.dyn"), ("tile_load", 0, "shared.dyn"), ("list_init", 0, "shared.dyn"),
-              ("list_init", 1, "shared.dyn"), ("move_list", 0, "shared.dyn"), ("move_list", 1, "shared.dyn"),
+    # Buffer placement. TVM's sync planner treats all "shared.dyn" buffers as one: a block guarded by
+    # ``threadIdx.x < k`` (k not a multiple of the threads) that scatters into one dynamic buffer and
+    # then reads another would need a barrier inside that condition, which it refuses. So the
+    # scatter targets (nv, ni) are always static shared memory, apart from what they scatter from.
+    # The top-k lists and their ranks (lv, li, rl) are static too whenever everything fits the
+    # static limit (TVM's shared-memory merge also mishandles a 1-slot dynamic list), dynamic
+    # beyond that.
+    k = _extent(sch, sch.get_loops(sch.get_sblock("list_init"))[-1])
+    heads = _extent(sch, sch.get_loops(sch.get_sblock("w_load"))[-1])
+    entries = _extent(sch, sch.get_loops(sch.get_sblock("cand"))[-1])
+    pend = _extent(sch, sch.get_loops(sch.get_sblock("rank_cand"))[-2])
+    # wv, dots, pv, pi, rc, cv, ci and the scatter targets nv, ni
+    fixed = 4 * (heads * (entries + 1) + 3 * pend + 2 + 2 * entries + 2 * (k + 1))
+    if fixed > CUDA_STATIC_SHARED_BYTES:
+        raise ValueError(f"indexer top-k {k} needs {fixed} bytes of static shared memory in the CUDA schedule "
+                         f"(limit {CUDA_STATIC_SHARED_BYTES})")
+    lists = "shared" if fixed + 12 * k <= CUDA_STATIC_SHARED_BYTES else "shared.dyn"
+    scopes = [("q_load", 0, "shared.dyn"), ("tile_load", 0, "shared.dyn"), ("list_init", 0, lists),
+              ("list_init", 1, lists), ("move_list", 0, "shared"), ("move_list", 1, "shared"),
               ("w_load", 0, "shared"), ("qk", 0, "shared"), ("weigh", 0, "shared"), ("cand", 0, "shared"),
               ("cand", 1, "shared"), ("pend_init", 0, "shared"), ("pend_init", 1, "shared"),
-              ("rank_list", 0, "shared"), ("rank_cand", 0, "shared"),
+              ("rank_list", 0, lists), ("rank_cand", 0, "shared"),
               ("limit", 0, "local"), ("limit", 1, "local"), ("tile_start", 0, "local")]
     merged = _has_block(sch, "merge")
     if merged:
         sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("merge"))), "blockIdx.x")
-        scopes += [("m_list_init", 0, "shared.dyn"), ("m_list_init", 1, "shared.dyn"),
-                   ("m_load", 0, "shared.dyn"), ("m_load", 1, "shared.dyn"), ("m_move_list", 0, "shared.dyn"),
-                   ("m_move_list", 1, "shared.dyn"), ("m_rank_list", 0, "shared.dyn"),
-                   ("m_rank_cand", 0, "shared.dyn"), ("m_part", 0, "local")]
+        # the scatter targets nv, ni (k + 1 each) static; lv, li, pv, pi, rl, rc (k each) too when
+        # they fit
+        m_lists = "shared" if 4 * (8 * k + 2) <= CUDA_STATIC_SHARED_BYTES else "shared.dyn"
+        scopes += [("m_list_init", 0, m_lists), ("m_list_init", 1, m_lists),
+                   ("m_load", 0, m_lists), ("m_load", 1, m_lists), ("m_move_list", 0, "shared"),
+                   ("m_move_list", 1, "shared"), ("m_rank_list", 0, m_lists),
+                   ("m_rank_cand", 0, m_lists), ("m_part", 0, "local")]
     for name, index, scope in scopes:
         sch.set_scope(sch.get_sblock(name), index, scope)
 

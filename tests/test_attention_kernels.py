@@ -448,6 +448,26 @@ CUDA_INDEXERS = {
 }
 
 
+def _cuda_indexer(batch, seq, cache_rows, top_k):
+    """The tiny model's index shape (16 heads of 32, rope 16, ratio 4) at any top-k."""
+    cfg = attention.indexer_config("cuda", batch, seq, cache_rows, top_k)
+    return lambda: indexer.prim_func(batch, seq, 16, 32, 16, cache_rows, seq // 4 + 1, 4, top_k, 0.1, **cfg)
+
+
+# top-k that is not a multiple of the 128 threads: thread-guarded list merges (used to fail in TVM's
+# sync planner), one slot, the tiny model's top-4, top-k = every cache row (more than a short
+# prefix sees), split lists merged and not
+CUDA_INDEXERS |= {
+    "indexer-top1-split": _cuda_indexer(1, 1, 65, 1),
+    "indexer-top1": _cuda_indexer(2, 3, 7, 1),
+    "indexer-tiny-top4-decode": _cuda_indexer(1, 1, 65, 4),
+    "indexer-tiny-top4-prefill": _cuda_indexer(1, 32, 65, 4),
+    "indexer-top-all-rows": _cuda_indexer(1, 5, 17, 17),
+    "indexer-top129-split": _cuda_indexer(1, 1, 4097, 129),
+    "indexer-top2500-dynamic-lists": _cuda_indexer(1, 2, 2500, 2500),
+}
+
+
 CUDA_COMPRESSORS = {
     "compressor-csa-prefill": lambda: compressor.prim_func(1, 32, 4, 1, 512, 1025, 64, 1e-6),
     "compressor-hca-decode": lambda: compressor.prim_func(2, 1, 128, 0, 512, 33, 64, 1e-6),
