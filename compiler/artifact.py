@@ -50,6 +50,10 @@ DEVICE_MAGIC = b"TIDECUDA"
 DEVICE_VERSION = 1
 DEVICE_FORMATS = {"cubin": 0, "fatbin": 1, "ptx": 2}
 DEVICE_HANDLE = (3, 64)  # DLPack opaque handle: a pointer argument of a device kernel
+ASCEND_MAGIC = b"TIDEASCN"
+ASCEND_VERSION = 1
+ASCEND_ARG_KINDS = {"ptr": 0, "i64": 1}  # a kernel argument: a buffer's device address, or an int64
+ASCEND_MAX_BLOCK_DIM = 65535
 DEVICE_TAGS = ("blockIdx.x", "blockIdx.y", "blockIdx.z", "threadIdx.x", "threadIdx.y", "threadIdx.z",
                "tir.use_dyn_shared_memory")
 # Required-CPU-feature bits of the TARGET section (bit i = FEATURES[i]).
@@ -177,6 +181,22 @@ class DeviceCode:
 
 
 @dataclass
+class AscendKernel:
+    """One kernel of an ascend artifact (DEVICE_CODE, docs/artifact-format.md)."""
+    name: str          # the plan's kernel name (and the kernel's symbol in its binary)
+    block_dim: int     # AI cores one launch uses
+    args: list         # "ptr" | "i64" per argument, the plan's call arguments in order
+    hivm: str          # the HIVM MLIR module bishengir-compile takes
+    binary: bytes = b""  # the device binary hivmc made from it; empty when compiled without CANN
+
+
+@dataclass
+class AscendCode:
+    soc: str           # "Ascend910B1", "Ascend950PR_9599": the TARGET record's device architecture
+    kernels: list
+
+
+@dataclass
 class Section:
     kind: str  # "TARGET", "PLAN", ...
     offset: int
@@ -196,7 +216,7 @@ class Artifact:
     metadata: dict
     sections: dict = field(default_factory=dict)  # kind name -> (offset, size), in file order
     section_info: dict = field(default_factory=dict)  # kind name -> Section (with CRC and alignment)
-    device_code: DeviceCode | None = None  # the parsed DEVICE_CODE section (cuda)
+    device_code: DeviceCode | AscendCode | None = None  # the parsed DEVICE_CODE section (cuda, ascend)
 
     def section_bytes(self, kind: str) -> bytes:
         """A section's bytes (e.g. "KERNELS_HOST"); b"" when the artifact has none."""
@@ -593,6 +613,63 @@ def encode_device_code(code: DeviceCode) -> bytes:
     return out.bytes()
 
 
+def validate_ascend_code(code: AscendCode, plan: Plan | None = None, soc: str | None = None) -> None:
+    """The ascend DEVICE_CODE rules; with ``plan``, one kernel per plan kernel whose argument kinds
+    match every call (buffer -> "ptr", immediate -> "i64"); with ``soc``, the TARGET's device
+    architecture must name the same SoC."""
+    _check_string(code.soc, "DEVICE_CODE SoC")
+    if not code.soc.startswith("Ascend"):
+        raise ArtifactError(f"DEVICE_CODE: SoC '{code.soc}' is not an Ascend SoC name (e.g. Ascend910B1)")
+    if soc is not None and soc != code.soc:
+        raise ArtifactError(f"target device architecture '{soc}' is not the DEVICE_CODE SoC '{code.soc}'")
+    for k in code.kernels:
+        _check_string(k.name, "DEVICE_CODE kernel name")
+        _check_int(k.block_dim, 1, ASCEND_MAX_BLOCK_DIM, f"DEVICE_CODE kernel '{k.name}' block_dim")
+        for a in k.args:
+            if a not in ASCEND_ARG_KINDS:
+                raise ArtifactError(f"DEVICE_CODE kernel '{k.name}': unknown argument kind '{a}' (ptr, i64)")
+        if not k.hivm or "\0" in k.hivm:
+            raise ArtifactError(f"DEVICE_CODE kernel '{k.name}': the HIVM text is empty or holds a NUL")
+    _check_unique([k.name for k in code.kernels], "DEVICE_CODE kernel name")
+    if plan is None:
+        return
+    by_name = {k.name: k for k in code.kernels}
+    if set(by_name) != set(plan.kernels):
+        missing = sorted(set(plan.kernels) - set(by_name))
+        extra = sorted(set(by_name) - set(plan.kernels))
+        raise ArtifactError(f"DEVICE_CODE kernels do not match the plan's: missing {missing}, not in the plan {extra}")
+    for e in plan.entries:
+        for i, op in enumerate(e.ops):
+            if op.kind != "call":
+                continue
+            k = by_name[plan.kernels[op.kernel]]
+            kinds = ["ptr" if kind == "buf" else "i64" for kind, _ in op.args]
+            if kinds != list(k.args):
+                raise ArtifactError(f"entry '{e.name}' op {i} calls '{k.name}' with ({', '.join(kinds)}); the kernel "
+                                    f"takes ({', '.join(k.args)})")
+
+
+def encode_ascend_code(code: AscendCode) -> bytes:
+    """The DEVICE_CODE section bytes of an ascend artifact (validated first)."""
+    validate_ascend_code(code)
+    out = _Out()
+    out.parts.append(ASCEND_MAGIC)
+    out.u32(ASCEND_VERSION)
+    out.string(code.soc)
+    out.u32(len(code.kernels))
+    for k in code.kernels:
+        out.string(k.name)
+        out.u32(k.block_dim)
+        out.u32(len(k.args))
+        out.parts.append(bytes(ASCEND_ARG_KINDS[a] for a in k.args))
+        text = k.hivm.encode("utf-8")
+        out.u64(len(text))
+        out.parts.append(text)
+        out.u64(len(k.binary))
+        out.parts.append(bytes(k.binary))
+    return out.bytes()
+
+
 def _check_elf(image, where: str) -> None:
     """An ELF64 little-endian shared object (the C loader also checks its machine against the host)."""
     head = bytes(image[:20])
@@ -653,7 +730,9 @@ def write_artifact(path: str, target: TargetInfo, plan: Plan, kernel_library: by
         offset += int(array.nbytes)
     weights_size = offset
     kernel_library = bytes(kernel_library or b"")
-    if check:
+    if check and target.kind == "ascend" and kernel_library:
+        raise ArtifactError("an ascend artifact has no kernel library: its kernels are in DEVICE_CODE")
+    if check and target.kind != "ascend":
         if plan.kernels and not kernel_library:
             raise ArtifactError(f"the plan calls {len(plan.kernels)} kernels but no kernel library was given")
         if kernel_library:
@@ -671,10 +750,13 @@ def write_artifact(path: str, target: TargetInfo, plan: Plan, kernel_library: by
         blobs.append(("KERNELS_HOST", kernel_library))
     if device_code:
         blobs.append(("DEVICE_CODE", bytes(device_code)))
-    if check and target.kind == "cuda":
+    if check and target.kind in ("cuda", "ascend"):
         if not device_code:
-            raise ArtifactError("a cuda target needs a DEVICE_CODE section")
-        validate_device_code(decode_device_code(bytes(device_code)), target.device_arch)
+            raise ArtifactError(f"a {target.kind} target needs a DEVICE_CODE section")
+        if target.kind == "cuda":
+            validate_device_code(decode_device_code(bytes(device_code)), target.device_arch)
+        else:
+            validate_ascend_code(decode_ascend_code(bytes(device_code)), plan, target.device_arch)
     n = len(blobs) + 1
     pos = HEADER_BYTES + n * TABLE_ENTRY_BYTES
     sections = []
@@ -955,6 +1037,52 @@ def decode_device_code(data) -> DeviceCode:
     return code
 
 
+def decode_ascend_code(data) -> AscendCode:
+    """Parses and validates an ascend DEVICE_CODE section (the C loader's rules, without the plan)."""
+    r = _In(data, "DEVICE_CODE")
+    r.context = "header"
+    if bytes(r.take(8, "magic")) != ASCEND_MAGIC:
+        r.pos -= 8
+        r.fail('bad magic (expected "TIDEASCN")')
+    version = r.u32("version")
+    if version != ASCEND_VERSION:
+        r.fail(f"version {version} is not supported (expected {ASCEND_VERSION})")
+    soc = r.string("SoC")
+    kinds = {v: k for k, v in ASCEND_ARG_KINDS.items()}
+    kernels = []
+    for i in range(r.count("kernel count", 4 + 4 + 4 + 8 + 8)):
+        r.context = f"kernel {i}"
+        name = r.string("kernel name")
+        r.context = f"kernel {i} ('{name}')"
+        block_dim = r.u32("block_dim")
+        args = []
+        for _ in range(r.count("argument count", 1)):
+            kind = r.u8("argument kind")
+            if kind not in kinds:
+                r.fail(f"unknown argument kind {kind} (0 ptr, 1 i64)")
+            args.append(kinds[kind])
+        n = r.u64("HIVM size")
+        if n > len(r.data) - r.pos:
+            r.fail(f"HIVM text of {n} bytes exceeds the {len(r.data) - r.pos} bytes left (truncated?)")
+        try:
+            hivm = bytes(r.take(n, "HIVM text")).decode("utf-8")
+        except UnicodeDecodeError:
+            r.fail("the HIVM text is not UTF-8")
+        n = r.u64("binary size")
+        if n > len(r.data) - r.pos:
+            r.fail(f"binary of {n} bytes exceeds the {len(r.data) - r.pos} bytes left (truncated?)")
+        kernels.append(AscendKernel(name, block_dim, args, hivm, bytes(r.take(n, "binary"))))
+    if r.pos != len(r.data):
+        r.context = "end"
+        r.fail(f"{len(r.data) - r.pos} bytes follow the last kernel")
+    code = AscendCode(soc, kernels)
+    try:
+        validate_ascend_code(code)
+    except ArtifactError as err:
+        raise ArtifactError(f"DEVICE_CODE section: {str(err).removeprefix('DEVICE_CODE').lstrip(': ')}") from None
+    return code
+
+
 def _crc_range(data, offset: int, size: int) -> int:
     """CRC-32 of data[offset:offset + size] in chunks, without copying and without leaving a buffer
     export behind (the mmap must stay closable)."""
@@ -1068,7 +1196,9 @@ def _parse(path: str, data, verify: bool) -> Artifact:
         if w.offset + w.nbytes > wsize:
             raise ArtifactError(f"PLAN section: weight '{w.name}': {w.nbytes} bytes at offset {w.offset} exceed the "
                                 f"{wsize}-byte WEIGHTS section")
-    if plan.kernels:
+    if target.kind == "ascend" and "KERNELS_HOST" in sections:
+        raise ArtifactError("an ascend artifact has a KERNELS_HOST section (its kernels are in DEVICE_CODE)")
+    if plan.kernels and target.kind != "ascend":
         if "KERNELS_HOST" not in sections:
             raise ArtifactError(f"the plan calls {len(plan.kernels)} kernels but the artifact has no KERNELS_HOST "
                                 "section")
@@ -1080,6 +1210,11 @@ def _parse(path: str, data, verify: bool) -> Artifact:
             raise ArtifactError("a cuda target needs a DEVICE_CODE section")
         device_code = decode_device_code(blob("DEVICE_CODE"))
         validate_device_code(device_code, target.device_arch)
+    elif target.kind == "ascend":
+        if "DEVICE_CODE" not in sections:
+            raise ArtifactError("an ascend target needs a DEVICE_CODE section")
+        device_code = decode_ascend_code(blob("DEVICE_CODE"))
+        validate_ascend_code(device_code, plan, target.device_arch)
     return Artifact(path, size, target, plan, metadata, {k: (s.offset, s.size) for k, s in sections.items()},
                     sections, device_code)
 

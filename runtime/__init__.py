@@ -456,10 +456,11 @@ class Model:
     decode models."""
 
     def __init__(self, path, verify: bool = True, num_threads: int = 0, device: str = "cpu",
-                 cuda_driver: str | None = None, cuda_graphs: bool = True):
+                 cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None):
         lib = _library()
         kind, ordinal = _parse_device(device)
-        self.device = (kind, ordinal)  # DLPack (device_type, device_id)
+        # DLPack (device_type, device_id); DLPack has no Ascend type: its extension type 12
+        self.device = ({1: 1, 2: 2, 3: 12}[kind], ordinal)
         self.cuda_graphs = bool(cuda_graphs)
         opts = ffi.new("tide_model_options_t*")
         lib.tide_model_options_initialize(opts)
@@ -468,6 +469,8 @@ class Model:
         opts.device_ordinal = ordinal
         driver = ffi.new("char[]", cuda_driver.encode()) if cuda_driver is not None else ffi.NULL
         opts.cuda_driver_path = driver
+        acl = ffi.new("char[]", ascend_acl.encode()) if ascend_acl is not None else ffi.NULL
+        opts.ascend_acl_path = acl
         out = ffi.new("tide_model_t**")
         _check(lib.tide_model_load_file(str(path).encode(), opts, out))
         self._ptr = ffi.gc(out[0], lib.tide_model_release)
@@ -811,23 +814,26 @@ class Session:
             return out
 
 
-_DEVICE = re.compile(r"(cpu|cuda)(?::([0-9]+))?$")
+_DEVICE = re.compile(r"(cpu|cuda|ascend)(?::([0-9]+))?$")
+_DEVICE_KINDS = {"cpu": 1, "cuda": 2, "ascend": 3}  # tide_model_options_t.device_kind
 
 
 def _parse_device(device: str) -> tuple[int, int]:
-    """"cpu" -> (1, 0); "cuda" / "cuda:N" -> (2, N)."""
+    """"cpu" -> (1, 0); "cuda" / "cuda:N" -> (2, N); "ascend" / "ascend:N" -> (3, N)."""
     m = _DEVICE.match(device) if isinstance(device, str) else None
     if m is None or (m.group(1) == "cpu" and m.group(2) not in (None, "0")):
-        raise TideError(f"device must be 'cpu', 'cuda' or 'cuda:<ordinal>', got {device!r}")
-    return (1, 0) if m.group(1) == "cpu" else (2, int(m.group(2) or 0))
+        raise TideError(f"device must be 'cpu', 'cuda[:<ordinal>]' or 'ascend[:<ordinal>]', got {device!r}")
+    return _DEVICE_KINDS[m.group(1)], int(m.group(2) or 0)
 
 
 def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
-         cuda_driver: str | None = None, cuda_graphs: bool = True) -> Model:
+         cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None) -> Model:
     """Loads a compiled ``.tide`` artifact. ``device``: "cpu", or "cuda[:N]" for a cuda artifact
     (the CUDA driver is dlopened, the device's image loaded and the weights copied to the device).
     ``cuda_driver``: the driver library to dlopen (default "libcuda.so.1"). ``cuda_graphs``: capture
-    each entry into a CUDA graph on its second run and replay it after (default).
+    each entry into a CUDA graph on its second run and replay it after (default). "ascend[:N]" for an
+    ascend artifact (AscendCL is dlopened, default "libascendcl.so" or ``ascend_acl``; the artifact
+    must hold device binaries, i.e. have been compiled where CANN's hivmc is installed).
     ``verify=False`` skips the weight/device-code checksums (faster load of big models; the plan and
     kernel library are always verified). ``num_threads``: threads per session (0: one per CPU)."""
-    return Model(path, verify, num_threads, device, cuda_driver, cuda_graphs)
+    return Model(path, verify, num_threads, device, cuda_driver, cuda_graphs, ascend_acl)

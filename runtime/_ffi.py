@@ -57,8 +57,9 @@ typedef struct tide_model_options_s {
   int32_t device_kind;
   int32_t device_ordinal;
   const char* cuda_driver_path;
+  const char* ascend_acl_path;
 } tide_model_options_t;
-enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2 };
+enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2, TIDE_DEVICE_ASCEND = 3 };
 void tide_model_options_initialize(tide_model_options_t* out_options);
 tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,
                                             tide_model_t** out_model);
@@ -95,10 +96,11 @@ int32_t tide_session_num_threads(const tide_session_t* session);
 tide_status_t tide_session_reset_state(tide_session_t* session);
 tide_status_t tide_session_state(tide_session_t* session, int32_t index,
                                           tide_tensor_t* out_tensor);
+tide_status_t tide_session_read_state(tide_session_t* session, int32_t index, void* dst,
+                                               uint64_t nbytes);
 tide_status_t tide_session_run(tide_session_t* session, int32_t entry,
                                         const tide_tensor_t* inputs, int32_t num_inputs,
                                         tide_tensor_t* outputs, int32_t num_outputs);
-tide_status_t tide_session_read_state(tide_session_t* session, int32_t index, void* dst, uint64_t nbytes);
 tide_status_t tide_session_run_device(tide_session_t* session, int32_t entry,
                                       const tide_tensor_t* inputs, int32_t num_inputs,
                                       tide_tensor_t* outputs, int32_t num_outputs);

@@ -95,8 +95,8 @@ def test_cpu_artifact_on_cuda_and_bad_device_strings(tmp_path, standin):
     path = write_standard(str(tmp_path / "cpu.tide"), compile_test_kernels(str(tmp_path)))
     with pytest.raises(R.TideError, match=r"the artifact targets cpu; it cannot be loaded onto cuda:0"):
         R.load(path, device="cuda:0", cuda_driver=standin)
-    for bad in ("gpu", "cuda:", "cuda:-1", "cpu:1", 3):
-        with pytest.raises(R.TideError, match="device must be 'cpu', 'cuda' or 'cuda:<ordinal>'"):
+    for bad in ("gpu", "cuda:", "cuda:-1", "cpu:1", "npu", 3):
+        with pytest.raises(R.TideError, match=r"device must be 'cpu', 'cuda\[:<ordinal>\]' or 'ascend\[:<ordinal>\]'"):
             R.load(path, device=bad)
     assert R.load(path, device="cpu").target == "cpu"
 

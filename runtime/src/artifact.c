@@ -907,6 +907,102 @@ static tide_status_t check_metadata(const uint8_t* p, uint64_t n) {
   return NULL;
 }
 
+/* ---- DEVICE_CODE (ascend) ---------------------------------------------------------------------- */
+
+#define MIN_ASCEND_KERNEL (MIN_STRING + 4u + 4u + 8u + 8u)
+#define MAX_BLOCK_DIM 65535u
+
+/* Call op `op` of entry `e` passes, argument by argument, what kernel `k` takes. */
+static int check_ascend_calls(reader_t* r, const tide_artifact_t* art) {
+  for (uint32_t e = 0; e < art->num_entries; ++e) {
+    const tide_entry_decl_t* d = &art->entries[e];
+    for (uint32_t o = 0; o < d->num_ops; ++o) {
+      const tide_op_decl_t* op = &d->ops[o];
+      if (op->op != TIDE_OP_CALL) continue;
+      const tide_ascend_kernel_t* k = &art->ascend_kernels[op->kernel];
+      int same = op->num_args == k->num_args;
+      for (uint32_t a = 0; same && a < op->num_args; ++a) {
+        same = (op->args[a].kind == TIDE_ARG_BUFFER) == (k->kinds[a] == TIDE_ASCEND_ARG_PTR);
+      }
+      if (!same) {
+        set_context(r, "kernel '%s'", k->name);
+        return fail(r, TIDE_STATUS_DATA_LOSS,
+                    "entry '%s' op %u calls it with %u arguments that do not match its %u argument kinds", d->name,
+                    o, op->num_args, k->num_args);
+      }
+    }
+  }
+  return 1;
+}
+
+static int parse_ascend_code(reader_t* r, tide_artifact_t* art) {
+  set_context(r, "header");
+  if (!need(r, 8, "magic")) return 0;
+  if (memcmp(r->data, "TIDEASCN", 8) != 0) return fail(r, TIDE_STATUS_DATA_LOSS, "bad magic (expected TIDEASCN)");
+  r->pos = 8;
+  uint32_t version;
+  if (!rd_u32(r, &version, "version")) return 0;
+  if (version != 1) return fail(r, TIDE_STATUS_UNIMPLEMENTED, "version %u (this runtime reads version 1)", version);
+  const char* soc;
+  if (!rd_string(r, &soc, 0, "SoC")) return 0;
+  if (strcmp(soc, art->device_arch) != 0) {
+    return fail(r, TIDE_STATUS_DATA_LOSS, "SoC '%s' is not the TARGET device architecture '%s'", soc, art->device_arch);
+  }
+  set_context(r, "kernels");
+  uint32_t count;
+  if (!rd_count(r, &count, MIN_ASCEND_KERNEL, "kernel count")) return 0;
+  if (count != art->num_kernels) {
+    return fail(r, TIDE_STATUS_DATA_LOSS, "%u kernels; the plan has %u", count, art->num_kernels);
+  }
+  art->ascend_kernels = tide_pool_alloc_array(r->pool, count, sizeof(tide_ascend_kernel_t));
+  if (!art->ascend_kernels && count) return oom(r);
+  uint8_t* seen = tide_pool_alloc_array(r->pool, count, 1);
+  if (!seen && count) return oom(r);
+  for (uint32_t i = 0; i < count; ++i) {
+    set_context(r, "kernel %u", i);
+    const char* name;
+    if (!rd_string(r, &name, 0, "kernel name")) return 0;
+    set_context(r, "kernel '%s'", name);
+    uint32_t slot = count;
+    for (uint32_t k = 0; k < art->num_kernels; ++k) {
+      if (strcmp(art->kernel_names[k], name) == 0) slot = k;
+    }
+    if (slot == count) return fail(r, TIDE_STATUS_DATA_LOSS, "not a kernel of the plan");
+    if (seen[slot]) return fail(r, TIDE_STATUS_DATA_LOSS, "listed twice");
+    seen[slot] = 1;
+    tide_ascend_kernel_t* k = &art->ascend_kernels[slot];
+    k->name = name;
+    if (!rd_u32(r, &k->block_dim, "block_dim")) return 0;
+    if (k->block_dim < 1 || k->block_dim > MAX_BLOCK_DIM) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "block_dim %u is outside 1..%u", k->block_dim, MAX_BLOCK_DIM);
+    }
+    if (!rd_count(r, &k->num_args, 1, "argument count")) return 0;
+    if (k->num_args > TIDE_MAX_KERNEL_ARGS) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "%u arguments exceed %d", k->num_args, TIDE_MAX_KERNEL_ARGS);
+    }
+    k->kinds = r->data + r->pos;
+    for (uint32_t a = 0; a < k->num_args; ++a) {
+      if (k->kinds[a] > TIDE_ASCEND_ARG_I64) return fail(r, TIDE_STATUS_DATA_LOSS, "argument %u: unknown kind %u", a, k->kinds[a]);
+    }
+    r->pos += k->num_args;
+    if (!rd_u64(r, &k->hivm_size, "HIVM size")) return 0;
+    if (k->hivm_size == 0) return fail(r, TIDE_STATUS_DATA_LOSS, "empty HIVM text");
+    if (!need(r, k->hivm_size, "HIVM text")) return 0;
+    k->hivm_offset = r->pos;
+    if (memchr(r->data + r->pos, 0, (size_t)k->hivm_size)) return fail(r, TIDE_STATUS_DATA_LOSS, "HIVM text holds a NUL byte");
+    r->pos += k->hivm_size;
+    if (!rd_u64(r, &k->binary_size, "binary size")) return 0;
+    if (!need(r, k->binary_size, "binary")) return 0;
+    k->binary_offset = r->pos;
+    r->pos += k->binary_size;
+  }
+  set_context(r, "end");
+  if (r->pos != r->size) {
+    return fail(r, TIDE_STATUS_DATA_LOSS, "%llu unexpected trailing bytes", (unsigned long long)(r->size - r->pos));
+  }
+  return check_ascend_calls(r, art);
+}
+
 /* ---- entry point ---------------------------------------------------------------------------- */
 
 tide_status_t tide_artifact_parse(const uint8_t* data, uint64_t size, int verify_bulk_checksums,
@@ -938,18 +1034,26 @@ tide_status_t tide_artifact_parse(const uint8_t* data, uint64_t size, int verify
                   .pool = &out->pool};
     if (!parse_plan(&r, out)) st = r.status;
   }
-  if (!st && out->target_kind == TIDE_TARGET_CUDA) {
+  int device = out->target_kind == TIDE_TARGET_CUDA || out->target_kind == TIDE_TARGET_ASCEND;
+  if (!st && device) {
     if (!out->sections[TIDE_SECTION_DEVICE_CODE].present) {
-      st = tide_make_status(TIDE_STATUS_DATA_LOSS, "a cuda artifact needs a DEVICE_CODE section");
+      st = tide_make_status(TIDE_STATUS_DATA_LOSS, "a %s artifact needs a DEVICE_CODE section",
+                            out->target_kind == TIDE_TARGET_CUDA ? "cuda" : "ascend");
     } else {
       reader_t r = {.data = data + out->sections[TIDE_SECTION_DEVICE_CODE].offset,
                     .size = out->sections[TIDE_SECTION_DEVICE_CODE].size,
                     .section = "DEVICE_CODE",
                     .pool = &out->pool};
-      if (!parse_device_code(&r, out)) st = r.status;
+      int ok = out->target_kind == TIDE_TARGET_CUDA ? parse_device_code(&r, out) : parse_ascend_code(&r, out);
+      if (!ok) st = r.status;
     }
   }
-  if (!st && out->num_kernels > 0 && !out->sections[TIDE_SECTION_KERNELS_HOST].present) {
+  if (!st && out->target_kind == TIDE_TARGET_ASCEND && out->sections[TIDE_SECTION_KERNELS_HOST].present) {
+    st = tide_make_status(TIDE_STATUS_DATA_LOSS,
+                          "an ascend artifact has a KERNELS_HOST section (its kernels are in DEVICE_CODE)");
+  }
+  if (!st && out->target_kind != TIDE_TARGET_ASCEND && out->num_kernels > 0 &&
+      !out->sections[TIDE_SECTION_KERNELS_HOST].present) {
     st = tide_make_status(TIDE_STATUS_DATA_LOSS, "the plan calls %u kernels but the artifact has no "
                           "KERNELS_HOST section", out->num_kernels);
   }

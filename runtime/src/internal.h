@@ -145,6 +145,20 @@ typedef struct tide_device_function_s {
   uint8_t* tags;        /* TIDE_TAG_* */
 } tide_device_function_t;
 
+/* DEVICE_CODE (ascend): one kernel per plan kernel. */
+enum { TIDE_ASCEND_ARG_PTR = 0, TIDE_ASCEND_ARG_I64 = 1 };
+
+typedef struct tide_ascend_kernel_s {
+  const char* name;
+  uint32_t block_dim;
+  uint32_t num_args;
+  const uint8_t* kinds;  /* TIDE_ASCEND_ARG_*, inside the section */
+  uint64_t hivm_offset;  /* inside the DEVICE_CODE section */
+  uint64_t hivm_size;
+  uint64_t binary_offset;
+  uint64_t binary_size;  /* 0: compiled without hivmc (cannot run) */
+} tide_ascend_kernel_t;
+
 typedef struct tide_artifact_s {
   tide_mem_pool_t pool; /* owns every pointer below except section bytes */
   tide_section_ref_t sections[TIDE_SECTION_KIND_MAX + 1];
@@ -167,6 +181,8 @@ typedef struct tide_artifact_s {
   tide_device_image_t* device_images;
   uint32_t num_device_functions;
   tide_device_function_t* device_functions;
+  /* DEVICE_CODE (parsed for ascend targets): ascend_kernels[i] serves plan kernel i */
+  tide_ascend_kernel_t* ascend_kernels;
 } tide_artifact_t;
 
 /*
@@ -287,6 +303,8 @@ typedef struct tide_device_backend_s {
   void (*free)(void* dm, uint64_t ptr);
   tide_status_t (*session_create)(void* dm, uint32_t num_entries, int use_graphs, void** out_ds);
   void (*session_release)(void* ds);
+  /* Optional: called once the session's buffers and call tables exist (session.c). */
+  tide_status_t (*bind)(void* ds, const tide_session_t* session);
   tide_status_t (*copy)(void* ds, tide_copy_kind_t kind, void* dst, const void* src, uint64_t nbytes);
   tide_status_t (*zero)(void* ds, void* dst, uint64_t nbytes);
   tide_status_t (*sync)(void* ds);
@@ -307,6 +325,12 @@ tide_status_t tide_cuda_model_create(const tide_artifact_t* art, const uint8_t* 
                                      void** out_dm);
 /* Fills the host stubs' service variables of the loaded kernel library (dlopen handle `lib`). */
 tide_status_t tide_cuda_bind_library(void* dm, void* lib);
+
+/* The Ascend backend: dlopens AscendCL (o->ascend_acl_path), checks the device and its SoC, loads
+ * every kernel's binary, copies the weights. Kernels are launched directly (no kernel library). */
+extern const tide_device_backend_t tide_ascend_backend;
+tide_status_t tide_ascend_model_create(const tide_artifact_t* art, const uint8_t* file, const tide_model_options_t* o,
+                                       void** out_dm);
 
 /* ---- host CPU --------------------------------------------------------------------------------- */
 
@@ -398,6 +422,9 @@ struct tide_session_s {
   int error_set;
   char error[TIDE_ERROR_SLOT_BYTES];
 };
+
+/* The argument array session.c built for call op `op` of entry `entry` (buffers as DLTensors). */
+const tide_ffi_any_t* tide_session_op_args(const tide_session_t* session, uint32_t entry, uint32_t op);
 
 /* The session whose kernels run on this thread (set around a run and on pool workers). */
 tide_session_t* tide_current_session(void);

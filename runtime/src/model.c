@@ -22,6 +22,7 @@ TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options) {
   out_options->device_kind = TIDE_DEVICE_CPU;
   out_options->device_ordinal = 0;
   out_options->cuda_driver_path = NULL;
+  out_options->ascend_acl_path = NULL;
 }
 
 /* Copies the caller's options over the defaults, field by field as far as struct_size reaches. */
@@ -47,33 +48,35 @@ static tide_status_t read_options(const tide_model_options_t* in, tide_model_opt
   if (in->struct_size >= offsetof(tide_model_options_t, cuda_driver_path) + sizeof(const char*)) {
     out->cuda_driver_path = in->cuda_driver_path;
   }
-  if (out->device_kind != TIDE_DEVICE_CPU && out->device_kind != TIDE_DEVICE_CUDA) {
+  if (in->struct_size >= offsetof(tide_model_options_t, ascend_acl_path) + sizeof(const char*)) {
+    out->ascend_acl_path = in->ascend_acl_path;
+  }
+  if (out->device_kind < TIDE_DEVICE_CPU || out->device_kind > TIDE_DEVICE_ASCEND) {
     return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
-                            "tide_model_options_t.device_kind is %d (TIDE_DEVICE_CPU 1 or TIDE_DEVICE_CUDA 2)",
+                            "tide_model_options_t.device_kind is %d (TIDE_DEVICE_CPU 1, TIDE_DEVICE_CUDA 2 or "
+                            "TIDE_DEVICE_ASCEND 3)",
                             out->device_kind);
   }
   return NULL;
 }
 
+static const char* const k_device_names[] = {"?", "cpu", "cuda", "ascend"};
+
 static tide_status_t check_target(const tide_artifact_t* art, const tide_model_options_t* o) {
   uint64_t allowed_features = o->allowed_cpu_features;
-  if (art->target_kind == TIDE_TARGET_CUDA && o->device_kind == TIDE_DEVICE_CPU) {
+  /* target kinds and device kinds share their numbering: cpu 1, cuda 2, ascend 3 */
+  if (art->target_kind != (uint32_t)o->device_kind) {
+    if (art->target_kind == TIDE_TARGET_CPU) {
+      return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                              "the artifact targets cpu; it cannot be loaded onto %s:%d (compile it with --target %s)",
+                              k_device_names[o->device_kind], o->device_ordinal, k_device_names[o->device_kind]);
+    }
     return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
-                            "the artifact targets cuda (device '%s'); it cannot run on the cpu (load it with "
-                            "device cuda)",
-                            art->device_arch);
+                            "the artifact targets %s (device '%s'); it cannot run on the %s (load it with device %s)",
+                            k_target_names[art->target_kind], art->device_arch, k_device_names[o->device_kind],
+                            k_target_names[art->target_kind]);
   }
-  if (art->target_kind == TIDE_TARGET_CPU && o->device_kind == TIDE_DEVICE_CUDA) {
-    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
-                            "the artifact targets cpu; it cannot be loaded onto cuda:%d (compile it with --target cuda)",
-                            o->device_ordinal);
-  }
-  if (art->target_kind == TIDE_TARGET_CUDA) return NULL; /* the driver and device: tide_cuda_model_create */
-  if (art->target_kind != TIDE_TARGET_CPU) {
-    return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
-                            "the artifact targets %s (device '%s'); this runtime has the cpu and cuda backends",
-                            k_target_names[art->target_kind], art->device_arch);
-  }
+  if (art->target_kind != TIDE_TARGET_CPU) return NULL; /* the driver and device: the backend's model_create */
   const char* host = tide_host_arch();
   if (strcmp(art->host_arch, host) != 0) {
     return tide_make_status(TIDE_STATUS_UNIMPLEMENTED,
@@ -183,7 +186,11 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
     st = tide_cuda_model_create(&m->artifact, m->map, &opts, &m->device_model);
     if (!st) m->device = &tide_cuda_backend;
   }
-  if (!st) {
+  if (!st && m->artifact.target_kind == TIDE_TARGET_ASCEND) {
+    st = tide_ascend_model_create(&m->artifact, m->map, &opts, &m->device_model);
+    if (!st) m->device = &tide_ascend_backend;
+  }
+  if (!st && m->artifact.target_kind != TIDE_TARGET_ASCEND) {
     const tide_section_ref_t* k = &m->artifact.sections[TIDE_SECTION_KERNELS_HOST];
     st = tide_kernel_library_load((const uint8_t*)m->map + k->offset, k->size, &m->artifact, &m->artifact.pool,
                                   &m->kernels);

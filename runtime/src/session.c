@@ -164,6 +164,10 @@ static tide_status_t build_tables(tide_session_t* s) {
   return NULL;
 }
 
+const tide_ffi_any_t* tide_session_op_args(const tide_session_t* session, uint32_t entry, uint32_t op) {
+  return session->entries[entry].op_args[op];
+}
+
 static tide_status_t allocate_host(tide_session_t* s) {
   const tide_model_t* model = s->model;
   size_t arena = (size_t)(model->max_arena_bytes ? model->max_arena_bytes : 64);
@@ -254,6 +258,13 @@ TIDE_API tide_status_t tide_session_create(tide_model_t* model, const tide_sessi
 
   tide_status_t st = model->device ? allocate_device(s, opts.use_cuda_graphs != 0) : allocate_host(s);
   if (!st) st = build_tables(s);
+  if (!st && model->device && model->device->bind) {
+    st = model->device->enter(model->device_model);
+    if (!st) {
+      st = model->device->bind(s->device, s);
+      model->device->leave(model->device_model);
+    }
+  }
   /* A device session's kernels run on the device: its host side needs no worker threads. */
   if (model->device) opts.num_threads = 1;
   if (!st) st = tide_thread_pool_create(opts.num_threads, s, &s->pool);

@@ -113,16 +113,19 @@ typedef struct tide_model_options_s {
    * ANDed with what the CPU reports. Default all ones. Clear bits to check whether an artifact would
    * load on a machine without those features. */
   uint64_t allowed_cpu_features;
-  /* The device to load onto: TIDE_DEVICE_CPU (default) or TIDE_DEVICE_CUDA with device_ordinal
-   * (default 0). The artifact's target kind must match the device. */
+  /* The device to load onto: TIDE_DEVICE_CPU (default), TIDE_DEVICE_CUDA or TIDE_DEVICE_ASCEND
+   * with device_ordinal (default 0). The artifact's target kind must match the device. */
   int32_t device_kind;
   int32_t device_ordinal;
   /* The CUDA driver library dlopened for TIDE_DEVICE_CUDA; NULL (default): "libcuda.so.1". Read
    * during tide_model_load_file only. */
   const char* cuda_driver_path;
+  /* The AscendCL library dlopened for TIDE_DEVICE_ASCEND; NULL (default): "libascendcl.so". Read
+   * during tide_model_load_file only. */
+  const char* ascend_acl_path;
 } tide_model_options_t;
 
-enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2 };
+enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2, TIDE_DEVICE_ASCEND = 3 };
 
 TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options);
 
@@ -136,7 +139,7 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
 TIDE_API void tide_model_retain(tide_model_t* model);
 TIDE_API void tide_model_release(tide_model_t* model);
 
-/* "cpu" or "cuda" ("ascend" artifacts are refused at load). */
+/* "cpu", "cuda" or "ascend". */
 TIDE_API const char* tide_model_target(const tide_model_t* model);
 /* The METADATA section as a NUL-terminated JSON string ("{}" when absent). */
 TIDE_API const char* tide_model_metadata(const tide_model_t* model);

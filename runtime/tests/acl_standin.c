@@ -1,0 +1,296 @@
+/*
+ * A recording stand-in for the AscendCL entry points the runtime's Ascend backend uses, for tests
+ * without an Ascend device or CANN. Device memory is host memory; every call checks its arguments
+ * (a current context for device work, allocated ranges, known handles) and appends one line to a
+ * log. Two kernels are emulated so a test can check numbers end to end, both over argument slots
+ * read from device memory (docs/artifact-format.md): vadd(a, b, c, n): c = a + b over n floats, and
+ * vacc(acc, x, n): acc += x. A binary must start with "TIDEBIN"; functions are looked up by name.
+ *
+ * Configured through the environment when each call is made:
+ *   TIDE_ACL_DEVICES     device count (default 1)      TIDE_ACL_SOC        SoC name (default Ascend910B1)
+ *   TIDE_ACL_INIT_RC     aclInit's result (default 0)  TIDE_ACL_MEM_BYTES  device memory (default 1 GiB)
+ *   TIDE_ACL_SYNC_RC     aclrtSynchronizeStream's result (default 0)
+ *   TIDE_ACL_LOG         a file each call appends one line to
+ */
+#define _GNU_SOURCE
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXPORT __attribute__((visibility("default")))
+#define MAX_ALLOCS 1024
+#define MAX_FUNCTIONS 64
+
+enum { OK = 0, INVALID_PARAM = 100000, BAD_ALLOC = 200000, NO_CONTEXT = 107002, INVALID_HANDLE = 107000 };
+
+static long long env(const char* name, long long fallback) {
+  const char* v = getenv(name);
+  return v && *v ? atoll(v) : fallback;
+}
+
+static void record(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+static void record(const char* fmt, ...) {
+  const char* path = getenv("TIDE_ACL_LOG");
+  FILE* f = path ? fopen(path, "a") : NULL;
+  if (!f) return;
+  va_list ap;
+  va_start(ap, fmt);
+  vfprintf(f, fmt, ap);
+  va_end(ap);
+  fputc('\n', f);
+  fclose(f);
+}
+
+static int g_context;
+static _Thread_local void* t_current;
+static int need_context(const char* call) {
+  if (t_current == &g_context) return 0;
+  record("%s: no current context", call);
+  return 1;
+}
+
+static struct {
+  uint8_t* base;
+  size_t size;
+} g_allocs[MAX_ALLOCS];
+static size_t g_used;
+
+static int on_device(const void* p, size_t n) {
+  uintptr_t a = (uintptr_t)p;
+  for (int i = 0; i < MAX_ALLOCS; ++i) {
+    uintptr_t b = (uintptr_t)g_allocs[i].base;
+    if (g_allocs[i].base && a >= b && a + n <= b + g_allocs[i].size) return 1;
+  }
+  return 0;
+}
+
+EXPORT int aclInit(const char* config) {
+  record("aclInit %s", config ? config : "(null)");
+  return (int)env("TIDE_ACL_INIT_RC", 0);
+}
+
+EXPORT int aclrtGetDeviceCount(uint32_t* count) {
+  *count = (uint32_t)env("TIDE_ACL_DEVICES", 1);
+  record("aclrtGetDeviceCount -> %u", *count);
+  return OK;
+}
+
+EXPORT int aclrtSetDevice(int32_t device) {
+  if (device < 0 || device >= env("TIDE_ACL_DEVICES", 1)) return INVALID_PARAM;
+  record("aclrtSetDevice %d", device);
+  return OK;
+}
+
+EXPORT int aclrtResetDevice(int32_t device) {
+  record("aclrtResetDevice %d", device);
+  return OK;
+}
+
+EXPORT const char* aclrtGetSocName(void) {
+  const char* soc = getenv("TIDE_ACL_SOC");
+  return soc && *soc ? soc : "Ascend910B1";
+}
+
+EXPORT const char* aclGetRecentErrMsg(void) { return "stand-in error"; }
+
+EXPORT int aclrtCreateContext(void** ctx, int32_t device) {
+  *ctx = &g_context;
+  record("aclrtCreateContext %d", device);
+  return OK;
+}
+
+EXPORT int aclrtDestroyContext(void* ctx) {
+  if (ctx != &g_context) return INVALID_HANDLE;
+  record("aclrtDestroyContext");
+  return OK;
+}
+
+EXPORT int aclrtSetCurrentContext(void* ctx) {
+  if (ctx != &g_context) return INVALID_HANDLE;
+  t_current = ctx;
+  return OK;
+}
+
+EXPORT int aclrtGetMemInfo(int attr, size_t* free_bytes, size_t* total) {
+  size_t limit = (size_t)env("TIDE_ACL_MEM_BYTES", 1LL << 30);
+  (void)attr;
+  *total = limit;
+  *free_bytes = g_used < limit ? limit - g_used : 0;
+  return OK;
+}
+
+EXPORT int aclrtMalloc(void** ptr, size_t size, int policy) {
+  (void)policy;
+  if (need_context("aclrtMalloc")) return NO_CONTEXT;
+  if (!size) return INVALID_PARAM;
+  if (g_used + size > (size_t)env("TIDE_ACL_MEM_BYTES", 1LL << 30)) {
+    record("aclrtMalloc %zu -> out of memory", size);
+    return BAD_ALLOC;
+  }
+  for (int i = 0; i < MAX_ALLOCS; ++i) {
+    if (g_allocs[i].base) continue;
+    if (posix_memalign(ptr, 512, size) != 0) return BAD_ALLOC;
+    memset(*ptr, 0x5A, size);
+    g_allocs[i].base = *ptr;
+    g_allocs[i].size = size;
+    g_used += size;
+    record("aclrtMalloc %zu", size);
+    return OK;
+  }
+  return BAD_ALLOC;
+}
+
+EXPORT int aclrtFree(void* ptr) {
+  for (int i = 0; i < MAX_ALLOCS; ++i) {
+    if (ptr && g_allocs[i].base == ptr) {
+      record("aclrtFree %zu", g_allocs[i].size);
+      g_used -= g_allocs[i].size;
+      free(ptr);
+      g_allocs[i].base = NULL;
+      return OK;
+    }
+  }
+  record("aclrtFree: %p was not allocated", ptr);
+  return INVALID_PARAM;
+}
+
+/* kinds: 1 host to device, 2 device to host, 3 device to device */
+static int copy(const char* call, void* dst, size_t max, const void* src, size_t n, int kind) {
+  if (need_context(call)) return NO_CONTEXT;
+  if (n > max || kind < 1 || kind > 3) return INVALID_PARAM;
+  if ((kind != 2 && !on_device(dst, n)) || (kind != 1 && !on_device(src, n))) {
+    record("%s: a device side is not device memory", call);
+    return INVALID_PARAM;
+  }
+  memmove(dst, src, n);
+  record("%s %zu kind %d", call, n, kind);
+  return OK;
+}
+
+EXPORT int aclrtMemcpy(void* dst, size_t max, const void* src, size_t n, int kind) {
+  return copy("aclrtMemcpy", dst, max, src, n, kind);
+}
+
+EXPORT int aclrtMemcpyAsync(void* dst, size_t max, const void* src, size_t n, int kind, void* stream) {
+  if (!stream) return INVALID_HANDLE;
+  return copy("aclrtMemcpyAsync", dst, max, src, n, kind);
+}
+
+EXPORT int aclrtMemsetAsync(void* dst, size_t max, int32_t value, size_t n, void* stream) {
+  if (need_context("aclrtMemsetAsync")) return NO_CONTEXT;
+  if (!stream || n > max || !on_device(dst, n)) return INVALID_PARAM;
+  memset(dst, value, n);
+  record("aclrtMemsetAsync %zu", n);
+  return OK;
+}
+
+EXPORT int aclrtCreateStream(void** stream) {
+  if (need_context("aclrtCreateStream")) return NO_CONTEXT;
+  *stream = malloc(1);
+  record("aclrtCreateStream");
+  return *stream ? OK : BAD_ALLOC;
+}
+
+EXPORT int aclrtDestroyStream(void* stream) {
+  free(stream);
+  record("aclrtDestroyStream");
+  return OK;
+}
+
+EXPORT int aclrtSynchronizeStream(void* stream) {
+  if (need_context("aclrtSynchronizeStream")) return NO_CONTEXT;
+  return stream ? (int)env("TIDE_ACL_SYNC_RC", 0) : INVALID_HANDLE;
+}
+
+/* ---- binaries and launches --------------------------------------------------------------------- */
+
+static int g_binary;
+static char g_functions[MAX_FUNCTIONS][64];
+static int g_num_functions;
+
+EXPORT int aclrtBinaryLoadFromData(const void* data, size_t length, const void* options, void** handle) {
+  (void)options;
+  if (need_context("aclrtBinaryLoadFromData")) return NO_CONTEXT;
+  if (length < 7 || memcmp(data, "TIDEBIN", 7) != 0) {
+    record("aclrtBinaryLoadFromData: not a kernel binary");
+    return INVALID_PARAM;
+  }
+  *handle = &g_binary;
+  record("aclrtBinaryLoadFromData %zu", length);
+  return OK;
+}
+
+EXPORT int aclrtBinaryGetFunction(void* binary, const char* name, void** function) {
+  if (binary != &g_binary) return INVALID_HANDLE;
+  for (int i = 0; i < g_num_functions; ++i) {
+    if (strcmp(g_functions[i], name) == 0) {
+      *function = g_functions[i];
+      return OK;
+    }
+  }
+  if (g_num_functions == MAX_FUNCTIONS) return BAD_ALLOC;
+  snprintf(g_functions[g_num_functions], sizeof(g_functions[0]), "%s", name);
+  *function = g_functions[g_num_functions++];
+  return OK;
+}
+
+EXPORT int aclrtBinaryUnLoad(void* binary) {
+  if (binary != &g_binary) return INVALID_HANDLE;
+  record("aclrtBinaryUnLoad");
+  return OK;
+}
+
+EXPORT int aclrtLaunchKernel(void* function, uint32_t block_dim, const void* args, size_t size, void* stream) {
+  if (need_context("aclrtLaunchKernel")) return NO_CONTEXT;
+  const char* name = function;
+  if (!stream || !block_dim || size % 8 || !on_device(args, size)) {
+    record("aclrtLaunchKernel %s: bad launch (block_dim %u, %zu argument bytes)", name, block_dim, size);
+    return INVALID_PARAM;
+  }
+  const uint64_t* slot = args;
+  record("aclrtLaunchKernel %s block_dim %u args %zu", name, block_dim, size);
+  if (strcmp(name, "vadd") == 0 && size == 32) {
+    float *a = (float*)(uintptr_t)slot[0], *b = (float*)(uintptr_t)slot[1], *c = (float*)(uintptr_t)slot[2];
+    size_t n = (size_t)slot[3];
+    if (!on_device(a, 4 * n) || !on_device(b, 4 * n) || !on_device(c, 4 * n)) return INVALID_PARAM;
+    for (size_t i = 0; i < n; ++i) c[i] = a[i] + b[i];
+  } else if (strcmp(name, "vacc") == 0 && size == 24) {
+    float *acc = (float*)(uintptr_t)slot[0], *x = (float*)(uintptr_t)slot[1];
+    size_t n = (size_t)slot[2];
+    if (!on_device(acc, 4 * n) || !on_device(x, 4 * n)) return INVALID_PARAM;
+    for (size_t i = 0; i < n; ++i) acc[i] += x[i];
+  }
+  return OK;
+}
+
+/* ---- events ---------------------------------------------------------------------------------- */
+
+EXPORT int aclrtCreateEvent(void** event) {
+  *event = calloc(1, sizeof(double));
+  return *event ? OK : BAD_ALLOC;
+}
+
+EXPORT int aclrtRecordEvent(void* event, void* stream) {
+  if (!event || !stream) return INVALID_HANDLE;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  *(double*)event = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+  record("aclrtRecordEvent");
+  return OK;
+}
+
+EXPORT int aclrtSynchronizeEvent(void* event) { return event ? (int)env("TIDE_ACL_SYNC_RC", 0) : INVALID_HANDLE; }
+
+EXPORT int aclrtEventElapsedTime(float* ms, void* start, void* stop) {
+  if (!start || !stop) return INVALID_HANDLE;
+  *ms = (float)(*(double*)stop - *(double*)start);
+  return OK;
+}
+
+EXPORT int aclrtDestroyEvent(void* event) {
+  free(event);
+  return OK;
+}
