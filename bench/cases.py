@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ops import (compressor, indexer, moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, rmsnorm,
+from ..ops import (compressor, indexer, moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, rmsnorm, rope,
                    router, router_hash, router_scores, sink_attention, sink_attention_sparse, topk)
 
 # Model dimensions per shape set (compiler/export/config.py, docs/deepseek-v4.md).
@@ -206,6 +206,48 @@ class RMSNorm(KernelDef):
 
         w, eps = torch.from_numpy(weights["weight"]).to(device), case.attrs["epsilon"]
         return lambda x: (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w,)
+
+
+class RoPEDef(KernelDef):
+    """tide.RoPE on the query heads ``[1, S, H, Dh]`` with per-token tables ``[1, S, 1, rd/2]`` (the
+    exporter's q and attention-output calls), at decode (one token) and a prefill chunk."""
+    name, group = "rope", "attention"
+
+    def cases(self, shapes):
+        d = DIMS[shapes]
+        H, Dh, rd = d["heads"], d["head_dim"], d["rope_dim"]
+        out = []
+        for phase, seq in (("decode", 1), ("prefill", d["chunk"])):
+            table = (1, seq, 1, rd // 2)
+            out.append(Case(self.name, shapes, phase, f"q-S{seq}", "RoPE", "tide",
+                            [("x", "float32", (1, seq, H, Dh)), ("cos", "float32", table), ("sin", "float32", table)],
+                            [], [("y", "float32", (1, seq, H, Dh))], {"rope_dim": rd}))
+        return out
+
+    def make_inputs(self, case, rng):
+        angles = rng.uniform(-np.pi, np.pi, case.inputs[1][2])
+        return {"x": _rand(rng, case.inputs[0][2]), "cos": np.cos(angles).astype(np.float32),
+                "sin": np.sin(angles).astype(np.float32)}
+
+    def reference(self, case, feeds, weights):
+        return {"y": rope.reference(feeds["x"], feeds["cos"], feeds["sin"], case.attrs["rope_dim"])}
+
+    def cost(self, case, feeds):
+        _, seq, heads, dim = case.inputs[0][2]
+        return rope.cost(seq * heads, dim, case.attrs["rope_dim"], seq)
+
+    def torch_fn(self, case, weights, device):
+        import torch
+
+        rd = case.attrs["rope_dim"]
+
+        def run(x, cos, sin):
+            off = x.shape[-1] - rd
+            pairs = x[..., off:].unflatten(-1, (rd // 2, 2))
+            x0, x1 = pairs[..., 0], pairs[..., 1]
+            rotated = torch.stack([x0 * cos - x1 * sin, x1 * cos + x0 * sin], -1).flatten(-2)
+            return (torch.cat([x[..., :off], rotated], -1),)
+        return run
 
 
 def _attention_torch(q, keys, bias, sinks, scale):
@@ -700,7 +742,7 @@ class TopKDef(KernelDef):
         return lambda data: tuple(torch.topk(data, k, dim=-1))
 
 
-KERNELS = {k.name: k for k in (RMSNorm(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(), CompressorDef(),
+KERNELS = {k.name: k for k in (RMSNorm(), RoPEDef(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(), CompressorDef(),
                                RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef())}
 
 

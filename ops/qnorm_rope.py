@@ -17,7 +17,7 @@ from . import rope
 
 
 def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, epsilon: float,
-                  inverse: bool = False, dtype: str = "float32", row_kind: str = "serial") -> str:
+                  inverse: bool = False, dtype: str = "float32", row_kind: str = "serial", lead=None) -> str:
     rope.check_dims(dim, rope_dim, rows, groups)
     off, half = dim - rope_dim, rope_dim // 2
     inner = rows // groups
@@ -32,7 +32,7 @@ def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, ep
                         vc = T.axis.remap("S", [c])
                         y[vi, vc] = {normed("vc")}'''
     rotate = rope.rotation(dtype, off, inner, inverse, normed)
-    return f'''
+    source = f'''
 @T.prim_func(s_tir=True)
 def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), weight: T.Buffer(({dim},), "{dtype}"),
            cos: T.Buffer(({groups}, {half}), "{dtype}"), sin: T.Buffer(({groups}, {half}), "{dtype}"),
@@ -56,17 +56,18 @@ def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), weight: T.Buffer(({dim},), "
                         vp, vt = T.axis.remap("SS", [p, t])
                         y[vi, {off} + 2 * vp + vt] = {rotate}
 '''
+    return rope.with_lead(source, rows, dim, lead)
 
 
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, epsilon: float, inverse: bool = False,
-              dtype: str = "float32", name: str = "tide_norm_rope", row_kind: str = "serial"):
-    """``(x [rows, dim], weight [dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]``, unscheduled
-    but for its row loop (``tide.ops.rope.row_loop``)."""
+              dtype: str = "float32", name: str = "tide_norm_rope", row_kind: str = "serial", lead=None):
+    """``(x [rows, dim], weight [dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y
+    shaped ``lead + (dim,)`` when given), unscheduled but for its row loop (``tide.ops.rope.row_loop``)."""
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
     return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, epsilon, inverse, dtype,
-                                                row_kind))
+                                                row_kind, lead))
 
 
 def reference(x, weight, cos, sin, epsilon: float, rope_dim: int, inverse: bool = False) -> np.ndarray:
@@ -93,10 +94,9 @@ def emit(bb, norm, cos, sin, shape, rope_dim: int, groups: int, inverse: bool, t
 
     dtype = str(norm.x.ty.dtype)
     rows, dim = math.prod(shape[:-1]), shape[-1]
-    name = f"tide_norm_rope_{rows}x{dim}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
-    func = prim_func(rows, dim, rope_dim, groups, norm.epsilon, inverse, dtype, name, schedules.row_kind(target_kind))
+    name = f"tide_norm_rope_{'x'.join(map(str, shape))}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
+    func = prim_func(rows, dim, rope_dim, groups, norm.epsilon, inverse, dtype, name,
+                     schedules.row_kind(target_kind, rows, dim), shape[:-1])
     gv = bb.add_func(schedules.schedule(func, target_kind).with_attr("op_pattern", 8), name)
     report.add(name, f"tide.RMSNorm + tide.RoPE fused [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
-    flat = bb.emit(relax.op.reshape(norm.x, (rows, dim)))
-    out = bb.emit(relax.call_tir(gv, [flat, norm.weight, cos, sin], out_ty=relax.TensorType((rows, dim), dtype)))
-    return relax.op.reshape(out, shape)
+    return relax.call_tir(gv, [norm.x, norm.weight, cos, sin], out_ty=relax.TensorType(shape, dtype))

@@ -18,6 +18,7 @@ kernel sees x as ``[rows, dim]`` and cos/sin as ``[groups, rope_dim / 2]``: row 
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 
@@ -55,8 +56,25 @@ def row_loop(rows: int, row_kind: str) -> str:
     raise ValueError(f"unknown row loop kind '{row_kind}'")
 
 
+def with_lead(source: str, rows: int, dim: int, lead) -> str:
+    """``source`` (x and y written as ``[rows, dim]``, row ``vi``) with x and y in their own shape
+    ``lead + (dim,)``: row vi is the multi-index of vi over ``lead``. Taking the tensors as they are
+    spares the copy a reshape of the output costs when it is a graph output."""
+    lead = tuple(int(d) for d in (lead or (rows,)))
+    if math.prod(lead) != rows:
+        raise ValueError(f"leading shape {list(lead)} does not hold {rows} rows")
+    index, stride = [], 1
+    for d in reversed(lead):
+        index.append(f"vi // {stride} % {d}" if stride > 1 else f"vi % {d}")
+        stride *= d
+    index = ", ".join(reversed(index)) if len(lead) > 1 else "vi"
+    shape = ", ".join(str(d) for d in (*lead, dim))
+    source = source.replace(f"T.Buffer(({rows}, {dim}),", f"T.Buffer(({shape}),")
+    return re.sub(r"\b([xy])\[vi, ", lambda m: f"{m.group(1)}[{index}, ", source)
+
+
 def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False,
-                  dtype: str = "float32", row_kind: str = "serial") -> str:
+                  dtype: str = "float32", row_kind: str = "serial", lead=None) -> str:
     check_dims(dim, rope_dim, rows, groups)
     off, half = dim - rope_dim, rope_dim // 2
     inner = rows // groups
@@ -66,7 +84,7 @@ def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, in
                         vc = T.axis.remap("S", [c])
                         y[vi, vc] = x[vi, vc]'''
     rotate = rotation(dtype, off, inner, inverse, lambda c: f"x[vi, {c}]")
-    return f'''
+    source = f'''
 @T.prim_func(s_tir=True)
 def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), cos: T.Buffer(({groups}, {half}), "{dtype}"),
            sin: T.Buffer(({groups}, {half}), "{dtype}"), y: T.Buffer(({rows}, {dim}), "{dtype}")):
@@ -82,16 +100,17 @@ def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), cos: T.Buffer(({groups}, {ha
                         vp, vt = T.axis.remap("SS", [p, t])
                         y[vi, {off} + 2 * vp + vt] = {rotate}
 '''
+    return with_lead(source, rows, dim, lead)
 
 
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False, dtype: str = "float32",
-              name: str = "tide_rope", row_kind: str = "serial"):
-    """The kernel ``(x [rows, dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]``, unscheduled
-    but for the kind of its row loop."""
+              name: str = "tide_rope", row_kind: str = "serial", lead=None):
+    """The kernel ``(x [rows, dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y shaped
+    ``lead + (dim,)`` when given), unscheduled but for the kind of its row loop."""
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
-    return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind))
+    return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind, lead))
 
 
 def reference(x, cos, sin, rope_dim: int, inverse: bool = False) -> np.ndarray:
@@ -207,12 +226,12 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
         from . import qnorm_rope
 
         return qnorm_rope.emit(bb, norm, cos_t, sin_t, shape, rope_dim, groups, inverse, target_kind, report)
-    name = f"tide_rope_{rows}x{dim}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
+    if isinstance(x, (relax.Call, relax.TupleGetItem)):  # the frontend passes calls it has not bound yet
+        x = bb.emit(x)
+    name = f"tide_rope_{'x'.join(map(str, shape))}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
     func = schedules.schedule(prim_func(rows, dim, rope_dim, groups, inverse, dtype, name,
-                                        schedules.row_kind(target_kind)), target_kind)
+                                        schedules.row_kind(target_kind, rows, dim), shape[:-1]), target_kind)
     gv = bb.add_func(func.with_attr("op_pattern", 8), name)
     what = "inverse RoPE (Neg(sin) folded)" if inverse else "RoPE"
     report.add(name, f"tide.RoPE: {what} [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
-    flat = bb.emit(relax.op.reshape(x, (rows, dim)))
-    out = bb.emit(relax.call_tir(gv, [flat, cos_t, sin_t], out_ty=relax.TensorType((rows, dim), dtype)))
-    return relax.op.reshape(out, shape)
+    return relax.call_tir(gv, [x, cos_t, sin_t], out_ty=relax.TensorType(shape, dtype))

@@ -24,10 +24,16 @@ CUDA_THREADS = 128
 ROW_KIND = {"cpu": "parallel", "cuda": "blockIdx.x"}
 
 
-def row_kind(target_kind: str) -> str:
-    """The row loop a kernel is defined with for this target (see ``tide.ops.rope.row_loop``)."""
+CPU_PARALLEL_MIN = 1 << 15  # elements of x below which the thread pool's wake-up costs more than it saves
+
+
+def row_kind(target_kind: str, rows: int | None = None, dim: int | None = None) -> str:
+    """The row loop a kernel is defined with for this target (see ``tide.ops.rope.row_loop``):
+    CUDA's grid; on the CPU the thread pool, or a serial loop for a tensor too small to share."""
     if target_kind not in ROW_KIND:
         raise ValueError(f"no RoPE schedule for target '{target_kind}'")
+    if target_kind == "cpu" and rows is not None and dim is not None and rows * dim < CPU_PARALLEL_MIN:
+        return "serial"
     return ROW_KIND[target_kind]
 
 

@@ -178,11 +178,11 @@ def _nvcc():
 
 
 CUDA_KERNELS = {
-    "rope-flash-q": lambda k: rope.prim_func(64, 512, 64, 1, False, row_kind=k),
+    "rope-flash-q": lambda k: rope.prim_func(64, 512, 64, 1, False, row_kind=k, lead=(1, 1, 64)),
     "rope-pro-out-inverse": lambda k: rope.prim_func(3 * 128, 512, 64, 3, True, row_kind=k),
     "rope-tiny": lambda k: rope.prim_func(7 * 8, 64, 16, 7, row_kind=k),
     "norm-rope-flash-q": lambda k: qnorm_rope.prim_func(64, 512, 64, 1, 1e-6, row_kind=k),
-    "norm-rope-kv": lambda k: qnorm_rope.prim_func(5, 512, 64, 5, 1e-6, row_kind=k),
+    "norm-rope-kv": lambda k: qnorm_rope.prim_func(5, 512, 64, 5, 1e-6, row_kind=k, lead=(1, 5)),
 }
 
 
