@@ -325,7 +325,7 @@ void tb_build(const tb_config_t* c, tb_bytes_t* out) {
   const char* meta = "{\"name\": \"standard\", \"note\": \"caf\xc3\xa9\"}";
   tb_raw(&s[2].body, meta, strlen(meta));
   s[3] = (tb_section_t){3, 64, "KERNELS_HOST", {0}};
-  read_file(c->kernels_path, &s[3].body);
+  if (!c->no_kernels_host) read_file(c->kernels_path, &s[3].body);
   s[4] = (tb_section_t){6, 64, "DEVICE_CODE", {0}};
   if (c->device_code) {
     tb_raw(&s[4].body, c->device_code->p, c->device_code->n);
@@ -338,7 +338,12 @@ void tb_build(const tb_config_t* c, tb_bytes_t* out) {
   tb_raw(&s[5].body, w0, sizeof(w0));
   tb_raw(&s[5].body, pad, sizeof(pad));
   tb_raw(&s[5].body, w1, sizeof(w1));
-  tb_assemble(s, 6, out);
+  if (c->no_kernels_host) {
+    tb_free(&s[3].body);
+    s[3] = s[5];
+    memset(&s[5], 0, sizeof(s[5]));
+  }
+  tb_assemble(s, c->no_kernels_host ? 5 : 6, out);
   if (c->version != 1) {
     put32(out->p + 8, c->version);
     tb_fix_crcs(out->p, out->n, 0);
@@ -422,6 +427,45 @@ void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out) {
   c.device_arch = "sm_80,sm_90";
   c.device_code = &code;
   c.cuda_stubs = 1;
+  tb_build(&c, out);
+  tb_free(&code);
+}
+
+void tb_build_ascend(const char* kernels_path, tb_bytes_t* out) {
+  /* the standard plan's kernels with the argument kinds of their calls (0 buffer, 1 immediate) */
+  static const struct {
+    const char* name;
+    uint32_t block_dim;
+    const char* kinds;
+  } k[K_COUNT] = {{"add", 8, "000"},        {"scale", 4, "001"},      {"fail", 1, "0"},
+                  {"accumulate", 2, "00"},  {"par_reverse", 8, "00"}, {"nested_par", 8, "00"},
+                  {"many_tasks", 8, "00"},  {"barrier_many", 1, ""}};
+  tb_bytes_t code;
+  memset(&code, 0, sizeof(code));
+  tb_raw(&code, "TIDEASCN", 8);
+  tb_u32(&code, 1);
+  tb_str(&code, "Ascend910B1");
+  tb_u32(&code, K_COUNT);
+  for (int i = 0; i < K_COUNT; ++i) {
+    tb_str(&code, k[i].name);
+    tb_u32(&code, k[i].block_dim);
+    uint32_t n = (uint32_t)strlen(k[i].kinds);
+    tb_u32(&code, n);
+    for (uint32_t a = 0; a < n; ++a) tb_u8(&code, (uint8_t)(k[i].kinds[a] - '0'));
+    char text[128];
+    int len = snprintf(text, sizeof(text), "module {\n  func.func @%s() {\n    return\n  }\n}\n", k[i].name);
+    tb_u64(&code, (uint64_t)len);
+    tb_raw(&code, text, (size_t)len);
+    len = snprintf(text, sizeof(text), "TIDEBIN %s", k[i].name);
+    tb_u64(&code, (uint64_t)len);
+    tb_raw(&code, text, (size_t)len);
+  }
+  tb_config_t c;
+  tb_config_default(&c, kernels_path);
+  c.target_kind = 3;
+  c.device_arch = "Ascend910B1";
+  c.device_code = &code;
+  c.no_kernels_host = 1;
   tb_build(&c, out);
   tb_free(&code);
 }

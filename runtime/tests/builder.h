@@ -55,6 +55,7 @@ typedef struct tb_config_s {
   int extra_missing_kernel; /* add a kernel "missing" with no symbol in the library */
   int bad_arg_index;        /* op argument refers to buffer 99 */
   const tb_bytes_t* device_code; /* DEVICE_CODE body; NULL: 18 opaque bytes (ignored on cpu) */
+  int no_kernels_host;      /* leave out the KERNELS_HOST section (ascend) */
   int cuda_stubs;           /* kernels add and accumulate are the CUDA host stubs cuda_add and cuda_accumulate */
 } tb_config_t;
 
@@ -68,6 +69,10 @@ void tb_build_cuda(const char* kernels_path, tb_bytes_t* out);
  * (test_kernels.c) launching add_w_kernel / accum_kernel, with cubin images (ELF headers only) for
  * sm_80 and sm_90: entries step and fail run on a cuda device (the stand-in driver emulates both). */
 void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out);
+/* The standard model as an ascend artifact for Ascend910B1: DEVICE_CODE with each kernel's HIVM
+ * placeholder, a "TIDEBIN <name>" binary (what the AscendCL stand-in accepts), block_dim and the
+ * argument kinds of its calls; no KERNELS_HOST. */
+void tb_build_ascend(const char* kernels_path, tb_bytes_t* out);
 
 void tb_config_default(tb_config_t* c, const char* kernels_path);
 /* Exits the process with a message if the kernel library cannot be read. */

@@ -87,13 +87,14 @@ static void overwrite_int(uint8_t* img, uint64_t file_size) {
 }
 
 /*
- * DEVICE_CODE: this runtime refuses cuda targets after parsing, so mutants of the cuda test artifact
- * (bit flips, byte and integer overwrites inside DEVICE_CODE with CRCs recomputed, and truncations
- * of the whole file) go straight to tide_artifact_parse. Returns the number of problems.
+ * DEVICE_CODE: loading a cuda or ascend artifact needs its driver, so mutants of the device test
+ * artifacts (bit flips, byte and integer overwrites inside DEVICE_CODE with CRCs recomputed, and
+ * truncations of the whole file) go straight to tide_artifact_parse. Returns the number of problems.
  */
-static int fuzz_device_code(const char* kernels, long iterations, long* out_rejected, long* out_parsed) {
+static int fuzz_device_code(const char* kernels, void (*build)(const char*, tb_bytes_t*), long iterations,
+                            long* out_rejected, long* out_parsed) {
   tb_bytes_t base;
-  tb_build_cuda(kernels, &base);
+  build(kernels, &base);
   tb_layout_t lay;
   tb_layout(base.p, &lay);
   g_num_regions = 0;
@@ -278,8 +279,11 @@ int main(int argc, char** argv) {
   free(img);
   tb_free(&base);
   long dc_rejected = 0, dc_parsed = 0;
-  failures += fuzz_device_code(argv[1], iterations / 5, &dc_rejected, &dc_parsed);
-  printf("  DEVICE_CODE (cuda)  rejected %6ld  parsed %6ld\n", dc_rejected, dc_parsed);
+  failures += fuzz_device_code(argv[1], tb_build_cuda, iterations / 5, &dc_rejected, &dc_parsed);
+  printf("  DEVICE_CODE (cuda)    rejected %6ld  parsed %6ld\n", dc_rejected, dc_parsed);
+  dc_rejected = dc_parsed = 0;
+  failures += fuzz_device_code(argv[1], tb_build_ascend, iterations / 5, &dc_rejected, &dc_parsed);
+  printf("  DEVICE_CODE (ascend)  rejected %6ld  parsed %6ld\n", dc_rejected, dc_parsed);
   if (failures) {
     printf("FAILED: %d problem(s)\n", failures);
     return 1;

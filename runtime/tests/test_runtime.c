@@ -1,6 +1,6 @@
 /*
  * C tests of the runtime, built with the runtime sources under ASan + UBSan.
- *   test_runtime <libtest_kernels.so> <scratch dir> <libcuda_standin.so>
+ *   test_runtime <libtest_kernels.so> <scratch dir> <libcuda_standin.so> <libacl_standin.so>
  */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -18,6 +18,7 @@ static int g_failures;
 static const char* g_kernels;
 static const char* g_dir;
 static const char* g_standin;
+static const char* g_acl_standin;
 
 #define CHECK(cond)                                                        \
   do {                                                                     \
@@ -1007,15 +1008,64 @@ static void test_cuda_session(void) {
   unsetenv("TIDE_STANDIN_KERNELS");
 }
 
+/* An ascend session against the AscendCL stand-in (kernels recorded, not run): load, argument slots,
+ * launches, copies, state, timing, SoC check, release; under ASan/UBSan. */
+static void test_ascend_session(void) {
+  tb_bytes_t img;
+  tb_build_ascend(g_kernels, &img);
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  o.device_kind = TIDE_DEVICE_ASCEND;
+  o.ascend_acl_path = g_acl_standin;
+  char log[4096];
+  snprintf(log, sizeof(log), "%s/acl.log", g_dir);
+  remove(log);
+  setenv("TIDE_ACL_LOG", log, 1);
+  setenv("TIDE_ACL_SOC", "Ascend950PR_9599", 1);
+  tide_status_t st;
+  CHECK(load_bytes(&img, &o, &st) == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_UNIMPLEMENTED, "compiled for Ascend910B1; ascend:0 is Ascend950PR_9599");
+  unsetenv("TIDE_ACL_SOC");
+  tide_model_t* m = load_bytes(&img, &o, &st);
+  OK(st);
+  tb_free(&img);
+  if (!m) return;
+  CHECK(strcmp(tide_model_target(m), "ascend") == 0);
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (s) {
+    float x[4] = {1, 2, 3, 4}, got[4];
+    tide_tensor_t in[2] = {f32_tensor(x, 1, (int64_t[]){4}), f32_tensor(NULL, 1, (int64_t[]){4})};
+    tide_tensor_t out[4];
+    OK(tide_session_run(s, entry(m, "main"), in, 1, out, 4));
+    OK(tide_session_run(s, entry(m, "step"), in, 2, out, 2));
+    double seconds[2];
+    OK(tide_session_time(s, entry(m, "step"), in, 2, 2, seconds));
+    OK(tide_session_reset_state(s));
+    OK(tide_session_read_state(s, 0, got, sizeof(got)));
+    for (int i = 0; i < 4; ++i) CHECK(got[i] == 0.0f);
+    tide_session_release(s);
+  }
+  tide_model_release(m);
+  CHECK(log_has(log, "aclrtLaunchKernel add block_dim 8 args 24"));
+  CHECK(log_has(log, "aclrtLaunchKernel scale block_dim 4 args 24"));
+  CHECK(log_count(log, "aclrtLaunchKernel accumulate block_dim 2 args 16") == 3);
+  CHECK(log_count(log, "aclrtBinaryLoadFromData") == 8); /* the SoC mismatch is found before any load */
+  CHECK(log_count(log, "aclrtMalloc ") == log_count(log, "aclrtFree "));
+  CHECK(!log_has(log, "aclrtLaunchKernel add: ") && !log_has(log, "aclrtMemcpyAsync: "));
+  unsetenv("TIDE_ACL_LOG");
+}
+
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir> <libcuda_standin.so>\n", argv[0]);
+  if (argc != 5) {
+    fprintf(stderr, "usage: %s <libtest_kernels.so> <scratch dir> <libcuda_standin.so> <libacl_standin.so>\n", argv[0]);
     return 2;
   }
   setvbuf(stdout, NULL, _IOLBF, 0);
   g_kernels = argv[1];
   g_dir = argv[2];
   g_standin = argv[3];
+  g_acl_standin = argv[4];
   struct {
     const char* name;
     void (*fn)(void);
@@ -1025,6 +1075,7 @@ int main(int argc, char** argv) {
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
       {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device}, {"cuda_pack_launch", test_cuda_pack_launch},
       {"cuda_session", test_cuda_session},
+      {"ascend_session", test_ascend_session},
   };
   for (size_t i = 0; i < sizeof(tests) / sizeof(tests[0]); ++i) {
     int before = g_failures;
