@@ -9,7 +9,7 @@ The row loop comes with the definition (``row_kind``): the pass-through and rota
 writers of y, which the ``parallel``/``bind`` primitives cannot prove independent across rows.
 
 CPU: rows on the thread pool; inside a row the squared sum runs as 16 vector partial sums (rfactor),
-the pass-through channels and the rotated channels (pairs and members fused) in 16-lane vectors.
+the pass-through channels in 16-lane vectors, the rotated pairs as a loop LLVM vectorizes.
 
 CUDA: one thread block per row, channels over the threads; the squared sum is a cross-thread
 reduction into shared memory.
@@ -82,8 +82,9 @@ def schedule_cpu(func, target=None):
             sch.decompose_reduction(partial, k0)
     if _has_block(sch, "pass"):
         _vectorize(sch, sch.get_loops(sch.get_sblock("pass"))[-1])
-    rotate = sch.get_sblock("rotate")
-    _vectorize(sch, sch.fuse(*sch.get_loops(rotate)[-2:]))
+    # pairs serial with both members unrolled: LLVM vectorizes the interleaved pair loop itself
+    # (measured 0.19 ms vs 0.25 ms for TVM's 16-lane form with gathered partners, flash q S=64)
+    sch.unroll(sch.get_loops(sch.get_sblock("rotate"))[-1])
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
