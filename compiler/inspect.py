@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .artifact import ArtifactError, nbytes_of, read_artifact
+from .artifact import ArtifactError, AscendCode, nbytes_of, read_artifact
 from .errors import CompileError
 
 
@@ -45,7 +45,14 @@ def describe(path: str) -> str:
                  f"{len(plan.kernels) - len(tide_kernels)} from generic TVM lowering)")
     for name in sorted(tide_kernels):
         lines.append(f"  {name}: {tide_kernels[name]}")
-    if art.device_code is not None:
+    if isinstance(art.device_code, AscendCode):
+        code = art.device_code
+        runnable = sum(1 for k in code.kernels if k.binary)
+        lines.append(f"device code: {code.soc}, {len(code.kernels)} kernels ({runnable} with a device binary)")
+        for k in code.kernels:
+            binary = _mib(len(k.binary)) if k.binary else "no binary (compiled without hivmc)"
+            lines.append(f"  {k.name}({', '.join(k.args)}) block_dim {k.block_dim}: HIVM {len(k.hivm)} chars, {binary}")
+    elif art.device_code is not None:
         code = art.device_code
         lines.append(f"device code: {len(code.images)} images, {len(code.functions)} device functions")
         for img in code.images:

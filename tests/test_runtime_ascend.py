@@ -192,3 +192,13 @@ def test_release_frees_everything(tmp_path, acl_env):
     frees = sorted(int(line.split()[1]) for line in log if line.startswith("aclrtFree "))
     assert allocs == frees and allocs
     assert log.count("aclrtBinaryUnLoad") == 2 and "aclrtDestroyContext" in log and "aclrtResetDevice 0" in log
+
+
+def test_inspect_lists_the_ascend_kernels(tmp_path, capsys):
+    from tide.cli import main
+
+    path = _write(tmp_path / "a.tide")
+    assert main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "device code: Ascend910B1, 2 kernels (2 with a device binary)" in out
+    assert "  vadd(ptr, ptr, ptr, i64) block_dim 8: HIVM 48 chars" in out
