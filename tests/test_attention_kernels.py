@@ -29,6 +29,7 @@ from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
 
 from tide.compiler.substitute import SubstitutionReport
 from tide.ops import compressor, indexer, sink_attention, sink_attention_sparse
+from tide.ops import sink_attention_prefill_mma as mma
 from tide.targets import attention, cpu
 
 TOL = 2e-5
@@ -502,3 +503,168 @@ def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
         res = subprocess.run([_nvcc(), "-cubin", f"-arch={arch}", "-o", str(tmp_path / f"{arch}.cubin"), str(cu)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"{arch}: {res.stderr[-2000:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# tensor-core prefill (ops/sink_attention_prefill_mma.py): its CUDA source on a CPU warp emulator
+
+
+MMA_ASM = re.compile(r"\{\s*__asm__ __volatile__\(\s*"
+                     r"\"mma\.sync\.aligned\.m16n8k16\.row\.col\.f32\.bf16\.bf16\.f32\"[^:]*"
+                     r":\s*\"=f\"\(\(\(float \*\)\((?P<c>[^;]*?)\)\)\[0\]\).*?"
+                     r":\s*\"r\"\(\(\(unsigned \*\)\((?P<a>[^;]*?)\)\)\[0\]\), (?:\"r\"[^,]*, ){3}"
+                     r"\"r\"\(\(\(unsigned \*\)\((?P<b>[^;]*?)\)\)\[0\]\).*?\);\s*\}", re.S)
+
+
+def _mma_source(func):
+    exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    return exe.mod.imports[0].inspect_source()
+
+
+def _emulated_block(source: str, kernel: str, tmp_path, blocks: int):
+    """``kernel`` of the generated CUDA ``source`` built for the host against
+    tests/cuda_block_emulator.h (mma.sync emulated lane by lane per the PTX fragment layouts,
+    __syncthreads a barrier of the block, __shared__ arrays one copy per block) and launched on
+    ``blocks`` thread blocks of 4 warps; returns call(**arrays), arrays named as the parameters."""
+    import ctypes
+
+    definition = re.search(r'extern "C" __global__ void __launch_bounds__\(\d+\) (%s\(([^)]*)\)) \{' % kernel, source)
+    assert definition, f"no definition of {kernel} in the CUDA source"
+    signature = definition[1].replace("__restrict__", "")
+    params = re.findall(r"\*\s*__restrict__\s+(\w+)", definition[2])
+    start = definition.end() - 1
+    depth, end = 0, start
+    for end in range(start, len(source)):
+        depth += {"{": 1, "}": -1}.get(source[end], 0)
+        if depth == 0:
+            break
+    body, count = MMA_ASM.subn(lambda m: f"tide_emu_mma((const uint32_t *)({m['a']}), (const uint32_t *)({m['b']}), "
+                                         f"(float *)({m['c']}));", source[start:end + 1])
+    assert count >= 2 and "__asm__" not in body
+    body, shared = re.subn(r"__shared__ alignas\((\d+)\) ", r"alignas(\1) static ", body)
+    assert shared >= 1
+    header = os.path.join(os.path.dirname(__file__), "cuda_block_emulator.h")
+    src = (f'#include "{header}"\nstatic void {signature} {body}\n'
+           f'extern "C" void run({signature[signature.index("(") + 1:-1]}) '
+           f'{{ tide_emu_launch_blocks({blocks}, {mma.WARPS}, [=] {{ {kernel}({", ".join(params)}); }}); }}\n')
+    cpp, so = tmp_path / f"{kernel}.cc", tmp_path / f"{kernel}.so"
+    cpp.write_text(src)
+    proc = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Werror",
+                           "-Wno-unused-variable", "-o", str(so), str(cpp)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    fn = ctypes.CDLL(str(so)).run
+
+    def call(**arrays):
+        fn(*[ctypes.c_void_p(arrays[p.removesuffix("_ptr")].ctypes.data) for p in params])
+    return call
+
+
+def _p_rounding_bound(*entry_arrays):
+    """The kernel's error bound against ``mma.reference``: each probability is rounded to bfloat16
+    (relative 2**-9) for ``p @ kv`` while the normalizer keeps it in float32, so an output moves by
+    at most ``2**-9 * max|entry|``; 5% on top for the float32 accumulation."""
+    return 1.05 * 2.0 ** -9 * max(float(np.abs(mma.round_bf16(a)).max()) for a in entry_arrays)
+
+
+# (batch, seq, heads, head_dim, start positions, layer kind): heads 8 (half an mma tile), 20 (two
+# tiles, the second partial), head_dim 64 (one k16 step per warp quarter) and 128 (two)
+MMA_DENSE_CASES = {
+    "tiny-hca-prefill": (2, 16, 8, 64, [7, 50], "hca"),
+    "sliding-wrap-h20-d128": (2, 5, 20, 128, [0, 13], "sliding"),
+}
+
+
+def _mma_dense_inputs(case):
+    B, S, H, D, start, kind = MMA_DENSE_CASES[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    window, ratio, rows = 16, 16, 17
+    bias = _window_bias(start, S, window) if kind == "sliding" else _hca_bias(start, S, window, ratio, rows)
+    bias[1, 2, :] = -np.inf  # a query row that sees nothing: exactly 0 (only the sink)
+    N = bias.shape[-1]
+    return _rand(rng, B, S, H, D), _rand(rng, B, N, D), bias, _rand(rng, H), D ** -0.5
+
+
+def _run_mma_dense(case, tmp_path, source=None):
+    q, kv, bias, sinks, scale = _mma_dense_inputs(case)
+    B, S, H, D = q.shape
+    source = source or _mma_source(mma.prim_func(B, S, H, D, kv.shape[1], scale, name="attn_mma"))
+    fn = _emulated_block(source, "attn_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M))
+    out = np.full(q.shape, np.nan, np.float32)
+    fn(q=q, kv=kv, kv_bias=bias, sinks=sinks, out=out)
+    return out, mma.reference(q, kv, bias, sinks, scale), _p_rounding_bound(kv)
+
+
+@pytest.mark.parametrize("case", list(MMA_DENSE_CASES))
+def test_mma_prefill_on_a_warp_emulator(case, tmp_path):
+    """The tensor-core kernel's CUDA source run on the host (mma.sync emulated per the PTX fragment
+    layouts) against float64 on its bfloat16 operands; the float32 answer differs more than the
+    kernel does from that reference, so the test sees the kernel's own arithmetic."""
+    out, want, bound = _run_mma_dense(case, tmp_path)
+    np.testing.assert_allclose(out, want, rtol=0, atol=bound)
+    assert not np.any(out[1, 2])
+    q, kv, bias, sinks, scale = _mma_dense_inputs(case)
+    assert np.abs(out - want).max() < np.abs(sink_attention.reference(q, kv, bias, sinks, scale) - want).max()
+
+
+# each a one-line change of the kernel's TVMScript that the emulated comparison must catch
+MMA_PLANTED_BUGS = {
+    "no-rescale": ("acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])",
+                   "acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j]"),
+    "p-fragment-column": ("ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]", "ks * 16 + half * 4 + lane % 4 * 2 + j] - mt[r]"),
+    "bias-dropped": ("+ tb[(i * ", "+ T.float32(0) * tb[(i * "),
+    "sink-weight-dropped": ("ls[r] = T.float32(1)", "ls[r] = T.float32(0)"),
+}
+
+
+@pytest.mark.parametrize("bug", list(MMA_PLANTED_BUGS))
+def test_mma_prefill_emulator_catches_planted_bugs(bug, tmp_path):
+    case = "tiny-hca-prefill"
+    q, kv, bias, sinks, scale = _mma_dense_inputs(case)
+    B, S, H, D = q.shape
+    old, new = MMA_PLANTED_BUGS[bug]
+    text = mma.kernel_source(B, S, H, D, kv.shape[1], scale, None, "attn_mma")
+    assert text.count(old) == 1
+    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+
+    out, want, bound = _run_mma_dense(case, tmp_path, _mma_source(tvm.script.from_source(text.replace(old, new))))
+    assert np.nanmax(np.abs(out - want)) > 10 * bound or np.isnan(out).any(), bug
+
+
+@pytest.mark.parametrize("splits_valid", [False, True])
+def test_mma_sparse_prefill_on_a_warp_emulator(splits_valid, tmp_path):
+    """CSA: shared window entries plus each query's top-k picks gathered from the cache and this
+    call's candidates; top-k above the visible count early on, scattered valid flags."""
+    arrays, ratio, scale = _sparse_inputs("tiny-prefill")
+    q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
+    if splits_valid:
+        valid = valid & (np.random.default_rng(3).random(valid.shape) < 0.6)
+    B, S, H, D = q.shape
+    sparse = {"top_k": idx.shape[-1], "cache_rows": cache.shape[1], "new_rows": entries.shape[1], "ratio": ratio}
+    source = _mma_source(mma.prim_func(B, S, H, D, kv.shape[1], scale, sparse=sparse, name="csa_mma"))
+    fn = _emulated_block(source, "csa_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M))
+    out = np.full(q.shape, np.nan, np.float32)
+    fn(q=q, kv=kv, kv_bias=bias, cache=cache, entries=entries, indices=idx, valid=valid, start_pos=start,
+       sinks=sinks, out=out)
+    want = mma.reference_sparse(q, kv, bias, cache, entries, idx, valid, start, sinks, ratio, scale)
+    np.testing.assert_allclose(out, want, rtol=0, atol=_p_rounding_bound(kv, cache, entries))
+
+
+MMA_CUDA_BUILDS = {
+    "flash-csa-prefill": lambda: mma.prim_func(1, 64, 64, 512, 192, 512 ** -0.5, sparse={
+        "top_k": 512, "cache_rows": 1025, "new_rows": 17, "ratio": 4}),
+    "pro-hca-prefill": lambda: mma.prim_func(1, 32, 128, 512, 160, 512 ** -0.5),
+    "tiny-prefill": lambda: mma.prim_func(1, 16, 8, 64, 48, 0.125),
+}
+
+
+@pytest.mark.parametrize("kernel", list(MMA_CUDA_BUILDS))
+def test_mma_prefill_compiles_with_nvcc(kernel, tmp_path):
+    """V4-Flash and V4-Pro head counts and head_dim 512 (16 accumulator tiles per warp): nvcc for
+    sm_90 and sm_80, no register spills."""
+    cu = tmp_path / "kernel.cu"
+    cu.write_text(_mma_source(MMA_CUDA_BUILDS[kernel]()))
+    for arch in ("sm_90", "sm_80"):
+        res = subprocess.run([_nvcc(), "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-o",
+                              str(tmp_path / f"{arch}.cubin"), str(cu)], capture_output=True, text=True)
+        assert res.returncode == 0, f"{arch}: {res.stderr[-2000:]}"
+        assert " 0 bytes spill stores" in res.stderr, res.stderr[-2000:]

@@ -1,0 +1,39 @@
+/* Block-level additions to tests/mma_warp_emulator.h, for tide's tensor-core attention kernels
+ * (tests/test_attention_kernels.py): __syncthreads as a barrier of the whole thread block, the
+ * integer min/max the generated source calls, and a launcher that runs one thread block at a time
+ * with a CPU thread per CUDA thread. The test rewrites the kernel's __shared__ arrays into function
+ * statics: one copy, seen by every thread of the running block. */
+#include "mma_warp_emulator.h"
+
+static thread_local std::barrier<> *tide_emu_block_barrier;
+
+static inline void __syncthreads() { tide_emu_block_barrier->arrive_and_wait(); }
+static inline int min(int a, int b) { return a < b ? a : b; }
+static inline int max(int a, int b) { return a > b ? a : b; }
+static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
+static inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* Runs kernel() on a grid of `blocks` blocks of (32, warps) threads, block after block. */
+template <typename F>
+static void tide_emu_launch_blocks(unsigned blocks, unsigned warps, F kernel) {
+  for (unsigned bx = 0; bx < blocks; ++bx) {
+    std::barrier<> block(32 * warps);
+    std::vector<tide_emu_warp> ws(warps);
+    std::vector<std::unique_ptr<std::barrier<>>> bars;
+    for (unsigned w = 0; w < warps; ++w) {
+      bars.push_back(std::make_unique<std::barrier<>>(32));
+      ws[w].sync = bars.back().get();
+    }
+    std::vector<std::thread> threads;
+    for (unsigned ty = 0; ty < warps; ++ty)
+      for (unsigned tx = 0; tx < 32; ++tx)
+        threads.emplace_back([=, &ws, &block] {
+          blockIdx = {bx, 0, 0};
+          threadIdx = {tx, ty, 0};
+          tide_emu_my_warp = &ws[ty];
+          tide_emu_block_barrier = &block;
+          kernel();
+        });
+    for (auto &t : threads) t.join();
+  }
+}
