@@ -145,14 +145,17 @@ def {name}({", ".join(params)}):
                 logit = T.alloc_buffer(({MMA_M}, {NE}), "float32", scope="shared")
                 tb = T.alloc_buffer(({NE},), "float32", scope="shared")
                 tsrc = T.alloc_buffer(({NE},), "int32", scope="shared")
-                for ks, half, r, j in T.grid({KS}, 2, 2, 2):
-                    qa[ks * 8 + half * 4 + r * 2 + j] = T.Cast("bfloat16", T.if_then_else(
-                        {head} < {H}, q[{vb}, {vs}, T.min({head}, {H - 1}), {chan} + ks * 16 + half * 8 + lane % 4 * 2 + j]
-                        * T.float32({scale!r}), T.float32(0)))
-                for r in range(2):
+                for ks in T.unroll({KS}):
+                    for half in T.unroll(2):
+                        for r in T.unroll(2):
+                            for j in T.unroll(2):
+                                qa[ks * 8 + half * 4 + r * 2 + j] = T.Cast("bfloat16", T.if_then_else(
+                                    {head} < {H}, q[{vb}, {vs}, T.min({head}, {H - 1}), {chan} + ks * 16 + half * 8 + lane % 4 * 2 + j]
+                                    * T.float32({scale!r}), T.float32(0)))
+                for r in T.unroll(2):
                     m[r] = T.if_then_else({head} < {H}, sinks[T.min({head}, {H - 1})], T.float32(0))
                     ls[r] = T.float32(1)
-                for i in range({NT * 4}):
+                for i in T.unroll({NT * 4}):
                     acc[i] = T.float32(0)
                 rng[0] = {n_tiles}
                 rng[1] = 0
@@ -164,16 +167,20 @@ def {name}({", ".join(params)}):
                         tb[lane] = {bias_at(f"(t * {NE} + lane)")}
                         tsrc[lane] = {source(f"(t * {NE} + lane)")}
                     T.tvm_storage_sync("shared")
-                    for i in range(16):
+                    for i in T.unroll(16):
                         sacc[i] = T.float32(0)
-                    for n, ks in T.grid(4, {KS}):
-                        for half, j in T.grid(2, 2):
-                            kb[half * 2 + j] = {entry("n * 8 + lane // 4", f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j")}
-                        T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                    qa.data, ks * 8, kb.data, 0, sacc.data, n * 4, False,
-                                                    dtype="float32"))
-                    for n, r, j in T.grid(4, 2, 2):
-                        spart[warp, lane // 4 + r * 8, n * 8 + lane % 4 * 2 + j] = sacc[n * 4 + r * 2 + j]
+                    for n in T.unroll(4):
+                        for ks in T.unroll({KS}):
+                            for half in T.unroll(2):
+                                for j in T.unroll(2):
+                                    kb[half * 2 + j] = {entry("n * 8 + lane // 4", f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j")}
+                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                        qa.data, ks * 8, kb.data, 0, sacc.data, n * 4, False,
+                                                        dtype="float32"))
+                    for n in T.unroll(4):
+                        for r in T.unroll(2):
+                            for j in T.unroll(2):
+                                spart[warp, lane // 4 + r * 8, n * 8 + lane % 4 * 2 + j] = sacc[n * 4 + r * 2 + j]
                     T.tvm_storage_sync("shared")
                     for i in range({MMA_M * NE // (WARPS * 32)}):
                         logit[(i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}] = (
@@ -183,31 +190,38 @@ def {name}({", ".join(params)}):
                             + spart[3, (i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}]
                             + tb[(i * {WARPS * 32} + warp * 32 + lane) % {NE}])
                     T.tvm_storage_sync("shared")
-                    for r in range(2):
+                    for r in T.unroll(2):
                         mt[r] = m[r]
                         for j in range({NE}):
                             mt[r] = T.max(mt[r], logit[lane // 4 + r * 8, j])
                         ls[r] = ls[r] * T.exp(m[r] - mt[r])
                         for j in range({NE}):
                             ls[r] = ls[r] + T.exp(logit[lane // 4 + r * 8, j] - mt[r])
-                    for n, r, j in T.grid({NT}, 2, 2):
-                        acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])
-                    for ks in range(2):
-                        for half, r, j in T.grid(2, 2, 2):
-                            pa[half * 4 + r * 2 + j] = T.Cast("bfloat16", T.exp(
-                                logit[lane // 4 + r * 8, ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]))
-                        for n in range({NT}):
-                            for half, j in T.grid(2, 2):
-                                kb[half * 2 + j] = {entry("ks * 16 + half * 8 + lane % 4 * 2 + j", f"{chan} + n * 8 + lane // 4")}
+                    for n in T.unroll({NT}):
+                        for r in T.unroll(2):
+                            for j in T.unroll(2):
+                                acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])
+                    for ks in T.unroll(2):
+                        for half in T.unroll(2):
+                            for r in T.unroll(2):
+                                for j in T.unroll(2):
+                                    pa[half * 4 + r * 2 + j] = T.Cast("bfloat16", T.exp(
+                                        logit[lane // 4 + r * 8, ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]))
+                        for n in T.unroll({NT}):
+                            for half in T.unroll(2):
+                                for j in T.unroll(2):
+                                    kb[half * 2 + j] = {entry("ks * 16 + half * 8 + lane % 4 * 2 + j", f"{chan} + n * 8 + lane // 4")}
                             T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
                                                         pa.data, 0, kb.data, 0, acc.data, n * 4, False,
                                                         dtype="float32"))
-                    for r in range(2):
+                    for r in T.unroll(2):
                         m[r] = mt[r]
                     T.tvm_storage_sync("shared")
-                for n, r, j in T.grid({NT}, 2, 2):
-                    if {head} < {H}:
-                        out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = acc[n * 4 + r * 2 + j] / ls[r]
+                for n in T.unroll({NT}):
+                    for r in T.unroll(2):
+                        for j in T.unroll(2):
+                            if {head} < {H}:
+                                out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = acc[n * 4 + r * 2 + j] / ls[r]
 '''
     return src
 

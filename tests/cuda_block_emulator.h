@@ -1,7 +1,7 @@
 /* Block-level additions to tests/mma_warp_emulator.h, for tide's tensor-core attention kernels
  * (tests/test_attention_kernels.py): __syncthreads as a barrier of the whole thread block, the
- * integer min/max the generated source calls, and a launcher that runs one thread block at a time
- * with a CPU thread per CUDA thread. The test rewrites the kernel's __shared__ arrays into function
+ * integer min/max and conversions the generated source calls, and a launcher that runs one thread
+ * block at a time with a CPU thread per CUDA thread. The test rewrites the kernel's __shared__ arrays into function
  * statics: one copy, seen by every thread of the running block. */
 #include "mma_warp_emulator.h"
 
@@ -12,6 +12,7 @@ static inline int min(int a, int b) { return a < b ? a : b; }
 static inline int max(int a, int b) { return a > b ? a : b; }
 static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
+static inline nv_bfloat16 __float2bfloat16_rn(float f) { return nv_bfloat16(f); }
 
 /* Runs kernel() on a grid of `blocks` blocks of (32, warps) threads, block after block. */
 template <typename F>
