@@ -24,6 +24,26 @@ TIDE_FUNCTION = "Compressor"
 LOWEST = 'T.min_value("float32")'
 
 
+def exp_lets(out: str, arg: str, indent: str) -> str:
+    """TVMScript ``let`` bindings computing ``out = exp(arg)`` for ``arg <= 0`` without a libm call,
+    so that it vectorizes (LLVM turns a vector exp into one scalar ``expf`` call per lane): ``2^n p(f)``
+    with ``n = round(arg / ln 2)``, ``f = arg - n ln 2`` (ln 2 in two parts) and Cephes' degree-7
+    polynomial for ``e^f`` on ``|f| <= ln(2)/2`` (about 1 ulp). ``arg`` is clamped to [-87, 0]: the
+    weight of a masked slot (score at the lowest float) becomes ~1e-38 instead of 0."""
+    lines = [
+        f"{out}_x: T.let[T.float32] = T.max(T.min({arg}, T.float32(0)), T.float32(-87))",
+        f"{out}_n: T.let[T.float32] = T.floor({out}_x * T.float32(1.44269504088896341) + T.float32(0.5))",
+        f"{out}_f: T.let[T.float32] = {out}_x - {out}_n * T.float32(0.693359375) + {out}_n * T.float32(2.12194440e-4)",
+        f"{out}_p: T.let[T.float32] = ((((((T.float32(1.9875691500e-4) * {out}_f + T.float32(1.3981999507e-3)) * {out}_f"
+        f" + T.float32(8.3334519073e-3)) * {out}_f + T.float32(4.1665795894e-2)) * {out}_f"
+        f" + T.float32(1.6666665459e-1)) * {out}_f + T.float32(5.0000001201e-1)) * {out}_f * {out}_f"
+        f" + {out}_f + T.float32(1))",
+        f"{out}: T.let[T.float32] = {out}_p * T.reinterpret(\"float32\", T.shift_left(T.Cast(\"int32\", {out}_n)"
+        f" + T.int32(127), T.int32(23)))",
+    ]
+    return ("\n" + indent).join(lines)
+
+
 def kernel_source(name: str, batch: int, seq: int, ratio: int, overlap: int, head_dim: int, cache_rows: int,
                   rope_dim: int, epsilon: float) -> str:
     B, S, r, o, Dc, C, rd = batch, seq, ratio, overlap, head_dim, cache_rows, rope_dim
@@ -93,7 +113,7 @@ def {name}(kv: T.Buffer(({B}, {S}, {F}), "float32"), gate: T.Buffer(({B}, {S}, {
                             with T.init():
                                 den[vc] = T.float32(0)
                                 num[vc] = T.float32(0)
-                            weight: T.let[T.float32] = T.exp({score_at} - mx[vc])
+                            {exp_lets("weight", f"{score_at} - mx[vc]", " " * 28)}
                             den[vc] = den[vc] + weight
                             num[vc] = num[vc] + weight * {kv_at}
                 for c in range({Dc}):
