@@ -114,7 +114,8 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
                 state_specs.append((inp.name.removeprefix("past."), inp.type.tensor_type))
     weights = lower.WeightTable()
     report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels(tgt_mod.KIND, report) if options.kernels else {}
+    model_dtype = {p.key: p.value for p in model.metadata_props}.get("tide.dtype", "float32")
+    converters = substitute.function_kernels(tgt_mod.KIND, report, model_dtype) if options.kernels else {}
     plans, kernels = [], {}
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())

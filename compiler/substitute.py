@@ -186,12 +186,14 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
     return out
 
 
-def function_kernels(target_kind: str, report: SubstitutionReport) -> dict:
+def function_kernels(target_kind: str, report: SubstitutionReport, model_dtype: str = "float32") -> dict:
     """The ``tide``-domain functions a tide kernel serves on this target: name -> converter
     ``fn(bb, inputs, attrs)`` for ``tide.compiler.relax_import``. The rest are inlined and lowered
-    generically."""
+    generically. ``model_dtype`` (the export's ``tide.dtype``) goes to the converters that take it
+    (the attention kernels: bfloat16 models may use bfloat16 tensor cores)."""
     import functools
     import importlib
+    import inspect
 
     from ..ops import FUNCTION_KERNELS
 
@@ -199,7 +201,9 @@ def function_kernels(target_kind: str, report: SubstitutionReport) -> dict:
     converters = {}
     for function, module_name in FUNCTION_KERNELS.items():
         module = importlib.import_module(f"{package}.ops.{module_name}")
-        converters[function] = functools.partial(module.relax_convert, target_kind=target_kind, report=report)
+        takes_dtype = "model_dtype" in inspect.signature(module.relax_convert).parameters
+        extra = {"model_dtype": model_dtype} if takes_dtype else {}
+        converters[function] = functools.partial(module.relax_convert, target_kind=target_kind, report=report, **extra)
     rope = importlib.import_module(f"{package}.ops.rope")
     norms = None
     if "RMSNorm" in converters:

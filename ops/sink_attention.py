@@ -265,19 +265,24 @@ def static_shape(expr, what: str) -> list[int]:
     return shape
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, target_kind, report, model_dtype="float32"):
     """``tide.SinkAttention(q, kv, kv_bias, sinks)`` -> one call of this kernel, scheduled for the
-    target."""
+    target (CUDA prefill of a bfloat16 model: ``sink_attention_prefill_mma`` on tensor cores)."""
     from tvm import relax
 
     from ..targets import attention
+    from . import sink_attention_prefill_mma
 
     q, kv, kv_bias, sinks = inputs
     B, S, H, D = static_shape(q, "SinkAttention q")
     N = static_shape(kv, "SinkAttention kv")[1]
     name = f"tide_sink_attention_b{B}s{S}h{H}d{D}n{N}"
-    cfg = attention.config(target_kind, B, S, H, D, N)
-    func = prim_func(B, S, H, D, N, float(attrs["scale"]), name=name, **cfg)
+    if attention.prefill_tensor_cores(target_kind, S, H, D, model_dtype):
+        name += "_mma_bf16"
+        func = sink_attention_prefill_mma.prim_func(B, S, H, D, N, float(attrs["scale"]), name=name)
+    else:
+        cfg = attention.config(target_kind, B, S, H, D, N)
+        func = prim_func(B, S, H, D, N, float(attrs["scale"]), name=name, **cfg)
     gv = bb.add_func(attention.schedule(func, target_kind).with_attr("op_pattern", 8), name)
     report.add(name, f"tide.SinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared entries]")
     return relax.call_tir(gv, [q, kv, kv_bias, sinks], out_ty=relax.TensorType((B, S, H, D), "float32"))

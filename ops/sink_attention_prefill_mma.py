@@ -123,7 +123,10 @@ def kernel_source(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, sc
                 f"T.float32(0)))")
 
     head = f"(bx % {HT} * {MMA_M} + lane // 4 + r * 8)"
+    cell = f"(i * {WARPS * 32} + warp * 32 + lane)"  # the logit a thread sums: 128 threads over 16 x 32
     chan = f"warp * {DQ}"
+    k_chan = f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j"  # channel of an A (q) / B (entry) element
+    k_entry = "ks * 16 + half * 8 + lane % 4 * 2 + j"  # tile entry of an A (p) / B (entry) element
     src = f'''
 @T.prim_func
 def {name}({", ".join(params)}):
@@ -150,7 +153,7 @@ def {name}({", ".join(params)}):
                         for r in T.unroll(2):
                             for j in T.unroll(2):
                                 qa[ks * 8 + half * 4 + r * 2 + j] = T.Cast("bfloat16", T.if_then_else(
-                                    {head} < {H}, q[{vb}, {vs}, T.min({head}, {H - 1}), {chan} + ks * 16 + half * 8 + lane % 4 * 2 + j]
+                                    {head} < {H}, q[{vb}, {vs}, T.min({head}, {H - 1}), {k_chan}]
                                     * T.float32({scale!r}), T.float32(0)))
                 for r in T.unroll(2):
                     m[r] = T.if_then_else({head} < {H}, sinks[T.min({head}, {H - 1})], T.float32(0))
@@ -173,7 +176,7 @@ def {name}({", ".join(params)}):
                         for ks in T.unroll({KS}):
                             for half in T.unroll(2):
                                 for j in T.unroll(2):
-                                    kb[half * 2 + j] = {entry("n * 8 + lane // 4", f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j")}
+                                    kb[half * 2 + j] = {entry("n * 8 + lane // 4", k_chan)}
                             T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
                                                         qa.data, ks * 8, kb.data, 0, sacc.data, n * 4, False,
                                                         dtype="float32"))
@@ -183,12 +186,9 @@ def {name}({", ".join(params)}):
                                 spart[warp, lane // 4 + r * 8, n * 8 + lane % 4 * 2 + j] = sacc[n * 4 + r * 2 + j]
                     T.tvm_storage_sync("shared")
                     for i in range({MMA_M * NE // (WARPS * 32)}):
-                        logit[(i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}] = (
-                            spart[0, (i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}]
-                            + spart[1, (i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}]
-                            + spart[2, (i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}]
-                            + spart[3, (i * {WARPS * 32} + warp * 32 + lane) // {NE}, (i * {WARPS * 32} + warp * 32 + lane) % {NE}]
-                            + tb[(i * {WARPS * 32} + warp * 32 + lane) % {NE}])
+                        logit[{cell} // {NE}, {cell} % {NE}] = (spart[0, {cell} // {NE}, {cell} % {NE}]
+                            + spart[1, {cell} // {NE}, {cell} % {NE}] + spart[2, {cell} // {NE}, {cell} % {NE}]
+                            + spart[3, {cell} // {NE}, {cell} % {NE}] + tb[{cell} % {NE}])
                     T.tvm_storage_sync("shared")
                     for r in T.unroll(2):
                         mt[r] = m[r]
@@ -206,11 +206,11 @@ def {name}({", ".join(params)}):
                             for r in T.unroll(2):
                                 for j in T.unroll(2):
                                     pa[half * 4 + r * 2 + j] = T.Cast("bfloat16", T.exp(
-                                        logit[lane // 4 + r * 8, ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]))
+                                        logit[lane // 4 + r * 8, {k_entry}] - mt[r]))
                         for n in T.unroll({NT}):
                             for half in T.unroll(2):
                                 for j in T.unroll(2):
-                                    kb[half * 2 + j] = {entry("ks * 16 + half * 8 + lane % 4 * 2 + j", f"{chan} + n * 8 + lane // 4")}
+                                    kb[half * 2 + j] = {entry(k_entry, f"{chan} + n * 8 + lane // 4")}
                             T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
                                                         pa.data, 0, kb.data, 0, acc.data, n * 4, False,
                                                         dtype="float32"))
@@ -221,7 +221,8 @@ def {name}({", ".join(params)}):
                     for r in T.unroll(2):
                         for j in T.unroll(2):
                             if {head} < {H}:
-                                out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = acc[n * 4 + r * 2 + j] / ls[r]
+                                out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = (
+                                    acc[n * 4 + r * 2 + j] / ls[r])
 '''
     return src
 

@@ -70,12 +70,14 @@ def cost(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k: int,
     return {"flops": dense["flops"], "bytes": dense["bytes"] - batch * top_k * head_dim * itemsize + picks}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, target_kind, report, model_dtype="float32"):
     """``tide.SparseSinkAttention(q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks)``
-    -> one call of this kernel, scheduled for the target."""
+    -> one call of this kernel, scheduled for the target (CUDA prefill of a bfloat16 model:
+    ``sink_attention_prefill_mma`` on tensor cores)."""
     from tvm import relax
 
     from ..targets import attention
+    from . import sink_attention_prefill_mma
 
     q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks = inputs
     B, S, H, D = sink_attention.static_shape(q, "SparseSinkAttention q")
@@ -85,8 +87,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     K = int(indices.ty.shape[-1])
     ratio = int(attrs["ratio"])
     name = f"tide_sparse_sink_attention_b{B}s{S}h{H}d{D}n{N}k{K}c{C}e{E}r{ratio}"
-    cfg = attention.config(target_kind, B, S, H, D, N + K)
-    func = prim_func(B, S, H, D, N, K, C, E, ratio, float(attrs["scale"]), name=name, **cfg)
+    if attention.prefill_tensor_cores(target_kind, S, H, D, model_dtype):
+        name += "_mma_bf16"
+        sparse = {"top_k": K, "cache_rows": C, "new_rows": E, "ratio": ratio}
+        func = sink_attention_prefill_mma.prim_func(B, S, H, D, N, float(attrs["scale"]), sparse=sparse, name=name)
+    else:
+        cfg = attention.config(target_kind, B, S, H, D, N + K)
+        func = prim_func(B, S, H, D, N, K, C, E, ratio, float(attrs["scale"]), name=name, **cfg)
     gv = bb.add_func(attention.schedule(func, target_kind).with_attr("op_pattern", 8), name)
     report.add(name, f"tide.SparseSinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared + top-{K} of {C}]")
     args = [q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks]

@@ -42,8 +42,22 @@ def config(target_kind: str, batch: int, seq: int, heads: int, head_dim: int, n_
     return {"head_block": head_block, "entry_block": entry_block, "splits": splits}
 
 
+def prefill_tensor_cores(target_kind: str, seq: int, heads: int, head_dim: int, model_dtype: str) -> bool:
+    """CUDA prefill (more than one query token) of a bfloat16 model runs sink attention on tensor
+    cores (``tide.ops.sink_attention_prefill_mma``: q and the entries rounded to bfloat16, float32
+    accumulation and softmax); decode and float32 models keep the exact float32 kernels."""
+    from ..ops import sink_attention_prefill_mma
+
+    return (target_kind == "cuda" and seq > 1 and model_dtype == "bfloat16"
+            and sink_attention_prefill_mma.supported(heads, head_dim))
+
+
 def schedule(func, target_kind: str):
     """The target's schedule of a sink-attention kernel."""
+    if func.attrs is not None and "tide.attention_kernel" in func.attrs:  # written with its thread mapping
+        if target_kind != "cuda":
+            raise ValueError("tensor-core attention kernels (tide.ops.sink_attention_prefill_mma) are CUDA-only")
+        return func.with_attr("tirx.is_scheduled", True)
     if target_kind == "cuda":
         return schedule_cuda(func)
     if target_kind == "cpu":

@@ -610,7 +610,8 @@ def test_mma_prefill_on_a_warp_emulator(case, tmp_path):
 MMA_PLANTED_BUGS = {
     "no-rescale": ("acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])",
                    "acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j]"),
-    "p-fragment-column": ("ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]", "ks * 16 + half * 4 + lane % 4 * 2 + j] - mt[r]"),
+    "p-fragment-column": ("r * 8, ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]",
+                          "r * 8, ks * 16 + half * 4 + lane % 4 * 2 + j] - mt[r]"),
     "bias-dropped": ("+ tb[(i * ", "+ T.float32(0) * tb[(i * "),
     "sink-weight-dropped": ("ls[r] = T.float32(1)", "ls[r] = T.float32(0)"),
 }
@@ -668,3 +669,34 @@ def test_mma_prefill_compiles_with_nvcc(kernel, tmp_path):
                               str(tmp_path / f"{arch}.cubin"), str(cu)], capture_output=True, text=True)
         assert res.returncode == 0, f"{arch}: {res.stderr[-2000:]}"
         assert " 0 bytes stack frame, 0 bytes spill stores" in res.stderr, res.stderr[-2000:]
+
+
+def _converted_kernels(module, arrays, attrs, target_kind, model_dtype):
+    """Names of the PrimFuncs ``module.relax_convert`` adds for inputs shaped like ``arrays``."""
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
+    with bb.function("main", params):
+        out = module.relax_convert(bb, params, attrs, target_kind=target_kind, report=SubstitutionReport(),
+                                   model_dtype=model_dtype)
+        bb.emit_func_output(bb.emit(out))
+    return [gv.name_hint for gv, f in bb.get().functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def test_prefill_on_bf16_models_uses_tensor_cores():
+    """CUDA prefill of a bfloat16 model: the tensor-core kernel (dense and CSA); CUDA decode, float32
+    models and the CPU keep the float32 kernels; the CPU refuses the CUDA-only kernel."""
+    arrays, ratio, scale = _sparse_inputs("tiny-prefill")
+    q, kv, bias, sinks = arrays[0], arrays[1], arrays[2], arrays[8]
+    sparse_attrs = {"ratio": ratio, "scale": scale}
+    for module, ins, attrs in ((sink_attention, [q, kv, bias, sinks], {"scale": scale}),
+                               (sink_attention_sparse, list(arrays), sparse_attrs)):
+        [name] = _converted_kernels(module, ins, attrs, "cuda", "bfloat16")
+        assert name.endswith("_mma_bf16"), name
+        for target_kind, dtype in (("cuda", "float32"), ("cpu", "bfloat16")):
+            [name] = _converted_kernels(module, ins, attrs, target_kind, dtype)
+            assert not name.endswith("_mma_bf16"), (target_kind, dtype, name)
+    decode, _, _ = _sparse_inputs("tiny-decode")
+    [name] = _converted_kernels(sink_attention_sparse, list(decode), sparse_attrs, "cuda", "bfloat16")
+    assert not name.endswith("_mma_bf16"), name
+    with pytest.raises(ValueError, match="CUDA-only"):
+        attention.schedule(mma.prim_func(1, 2, 8, 64, 16, 0.1), "cpu")

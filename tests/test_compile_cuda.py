@@ -283,3 +283,19 @@ def test_flash_2layer_narrow_compiles_for_both_archs(tmp_path):
 def test_flash_2layer_compiles_for_both_archs(tmp_path):
     """Full V4-Flash widths (about 2 GB of fp32 weights: needs that much free disk twice)."""
     _check_flash(tmp_path, FLASH_REDUCED)
+
+
+def test_default_tiny_compiles_for_cuda(tmp_path):
+    """The built-in tiny as exported by default (index top-4: the Lightning Indexer's CUDA schedule
+    at a top-k below its 128 threads, and a float32 model: attention on the float32 kernels) builds
+    for sm_90, one prefill chunk."""
+    onnx_path, art = str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.tide")
+    export("tiny", onnx_path, seed=0)
+    compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_90", prefill_chunks=(16,), progress=False))
+    read = artifact.read_artifact(art)
+    indexers = [k for k in read.plan.kernels if k.startswith("tide_lightning_indexer") and k.endswith("k4r4")]
+    assert len(indexers) == 2, read.plan.kernels  # decode and the prefill chunk
+    attention = [k for k in read.plan.kernels if "sink_attention" in k]
+    assert attention and not any(k.endswith("_mma_bf16") for k in attention)
+    defined = _symbols(read.device_code.images[0].data, ".symtab", kind=2)
+    assert {f.name for f in read.device_code.functions} <= defined
