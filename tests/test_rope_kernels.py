@@ -202,3 +202,32 @@ def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
         res = subprocess.run([_nvcc(), "-cubin", f"-arch={arch}", "-o", str(tmp_path / f"{arch}.cubin"), str(cu)],
                              capture_output=True, text=True)
         assert res.returncode == 0, f"{arch}: {res.stderr[-2000:]}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the exported model
+
+
+def test_tiny_model_import_fuses_q_and_kv_norms_and_folds_the_inverse_sin(tmp_path):
+    """Through the ONNX frontend (which hands converters un-bound calls): every layer's q and kv
+    RMSNorm+RoPE pair becomes one fused kernel, the output's RoPE(out, cos, Neg(sin)) the inverse
+    kernel, and only the q-LoRA and sublayer RMSNorms stay. (tests/test_v4_spine.py checks the
+    compiled model's tokens against transformers.)"""
+    from tide.compiler import onnx_import, relax_import
+    from tide.compiler.export import export
+
+    path = str(tmp_path / "tiny.onnx")
+    export("tiny", path, seed=0, batch=2)
+    loaded = onnx_import.load(path)
+    report = substitute.SubstitutionReport()
+    converters = substitute.function_kernels("cpu", report)
+    static = onnx_import.specialize(loaded, {"seq": 3}, frozenset(converters))
+    mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), path, converters)
+    mod = substitute.substitute(mod, "cpu", {}, report)
+    served = substitute.called_kernels(mod["main"])
+    fused = sorted(k for k in report.kernels if k.startswith("tide_norm_rope_"))
+    assert fused == ["tide_norm_rope_2x3x64_r16_g6", "tide_norm_rope_2x3x8x64_r16_g6"], report.kernels
+    assert sorted(k for k in report.kernels if k.startswith("tide_rope_")) == ["tide_rope_2x3x8x64_r16_g6_inv"]
+    norms = sorted(k for k in report.kernels if k.startswith("tide_rmsnorm_"))
+    assert norms == ["tide_rmsnorm_6x128", "tide_rmsnorm_6x64"], norms   # sublayer inputs (D 128), q-LoRA (64)
+    assert set(report.kernels) <= served | {k for k, v in report.kernels.items() if v == "generic"}
