@@ -9,8 +9,9 @@ channels through::
 
 V4 applies it to the query heads, to the kv latent, to every compressed entry and index query, and,
 as the inverse rotation (the same function called with ``-sin``), to the attention output. The
-kernel sees x as ``[rows, dim]`` and cos/sin as ``[groups, rope_dim / 2]``: row i uses group
-``i // (rows / groups)`` (the exporter's tables are per token and broadcast over the heads).
+kernel runs over the rows of x (every index of its leading dims, x and y keep their shape) and sees
+cos/sin as ``[groups, rope_dim / 2]``: row i uses group ``i // (rows / groups)`` (the exporter's
+tables are per token and broadcast over the heads; other broadcasts are materialized first).
 ``inverse`` rotates by ``-angle`` from the given sin, which lets the compiler drop the graph's
 ``Neg(sin)`` in front of the inverse RoPE.
 """
@@ -196,7 +197,7 @@ def negated(bb, expr):
 
 
 def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
-    """``tide.RoPE(x, cos, sin)`` -> one call of this kernel on x viewed as ``[rows, dim]``, or of
+    """``tide.RoPE(x, cos, sin)`` -> one call of this kernel over the rows of x, or of
     ``tide.ops.qnorm_rope`` on the RMSNorm input when x is a ``tide.RMSNorm`` output that ``norms``
     (``tide.compiler.substitute.NormOutputs``) recorded. A sin bound to ``Neg(s)`` (the inverse
     RoPE on the attention output) becomes the inverse kernel on s."""
