@@ -13,6 +13,8 @@ register tile, softmax bookkeeping over the head vector, top-k ranks over the li
 CUDA: one thread block per outer iteration (split-K merges are separate kernels); q, the entry tile
 and softmax state in shared memory (dynamic shared memory for the large buffers: a runtime must
 allow more than 48 KiB per block), accumulators in registers with a fixed channel-per-thread map.
+CUDA prefill of bfloat16 models instead gets ``tide.ops.sink_attention_prefill_mma`` (tensor cores,
+written with its own thread mapping; ``prefill_tensor_cores`` decides).
 """
 
 from __future__ import annotations

@@ -631,13 +631,13 @@ def test_mma_prefill_emulator_catches_planted_bugs(bug, tmp_path):
     assert np.nanmax(np.abs(out - want)) > 10 * bound or np.isnan(out).any(), bug
 
 
-@pytest.mark.parametrize("splits_valid", [False, True])
-def test_mma_sparse_prefill_on_a_warp_emulator(splits_valid, tmp_path):
+@pytest.mark.parametrize("scattered_valid", [False, True])
+def test_mma_sparse_prefill_on_a_warp_emulator(scattered_valid, tmp_path):
     """CSA: shared window entries plus each query's top-k picks gathered from the cache and this
     call's candidates; top-k above the visible count early on, scattered valid flags."""
     arrays, ratio, scale = _sparse_inputs("tiny-prefill")
     q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
-    if splits_valid:
+    if scattered_valid:
         valid = valid & (np.random.default_rng(3).random(valid.shape) < 0.6)
     B, S, H, D = q.shape
     sparse = {"top_k": idx.shape[-1], "cache_rows": cache.shape[1], "new_rows": entries.shape[1], "ratio": ratio}

@@ -3,10 +3,8 @@ nvcc (no GPU needed). Checks the DEVICE_CODE section against the cubins themselv
 version, defined kernels and their parameter counts, read from each cubin's own symbol table and
 .nv.info records) and against the host library (kernel names it looks up, exported entry points).
 
-The models set ``index_topk`` to 128: the Lightning Indexer's CUDA schedule (targets/attention.py)
-does not build for a top-k below its 128 threads per block (TVM: "Cannot insert syncs inside
-condition"), which the built-in tiny (top-4) and a short flash-2layer (top-k clamped to the cache
-rows) would hit.
+Most models here set ``index_topk`` to 128 (the Lightning Indexer's 128 threads per block, no
+thread-guarded list merges); ``test_default_tiny_compiles_for_cuda`` builds the default tiny (top-4).
 """
 
 from __future__ import annotations
@@ -299,3 +297,21 @@ def test_default_tiny_compiles_for_cuda(tmp_path):
     assert attention and not any(k.endswith("_mma_bf16") for k in attention)
     defined = _symbols(read.device_code.images[0].data, ".symtab", kind=2)
     assert {f.name for f in read.device_code.functions} <= defined
+
+
+@pytest.mark.heavy
+def test_bf16_tiny_prefill_attention_on_tensor_cores(tmp_path):
+    """A bfloat16 export: its prefill chunk's sink attention (dense and CSA) on the tensor-core
+    kernels, decode on the float32 ones, device code for both archs (about a minute)."""
+    onnx_path, art = str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.tide")
+    export("tiny", onnx_path, seed=0, dtype="bfloat16")
+    compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_80,sm_90", prefill_chunks=(16,),
+                                                 progress=False))
+    read = artifact.read_artifact(art)
+    attention = [k for k in read.plan.kernels if "sink_attention" in k]
+    assert {k.endswith("_mma_bf16") for k in attention if "b1s16" in k} == {True}
+    assert {k.endswith("_mma_bf16") for k in attention if "b1s1h" in k} == {False}
+    assert any(k.startswith("tide_sparse_sink_attention") and k.endswith("_mma_bf16") for k in attention)
+    for img in read.device_code.images:
+        defined = _symbols(img.data, ".symtab", kind=2)
+        assert {f.name for f in read.device_code.functions} <= defined, img.arch
