@@ -5,6 +5,7 @@
  * statics: one copy, seen by every thread of the running block. */
 #include "mma_warp_emulator.h"
 
+typedef unsigned char uchar;
 static thread_local std::barrier<> *tide_emu_block_barrier;
 
 static inline void __syncthreads() { tide_emu_block_barrier->arrive_and_wait(); }
@@ -14,11 +15,13 @@ static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline nv_bfloat16 __float2bfloat16_rn(float f) { return nv_bfloat16(f); }
 
-/* Runs kernel() on a grid of `blocks` blocks of (32, warps) threads, block after block. */
+/* Runs kernel() on a grid of `blocks` blocks of (nx, ny) threads, block after block; the warps
+ * (for mma.sync) are the rows of 32 threads along x. */
 template <typename F>
-static void tide_emu_launch_blocks(unsigned blocks, unsigned warps, F kernel) {
+static void tide_emu_launch_blocks(unsigned blocks, unsigned nx, unsigned ny, F kernel) {
+  unsigned warps = (nx * ny + 31) / 32;
   for (unsigned bx = 0; bx < blocks; ++bx) {
-    std::barrier<> block(32 * warps);
+    std::barrier<> block(nx * ny);
     std::vector<tide_emu_warp> ws(warps);
     std::vector<std::unique_ptr<std::barrier<>>> bars;
     for (unsigned w = 0; w < warps; ++w) {
@@ -26,12 +29,12 @@ static void tide_emu_launch_blocks(unsigned blocks, unsigned warps, F kernel) {
       ws[w].sync = bars.back().get();
     }
     std::vector<std::thread> threads;
-    for (unsigned ty = 0; ty < warps; ++ty)
-      for (unsigned tx = 0; tx < 32; ++tx)
+    for (unsigned ty = 0; ty < ny; ++ty)
+      for (unsigned tx = 0; tx < nx; ++tx)
         threads.emplace_back([=, &ws, &block] {
           blockIdx = {bx, 0, 0};
           threadIdx = {tx, ty, 0};
-          tide_emu_my_warp = &ws[ty];
+          tide_emu_my_warp = &ws[(ty * nx + tx) / 32];
           tide_emu_block_barrier = &block;
           kernel();
         });

@@ -521,11 +521,12 @@ def _mma_source(func):
     return exe.mod.imports[0].inspect_source()
 
 
-def _emulated_block(source: str, kernel: str, tmp_path, blocks: int):
+def _emulated_block(source: str, kernel: str, tmp_path, blocks: int, threads=(32, 4), mma_calls: int = 2):
     """``kernel`` of the generated CUDA ``source`` built for the host against
     tests/cuda_block_emulator.h (mma.sync emulated lane by lane per the PTX fragment layouts,
-    __syncthreads a barrier of the block, __shared__ arrays one copy per block) and launched on
-    ``blocks`` thread blocks of 4 warps; returns call(**arrays), arrays named as the parameters."""
+    __syncthreads a barrier of the block, shared memory one copy per block) and launched on
+    ``blocks`` thread blocks of ``threads`` (x, y); returns call(**arrays), arrays named as the
+    parameters."""
     import ctypes
 
     definition = re.search(r'extern "C" __global__ void __launch_bounds__\(\d+\) (%s\(([^)]*)\)) \{' % kernel, source)
@@ -540,17 +541,23 @@ def _emulated_block(source: str, kernel: str, tmp_path, blocks: int):
             break
     body, count = MMA_ASM.subn(lambda m: f"tide_emu_mma((const uint32_t *)({m['a']}), (const uint32_t *)({m['b']}), "
                                          f"(float *)({m['c']}));", source[start:end + 1])
-    assert count >= 2 and "__asm__" not in body
+    assert count >= mma_calls and "__asm__" not in body
     body, shared = re.subn(r"__shared__ alignas\((\d+)\) ", r"alignas(\1) static ", body)
+    body = re.sub(r"extern __shared__ __align__\((\d+)\) uchar (\w+)\[\];", r"alignas(\1) static uchar \2[1 << 18];",
+                  body)
     assert shared >= 1
     header = os.path.join(os.path.dirname(__file__), "cuda_block_emulator.h")
     src = (f'#include "{header}"\nstatic void {signature} {body}\n'
            f'extern "C" void run({signature[signature.index("(") + 1:-1]}) '
-           f'{{ tide_emu_launch_blocks({blocks}, {mma.WARPS}, [=] {{ {kernel}({", ".join(params)}); }}); }}\n')
+           f'{{ tide_emu_launch_blocks({blocks}, {threads[0]}, {threads[1]}, [=] {{ {kernel}({", ".join(params)}); }}); }}\n')
     cpp, so = tmp_path / f"{kernel}.cc", tmp_path / f"{kernel}.so"
     cpp.write_text(src)
+    # generated code initializes and uses per-thread values under separate, equal thread guards;
+    # kernels without mma.sync leave the emulated one unused
     proc = subprocess.run(["g++", "-std=c++20", "-O1", "-shared", "-fPIC", "-pthread", "-Wall", "-Werror",
-                           "-Wno-unused-variable", "-o", str(so), str(cpp)], capture_output=True, text=True)
+                           "-Wno-unused-variable", "-Wno-unused-function", "-Wno-maybe-uninitialized", "-o", str(so),
+                           str(cpp)],
+                          capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     fn = ctypes.CDLL(str(so)).run
 
@@ -700,3 +707,44 @@ def test_prefill_on_bf16_models_uses_tensor_cores():
     assert not name.endswith("_mma_bf16"), name
     with pytest.raises(ValueError, match="CUDA-only"):
         attention.schedule(mma.prim_func(1, 2, 8, 64, 16, 0.1), "cpu")
+
+
+# (batch, seq, start positions, top_k, cache rows): the tiny model's index shape at top-k 1, 4 (the
+# tiny's, not a multiple of the 128 threads), every cache row (more than visible) and 129 (lists
+# past one thread per slot), with and without split lists
+INDEXER_EMULATED = {
+    "top1-split": (1, 1, [41], 1, 65),
+    "top1": (2, 3, [5, 22], 1, 7),
+    "tiny-top4-prefill-split": (2, 8, [0, 22], 4, 65),
+    "top-all-rows": (1, 5, [9], 17, 17),
+    "top129-split": (1, 1, [8000], 129, 2100),
+}
+
+
+@pytest.mark.parametrize("case", list(INDEXER_EMULATED))
+def test_lightning_indexer_cuda_on_a_block_emulator(case, tmp_path):
+    """The indexer's CUDA schedule (both kernels when the list is split) run on the host with a
+    thread per CUDA thread and __syncthreads as a block barrier: exactly the reference's picks."""
+    B, S, start, K, C = INDEXER_EMULATED[case]
+    Hi, Di, rd, r = 16, 32, 16, 4
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    E = S // r + 1
+    q, cos, sin, w = _rand(rng, B, S, Hi, Di), _rand(rng, B, S, rd // 2), _rand(rng, B, S, rd // 2), _rand(rng, B, S, Hi)
+    cache, entries, start = _rand(rng, B, C, Di), _rand(rng, B, E, Di), np.array(start, np.int64)
+    cfg = attention.indexer_config("cuda", B, S, C, K)
+    func = attention.schedule_indexer(indexer.prim_func(B, S, Hi, Di, rd, C, E, r, K, 0.2, name="idx", **cfg), "cuda")
+    source = _mma_source(func)
+    tiles = -(-C // cfg["entry_block"])
+    per_split = -(-tiles // min(cfg["splits"], tiles))
+    P = -(-tiles // per_split)  # entry ranges, as indexer.kernel_source cuts them
+    assert (P > 1) == case.endswith("split")
+    arrays = dict(q=q, cos=cos, sin=sin, w=w, cache=cache, entries=entries, start_pos=start,
+                  indices=np.full((B, S, K), -1, np.int64), valid=np.zeros((B, S, K), bool),
+                  part_v=np.full((B, S, P, K), np.nan, np.float32), part_i=np.full((B, S, P, K), -1, np.int32))
+    threads = (attention.CUDA_THREADS, 1)
+    _emulated_block(source, "idx_kernel", tmp_path, B * S * P, threads, mma_calls=0)(**arrays)
+    if P > 1:
+        _emulated_block(source, "idx_kernel_1", tmp_path, B * S, threads, mma_calls=0)(**arrays)
+    want_idx, want_valid = indexer.reference(q, cos, sin, w, cache, entries, start, r, rd, K, 0.2)
+    np.testing.assert_array_equal(arrays["indices"], want_idx)
+    np.testing.assert_array_equal(arrays["valid"], want_valid)
