@@ -359,9 +359,7 @@ def tiny_cuda_artifact(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("tiny_cuda_run")
     onnx_path, path = str(tmp / "tiny.onnx"), str(tmp / "tiny.tide")
-    # index_topk 128: see tests/test_compile_cuda.py (the indexer's CUDA schedule needs top-k >= 128)
-    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides={"index_topk": 128,
-                                                                          "max_position_embeddings": 512})
+    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides={"max_position_embeddings": 512})
     compile_model(onnx_path, path, CompileOptions(target="cuda", arch="sm_90", prefill_chunks=(16,), progress=False))
     return path
 
@@ -400,6 +398,10 @@ def test_tiny_model_launches_are_valid_and_decode_replays_a_graph(tiny_cuda_arti
     for step in steps[2:]:  # replays: one graph launch, no kernel launched one by one
         assert f"cuGraphLaunch nodes {nodes}" in step
         assert not [line for line in step if line.startswith("cuLaunchKernel ")]
+    # kernels' device workspaces (the indexer's) are allocated in an entry's first run, reused after
+    assert [line for line in prefill_log if line.startswith("cuMemAlloc ")]
+    assert [line for line in steps[0] if line.startswith("cuMemAlloc ")]
+    assert not [line for step in steps[1:] for line in step if line.startswith("cuMemAlloc ")]
     assert [line for line in prefill_log if line.startswith("cuLaunchKernel ")]  # one prefill: eager
     assert not [line for line in prefill_log if "Capture" in line]
 

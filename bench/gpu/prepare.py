@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-# The indexer's CUDA schedule (targets/attention.py) needs top-k >= 128 (its threads per block);
-# both models keep every other dimension of their built-in config.
-INDEXER = {"index_topk": 128, "max_position_embeddings": 512}
+# Rotary tables for 512 positions (the sessions' capacity); every other dimension of tiny is its
+# built-in config (its top-k of 4 exercises the sparse selection on the GPU).
+SHORT = {"max_position_embeddings": 512}
 MODELS = {
-    "tiny": {"config": "tiny", "overrides": dict(INDEXER), "max_seq_len": 512, "prompt": 24, "new": 16,
+    "tiny": {"config": "tiny", "overrides": dict(SHORT), "max_seq_len": 512, "prompt": 24, "new": 16,
              "chunk": 16, "seed": 0},
     # V4-Flash's head_dim (512), rope dims, layer kinds and indexer shape; widths cut so the bundle
     # fits the 64 MiB a GPU machine receives (the full-width 2-layer model is ~2 GB of fp32 weights).
@@ -37,7 +37,7 @@ MODELS = {
                      "overrides": {"vocab_size": 1024, "n_routed_experts": 4, "num_experts_per_tok": 2,
                                    "hidden_size": 128, "num_attention_heads": 4, "q_lora_rank": 64,
                                    "o_groups": 2, "o_lora_rank": 64, "moe_intermediate_size": 64,
-                                   "index_n_heads": 16, **INDEXER},
+                                   "index_n_heads": 16, **SHORT},
                      "max_seq_len": 512, "prompt": 40, "new": 8, "chunk": 32, "seed": 0},
 }
 BUNDLE_LIMIT = 56 << 20

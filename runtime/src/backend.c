@@ -52,9 +52,19 @@ void* tide_backend_alloc_workspace(int device_type, int device_id, uint64_t nbyt
   (void)dtype_code_hint;
   (void)dtype_bits_hint;
   tide_session_t* s = tls_session;
+  const tide_device_backend_t* dev = s ? s->model->device : NULL;
+  if (dev && dev->workspace_alloc && device_type == dev->dl_device_type) {
+    tide_status_t st = NULL;
+    void* p = dev->workspace_alloc(s->device, nbytes, &st);
+    if (!p) {
+      tide_report_error(s, "TVMBackendAllocWorkspace: %s", st ? tide_status_message(st) : "failed");
+      tide_status_free(st);
+    }
+    return p;
+  }
   if (device_type != TIDE_DL_CPU) {
-    tide_report_error(s, "TVMBackendAllocWorkspace: device type %d (id %d) is not supported by the cpu runtime",
-                      device_type, device_id);
+    tide_report_error(s, "TVMBackendAllocWorkspace: device type %d (id %d) is not supported by this session (%s)",
+                      device_type, device_id, dev ? dev->name : "cpu");
     return NULL;
   }
   void* p = tide_workspace_alloc(s ? &s->workspace : NULL, nbytes);
@@ -67,9 +77,14 @@ void* tide_backend_alloc_workspace(int device_type, int device_id, uint64_t nbyt
 
 int tide_backend_free_workspace(int device_type, int device_id, void* ptr) {
   tide_session_t* s = tls_session;
+  const tide_device_backend_t* dev = s ? s->model->device : NULL;
+  if (dev && dev->workspace_free && device_type == dev->dl_device_type) {
+    dev->workspace_free(s->device, ptr);
+    return 0;
+  }
   if (device_type != TIDE_DL_CPU) {
-    tide_report_error(s, "TVMBackendFreeWorkspace: device type %d (id %d) is not supported by the cpu runtime",
-                      device_type, device_id);
+    tide_report_error(s, "TVMBackendFreeWorkspace: device type %d (id %d) is not supported by this session (%s)",
+                      device_type, device_id, dev ? dev->name : "cpu");
     return -1;
   }
   tide_workspace_free(s ? &s->workspace : NULL, ptr);

@@ -65,6 +65,17 @@ struct tide_cuda_session_s {
   void** graphs;       /* per entry: an instantiated graph, or NULL */
   uint32_t* eager_runs; /* per entry: runs made without a graph */
   int use_graphs;
+  /* Device workspace per entry: the blocks TVMBackendAllocWorkspace asked for during a run of the
+   * entry, in request order. Each run of an entry asks in the same order for the same sizes (the
+   * plan is static), so runs reuse them from the first on: stable addresses for the entry's graph,
+   * no cuMemAlloc after its first run. */
+  struct workspace_s {
+    struct {
+      uint64_t ptr, size;
+    }* blocks;
+    uint32_t count, cap;
+  }* workspace; /* per entry */
+  uint32_t running_entry, workspace_next;
 };
 
 static tide_status_t cuda_enter(void* dm) {
@@ -340,7 +351,12 @@ static void cuda_session_release(void* ds) {
   if (cs->start) drv->cuEventDestroy(cs->start);
   if (cs->stop) drv->cuEventDestroy(cs->stop);
   if (cs->stream) drv->cuStreamDestroy(cs->stream);
+  for (uint32_t e = 0; cs->workspace && e < cs->num_graphs; ++e) {
+    for (uint32_t i = 0; i < cs->workspace[e].count; ++i) cuda_free(cs->model, cs->workspace[e].blocks[i].ptr);
+    free(cs->workspace[e].blocks);
+  }
   if (pushed) cuda_leave(cs->model);
+  free(cs->workspace);
   free(cs->graphs);
   free(cs->eager_runs);
   free(cs);
@@ -356,7 +372,8 @@ static tide_status_t cuda_session_create(void* dm, uint32_t num_entries, int use
   cs->num_graphs = num_entries;
   cs->graphs = calloc(num_entries ? num_entries : 1, sizeof(void*));
   cs->eager_runs = calloc(num_entries ? num_entries : 1, sizeof(uint32_t));
-  if (!cs->graphs || !cs->eager_runs) {
+  cs->workspace = calloc(num_entries ? num_entries : 1, sizeof(cs->workspace[0]));
+  if (!cs->graphs || !cs->eager_runs || !cs->workspace) {
     cuda_session_release(cs);
     return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   }
@@ -421,8 +438,48 @@ static tide_status_t cuda_sync(void* ds) {
 
 /* The entry's graph once it exists; the first run of an entry is eager (the stubs resolve their
  * handles and opt into shared memory then, outside any capture). */
+static void* cuda_workspace_alloc(void* ds, uint64_t nbytes, tide_status_t* out_status) {
+  tide_cuda_session_t* cs = ds;
+  struct workspace_s* w = &cs->workspace[cs->running_entry];
+  uint32_t at = cs->workspace_next;
+  if (at < w->count && w->blocks[at].size >= nbytes) {
+    ++cs->workspace_next;
+    return (void*)(uintptr_t)w->blocks[at].ptr;
+  }
+  if (at < w->count) { /* a larger request at this position than in an earlier (failed) run */
+    cuda_free(cs->model, w->blocks[at].ptr);
+    w->blocks[at].ptr = w->blocks[at].size = 0;
+  } else {
+    if (w->count == w->cap) {
+      uint32_t cap = w->cap ? 2 * w->cap : 8;
+      void* grown = realloc(w->blocks, sizeof(w->blocks[0]) * cap);
+      if (!grown) {
+        *out_status = tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        return NULL;
+      }
+      w->blocks = grown;
+      w->cap = cap;
+    }
+    w->blocks[w->count].ptr = w->blocks[w->count].size = 0;
+    at = w->count++;
+  }
+  *out_status = cuda_alloc(cs->model, nbytes, "a kernel's workspace", &w->blocks[at].ptr);
+  if (*out_status) return NULL;
+  w->blocks[at].size = nbytes;
+  cs->workspace_next = at + 1;
+  return (void*)(uintptr_t)w->blocks[at].ptr;
+}
+
+/* Blocks are kept for the next run's same request (freed with the session). */
+static void cuda_workspace_free(void* ds, void* ptr) {
+  (void)ds;
+  (void)ptr;
+}
+
 static tide_status_t cuda_execute(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx) {
   tide_cuda_session_t* cs = ds;
+  cs->running_entry = entry;
+  cs->workspace_next = 0;
   tide_cuda_driver_t* drv = cs->model->drv;
   if (cs->graphs[entry]) {
     int rc = drv->cuGraphLaunch(cs->graphs[entry], cs->stream);
@@ -487,4 +544,6 @@ const tide_device_backend_t tide_cuda_backend = {
     .execute = cuda_execute,
     .time = cuda_time,
     .launch = NULL,
+    .workspace_alloc = cuda_workspace_alloc,
+    .workspace_free = cuda_workspace_free,
 };

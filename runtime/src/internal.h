@@ -315,6 +315,10 @@ typedef struct tide_device_backend_s {
   /* NULL when kernels are the kernel library's host stubs (which launch through the backend's
    * services); else launches the kernel of op `op` of entry `entry` directly. */
   tide_status_t (*launch)(void* ds, uint32_t entry, uint32_t op);
+  /* Device workspace for TVMBackendAllocWorkspace with this device's type (NULL: none). Blocks
+   * stay valid for the session's life, so captured launches may keep their addresses. */
+  void* (*workspace_alloc)(void* ds, uint64_t nbytes, tide_status_t* out_status);
+  void (*workspace_free)(void* ds, void* ptr);
 } tide_device_backend_t;
 
 /* The CUDA backend: dlopens the driver (o->cuda_driver_path), checks the device and picks the image,
