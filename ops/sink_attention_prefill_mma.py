@@ -18,7 +18,8 @@ top-k picks gathered from the cache or this call's candidates):
    the accumulators are rescaled by ``exp(m_old - m_new)``;
 4. ``acc[:, Dw] += p @ kv[:, Dw]``: the probabilities as A fragments, the entry rows as B.
 
-Only the tiles between the query's first and last visible entry are walked (as in the SIMT kernel).
+Only the tiles between the query's first and last visible entry are walked (as in the SIMT kernel;
+the 128 threads find them together, each checking every 128th entry).
 Fragments are loaded straight from global memory (L1/L2 serve the four warps and the 16 heads);
 entry-tile staging in shared memory with ``ldmatrix``/``cp.async`` is the next step.
 
@@ -124,6 +125,7 @@ def kernel_source(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, sc
 
     head = f"(bx % {HT} * {MMA_M} + lane // 4 + r * 8)"
     cell = f"(i * {WARPS * 32} + warp * 32 + lane)"  # the logit a thread sums: 128 threads over 16 x 32
+    tid_entry = cell  # the entry a thread checks for visibility (strided over the list)
     chan = f"warp * {DQ}"
     k_chan = f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j"  # channel of an A (q) / B (entry) element
     k_entry = "ks * 16 + half * 8 + lane % 4 * 2 + j"  # tile entry of an A (p) / B (entry) element
@@ -148,6 +150,8 @@ def {name}({", ".join(params)}):
                 logit = T.alloc_buffer(({MMA_M}, {NE}), "float32", scope="shared")
                 tb = T.alloc_buffer(({NE},), "float32", scope="shared")
                 tsrc = T.alloc_buffer(({NE},), "int32", scope="shared")
+                tiles_lo = T.alloc_buffer(({WARPS * 32},), "int32", scope="shared")
+                tiles_hi = T.alloc_buffer(({WARPS * 32},), "int32", scope="shared")
                 for ks in T.unroll({KS}):
                     for half in T.unroll(2):
                         for r in T.unroll(2):
@@ -162,9 +166,15 @@ def {name}({", ".join(params)}):
                     acc[i] = T.float32(0)
                 rng[0] = {n_tiles}
                 rng[1] = 0
-                for e in range({n_tiles * NE}):
-                    rng[0] = T.min(rng[0], T.Select({bias_at("e")} > {masked}, e // {NE}, {n_tiles}))
-                    rng[1] = T.max(rng[1], T.Select({bias_at("e")} > {masked}, e // {NE} + 1, 0))
+                for i in range({-(-n_tiles * NE // (WARPS * 32))}):
+                    rng[0] = T.min(rng[0], T.Select({bias_at(tid_entry)} > {masked}, {tid_entry} // {NE}, {n_tiles}))
+                    rng[1] = T.max(rng[1], T.Select({bias_at(tid_entry)} > {masked}, {tid_entry} // {NE} + 1, 0))
+                tiles_lo[warp * 32 + lane] = rng[0]
+                tiles_hi[warp * 32 + lane] = rng[1]
+                T.tvm_storage_sync("shared")
+                for i in range({WARPS * 32}):
+                    rng[0] = T.min(rng[0], tiles_lo[i])
+                    rng[1] = T.max(rng[1], tiles_hi[i])
                 for t in range(rng[0], rng[1]):
                     if warp == 0:
                         tb[lane] = {bias_at(f"(t * {NE} + lane)")}

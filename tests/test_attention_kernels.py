@@ -574,10 +574,12 @@ def _p_rounding_bound(*entry_arrays):
 
 
 # (batch, seq, heads, head_dim, start positions, layer kind): heads 8 (half an mma tile), 20 (two
-# tiles, the second partial), head_dim 64 (one k16 step per warp quarter) and 128 (two)
+# tiles, the second partial), V4-Flash's 64; head_dim 64 (one k16 step per warp quarter), 128 (two)
+# and V4's 512 (eight, 16 accumulator tiles per warp)
 MMA_DENSE_CASES = {
     "tiny-hca-prefill": (2, 16, 8, 64, [7, 50], "hca"),
     "sliding-wrap-h20-d128": (2, 5, 20, 128, [0, 13], "sliding"),
+    "flash-heads-d512": (2, 3, 64, 512, [21, 3], "hca"),
 }
 
 
@@ -621,6 +623,7 @@ MMA_PLANTED_BUGS = {
                           "r * 8, ks * 16 + half * 4 + lane % 4 * 2 + j] - mt[r]"),
     "bias-dropped": ("+ tb[(i * ", "+ T.float32(0) * tb[(i * "),
     "sink-weight-dropped": ("ls[r] = T.float32(1)", "ls[r] = T.float32(0)"),
+    "tile-range-last-dropped": ("+ warp * 32 + lane) // 32 + 1, 0))", "+ warp * 32 + lane) // 32, 0))"),
 }
 
 
