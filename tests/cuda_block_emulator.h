@@ -1,8 +1,9 @@
-/* Block-level additions to tests/mma_warp_emulator.h, for tide's tensor-core attention kernels
+/* Block-level additions to tests/mma_warp_emulator.h, for tide's attention kernels
  * (tests/test_attention_kernels.py): __syncthreads as a barrier of the whole thread block, the
- * integer min/max and conversions the generated source calls, and a launcher that runs one thread
- * block at a time with a CPU thread per CUDA thread. The test rewrites the kernel's __shared__ arrays into function
- * statics: one copy, seen by every thread of the running block. */
+ * integer min/max, conversions and vector types the generated source uses, and a launcher that
+ * runs one thread block at a time with a CPU thread per CUDA thread. The test rewrites the
+ * kernel's __shared__ arrays and its dynamic shared memory into function statics: one copy, seen
+ * by every thread of the running block. */
 #include "mma_warp_emulator.h"
 
 typedef unsigned char uchar;
@@ -14,6 +15,8 @@ static inline int max(int a, int b) { return a > b ? a : b; }
 static inline int64_t min(int64_t a, int64_t b) { return a < b ? a : b; }
 static inline int64_t max(int64_t a, int64_t b) { return a > b ? a : b; }
 static inline nv_bfloat16 __float2bfloat16_rn(float f) { return nv_bfloat16(f); }
+struct alignas(16) float4 { float x, y, z, w; };
+static inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 /* Runs kernel() on a grid of `blocks` blocks of (nx, ny) threads, block after block; the warps
  * (for mma.sync) are the rows of 32 threads along x. */

@@ -521,18 +521,21 @@ def _mma_source(func):
     return exe.mod.imports[0].inspect_source()
 
 
-def _emulated_block(source: str, kernel: str, tmp_path, blocks: int, threads=(32, 4), mma_calls: int = 2):
+def _emulated_block(source: str, kernel: str, tmp_path, blocks: int, threads=None, mma_calls: int = 2):
     """``kernel`` of the generated CUDA ``source`` built for the host against
     tests/cuda_block_emulator.h (mma.sync emulated lane by lane per the PTX fragment layouts,
     __syncthreads a barrier of the block, shared memory one copy per block) and launched on
-    ``blocks`` thread blocks of ``threads`` (x, y); returns call(**arrays), arrays named as the
-    parameters."""
+    ``blocks`` thread blocks of ``threads`` (x, y; default: its launch bound along x); returns
+    call(**arrays), arrays named as the parameters."""
     import ctypes
 
-    definition = re.search(r'extern "C" __global__ void __launch_bounds__\(\d+\) (%s\(([^)]*)\)) \{' % kernel, source)
+    definition = re.search(r'extern "C" __global__ void __launch_bounds__\((\d+)\) (%s\(([^)]*)\)) \{' % kernel, source)
     assert definition, f"no definition of {kernel} in the CUDA source"
-    signature = definition[1].replace("__restrict__", "")
-    params = re.findall(r"\*\s*__restrict__\s+(\w+)", definition[2])
+    bound, signature, param_list = definition.groups()
+    threads = threads or (int(bound), 1)
+    assert threads[0] * threads[1] == int(bound)
+    signature = signature.replace("__restrict__", "")
+    params = re.findall(r"\*\s*__restrict__\s+(\w+)", param_list)
     start = definition.end() - 1
     depth, end = 0, start
     for end in range(start, len(source)):
@@ -542,10 +545,10 @@ def _emulated_block(source: str, kernel: str, tmp_path, blocks: int, threads=(32
     body, count = MMA_ASM.subn(lambda m: f"tide_emu_mma((const uint32_t *)({m['a']}), (const uint32_t *)({m['b']}), "
                                          f"(float *)({m['c']}));", source[start:end + 1])
     assert count >= mma_calls and "__asm__" not in body
-    body, shared = re.subn(r"__shared__ alignas\((\d+)\) ", r"alignas(\1) static ", body)
+    body = re.sub(r"__shared__ alignas\((\d+)\) ", r"alignas(\1) static ", body)
     body = re.sub(r"extern __shared__ __align__\((\d+)\) uchar (\w+)\[\];", r"alignas(\1) static uchar \2[1 << 18];",
                   body)
-    assert shared >= 1
+    assert "__shared__" not in body
     header = os.path.join(os.path.dirname(__file__), "cuda_block_emulator.h")
     src = (f'#include "{header}"\nstatic void {signature} {body}\n'
            f'extern "C" void run({signature[signature.index("(") + 1:-1]}) '
@@ -597,7 +600,7 @@ def _run_mma_dense(case, tmp_path, source=None):
     q, kv, bias, sinks, scale = _mma_dense_inputs(case)
     B, S, H, D = q.shape
     source = source or _mma_source(mma.prim_func(B, S, H, D, kv.shape[1], scale, name="attn_mma"))
-    fn = _emulated_block(source, "attn_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M))
+    fn = _emulated_block(source, "attn_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M), (32, mma.WARPS))
     out = np.full(q.shape, np.nan, np.float32)
     fn(q=q, kv=kv, kv_bias=bias, sinks=sinks, out=out)
     return out, mma.reference(q, kv, bias, sinks, scale), _p_rounding_bound(kv)
@@ -652,7 +655,7 @@ def test_mma_sparse_prefill_on_a_warp_emulator(scattered_valid, tmp_path):
     B, S, H, D = q.shape
     sparse = {"top_k": idx.shape[-1], "cache_rows": cache.shape[1], "new_rows": entries.shape[1], "ratio": ratio}
     source = _mma_source(mma.prim_func(B, S, H, D, kv.shape[1], scale, sparse=sparse, name="csa_mma"))
-    fn = _emulated_block(source, "csa_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M))
+    fn = _emulated_block(source, "csa_mma_kernel", tmp_path, B * S * -(-H // mma.MMA_M), (32, mma.WARPS))
     out = np.full(q.shape, np.nan, np.float32)
     fn(q=q, kv=kv, kv_bias=bias, cache=cache, entries=entries, indices=idx, valid=valid, start_pos=start,
        sinks=sinks, out=out)
@@ -744,10 +747,61 @@ def test_lightning_indexer_cuda_on_a_block_emulator(case, tmp_path):
     arrays = dict(q=q, cos=cos, sin=sin, w=w, cache=cache, entries=entries, start_pos=start,
                   indices=np.full((B, S, K), -1, np.int64), valid=np.zeros((B, S, K), bool),
                   part_v=np.full((B, S, P, K), np.nan, np.float32), part_i=np.full((B, S, P, K), -1, np.int32))
-    threads = (attention.CUDA_THREADS, 1)
-    _emulated_block(source, "idx_kernel", tmp_path, B * S * P, threads, mma_calls=0)(**arrays)
+    _emulated_block(source, "idx_kernel", tmp_path, B * S * P, mma_calls=0)(**arrays)
     if P > 1:
-        _emulated_block(source, "idx_kernel_1", tmp_path, B * S, threads, mma_calls=0)(**arrays)
+        _emulated_block(source, "idx_kernel_1", tmp_path, B * S, mma_calls=0)(**arrays)
     want_idx, want_valid = indexer.reference(q, cos, sin, w, cache, entries, start, r, rd, K, 0.2)
     np.testing.assert_array_equal(arrays["indices"], want_idx)
     np.testing.assert_array_equal(arrays["valid"], want_valid)
+
+
+
+# (batch, seq, heads, head_dim, entries, sparse case or None): prefill (one kernel) and a split
+# decode (the attention kernel and the four merge kernels)
+SIMT_EMULATED = {
+    "dense-prefill": (2, 16, 8, 64, None),
+    "dense-decode-split": (1, 1, 16, 64, None),
+    "sparse-prefill": (2, 16, 8, 64, "tiny-prefill"),
+}
+
+
+@pytest.mark.parametrize("case", list(SIMT_EMULATED))
+def test_sink_attention_cuda_on_a_block_emulator(case, tmp_path):
+    """The float32 CUDA schedule (``attention.schedule_cuda``) run on the host, every kernel of it
+    in order: the float64 reference within the float32 tolerance."""
+    B, S, H, D, sparse_case = SIMT_EMULATED[case]
+    rng = np.random.default_rng(zlib.crc32(case.encode()))
+    if sparse_case:
+        arrays, ratio, scale = _sparse_inputs(sparse_case)
+        q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
+        N, K = kv.shape[1], idx.shape[-1]
+        cfg = attention.config("cuda", B, S, H, D, N + K)
+        func = sink_attention_sparse.prim_func(B, S, H, D, N, K, cache.shape[1], entries.shape[1], ratio, scale,
+                                               name="sa", **cfg)
+        named = dict(cache=cache, entries=entries, indices=idx, valid=valid, start_pos=start)
+        want = sink_attention_sparse.reference(*arrays, ratio, scale)
+    else:
+        start = [5] if S == 1 else [7, 50]
+        bias = _hca_bias(start, S, 16, 4, 700) if S == 1 else _hca_bias(start, S, 16, 16, 17)
+        N = bias.shape[-1]
+        q, kv, sinks, scale = _rand(rng, B, S, H, D), _rand(rng, B, N, D), _rand(rng, H), D ** -0.5
+        cfg = attention.config("cuda", B, S, H, D, N)
+        func = sink_attention.prim_func(B, S, H, D, N, scale, name="sa", **cfg)
+        named = {}
+        want = sink_attention.reference(q, kv, bias, sinks, scale)
+    source = _mma_source(attention.schedule(func, "cuda"))
+    P, rows = cfg["splits"], B * S * H
+    assert (P > 1) == case.endswith("split")
+    out = np.full(q.shape, np.nan, np.float32)
+    named |= dict(q=q, kv=kv, kv_bias=bias, sinks=sinks, out=out)
+    if P > 1:
+        named |= dict(part_m=np.full((B, S, P, H), np.nan, np.float32), part_l=np.full((B, S, P, H), np.nan, np.float32),
+                      part_acc=np.full((B, S, P, H, D), np.nan, np.float32),
+                      merge_m=np.full((B, S, H), np.nan, np.float32), merge_l=np.full((B, S, H), np.nan, np.float32),
+                      merge_w=np.full((B, S, H, P), np.nan, np.float32))
+    # grids: the blocks each kernel's schedule binds
+    grids = [B * S * (H // cfg["head_block"]) * P] + ([-(-rows // 32), -(-rows // 32), -(-rows * P // 32), rows]
+                                                      if P > 1 else [])
+    for i, blocks in enumerate(grids):
+        _emulated_block(source, "sa_kernel" + (f"_{i}" if i else ""), tmp_path, blocks, mma_calls=0)(**named)
+    np.testing.assert_allclose(out, want, rtol=0, atol=TOL)
