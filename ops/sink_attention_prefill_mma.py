@@ -20,8 +20,11 @@ top-k picks gathered from the cache or this call's candidates):
 
 Only the tiles between the query's first and last visible entry are walked (as in the SIMT kernel;
 the 128 threads find them together, each checking every 128th entry).
-Fragments are loaded straight from global memory (L1/L2 serve the four warps and the 16 heads);
-entry-tile staging in shared memory with ``ldmatrix``/``cp.async`` is the next step.
+Fragments are loaded straight from global memory (L1/L2 serve the four warps and the 16 heads;
+with 64 or 128 heads, 4 or 8 blocks read a token's entries, from L2); entry-tile staging in shared
+memory with ``ldmatrix``/``cp.async`` is the next step. At head_dim 512 a thread holds 64
+accumulators and 64 q halves in registers (ptxas: 238 registers, no stack) and a block uses 11 KiB
+of static shared memory.
 
 Precision contract (bfloat16 tensor cores). ``q * scale`` and the entry rows are rounded to
 bfloat16 as they are loaded; logits, the softmax state and the accumulators are float32; each
