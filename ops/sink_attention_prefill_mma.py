@@ -53,7 +53,7 @@ ENTRY_TILE = 32  # entries per tile: 4 n8 tiles of logits per warp, 2 k16 steps 
 
 def supported(heads: int, head_dim: int) -> bool:
     """Each warp's channel quarter must tile by the mma's K (16) and N (8)."""
-    return heads >= 1 and head_dim % (WARPS * MMA_K) == 0
+    return heads >= 1 and head_dim % (WARPS * MMA_K) == 0  # heads pad to 16
 
 
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
@@ -132,7 +132,7 @@ def kernel_source(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, sc
     chan = f"warp * {DQ}"
     k_chan = f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j"  # channel of an A (q) / B (entry) element
     k_entry = "ks * 16 + half * 8 + lane % 4 * 2 + j"  # tile entry of an A (p) / B (entry) element
-    src = f'''
+    return f'''
 @T.prim_func
 def {name}({", ".join(params)}):
     T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.attention_kernel": "mma",
@@ -237,7 +237,6 @@ def {name}({", ".join(params)}):
                                 out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = (
                                     acc[n * 4 + r * 2 + j] / ls[r])
 '''
-    return src
 
 
 def round_bf16(x) -> np.ndarray:
