@@ -553,7 +553,8 @@ def _emulated_block(source: str, kernel: str, tmp_path, blocks: int, threads=Non
     src = (f'#include "{header}"\nstatic void {signature} {body}\n'
            f'extern "C" void run({signature[signature.index("(") + 1:-1]}) '
            f'{{ tide_emu_launch_blocks({blocks}, {threads[0]}, {threads[1]}, [=] {{ {kernel}({", ".join(params)}); }}); }}\n')
-    cpp, so = tmp_path / f"{kernel}.cc", tmp_path / f"{kernel}.so"
+    stem = f"{kernel}_{zlib.crc32(src.encode()):08x}"  # dlopen returns a loaded library again by its path
+    cpp, so = tmp_path / f"{stem}.cc", tmp_path / f"{stem}.so"
     cpp.write_text(src)
     # generated code initializes and uses per-thread values under separate, equal thread guards;
     # kernels without mma.sync leave the emulated one unused
