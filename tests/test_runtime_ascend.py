@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import tide.runtime as R
 from tide.compiler import artifact as A
-from tide_test_models import REPO, host_arch
+from tide_test_models import REPO, build_standin, host_arch
 
 STANDIN = os.path.join(REPO, "build", "runtime-tests", "libacl_standin.so")
 N = 1000
@@ -26,10 +25,7 @@ HIVM = "module {\n  func.func @%s() {\n    return\n  }\n}\n"  # the text is stor
 
 @pytest.fixture(scope="module")
 def standin():
-    proc = subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), STANDIN], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return STANDIN
+    return build_standin("acl_standin")
 
 
 def _kernels(binaries: bool = True) -> list:

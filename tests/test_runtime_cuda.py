@@ -16,26 +16,22 @@ from __future__ import annotations
 
 import gc
 import os
-import subprocess
-
-import pytest
 
 import numpy as np
+import pytest
 
 import tide.runtime as R
-from tide.runtime._ffi import ffi
 from tide.compiler import artifact as A
-from tide_test_models import REPO, compile_test_kernels, host_arch, standard_plan, write_standard
+from tide.runtime._ffi import ffi
+from tide_test_models import (REPO, build_standin, compile_test_kernels, host_arch, standard_plan,
+                              write_standard)
 
 STANDIN = os.path.join(REPO, "build", "runtime-tests", "libcuda_standin.so")
 
 
 @pytest.fixture(scope="module")
 def standin():
-    proc = subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), STANDIN], capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return STANDIN
+    return build_standin("cuda_standin")
 
 
 @pytest.fixture(scope="module")

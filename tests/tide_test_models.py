@@ -28,6 +28,16 @@ def cpu_target(features: int = 0) -> A.TargetInfo:
     return A.TargetInfo("cpu", host_arch(), features, "")
 
 
+def build_standin(name: str) -> str:
+    """runtime/tests/<name>.c built by the runtime's Makefile (a recording stand-in for a device
+    library: libcuda_standin.so, libacl_standin.so); returns its path."""
+    path = os.path.join(REPO, "build", "runtime-tests", f"lib{name}.so")
+    proc = subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), path], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return path
+
+
 def compile_test_kernels(out_dir: str, with_shim: bool = True) -> str:
     """runtime/tests/test_kernels.c (+ the shim) -> a shared object; returns its path."""
     path = os.path.join(out_dir, "libtest_kernels.so" if with_shim else "libtest_kernels_noshim.so")

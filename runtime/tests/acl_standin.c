@@ -13,36 +13,13 @@
  *   TIDE_ACL_LOG         a file each call appends one line to
  */
 #define _GNU_SOURCE
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+#define STANDIN_LOG "TIDE_ACL_LOG"
+#define STANDIN_MEM "TIDE_ACL_MEM_BYTES"
+#include "standin.h"
 
-#define EXPORT __attribute__((visibility("default")))
-#define MAX_ALLOCS 1024
 #define MAX_FUNCTIONS 64
 
 enum { OK = 0, INVALID_PARAM = 100000, BAD_ALLOC = 200000, NO_CONTEXT = 107002, INVALID_HANDLE = 107000 };
-
-static long long env(const char* name, long long fallback) {
-  const char* v = getenv(name);
-  return v && *v ? atoll(v) : fallback;
-}
-
-static void record(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-static void record(const char* fmt, ...) {
-  const char* path = getenv("TIDE_ACL_LOG");
-  FILE* f = path ? fopen(path, "a") : NULL;
-  if (!f) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vfprintf(f, fmt, ap);
-  va_end(ap);
-  fputc('\n', f);
-  fclose(f);
-}
 
 static int g_context;
 static _Thread_local void* t_current;
@@ -52,20 +29,7 @@ static int need_context(const char* call) {
   return 1;
 }
 
-static struct {
-  uint8_t* base;
-  size_t size;
-} g_allocs[MAX_ALLOCS];
-static size_t g_used;
-
-static int on_device(const void* p, size_t n) {
-  uintptr_t a = (uintptr_t)p;
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    uintptr_t b = (uintptr_t)g_allocs[i].base;
-    if (g_allocs[i].base && a >= b && a + n <= b + g_allocs[i].size) return 1;
-  }
-  return 0;
-}
+static int on_device_ptr(const void* p, size_t n) { return on_device((uint64_t)(uintptr_t)p, n); }
 
 EXPORT int aclInit(const char* config) {
   record("aclInit %s", config ? config : "(null)");
@@ -115,7 +79,7 @@ EXPORT int aclrtSetCurrentContext(void* ctx) {
 }
 
 EXPORT int aclrtGetMemInfo(int attr, size_t* free_bytes, size_t* total) {
-  size_t limit = (size_t)env("TIDE_ACL_MEM_BYTES", 1LL << 30);
+  size_t limit = memory_size();
   (void)attr;
   *total = limit;
   *free_bytes = g_used < limit ? limit - g_used : 0;
@@ -126,32 +90,20 @@ EXPORT int aclrtMalloc(void** ptr, size_t size, int policy) {
   (void)policy;
   if (need_context("aclrtMalloc")) return NO_CONTEXT;
   if (!size) return INVALID_PARAM;
-  if (g_used + size > (size_t)env("TIDE_ACL_MEM_BYTES", 1LL << 30)) {
+  *ptr = device_alloc(size, 512, 0x5A);
+  if (!*ptr) {
     record("aclrtMalloc %zu -> out of memory", size);
     return BAD_ALLOC;
   }
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    if (g_allocs[i].base) continue;
-    if (posix_memalign(ptr, 512, size) != 0) return BAD_ALLOC;
-    memset(*ptr, 0x5A, size);
-    g_allocs[i].base = *ptr;
-    g_allocs[i].size = size;
-    g_used += size;
-    record("aclrtMalloc %zu", size);
-    return OK;
-  }
-  return BAD_ALLOC;
+  record("aclrtMalloc %zu", size);
+  return OK;
 }
 
 EXPORT int aclrtFree(void* ptr) {
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    if (ptr && g_allocs[i].base == ptr) {
-      record("aclrtFree %zu", g_allocs[i].size);
-      g_used -= g_allocs[i].size;
-      free(ptr);
-      g_allocs[i].base = NULL;
-      return OK;
-    }
+  size_t size = device_free((uint64_t)(uintptr_t)ptr);
+  if (size) {
+    record("aclrtFree %zu", size);
+    return OK;
   }
   record("aclrtFree: %p was not allocated", ptr);
   return INVALID_PARAM;
@@ -161,7 +113,7 @@ EXPORT int aclrtFree(void* ptr) {
 static int copy(const char* call, void* dst, size_t max, const void* src, size_t n, int kind) {
   if (need_context(call)) return NO_CONTEXT;
   if (n > max || kind < 1 || kind > 3) return INVALID_PARAM;
-  if ((kind != 2 && !on_device(dst, n)) || (kind != 1 && !on_device(src, n))) {
+  if ((kind != 2 && !on_device_ptr(dst, n)) || (kind != 1 && !on_device_ptr(src, n))) {
     record("%s: a device side is not device memory", call);
     return INVALID_PARAM;
   }
@@ -181,7 +133,7 @@ EXPORT int aclrtMemcpyAsync(void* dst, size_t max, const void* src, size_t n, in
 
 EXPORT int aclrtMemsetAsync(void* dst, size_t max, int32_t value, size_t n, void* stream) {
   if (need_context("aclrtMemsetAsync")) return NO_CONTEXT;
-  if (!stream || n > max || !on_device(dst, n)) return INVALID_PARAM;
+  if (!stream || n > max || !on_device_ptr(dst, n)) return INVALID_PARAM;
   memset(dst, value, n);
   record("aclrtMemsetAsync %zu", n);
   return OK;
@@ -246,7 +198,7 @@ EXPORT int aclrtBinaryUnLoad(void* binary) {
 EXPORT int aclrtLaunchKernel(void* function, uint32_t block_dim, const void* args, size_t size, void* stream) {
   if (need_context("aclrtLaunchKernel")) return NO_CONTEXT;
   const char* name = function;
-  if (!stream || !block_dim || size % 8 || !on_device(args, size)) {
+  if (!stream || !block_dim || size % 8 || !on_device_ptr(args, size)) {
     record("aclrtLaunchKernel %s: bad launch (block_dim %u, %zu argument bytes)", name, block_dim, size);
     return INVALID_PARAM;
   }
@@ -255,12 +207,12 @@ EXPORT int aclrtLaunchKernel(void* function, uint32_t block_dim, const void* arg
   if (strcmp(name, "vadd") == 0 && size == 32) {
     float *a = (float*)(uintptr_t)slot[0], *b = (float*)(uintptr_t)slot[1], *c = (float*)(uintptr_t)slot[2];
     size_t n = (size_t)slot[3];
-    if (!on_device(a, 4 * n) || !on_device(b, 4 * n) || !on_device(c, 4 * n)) return INVALID_PARAM;
+    if (!on_device_ptr(a, 4 * n) || !on_device_ptr(b, 4 * n) || !on_device_ptr(c, 4 * n)) return INVALID_PARAM;
     for (size_t i = 0; i < n; ++i) c[i] = a[i] + b[i];
   } else if (strcmp(name, "vacc") == 0 && size == 24) {
     float *acc = (float*)(uintptr_t)slot[0], *x = (float*)(uintptr_t)slot[1];
     size_t n = (size_t)slot[2];
-    if (!on_device(acc, 4 * n) || !on_device(x, 4 * n)) return INVALID_PARAM;
+    if (!on_device_ptr(acc, 4 * n) || !on_device_ptr(x, 4 * n)) return INVALID_PARAM;
     for (size_t i = 0; i < n; ++i) acc[i] += x[i];
   }
   return OK;
@@ -269,15 +221,13 @@ EXPORT int aclrtLaunchKernel(void* function, uint32_t block_dim, const void* arg
 /* ---- events ---------------------------------------------------------------------------------- */
 
 EXPORT int aclrtCreateEvent(void** event) {
-  *event = calloc(1, sizeof(double));
+  *event = event_create();
   return *event ? OK : BAD_ALLOC;
 }
 
 EXPORT int aclrtRecordEvent(void* event, void* stream) {
   if (!event || !stream) return INVALID_HANDLE;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  *(double*)event = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+  event_record(event);
   record("aclrtRecordEvent");
   return OK;
 }
@@ -286,7 +236,7 @@ EXPORT int aclrtSynchronizeEvent(void* event) { return event ? (int)env("TIDE_AC
 
 EXPORT int aclrtEventElapsedTime(float* ms, void* start, void* stop) {
   if (!start || !stop) return INVALID_HANDLE;
-  *ms = (float)(*(double*)stop - *(double*)start);
+  *ms = event_elapsed_ms(start, stop);
   return OK;
 }
 

@@ -363,6 +363,18 @@ static void dtype4(tb_bytes_t* b, uint8_t code, uint8_t bits) {
   tb_u8(b, 0);
 }
 
+/* A DEVICE_CODE function record: its argument dtypes (code, bits) and the first `num_tags` of
+ * blockIdx.x, threadIdx.x, tir.use_dyn_shared_memory. */
+static void device_function(tb_bytes_t* out, const char* name, uint32_t num_args, const uint8_t* const* args,
+                            uint32_t num_tags) {
+  static const char* const tags[3] = {"blockIdx.x", "threadIdx.x", "tir.use_dyn_shared_memory"};
+  tb_str(out, name);
+  tb_u32(out, num_args);
+  for (uint32_t i = 0; i < num_args; ++i) dtype4(out, args[i][0], args[i][1]);
+  tb_u32(out, num_tags);
+  for (uint32_t i = 0; i < num_tags; ++i) tb_str(out, tags[i]);
+}
+
 static void device_code(tb_bytes_t* out, int for_stubs) {
   memset(out, 0, sizeof(*out));
   tb_raw(out, "TIDECUDA", 8);
@@ -377,43 +389,15 @@ static void device_code(tb_bytes_t* out, int for_stubs) {
     tb_u64(out, (uint64_t)n);
     tb_raw(out, image, (size_t)n);
   }
+  static const uint8_t ptr[2] = {3, 64}, i32[2] = {0, 32}, i64[2] = {0, 64}, f32[2] = {2, 32};
+  tb_u32(out, 2);
   if (for_stubs) {
-    tb_u32(out, 2);
-    tb_str(out, "add_w_kernel");
-    tb_u32(out, 3);
-    for (int i = 0; i < 3; ++i) dtype4(out, 3, 64);
-    tb_u32(out, 2);
-    tb_str(out, "blockIdx.x");
-    tb_str(out, "threadIdx.x");
-    tb_str(out, "accum_kernel");
-    tb_u32(out, 3);
-    dtype4(out, 3, 64);
-    dtype4(out, 3, 64);
-    dtype4(out, 0, 32);
-    tb_u32(out, 2);
-    tb_str(out, "blockIdx.x");
-    tb_str(out, "threadIdx.x");
-    return;
+    device_function(out, "add_w_kernel", 3, (const uint8_t* [3]){ptr, ptr, ptr}, 2);
+    device_function(out, "accum_kernel", 3, (const uint8_t* [3]){ptr, ptr, i32}, 2);
+  } else {
+    device_function(out, "vadd_kernel", 4, (const uint8_t* [4]){ptr, ptr, ptr, i32}, 2);
+    device_function(out, "vscale_kernel", 3, (const uint8_t* [3]){ptr, f32, i64}, 3);
   }
-  tb_u32(out, 2);
-  tb_str(out, "vadd_kernel");
-  tb_u32(out, 4);
-  dtype4(out, 3, 64);
-  dtype4(out, 3, 64);
-  dtype4(out, 3, 64);
-  dtype4(out, 0, 32);
-  tb_u32(out, 2);
-  tb_str(out, "blockIdx.x");
-  tb_str(out, "threadIdx.x");
-  tb_str(out, "vscale_kernel");
-  tb_u32(out, 3);
-  dtype4(out, 3, 64);
-  dtype4(out, 2, 32);
-  dtype4(out, 0, 64);
-  tb_u32(out, 3);
-  tb_str(out, "blockIdx.x");
-  tb_str(out, "threadIdx.x");
-  tb_str(out, "tir.use_dyn_shared_memory");
 }
 
 void tb_device_code_default(tb_bytes_t* out) { device_code(out, 0); }

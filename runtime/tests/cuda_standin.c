@@ -22,14 +22,9 @@
  *   TIDE_STANDIN_LOG        a file each call appends one line to
  */
 #define _GNU_SOURCE
-#include <stdarg.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#define EXPORT __attribute__((visibility("default")))
+#define STANDIN_LOG "TIDE_STANDIN_LOG"
+#define STANDIN_MEM "TIDE_STANDIN_MEM_BYTES"
+#include "standin.h"
 
 enum {
   OK = 0,
@@ -42,32 +37,12 @@ enum {
   STREAM_CAPTURE_UNSUPPORTED = 900,
 };
 
-#define MAX_ALLOCS 4096
 #define MAX_FUNCTIONS 1024
 #define MAX_NODES 4096
 #define MAX_PARAMS 64
 #define STATIC_SHARED 49152
 #define OPTIN_SHARED 232448 /* sm_90: 227 KiB */
 #define EMULATED_N 16384      /* elements of the emulated kernels' tensors */
-
-static long long env(const char* name, long long fallback) {
-  const char* v = getenv(name);
-  return v && *v ? atoll(v) : fallback;
-}
-
-static void record(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-static void record(const char* fmt, ...) {
-  const char* path = getenv("TIDE_STANDIN_LOG");
-  if (!path) return;
-  FILE* f = fopen(path, "a");
-  if (!f) return;
-  va_list ap;
-  va_start(ap, fmt);
-  vfprintf(f, fmt, ap);
-  va_end(ap);
-  fputc('\n', f);
-  fclose(f);
-}
 
 /* ---- contexts --------------------------------------------------------------------------------- */
 
@@ -83,24 +58,8 @@ static int need_context(const char* call) {
 
 /* ---- memory ----------------------------------------------------------------------------------- */
 
-typedef struct alloc_s {
-  uint8_t* base;
-  size_t size;
-} alloc_t;
-
-static alloc_t g_allocs[MAX_ALLOCS];
-static size_t g_used;
-
-static const alloc_t* find_alloc(uint64_t ptr, size_t size) {
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    const alloc_t* a = &g_allocs[i];
-    if (a->base && ptr >= (uint64_t)(uintptr_t)a->base && ptr + size <= (uint64_t)(uintptr_t)a->base + a->size) return a;
-  }
-  return NULL;
-}
-
 static int device_range(uint64_t ptr, size_t size, const char* call) {
-  if (find_alloc(ptr, size)) return 0;
+  if (on_device(ptr, size)) return 0;
   record("%s: [0x%llx, +%zu) is not device memory", call, (unsigned long long)ptr, size);
   return 1;
 }
@@ -342,7 +301,7 @@ EXPORT int cuFuncSetAttribute(void* fn, int attribute, int value) {
 /* ---- memory --------------------------------------------------------------------------------- */
 
 EXPORT int cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
-  size_t limit = (size_t)env("TIDE_STANDIN_MEM_BYTES", 1LL << 30);
+  size_t limit = memory_size();
   *total = limit;
   *free_bytes = g_used < limit ? limit - g_used : 0;
   return OK;
@@ -351,35 +310,22 @@ EXPORT int cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
 EXPORT int cuMemAlloc_v2(uint64_t* ptr, size_t size) {
   if (need_context("cuMemAlloc")) return INVALID_CONTEXT;
   if (size == 0) return INVALID_VALUE;
-  size_t limit = (size_t)env("TIDE_STANDIN_MEM_BYTES", 1LL << 30);
-  if (g_used + size > limit) {
+  void* p = device_alloc(size, 256, 0xA5);
+  if (!p) {
     record("cuMemAlloc %zu -> out of memory", size);
     return OUT_OF_MEMORY;
   }
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    if (g_allocs[i].base) continue;
-    void* p = NULL;
-    if (posix_memalign(&p, 256, size) != 0) return OUT_OF_MEMORY;
-    memset(p, 0xA5, size); /* device memory starts undefined */
-    g_allocs[i] = (alloc_t){p, size};
-    g_used += size;
-    *ptr = (uint64_t)(uintptr_t)p;
-    record("cuMemAlloc %zu", size);
-    return OK;
-  }
-  return OUT_OF_MEMORY;
+  *ptr = (uint64_t)(uintptr_t)p;
+  record("cuMemAlloc %zu", size);
+  return OK;
 }
 
 EXPORT int cuMemFree_v2(uint64_t ptr) {
   if (need_context("cuMemFree")) return INVALID_CONTEXT;
-  for (int i = 0; i < MAX_ALLOCS; ++i) {
-    if ((uint64_t)(uintptr_t)g_allocs[i].base == ptr && ptr) {
-      record("cuMemFree %zu", g_allocs[i].size);
-      g_used -= g_allocs[i].size;
-      free(g_allocs[i].base);
-      g_allocs[i] = (alloc_t){NULL, 0};
-      return OK;
-    }
+  size_t size = device_free(ptr);
+  if (size) {
+    record("cuMemFree %zu", size);
+    return OK;
   }
   record("cuMemFree: 0x%llx was not allocated", (unsigned long long)ptr);
   return INVALID_VALUE;
@@ -544,15 +490,13 @@ EXPORT int cuGraphDestroy(void* graph) { return destroy_graph(graph, "cuGraphDes
 EXPORT int cuEventCreate(void** event, unsigned flags) {
   if (need_context("cuEventCreate")) return INVALID_CONTEXT;
   (void)flags;
-  *event = calloc(1, sizeof(double));
+  *event = event_create();
   return *event ? OK : OUT_OF_MEMORY;
 }
 
 EXPORT int cuEventRecord(void* event, void* stream) {
   if (!event || !stream) return INVALID_HANDLE;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  *(double*)event = (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
+  event_record(event);
   record("cuEventRecord");
   return OK;
 }
@@ -564,7 +508,7 @@ EXPORT int cuEventSynchronize(void* event) {
 
 EXPORT int cuEventElapsedTime(float* ms, void* start, void* stop) {
   if (!start || !stop) return INVALID_HANDLE;
-  *ms = (float)(*(double*)stop - *(double*)start);
+  *ms = event_elapsed_ms(start, stop);
   return OK;
 }
 

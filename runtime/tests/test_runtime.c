@@ -819,14 +819,27 @@ static void test_cuda_pack_launch(void) {
   tide_artifact_free(&art);
 }
 
-static int log_has(const char* path, const char* line) {
+
+static int log_count(const char* path, const char* prefix) {
   FILE* f = fopen(path, "r");
   if (!f) return 0;
-  char buf[256];
-  int found = 0;
-  while (!found && fgets(buf, sizeof(buf), f)) found = strncmp(buf, line, strlen(line)) == 0;
+  char buf[512];
+  int n = 0;
+  while (fgets(buf, sizeof(buf), f)) n += strncmp(buf, prefix, strlen(prefix)) == 0;
   fclose(f);
-  return found;
+  return n;
+}
+
+static int log_has(const char* path, const char* prefix) { return log_count(path, prefix) > 0; }
+
+/* Options for a cuda load through the stand-in driver, its log (fresh) at <scratch>/<name>. */
+static void standin_options(tide_model_options_t* o, char* log, size_t log_size, const char* name) {
+  tide_model_options_initialize(o);
+  o->device_kind = TIDE_DEVICE_CUDA;
+  o->cuda_driver_path = g_standin;
+  snprintf(log, log_size, "%s/%s", g_dir, name);
+  remove(log);
+  setenv("TIDE_STANDIN_LOG", log, 1);
 }
 
 /* Device discovery against the recording stand-in driver. */
@@ -834,13 +847,8 @@ static void test_cuda_device(void) {
   tb_bytes_t img;
   tb_build_cuda(g_kernels, &img);
   tide_model_options_t o;
-  tide_model_options_initialize(&o);
-  o.device_kind = TIDE_DEVICE_CUDA;
-  o.cuda_driver_path = g_standin;
   char log[4096];
-  snprintf(log, sizeof(log), "%s/standin.log", g_dir);
-  remove(log);
-  setenv("TIDE_STANDIN_LOG", log, 1);
+  standin_options(&o, log, sizeof(log), "standin.log");
   struct {
     const char* cc;
     const char* devices;
@@ -890,29 +898,14 @@ static void test_cuda_device(void) {
   tb_free(&img);
 }
 
-static int log_count(const char* path, const char* prefix) {
-  FILE* f = fopen(path, "r");
-  if (!f) return 0;
-  char buf[512];
-  int n = 0;
-  while (fgets(buf, sizeof(buf), f)) n += strncmp(buf, prefix, strlen(prefix)) == 0;
-  fclose(f);
-  return n;
-}
-
 /* A cuda session end to end against the stand-in driver: host stubs (test_kernels.c) launching
  * emulated device kernels, device arena/state/inputs, copies, graphs, device I/O, timing, errors. */
 static void test_cuda_session(void) {
   tb_bytes_t img;
   tb_build_cuda_stubs(g_kernels, &img);
   tide_model_options_t o;
-  tide_model_options_initialize(&o);
-  o.device_kind = TIDE_DEVICE_CUDA;
-  o.cuda_driver_path = g_standin;
   char log[4096];
-  snprintf(log, sizeof(log), "%s/standin-session.log", g_dir);
-  remove(log);
-  setenv("TIDE_STANDIN_LOG", log, 1);
+  standin_options(&o, log, sizeof(log), "standin-session.log");
   setenv("TIDE_STANDIN_KERNELS", "add_w_kernel=x,w,y;accum_kernel=acc,y,#k", 1);
   tide_status_t st;
   tide_model_t* m = load_bytes(&img, &o, &st);
