@@ -402,17 +402,24 @@ static void device_code(tb_bytes_t* out, int for_stubs) {
 
 void tb_device_code_default(tb_bytes_t* out) { device_code(out, 0); }
 
-void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out) {
+/* The standard model for a device target with DEVICE_CODE `code` (freed here). */
+static void build_device(const char* kernels_path, uint32_t target_kind, const char* device_arch, tb_bytes_t* code,
+                         int cuda_stubs, tb_bytes_t* out) {
   tb_config_t c;
   tb_config_default(&c, kernels_path);
+  c.target_kind = target_kind;
+  c.device_arch = device_arch;
+  c.device_code = code;
+  c.cuda_stubs = cuda_stubs;
+  c.no_kernels_host = target_kind == 3;
+  tb_build(&c, out);
+  tb_free(code);
+}
+
+void tb_build_cuda_stubs(const char* kernels_path, tb_bytes_t* out) {
   tb_bytes_t code;
   device_code(&code, 1);
-  c.target_kind = 2;
-  c.device_arch = "sm_80,sm_90";
-  c.device_code = &code;
-  c.cuda_stubs = 1;
-  tb_build(&c, out);
-  tb_free(&code);
+  build_device(kernels_path, 2, "sm_80,sm_90", &code, 1, out);
 }
 
 void tb_build_ascend(const char* kernels_path, tb_bytes_t* out) {
@@ -444,24 +451,11 @@ void tb_build_ascend(const char* kernels_path, tb_bytes_t* out) {
     tb_u64(&code, (uint64_t)len);
     tb_raw(&code, text, (size_t)len);
   }
-  tb_config_t c;
-  tb_config_default(&c, kernels_path);
-  c.target_kind = 3;
-  c.device_arch = "Ascend910B1";
-  c.device_code = &code;
-  c.no_kernels_host = 1;
-  tb_build(&c, out);
-  tb_free(&code);
+  build_device(kernels_path, 3, "Ascend910B1", &code, 0, out);
 }
 
 void tb_build_cuda(const char* kernels_path, tb_bytes_t* out) {
-  tb_config_t c;
-  tb_config_default(&c, kernels_path);
   tb_bytes_t code;
   tb_device_code_default(&code);
-  c.target_kind = 2;
-  c.device_arch = "sm_80,sm_90";
-  c.device_code = &code;
-  tb_build(&c, out);
-  tb_free(&code);
+  build_device(kernels_path, 2, "sm_80,sm_90", &code, 0, out);
 }
