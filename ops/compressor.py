@@ -1,8 +1,9 @@
 """The V4 compressor's pooling, RMSNorm and RoPE of the candidate entries, with its state-update
 outputs: serves ``tide.Compressor``.
 
-``relax_convert`` leaves the two projections ``kv = kv_weight x`` and ``gate = gate_weight x`` to
-the compiler's GEMMs and calls this kernel with their outputs. Candidate k (window
+``relax_convert`` computes the two projections ``kv = kv_weight x`` and ``gate = gate_weight x``
+first (``tide.ops.compressor_proj`` on the CPU, the compiler's GEMM elsewhere) and calls this kernel
+with their outputs. Candidate k (window
 ``w = start_pos // r + k``) pools R = (1 + overlap) r slots: slot j is the token at position
 ``(w - overlap) r + j``, read through feature half ``j // r``, from this call's projections when
 the position is in the call (the score plus ``position_bias[pos % r]``) and from the rings
@@ -215,6 +216,28 @@ def cost(batch: int, seq: int, ratio: int, overlap: int, head_dim: int, itemsize
     return {"flops": flops, "bytes": bytes_}
 
 
+def _projection(bb, x, weight, target_kind, report):
+    """``x weight^T`` ``[B, S, F]``: ``tide.ops.compressor_proj`` on the CPU, the generic GEMM
+    elsewhere (or for a width its CPU schedule does not tile)."""
+    from tvm import relax
+
+    from ..targets import attention
+    from . import compressor_proj
+
+    B, S, D = (int(d) for d in x.ty.shape)
+    F = int(weight.ty.shape[0])
+    if target_kind != "cpu" or not attention.compressor_projection_fits(B * S, D, F):
+        return bb.emit(relax.op.linear(x, weight))
+    name = f"tide_compressor_proj_{B * S}x{D}x{F}"
+    func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(B * S, D, F, name))
+    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
+    report.add(name, f"tide.Compressor projection [{B * S} tokens x {D} -> {F}]")
+    tokens = bb.emit(relax.op.reshape(x, (B * S, D)))
+    w_t = bb.emit(relax.op.permute_dims(weight))  # folded at compile time for a constant weight
+    out = bb.emit(relax.call_tir(gv, [tokens, w_t], out_ty=relax.TensorType((B * S, F), "float32")))
+    return bb.emit(relax.op.reshape(out, (B, S, F)))
+
+
 def relax_convert(bb, inputs, attrs, *, target_kind, report):
     """``tide.Compressor(x, start_pos, kv_state, score_state, cache, kv_weight, gate_weight,
     position_bias, norm_weight, cos, sin)`` -> the two projections (generic GEMMs) and this
@@ -229,8 +252,8 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     C, Dc = static_shape(cache, "Compressor cache")[1:]
     r, o, rd = int(attrs["ratio"]), int(attrs["overlap"]), int(attrs["rope_dim"])
     R, F, nb, n = (1 + o) * r, (1 + o) * Dc, S // r + 1, min(S, (1 + o) * r)
-    kv = bb.emit(relax.op.linear(x, kv_weight))
-    gate = bb.emit(relax.op.linear(x, gate_weight))
+    kv = _projection(bb, x, kv_weight, target_kind, report)
+    gate = _projection(bb, x, gate_weight, target_kind, report)
     name = f"tide_compressor_b{B}s{S}r{r}o{o}d{Dc}c{C}"
     func = prim_func(B, S, r, o, Dc, C, rd, float(attrs["epsilon"]), name=name)
     gv = bb.add_func(attention.schedule_compressor(func, target_kind).with_attr("op_pattern", 8), name)

@@ -450,6 +450,44 @@ def schedule_compressor_cpu(func, target=None):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
+CPU_PROJ_ROWS, CPU_PROJ_COLS, CPU_PROJ_K = 4, 64, 256
+
+
+def compressor_projection_fits(rows: int, dim: int, out: int) -> bool:
+    """Whether ``schedule_compressor_projection_cpu`` tiles this GEMM (output columns in 16-lane vectors)."""
+    return out % VECTOR == 0 and dim > 0 and rows > 0
+
+
+def schedule_compressor_projection_cpu(func, target=None):
+    """CPU GEMM of ``tide.ops.compressor_proj``: column panels of 64 on the thread pool; inside, the
+    reduction in blocks of 256 outermost, then 4-row tiles, so the panel's 256 x 64 weight block is
+    read from cache by every tile; a 4 x 64 accumulator tile (4 x 4 vectors) per reduction step.
+    (The generic GEMM rule runs the whole reduction per tile: ~2.3x slower at 64 x 4096 x 1024.)"""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("proj")
+    m, n, k = sch.get_loops(block)
+    rows, out, dim = (_extent(sch, l) for l in (m, n, k))
+    if not compressor_projection_fits(rows, dim, out):
+        raise ValueError(f"projection {rows} x {dim} x {out}: output width is no multiple of {VECTOR}")
+    row_tile = CPU_PROJ_ROWS if rows % CPU_PROJ_ROWS == 0 else 1
+    col_tile = CPU_PROJ_COLS if out % CPU_PROJ_COLS == 0 else VECTOR
+    k_block = CPU_PROJ_K if dim % CPU_PROJ_K == 0 else dim
+    m0, m1 = sch.split(m, factors=[None, row_tile])
+    n0, n1 = sch.split(n, factors=[None, col_tile])
+    n1a, n1v = sch.split(n1, factors=[None, VECTOR])
+    k0, k1 = sch.split(k, factors=[None, k_block])
+    sch.reorder(n0, k0, m0, k1, m1, n1a, n1v)
+    sch.parallel(n0)
+    sch.unroll(m1)
+    sch.unroll(n1a)
+    sch.vectorize(n1v)
+    sch.decompose_reduction(block, k0)
+    sch.vectorize(sch.get_loops(sch.get_sblock("proj_init"))[-1])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
+
+
 def schedule_compressor_cuda(func, target=None):
     """CUDA: one thread block per candidate; thread t owns a contiguous run of channels (their
     running max, sum and pool stay in registers), slots serial in each thread; the squared sum a
