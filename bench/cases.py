@@ -742,8 +742,8 @@ class TopKDef(KernelDef):
         return lambda data: tuple(torch.topk(data, k, dim=-1))
 
 
-KERNELS = {k.name: k for k in (RMSNorm(), RoPEDef(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(), CompressorDef(),
-                               RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef())}
+KERNELS = {k.name: k for k in (RMSNorm(), RoPEDef(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(),
+                               CompressorDef(), RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef())}
 
 
 def all_cases(shape_sets, kernels=None, heavy: bool = False) -> list[Case]:

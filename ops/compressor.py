@@ -35,8 +35,8 @@ def exp_lets(out: str, arg: str, indent: str) -> str:
         f"{out}_x: T.let[T.float32] = T.max(T.min({arg}, T.float32(0)), T.float32(-87))",
         f"{out}_n: T.let[T.float32] = T.floor({out}_x * T.float32(1.44269504088896341) + T.float32(0.5))",
         f"{out}_f: T.let[T.float32] = {out}_x - {out}_n * T.float32(0.693359375) + {out}_n * T.float32(2.12194440e-4)",
-        f"{out}_p: T.let[T.float32] = ((((((T.float32(1.9875691500e-4) * {out}_f + T.float32(1.3981999507e-3)) * {out}_f"
-        f" + T.float32(8.3334519073e-3)) * {out}_f + T.float32(4.1665795894e-2)) * {out}_f"
+        f"{out}_p: T.let[T.float32] = ((((((T.float32(1.9875691500e-4) * {out}_f"
+        f" + T.float32(1.3981999507e-3)) * {out}_f + T.float32(8.3334519073e-3)) * {out}_f + T.float32(4.1665795894e-2)) * {out}_f"
         f" + T.float32(1.6666665459e-1)) * {out}_f + T.float32(5.0000001201e-1)) * {out}_f * {out}_f"
         f" + {out}_f + T.float32(1))",
         f"{out}: T.let[T.float32] = {out}_p * T.reinterpret(\"float32\", T.shift_left(T.Cast(\"int32\", {out}_n)"

@@ -111,7 +111,8 @@ def test_inverse_rope_on_negated_sin(case):
     np.testing.assert_allclose(got, rope.reference(x, cos, -sin, rd), rtol=0, atol=TOL)
     assert any(k.endswith("_inv") for k in report.kernels), report.kernels
     forward = rope.reference(x, cos, sin, rd)
-    np.testing.assert_allclose(rope.reference(forward, cos, sin, rd, inverse=True), x, rtol=0, atol=1e-6)  # float32 tables
+    # the float32 tables make cos^2 + sin^2 differ from 1 by ~1e-7
+    np.testing.assert_allclose(rope.reference(forward, cos, sin, rd, inverse=True), x, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("case", ["flash-q-decode", "pro-q-prefill", "flash-kv-prefill", "tiny-q-prefill"])
