@@ -318,7 +318,10 @@ def run_suite(target: str = "cpu", shapes=None, kernels=None, heavy: bool = Fals
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda"], help="where the kernels run")
+    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "ascend"],
+                   help="where the kernels run (ascend: --estimate only)")
+    p.add_argument("--estimate", action="store_true",
+                   help="ascend: the cost model's estimates per kernel and SoC instead of measurements")
     p.add_argument("--kernel", action="append", metavar="NAME",
                    help=f"only these kernels (repeatable): {', '.join(KERNELS)}, model")
     p.add_argument("--shapes", action="append", choices=["tiny", "flash", "pro"],
@@ -345,6 +348,12 @@ def add_arguments(p) -> None:
 
 def command(args) -> int:
     """``tide bench``."""
+    if args.target == "ascend" or args.estimate:
+        if args.target != "ascend":
+            raise SystemExit("tide bench: --estimate is for --target ascend")
+        from .ascend_estimate import command as estimate
+
+        return estimate(args)
     chosen = args.kernel or []
     case_kernels = [k for k in chosen if k != "model"] if chosen else None   # None: every kernel
     with_model = not args.no_model and (not chosen or "model" in chosen)

@@ -271,3 +271,25 @@ def test_cli_refuses_bad_arguments_before_measuring(tmp_path):
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "measuring" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_ascend_estimate(tmp_path, capsys):
+    """``--target ascend --estimate``: the cost model's V4-Flash rows for both SoCs; the JSON holds what
+    the table shows; asking ascend without --estimate (or --estimate elsewhere) is refused."""
+    from tide.cli import main
+
+    out = tmp_path / "asc.json"
+    assert main(["bench", "--target", "ascend", "--estimate", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert {r["soc"] for r in doc["rows"]} == {"Ascend910B1", "Ascend950PR_9599"}
+    assert {r["tokens"] for r in doc["rows"]} == {1, 512}
+    for r in doc["rows"]:
+        assert r["time_s"] > 0 and r["bound"] in r["terms_s"] and r["time_s"] >= max(r["terms_s"].values())
+        assert f"{r['time_s'] * 1e6:9.1f}" in table
+    decode = {r["kernel"]: r for r in doc["rows"] if r["tokens"] == 1 and r["soc"] == "Ascend910B1"}
+    assert decode["moe_gate_up"]["bound"] == "hbm"  # one token streams the active experts' weights
+    for argv, message in ((["--target", "ascend"], "needs --estimate"),
+                          (["--target", "cpu", "--estimate"], "--estimate is for --target ascend")):
+        with pytest.raises(SystemExit, match=message):
+            main(["bench", *argv])
