@@ -140,7 +140,7 @@ def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, n_
     return f'''
 @T.prim_func(s_tir=True)
 def {name}({", ".join(params)}):
-    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
     with T.sblock("root"):{part_allocs}
         for b, s, hb, p in T.grid({B}, {S}, {H // HB}, {P}):
             with T.sblock("attn"):
