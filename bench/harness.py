@@ -232,6 +232,20 @@ print(json.dumps({"flops": 2.0 * n ** 3 / best, "n": n, "reps": reps, "blas": li
 """
 
 
+def one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (threadpoolctl). Around the float64
+    references: OpenBLAS's worker threads otherwise keep spinning on the cores after a call returns
+    and slow down whatever is timed next. Where threadpoolctl is missing (a GPU machine's bare Python)
+    the references run as they are: timings on the GPU do not share its cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def cpu_gemm_peak(n: int = 2048, seconds: float = 3.0) -> dict:
     """float32 GEMM rate of numpy's BLAS, in a subprocess without OPENBLAS_CORETYPE/OPENBLAS_L2_SIZE
     (which may pin OpenBLAS to a slower kernel here); reports which BLAS kernel ran (threadpoolctl).

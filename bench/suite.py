@@ -117,7 +117,8 @@ def run_case(case: Case, folder: Path, target: str, device: str, engines: tuple,
     kdef = KERNELS[case.kernel]
     weights = kdef.make_weights(case, np.random.default_rng(case.seed))
     sets = _input_sets(case, seed)
-    want = kdef.reference(case, sets[0], weights)
+    with harness.one_blas_thread():
+        want = kdef.reference(case, sets[0], weights)
     cost = kdef.cost(case, sets[0])
     timer = harness.CudaEventTimer() if device.startswith("cuda") else harness.CpuTimer()
     record = {"name": case.name, "kernel": case.kernel, "group": kdef.group, "shapes": case.shapes,
