@@ -417,3 +417,22 @@ def test_tide_run_picks_the_cuda_device_for_a_cuda_artifact(launch_artifact, cap
     assert main(["run", launch_artifact[0]]) == 2
     assert main(["run", launch_artifact[0], "--device", "cuda:1"]) == 2
     assert asked == ["cuda", "cuda:1"]
+
+
+def test_shared_memory_opt_in_leaves_room_for_static_shared(launch_artifact, launch_env, monkeypatch):
+    """A function's static shared memory counts against the device's per-block limit: the opt-in asks
+    for what is left, and a launch that cannot fit is a clear error."""
+    path, _, w = launch_artifact
+    monkeypatch.setenv("TIDE_STANDIN_STATIC_SHARED", "1024")
+    model = R.load(path, device="cuda", cuda_driver=STANDIN)
+    x = np.random.default_rng(8).standard_normal(N).astype(np.float32)
+    out = model.run({"x": x}, entry="step")
+    np.testing.assert_allclose(out["r"], (3 * (x.astype(np.float64) + w))[::-1], rtol=1e-5, atol=1e-5)
+    assert "cuFuncSetAttribute reverse_kernel max_dynamic_shared 231424" in _log(launch_env)
+    monkeypatch.setenv("TIDE_STANDIN_STATIC_SHARED", "200000")
+    gc.collect()
+    model = R.load(path, device="cuda", cuda_driver=STANDIN)
+    with pytest.raises(R.TideError, match=r"device function 'reverse_kernel' needs 65536 \+ 200000 \(static\) bytes "
+                                          r"of shared memory per block; cuda:0 allows 232448 \(sm_90\)") as err:
+        model.run({"x": x}, entry="step")
+    assert err.value.code == 6

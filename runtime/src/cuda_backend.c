@@ -25,6 +25,7 @@
 #include "internal.h"
 
 #define TIDE_CU_ATTR_MAX_SHARED_OPTIN 97      /* CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN */
+#define TIDE_CU_FUNC_ATTR_STATIC_SHARED 1      /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */
 #define TIDE_CU_FUNC_ATTR_MAX_DYN_SHARED 8     /* CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES */
 #define TIDE_CU_STREAM_NON_BLOCKING 1
 #define TIDE_CU_CAPTURE_THREAD_LOCAL 1
@@ -38,6 +39,7 @@ typedef struct tide_cuda_fn_s {
   tide_cuda_model_t* model;
   int32_t index; /* device function index; -1: __tvm_set_device */
   void* function;
+  int static_shared; /* bytes of __shared__ arrays the function declares */
   atomic_int shared_opted_in;
 } tide_cuda_fn_t;
 
@@ -153,6 +155,7 @@ static tide_status_t load_module(tide_cuda_model_t* m, const uint8_t* device_cod
     f->model = m;
     f->index = (int32_t)i;
     rc = m->drv->cuModuleGetFunction(&f->function, m->module, a->device_functions[i].name);
+    if (!rc) rc = m->drv->cuFuncGetAttribute(&f->static_shared, TIDE_CU_FUNC_ATTR_STATIC_SHARED, f->function);
     if (rc) {
       return tide_make_status(TIDE_STATUS_DATA_LOSS,
                               "device function '%s' is not in the %s image: cuModuleGetFunction failed with CUDA "
@@ -274,18 +277,24 @@ static int function_call(void* handle, const tide_ffi_any_t* args, int32_t n, ti
     tide_status_free(st);
     return -1;
   }
-  if (launch.shared_bytes > TIDE_STATIC_SHARED_LIMIT) {
-    if (launch.shared_bytes > (uint32_t)m->max_shared_optin) {
+  /* Static plus dynamic shared memory above 48 KiB needs the function's opt-in, up to the device's
+   * per-block limit. */
+  uint64_t total_shared = (uint64_t)launch.shared_bytes + (uint64_t)f->static_shared;
+  if (total_shared > TIDE_STATIC_SHARED_LIMIT) {
+    if (total_shared > (uint64_t)m->max_shared_optin) {
       tide_report_error(s,
-                        "device function '%s' needs %u bytes of shared memory per block; cuda:%d allows %d (sm_%d%d)",
-                        df->name, launch.shared_bytes, m->ordinal, m->max_shared_optin, m->cc_major, m->cc_minor);
+                        "device function '%s' needs %u + %d (static) bytes of shared memory per block; cuda:%d "
+                        "allows %d (sm_%d%d)",
+                        df->name, launch.shared_bytes, f->static_shared, m->ordinal, m->max_shared_optin, m->cc_major,
+                        m->cc_minor);
       return -1;
     }
     if (!atomic_load(&f->shared_opted_in)) {
-      int rc = m->drv->cuFuncSetAttribute(f->function, TIDE_CU_FUNC_ATTR_MAX_DYN_SHARED, m->max_shared_optin);
+      int dynamic = m->max_shared_optin - f->static_shared;
+      int rc = m->drv->cuFuncSetAttribute(f->function, TIDE_CU_FUNC_ATTR_MAX_DYN_SHARED, dynamic);
       if (rc) {
         tide_report_error(s, "cuFuncSetAttribute(%s, max dynamic shared memory %d) failed: CUDA error %d (%s)",
-                          df->name, m->max_shared_optin, rc, tide_cuda_error_text(m->drv, rc));
+                          df->name, dynamic, rc, tide_cuda_error_text(m->drv, rc));
         return -1;
       }
       atomic_store(&f->shared_opted_in, 1);

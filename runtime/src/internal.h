@@ -214,6 +214,7 @@ const char* tide_dtype_name(tide_dtype_t dtype);
   X(cuModuleUnload, "cuModuleUnload", (void*))                                                   \
   X(cuModuleGetFunction, "cuModuleGetFunction", (void**, void*, const char*))                    \
   X(cuFuncSetAttribute, "cuFuncSetAttribute", (void*, int, int))                                 \
+  X(cuFuncGetAttribute, "cuFuncGetAttribute", (int*, int, void*))                                \
   X(cuMemAlloc, "cuMemAlloc_v2", (uint64_t*, size_t))                                            \
   X(cuMemFree, "cuMemFree_v2", (uint64_t))                                                       \
   X(cuMemGetInfo, "cuMemGetInfo_v2", (size_t*, size_t*))                                         \

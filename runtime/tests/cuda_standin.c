@@ -13,6 +13,7 @@
  *   TIDE_STANDIN_INIT_RC    the result cuInit returns (default 0)
  *   TIDE_STANDIN_MEM_BYTES  device memory size (default 1 GiB): allocations beyond it fail with
  *                           CUDA_ERROR_OUT_OF_MEMORY
+ *   TIDE_STANDIN_STATIC_SHARED  static shared memory bytes every function declares (default 0)
  *   TIDE_STANDIN_SYNC_RC    the result cuStreamSynchronize / cuEventSynchronize return (default 0)
  *   TIDE_STANDIN_KERNELS    "name=p0,p1,...;name2=..." kernel parameters in launch order: a name
  *                           for a pointer, "#name" for a 4-byte and "%name" for an 8-byte scalar
@@ -68,6 +69,7 @@ static int device_range(uint64_t ptr, size_t size, const char* call) {
 
 typedef struct function_s {
   char name[256];
+  int static_shared;
   int max_dynamic_shared;
 } function_t;
 
@@ -270,16 +272,18 @@ EXPORT int cuModuleUnload(void* module) {
 EXPORT int cuModuleGetFunction(void** fn, void* module, const char* name) {
   if (need_context("cuModuleGetFunction")) return INVALID_CONTEXT;
   if (module != &g_module_token) return INVALID_HANDLE;
-  for (int i = 0; i < g_num_functions; ++i) {
-    if (strcmp(g_functions[i].name, name) == 0) {
-      *fn = &g_functions[i];
-      return OK;
-    }
+  function_t* f = NULL;
+  for (int i = 0; i < g_num_functions && !f; ++i) {
+    if (strcmp(g_functions[i].name, name) == 0) f = &g_functions[i];
   }
-  if (g_num_functions == MAX_FUNCTIONS) return OUT_OF_MEMORY;
-  function_t* f = &g_functions[g_num_functions++];
-  snprintf(f->name, sizeof(f->name), "%s", name);
-  f->max_dynamic_shared = STATIC_SHARED;
+  if (!f) {
+    if (g_num_functions == MAX_FUNCTIONS) return OUT_OF_MEMORY;
+    f = &g_functions[g_num_functions++];
+    snprintf(f->name, sizeof(f->name), "%s", name);
+  }
+  /* a module load starts each function with its attributes at their defaults */
+  f->static_shared = (int)env("TIDE_STANDIN_STATIC_SHARED", 0);
+  f->max_dynamic_shared = STATIC_SHARED - f->static_shared;
   *fn = f;
   return OK;
 }
@@ -289,10 +293,22 @@ static function_t* as_function(void* fn) {
   return f >= g_functions && f < g_functions + g_num_functions ? f : NULL;
 }
 
+EXPORT int cuFuncGetAttribute(int* value, int attribute, void* fn) {
+  function_t* f = as_function(fn);
+  if (!f) return INVALID_HANDLE;
+  if (attribute != 1) return INVALID_VALUE; /* CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES */
+  *value = f->static_shared;
+  return OK;
+}
+
 EXPORT int cuFuncSetAttribute(void* fn, int attribute, int value) {
   function_t* f = as_function(fn);
   if (!f) return INVALID_HANDLE;
-  if (attribute != 8 || value < 0 || value > OPTIN_SHARED) return INVALID_VALUE;
+  if (attribute != 8 || value < 0 || value > OPTIN_SHARED - f->static_shared) {
+    record("cuFuncSetAttribute %s max_dynamic_shared %d: above the %d bytes left by %d static", f->name, value,
+           OPTIN_SHARED - f->static_shared, f->static_shared);
+    return INVALID_VALUE;
+  }
   f->max_dynamic_shared = value;
   record("cuFuncSetAttribute %s max_dynamic_shared %d", f->name, value);
   return OK;
