@@ -12,7 +12,7 @@ import pytest
 
 from test_ascend_cube import BIN, SOCS, compile_check, cpu_build, cpu_run, needs_bishengir, needs_cpu_runner
 from tide.targets.ascend import cost
-from tide.targets.ascend.kernels import matmul, rmsnorm
+from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores
 
 REGRESSIONS = Path(__file__).parent / "ascend_regressions"
 SHAPES = [(16, 128), (37, 512), (6, 4096)]  # 37: a prime row count (one-row tiles); 4096: V4's hidden size
@@ -89,3 +89,27 @@ def test_rsqrt_regression_workaround(tmp_path):
         compile_check(bad, "Ascend950PR_9599", tmp_path / "bad")
     compile_check(rmsnorm.emit(16, 128, "Ascend950PR_9599", 1e-6), "Ascend950PR_9599", tmp_path / "good")
     assert BIN is not None
+
+
+# ---- router scores ---------------------------------------------------------------------------------
+
+SCORE_SHAPES = [(1, 256), (64, 256), (37, 384)]  # decode and prefill at V4-Flash's 256 experts, Pro's 384
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, experts", SCORE_SHAPES)
+def test_router_scores_compile(soc, rows, experts, tmp_path):
+    compile_check(router_scores.emit(rows, experts, soc), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("rows, experts", SCORE_SHAPES)
+def test_router_scores_cpu_numerics(rows, experts, tmp_path):
+    rng = np.random.default_rng(rows + experts)
+    v = (rng.standard_normal((rows, experts)) * 8).astype(np.float32)
+    v.flat[:3] = [-100.0, 95.0, 0.0]  # exp overflow / underflow and the kink
+    text = router_scores.emit(rows, experts, "Ascend910B1")
+    so = cpu_build(matmul.cpu_emulation(text), "tide_router_scores", tmp_path)
+    got = cpu_run(so, "tide_router_scores", matmul.block_dim(text), v, np.full_like(v, np.nan))[1]
+    np.testing.assert_allclose(got, router_scores.reference(v), rtol=1e-5, atol=1e-6)
