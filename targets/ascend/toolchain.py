@@ -1,0 +1,152 @@
+"""The Ascend toolchain as tide uses it without a device: where the tools are, the compile check
+(bishengir up to its external hivmc step) and the CPU runner (bishengir's HIVM -> upstream conversion
+and CPU-runner lowering, then LLVM 19: a shared object called with numpy arrays in a child process
+with MALLOC_PERTURB_ set). See docs/ascend.md and /work/shared/docs/ascend-toolchain.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from . import cost
+
+
+class ToolchainError(RuntimeError):
+    """A tool is missing, or a tool failed (its output included)."""
+
+
+def bin_dir() -> Path | None:
+    """The bishengir tools of the installed ascendnpu-ir wheel, or None."""
+    try:
+        import ascendnpuir
+    except ImportError:
+        return None
+    d = Path(ascendnpuir.__file__).parent / "bin"
+    return d if (d / "bishengir-compile").exists() else None
+
+
+BIN = bin_dir()
+LLVM_TOOLS = [shutil.which(t) for t in ("mlir-translate-19", "llc-19")]
+RUNNER_LIB = Path("/usr/lib/llvm-19/lib/libmlir_c_runner_utils.so")
+
+
+def missing() -> str | None:
+    """What the compile check lacks (None: nothing)."""
+    return None if BIN is not None else "ascendnpu-ir (bishengir) is not installed: pip install 'tide[ascend]'"
+
+
+def missing_cpu_runner() -> str | None:
+    """What the CPU runner lacks (None: nothing)."""
+    if BIN is None or None in LLVM_TOOLS or not RUNNER_LIB.exists():
+        return ("ascendnpu-ir or Debian's LLVM/MLIR 19 tools (mlir-translate-19, llc-19, libmlir-19) are not "
+                "installed: ./setup.sh installs them")
+    return None
+
+
+def compile_check(text: str, soc: str, tmp: Path) -> Path:
+    """bishengir-compile for ``soc``; passes when the only error is the missing hivmc and the
+    optimized HIVM module exists. Returns that module; ToolchainError with the tool's errors else."""
+    if missing():
+        raise ToolchainError(missing())
+    s = cost.soc(soc)
+    tmp.mkdir(parents=True, exist_ok=True)
+    src = tmp / "kernel.mlir"
+    src.write_text(text)
+    out = tmp / f"out-{soc}"
+    out.mkdir()
+    r = subprocess.run([str(BIN / s.tool), str(src), "--enable-hivm-compile", f"--target={soc}",
+                        f"--save-temps={out}", "-o", str(out / "kernel")], capture_output=True, text=True,
+                       timeout=300)
+    errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error" in ln.lower()]
+    other = [ln for ln in errors if "hivmc" not in ln and "Failed to run BiShengIR pipeline" not in ln]
+    if other:
+        raise ToolchainError(f"bishengir-compile for {soc} failed:\n" + "\n".join(other))
+    opt = out / "module.hivm.opt.mlir"
+    if not opt.exists():
+        raise ToolchainError(f"no module.hivm.opt.mlir for {soc}:\n{r.stderr[-2000:]}")
+    return opt
+
+
+def _run(cmd, what):
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise ToolchainError(f"{what} failed:\n{r.stderr[-3000:]}")
+
+
+def _keep_only(llvm_text: str, name: str) -> str:
+    """Drop every function definition but the kernel's (the runner wrapper and its file helpers
+    refer to bishengir runtime symbols this machine does not have) and the hacc attributes
+    mlir-translate does not know."""
+    out, skip = [], False
+    for line in llvm_text.split("\n"):
+        m = re.match(r"  llvm\.func (?:private )?@([\w$.]+)\(.*\{$", line)
+        if m and m.group(1) != name:
+            skip = True
+        if not skip:
+            out.append(re.sub(r" attributes \{hacc[^{}]*\}", "", line))
+        if skip and line == "  }":
+            skip = False
+    return "\n".join(out)
+
+
+def cpu_build(text: str, name: str, tmp: Path):
+    """Emulated module (cube ops already rewritten, ``matmul.cpu_emulation``) -> the path of a shared
+    object exporting ``name`` with the MLIR memref calling convention."""
+    if missing_cpu_runner():
+        raise ToolchainError(missing_cpu_runner())
+    up, host, low = tmp / "up.mlir", tmp / "host.mlir", tmp / "low.mlir"
+    (tmp / "emu.mlir").write_text(text)
+    _run([str(BIN / "bishengir-opt"), "--execution-engine-convert-hivm-to-upstream", str(tmp / "emu.mlir"),
+          "-o", str(up)], "convert-hivm-to-upstream")
+    host.write_text(up.read_text().replace(
+        "hacc.function_kind<DEVICE>",
+        "hacc.function_kind<HOST>, hacc.host_func_type = #hacc.host_func_type<host_entry>"))
+    _run([str(BIN / "bishengir-opt"), "--lower-for-cpu-runner-pipeline=wrapper-name=tide_cpu_main", str(host),
+          "-o", str(low)], "lower-for-cpu-runner-pipeline")
+    (tmp / "k.mlir").write_text(_keep_only(low.read_text(), name))
+    _run([LLVM_TOOLS[0], "--mlir-to-llvmir", str(tmp / "k.mlir"), "-o", str(tmp / "k.ll")], "mlir-translate")
+    _run([LLVM_TOOLS[1], "-O2", "-filetype=obj", "-relocation-model=pic", str(tmp / "k.ll"), "-o",
+          str(tmp / "k.o")], "llc")
+    _run(["cc", "-shared", str(tmp / "k.o"), "-o", str(tmp / "k.so"), f"-L{RUNNER_LIB.parent}",
+          "-lmlir_c_runner_utils", f"-Wl,-rpath,{RUNNER_LIB.parent}"], "link")
+    return tmp / "k.so"
+
+
+_CHILD = r"""
+import ctypes, sys
+import numpy as np
+so, name, path, blocks = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+fn = getattr(ctypes.CDLL(so), name)
+data = np.load(path)
+arrays = [np.ascontiguousarray(data[f"a{i}"]) for i in range(len(data.files))]
+for blk in range(blocks):
+    args = []
+    for a in arrays + [np.array([blk], np.int64)]:
+        p = ctypes.c_void_p(a.ctypes.data)
+        args += [p, p, ctypes.c_int64(0)] + [ctypes.c_int64(d) for d in a.shape]
+        args += [ctypes.c_int64(st // a.itemsize) for st in a.strides]
+    fn(*args)
+np.savez(path, **{f"a{i}": a for i, a in enumerate(arrays)})
+"""
+
+
+def cpu_run(so: Path, name: str, blocks: int, *arrays):
+    """Call the kernel once per AI core block (the emulated get_block_idx is an extra last
+    argument) in a child process with MALLOC_PERTURB_=165 (glibc reads it at start-up), on copies
+    of ``arrays``; returns the arrays after the run, in their dtypes."""
+    path = so.parent / "io.npz"
+    raw = [np.ascontiguousarray(a).view(f"u{a.itemsize}") for a in arrays]
+    np.savez(path, **{f"a{i}": a for i, a in enumerate(raw)})
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(so), name, str(path), str(blocks)],
+                       env={**os.environ, "MALLOC_PERTURB_": "165"}, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0:
+        raise ToolchainError(f"CPU run of {name} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
+    out = np.load(path)
+    return [out[f"a{i}"].view(a.dtype) for i, a in enumerate(arrays)]
