@@ -16,8 +16,9 @@ picks first, then, when fewer than top_k entries are visible, the invisible entr
 order; ``valid = index < (pos + 1) // ratio``.
 
 ``splits`` cuts the entry list into ranges whose top-k lists are merged by a second stage (decode
-of one query over a long context). The q and weight projections are plain GEMMs that
-``relax_convert`` leaves to the compiler's generic path.
+of one query over a long context). The q and weight projections are GEMMs: on the CPU for more
+than one token ``tide.ops.compressor_proj`` (the generic GEMM rule streams the whole weight per
+4-row tile), the compiler's generic path otherwise.
 """
 
 from __future__ import annotations
@@ -343,9 +344,31 @@ def cost(batch: int, seq: int, heads: int, head_dim: int, visible: int, top_k: i
     return {"flops": flops, "bytes": bytes_}
 
 
+def _projection(bb, x, weight, target_kind, report):
+    """``x weight^T`` ``[B, S, F]``: on the CPU for more than one token, ``tide.ops.compressor_proj``
+    (a weight panel kept in cache across the token tiles); otherwise the compiler's generic GEMM."""
+    from tvm import relax
+
+    from ..targets import attention
+    from . import compressor_proj
+
+    B, S, D = (int(d) for d in x.ty.shape)
+    F = int(weight.ty.shape[0])
+    if target_kind != "cpu" or B * S == 1 or not attention.compressor_projection_fits(B * S, D, F):
+        return bb.emit(relax.op.linear(x, weight))
+    name = f"tide_indexer_proj_{B * S}x{D}x{F}"
+    func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(B * S, D, F, name))
+    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
+    report.add(name, f"tide.LightningIndexer projection [{B * S} tokens x {D} -> {F}]")
+    tokens = bb.emit(relax.op.reshape(x, (B * S, D)))
+    w_t = bb.emit(relax.op.permute_dims(weight))  # folded at compile time for a constant weight
+    out = bb.emit(relax.call_tir(gv, [tokens, w_t], out_ty=relax.TensorType((B * S, F), "float32")))
+    return bb.emit(relax.op.reshape(out, (B, S, F)))
+
+
 def relax_convert(bb, inputs, attrs, *, target_kind, report):
     """``tide.LightningIndexer(q_residual, x, cos, sin, cache, entries, start_pos, q_weight,
-    weights_proj)`` -> the two projections (generic GEMMs) and one call of this kernel."""
+    weights_proj)`` -> the two projections (``_projection``) and one call of this kernel."""
     from tvm import relax
 
     from ..targets import attention
@@ -360,8 +383,8 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     K = int(attrs["top_k"])
     ratio = int(attrs["ratio"])
     scale = float(attrs["softmax_scale"]) * float(attrs["weights_scale"])
-    q = bb.emit(relax.op.reshape(relax.op.linear(q_residual, q_weight), (B, S, Hi, Di)))
-    w = bb.emit(relax.op.linear(x, weights_proj))
+    q = bb.emit(relax.op.reshape(_projection(bb, q_residual, q_weight, target_kind, report), (B, S, Hi, Di)))
+    w = _projection(bb, x, weights_proj, target_kind, report)
     name = f"tide_lightning_indexer_b{B}s{S}h{Hi}d{Di}c{C}e{E}k{K}r{ratio}"
     cfg = attention.indexer_config(target_kind, B, S, C, K)
     func = prim_func(B, S, Hi, Di, rd, C, E, ratio, K, scale, name=name, **cfg)
