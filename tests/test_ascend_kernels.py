@@ -1,0 +1,204 @@
+"""tide's Ascend vector kernels beyond the norms (targets/ascend/kernels/swiglu.py, sink_combine.py)
+and what all vector kernels share (targets/ascend/hivm.py): each compile-checked with bishengir for
+910B and 950 up to the external hivmc step; run on this CPU through bishengir's CPU-runner lowering
+(MALLOC_PERTURB_ set by the runner) against numpy float64 on seeded random inputs, every element;
+planted bugs caught; a tiling that overflows the unified buffer refused by bishengir for every vector
+kernel on both SoCs; the per-SoC syntax difference checked against both tools.
+RMSNorm's and the router scores' own numerics: tests/test_ascend_vector.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tide.targets.ascend import cost, hivm, toolchain
+from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores, sink_combine, swiglu
+
+SOCS = ("Ascend910B1", "Ascend950PR_9599")
+needs_bishengir = pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
+needs_cpu_runner = pytest.mark.skipif(toolchain.missing_cpu_runner() is not None,
+                                      reason=str(toolchain.missing_cpu_runner()))
+LIMIT = 7.0  # V4's swiglu_limit
+
+
+def compiles(text: str, soc: str, tmp: Path) -> str:
+    """The optimized HIVM module's text; the tool's errors as the failure message."""
+    try:
+        return toolchain.compile_check(text, soc, tmp).read_text()
+    except toolchain.ToolchainError as err:
+        pytest.fail(str(err))
+
+
+def run_cpu(text: str, name: str, tmp: Path, *arrays):
+    so = toolchain.cpu_build(matmul.cpu_emulation(text), name, tmp)
+    return toolchain.cpu_run(so, name, matmul.block_dim(text), *arrays)
+
+
+# ---- SwiGLU ----------------------------------------------------------------------------------------
+
+SWIGLU_SHAPES = [(16, 256), (64, 2048), (37, 384), (1, 8192)]  # 2048: V4-Flash's expert F; 8192: column tiles
+
+
+def swiglu_inputs(rows: int, inter: int, seed: int):
+    rng = np.random.default_rng(seed)
+    gu = (rng.standard_normal((rows, 2 * inter)) * 6).astype(np.float32)  # many values past the clamps
+    gu[0, :4] = [-100.0, 100.0, LIMIT, -LIMIT]                              # exp overflow, clamp edges
+    gu[0, inter:inter + 2] = [100.0, -100.0]
+    rw = (rng.random((rows, 1)) + 0.05).astype(np.float32)
+    return gu, rw
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, inter", SWIGLU_SHAPES)
+def test_swiglu_compiles(soc, rows, inter, tmp_path):
+    opt = compiles(swiglu.emit(rows, inter, LIMIT, soc), soc, tmp_path)
+    assert "vexp" in opt or "exp" in opt
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("rows, inter", SWIGLU_SHAPES)
+def test_swiglu_cpu_numerics(rows, inter, tmp_path):
+    gu, rw = swiglu_inputs(rows, inter, rows * inter)
+    text = swiglu.emit(rows, inter, LIMIT, "Ascend910B1")
+    got = run_cpu(text, "tide_swiglu", tmp_path, gu, rw, np.full((rows, inter), np.nan, np.float32))[2]
+    want = swiglu.reference(gu, rw, LIMIT)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+    assert np.abs(want).max() > LIMIT  # the clamps were reached: |h| up to w * L * L
+
+
+@needs_cpu_runner
+def test_swiglu_cpu_check_catches_a_planted_bug(tmp_path):
+    """The up clamp at -L replaced by -0.99 L: far past the tolerance."""
+    rows, inter = 16, 256
+    gu, rw = swiglu_inputs(rows, inter, 3)
+    text = swiglu.emit(rows, inter, LIMIT, "Ascend910B1")
+    assert f"arith.constant {-LIMIT:e} : f32" in text
+    bad = text.replace(f"arith.constant {-LIMIT:e} : f32", f"arith.constant {-0.99 * LIMIT:e} : f32")
+    got = run_cpu(bad, "tide_swiglu", tmp_path, gu, rw, np.zeros((rows, inter), np.float32))[2]
+    assert np.abs(got - swiglu.reference(gu, rw, LIMIT)).max() > 100 * 2e-6
+
+
+def test_swiglu_tiling():
+    for soc in SOCS:
+        ub = cost.soc(soc).ub
+        for rows, inter in SWIGLU_SHAPES + [(512, 2048), (4096, 3072)]:
+            tr, tc = swiglu.choose_tiling(soc, rows, inter)
+            assert rows % tr == 0 and inter % tc == 0
+            assert swiglu.LIVE_TILES * swiglu.BUFFERING * tr * tc * 4 <= ub
+        assert swiglu.choose_tiling(soc, 1, 8192)[1] < 8192   # a row that does not fit is cut in columns
+    with pytest.raises(ValueError, match="does not divide"):
+        swiglu.emit(16, 256, LIMIT, "Ascend910B1", tiling=(3, 256))
+    with pytest.raises(ValueError, match="limit must be positive"):
+        swiglu.emit(16, 256, 0.0, "Ascend910B1")
+    assert swiglu.cost_counts(2, 8) == {"flops": 9 * 16, "bytes": 4 * (48 + 2)}
+
+
+# ---- sink-attention decode merge --------------------------------------------------------------------
+
+COMBINE_SHAPES = [(64, 4, 512), (37, 3, 128), (128, 16, 512), (8, 1, 64)]  # 64 heads x D 512: V4-Flash decode
+
+
+def combine_inputs(rows: int, splits: int, dim: int, seed: int):
+    rng = np.random.default_rng(seed)
+    m = (rng.standard_normal((rows, splits)) * 5).astype(np.float32)
+    m[0, -1] = 90.0                      # one split dominates: the others' weights underflow
+    l_ = (rng.random((rows, splits)) * 10 + 0.1).astype(np.float32)
+    l_[:, 0] += 1.0                      # split 0 carries the sink's weight
+    acc = rng.standard_normal((splits, rows, dim)).astype(np.float32) * l_.T[:, :, None]
+    return m, l_, acc
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, splits, dim", COMBINE_SHAPES)
+def test_sink_combine_compiles(soc, rows, splits, dim, tmp_path):
+    compiles(sink_combine.emit(rows, splits, dim, soc), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("rows, splits, dim", COMBINE_SHAPES)
+def test_sink_combine_cpu_numerics(rows, splits, dim, tmp_path):
+    m, l_, acc = combine_inputs(rows, splits, dim, rows + splits + dim)
+    text = sink_combine.emit(rows, splits, dim, "Ascend910B1")
+    got = run_cpu(text, "tide_sink_combine", tmp_path, m, l_, acc.reshape(splits * rows, dim),
+                  np.full((rows, dim), np.nan, np.float32))[3]
+    np.testing.assert_allclose(got, sink_combine.reference(m, l_, acc), rtol=2e-5, atol=2e-6)
+
+
+@needs_cpu_runner
+def test_sink_combine_cpu_check_catches_a_planted_bug(tmp_path):
+    """The last split reading the previous split's accumulator: far past the tolerance."""
+    rows, splits, dim = 64, 4, 512
+    m, l_, acc = combine_inputs(rows, splits, dim, 5)
+    text = sink_combine.emit(rows, splits, dim, "Ascend910B1")
+    last, prev = f"%c{(splits - 1) * rows}_index : index", f"%c{(splits - 2) * rows}_index : index"
+    bad = "\n".join(ln.replace(last, prev) if "arith.addi" in ln else ln for ln in text.split("\n"))
+    assert bad != text
+    got = run_cpu(bad, "tide_sink_combine", tmp_path, m, l_, acc.reshape(splits * rows, dim),
+                  np.zeros((rows, dim), np.float32))[3]
+    assert np.abs(got - sink_combine.reference(m, l_, acc)).max() > 100 * 2e-5
+
+
+def test_sink_combine_tiling():
+    for soc in SOCS:
+        ub = cost.soc(soc).ub
+        for rows, splits, dim in COMBINE_SHAPES:
+            tr = sink_combine.choose_tile_rows(soc, rows, splits, dim)
+            assert rows % tr == 0
+            assert sink_combine.BUFFERING * tr * 4 * (sink_combine.LIVE_TILES * dim + 4 * splits) <= ub
+    with pytest.raises(ValueError, match="does not fit"):
+        sink_combine.choose_tile_rows("Ascend910B1", 64, 4, 8192)
+    assert sink_combine.cost_counts(2, 3, 4) == {"flops": 2 * 3 * 14, "bytes": 4 * (12 + 24 + 8)}
+
+
+# ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------
+
+OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tide's tiling rule)
+    "rmsnorm": lambda soc: rmsnorm.emit(256, 4096, soc, 1e-6, tile_rows=256),
+    "router_scores": lambda soc: router_scores.emit(512, 384, soc, tile_rows=512),
+    "swiglu": lambda soc: swiglu.emit(64, 2048, LIMIT, soc, tiling=(64, 2048)),
+    "sink_combine": lambda soc: sink_combine.emit(64, 4, 512, soc, tile_rows=64),
+}
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("kernel", sorted(OVERSIZED))
+def test_ub_overflow_is_refused(kernel, soc, tmp_path):
+    with pytest.raises(toolchain.ToolchainError, match=r"ub overflow, requires \d+ bits while "
+                                                       rf"{cost.soc(soc).ub * 8} bits available"):
+        toolchain.compile_check(OVERSIZED[kernel](soc), soc, tmp_path)
+
+
+@needs_bishengir
+def test_vreduce_syntax_is_per_soc(tmp_path):
+    """Each tool refuses the other's vreduce: the 950 tool requires unsigned_src, the 910B tool does
+    not parse it."""
+    assert "unsigned_src" in hivm.reduce_attrs("Ascend950PR_9599", [1])
+    assert "unsigned_src" not in hivm.reduce_attrs("Ascend910B1", [1])
+    with pytest.raises(toolchain.ToolchainError, match="expected 'unsigned_src'"):
+        toolchain.compile_check(rmsnorm.emit(16, 128, "Ascend910B1", 1e-6), "Ascend950PR_9599", tmp_path / "a")
+    with pytest.raises(toolchain.ToolchainError, match="expected 'reduce_dims'"):
+        toolchain.compile_check(rmsnorm.emit(16, 128, "Ascend950PR_9599", 1e-6), "Ascend910B1", tmp_path / "b")
+
+
+def test_tile_rows_rule():
+    """Largest divisor of rows under the UB budget; a row that cannot fit names the SoC and sizes."""
+    ub = cost.soc("Ascend910B1").ub
+    assert hivm.tile_rows("Ascend910B1", 100, 1024, 4) == 20           # limit 24 -> divisor 20
+    assert hivm.tile_rows("Ascend910B1", 97, 1024, 4) == 1             # prime rows: one-row tiles
+    with pytest.raises(ValueError, match=f"does not fit Ascend910B1's {ub} byte unified buffer"):
+        hivm.tile_rows("Ascend910B1", 8, ub, 1)
+
+
+@needs_bishengir
+def test_unit_broadcast_regression_workaround(tmp_path):
+    """A [rows, 1] operand broadcast onto [rows, 1] breaks the 950 tool's final pipeline (kept
+    input); the merge of a single split emits no broadcast and compiles."""
+    bad = (Path(__file__).parent / "ascend_regressions" / "vector_unit_broadcast_a5.mlir").read_text()
+    with pytest.raises(toolchain.ToolchainError, match="broadcast dim exceeds op's rank"):
+        toolchain.compile_check(bad, "Ascend950PR_9599", tmp_path / "bad")
+    compiles(sink_combine.emit(8, 1, 64, "Ascend950PR_9599"), "Ascend950PR_9599", tmp_path / "good")
