@@ -328,6 +328,37 @@ def test_lightning_indexer_matches_transformers(case):
             np.testing.assert_array_equal(got_idx[b, t, n:], visible + np.arange(attrs["top_k"] - n))
 
 
+@pytest.mark.parametrize("batch,seq,heads", [(1, 1, 16), (2, 1, 16), (1, 3, 16), (2, 8, 16), (2, 8, 24)])
+def test_lightning_indexer_cpu_projections(batch, seq, heads):
+    """On the CPU more than one token runs each projection through tide.ops.compressor_proj (token
+    counts on and off its 4-row tile); one token, and an output width that is no multiple of 16
+    (24 heads: the head weights), keep the generic GEMM. The picks match the float64 reference."""
+    rng = np.random.default_rng(batch * 1000 + seq * 100 + heads)
+    B, Di, rd, K, C, ratio, q_lora, hidden = batch, 32, 16, 6, 33, 4, 48, 64
+    start = np.array([90, 13][:B], np.int64)
+    arrays = [_rand(rng, B, seq, q_lora), _rand(rng, B, seq, hidden), _rand(rng, B, seq, rd // 2),
+              _rand(rng, B, seq, rd // 2), _rand(rng, B, C, Di), _rand(rng, B, seq // ratio + 1, Di), start,
+              _rand(rng, heads * Di, q_lora) * q_lora ** -0.5, _rand(rng, heads, hidden) * hidden ** -0.5]
+    attrs = {"ratio": ratio, "head_dim": Di, "rope_dim": rd, "top_k": K, "softmax_scale": Di ** -0.5,
+             "weights_scale": heads ** -0.5}
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
+    report = SubstitutionReport()
+    with bb.function("main", params):
+        bb.emit_func_output(bb.emit(indexer.relax_convert(bb, params, attrs, target_kind="cpu", report=report)))
+    names = sorted(n for n in report.kernels if n.startswith("tide_indexer_proj_"))
+    tokens = B * seq
+    want_names = sorted(f"tide_indexer_proj_{tokens}x{dim}x{width}"
+                        for dim, width in ((q_lora, heads * Di), (hidden, heads)) if tokens > 1 and width % 16 == 0)
+    assert names == want_names
+    ex = tvm.compile(bb.get(), target=_target())
+    got_idx, got_valid = (o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](
+        *[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]))
+    want_idx, want_valid = _indexer_reference(arrays, attrs)
+    np.testing.assert_array_equal(got_idx, want_idx)
+    np.testing.assert_array_equal(got_valid, want_valid)
+
+
 @pytest.mark.parametrize("splits,entry_block", [(1, 4), (3, 4), (2, 8)])
 def test_lightning_indexer_splits_and_ties(splits, entry_block):
     """Split lists merged, and exact ties (keys repeated) broken toward the lower entry."""
