@@ -59,10 +59,12 @@ def test_swiglu_compiles(soc, rows, inter, tmp_path):
 
 
 @needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
 @pytest.mark.parametrize("rows, inter", SWIGLU_SHAPES)
-def test_swiglu_cpu_numerics(rows, inter, tmp_path):
+def test_swiglu_cpu_numerics(soc, rows, inter, tmp_path):
+    """Each SoC's own tiling (the 950's larger UB gives other tiles) on the CPU."""
     gu, rw = swiglu_inputs(rows, inter, rows * inter)
-    text = swiglu.emit(rows, inter, LIMIT, "Ascend910B1")
+    text = swiglu.emit(rows, inter, LIMIT, soc)
     got = run_cpu(text, "tide_swiglu", tmp_path, gu, rw, np.full((rows, inter), np.nan, np.float32))[2]
     want = swiglu.reference(gu, rw, LIMIT)
     np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
@@ -119,10 +121,11 @@ def test_sink_combine_compiles(soc, rows, splits, dim, tmp_path):
 
 
 @needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
 @pytest.mark.parametrize("rows, splits, dim", COMBINE_SHAPES)
-def test_sink_combine_cpu_numerics(rows, splits, dim, tmp_path):
+def test_sink_combine_cpu_numerics(soc, rows, splits, dim, tmp_path):
     m, l_, acc = combine_inputs(rows, splits, dim, rows + splits + dim)
-    text = sink_combine.emit(rows, splits, dim, "Ascend910B1")
+    text = sink_combine.emit(rows, splits, dim, soc)
     got = run_cpu(text, "tide_sink_combine", tmp_path, m, l_, acc.reshape(splits * rows, dim),
                   np.full((rows, dim), np.nan, np.float32))[3]
     np.testing.assert_allclose(got, sink_combine.reference(m, l_, acc), rtol=2e-5, atol=2e-6)
@@ -152,6 +155,24 @@ def test_sink_combine_tiling():
     with pytest.raises(ValueError, match="does not fit"):
         sink_combine.choose_tile_rows("Ascend910B1", 64, 4, 8192)
     assert sink_combine.cost_counts(2, 3, 4) == {"flops": 2 * 3 * 14, "bytes": 4 * (12 + 24 + 8)}
+
+
+@needs_cpu_runner
+def test_norm_and_scores_950_tiling_cpu_numerics(tmp_path):
+    """RMSNorm and the router scores with the 950's tiles (and its vreduce syntax) on the CPU."""
+    rng = np.random.default_rng(11)
+    rows, dim = 60, 1024
+    assert [rmsnorm.choose_tile_rows(soc, rows, dim) for soc in SOCS] == [5, 6]
+    x = (rng.standard_normal((rows, dim)) * 3 + 0.5).astype(np.float32)
+    w = rng.standard_normal((1, dim)).astype(np.float32)
+    text = rmsnorm.emit(rows, dim, "Ascend950PR_9599", 1e-6)
+    assert "unsigned_src" in text
+    got = run_cpu(text, "tide_rmsnorm", tmp_path / "norm", x, w, np.full_like(x, np.nan))[2]
+    np.testing.assert_allclose(got, rmsnorm.reference(x, w, 1e-6), rtol=2e-5, atol=2e-5)
+    v = (rng.standard_normal((rows, 256)) * 8).astype(np.float32)
+    text = router_scores.emit(rows, 256, "Ascend950PR_9599")
+    got = run_cpu(text, "tide_router_scores", tmp_path / "scores", v, np.full_like(v, np.nan))[1]
+    np.testing.assert_allclose(got, router_scores.reference(v), rtol=1e-5, atol=1e-6)
 
 
 # ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------

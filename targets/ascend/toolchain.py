@@ -43,10 +43,13 @@ def missing() -> str | None:
 
 
 def missing_cpu_runner() -> str | None:
-    """What the CPU runner lacks (None: nothing)."""
-    if BIN is None or None in LLVM_TOOLS or not RUNNER_LIB.exists():
-        return ("ascendnpu-ir or Debian's LLVM/MLIR 19 tools (mlir-translate-19, llc-19, libmlir-19) are not "
-                "installed: ./setup.sh installs them")
+    """What the CPU runner lacks, by name (None: nothing)."""
+    lacking = [] if BIN is not None else ["ascendnpu-ir (pip install 'tide[ascend]')"]
+    lacking += [f"{t} (apt-get install {pkg})" for t, pkg, have in (
+        ("mlir-translate-19", "mlir-19-tools", LLVM_TOOLS[0]), ("llc-19", "llvm-19", LLVM_TOOLS[1]),
+        (str(RUNNER_LIB), "libmlir-19-dev", RUNNER_LIB.exists() or None)) if have is None]
+    if lacking:
+        return "the Ascend CPU runner lacks " + ", ".join(lacking) + "; ./setup.sh installs them"
     return None
 
 
@@ -64,6 +67,8 @@ def compile_check(text: str, soc: str, tmp: Path) -> Path:
     r = subprocess.run([str(BIN / s.tool), str(src), "--enable-hivm-compile", f"--target={soc}",
                         f"--save-temps={out}", "-o", str(out / "kernel")], capture_output=True, text=True,
                        timeout=300)
+    if r.returncode < 0:
+        raise ToolchainError(f"bishengir-compile for {soc} crashed (signal {-r.returncode}):\n{r.stderr[-3000:]}")
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error" in ln.lower()]
     other = [ln for ln in errors if "hivmc" not in ln and "Failed to run BiShengIR pipeline" not in ln]
     if other:
@@ -98,11 +103,16 @@ def _keep_only(llvm_text: str, name: str) -> str:
 
 def cpu_build(text: str, name: str, tmp: Path):
     """Emulated module (cube ops already rewritten, ``matmul.cpu_emulation``) -> the path of a shared
-    object exporting ``name`` with the MLIR memref calling convention."""
+    object exporting ``name`` with the MLIR memref calling convention.
+
+    Modules emitted for either SoC run: the conversion uses the 910B tool (the 950 tool's converter
+    does not lower load/store), so the 950 tool's extra ``vreduce`` attribute ``unsigned_src = false``
+    (the default, signed) is dropped first."""
     if missing_cpu_runner():
         raise ToolchainError(missing_cpu_runner())
+    tmp.mkdir(parents=True, exist_ok=True)
     up, host, low = tmp / "up.mlir", tmp / "host.mlir", tmp / "low.mlir"
-    (tmp / "emu.mlir").write_text(text)
+    (tmp / "emu.mlir").write_text(text.replace("unsigned_src = false ", ""))
     _run([str(BIN / "bishengir-opt"), "--execution-engine-convert-hivm-to-upstream", str(tmp / "emu.mlir"),
           "-o", str(up)], "convert-hivm-to-upstream")
     host.write_text(up.read_text().replace(

@@ -15,7 +15,7 @@ Per-target syntax: the 950 tool's ``vreduce`` takes an ``unsigned_src`` attribut
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost
+from tide.targets.ascend import cost, hivm
 from tide.targets.ascend.kernels import matmul
 
 LIVE_TILES = 4      # x, x^2, normalized x, y
@@ -45,7 +45,7 @@ def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None
     gm_w = matmul.gm((1, dim), "f32")
     T, C = f"tensor<{tr}x{dim}xf32>", f"tensor<{tr}x1xf32>"
     tile_t = f"memref<{tr}x{dim}xf32, strided<[{dim}, 1], offset: ?>, {matmul.GM}>"
-    reduce_attrs = ("unsigned_src = false " if s.name.startswith("Ascend950") else "") + "reduce_dims = [1]"
+    reduce_attrs = hivm.reduce_attrs(soc, [1])
     b = matmul.Body()
 
     def vop(op, ins, types, out_t, extra=""):

@@ -44,7 +44,8 @@ def emit(rows: int, inter: int, limit: float, soc: str, tiling: tuple[int, int] 
         raise ValueError(f"ascend swiglu: tile {tr}x{tc} does not divide h [{rows}, {inter}]")
     col_tiles = inter // tc
     tasks = rows // tr * col_tiles
-    gm_gu, gm_w, gm_h = matmul.gm((rows, 2 * inter), "f32"), matmul.gm((rows, 1), "f32"), matmul.gm((rows, inter), "f32")
+    gm_gu, gm_w = matmul.gm((rows, 2 * inter), "f32"), matmul.gm((rows, 1), "f32")
+    gm_h = matmul.gm((rows, inter), "f32")
     T = hivm.tensor_t((tr, tc))
     b = matmul.Body()
     v = hivm.Vector(b, soc, 3)
