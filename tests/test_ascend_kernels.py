@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tide.targets.ascend import cost, hivm, toolchain
-from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores, sink_combine, swiglu
+from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores, sink_combine, sink_softmax, swiglu
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_bishengir = pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
@@ -175,6 +175,71 @@ def test_norm_and_scores_950_tiling_cpu_numerics(tmp_path):
     np.testing.assert_allclose(got, router_scores.reference(v), rtol=1e-5, atol=1e-6)
 
 
+# ---- sink-attention decode softmax -------------------------------------------------------------------
+
+SOFTMAX_SHAPES = [(64, 512), (64, 4096), (37, 100), (128, 256)]   # V4-Flash's 64 heads, Pro's 128
+SCALE = 512 ** -0.5
+
+
+def softmax_inputs(heads: int, entries: int, seed: int):
+    rng = np.random.default_rng(seed)
+    s = (rng.standard_normal((heads, entries)) * 30).astype(np.float32)
+    bias = (rng.standard_normal((1, entries)) * 0.5).astype(np.float32)
+    bias[0, ::7] = -np.inf                                  # masked entries
+    sinks = (rng.standard_normal((heads, 1)) * 2).astype(np.float32)
+    sinks[0, 0] = 60.0                                       # a head whose sink takes (almost) everything
+    return s, bias, sinks
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("heads, entries", SOFTMAX_SHAPES)
+def test_sink_softmax_compiles(soc, heads, entries, tmp_path):
+    compiles(sink_softmax.emit(heads, entries, SCALE, soc), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("heads, entries", SOFTMAX_SHAPES)
+def test_sink_softmax_cpu_numerics(soc, heads, entries, tmp_path):
+    s, bias, sinks = softmax_inputs(heads, entries, heads * entries)
+    text = sink_softmax.emit(heads, entries, SCALE, soc)
+    got = run_cpu(text, "tide_sink_softmax", tmp_path, s, bias, sinks, np.full_like(s, np.nan))[3]
+    want = sink_softmax.reference(s, bias, sinks, SCALE)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
+    assert (got[:, ::7] == 0).all() and 1 - want[1:].sum(axis=1).min() < 0.5
+
+
+@needs_cpu_runner
+def test_sink_softmax_all_masked_and_planted_bug(tmp_path):
+    """Every entry masked: exact zeros (the sink takes all). Without the sink in the denominator
+    (planted: its exp scaled by 0) rows no longer match."""
+    heads, entries = 16, 256
+    s, bias, sinks = softmax_inputs(heads, entries, 2)
+    text = sink_softmax.emit(heads, entries, SCALE, "Ascend910B1")
+    masked = np.full_like(bias, -np.inf)
+    got = run_cpu(text, "tide_sink_softmax", tmp_path / "masked", s, masked, sinks, np.full_like(s, np.nan))[3]
+    assert (got == 0).all()
+    lines = text.split("\n")
+    at = next(i for i, ln in enumerate(lines) if "hivm.hir.vexp" in ln and "tensor<16x1xf32>" in ln)
+    den = next(i for i in range(at, len(lines)) if "hivm.hir.vadd" in lines[i])
+    lines[den] = lines[den].replace("hivm.hir.vadd", "hivm.hir.vmax")   # den = max(sum, exp(sink - M))
+    got = run_cpu("\n".join(lines), "tide_sink_softmax", tmp_path / "bad", s, bias, sinks, np.zeros_like(s))[3]
+    assert np.abs(got - sink_softmax.reference(s, bias, sinks, SCALE)).max() > 1e-3
+
+
+def test_sink_softmax_tiling():
+    for soc in SOCS:
+        ub = cost.soc(soc).ub
+        for heads, entries in SOFTMAX_SHAPES:
+            tr = sink_softmax.choose_tile_rows(soc, heads, entries)
+            assert heads % tr == 0
+            assert sink_softmax.BUFFERING * 4 * entries * (sink_softmax.LIVE_TILES * tr + 1) <= ub
+    with pytest.raises(ValueError, match="sink softmax: one row"):
+        sink_softmax.choose_tile_rows("Ascend910B1", 64, 16384)
+    assert sink_softmax.cost_counts(2, 3) == {"flops": 42, "bytes": 4 * (12 + 5)}
+
+
 # ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------
 
 OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tide's tiling rule)
@@ -182,6 +247,7 @@ OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tid
     "router_scores": lambda soc: router_scores.emit(512, 384, soc, tile_rows=512),
     "swiglu": lambda soc: swiglu.emit(64, 2048, LIMIT, soc, tiling=(64, 2048)),
     "sink_combine": lambda soc: sink_combine.emit(64, 4, 512, soc, tile_rows=64),
+    "sink_softmax": lambda soc: sink_softmax.emit(64, 4096, SCALE, soc, tile_rows=64),
 }
 
 
