@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tide.targets.ascend import cost, hivm, toolchain
-from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores, sink_combine, sink_softmax, swiglu
+from tide.targets.ascend.kernels import (compressor_pool, matmul, rmsnorm, router_scores, sink_combine, sink_softmax,
+                                        swiglu)
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_bishengir = pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
@@ -235,9 +236,64 @@ def test_sink_softmax_tiling():
             tr = sink_softmax.choose_tile_rows(soc, heads, entries)
             assert heads % tr == 0
             assert sink_softmax.BUFFERING * 4 * entries * (sink_softmax.LIVE_TILES * tr + 1) <= ub
-    with pytest.raises(ValueError, match="sink softmax: one row"):
+    with pytest.raises(ValueError, match="sink softmax: the smallest tile"):
         sink_softmax.choose_tile_rows("Ascend910B1", 64, 16384)
     assert sink_softmax.cost_counts(2, 3) == {"flops": 42, "bytes": 4 * (12 + 5)}
+
+
+# ---- compressor slot pooling --------------------------------------------------------------------------
+
+POOL_SHAPES = [(4, 8, 512), (2, 128, 512), (3, 8, 128)]   # V4 CSA (ratio 4, overlap: 8 slots), HCA (128)
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("windows, slots, dim", POOL_SHAPES)
+def test_compressor_pool_compiles(soc, windows, slots, dim, tmp_path):
+    compiles(compressor_pool.emit(windows, slots, dim, soc), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("windows, slots, dim", POOL_SHAPES)
+def test_compressor_pool_cpu_numerics(soc, windows, slots, dim, tmp_path):
+    rng = np.random.default_rng(windows * slots + dim)
+    score = (rng.standard_normal((windows, slots, dim)) * 4).astype(np.float32)
+    score[0, 0, :3] = np.finfo(np.float32).min           # slots before position 0: weight 0
+    score[-1, -1, :5] = 60.0                              # one slot takes a channel's whole weight
+    kv = rng.standard_normal((windows, slots, dim)).astype(np.float32)
+    text = compressor_pool.emit(windows, slots, dim, soc)
+    got = run_cpu(text, "tide_compressor_pool", tmp_path, score.reshape(-1, dim), kv.reshape(-1, dim),
+                  np.full((windows, dim), np.nan, np.float32))[2]
+    np.testing.assert_allclose(got, compressor_pool.reference(score, kv), rtol=1e-5, atol=3e-6)
+
+
+@needs_cpu_runner
+def test_compressor_pool_planted_bug(tmp_path):
+    """The scores read from kv (a swapped operand): far past the tolerance."""
+    windows, slots, dim = 4, 8, 512
+    rng = np.random.default_rng(9)
+    score = (rng.standard_normal((windows, slots, dim)) * 4).astype(np.float32)
+    kv = rng.standard_normal((windows, slots, dim)).astype(np.float32)
+    text = compressor_pool.emit(windows, slots, dim, "Ascend910B1")
+    assert text.count("memref.subview %SC[") == 1
+    bad = text.replace("memref.subview %SC[", "memref.subview %KV[")
+    got = run_cpu(bad, "tide_compressor_pool", tmp_path, score.reshape(-1, dim), kv.reshape(-1, dim),
+                  np.zeros((windows, dim), np.float32))[2]
+    assert np.abs(got - compressor_pool.reference(score, kv)).max() > 1e-2
+
+
+def test_compressor_pool_tiling():
+    for soc in SOCS:
+        ub = cost.soc(soc).ub
+        for windows, slots, dim in POOL_SHAPES:
+            tc = compressor_pool.choose_tile_cols(soc, slots, dim)
+            assert dim % tc == 0
+            assert compressor_pool.LIVE_TILES * compressor_pool.BUFFERING * slots * tc * 4 <= ub
+    assert compressor_pool.choose_tile_cols("Ascend910B1", 128, 512) < 512     # HCA windows are cut in channels
+    with pytest.raises(ValueError, match="at least 2 slots"):
+        compressor_pool.choose_tile_cols("Ascend910B1", 1, 512)
+    assert compressor_pool.cost_counts(1, 2, 3) == {"flops": 36, "bytes": 4 * (12 + 3)}
 
 
 # ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------
@@ -248,6 +304,7 @@ OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tid
     "swiglu": lambda soc: swiglu.emit(64, 2048, LIMIT, soc, tiling=(64, 2048)),
     "sink_combine": lambda soc: sink_combine.emit(64, 4, 512, soc, tile_rows=64),
     "sink_softmax": lambda soc: sink_softmax.emit(64, 4096, SCALE, soc, tile_rows=64),
+    "compressor_pool": lambda soc: compressor_pool.emit(2, 128, 512, soc, tile_cols=512),
 }
 
 

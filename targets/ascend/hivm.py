@@ -87,6 +87,7 @@ def tile_rows(soc: str, rows: int, row_bytes: int, live: int, fixed_bytes: int =
     ub = cost.soc(soc).ub
     limit = (ub - fixed_bytes * buffering) // (live * buffering * row_bytes)
     if limit < 1:
-        raise ValueError(f"ascend {what}: one row ({live} live tiles of {row_bytes} bytes, x{buffering} buffering"
+        raise ValueError(f"ascend {what}: the smallest tile ({live} live blocks of {row_bytes} bytes, x{buffering}"
+                         f" buffering"
                          f", plus {fixed_bytes} bytes) does not fit {soc}'s {ub} byte unified buffer")
     return largest_divisor_at_most(rows, limit)
