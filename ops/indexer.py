@@ -16,9 +16,9 @@ picks first, then, when fewer than top_k entries are visible, the invisible entr
 order; ``valid = index < (pos + 1) // ratio``.
 
 ``splits`` cuts the entry list into ranges whose top-k lists are merged by a second stage (decode
-of one query over a long context). The q and weight projections are GEMMs: on the CPU for more
-than one token ``tide.ops.compressor_proj`` (the generic GEMM rule streams the whole weight per
-4-row tile), the compiler's generic path otherwise.
+of one query over a long context). The q and weight projections are GEMMs: CPU prefill (S > 1)
+runs them as ``tide.ops.compressor_proj`` (the generic GEMM rule streams the whole weight per
+4-row tile: 8x slower at V4-Flash's 64-token chunk), decode keeps the compiler's generic path.
 """
 
 from __future__ import annotations
@@ -345,8 +345,9 @@ def cost(batch: int, seq: int, heads: int, head_dim: int, visible: int, top_k: i
 
 
 def _projection(bb, x, weight, target_kind, report):
-    """``x weight^T`` ``[B, S, F]``: on the CPU for more than one token, ``tide.ops.compressor_proj``
-    (a weight panel kept in cache across the token tiles); otherwise the compiler's generic GEMM."""
+    """``x weight^T`` ``[B, S, F]``: CPU prefill (S > 1) through ``tide.ops.compressor_proj`` (a
+    weight panel kept in cache across the token tiles); decode and other targets through the
+    compiler's generic GEMM."""
     from tvm import relax
 
     from ..targets import attention
@@ -354,7 +355,7 @@ def _projection(bb, x, weight, target_kind, report):
 
     B, S, D = (int(d) for d in x.ty.shape)
     F = int(weight.ty.shape[0])
-    if target_kind != "cpu" or B * S == 1 or not attention.compressor_projection_fits(B * S, D, F):
+    if target_kind != "cpu" or S == 1 or not attention.compressor_projection_fits(B * S, D, F):
         return bb.emit(relax.op.linear(x, weight))
     name = f"tide_indexer_proj_{B * S}x{D}x{F}"
     func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(B * S, D, F, name))

@@ -330,9 +330,9 @@ def test_lightning_indexer_matches_transformers(case):
 
 @pytest.mark.parametrize("batch,seq,heads", [(1, 1, 16), (2, 1, 16), (1, 3, 16), (2, 8, 16), (2, 8, 24)])
 def test_lightning_indexer_cpu_projections(batch, seq, heads):
-    """On the CPU more than one token runs each projection through tide.ops.compressor_proj (token
-    counts on and off its 4-row tile); one token, and an output width that is no multiple of 16
-    (24 heads: the head weights), keep the generic GEMM. The picks match the float64 reference."""
+    """CPU prefill (seq > 1) runs each projection through tide.ops.compressor_proj (token counts on
+    and off its 4-row tile); decode (even of two rows), and an output width that is no multiple of
+    16 (24 heads: the head weights), keep the generic GEMM. The picks match the float64 reference."""
     rng = np.random.default_rng(batch * 1000 + seq * 100 + heads)
     B, Di, rd, K, C, ratio, q_lora, hidden = batch, 32, 16, 6, 33, 4, 48, 64
     start = np.array([90, 13][:B], np.int64)
@@ -349,7 +349,7 @@ def test_lightning_indexer_cpu_projections(batch, seq, heads):
     names = sorted(n for n in report.kernels if n.startswith("tide_indexer_proj_"))
     tokens = B * seq
     want_names = sorted(f"tide_indexer_proj_{tokens}x{dim}x{width}"
-                        for dim, width in ((q_lora, heads * Di), (hidden, heads)) if tokens > 1 and width % 16 == 0)
+                        for dim, width in ((q_lora, heads * Di), (hidden, heads)) if seq > 1 and width % 16 == 0)
     assert names == want_names
     ex = tvm.compile(bb.get(), target=_target())
     got_idx, got_valid = (o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](
