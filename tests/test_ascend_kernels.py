@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from tide.targets.ascend import cost, hivm, toolchain
-from tide.targets.ascend.kernels import (compressor_pool, matmul, rmsnorm, router_scores, sink_combine, sink_softmax,
-                                        swiglu)
+from tide.ops import rope as rope_op
+from tide.targets.ascend.kernels import (compressor_pool, matmul, rmsnorm, rope, router_scores, sink_combine,
+                                        sink_softmax, swiglu)
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_bishengir = pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
@@ -296,6 +297,69 @@ def test_compressor_pool_tiling():
     assert compressor_pool.cost_counts(1, 2, 3) == {"flops": 36, "bytes": 4 * (12 + 3)}
 
 
+# ---- RoPE --------------------------------------------------------------------------------------------
+
+# (rows, dim, rope_dim, groups, inverse): q heads (64 per token, 2 tokens), kv latent (a group per row),
+# the attention output's inverse rotation, rope over the whole row
+ROPE_CASES = [(128, 512, 64, 2, False), (16, 512, 64, 16, False), (64, 512, 64, 1, True), (8, 64, 64, 1, False)]
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, dim, rope_dim, groups, inverse", ROPE_CASES)
+def test_rope_compiles(soc, rows, dim, rope_dim, groups, inverse, tmp_path):
+    compiles(rope.emit(rows, dim, rope_dim, groups, soc, inverse), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, dim, rope_dim, groups, inverse", ROPE_CASES)
+def test_rope_cpu_numerics(soc, rows, dim, rope_dim, groups, inverse, tmp_path):
+    """Against tide.ops.rope's float64 reference (its broadcast of a group's table over its rows)."""
+    rng = np.random.default_rng(rows + dim + groups)
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    angle = rng.random((groups, rope_dim // 2)) * 6
+    cos, sin = np.cos(angle).astype(np.float32), np.sin(angle).astype(np.float32)
+    text = rope.emit(rows, dim, rope_dim, groups, soc, inverse)
+    got = run_cpu(text, "tide_rope", tmp_path, x, cos, sin, np.full_like(x, np.nan))[3]
+    want = rope_op.reference(x.reshape(groups, rows // groups, dim), cos[:, None, :], sin[:, None, :], rope_dim,
+                             inverse).reshape(rows, dim)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+@needs_cpu_runner
+def test_rope_planted_bug(tmp_path):
+    """Pairs read one channel off (odd members from the next pair's even channel): caught."""
+    rows, dim, rope_dim = 16, 128, 64
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    cos, sin = rng.standard_normal((2, rows, rope_dim // 2)).astype(np.float32)
+    text = rope.emit(rows, dim, rope_dim, rows, "Ascend910B1")
+    odd = f"%c{dim - rope_dim + 1}_index] [{rows}, {rope_dim // 2}] [1, 2]"
+    assert odd in text
+    lines = text.split("\n")
+    i = next(i for i, ln in enumerate(lines) if "memref.subview %X[" in ln and odd in ln)
+    lines[i] = lines[i].replace(odd, f"%c{dim - rope_dim}_index] [{rows}, {rope_dim // 2}] [1, 2]")
+    got = run_cpu("\n".join(lines), "tide_rope", tmp_path, x, cos, sin, np.zeros_like(x))[3]
+    want = rope_op.reference(x, cos, sin, rope_dim)
+    assert np.abs(got - want).max() > 1e-2
+
+
+def test_rope_tiling_and_errors():
+    for soc in SOCS:
+        for rows, dim, rope_dim, groups, _ in ROPE_CASES:
+            tr = rope.choose_tile_rows(soc, rows, dim, rope_dim, groups)
+            per_group = rows // groups
+            assert (per_group % tr == 0) if per_group > 1 else rows % tr == 0
+    with pytest.raises(ValueError, match="must be even"):
+        rope.emit(8, 64, 63, 1, "Ascend910B1")
+    with pytest.raises(ValueError, match="groups do not divide"):
+        rope.emit(8, 64, 64, 3, "Ascend910B1")
+    with pytest.raises(ValueError, match="rows of a cos/sin group"):
+        rope.emit(128, 512, 64, 2, "Ascend910B1", tile_rows=128)
+    assert rope.cost_counts(2, 8, 4, 1) == {"flops": 2 * 2 * 6, "bytes": 4 * (32 + 4)}
+
+
 # ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------
 
 OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tide's tiling rule)
@@ -305,6 +369,7 @@ OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tid
     "sink_combine": lambda soc: sink_combine.emit(64, 4, 512, soc, tile_rows=64),
     "sink_softmax": lambda soc: sink_softmax.emit(64, 4096, SCALE, soc, tile_rows=64),
     "compressor_pool": lambda soc: compressor_pool.emit(2, 128, 512, soc, tile_cols=512),
+    "rope": lambda soc: rope.emit(1024, 512, 64, 1, soc, tile_rows=1024),
 }
 
 
