@@ -411,3 +411,26 @@ def test_unit_broadcast_regression_workaround(tmp_path):
     with pytest.raises(toolchain.ToolchainError, match="broadcast dim exceeds op's rank"):
         toolchain.compile_check(bad, "Ascend950PR_9599", tmp_path / "bad")
     compiles(sink_combine.emit(8, 1, 64, "Ascend950PR_9599"), "Ascend950PR_9599", tmp_path / "good")
+
+
+# ---- the toolchain itself -----------------------------------------------------------------------------
+
+@needs_bishengir
+def test_compile_check_reports_the_tools_error(tmp_path):
+    """A module bishengir cannot parse is a ToolchainError carrying the tool's own message."""
+    with pytest.raises(toolchain.ToolchainError, match="custom op 'hivm.hir.vfoo'|hivm.hir.vfoo"):
+        toolchain.compile_check(swiglu.emit(16, 256, LIMIT, "Ascend910B1").replace("hivm.hir.vexp", "hivm.hir.vfoo"),
+                                "Ascend910B1", tmp_path)
+
+
+def test_missing_pieces_are_named(monkeypatch):
+    """Each absent piece of the CPU runner is named with the package that provides it."""
+    monkeypatch.setattr(toolchain, "LLVM_TOOLS", [None, "/usr/bin/llc-19"])
+    monkeypatch.setattr(toolchain, "RUNNER_LIB", Path("/nonexistent/libmlir_c_runner_utils.so"))
+    msg = toolchain.missing_cpu_runner()
+    assert "mlir-translate-19 (apt-get install mlir-19-tools)" in msg and "libmlir-19-dev" in msg
+    assert "llc-19" not in msg
+    monkeypatch.setattr(toolchain, "BIN", None)
+    assert "pip install 'tide[ascend]'" in toolchain.missing()
+    with pytest.raises(toolchain.ToolchainError, match="ascendnpu-ir"):
+        toolchain.compile_check("module {}", "Ascend910B1", Path("/nonexistent"))

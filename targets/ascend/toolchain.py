@@ -35,6 +35,7 @@ def bin_dir() -> Path | None:
 BIN = bin_dir()
 LLVM_TOOLS = [shutil.which(t) for t in ("mlir-translate-19", "llc-19")]
 RUNNER_LIB = Path("/usr/lib/llvm-19/lib/libmlir_c_runner_utils.so")
+TIMEOUT_S = 300  # per tool invocation
 
 
 def missing() -> str | None:
@@ -64,9 +65,8 @@ def compile_check(text: str, soc: str, tmp: Path) -> Path:
     src.write_text(text)
     out = tmp / f"out-{soc}"
     out.mkdir()
-    r = subprocess.run([str(BIN / s.tool), str(src), "--enable-hivm-compile", f"--target={soc}",
-                        f"--save-temps={out}", "-o", str(out / "kernel")], capture_output=True, text=True,
-                       timeout=300)
+    r = _subprocess([str(BIN / s.tool), str(src), "--enable-hivm-compile", f"--target={soc}",
+                     f"--save-temps={out}", "-o", str(out / "kernel")], f"bishengir-compile for {soc}")
     if r.returncode < 0:
         raise ToolchainError(f"bishengir-compile for {soc} crashed (signal {-r.returncode}):\n{r.stderr[-3000:]}")
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error" in ln.lower()]
@@ -79,8 +79,16 @@ def compile_check(text: str, soc: str, tmp: Path) -> Path:
     return opt
 
 
+def _subprocess(cmd, what, env=None):
+    """The finished process; a run past TIMEOUT_S is a ToolchainError naming ``what``."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    except subprocess.TimeoutExpired:
+        raise ToolchainError(f"{what} did not finish within {TIMEOUT_S} s") from None
+
+
 def _run(cmd, what):
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    r = _subprocess(cmd, what)
     if r.returncode != 0:
         raise ToolchainError(f"{what} failed:\n{r.stderr[-3000:]}")
 
@@ -154,8 +162,8 @@ def cpu_run(so: Path, name: str, blocks: int, *arrays):
     path = so.parent / "io.npz"
     raw = [np.ascontiguousarray(a).view(f"u{a.itemsize}") for a in arrays]
     np.savez(path, **{f"a{i}": a for i, a in enumerate(raw)})
-    r = subprocess.run([sys.executable, "-c", _CHILD, str(so), name, str(path), str(blocks)],
-                       env={**os.environ, "MALLOC_PERTURB_": "165"}, capture_output=True, text=True, timeout=300)
+    r = _subprocess([sys.executable, "-c", _CHILD, str(so), name, str(path), str(blocks)], f"CPU run of {name}",
+                    env={**os.environ, "MALLOC_PERTURB_": "165"})
     if r.returncode != 0:
         raise ToolchainError(f"CPU run of {name} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
     out = np.load(path)
