@@ -56,8 +56,7 @@ def swiglu_inputs(rows: int, inter: int, seed: int):
 @pytest.mark.parametrize("soc", SOCS)
 @pytest.mark.parametrize("rows, inter", SWIGLU_SHAPES)
 def test_swiglu_compiles(soc, rows, inter, tmp_path):
-    opt = compiles(swiglu.emit(rows, inter, LIMIT, soc), soc, tmp_path)
-    assert "vexp" in opt or "exp" in opt
+    compiles(swiglu.emit(rows, inter, LIMIT, soc), soc, tmp_path)
 
 
 @needs_cpu_runner
@@ -209,7 +208,8 @@ def test_sink_softmax_cpu_numerics(soc, heads, entries, tmp_path):
     got = run_cpu(text, "tide_sink_softmax", tmp_path, s, bias, sinks, np.full_like(s, np.nan))[3]
     want = sink_softmax.reference(s, bias, sinks, SCALE)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-8)
-    assert (got[:, ::7] == 0).all() and 1 - want[1:].sum(axis=1).min() < 0.5
+    assert (got[:, ::7] == 0).all()
+    assert want[0].sum() < 1e-3 < 0.5 < want[1:].sum(axis=1).min()  # both regimes: sink-dominated and not
 
 
 @needs_cpu_runner
