@@ -360,6 +360,61 @@ def test_rope_tiling_and_errors():
     assert rope.cost_counts(2, 8, 4, 1) == {"flops": 2 * 2 * 6, "bytes": 4 * (32 + 4)}
 
 
+# ---- RMSNorm rows longer than the UB (column-split form) ---------------------------------------------
+
+PRO_SHAPES = [(16, 7168), (37, 7168)]   # V4-Pro's hidden size
+
+
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, dim", PRO_SHAPES)
+def test_rmsnorm_split_compiles(soc, rows, dim, tmp_path):
+    assert not rmsnorm.row_fits(soc, dim)
+    compiles(rmsnorm.emit(rows, dim, soc, 1e-6), soc, tmp_path)
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
+@pytest.mark.parametrize("rows, dim", PRO_SHAPES)
+def test_rmsnorm_split_cpu_numerics(soc, rows, dim, tmp_path):
+    rng = np.random.default_rng(rows * dim)
+    x = (rng.standard_normal((rows, dim)) * 3 + 0.5).astype(np.float32)
+    w = rng.standard_normal((1, dim)).astype(np.float32)
+    text = rmsnorm.emit(rows, dim, soc, 1e-6)
+    got = run_cpu(text, "tide_rmsnorm", tmp_path, x, w, np.full_like(x, np.nan))[2]
+    np.testing.assert_allclose(got, rmsnorm.reference(x, w, 1e-6), rtol=2e-5, atol=2e-5)
+
+
+@needs_cpu_runner
+def test_rmsnorm_split_planted_bug(tmp_path):
+    """The column blocks' sums of squares combined by max instead of added: caught."""
+    rows, dim = 16, 7168
+    tr, cb = rmsnorm.choose_split("Ascend910B1", rows, dim)
+    assert dim // cb >= 2
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((rows, dim)).astype(np.float32)
+    w = rng.standard_normal((1, dim)).astype(np.float32)
+    text = rmsnorm.emit(rows, dim, "Ascend910B1", 1e-6)
+    lines = text.split("\n")
+    first_sum = next(i for i, ln in enumerate(lines) if "hivm.hir.vadd" in ln and f"tensor<{tr}x1xf32>, tensor<" in ln)
+    lines[first_sum] = lines[first_sum].replace("hivm.hir.vadd", "hivm.hir.vmax")
+    got = run_cpu("\n".join(lines), "tide_rmsnorm", tmp_path, x, w, np.zeros_like(x))[2]
+    assert np.abs(got - rmsnorm.reference(x, w, 1e-6)).max() > 1e-2
+
+
+def test_rmsnorm_split_tiling():
+    for soc in SOCS:
+        ub = cost.soc(soc).ub
+        for rows, dim in PRO_SHAPES:
+            tr, cb = rmsnorm.choose_split(soc, rows, dim)
+            assert rows % tr == 0 and dim % cb == 0
+            assert (rmsnorm.SPLIT_LIVE_TILES * tr + 1) * cb * 4 * rmsnorm.BUFFERING <= ub
+        for dim in (128, 4096, 7168):   # the split form exactly where the one-pass tiles do not fit
+            assert rmsnorm.row_fits(soc, dim) == (dim != 7168)
+    with pytest.raises(ValueError, match="does not divide"):
+        rmsnorm.emit_split(16, 7168, "Ascend910B1", 1e-6, split=(3, 3584))
+
+
 # ---- every vector kernel: UB overflow refused, per-SoC syntax ---------------------------------------
 
 OVERSIZED = {  # one tile far larger than any UB (bishengir's own check, not tide's tiling rule)

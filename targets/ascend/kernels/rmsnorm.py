@@ -21,6 +21,7 @@ from tide.targets.ascend.kernels import matmul
 LIVE_TILES = 4      # x, x^2, normalized x, y
 BUFFERING = 2       # double buffering of the tile loop
 FLOPS_PER_ELEMENT = 4  # square, sum, divide, weight
+SPLIT_LIVE_TILES = 3   # column-split form: x block, its square / the normalized block, y block
 
 
 def choose_tile_rows(soc: str, rows: int, dim: int) -> int:
@@ -33,8 +34,27 @@ def choose_tile_rows(soc: str, rows: int, dim: int) -> int:
     return max(t for t in range(1, min(rows, limit) + 1) if rows % t == 0)
 
 
+def row_fits(soc: str, dim: int) -> bool:
+    """Whether one row's tiles fit the UB (else ``emit`` cuts rows into column blocks)."""
+    return (LIVE_TILES + 1) * BUFFERING * dim * 4 <= cost.soc(soc).ub
+
+
+def choose_split(soc: str, rows: int, dim: int) -> tuple[int, int]:
+    """(tile_rows, col_block) of the column-split form: the largest divisor of ``dim`` whose
+    ``SPLIT_LIVE_TILES`` one-row blocks and weight block fit the UB double-buffered, then the most
+    rows of such blocks."""
+    ub = cost.soc(soc).ub
+    cb = hivm.largest_divisor_at_most(dim, ub // ((SPLIT_LIVE_TILES + 1) * BUFFERING * 4))
+    tr = hivm.tile_rows(soc, rows, 4 * cb, SPLIT_LIVE_TILES, fixed_bytes=4 * cb, buffering=BUFFERING,
+                        what="rmsnorm")
+    return tr, cb
+
+
 def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None, name: str = "tide_rmsnorm") -> str:
-    """HIVM module of RMSNorm ``(x [rows, dim] f32, w [1, dim] f32, y [rows, dim] f32)`` for ``soc``."""
+    """HIVM module of RMSNorm ``(x [rows, dim] f32, w [1, dim] f32, y [rows, dim] f32)`` for ``soc``;
+    rows too long for the UB (V4-Pro's 7168 on 910B) take the column-split form (``emit_split``)."""
+    if tile_rows is None and not row_fits(soc, dim):
+        return emit_split(rows, dim, soc, eps, name=name)
     s = cost.soc(soc)
     tr = tile_rows or choose_tile_rows(soc, rows, dim)
     if rows % tr:
@@ -75,6 +95,42 @@ def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None
     yv = b.op("yv", f"memref.subview %Y[{r0}, 0] [{tr}, {dim}] [1, 1] : {gm_x} to {tile_t}", 3)
     b.emit(f"hivm.hir.store ins({y} : {T}) outs({yv} : {tile_t})", 3)
     b.emit("}", 2)
+    return matmul.function(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], b, blocks)
+
+
+def emit_split(rows: int, dim: int, soc: str, eps: float, split: tuple[int, int] | None = None,
+               name: str = "tide_rmsnorm") -> str:
+    """The column-split form, same signature as ``emit``: per row tile, a first pass over the
+    column blocks sums the squares (``vreduce`` per block, added up), a second reloads each block,
+    divides it by the root and multiplies by the weight block. x is read twice from GM."""
+    tr, cb = split or choose_split(soc, rows, dim)
+    if rows % tr or dim % cb:
+        raise ValueError(f"ascend rmsnorm: split {tr}x{cb} does not divide x [{rows}, {dim}]")
+    tiles, nblk = rows // tr, dim // cb
+    gm_x, gm_w = matmul.gm((rows, dim), "f32"), matmul.gm((1, dim), "f32")
+    T, C = hivm.tensor_t((tr, cb)), hivm.tensor_t((tr, 1))
+    b = matmul.Body()
+    v = hivm.Vector(b, soc, 3)
+    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
+    inv = b.op("inv", f"arith.constant {1.0 / dim:e} : f32", 2)
+    epsv = b.op("eps", f"arith.constant {float(eps):e} : f32", 2)
+    task = matmul.emit_block_loop(b, b.const(tiles), 2)
+    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
+    total = None
+    for j in range(nblk):
+        x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
+        part = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
+        total = part if total is None else v.op("vadd", [total, part], [C, C], C)
+    mean = v.op("vmul", [total, inv], [C, "f32"], C)
+    root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
+    for j in range(nblk):
+        x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
+        w = v.load("%W", gm_w, [b.const(0), b.const(j * cb)], (1, cb), dim)
+        xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
+        y = v.op("vmul", [xn, w], [T, hivm.tensor_t((1, cb))], T, " broadcast = [0]")
+        v.store(y, "%Y", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
+    b.emit("}", 2)
+    blocks = min(tiles, cost.soc(soc).vector_cores)
     return matmul.function(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], b, blocks)
 
 
