@@ -59,7 +59,7 @@ def test_rmsnorm_cpu_check_catches_a_planted_bug(tmp_path):
 
 def test_tiling_fits():
     """Tiles divide the rows and fit the UB with the weight row, double-buffered; a row too long
-    for one tile (V4-Pro's 7168: column-split not written yet) is a clear error."""
+    for one row tile (V4-Pro's 7168, which the column-split form serves) is refused by the row tiling."""
     for soc in SOCS:
         s = cost.soc(soc)
         for rows, dim in SHAPES + [(512, 4096), (4096, 1024)]:
