@@ -191,7 +191,7 @@ for i in range({K}):
     return f'''
 @T.prim_func(s_tir=True)
 def {name}({", ".join(params)}):
-    T.func_attr({{"global_symbol": "{name}", "tir.noalias": True}})
+    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
     with T.sblock("root"):{part_allocs}
         for b, s, p in T.grid({B}, {S}, {P}):
             with T.sblock("score"):
