@@ -3,6 +3,24 @@ and how every kernel is scheduled for it."""
 
 import textwrap
 
+VECTOR = 16  # fp32 lanes of a 512-bit register
+
+
+def loop_extent(sch, loop) -> int:
+    """The constant extent of ``loop`` in schedule ``sch``."""
+    return int(sch.get(loop).extent)
+
+
+def vectorize(sch, loop, lanes: int = VECTOR) -> None:
+    """Vectorizes ``loop`` in chunks of ``lanes`` (the whole loop when it is shorter; left scalar
+    when ``lanes`` does not divide it)."""
+    n = loop_extent(sch, loop)
+    if n <= lanes:
+        sch.vectorize(loop)
+    elif n % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
+
 
 def row_loop(target_kind: str, var: str, rows: int, body: str) -> str:
     """TVMScript of a loop over ``rows`` independent rows that runs ``body`` (TVMScript text using

@@ -22,7 +22,9 @@ from __future__ import annotations
 import math
 import os
 
-VECTOR = 16  # fp32 lanes of a 512-bit register
+from . import VECTOR, vectorize
+from . import loop_extent as _extent
+
 CPU_ENTRY_BLOCK = 8  # entries per tile on the CPU (the logits tile is 8 vectors of 16 heads)
 CUDA_ENTRY_BLOCK = 16
 CUDA_CTAS = 264  # two waves' worth of thread blocks on a 132-SM H100/H200
@@ -67,20 +69,9 @@ def schedule(func, target_kind: str):
     raise ValueError(f"no attention schedule for target '{target_kind}'")
 
 
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
 def _vectorize_last(sch, block, lanes: int = VECTOR) -> None:
-    """Vectorizes the innermost loop of ``block`` in chunks of ``lanes`` (the whole loop when it
-    is shorter)."""
-    loop = sch.get_loops(block)[-1]
-    n = _extent(sch, loop)
-    if n <= lanes:
-        sch.vectorize(loop)
-    elif n % lanes == 0:
-        _, inner = sch.split(loop, factors=[None, lanes])
-        sch.vectorize(inner)
+    """Vectorizes the innermost loop of ``block`` in chunks of ``lanes``."""
+    vectorize(sch, sch.get_loops(block)[-1], lanes)
 
 
 def schedule_cpu(func, target=None):

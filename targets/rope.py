@@ -17,7 +17,10 @@ reduction into shared memory.
 
 from __future__ import annotations
 
-VECTOR = 16  # fp32 lanes of a 512-bit register
+from . import VECTOR
+from . import loop_extent as _extent
+from . import vectorize as _vectorize
+
 CUDA_THREADS = 128
 
 
@@ -51,20 +54,6 @@ def _has_block(sch, name: str) -> bool:
     except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
         return False
     return True
-
-
-def _extent(sch, loop) -> int:
-    return int(sch.get(loop).extent)
-
-
-def _vectorize(sch, loop) -> None:
-    """``loop`` in 16-lane vectors (whole when shorter; left scalar when it does not divide)."""
-    n = _extent(sch, loop)
-    if n <= VECTOR:
-        sch.vectorize(loop)
-    elif n % VECTOR == 0:
-        _, inner = sch.split(loop, factors=[None, VECTOR])
-        sch.vectorize(inner)
 
 
 def schedule_cpu(func, target=None):
