@@ -219,23 +219,11 @@ def cost(batch: int, seq: int, ratio: int, overlap: int, head_dim: int, itemsize
 def _projection(bb, x, weight, target_kind, report):
     """``x weight^T`` ``[B, S, F]``: ``tide.ops.compressor_proj`` on the CPU, the generic GEMM
     elsewhere (or for a width its CPU schedule does not tile)."""
-    from tvm import relax
-
-    from ..targets import attention
     from . import compressor_proj
 
-    B, S, D = (int(d) for d in x.ty.shape)
-    F = int(weight.ty.shape[0])
-    if target_kind != "cpu" or not attention.compressor_projection_fits(B * S, D, F):
-        return bb.emit(relax.op.linear(x, weight))
-    name = f"tide_compressor_proj_{B * S}x{D}x{F}"
-    func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(B * S, D, F, name))
-    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
-    report.add(name, f"tide.Compressor projection [{B * S} tokens x {D} -> {F}]")
-    tokens = bb.emit(relax.op.reshape(x, (B * S, D)))
-    w_t = bb.emit(relax.op.permute_dims(weight))  # folded at compile time for a constant weight
-    out = bb.emit(relax.call_tir(gv, [tokens, w_t], out_ty=relax.TensorType((B * S, F), "float32")))
-    return bb.emit(relax.op.reshape(out, (B, S, F)))
+    return compressor_proj.relax_linear(bb, x, weight, target_kind=target_kind, report=report,
+                                        kernel="tide_compressor_proj",
+                                        label="tide.Compressor projection", min_tokens=1)
 
 
 def relax_convert(bb, inputs, attrs, *, target_kind, report):

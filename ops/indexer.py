@@ -348,23 +348,11 @@ def _projection(bb, x, weight, target_kind, report):
     """``x weight^T`` ``[B, S, F]``: CPU prefill (S > 1) through ``tide.ops.compressor_proj`` (a
     weight panel kept in cache across the token tiles); decode and other targets through the
     compiler's generic GEMM."""
-    from tvm import relax
-
-    from ..targets import attention
     from . import compressor_proj
 
-    B, S, D = (int(d) for d in x.ty.shape)
-    F = int(weight.ty.shape[0])
-    if target_kind != "cpu" or S == 1 or not attention.compressor_projection_fits(B * S, D, F):
-        return bb.emit(relax.op.linear(x, weight))
-    name = f"tide_indexer_proj_{B * S}x{D}x{F}"
-    func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(B * S, D, F, name))
-    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
-    report.add(name, f"tide.LightningIndexer projection [{B * S} tokens x {D} -> {F}]")
-    tokens = bb.emit(relax.op.reshape(x, (B * S, D)))
-    w_t = bb.emit(relax.op.permute_dims(weight))  # folded at compile time for a constant weight
-    out = bb.emit(relax.call_tir(gv, [tokens, w_t], out_ty=relax.TensorType((B * S, F), "float32")))
-    return bb.emit(relax.op.reshape(out, (B, S, F)))
+    return compressor_proj.relax_linear(bb, x, weight, target_kind=target_kind, report=report,
+                                        kernel="tide_indexer_proj",
+                                        label="tide.LightningIndexer projection", min_tokens=2)
 
 
 def relax_convert(bb, inputs, attrs, *, target_kind, report):
