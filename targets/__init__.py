@@ -11,6 +11,15 @@ def loop_extent(sch, loop) -> int:
     return int(sch.get(loop).extent)
 
 
+def has_block(sch, name: str) -> bool:
+    """Whether schedule ``sch`` has a block named ``name``."""
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
+        return False
+    return True
+
+
 def vectorize(sch, loop, lanes: int = VECTOR) -> None:
     """Vectorizes ``loop`` in chunks of ``lanes`` (the whole loop when it is shorter; left scalar
     when ``lanes`` does not divide it)."""

@@ -23,6 +23,7 @@ import math
 import os
 
 from . import VECTOR, vectorize
+from . import has_block as _has_block
 from . import loop_extent as _extent
 
 CPU_ENTRY_BLOCK = 8  # entries per tile on the CPU (the logits tile is 8 vectors of 16 heads)
@@ -126,14 +127,6 @@ def schedule_cpu(func, target=None):
         _vectorize_last(sch, merge)
         sch.decompose_reduction(merge, p)
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-def _has_block(sch, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
-        return False
-    return True
 
 
 def schedule_cuda(func, target=None):

@@ -18,6 +18,7 @@ reduction into shared memory.
 from __future__ import annotations
 
 from . import VECTOR
+from . import has_block as _has_block
 from . import loop_extent as _extent
 from . import vectorize as _vectorize
 
@@ -46,14 +47,6 @@ def schedule(func, target_kind: str):
     if target_kind == "cpu":
         return schedule_cpu(func)
     raise ValueError(f"no RoPE schedule for target '{target_kind}'")
-
-
-def _has_block(sch, name: str) -> bool:
-    try:
-        sch.get_sblock(name)
-    except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
-        return False
-    return True
 
 
 def schedule_cpu(func, target=None):
