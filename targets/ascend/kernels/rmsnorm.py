@@ -31,7 +31,7 @@ def choose_tile_rows(soc: str, rows: int, dim: int) -> int:
     if limit < 1:
         raise ValueError(f"ascend rmsnorm: a row of {dim} float32 does not fit {soc}'s "
                          f"{cost.soc(soc).ub} byte unified buffer with double buffering")
-    return max(t for t in range(1, min(rows, limit) + 1) if rows % t == 0)
+    return hivm.largest_divisor_at_most(rows, limit)
 
 
 def row_fits(soc: str, dim: int) -> bool:
@@ -61,39 +61,23 @@ def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None
         raise ValueError(f"ascend rmsnorm: tile_rows {tr} does not divide rows {rows}")
     tiles = rows // tr
     blocks = min(tiles, s.vector_cores)
-    gm_x = matmul.gm((rows, dim), "f32")
-    gm_w = matmul.gm((1, dim), "f32")
-    T, C = f"tensor<{tr}x{dim}xf32>", f"tensor<{tr}x1xf32>"
-    tile_t = f"memref<{tr}x{dim}xf32, strided<[{dim}, 1], offset: ?>, {matmul.GM}>"
-    reduce_attrs = hivm.reduce_attrs(soc, [1])
+    gm_x, gm_w = matmul.gm((rows, dim), "f32"), matmul.gm((1, dim), "f32")
+    T, C, W = hivm.tensor_t((tr, dim)), hivm.tensor_t((tr, 1)), hivm.tensor_t((1, dim))
     b = matmul.Body()
-
-    def vop(op, ins, types, out_t, extra=""):
-        out = b.op("ve", f"tensor.empty() : {out_t}", 3)
-        return b.op("v", f"hivm.hir.{op} ins({ins} : {types}) outs({out} : {out_t}){extra} -> {out_t}", 3)
-
-    wbuf = b.op("wbuf", f"memref.alloc() : memref<1x{dim}xf32>", 2)
-    b.emit(f"hivm.hir.load ins(%W : {gm_w}) outs({wbuf} : memref<1x{dim}xf32>)", 2)
-    w = b.op("w", f"bufferization.to_tensor {wbuf} restrict writable : memref<1x{dim}xf32>", 2)
+    w = hivm.Vector(b, soc, 2).load("%W", gm_w, [b.const(0), b.const(0)], (1, dim), dim)
     zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
     inv = b.op("inv", f"arith.constant {1.0 / dim:e} : f32", 2)
     epsv = b.op("eps", f"arith.constant {float(eps):e} : f32", 2)
     task = matmul.emit_block_loop(b, b.const(tiles), 2)
+    v = hivm.Vector(b, soc, 3)
     r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    xv = b.op("xv", f"memref.subview %X[{r0}, 0] [{tr}, {dim}] [1, 1] : {gm_x} to {tile_t}", 3)
-    xbuf = b.op("xbuf", f"memref.alloc() : memref<{tr}x{dim}xf32>", 3)
-    b.emit(f"hivm.hir.load ins({xv} : {tile_t}) outs({xbuf} : memref<{tr}x{dim}xf32>)", 3)
-    x = b.op("x", f"bufferization.to_tensor {xbuf} restrict writable : memref<{tr}x{dim}xf32>", 3)
-    sq = vop("vmul", f"{x}, {x}", f"{T}, {T}", T)
-    z = vop("vbrc", zero, "f32", C)
-    ssum = b.op("sum", f"hivm.hir.vreduce <sum> ins({sq} : {T}) outs({z} : {C}) {reduce_attrs} -> {C}", 3)
-    mean = vop("vmul", f"{ssum}, {inv}", f"{C}, f32", C)
-    me = vop("vadd", f"{mean}, {epsv}", f"{C}, f32", C)
-    root = vop("vsqrt", me, C, C)
-    xn = vop("vdiv", f"{x}, {root}", f"{T}, {C}", T, " broadcast = [1]")
-    y = vop("vmul", f"{xn}, {w}", f"{T}, tensor<1x{dim}xf32>", T, " broadcast = [0]")
-    yv = b.op("yv", f"memref.subview %Y[{r0}, 0] [{tr}, {dim}] [1, 1] : {gm_x} to {tile_t}", 3)
-    b.emit(f"hivm.hir.store ins({y} : {T}) outs({yv} : {tile_t})", 3)
+    x = v.load("%X", gm_x, [r0, b.const(0)], (tr, dim), dim)
+    ssum = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
+    mean = v.op("vmul", [ssum, inv], [C, "f32"], C)
+    root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
+    xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
+    y = v.op("vmul", [xn, w], [T, W], T, " broadcast = [0]")
+    v.store(y, "%Y", gm_x, [r0, b.const(0)], (tr, dim), dim)
     b.emit("}", 2)
     return matmul.function(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], b, blocks)
 
