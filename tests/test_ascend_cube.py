@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from tide.targets.ascend import cost, toolchain
-from tide.targets.ascend.kernels import matmul
+from tide.ops import moe_down, moe_gate_up, moe_permute
+from tide.targets.ascend.kernels import matmul, moe_grouped
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 
@@ -97,8 +98,6 @@ def test_gemm_cpu_numerics(dtype, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # MoE grouped GEMMs (gate/up + SwiGLU, down) over moe_permute's expert tiles
 
-from tide.ops import moe_down, moe_gate_up, moe_permute  # noqa: E402
-from tide.targets.ascend.kernels import moe_grouped  # noqa: E402
 
 MOE = dict(tokens=5, top_k=2, experts=4, dim=100, inter=88)   # D and F do not divide the tiles
 LIMIT = 7.0

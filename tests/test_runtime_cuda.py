@@ -104,7 +104,6 @@ SHARED = N * 4  # the reversal's dynamic shared memory: 64 KiB, above the 48 KiB
 
 
 def _launch_kernels() -> dict:
-    import tvm  # noqa: F401
     from tvm.script import tirx as T
 
     @T.prim_func
