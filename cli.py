@@ -26,9 +26,13 @@ def _cmd_compile(args) -> int:
         if not value.isdigit():
             raise SystemExit(f"tide compile: --dim expects NAME=INT, got '{item}'")
         dims[name] = int(value)
+    if args.soc and args.target != "ascend":
+        raise SystemExit(f"tide compile: --soc names an Ascend SoC; it needs --target ascend (got --target {args.target})")
+    if args.arch and args.target == "ascend":
+        raise SystemExit("tide compile: --target ascend takes --soc (e.g. Ascend910B1), not --arch")
     options = CompileOptions(target=args.target, batch=args.batch, max_seq_len=args.max_seq_len,
-                             prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims,
-                             mcpu=args.mcpu, arch=args.arch, progress=not args.quiet)
+                             prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims, mcpu=args.mcpu,
+                             arch=args.soc if args.target == "ascend" else args.arch, progress=not args.quiet)
     result = compile_model(args.model, args.output, options)
     generic = sorted(k for k, v in result.kernels.items() if v == "generic")
     tide_kernels = {k: v for k, v in result.kernels.items() if v != "generic"}
@@ -128,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; cuda: the generic host CPU)")
     p.add_argument("--arch", help="cuda: GPU architectures, comma-separated (sm_80, sm_86, sm_89, sm_90, sm_90a; "
                                   "default sm_90), e.g. sm_80,sm_90")
+    p.add_argument("--soc", help="ascend: the SoC to compile for (Ascend910B1, Ascend950PR_9599; default Ascend910B1)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_compile)
 

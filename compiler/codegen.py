@@ -4,7 +4,9 @@ Runs after ``lower.to_dps``/``lower.build_plan`` (every kernel is a scheduled Pr
 plan calls it) and before ``artifact.write_artifact``, which stores ``KernelLibrary.host`` as the
 KERNELS_HOST section and ``KernelLibrary.device_code`` as DEVICE_CODE. Each target module
 (``tide.targets.<kind>``) gives ``KIND``, ``tvm_target``, ``schedule``, ``host_arch``,
-``host_features``/``feature_mask``; device targets add ``build_device_code``.
+``host_features``/``feature_mask``; device targets add ``build_device_code`` (device code next to
+a TVM-built host library) or ``build_kernels`` (ascend: the device code is the whole library, each
+kernel translated from TIR and compiled by the target's own toolchain).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 
 from .errors import CompileError
 
-TARGETS = ("cpu", "cuda")
+TARGETS = ("cpu", "cuda", "ascend")
 
 
 @dataclass
@@ -42,6 +44,9 @@ def build(kernels: dict, tgt_mod, target, device_archs=()) -> KernelLibrary:
     device target also compiles the device code for each of ``device_archs``."""
     import tvm
 
+    if hasattr(tgt_mod, "build_kernels"):  # ascend: the device code is the whole library
+        device_code, device_arch = tgt_mod.build_kernels(kernels, list(device_archs))
+        return KernelLibrary(host=b"", device_code=device_code, device_arch=device_arch)
     funcs = {name: func.with_attr("global_symbol", name) for name, func in kernels.items()}
     try:
         exe = tvm.compile(tvm.IRModule(funcs), target=target)

@@ -23,11 +23,13 @@ import math
 import os
 
 from . import VECTOR, vectorize
+from .ascend import cores as ascend_cores
 from . import has_block as _has_block
 from . import loop_extent as _extent
 
 CPU_ENTRY_BLOCK = 8  # entries per tile on the CPU (the logits tile is 8 vectors of 16 heads)
 CUDA_ENTRY_BLOCK = 16
+ASCEND_ENTRY_BLOCK = 64  # entries per tile on an Ascend AI core
 CUDA_CTAS = 264  # two waves' worth of thread blocks on a 132-SM H100/H200
 
 
@@ -40,6 +42,8 @@ def config(target_kind: str, batch: int, seq: int, heads: int, head_dim: int, n_
         entry_block, want = CUDA_ENTRY_BLOCK, CUDA_CTAS
     elif target_kind == "cpu":
         entry_block, want = CPU_ENTRY_BLOCK, 2 * (os.cpu_count() or 1)
+    elif target_kind == "ascend":
+        entry_block, want = ASCEND_ENTRY_BLOCK, ascend_cores.CORES
     else:
         raise ValueError(f"no attention schedule for target '{target_kind}'")
     tiles = -(-n_entries // entry_block)
@@ -67,6 +71,8 @@ def schedule(func, target_kind: str):
         return schedule_cuda(func)
     if target_kind == "cpu":
         return schedule_cpu(func)
+    if target_kind == "ascend":
+        return ascend_cores.kernel(func)
     raise ValueError(f"no attention schedule for target '{target_kind}'")
 
 
@@ -246,6 +252,8 @@ def indexer_config(target_kind: str, batch: int, seq: int, cache_rows: int, top_
         entry_block, want = CUDA_ENTRY_BLOCK, CUDA_CTAS
     elif target_kind == "cpu":
         entry_block, want = CPU_ENTRY_BLOCK, 2 * (os.cpu_count() or 1)
+    elif target_kind == "ascend":
+        entry_block, want = ASCEND_ENTRY_BLOCK, ascend_cores.CORES
     else:
         raise ValueError(f"no indexer schedule for target '{target_kind}'")
     splits = max(1, min(-(-want // (batch * seq)), cache_rows // (8 * top_k)))
@@ -257,6 +265,8 @@ def schedule_indexer(func, target_kind: str):
         return schedule_indexer_cuda(func)
     if target_kind == "cpu":
         return schedule_indexer_cpu(func)
+    if target_kind == "ascend":
+        return ascend_cores.kernel(func)
     raise ValueError(f"no indexer schedule for target '{target_kind}'")
 
 
@@ -410,6 +420,8 @@ def schedule_compressor(func, target_kind: str):
         return schedule_compressor_cuda(func)
     if target_kind == "cpu":
         return schedule_compressor_cpu(func)
+    if target_kind == "ascend":
+        return ascend_cores.kernel(func)
     raise ValueError(f"no compressor schedule for target '{target_kind}'")
 
 

@@ -28,6 +28,8 @@ kind for a target and regime (tokens per call are static: decode = batch, prefil
 
 from __future__ import annotations
 
+from .ascend import cores as ascend_cores
+
 VECTOR = 16  # fp32 lanes of a 512-bit register
 CUDA_THREADS = 128
 
@@ -38,6 +40,8 @@ def schedule(func, target_kind: str, target=None):
         return schedule_cpu(func, target)
     if target_kind == "cuda":
         return schedule_cuda(func, target)
+    if target_kind == "ascend":
+        return ascend_cores.kernel(func)
     raise ValueError(f"no MoE kernel schedules for target kind '{target_kind}'")
 
 
@@ -63,6 +67,8 @@ def layout(target_kind: str, block_rows: int, constant: bool) -> str:
         return "panel"
     if target_kind == "cuda":
         return "rows" if block_rows == 1 else "panel"
+    if target_kind == "ascend":
+        return "rows"
     raise ValueError(f"no MoE weight layout for target kind '{target_kind}'")
 
 

@@ -22,10 +22,12 @@ from . import has_block as _has_block
 from . import loop_extent as _extent
 from . import vectorize as _vectorize
 
+from .ascend import cores as ascend_cores
+
 CUDA_THREADS = 128
 
 
-ROW_KIND = {"cpu": "parallel", "cuda": "blockIdx.x"}
+ROW_KIND = {"cpu": "parallel", "cuda": "blockIdx.x", "ascend": "parallel"}
 
 
 CPU_PARALLEL_MIN = 1 << 15  # elements of x below which the thread pool's wake-up costs more than it saves
@@ -46,6 +48,8 @@ def schedule(func, target_kind: str):
         return schedule_cuda(func)
     if target_kind == "cpu":
         return schedule_cpu(func)
+    if target_kind == "ascend":
+        return ascend_cores.kernel(func)
     raise ValueError(f"no RoPE schedule for target '{target_kind}'")
 
 

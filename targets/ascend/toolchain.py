@@ -57,6 +57,19 @@ def missing_cpu_runner() -> str | None:
 def compile_check(text: str, soc: str, tmp: Path) -> Path:
     """bishengir-compile for ``soc``; passes when the only error is the missing hivmc and the
     optimized HIVM module exists. Returns that module; ToolchainError with the tool's errors else."""
+    return compile_kernel(text, soc, tmp)[0]
+
+
+def hivmc(soc: str) -> str | None:
+    """The path of the ``hivmc`` bishengir calls for ``soc`` (CANN's; ``hivmc-a5`` for 950), or None."""
+    return shutil.which("hivmc-a5" if cost.soc(soc).tool.endswith("-a5") else "hivmc")
+
+
+def compile_kernel(text: str, soc: str, tmp: Path) -> tuple[Path, bytes]:
+    """bishengir-compile for ``soc``: (the optimized HIVM module, the device binary). Without
+    ``hivmc`` (no CANN) the binary is empty and the run passes when the only error is the missing
+    hivmc; with it, bishengir must succeed and write the binary (hivmc is called with
+    ``--enable-static-bare-ptr=true``: each memref argument arrives as one bare pointer)."""
     if missing():
         raise ToolchainError(missing())
     s = cost.soc(soc)
@@ -69,14 +82,18 @@ def compile_check(text: str, soc: str, tmp: Path) -> Path:
                      f"--save-temps={out}", "-o", str(out / "kernel")], f"bishengir-compile for {soc}")
     if r.returncode < 0:
         raise ToolchainError(f"bishengir-compile for {soc} crashed (signal {-r.returncode}):\n{r.stderr[-3000:]}")
+    opt = out / "module.hivm.opt.mlir"
+    if hivmc(soc) is not None:
+        if r.returncode != 0 or not (out / "kernel").is_file():
+            raise ToolchainError(f"bishengir-compile for {soc} (with {hivmc(soc)}) failed:\n{(r.stdout + r.stderr)[-3000:]}")
+        return opt, (out / "kernel").read_bytes()
     errors = [ln for ln in (r.stdout + r.stderr).splitlines() if "error" in ln.lower()]
     other = [ln for ln in errors if "hivmc" not in ln and "Failed to run BiShengIR pipeline" not in ln]
     if other:
         raise ToolchainError(f"bishengir-compile for {soc} failed:\n" + "\n".join(other))
-    opt = out / "module.hivm.opt.mlir"
     if not opt.exists():
         raise ToolchainError(f"no module.hivm.opt.mlir for {soc}:\n{r.stderr[-2000:]}")
-    return opt
+    return opt, b""
 
 
 def _subprocess(cmd, what, env=None):
@@ -160,11 +177,11 @@ def cpu_run(so: Path, name: str, blocks: int, *arrays):
     argument) in a child process with MALLOC_PERTURB_=165 (glibc reads it at start-up), on copies
     of ``arrays``; returns the arrays after the run, in their dtypes."""
     path = so.parent / "io.npz"
-    raw = [np.ascontiguousarray(a).view(f"u{a.itemsize}") for a in arrays]
+    raw = [np.ascontiguousarray(a).view(f"u{a.itemsize}").reshape(a.shape) for a in arrays]  # 0-d stays 0-d
     np.savez(path, **{f"a{i}": a for i, a in enumerate(raw)})
     r = _subprocess([sys.executable, "-c", _CHILD, str(so), name, str(path), str(blocks)], f"CPU run of {name}",
                     env={**os.environ, "MALLOC_PERTURB_": "165"})
     if r.returncode != 0:
         raise ToolchainError(f"CPU run of {name} failed (rc {r.returncode}):\n{r.stderr[-3000:]}")
     out = np.load(path)
-    return [out[f"a{i}"].view(a.dtype) for i, a in enumerate(arrays)]
+    return [out[f"a{i}"].view(a.dtype).reshape(a.shape) for i, a in enumerate(arrays)]

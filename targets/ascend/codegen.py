@@ -1,0 +1,567 @@
+"""TIR kernels -> MLIR modules for bishengir (``tide compile --target ascend``).
+
+Runs after ``tide.compiler.lower`` (every kernel is a PrimFunc as the plan calls it, marked
+scheduled by ``tide.targets.ascend.cores`` or by its op's ascend schedule) and before the artifact
+is written. Each kernel becomes one module with one ``hacc.entry`` device function whose arguments
+are the kernel's buffers as GM memrefs (and ``i64`` scalars), in the plan's argument order:
+
+- the PrimFunc is lowered to loops first (``LowerInitBlock``, ``ConvertBlocksToOpaque``,
+  ``LowerOpaqueBlock``, ``StmtSimplify``), then translated statement by statement: loops to
+  ``scf.for`` / ``scf.while``, conditions to ``scf.if`` (``if_then_else`` too, so a guarded load is
+  never executed), buffer accesses to ``memref.load`` / ``memref.store``, views to
+  ``memref.reinterpret_cast``, local buffers to ``memref.alloca`` at the entry (bishengir places
+  them), arithmetic to ``arith`` / ``math``;
+- the kernel's parallel row loop (the one the kernel's body consists of) runs on the AI cores:
+  ``for r = get_block_idx; r < extent; r += get_block_num`` with ``hacc.block_dim`` =
+  min(extent, the SoC's vector cores); a kernel without one runs on one core.
+
+The translation is exact (every element computed as TIR says, in its dtypes): these kernels run on
+the AI cores' scalar units, correct but far from the vector and cube throughput that the
+hand-written HIVM kernels (``kernels/``) get. Constructs the translator does not know are a
+CompileError naming the kernel and the construct.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...compiler.errors import CompileError
+from . import cost
+
+GM = "#hivm.address_space<gm>"
+
+_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
+           "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "i8", "bool": "i1"}
+
+_MATH = {"tirx.exp": "math.exp", "tirx.log": "math.log", "tirx.sqrt": "math.sqrt", "tirx.rsqrt": "math.rsqrt",
+         "tirx.tanh": "math.tanh", "tirx.sin": "math.sin", "tirx.cos": "math.cos", "tirx.fabs": "math.absf",
+         "tirx.floor": "math.floor", "tirx.ceil": "math.ceil", "tirx.erf": "math.erf", "tirx.log1p": "math.log1p",
+         "tirx.exp2": "math.exp2", "tirx.log2": "math.log2", "tirx.round": "math.roundeven",
+         "tirx.nearbyint": "math.roundeven", "tirx.trunc": "math.trunc", "tirx.pow": "math.powf",
+         "tirx.atan": "math.atan", "tirx.tan": "math.tan"}
+
+
+@dataclass
+class Kernel:
+    """One kernel translated: its module text, the AI cores a launch uses and its argument kinds."""
+    name: str
+    text: str
+    block_dim: int
+    args: list  # "ptr" | "i64" per argument
+
+
+def mlir_type(dtype: str, what: str) -> str:
+    if dtype not in _DTYPES:
+        raise CompileError(f"ascend codegen: {what} has dtype {dtype}, which the Ascend target does not take "
+                           f"(supported: {', '.join(_DTYPES)})")
+    return _DTYPES[dtype]
+
+
+def lower_to_loops(func):
+    """``func`` with its blocks lowered to plain loops, allocations and stores."""
+    import tvm
+    from tvm import s_tir, tirx
+
+    seq = tvm.transform.Sequential([s_tir.transform.LowerInitBlock(), s_tir.transform.ConvertBlocksToOpaque(),
+                                    s_tir.transform.LowerOpaqueBlock(), tirx.transform.StmtSimplify(),
+                                    tirx.transform.CommonSubexprElim()])
+    return seq(tvm.IRModule({"main": func}))["main"]
+
+
+def translate(name: str, func, soc: str) -> Kernel:
+    """The MLIR module of PrimFunc ``func`` as kernel ``name`` for ``soc``."""
+    try:
+        return _Translator(name, lower_to_loops(func), soc).run()
+    except _Unsupported as err:
+        raise CompileError(f"ascend codegen: kernel '{name}': {err}") from None
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _dtype(e) -> str:
+    """The dtype of a TIR expression (0.27 expressions carry it as their PrimType)."""
+    ty = getattr(e, "ty", None)
+    return str(getattr(ty, "dtype", ty))
+
+
+def _is_buffer(var) -> bool:
+    from tvm.tirx.buffer import BufferType
+
+    return isinstance(getattr(var, "ty", None), BufferType)
+
+
+def _is_float(t: str) -> bool:
+    return t in ("f32", "f16", "bf16", "f64")
+
+
+def _float_literal(value: float, t: str) -> str:
+    """``value`` rounded to ``t`` as MLIR's exact hexadecimal float literal."""
+    import numpy as np
+
+    if t == "bf16":
+        import ml_dtypes
+
+        return f"0x{int(np.array(value, ml_dtypes.bfloat16).view(np.uint16)):04X}"
+    np_t, int_t, width = {"f16": (np.float16, np.uint16, 4), "f32": (np.float32, np.uint32, 8),
+                          "f64": (np.float64, np.uint64, 16)}[t]
+    with np.errstate(over="ignore"):
+        return f"0x{int(np.array(value, np_t).view(int_t)):0{width}X}"
+
+
+class _Translator:
+    def __init__(self, name: str, func, soc: str):
+        self.name, self.func, self.soc = name, func, soc
+        self.lines: list[str] = []
+        self.count = 0
+        self.vals: dict = {}      # tirx.Var -> (ssa, mlir type): scalars, loop variables as integers
+        self.index: dict = {}     # tirx.Var -> ssa of type index (loop variables)
+        self.bufs: dict = {}      # buffer Var -> (ssa, memref type)
+        self.consts: dict = {}    # (text, type) -> ssa, emitted at the top of the function
+        self.const_lines: list[str] = []
+        self.alloc_lines: list[str] = []  # local buffers, allocated once at the function's entry
+        self.ind = 2
+
+    # -- emission helpers ----------------------------------------------------------------------
+    def fresh(self, hint: str = "v") -> str:
+        self.count += 1
+        return f"%{hint}{self.count}"
+
+    def emit(self, line: str):
+        self.lines.append("  " * self.ind + line)
+
+    def op(self, rhs: str, hint: str = "v") -> str:
+        ssa = self.fresh(hint)
+        self.emit(f"{ssa} = {rhs}")
+        return ssa
+
+    def const(self, text, t: str) -> str:
+        key = (str(text), t)
+        if key not in self.consts:
+            ssa = f"%c{len(self.consts)}"
+            self.consts[key] = ssa
+            typed = "" if t == "i1" else f" : {t}"  # true / false carry their type
+            self.const_lines.append(f"    {ssa} = arith.constant {text}{typed}")
+        return self.consts[key]
+
+    def iconst(self, v: int) -> str:
+        return self.const(int(v), "index")
+
+    # -- entry ---------------------------------------------------------------------------------
+    def run(self) -> Kernel:
+        from tvm import tirx
+
+        args, kinds = [], []
+        for i, p in enumerate(self.func.params):
+            if _is_buffer(p):
+                buf = p
+                self._check_dense(buf)
+                t = self._memref_t(buf, GM)
+                ssa = f"%arg{i}"
+                self.bufs[buf] = (ssa, t)
+                args.append(f"{ssa}: {t}")
+                kinds.append("ptr")
+            else:
+                t = mlir_type(_dtype(p), f"scalar parameter '{p.name}'")
+                ssa = f"%arg{i}"
+                args.append(f"{ssa}: i64")
+                kinds.append("i64")
+                self.vals[p] = (ssa if t == "i64" else self.op(f"arith.trunci {ssa} : i64 to {t}"), t)
+        loop = self._row_loop(self.func.body)
+        blocks = 1
+        if loop is None:
+            self.stmt(self.func.body)
+        else:
+            blocks = max(1, min(int(loop.extent), cost.soc(self.soc).vector_cores))
+            self._outer(self.func.body, loop)
+        head = (f"  func.func @{self.name}({', '.join(args)}) attributes {{hacc.entry, hacc.function_kind = "
+                f"#hacc.function_kind<DEVICE>, hacc.block_dim = {blocks} : i64}} {{")
+        text = "\n".join(["module {", head, *self.const_lines, *self.alloc_lines, *self.lines, "    return", "  }", "}", ""])
+        del tirx
+        return Kernel(self.name, text, blocks, kinds)
+
+    def _row_loop(self, body):
+        """The parallel loop the whole body consists of (through allocations and bindings), or None."""
+        from tvm import tirx
+
+        while True:
+            if isinstance(body, tirx.SeqStmt):
+                rest = [s for s in body.seq if not isinstance(s, (tirx.AllocBuffer, tirx.DeclBuffer))]
+                if len(rest) != 1:
+                    return None
+                body = rest[0]
+            elif isinstance(body, tirx.AttrStmt):
+                body = body.body
+            elif isinstance(body, tirx.For):
+                if body.kind == tirx.ForKind.PARALLEL and isinstance(body.extent, tirx.IntImm) and \
+                        isinstance(body.min, tirx.IntImm) and int(body.min) == 0:
+                    return body
+                return None
+            else:
+                return None
+
+    def _outer(self, body, loop):
+        """Emits ``body`` with ``loop`` distributed over the AI cores."""
+        from tvm import tirx
+
+        if body.same_as(loop):
+            bid = self.op("hivm.hir.get_block_idx -> i64", "bid")
+            bidx = self.op(f"arith.index_cast {bid} : i64 to index", "bidx")
+            bnum = self.op("hivm.hir.get_block_num -> i64", "bnum")
+            bnumx = self.op(f"arith.index_cast {bnum} : i64 to index", "bnumx")
+            self._for(loop, bidx, self.iconst(int(loop.extent)), bnumx)
+        elif isinstance(body, tirx.SeqStmt):
+            self._seq(body.seq, lambda s: self._outer(s, loop) if self._contains(s, loop) else self.stmt(s))
+        elif isinstance(body, tirx.AttrStmt):
+            self._outer(body.body, loop)
+        else:
+            raise _Unsupported(f"unexpected {type(body).__name__} around the row loop")
+
+    @staticmethod
+    def _contains(stmt, loop) -> bool:
+        from tvm import tirx
+
+        while True:
+            if stmt.same_as(loop):
+                return True
+            if isinstance(stmt, tirx.AttrStmt):
+                stmt = stmt.body
+            elif isinstance(stmt, tirx.SeqStmt):
+                return any(_Translator._contains(s, loop) for s in stmt.seq)
+            else:
+                return False
+
+    # -- buffers -------------------------------------------------------------------------------
+    def _check_dense(self, buf):
+        if buf.strides and len(buf.strides):
+            raise _Unsupported(f"buffer '{buf.name}' has explicit strides")
+        if int(getattr(buf.elem_offset, "value", -1)) != 0:
+            raise _Unsupported(f"buffer '{buf.name}' has an element offset")
+
+    def _memref_t(self, buf, space: str | None) -> str:
+        dims = []
+        for d in buf.shape:
+            if not isinstance(d, int) and not hasattr(d, "value"):
+                raise _Unsupported(f"buffer '{buf.name}' has a dynamic shape ({d})")
+            dims.append(str(int(d)))
+        elem = mlir_type(str(buf.dtype), f"buffer '{buf.name}'")
+        shape = "x".join(dims + [elem]) if dims else elem
+        return f"memref<{shape}, {space}>" if space else f"memref<{shape}>"
+
+    def _view(self, s):
+        """``DeclBuffer`` of a view over another buffer's data: a ``memref.reinterpret_cast`` with the
+        view's shape, row-major strides and element offset."""
+        src = s.data.args[0] if hasattr(s.data, "op") and str(s.data.op.name) == "tirx.buffer_data" else None
+        if src is None or src not in self.bufs:
+            raise _Unsupported(f"buffer '{s.buffer.name}' is declared over data that is no buffer's")
+        if s.buffer.strides and len(s.buffer.strides):
+            raise _Unsupported(f"view '{s.buffer.name}' has explicit strides")
+        if str(s.buffer.dtype) != str(src.dtype):
+            raise _Unsupported(f"view '{s.buffer.name}' reinterprets {src.dtype} as {s.buffer.dtype}")
+        ssa, src_t = self.bufs[src]
+        shape = [int(d) for d in s.buffer.shape]
+        strides = [1] * len(shape)
+        for i in range(len(shape) - 2, -1, -1):
+            strides[i] = strides[i + 1] * shape[i + 1]
+        offset = int(getattr(s.buffer.elem_offset, "value", -1))
+        if offset < 0:
+            raise _Unsupported(f"view '{s.buffer.name}' has a dynamic element offset")
+        space = f", {GM}" if GM in src_t else ""
+        elem = mlir_type(str(s.buffer.dtype), f"view '{s.buffer.name}'")
+        t = (f"memref<{'x'.join(map(str, shape))}x{elem}, strided<[{', '.join(map(str, strides))}], "
+             f"offset: {offset}>{space}>")
+        view = self.op(f"memref.reinterpret_cast {ssa} to offset: [{offset}], sizes: [{', '.join(map(str, shape))}],"
+                       f" strides: [{', '.join(map(str, strides))}] : {src_t} to {t}", "view")
+        self.bufs[s.buffer] = (view, t)
+
+    def _buffer(self, buf):
+        if buf not in self.bufs:
+            raise _Unsupported(f"buffer '{buf.name}' is used outside its allocation")
+        return self.bufs[buf]
+
+    # -- statements ----------------------------------------------------------------------------
+    def _seq(self, stmts, each):
+        """Emits ``stmts`` in order. Their local buffers become ``memref.alloca`` at the function's
+        entry: a fresh TIR buffer holds nothing a program may read, so hoisting one out of a loop
+        keeps its meaning, and bishengir 1.2.0 plans static allocations (``memref.dealloc`` crashes
+        its memory planner)."""
+        from tvm import tirx
+
+        for s in stmts:
+            if isinstance(s, tirx.AllocBuffer):
+                self._check_dense(s.buffer)
+                t = self._memref_t(s.buffer, None)
+                ssa = f"%buf{len(self.alloc_lines)}"
+                self.alloc_lines.append(f"    {ssa} = memref.alloca() : {t}")
+                self.bufs[s.buffer] = (ssa, t)
+            else:
+                each(s)
+
+    def stmt(self, s):
+        from tvm import tirx
+
+        if isinstance(s, tirx.SeqStmt):
+            self._seq(s.seq, self.stmt)
+        elif isinstance(s, tirx.AllocBuffer):
+            self._seq([s], self.stmt)
+        elif isinstance(s, tirx.DeclBuffer):
+            self._view(s)
+        elif isinstance(s, tirx.BufferStore):
+            ssa, t = self._buffer(s.buffer)
+            value = self.expr(s.value)
+            idx = ", ".join(self.idx(i) for i in s.indices)
+            self.emit(f"memref.store {value}, {ssa}[{idx}] : {t}")
+        elif isinstance(s, tirx.For):
+            self._for(s, self.idx(s.min), self._add_idx(s.min, s.extent), self.iconst(1) if s.step is None
+                      else self.idx(s.step))
+        elif isinstance(s, tirx.IfThenElse):
+            cond = self.expr(s.condition)
+            self.emit(f"scf.if {cond} {{")
+            self._nested(s.then_case)
+            if s.else_case is not None:
+                self.emit("} else {")
+                self._nested(s.else_case)
+            self.emit("}")
+        elif isinstance(s, (tirx.Bind, tirx.LetStmt)):
+            self.vals[s.var] = (self.expr(s.value), mlir_type(_dtype(s.var), f"variable '{s.var.name}'"))
+        elif isinstance(s, tirx.AttrStmt):
+            self.stmt(s.body)
+        elif isinstance(s, tirx.While):
+            self._while(s)
+        elif isinstance(s, tirx.Evaluate):
+            if not isinstance(s.value, tirx.IntImm):
+                raise _Unsupported(f"statement evaluating {s.value} (only constants are no-ops)")
+        else:
+            raise _Unsupported(f"statement {type(s).__name__} is not supported")
+
+    def _nested(self, body):
+        self.ind += 1
+        saved = dict(self.vals), dict(self.index)
+        self.stmt(body)
+        self.vals, self.index = saved
+        self.ind -= 1
+
+    def _add_idx(self, a, b) -> str:
+        from tvm import tirx
+
+        if isinstance(a, tirx.IntImm) and isinstance(b, tirx.IntImm):
+            return self.iconst(int(a) + int(b))
+        return self.op(f"arith.addi {self.idx(a)}, {self.idx(b)} : index")
+
+    def _for(self, loop, lo: str, hi: str, step: str):
+        iv = self.fresh("i")
+        self.emit(f"scf.for {iv} = {lo} to {hi} step {step} {{")
+        self.ind += 1
+        saved = dict(self.vals), dict(self.index)
+        self.index[loop.loop_var] = iv
+        self.stmt(loop.body)
+        self.vals, self.index = saved
+        self.ind -= 1
+        self.emit("}")
+
+    def _while(self, s):
+        self.emit("scf.while : () -> () {")
+        self.ind += 1
+        cond = self.expr(s.condition)
+        self.emit(f"scf.condition({cond})")
+        self.ind -= 1
+        self.emit("} do {")
+        self._nested(s.body)
+        self.ind += 1
+        self.emit("scf.yield")
+        self.ind -= 1
+        self.emit("}")
+
+    # -- expressions ---------------------------------------------------------------------------
+    def idx(self, e) -> str:
+        """``e`` (an integer expression) as an ``index`` value."""
+        from tvm import tirx
+
+        if isinstance(e, tirx.IntImm):
+            return self.iconst(int(e))
+        if isinstance(e, tirx.Var) and e in self.index:
+            return self.index[e]
+        ops = {tirx.Add: "arith.addi", tirx.Sub: "arith.subi", tirx.Mul: "arith.muli", tirx.Min: "arith.minsi",
+               tirx.Max: "arith.maxsi"}
+        if type(e) in ops:
+            return self.op(f"{ops[type(e)]} {self.idx(e.a)}, {self.idx(e.b)} : index")
+        if isinstance(e, tirx.FloorDiv):
+            return self.op(f"arith.floordivsi {self.idx(e.a)}, {self.idx(e.b)} : index")
+        if isinstance(e, tirx.FloorMod):
+            a, b = self.idx(e.a), self.idx(e.b)
+            q = self.op(f"arith.floordivsi {a}, {b} : index")
+            qb = self.op(f"arith.muli {q}, {b} : index")
+            return self.op(f"arith.subi {a}, {qb} : index")
+        v = self.expr(e)
+        return self.op(f"arith.index_cast {v} : {self.type_of(e)} to index")
+
+    def type_of(self, e) -> str:
+        return mlir_type(_dtype(e), f"expression {e}")
+
+    def expr(self, e) -> str:
+        from tvm import tirx
+        from tvm.ir.expr import Call, TensorLoad
+
+        t = self.type_of(e)
+        if isinstance(e, tirx.IntImm):
+            v = int(e)
+            return self.const("true" if v else "false", "i1") if t == "i1" else self.const(v, t)
+        if isinstance(e, tirx.FloatImm):
+            return self.const(_float_literal(float(e.value), t), t)
+        if isinstance(e, tirx.Var):
+            if e in self.vals:
+                return self.vals[e][0]
+            if e in self.index:
+                return self.op(f"arith.index_cast {self.index[e]} : index to {t}")
+            raise _Unsupported(f"variable '{e.name}' is not bound")
+        if isinstance(e, TensorLoad):
+            ssa, mt = self._buffer(getattr(e, "buffer", None) or e.source)
+            idx = ", ".join(self.idx(i) for i in e.indices)
+            return self.op(f"memref.load {ssa}[{idx}] : {mt}")
+        if isinstance(e, tirx.Cast):
+            return self.cast(self.expr(e.value), self.type_of(e.value), t)
+        if isinstance(e, tirx.Select):
+            c, a, b = self.expr(e.condition), self.expr(e.true_value), self.expr(e.false_value)
+            return self.op(f"arith.select {c}, {a}, {b} : {t}")
+        if isinstance(e, tirx.Let):
+            saved = dict(self.vals)
+            self.vals[e.var] = (self.expr(e.value), self.type_of(e.value))
+            out = self.expr(e.body)
+            self.vals = saved
+            return out
+        if isinstance(e, Call):
+            return self.call(e, t)
+        binary = self.binary(e, t)
+        if binary is not None:
+            return binary
+        raise _Unsupported(f"expression {type(e).__name__} ({e}) is not supported")
+
+    def binary(self, e, t: str):
+        from tvm import tirx
+
+        if isinstance(e, (tirx.And, tirx.Or)):
+            return self.op(f"arith.{'andi' if isinstance(e, tirx.And) else 'ori'} {self.expr(e.a)}, {self.expr(e.b)} : i1")
+        if isinstance(e, tirx.Not):
+            return self.op(f"arith.xori {self.expr(e.a)}, {self.const('true', 'i1')} : i1")
+        cmp = {tirx.LT: ("slt", "olt"), tirx.LE: ("sle", "ole"), tirx.GT: ("sgt", "ogt"), tirx.GE: ("sge", "oge"),
+               tirx.EQ: ("eq", "oeq"), tirx.NE: ("ne", "une")}
+        if type(e) in cmp:
+            at = self.type_of(e.a)
+            a, b = self.expr(e.a), self.expr(e.b)
+            if _is_float(at):
+                return self.op(f"arith.cmpf {cmp[type(e)][1]}, {a}, {b} : {at}")
+            return self.op(f"arith.cmpi {cmp[type(e)][0]}, {a}, {b} : {at}")
+        bits = {tirx.LShift: "shli", tirx.RShift: "shrsi", tirx.BitwiseAnd: "andi", tirx.BitwiseOr: "ori",
+                tirx.BitwiseXor: "xori"}
+        if type(e) in bits:
+            return self.op(f"arith.{bits[type(e)]} {self.expr(e.a)}, {self.expr(e.b)} : {t}")
+        fl = _is_float(t)
+        table = {tirx.Add: ("addf", "addi"), tirx.Sub: ("subf", "subi"), tirx.Mul: ("mulf", "muli"),
+                 tirx.Div: ("divf", "divsi"), tirx.Mod: ("remf", "remsi"), tirx.Min: ("minimumf", "minsi"),
+                 tirx.Max: ("maximumf", "maxsi")}
+        if type(e) in table:
+            name = table[type(e)][0 if fl else 1]
+            return self.op(f"arith.{name} {self.expr(e.a)}, {self.expr(e.b)} : {t}")
+        if isinstance(e, (tirx.FloorDiv, tirx.FloorMod)):
+            a, b = self.expr(e.a), self.expr(e.b)
+            if fl:
+                q = self.op(f"math.floor {self.op(f'arith.divf {a}, {b} : {t}')} : {t}")
+                if isinstance(e, tirx.FloorDiv):
+                    return q
+                return self.op(f"arith.subf {a}, {self.op(f'arith.mulf {q}, {b} : {t}')} : {t}")
+            q = self.op(f"arith.floordivsi {a}, {b} : {t}")
+            if isinstance(e, tirx.FloorDiv):
+                return q
+            return self.op(f"arith.subi {a}, {self.op(f'arith.muli {q}, {b} : {t}')} : {t}")
+        return None
+
+    def call(self, e, t: str) -> str:
+        name = "tirx." + str(e.op.name).split(".", 1)[-1]
+        args = list(e.args)
+        if name == "tirx.if_then_else":
+            cond = self.expr(args[0])
+            out = self.fresh("sel")
+            self.emit(f"{out} = scf.if {cond} -> ({t}) {{")
+            for branch in (args[1], args[2]):
+                self.ind += 1
+                saved = dict(self.vals), dict(self.index)
+                v = self.expr(branch)
+                self.emit(f"scf.yield {v} : {t}")
+                self.vals, self.index = saved
+                self.ind -= 1
+                self.emit("} else {" if branch is args[1] else "}")
+            return out
+        if name == "tirx.likely":
+            return self.expr(args[0])
+        if name in _MATH:
+            vals = [self.expr(a) for a in args]
+            return self.op(f"{_MATH[name]} {', '.join(vals)} : {t}")
+        if name == "tirx.sigmoid":
+            x = self.expr(args[0])
+            one = self.const(_float_literal(1.0, t), t)
+            nx = self.op(f"arith.negf {x} : {t}")
+            den = self.op(f"arith.addf {one}, {self.op(f'math.exp {nx} : {t}')} : {t}")
+            return self.op(f"arith.divf {one}, {den} : {t}")
+        if name == "tirx.isnan":
+            x = self.expr(args[0])
+            return self.op(f"arith.cmpf uno, {x}, {x} : {self.type_of(args[0])}")
+        if name == "tirx.reinterpret":
+            return self.op(f"arith.bitcast {self.expr(args[0])} : {self.type_of(args[0])} to {t}")
+        if name in ("tirx.bitwise_and", "tirx.bitwise_or", "tirx.bitwise_xor", "tirx.shift_left",
+                    "tirx.shift_right"):
+            op = {"tirx.bitwise_and": "andi", "tirx.bitwise_or": "ori", "tirx.bitwise_xor": "xori",
+                  "tirx.shift_left": "shli", "tirx.shift_right": "shrsi"}[name]
+            return self.op(f"arith.{op} {self.expr(args[0])}, {self.expr(args[1])} : {t}")
+        raise _Unsupported(f"call to {name} is not supported")
+
+    def cast(self, v: str, src: str, dst: str) -> str:
+        if src == dst:
+            return v
+        width = {"i1": 1, "i8": 8, "i16": 16, "i32": 32, "i64": 64, "f16": 16, "bf16": 16, "f32": 32, "f64": 64}
+        if dst == "i1":
+            zero = self.const(_float_literal(0.0, src) if _is_float(src) else 0, src)
+            pred = "arith.cmpf une" if _is_float(src) else "arith.cmpi ne"
+            return self.op(f"{pred}, {v}, {zero} : {src}")
+        if _is_float(src) and _is_float(dst):
+            if src in ("f16", "bf16") and dst in ("f16", "bf16"):
+                return self.cast(self.cast(v, src, "f32"), "f32", dst)
+            op = "extf" if width[dst] > width[src] else "truncf"
+            return self.op(f"arith.{op} {v} : {src} to {dst}")
+        if _is_float(src):
+            return self.op(f"arith.fptosi {v} : {src} to {dst}")
+        if _is_float(dst):
+            op = "uitofp" if src == "i1" else "sitofp"
+            return self.op(f"arith.{op} {v} : {src} to {dst}")
+        if width[dst] > width[src]:
+            return self.op(f"arith.{'extui' if src == 'i1' else 'extsi'} {v} : {src} to {dst}")
+        return self.op(f"arith.trunci {v} : {src} to {dst}")
+
+
+def build(kernels: dict, soc: str, workers: int | None = None):
+    """Every kernel of ``kernels`` (name -> PrimFunc) translated and compiled by bishengir for
+    ``soc`` (in parallel): the artifact's ``AscendCode``. A kernel bishengir rejects is a
+    CompileError naming it and quoting the tool."""
+    import os
+    import tempfile
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    from ...compiler.artifact import AscendCode, AscendKernel
+    from . import toolchain
+
+    if toolchain.missing():
+        raise CompileError(f"--target ascend needs the Ascend toolchain: {toolchain.missing()}")
+    translated = [translate(name, func, soc) for name, func in kernels.items()]
+    with tempfile.TemporaryDirectory(prefix="tide-ascend-") as tmp:
+        def check(item):
+            i, k = item
+            try:
+                return toolchain.compile_kernel(k.text, soc, Path(tmp) / f"k{i}")[1]
+            except toolchain.ToolchainError as err:
+                raise CompileError(f"ascend: kernel '{k.name}' does not compile for {soc}: {err}") from None
+
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            binaries = list(pool.map(check, enumerate(translated)))
+    return AscendCode(soc=soc, kernels=[AscendKernel(name=k.name, block_dim=k.block_dim, args=k.args, hivm=k.text,
+                                                     binary=b) for k, b in zip(translated, binaries)])

@@ -1,0 +1,166 @@
+"""An ascend artifact run on this CPU: every kernel's MLIR (the text in the artifact, the one bishengir
+compiled) through the CPU-runner lowering (``toolchain.cpu_build``; ``get_block_idx`` emulated by
+calling each kernel once per AI core block), chained by the artifact's plan as the runtime chains
+it: arena, state, input and weight buffers, copies, in-place state updates.
+
+This is how tide checks an Ascend build's numerics without a device: the kernels' indexing,
+tiling, loop bounds and arithmetic are the compiled ones; the AI core's own hardware behaviour
+(cube fractals, vector instructions, memory timing) is not emulated.
+
+    python -m tide.targets.ascend.cpu_runner model.tide --prompt "5 17 3" -n 8
+
+prints the greedy tokens (run it with ``MALLOC_PERTURB_`` set to catch reads of freed memory).
+Built kernels are cached by the hash of their text under ``$TIDE_CACHE`` (default ~/.cache/tide).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ...compiler.artifact import AscendCode, np_dtype, read_artifact
+from . import toolchain
+from .kernels import matmul
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TIDE_CACHE", Path.home() / ".cache" / "tide")) / "ascend-cpu"
+
+
+def build_kernel(name: str, text: str) -> Path:
+    """The CPU shared object of one kernel's MLIR (cached by the text's hash)."""
+    key = hashlib.sha256(f"{name}\n{text}".encode()).hexdigest()[:24]
+    final = cache_dir() / f"{key}.so"
+    if final.exists():
+        return final
+    work = cache_dir() / f"build-{key}-{os.getpid()}"
+    try:
+        so = toolchain.cpu_build(matmul.cpu_emulation(text), name, work)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_suffix(f".{os.getpid()}.tmp")
+        shutil.copyfile(so, tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return final
+
+
+def _memref_args(a: np.ndarray) -> list:
+    """The MLIR memref calling convention for ``a``: allocated and aligned pointer, offset, sizes,
+    strides (in elements)."""
+    p = ctypes.c_void_p(a.ctypes.data)
+    return [p, p, ctypes.c_int64(0)] + [ctypes.c_int64(d) for d in a.shape] + \
+        [ctypes.c_int64(s // a.itemsize) for s in a.strides]
+
+
+class CpuRunner:
+    """Runs the entries of an ascend artifact on the CPU (one session: its states persist)."""
+
+    def __init__(self, path: str, workers: int | None = None):
+        art = read_artifact(path)
+        if art.target.kind != "ascend" or not isinstance(art.device_code, AscendCode):
+            raise ValueError(f"{path}: not an ascend artifact (target {art.target.kind})")
+        self.art, self.plan, self.meta = art, art.plan, art.metadata
+        code = {k.name: k for k in art.device_code.kernels}
+        names = self.plan.kernels
+        with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            sos = list(pool.map(lambda n: build_kernel(n, code[n].hivm), names))
+        self.kernels = [(getattr(ctypes.CDLL(str(so)), n), code[n].block_dim, code[n].args)
+                        for n, so in zip(names, sos)]
+        self.block = np.zeros(1, np.int64)
+        self.block_args = _memref_args(self.block)
+        self.weights = [np.array(art.weight(i)) for i in range(len(self.plan.weights))]
+        self.states = [np.zeros(s.shape, np_dtype(s.dtype)) for s in self.plan.states]
+        self.entries = {e.name: e for e in self.plan.entries}
+        self.inputs: dict = {}
+        self.arenas = {e.name: np.zeros(max(e.arena_bytes, 1), np.uint8) for e in self.plan.entries}
+
+    def _view(self, entry, b) -> np.ndarray:
+        buf = entry.buffers[b]
+        dtype = np_dtype(buf.dtype)
+        base = {"arena": lambda: self.arenas[entry.name], "weight": lambda: self.weights[buf.index],
+                "state": lambda: self.states[buf.index], "input": lambda: self.inputs[(entry.name, buf.index)]}
+        raw = base[buf.kind]().reshape(-1).view(np.uint8)
+        count = int(np.prod(buf.shape, dtype=np.int64))
+        return raw[buf.offset:buf.offset + count * dtype.itemsize].view(dtype).reshape(buf.shape)
+
+    def run(self, entry_name: str, feeds: dict) -> dict:
+        """Runs entry ``entry_name`` with data inputs ``feeds`` (name -> array; states are the
+        session's); returns its data outputs by name."""
+        entry = self.entries[entry_name]
+        for pos, binding in enumerate(entry.inputs):
+            if binding.role == "state":
+                continue
+            buf = entry.buffers[binding.buffer]
+            arr = np.ascontiguousarray(feeds[binding.name], dtype=np_dtype(buf.dtype))
+            if tuple(arr.shape) != tuple(buf.shape):
+                raise ValueError(f"input '{binding.name}': expected shape {tuple(buf.shape)}, got {arr.shape}")
+            self.inputs[(entry.name, entry.buffers[binding.buffer].index)] = arr
+        for op in entry.ops:
+            if op.kind == "copy":
+                src, dst = self._view(entry, op.args[0][1]), self._view(entry, op.args[1][1])
+                if src.ctypes.data != dst.ctypes.data:
+                    dst.reshape(-1).view(np.uint8)[:] = src.reshape(-1).view(np.uint8)
+                continue
+            fn, blocks, kinds = self.kernels[op.kernel]
+            args = []
+            for (kind, value), want in zip(op.args, kinds):
+                if kind == "buf":
+                    args += _memref_args(self._view(entry, value))
+                else:
+                    args.append(ctypes.c_int64(int(value)))
+            args += self.block_args
+            for blk in range(blocks):
+                self.block[0] = blk
+                fn(*args)
+        return {o.name: self._view(entry, o.buffer).copy() for o in entry.outputs if o.role == "data"}
+
+    def generate(self, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
+        """Greedy tokens after ``prompt`` [batch, T], as ``tide.Session.generate`` picks them: the
+        prompt in the largest compiled prefill chunks, the rest and every new token by decode."""
+        sizes = sorted(int(s) for s in self.meta.get("prefill_chunks", []))
+        pos, left, logits = 0, prompt.shape[1], None
+        steps = []
+        for size in reversed(sizes):
+            while left >= size:
+                steps.append((f"prefill_{size}", size))
+                left -= size
+        steps += [("decode", 1)] * left
+        for entry, size in steps:
+            logits = self.run(entry, {"input_ids": prompt[:, pos:pos + size],
+                                      "start_pos": np.full(1, pos, np.int64)})["logits"][:, -1]
+            pos += size
+        out = np.empty((prompt.shape[0], new_tokens), np.int64)
+        for step in range(new_tokens):
+            out[:, step] = np.argmax(logits, axis=-1)
+            if step + 1 < new_tokens:
+                logits = self.run("decode", {"input_ids": out[:, step:step + 1],
+                                             "start_pos": np.full(1, pos, np.int64)})["logits"][:, -1]
+                pos += 1
+        return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(prog="python -m tide.targets.ascend.cpu_runner", description=__doc__.splitlines()[0])
+    p.add_argument("artifact")
+    p.add_argument("--prompt", required=True, help="prompt token ids, space or comma separated")
+    p.add_argument("-n", type=int, default=8, help="new tokens")
+    args = p.parse_args(argv)
+    runner = CpuRunner(args.artifact)
+    ids = [int(t) for t in args.prompt.replace(",", " ").split()]
+    prompt = np.array([ids] * int(runner.meta["batch"]), np.int64)
+    print(json.dumps(runner.generate(prompt, args.n).tolist()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
