@@ -9,8 +9,8 @@ are the kernel's buffers as GM memrefs (and ``i64`` scalars), in the plan's argu
   ``LowerOpaqueBlock``, ``StmtSimplify``), then translated statement by statement: loops to
   ``scf.for`` / ``scf.while``, conditions to ``scf.if`` (``if_then_else`` too, so a guarded load is
   never executed), buffer accesses to ``memref.load`` / ``memref.store``, views to
-  ``memref.reinterpret_cast``, local buffers to ``memref.alloca`` at the entry (bishengir places
-  them), arithmetic to ``arith`` / ``math``;
+  ``memref.reinterpret_cast``, local buffers to UB allocations at the entry (bishengir plans the
+  UB and refuses what does not fit), arithmetic to ``arith`` / ``math``;
 - the kernel's parallel row loop (the one the kernel's body consists of) runs on the AI cores:
   ``for r = get_block_idx; r < extent; r += get_block_num`` with ``hacc.block_dim`` =
   min(extent, the SoC's vector cores); a kernel without one runs on one core.
@@ -29,9 +29,10 @@ from ...compiler.errors import CompileError
 from . import cost
 
 GM = "#hivm.address_space<gm>"
+UB = "#hivm.address_space<ub>"
 
 _DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
-           "int32": "i32", "int16": "i16", "int8": "i8", "uint8": "i8", "bool": "i1"}
+           "int32": "i32", "int16": "i16", "int8": "i8", "bool": "i1"}
 
 _MATH = {"tirx.exp": "math.exp", "tirx.log": "math.log", "tirx.sqrt": "math.sqrt", "tirx.rsqrt": "math.rsqrt",
          "tirx.tanh": "math.tanh", "tirx.sin": "math.sin", "tirx.cos": "math.cos", "tirx.fabs": "math.absf",
@@ -50,11 +51,24 @@ class Kernel:
     args: list  # "ptr" | "i64" per argument
 
 
+class _Unsupported(Exception):
+    pass
+
+
 def mlir_type(dtype: str, what: str) -> str:
     if dtype not in _DTYPES:
-        raise CompileError(f"ascend codegen: {what} has dtype {dtype}, which the Ascend target does not take "
+        raise _Unsupported(f"{what} has dtype {dtype}, which the Ascend target does not take "
                            f"(supported: {', '.join(_DTYPES)})")
     return _DTYPES[dtype]
+
+
+def cpu_text(text: str) -> str:
+    """A translated module for the CPU runner: its UB allocations (all at the function's entry)
+    as stack allocations, so that repeated calls do not leak."""
+    import re
+
+    return re.sub(r"= memref\.alloc\(\) : (memref<[^\n]*, #hivm\.address_space<ub>>)$", r"= memref.alloca() : \1",
+                  text, flags=re.M)
 
 
 def lower_to_loops(func):
@@ -74,10 +88,6 @@ def translate(name: str, func, soc: str) -> Kernel:
         return _Translator(name, lower_to_loops(func), soc).run()
     except _Unsupported as err:
         raise CompileError(f"ascend codegen: kernel '{name}': {err}") from None
-
-
-class _Unsupported(Exception):
-    pass
 
 
 def _dtype(e) -> str:
@@ -282,18 +292,18 @@ class _Translator:
 
     # -- statements ----------------------------------------------------------------------------
     def _seq(self, stmts, each):
-        """Emits ``stmts`` in order. Their local buffers become ``memref.alloca`` at the function's
+        """Emits ``stmts`` in order. Their local buffers become UB allocations at the function's
         entry: a fresh TIR buffer holds nothing a program may read, so hoisting one out of a loop
-        keeps its meaning, and bishengir 1.2.0 plans static allocations (``memref.dealloc`` crashes
-        its memory planner)."""
+        keeps its meaning, and bishengir 1.2.0 plans the UB statically (it checks that they fit;
+        ``memref.dealloc`` crashes its memory planner)."""
         from tvm import tirx
 
         for s in stmts:
             if isinstance(s, tirx.AllocBuffer):
                 self._check_dense(s.buffer)
-                t = self._memref_t(s.buffer, None)
+                t = self._memref_t(s.buffer, UB)
                 ssa = f"%buf{len(self.alloc_lines)}"
-                self.alloc_lines.append(f"    {ssa} = memref.alloca() : {t}")
+                self.alloc_lines.append(f"    {ssa} = memref.alloc() : {t}")
                 self.bufs[s.buffer] = (ssa, t)
             else:
                 each(s)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ...compiler.artifact import AscendCode, np_dtype, read_artifact
-from . import toolchain
+from . import codegen, toolchain
 from .kernels import matmul
 
 
@@ -41,7 +41,7 @@ def build_kernel(name: str, text: str) -> Path:
         return final
     work = cache_dir() / f"build-{key}-{os.getpid()}"
     try:
-        so = toolchain.cpu_build(matmul.cpu_emulation(text), name, work)
+        so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(text)), name, work)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(so, tmp)
@@ -62,7 +62,9 @@ def _memref_args(a: np.ndarray) -> list:
 class CpuRunner:
     """Runs the entries of an ascend artifact on the CPU (one session: its states persist)."""
 
-    def __init__(self, path: str, workers: int | None = None):
+    def __init__(self, path: str, workers: int | None = None, observer=None):
+        """``observer(kernel, before, after)``, when given, sees every kernel call: the kernel's
+        name, its arguments before the call (buffers copied, immediates as ints) and after it."""
         art = read_artifact(path)
         if art.target.kind != "ascend" or not isinstance(art.device_code, AscendCode):
             raise ValueError(f"{path}: not an ascend artifact (target {art.target.kind})")
@@ -80,6 +82,7 @@ class CpuRunner:
         self.entries = {e.name: e for e in self.plan.entries}
         self.inputs: dict = {}
         self.arenas = {e.name: np.zeros(max(e.arena_bytes, 1), np.uint8) for e in self.plan.entries}
+        self.observer = observer
 
     def _view(self, entry, b) -> np.ndarray:
         buf = entry.buffers[b]
@@ -108,17 +111,22 @@ class CpuRunner:
                 if src.ctypes.data != dst.ctypes.data:
                     dst.reshape(-1).view(np.uint8)[:] = src.reshape(-1).view(np.uint8)
                 continue
-            fn, blocks, kinds = self.kernels[op.kernel]
-            args = []
-            for (kind, value), want in zip(op.args, kinds):
+            fn, blocks, _ = self.kernels[op.kernel]
+            args, views = [], []
+            for kind, value in op.args:
                 if kind == "buf":
-                    args += _memref_args(self._view(entry, value))
+                    views.append(self._view(entry, value))
+                    args += _memref_args(views[-1])
                 else:
+                    views.append(int(value))
                     args.append(ctypes.c_int64(int(value)))
             args += self.block_args
+            before = [v.copy() if isinstance(v, np.ndarray) else v for v in views] if self.observer else None
             for blk in range(blocks):
                 self.block[0] = blk
                 fn(*args)
+            if self.observer:
+                self.observer(self.plan.kernels[op.kernel], before, views)
         return {o.name: self._view(entry, o.buffer).copy() for o in entry.outputs if o.role == "data"}
 
     def generate(self, prompt: np.ndarray, new_tokens: int) -> np.ndarray:

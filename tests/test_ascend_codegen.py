@@ -1,0 +1,217 @@
+"""The TIR -> MLIR translator of the Ascend target (``tide.targets.ascend.codegen``) on small kernels
+written for it: each is compile-checked by bishengir for both SoCs and run through the CPU runner
+(``MALLOC_PERTURB_`` set) against numpy in float64; constructs it does not take are errors naming
+the kernel; ``tide compile`` rejects a wrong ``--soc``/``--arch`` combination."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tide.compiler.errors import CompileError
+from tide.targets.ascend import codegen, cores, toolchain
+from tide.targets.ascend.kernels import matmul
+
+SOCS = ("Ascend910B1", "Ascend950PR_9599")
+needs_cpu_runner = pytest.mark.skipif(toolchain.missing_cpu_runner() is not None,
+                                      reason=str(toolchain.missing_cpu_runner()))
+
+ROWS, COLS, TABLE = 6, 40, 9
+
+
+def _softmax_gather():
+    """Rows on the AI cores: a gather guarded by an index range (out-of-range rows give 0, and
+    their load must not run), a max and a sum reduction into local buffers, floordiv/floormod and
+    casts, a Select and a view (decl_buffer over another buffer's data)."""
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def kernel(x: T.Buffer((TABLE, COLS), "float32"), idx: T.Buffer((ROWS,), "int64"),
+               y: T.Buffer((ROWS, COLS), "float32"), code: T.Buffer((ROWS, COLS), "int32")):
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            flat = T.decl_buffer((ROWS * COLS,), "int32", data=code.data)
+            for r in T.parallel(ROWS):
+                with T.sblock("row"):
+                    T.reads(x[0:TABLE, 0:COLS], idx[r])
+                    T.writes(y[r, 0:COLS], flat[r * COLS:r * COLS + COLS])
+                    g = T.sblock_alloc_buffer((COLS,), "float32", scope="local")
+                    mx = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    sm = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                    for c in range(COLS):
+                        g[c] = T.if_then_else(idx[r] >= T.int64(0) and idx[r] < T.int64(TABLE), x[idx[r], c],
+                                              T.float32(0))
+                    mx[0] = T.float32(-math.inf)
+                    sm[0] = T.float32(0)
+                    for c in range(COLS):
+                        mx[0] = T.max(mx[0], g[c])
+                    for c in range(COLS):
+                        sm[0] = sm[0] + T.exp(g[c] - mx[0])
+                    for c in range(COLS):
+                        y[r, c] = T.Select(g[c] > T.float32(0), T.exp(g[c] - mx[0]) / sm[0], T.sqrt(T.fabs(g[c])))
+                        flat[r * COLS + c] = T.Cast("int32", T.floordiv(c - 17, 5) * 100 + T.floormod(c - 17, 5)) \
+                            + T.Cast("int32", idx[r])
+    return kernel.with_attr("global_symbol", "tide_test_softmax_gather")
+
+
+def _reference(x, idx):
+    x64 = x.astype(np.float64)
+    y = np.zeros((ROWS, COLS))
+    code = np.zeros((ROWS, COLS), np.int64)
+    for r in range(ROWS):
+        g = x64[idx[r]] if 0 <= idx[r] < TABLE else np.zeros(COLS)
+        e = np.exp(g - g.max())
+        y[r] = np.where(g > 0, e / e.sum(), np.sqrt(np.abs(g)))
+        c = np.arange(COLS)
+        code[r] = (c - 17) // 5 * 100 + (c - 17) % 5 + idx[r]
+    return y, code
+
+
+@pytest.fixture(scope="module")
+def kernel_text():
+    return {soc: codegen.translate("tide_test_softmax_gather", _softmax_gather(), soc) for soc in SOCS}
+
+
+def test_translation_maps_rows_to_cores(kernel_text):
+    for soc, k in kernel_text.items():
+        assert k.block_dim == ROWS and k.args == ["ptr"] * 4
+        assert "hivm.hir.get_block_idx" in k.text and "scf.if" in k.text and "memref.reinterpret_cast" in k.text
+        assert "memref.dealloc" not in k.text  # crashes bishengir 1.2.0's memory planner
+
+
+@pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
+@pytest.mark.parametrize("soc", SOCS)
+def test_bishengir_compiles_it(kernel_text, soc, tmp_path):
+    opt = toolchain.compile_check(kernel_text[soc].text, soc, tmp_path)
+    assert "func.func @tide_test_softmax_gather" in opt.read_text()
+
+
+@needs_cpu_runner
+@pytest.mark.parametrize("soc", SOCS)
+def test_cpu_runner_matches_numpy(kernel_text, soc, tmp_path):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((TABLE, COLS)).astype(np.float32)
+    idx = np.array([3, -1, 8, 0, 9, 5], np.int64)  # -1 and 9 are out of range: guarded loads
+    k = kernel_text[soc]
+    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(k.text)), k.name, tmp_path)
+    y0 = rng.standard_normal((ROWS, COLS)).astype(np.float32)
+    _, _, y, code = toolchain.cpu_run(so, k.name, k.block_dim, x, idx, y0, np.zeros((ROWS, COLS), np.int32))
+    want_y, want_code = _reference(x, idx)
+    np.testing.assert_allclose(y, want_y, rtol=2e-6, atol=1e-7)
+    np.testing.assert_array_equal(code, want_code)
+
+
+@needs_cpu_runner
+def test_cpu_runner_catches_a_planted_bug(kernel_text, tmp_path):
+    k = kernel_text["Ascend910B1"]
+    wrong = k.text.replace("arith.maximumf", "arith.minimumf", 1)
+    assert wrong != k.text
+    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(wrong)), k.name, tmp_path)
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((TABLE, COLS)).astype(np.float32)
+    idx = np.array([3, 1, 8, 0, 2, 5], np.int64)
+    _, _, y, _ = toolchain.cpu_run(so, k.name, k.block_dim, x, idx, np.zeros((ROWS, COLS), np.float32),
+                                   np.zeros((ROWS, COLS), np.int32))
+    assert not np.allclose(y, _reference(x, idx)[0], rtol=1e-3)
+
+
+def test_float_literals_are_exact():
+    assert codegen._float_literal(1.0, "f32") == "0x3F800000"
+    assert codegen._float_literal(-math.inf, "f32") == "0xFF800000"
+    assert codegen._float_literal(math.inf, "bf16") == "0x7F80"
+    assert codegen._float_literal(0.1, "f32") == "0x3DCCCCCD"  # float32(0.1), not float64's
+    assert codegen._float_literal(1e-6, "f64") == "0x3EB0C6F7A0B5ED8D"
+
+
+def test_unsupported_construct_names_kernel_and_construct():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def bad(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        for i in range(4):
+            y[i] = T.call_extern("float32", "my_intrinsic", x[i])
+
+    with pytest.raises(CompileError, match=r"kernel 'tide_bad'.*call to tirx.call_extern"):
+        codegen.translate("tide_bad", bad, "Ascend910B1")
+
+
+def test_unsupported_dtype_is_named():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def bad(x: T.Buffer((4,), "float8_e4m3fn"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = T.Cast("float32", x[i])
+
+    with pytest.raises(CompileError, match=r"kernel 'k'.*buffer 'x' has dtype float8_e4m3fn"):
+        codegen.translate("k", bad, "Ascend910B1")
+
+
+def test_generic_kernels_get_a_parallel_row_loop_only_when_single_nest():
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def single(x: T.Buffer((8, 4), "float32"), y: T.Buffer((8, 4), "float32")):
+        for i, j in T.grid(8, 4):
+            with T.sblock("y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = x[vi, vj] * T.float32(2)
+
+    @T.prim_func(s_tir=True)
+    def two(x: T.Buffer((8, 4), "float32"), y: T.Buffer((8, 4), "float32")):
+        t = T.alloc_buffer((8, 4))
+        for i, j in T.grid(8, 4):
+            with T.sblock("t"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                t[vi, vj] = x[vi, vj] + T.float32(1)
+        for i, j in T.grid(8, 4):
+            with T.sblock("y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = t[7 - vi, vj]
+
+    mod = cores.schedule(tvm.IRModule({"single": single, "two": two}))
+    assert codegen.translate("single", mod["single"], "Ascend910B1").block_dim == 8
+    assert codegen.translate("two", mod["two"], "Ascend910B1").block_dim == 1
+
+
+@pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
+def test_a_kernel_bishengir_rejects_is_a_compile_error_naming_it():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def huge(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        T.func_attr({"tirx.noalias": True})
+        with T.sblock("root"):
+            big = T.alloc_buffer((1 << 20,), "float32")  # 4 MiB of local memory: no AI core has it
+            for i in range(1 << 20):
+                big[i] = x[i % 4]
+            for i in range(4):
+                y[i] = big[i * 1000]
+
+    with pytest.raises(CompileError, match=r"(?s)kernel 'tide_huge' does not compile for Ascend910B1.*ub overflow"):
+        codegen.build({"tide_huge": huge}, "Ascend910B1")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--target", "cpu", "--soc", "Ascend910B1"], "--soc names an Ascend SoC; it needs --target ascend"),
+    (["--target", "ascend", "--arch", "sm_90"], "--target ascend takes --soc"),
+    (["--target", "ascend", "--soc", "Ascend310P"], "unknown Ascend SoC 'Ascend310P'"),
+])
+def test_compile_rejects_wrong_soc_options(tmp_path, args, message):
+    from tide.compiler.export import export
+
+    onnx_path = tmp_path / "m.onnx"
+    if "Ascend310P" in args:
+        export("tiny", str(onnx_path), seed=0, batch=1)
+    else:
+        onnx_path.write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "tide.cli", "compile", str(onnx_path), "-o", str(tmp_path / "m.tide"),
+                           *args, "-q"], capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert message in proc.stderr + proc.stdout
