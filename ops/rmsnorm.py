@@ -25,7 +25,8 @@ def prim_func(rows: int, dim: int, epsilon: float, dtype: str = "float32"):
     y = te.compute((rows, dim),
                    lambda i, j: x[i, j] * te.rsqrt(sum_sq[i] / float(dim) + float(epsilon)) * weight[j],
                    name="y")
-    return te.create_prim_func([x, weight, y])
+    # What the op is, for targets with their own kernel for it (tide.targets.ascend.codegen).
+    return te.create_prim_func([x, weight, y]).with_attrs({"tide.kernel": "rmsnorm", "tide.epsilon": float(epsilon)})
 
 
 def reference(x: np.ndarray, weight: np.ndarray, epsilon: float) -> np.ndarray:

@@ -23,6 +23,7 @@ CompileError naming the kernel and the construct.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ...compiler.errors import CompileError
@@ -83,11 +84,86 @@ def lower_to_loops(func):
 
 
 def translate(name: str, func, soc: str) -> Kernel:
-    """The MLIR module of PrimFunc ``func`` as kernel ``name`` for ``soc``."""
+    """The MLIR module of PrimFunc ``func`` as kernel ``name`` for ``soc``: the hand-written HIVM
+    kernel of its op where ``kernels/`` has one for these shapes and dtypes, else the translation."""
     try:
-        return _Translator(name, lower_to_loops(func), soc).run()
+        hand = _hand_written(name, func, soc)
+        return hand if hand is not None else _Translator(name, lower_to_loops(func), soc).run()
     except _Unsupported as err:
         raise CompileError(f"ascend codegen: kernel '{name}': {err}") from None
+
+
+def _param_types(func) -> list:
+    return [(_memref_type(p, GM), "ptr") if _is_buffer(p) else ("i64", "i64") for p in func.params]
+
+
+def _memref_type(buf, space: str) -> str:
+    dims = [str(int(d)) for d in buf.shape]
+    elem = mlir_type(str(buf.dtype), f"buffer '{buf.name}'")
+    return f"memref<{'x'.join(dims + [elem])}, {space}>"
+
+
+def _hand_written(name: str, func, soc: str) -> Kernel | None:
+    """``kernels/``' HIVM kernel for ``func`` (by its ``tide.kernel`` attribute), with its entry
+    taking the plan's argument types, or None."""
+    attrs = func.attrs or {}
+    if attrs.get("tide.kernel") == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
+        from .kernels import rmsnorm
+
+        rows, dim = (int(d) for d in func.params[0].shape)
+        text = rmsnorm.emit(rows, dim, soc, float(attrs["tide.epsilon"]), name=name)
+    else:
+        return None
+    types = _param_types(func)
+    return Kernel(name, adapt_entry(text, [t for t, _ in types]), _block_dim(text), [k for _, k in types])
+
+
+def _block_dim(text: str) -> int:
+    import re
+
+    return int(re.search(r"hacc\.block_dim = (\d+) : i64", text).group(1))
+
+
+def adapt_entry(text: str, types: list) -> str:
+    """``text``'s entry function taking memref arguments of ``types`` (the plan's shapes): an
+    argument the kernel declares with another shape of the same elements is reshaped at the entry
+    (``memref.collapse_shape`` to one dimension, then ``memref.expand_shape``)."""
+    import re
+
+    m = re.search(r"func\.func @\w+\((.*?)\) attributes", text)
+    params = [p.split(": ", 1) for p in re.split(r", (?=%)", m.group(1))]
+    if len(params) != len(types):
+        raise _Unsupported(f"the hand-written kernel takes {len(params)} arguments, the plan {len(types)}")
+    head, prologue = [], []
+    for (ssa, have), want in zip(params, types):
+        if have == want:
+            head.append(f"{ssa}: {have}")
+            continue
+        shape_have, shape_want = _shape(have), _shape(want)
+        if _elem(have) != _elem(want) or math.prod(shape_have) != math.prod(shape_want):
+            raise _Unsupported(f"argument {ssa}: the kernel takes {have}, the plan passes {want}")
+        cur, cur_t = f"{ssa}_plan", want
+        head.append(f"{cur}: {want}")
+        if len(shape_want) != 1:
+            flat_t = f"memref<{math.prod(shape_want)}x{_elem(want)}, {GM}>"
+            groups = "[[" + ", ".join(map(str, range(len(shape_want)))) + "]]"
+            prologue.append(f"    {ssa}_flat = memref.collapse_shape {cur} {groups} : {cur_t} into {flat_t}")
+            cur, cur_t = f"{ssa}_flat", flat_t
+        groups = "[[" + ", ".join(map(str, range(len(shape_have)))) + "]]"
+        prologue.append(f"    {ssa} = memref.expand_shape {cur} {groups} output_shape [{', '.join(map(str, shape_have))}]"
+                        f" : {cur_t} into {have}")
+    start = m.start(1)
+    body_at = text.index("{\n", m.end()) + 2
+    return text[:start] + ", ".join(head) + text[m.end(1):body_at] + "".join(p + "\n" for p in prologue) + text[body_at:]
+
+
+def _shape(memref_t: str) -> list:
+    inner = memref_t[len("memref<"):].split(",")[0]
+    return [int(d) for d in inner.split("x")[:-1]]
+
+
+def _elem(memref_t: str) -> str:
+    return memref_t[len("memref<"):].split(",")[0].split("x")[-1]
 
 
 def _dtype(e) -> str:
