@@ -111,7 +111,10 @@ def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = F
     import tvm
     from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
-    return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind, lead))
+    func = tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind, lead))
+    # What the op is, for targets with their own kernel for it (tide.targets.ascend.codegen).
+    return func.with_attrs({"tide.kernel": "rope", "tide.rope_dim": rope_dim, "tide.rope_groups": groups,
+                            "tide.rope_inverse": bool(inverse)})
 
 
 def reference(x, cos, sin, rope_dim: int, inverse: bool = False) -> np.ndarray:

@@ -112,6 +112,12 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
 
         rows, dim = (int(d) for d in func.params[0].shape)
         text = rmsnorm.emit(rows, dim, soc, float(attrs["tide.epsilon"]), name=name)
+    elif attrs.get("tide.kernel") == "rope" and all(str(p.dtype) == "float32" for p in func.params):
+        from .kernels import rope
+
+        shape = [int(d) for d in func.params[0].shape]
+        text = rope.emit(math.prod(shape[:-1]), shape[-1], int(attrs["tide.rope_dim"]), int(attrs["tide.rope_groups"]),
+                         soc, inverse=bool(attrs["tide.rope_inverse"]), name=name)
     else:
         return None
     types = _param_types(func)
