@@ -42,9 +42,19 @@ def command(args) -> int:
         t = r["tiling"]
         print(f"{r['soc']:17} {r['tokens']:4d} {r['kernel']:18} {t['tm']:>5},{t['tn']:>5},{t['tk']:>5},{t['blocks']:>5}  "
               f"{r['time_s'] * 1e6:9.1f} {r['bound']:8} {r['tflops']:8.1f} {r['hbm_bytes'] / 1e6:8.1f}")
+    compiled = None
+    if args.compile:
+        from . import ascend_kernels
+
+        print("\nEvery V4-Flash benchmark case compiled with tide compile --target ascend per SoC (bishengir up to "
+              "hivmc), estimated on its unit (vector: hand-written HIVM; scalar: translated from TIR)")
+        compiled = ascend_kernels.rows("flash")
+        ascend_kernels.print_table(compiled)
     if args.json:
         doc = {"kind": "tide-bench-ascend-estimate", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "host": platform.node(), "rows": table}
+        if compiled is not None:
+            doc["compiled_cases"] = compiled
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(doc, indent=1))
         print(f"wrote {args.json}")

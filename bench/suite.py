@@ -323,6 +323,8 @@ def add_arguments(p) -> None:
                    help="where the kernels run (ascend: --estimate only)")
     p.add_argument("--estimate", action="store_true",
                    help="ascend: the cost model's estimates per kernel and SoC instead of measurements")
+    p.add_argument("--compile", action="store_true",
+                   help="ascend --estimate: also compile every V4-Flash case for each SoC (minutes) and estimate it")
     p.add_argument("--kernel", action="append", metavar="NAME",
                    help=f"only these kernels (repeatable): {', '.join(KERNELS)}, model")
     p.add_argument("--shapes", action="append", choices=["tiny", "flash", "pro"],
@@ -349,9 +351,9 @@ def add_arguments(p) -> None:
 
 def command(args) -> int:
     """``tide bench``."""
-    if args.target == "ascend" or args.estimate:
+    if args.target == "ascend" or args.estimate or args.compile:
         if args.target != "ascend":
-            raise SystemExit("tide bench: --estimate is for --target ascend")
+            raise SystemExit(f"tide bench: --{'estimate' if args.estimate else 'compile'} is for --target ascend")
         from .ascend_estimate import command as estimate
 
         return estimate(args)

@@ -29,7 +29,7 @@ from . import loop_extent as _extent
 
 CPU_ENTRY_BLOCK = 8  # entries per tile on the CPU (the logits tile is 8 vectors of 16 heads)
 CUDA_ENTRY_BLOCK = 16
-ASCEND_ENTRY_BLOCK = 64  # entries per tile on an Ascend AI core
+ASCEND_ENTRY_BLOCK = 32  # entries per tile on an Ascend AI core (a 512-channel tile: 64 KiB of UB)
 CUDA_CTAS = 264  # two waves' worth of thread blocks on a 132-SM H100/H200
 
 

@@ -1,19 +1,54 @@
 """Ascend "schedules" at the TIR level, before ``tide.targets.ascend.codegen`` translates a kernel to
 MLIR: tide's kernels arrive written with their independent row loops as ``T.parallel`` (the
 definitions' non-CUDA form); codegen maps a kernel's parallel loop onto the AI cores
-(``get_block_idx`` / ``get_block_num``). Generic kernels get their leading data-parallel loop marked
-parallel here when the kernel is a single loop nest (several nests in one kernel would need a
-cross-core barrier between them, so they run on one core).
+(``get_block_idx`` / ``get_block_num``). Kernels without one (generic kernels, and tide kernels
+defined with plain loops) get their leading data-parallel loop marked parallel here when the kernel
+is a single loop nest (several nests in one kernel would need a cross-core barrier between them, so
+they run on one core).
 """
 
 from __future__ import annotations
+
+import math
 
 CORES = 48  # vector cores of a 910B (Ascend910B1); the attention and indexer split-K targets
 
 
 def kernel(func):
-    """A tide kernel as the Ascend codegen takes it: its definition, marked scheduled."""
-    return func.with_attr("tirx.is_scheduled", True)
+    """A tide kernel as the Ascend codegen takes it: its definition (with its leading loop made
+    parallel as for generic kernels when it has none), marked scheduled."""
+    return _parallel_outer(func).with_attr("tirx.is_scheduled", True)
+
+
+def _parallel_outer(func):
+    """``func`` with its outer loops parallel where ``tvm.s_tir.Schedule.parallel`` accepts them
+    (every block under them binds them to data-parallel iterators only) and the kernel is one loop
+    nest: of a nest around one block, the shortest run of leading loops that fuse into one parallel
+    loop of at least CORES iterations (else the longest that fuses), so each core keeps whole inner
+    loops; of other nests the outermost loop alone. ``func`` itself when none is accepted."""
+    from tvm import s_tir, tirx
+
+    if _single_nest_loop(func) is None or not _has_root(func):
+        return func
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if not blocks or sch.get(sch.get_loops(blocks[0])[0]).kind != tirx.ForKind.SERIAL:
+        return func
+    loops = sch.get_loops(blocks[0])
+    depth = len(loops) if len(blocks) == 1 else 1
+    extents = [sch.get(lp).extent for lp in loops[:depth]]
+    best = func
+    for n in range(1, depth + 1):
+        trial = s_tir.Schedule(func)
+        lead = trial.get_loops(trial.get_child_blocks(trial.get_sblock("root"))[0])[:n]
+        try:
+            trial.parallel(trial.fuse(*lead) if n > 1 else lead[0])
+        except Exception:  # noqa: BLE001  (tvm's ScheduleError: not fusable, or not data-parallel)
+            break
+        best = trial.mod["main"]
+        if not all(isinstance(e, tirx.IntImm) for e in extents[:n]) or math.prod(int(e) for e in extents[:n]) >= CORES:
+            break
+    return best
 
 
 def _single_nest_loop(func):
@@ -30,22 +65,13 @@ def schedule(mod, target=None):
     """Marks every not-yet-scheduled PrimFunc of ``mod`` scheduled, with its outermost loop parallel
     where ``tvm.s_tir.Schedule.parallel`` accepts it (every block under it binds the loop to
     data-parallel iterators only) and the kernel is one loop nest."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
 
     updated = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
             continue
-        if _single_nest_loop(func) is not None:
-            sch = s_tir.Schedule(func)
-            blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(func) else []
-            if len(blocks) == 1:
-                try:
-                    sch.parallel(sch.get_loops(blocks[0])[0])
-                    func = sch.mod["main"]
-                except Exception:  # noqa: BLE001  (tvm's ScheduleError: the loop is not data-parallel)
-                    pass
-        updated[gv] = func.with_attr("tirx.is_scheduled", True)
+        updated[gv] = _parallel_outer(func).with_attr("tirx.is_scheduled", True)
     for gv, func in updated.items():
         mod[gv] = func
     return mod

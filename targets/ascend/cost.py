@@ -109,6 +109,30 @@ def soc(name: str) -> Soc:
     return SOCS[name]
 
 
+# Kernels that are not cube GEMMs: an element-wise / reduction kernel of known FLOPs and bytes on
+# ``blocks`` AIV cores, on the vector unit (tide's hand-written HIVM vector kernels) or on the
+# scalar unit (kernels translated from TIR, ``codegen._Translator``).
+VECTOR_F32_LANES = 64  # 256 B per cycle of float32 (vector_bytes_per_cycle / 4)
+SCALAR_INSTRUCTIONS_PER_FLOP = 4  # assumption: a translated loop issues a load, index arithmetic and a
+#                                   branch around each arithmetic op, one instruction per cycle, with
+#                                   GM reads hidden by the scalar data cache (no public figures)
+
+
+def streaming(soc_name: str, kernel: str, flops: float, bytes_: float, blocks: int, unit: str) -> Estimate:
+    """``kernel`` doing ``flops`` and moving ``bytes_`` between GM and the cores, on ``blocks``
+    cores' ``unit`` ("vector": 64 float32 lanes per cycle; "scalar": one instruction per cycle,
+    SCALAR_INSTRUCTIONS_PER_FLOP per FLOP). Levels: the unit, MTE2 issue of the cores used, HBM."""
+    s = soc(soc_name)
+    if unit not in ("vector", "scalar"):
+        raise ValueError(f"ascend cost model: unit must be vector or scalar, got '{unit}'")
+    blocks = max(1, min(blocks, s.vector_cores))
+    per_cycle = VECTOR_F32_LANES if unit == "vector" else 1.0 / SCALAR_INSTRUCTIONS_PER_FLOP
+    terms = {unit: flops / (per_cycle * s.clock_hz * blocks),
+             "mte2": bytes_ / (s.mte2_bytes_per_cycle * s.clock_hz * blocks),
+             "hbm": bytes_ / s.hbm_bytes_per_s}
+    return _finish(kernel, s, terms, flops, {"hbm_bytes": bytes_, "blocks": blocks})
+
+
 def ceil_to(x: int, m: int) -> int:
     return -(-x // m) * m
 
