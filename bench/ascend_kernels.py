@@ -3,10 +3,11 @@ kernel at a V4 shape, ``bench/cases.py``) compiled with ``tide compile --target 
 (so every kernel of the case passes bishengir for it, or the row says why not), with the cost
 model's estimate of the case on that SoC.
 
-A case's kernels run on the vector unit where ``kernels/`` has a hand-written HIVM kernel for the op
+A case's op runs on the vector unit where ``kernels/`` has a hand-written HIVM kernel for it
 (RMSNorm, RoPE) and on the scalar unit otherwise (translated from TIR); the estimate is
 ``cost.streaming`` on the case's analytic FLOPs and bytes (``KernelDef.cost``) over the AI cores
-its widest kernel uses. The cube and MoE grouped GEMMs of the hand-written kernels are in the
+its widest kernel uses. Where the op is hand-written, the translated helper kernels the graph adds
+around it (e.g. a reshape copy) are listed in ``not_estimated``. The cube and MoE grouped GEMMs of the hand-written kernels are in the
 other table (``ascend_estimate``).
 """
 
@@ -52,11 +53,14 @@ def estimate_case(case, soc: str, compiled: dict) -> dict:
 
     kdef = KERNELS[case.kernel]
     c = kdef.cost(case, kdef.make_inputs(case, np.random.default_rng(case.seed)))
-    hand = bool(compiled["kernels"]) and all(k["hand"] for k in compiled["kernels"])
-    blocks = max((k["block_dim"] for k in compiled["kernels"]), default=1)
-    est = cost.streaming(soc, case.name, float(c["flops"]), float(c["bytes"]), blocks, "vector" if hand else "scalar")
-    return {"time_s": est.time_s, "bound": est.bound, "unit": "vector" if hand else "scalar", "blocks": blocks,
-            "flops": float(c["flops"]), "bytes": float(c["bytes"])}
+    hand = [k for k in compiled["kernels"] if k["hand"]]
+    main = hand or compiled["kernels"]
+    blocks = max((k["block_dim"] for k in main), default=1)
+    unit = "vector" if hand else "scalar"
+    est = cost.streaming(soc, case.name, float(c["flops"]), float(c["bytes"]), blocks, unit)
+    return {"time_s": est.time_s, "bound": est.bound, "unit": unit, "blocks": blocks,
+            "flops": float(c["flops"]), "bytes": float(c["bytes"]),
+            "not_estimated": [k["name"] for k in compiled["kernels"] if hand and not k["hand"]]}
 
 
 def rows(shapes: str = "flash", socs=SOCS, kernels=None, log=print) -> list[dict]:

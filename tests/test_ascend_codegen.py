@@ -215,3 +215,68 @@ def test_compile_rejects_wrong_soc_options(tmp_path, args, message):
                            *args, "-q"], capture_output=True, text=True)
     assert proc.returncode != 0
     assert message in proc.stderr + proc.stdout
+
+
+def _gemm_funcs():
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def kn(a: T.Buffer((1, 3, 40), "float32"), b: T.Buffer((40, 24), "float32"), c: T.Buffer((1, 3, 24), "float32")):
+        for i0, i1, j, k in T.grid(1, 3, 24, 40):
+            with T.sblock("matmul"):
+                v0, v1, vj, vk = T.axis.remap("SSSR", [i0, i1, j, k])
+                with T.init():
+                    c[v0, v1, vj] = T.float32(0)
+                c[v0, v1, vj] = c[v0, v1, vj] + a[v0, v1, vk] * b[vk, vj]
+
+    @T.prim_func(s_tir=True)
+    def nk(a: T.Buffer((3, 40), "float32"), b: T.Buffer((24, 40), "float32"), c: T.Buffer((3, 24), "float32")):
+        for i, j, k in T.grid(3, 24, 40):
+            with T.sblock("nt"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    c[vi, vj] = T.float32(0)
+                c[vi, vj] = c[vi, vj] + b[vj, vk] * a[vi, vk]
+
+    @T.prim_func(s_tir=True)
+    def biased(a: T.Buffer((3, 40), "float32"), b: T.Buffer((40, 24), "float32"), c: T.Buffer((3, 24), "float32")):
+        for i, j, k in T.grid(3, 24, 40):
+            with T.sblock("mm"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    c[vi, vj] = T.float32(1)  # not from zero: not a plain GEMM
+                c[vi, vj] = c[vi, vj] + a[vi, vk] * b[vk, vj]
+
+    @T.prim_func(s_tir=True)
+    def transposed_a(a: T.Buffer((40, 3), "float32"), b: T.Buffer((40, 24), "float32"), c: T.Buffer((3, 24), "float32")):
+        for i, j, k in T.grid(3, 24, 40):
+            with T.sblock("mm"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    c[vi, vj] = T.float32(0)
+                c[vi, vj] = c[vi, vj] + a[vk, vi] * b[vk, vj]
+
+    return kn, nk, biased, transposed_a
+
+
+def test_plain_gemms_go_to_the_cube_kernel():
+    kn, nk, biased, transposed_a = _gemm_funcs()
+    assert codegen._gemm_shape(kn) == (3, 24, 40, "float32", True)
+    assert codegen._gemm_shape(nk) == (3, 24, 40, "float32", False)
+    assert codegen._gemm_shape(biased) is None and codegen._gemm_shape(transposed_a) is None
+    k = codegen.translate("tide_kn", kn, "Ascend910B1")
+    assert "hivm.hir.mmadL1 ins(" in k.text and "hivm.hir.fixpipe" in k.text and k.args == ["ptr"] * 3
+    assert "memref.collapse_shape %A_plan" in k.text  # the plan's [1, 3, 40] A seen as [3, 40]
+    assert "mmadL1" not in codegen.translate("tide_biased", biased, "Ascend910B1").text
+
+
+@needs_cpu_runner
+def test_gemm_kernel_with_plan_shapes_matches_numpy(tmp_path):
+    kn = _gemm_funcs()[0]
+    k = codegen.translate("tide_kn", kn, "Ascend950PR_9599")
+    toolchain.compile_check(k.text, "Ascend950PR_9599", tmp_path / "cc")
+    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(k.text)), k.name, tmp_path / "cpu")
+    rng = np.random.default_rng(3)
+    a, b = rng.standard_normal((1, 3, 40)).astype(np.float32), rng.standard_normal((40, 24)).astype(np.float32)
+    _, _, c = toolchain.cpu_run(so, k.name, k.block_dim, a, b, np.full((1, 3, 24), np.nan, np.float32))
+    np.testing.assert_allclose(c, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5, atol=1e-5)

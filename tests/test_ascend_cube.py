@@ -48,7 +48,7 @@ def cpu_run(so: Path, name: str, blocks: int, *arrays):
         raise AssertionError(str(err)) from None
 
 
-NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
+NP_DTYPES = {"bfloat16": ml_dtypes.bfloat16, "float16": np.float16, "float32": np.float32}
 
 
 def rand(rng, shape, dtype):
@@ -75,21 +75,33 @@ def test_gemm_compiles(soc, tmp_path):
         assert "mma_tile" in text and "fixpipe" in text, "the cube path (mma / fixpipe library calls) is missing"
 
 
+@needs_bishengir
+@pytest.mark.parametrize("soc", SOCS)
+def test_gemm_float32_and_kn_layout_compile(soc, tmp_path):
+    """float32 inputs (the cube's float32 mode) and B stored [K, N] (mmadL1 without b_transpose)."""
+    for i, b_kn in enumerate((False, True)):
+        text = matmul.emit(37, 513, 130, soc, "float32", b_kn=b_kn)
+        assert ("{b_transpose}" in text) != b_kn
+        assert "mma_tile" in compile_check(text, soc, tmp_path / str(i)).read_text()
+
+
 @needs_cpu_runner
-@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_gemm_cpu_numerics(dtype, tmp_path):
+@pytest.mark.parametrize("dtype,b_kn", [("bfloat16", False), ("float16", False), ("float32", False),
+                                        ("float32", True), ("bfloat16", True)])
+def test_gemm_cpu_numerics(dtype, b_kn, tmp_path):
     rng = np.random.default_rng(7)
     for i, (m, n, k) in enumerate(GEMM_SHAPES):
         soc = SOCS[i % 2]
         t = matmul.choose_tiling(soc, m, n, k, dtype)
-        text = matmul.emit(m, n, k, soc, dtype, name="gemm")
+        text = matmul.emit(m, n, k, soc, dtype, name="gemm", b_kn=b_kn)
         assert (m % t.tm, n % t.tn, k % t.tk) != (0, 0, 0)
         d = tmp_path / f"{i}"
         d.mkdir()
         so = cpu_build(matmul.cpu_emulation(text), "gemm", d)
         a, b = rand(rng, (m, k), dtype), rand(rng, (n, k), dtype)
+        b_stored = np.ascontiguousarray(b.T) if b_kn else b
         c0 = np.full((m, n), np.nan, np.float32)
-        _, _, c = cpu_run(so, "gemm", matmul.block_dim(text), a, b, c0)
+        _, _, c = cpu_run(so, "gemm", matmul.block_dim(text), a, b_stored, c0)
         ref = f64(a) @ f64(b).T
         tol = 1e-5 * np.sqrt(k) * (np.abs(f64(a)) @ np.abs(f64(b)).T) + 1e-6
         assert np.all(np.abs(c - ref) <= tol), f"{dtype} {m}x{n}x{k} tiling {t}: max err {np.nanmax(np.abs(c - ref))}"
@@ -244,7 +256,7 @@ def test_cost_refuses_bad_input():
     with pytest.raises(ValueError, match="does not fit"):
         cost.gemm("Ascend910B1", 512, 512, 512, cost.GemmTiling(256, 256, 512, 24))
     with pytest.raises(ValueError, match="input dtype"):
-        matmul.emit(16, 16, 16, "Ascend910B1", dtype="float32")
+        matmul.emit(16, 16, 16, "Ascend910B1", dtype="float64")
 
 
 def _compile_errors(text: str, soc: str, tmp: Path) -> list:

@@ -293,3 +293,24 @@ def test_ascend_estimate(tmp_path, capsys):
                           (["--target", "cpu", "--estimate"], "--estimate is for --target ascend")):
         with pytest.raises(SystemExit, match=message):
             main(["bench", *argv])
+
+
+@pytest.mark.skipif(__import__("tide.targets.ascend.toolchain", fromlist=["missing"]).missing() is not None,
+                    reason="the Ascend toolchain (bishengir) is not installed")
+def test_ascend_compiled_cases():
+    """``--estimate --compile`` rows: each case compiled for the SoC (every kernel through bishengir),
+    the unit it runs on (RMSNorm: the hand-written vector kernel; attention: translated, scalar), and
+    an estimate no faster than its HBM traffic; ``--compile`` elsewhere is refused."""
+    from tide.bench import ascend_kernels
+    from tide.cli import main
+    from tide.targets.ascend import cost
+
+    rows = ascend_kernels.rows("tiny", socs=("Ascend910B1",), kernels=["rmsnorm", "sink_attention"], log=lambda _: None)
+    assert rows and all(r["ok"] and r["soc"] == "Ascend910B1" for r in rows)
+    units = {r["case"].split("/")[0]: r["unit"] for r in rows}
+    assert units == {"rmsnorm": "vector", "sink_attention": "scalar"}
+    for r in rows:
+        assert r["kernels"] and 1 <= r["blocks"] <= cost.soc("Ascend910B1").vector_cores
+        assert r["time_s"] >= r["bytes"] / cost.soc("Ascend910B1").hbm_bytes_per_s
+    with pytest.raises(SystemExit, match="--compile is for --target ascend"):
+        main(["bench", "--target", "cpu", "--compile"])

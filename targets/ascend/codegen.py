@@ -104,8 +104,8 @@ def _memref_type(buf, space: str) -> str:
 
 
 def _hand_written(name: str, func, soc: str) -> Kernel | None:
-    """``kernels/``' HIVM kernel for ``func`` (by its ``tide.kernel`` attribute), with its entry
-    taking the plan's argument types, or None."""
+    """``kernels/``' HIVM kernel for ``func`` (by its ``tide.kernel`` attribute, or a plain GEMM by
+    its computation), with its entry taking the plan's argument types, or None."""
     attrs = func.attrs or {}
     if attrs.get("tide.kernel") == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rmsnorm
@@ -118,10 +118,87 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
         shape = [int(d) for d in func.params[0].shape]
         text = rope.emit(math.prod(shape[:-1]), shape[-1], int(attrs["tide.rope_dim"]), int(attrs["tide.rope_groups"]),
                          soc, inverse=bool(attrs["tide.rope_inverse"]), name=name)
+    elif (gemm := _gemm_shape(func)) is not None:
+        from .kernels import matmul
+
+        m, n, k, dtype, b_kn = gemm
+        text = matmul.emit(m, n, k, soc, dtype, name=name, b_kn=b_kn)
     else:
         return None
     types = _param_types(func)
     return Kernel(name, adapt_entry(text, [t for t, _ in types]), _block_dim(text), [k for _, k in types])
+
+
+def _gemm_shape(func):
+    """(m, n, k, input dtype, B stored [K, N]) when ``func`` is exactly ``C[..., n] = sum_k A[..., k]
+    B[k, n]`` (or ``B[n, k]``) over three buffers with a float32 C from zero, else None: a GEMM the
+    cube kernel (``kernels/matmul``) computes."""
+    from tvm import s_tir, tirx
+    from tvm.ir.expr import TensorLoad
+
+    from .kernels import matmul
+
+    params = list(func.params)
+    if len(params) != 3 or not all(_is_buffer(p) for p in params):
+        return None
+    a, b, c = params
+    if str(c.dtype) != "float32" or str(a.dtype) != str(b.dtype) or str(a.dtype) not in matmul.MLIR_DTYPES \
+            or len(b.shape) != 2 or len(a.shape) < 2 or len(c.shape) != len(a.shape):
+        return None
+    blocks = []
+
+    def walk(node):
+        if isinstance(node, s_tir.SBlockRealize):
+            walk(node.block)
+        elif isinstance(node, s_tir.SBlock):
+            if node.name_hint != "root":
+                blocks.append(node)
+            walk(node.body)
+        elif isinstance(node, tirx.SeqStmt):
+            for x in node.seq:
+                walk(x)
+        elif isinstance(node, tirx.For):
+            walk(node.body)
+
+    walk(func.body)
+    if len(blocks) != 1 or blocks[0].init is None:
+        return None
+    blk = blocks[0]
+    red = [iv.var for iv in blk.iter_vars if int(iv.iter_type) == 2]  # CommReduce
+    spatial = [iv.var for iv in blk.iter_vars if int(iv.iter_type) == 0]  # DataPar
+    st, init = blk.body, blk.init
+    if len(red) != 1 or not isinstance(st, tirx.BufferStore) or not st.buffer.same_as(c) \
+            or not isinstance(init, tirx.BufferStore) or not isinstance(init.value, tirx.FloatImm) \
+            or float(init.value.value) != 0.0 or not isinstance(st.value, tirx.Add):
+        return None
+
+    def load_of(e, buf):
+        return isinstance(e, TensorLoad) and e.source.same_as(buf)
+
+    acc, prod = st.value.a, st.value.b
+    if not load_of(acc, c) or not isinstance(prod, tirx.Mul):
+        return None
+    x, y = (prod.a, prod.b) if load_of(prod.a, a) else (prod.b, prod.a)
+    if not (load_of(x, a) and load_of(y, b)):
+        return None
+
+    def same(idx, want):
+        return len(idx) == len(want) and all(isinstance(i, tirx.Var) and i.same_as(w) for i, w in zip(idx, want))
+
+    k_var, out_idx = red[0], list(st.indices)
+    if not same(out_idx, spatial) or not same(list(acc.indices), spatial):
+        return None
+    n_var = spatial[-1]
+    if not same(list(x.indices), spatial[:-1] + [k_var]):
+        return None
+    if same(list(y.indices), [k_var, n_var]):
+        b_kn = True
+    elif same(list(y.indices), [n_var, k_var]):
+        b_kn = False
+    else:
+        return None
+    m = math.prod(int(d) for d in a.shape[:-1])
+    return m, int(c.shape[-1]), int(a.shape[-1]), str(a.dtype), b_kn
 
 
 def _block_dim(text: str) -> int:

@@ -20,7 +20,8 @@ import re
 
 from tide.targets.ascend import cost
 
-MLIR_DTYPES = {"bfloat16": "bf16", "float16": "f16"}
+MLIR_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
+ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
 GM = "#hivm.address_space<gm>"
 
 
@@ -37,13 +38,14 @@ def gm(shape, elem: str) -> str:
 def choose_tiling(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16") -> cost.GemmTiling:
     """The cost model's best tiling among those that fit the SoC's L1 / L0A / L0B / L0C."""
     mlir_dtype(dtype)
-    return cost.choose_tiling(soc, [m], n, k, itemsize=2)
+    return cost.choose_tiling(soc, [m], n, k, itemsize=ITEMSIZE[dtype])
 
 
 def estimate(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
              kernel: str = "gemm") -> cost.Estimate:
     """Cost-model estimate of the kernel ``emit`` writes for these arguments."""
-    return cost.gemm(soc, m, n, k, tiling or choose_tiling(soc, m, n, k, dtype), kernel=kernel)
+    return cost.gemm(soc, m, n, k, tiling or choose_tiling(soc, m, n, k, dtype), itemsize=ITEMSIZE[dtype],
+                     kernel=kernel)
 
 
 class Body:
@@ -109,18 +111,21 @@ def emit_tile_loads(b: Body, src: str, src_shape, lead, row0: str, rows: str, k0
 
 
 def emit_mmad(b: Body, a: str, bt: str, init: str, ms: str, ks: str, ns: str, acc: str,
-              tm: int, tn: int, tk: int, elem: str, ind: int) -> str:
-    """acc (+)= a[:ms, :ks] @ bt[:ns, :ks]^T (B transposed: rows of K)."""
-    return b.op("mm", f"hivm.hir.mmadL1 {{b_transpose}} ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
-                      f"tensor<{tm}x{tk}x{elem}>, tensor<{tn}x{tk}x{elem}>, i1, index, index, index) "
+              tm: int, tn: int, tk: int, elem: str, ind: int, b_kn: bool = False) -> str:
+    """acc (+)= a[:ms, :ks] @ bt[:ns, :ks]^T (B transposed: rows of K), or with ``b_kn``
+    acc (+)= a[:ms, :ks] @ bt[:ks, :ns] (B as stored [K, N])."""
+    attr, b_t = ("", f"tensor<{tk}x{tn}x{elem}>") if b_kn else ("{b_transpose} ", f"tensor<{tn}x{tk}x{elem}>")
+    return b.op("mm", f"hivm.hir.mmadL1 {attr}ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
+                      f"tensor<{tm}x{tk}x{elem}>, {b_t}, i1, index, index, index) "
                       f"outs({acc} : tensor<{tm}x{tn}xf32>) -> tensor<{tm}x{tn}xf32>", ind)
 
 
 def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str, ind: int,
-                load_a, b_sources) -> list:
+                load_a, b_sources, b_kn: bool = False) -> list:
     """K loop over tk steps; ``load_a(k0, ks, ind)`` returns the A tile tensor; ``b_sources`` are
-    (B memref, its shape, leading indices, first row) per accumulator, all sharing the A tile.
-    Returns the final accumulators."""
+    (B memref, its shape, leading indices, first row) per accumulator, all sharing the A tile
+    (``b_kn``: B stored [K, N], the "first row" is then its first column). Returns the final
+    accumulators."""
     accs0 = [b.op("e", f"tensor.empty() : tensor<{tm}x{tn}xf32>", ind) for tn in tn_list]
     kt = -(-k // tk)
     iters = [b.fresh("acc") for _ in tn_list]
@@ -138,8 +143,11 @@ def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, el
     init = b.op("init", f"arith.cmpi eq, {kk}, {b.const(0)} : index", i2)
     outs = []
     for (src, src_shape, lead, row0), tn, it in zip(b_sources, tn_list, iters):
-        tb = emit_tile_loads(b, src, src_shape, lead, row0, ns, k0, ks, tn, tk, elem, i2)
-        outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, i2))
+        if b_kn:
+            tb = emit_tile_loads(b, src, src_shape, lead, k0, ks, row0, ns, tk, tn, elem, i2)
+        else:
+            tb = emit_tile_loads(b, src, src_shape, lead, row0, ns, k0, ks, tn, tk, elem, i2)
+        outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, i2, b_kn))
     b.emit(f"scf.yield {', '.join(outs)} : {types}", i2)
     b.emit("}", ind)
     return [f"{res}#{i}" for i in range(len(tn_list))]
@@ -164,19 +172,20 @@ def function(name: str, args, body: Body, blocks: int) -> str:
 
 
 def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
-         name: str = "tide_gemm") -> str:
-    """HIVM module of ``C[m, n] = A[m, k] @ B[n, k]^T`` for ``soc`` (tiling: the cost model's
-    choice unless given)."""
+         name: str = "tide_gemm", b_kn: bool = False) -> str:
+    """HIVM module of ``C[m, n] = A[m, k] @ B[n, k]^T`` for ``soc`` (``b_kn``: ``A @ B`` with B
+    stored ``[k, n]``; tiling: the cost model's choice unless given). float32 inputs use the cube's
+    float32 mode (C is float32 in every case)."""
     elem = mlir_dtype(dtype)
     if min(m, n, k) < 1:
         raise ValueError(f"ascend matmul: shape must be positive, got m={m} n={n} k={k}")
     s = cost.soc(soc)
     t = tiling or choose_tiling(soc, m, n, k, dtype)
-    if not t.fits(s, 2):
+    if not t.fits(s, ITEMSIZE[dtype]):
         raise ValueError(f"ascend matmul: tiling {t} does not fit {soc}'s L1/L0 buffers")
     tm, tn, tk = t.tm, t.tn, t.tk
     mt, nt = -(-m // tm), -(-n // tn)
-    a_t, b_t, c_t = gm((m, k), elem), gm((n, k), elem), gm((m, n), "f32")
+    a_t, b_t, c_t = gm((m, k), elem), gm((k, n) if b_kn else (n, k), elem), gm((m, n), "f32")
     b = Body()
     task = emit_block_loop(b, b.const(mt * nt), 2)
     mi = b.op("mi", f"arith.divui {task}, {b.const(nt)} : index", 3)
@@ -187,7 +196,7 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
     ns = b.op("ns", f"arith.minui {b.op('nr', f'arith.subi {b.const(n)}, {n0} : index', 3)}, {b.const(tn)} : index", 3)
     acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem, 3,
                        lambda k0, ks, ind: emit_tile_loads(b, "%A", (m, k), [], m0, ms, k0, ks, tm, tk, elem, ind),
-                       [("%B", (n, k), [], n0)])
+                       [("%B", (k, n) if b_kn else (n, k), [], n0)], b_kn)
     out_t = f"memref<?x?xf32, strided<[{n}, 1], offset: ?>, {GM}>"
     out = b.op("out", f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", 3)
     b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : tensor<{tm}x{tn}xf32>) outs({out} : {out_t})", 3)
@@ -199,7 +208,7 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
 # CPU emulation of the cube ops
 
 _MMAD = re.compile(
-    r"^(\s*)(%\w+) = hivm\.hir\.mmadL1 \{b_transpose\} ins\((%\w+), (%\w+), (%\w+), (%\w+), (%\w+), (%\w+) : "
+    r"^(\s*)(%\w+) = hivm\.hir\.mmadL1 (\{b_transpose\} )?ins\((%\w+), (%\w+), (%\w+), (%\w+), (%\w+), (%\w+) : "
     r"tensor<(\d+)x(\d+)x(\w+)>, tensor<(\d+)x(\d+)x\w+>, i1, index, index, index\) "
     r"outs\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) -> tensor<\d+x\d+xf32>$")
 _FIXPIPE = re.compile(r"^(\s*)hivm\.hir\.fixpipe \{enable_nz2nd\} ins\((%[\w#]+) : tensor<(\d+)x(\d+)xf32>\) "
@@ -216,22 +225,31 @@ BLOCK_ARG = "%tide_block"
 
 
 def _mmad_linalg(g) -> list:
-    ind, r, a, bt, init, ms, ks, ns = g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]
-    tm, tk, elem, tn = g[8], g[9], g[10], g[11]
-    acc = g[13]
+    ind, r, transposed, a, bt, init, ms, ks, ns = g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8]
+    tm, tk, elem, b0, b1 = g[9], g[10], g[11], g[12], g[13]
+    acc = g[14]
     p = r.lstrip("%")
+    if transposed:
+        b_slice = f"[{ns}, {ks}] [1, 1] : tensor<{b0}x{b1}x{elem}>"
+        b_map = "affine_map<(m, n, k) -> (n, k)>"
+    else:
+        b_slice = f"[{ks}, {ns}] [1, 1] : tensor<{b0}x{b1}x{elem}>"
+        b_map = "affine_map<(m, n, k) -> (k, n)>"
+    tn = b0 if transposed else b1
+    ext = (lambda v, out: f"  %{p}_{out} = arith.extf %{p}_{v} : {elem} to f32") if elem != "f32" else \
+        (lambda v, out: f"  %{p}_{out} = arith.addf %{p}_{v}, %tide_zero : f32")
     L = [
         f"%{p}_a = tensor.extract_slice {a}[0, 0] [{ms}, {ks}] [1, 1] : tensor<{tm}x{tk}x{elem}> to tensor<?x?x{elem}>",
-        f"%{p}_b = tensor.extract_slice {bt}[0, 0] [{ns}, {ks}] [1, 1] : tensor<{tn}x{tk}x{elem}> to tensor<?x?x{elem}>",
+        f"%{p}_b = tensor.extract_slice {bt}[0, 0] {b_slice} to tensor<?x?x{elem}>",
         f"%{p}_c = tensor.extract_slice {acc}[0, 0] [{ms}, {ns}] [1, 1] : tensor<{tm}x{tn}xf32> to tensor<?x?xf32>",
         f"%{p}_z = linalg.fill ins(%tide_zero : f32) outs(%{p}_c : tensor<?x?xf32>) -> tensor<?x?xf32>",
         f"%{p}_i = arith.select {init}, %{p}_z, %{p}_c : tensor<?x?xf32>",
-        f"%{p}_p = linalg.generic {{indexing_maps = [affine_map<(m, n, k) -> (m, k)>, affine_map<(m, n, k) -> (n, k)>, "
+        f"%{p}_p = linalg.generic {{indexing_maps = [affine_map<(m, n, k) -> (m, k)>, {b_map}, "
         f"affine_map<(m, n, k) -> (m, n)>], iterator_types = [\"parallel\", \"parallel\", \"reduction\"]}} "
         f"ins(%{p}_a, %{p}_b : tensor<?x?x{elem}>, tensor<?x?x{elem}>) outs(%{p}_i : tensor<?x?xf32>) {{",
         f"^bb0(%{p}_x: {elem}, %{p}_y: {elem}, %{p}_o: f32):",
-        f"  %{p}_xf = arith.extf %{p}_x : {elem} to f32",
-        f"  %{p}_yf = arith.extf %{p}_y : {elem} to f32",
+        ext("x", "xf"),
+        ext("y", "yf"),
         f"  %{p}_m = arith.mulf %{p}_xf, %{p}_yf : f32",
         f"  %{p}_s = arith.addf %{p}_o, %{p}_m : f32",
         f"  linalg.yield %{p}_s : f32",
