@@ -11,13 +11,14 @@ are the kernel's buffers as GM memrefs (and ``i64`` scalars), in the plan's argu
   never executed), buffer accesses to ``memref.load`` / ``memref.store``, views to
   ``memref.reinterpret_cast``, local buffers to UB allocations at the entry (bishengir plans the
   UB and refuses what does not fit), arithmetic to ``arith`` / ``math``;
+- an innermost element-wise float32 loop becomes HIVM vector ops on UB tiles (``vector_loops``);
 - the kernel's parallel row loop (the one the kernel's body consists of) runs on the AI cores:
   ``for r = get_block_idx; r < extent; r += get_block_num`` with ``hacc.block_dim`` =
   min(extent, the SoC's vector cores); a kernel without one runs on one core.
 
-The translation is exact (every element computed as TIR says, in its dtypes): these kernels run on
-the AI cores' scalar units, correct but far from the vector and cube throughput that the
-hand-written HIVM kernels (``kernels/``) get. Constructs the translator does not know are a
+The translation is exact (every element computed as TIR says, in its dtypes). Outside the
+vectorized loops these kernels run on the AI cores' scalar units: correct, but far from the vector
+and cube throughput that the hand-written HIVM kernels (``kernels/``) get. Constructs the translator does not know are a
 CompileError naming the kernel and the construct.
 """
 
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 
 from ...compiler.errors import CompileError
 from . import cost
+from . import vector_loops as _vector
 
 GM = "#hivm.address_space<gm>"
 UB = "#hivm.address_space<ub>"
@@ -290,6 +292,8 @@ class _Translator:
         self.consts: dict = {}    # (text, type) -> ssa, emitted at the top of the function
         self.const_lines: list[str] = []
         self.alloc_lines: list[str] = []  # local buffers, allocated once at the function's entry
+        self.pool: dict = {}  # vector loops' UB temporaries: length -> [ssa], shared by the loops
+        self.vector_loops = 0
         self.ind = 2
 
     # -- emission helpers ----------------------------------------------------------------------
@@ -482,8 +486,9 @@ class _Translator:
             idx = ", ".join(self.idx(i) for i in s.indices)
             self.emit(f"memref.store {value}, {ssa}[{idx}] : {t}")
         elif isinstance(s, tirx.For):
-            self._for(s, self.idx(s.min), self._add_idx(s.min, s.extent), self.iconst(1) if s.step is None
-                      else self.idx(s.step))
+            if not _vector.emit_loop(self, s):
+                self._for(s, self.idx(s.min), self._add_idx(s.min, s.extent), self.iconst(1) if s.step is None
+                          else self.idx(s.step))
         elif isinstance(s, tirx.IfThenElse):
             cond = self.expr(s.condition)
             self.emit(f"scf.if {cond} {{")
