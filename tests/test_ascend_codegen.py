@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -339,3 +340,20 @@ def test_vector_loops_compile_and_match_numpy(soc, tmp_path):
     want_y, want_z = _vector_reference(x, s, z0)
     np.testing.assert_allclose(y, want_y, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(z, want_z, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
+@pytest.mark.parametrize("soc", SOCS)
+def test_dealloc_crash_regression(soc, tmp_path):
+    """tests/ascend_regressions/scalar_dealloc_planmemory.mlir crashes bishengir 1.2.0; without the
+    dealloc (what codegen emits) it compiles."""
+    import re
+
+    text = (Path(__file__).parent / "ascend_regressions" / "scalar_dealloc_planmemory.mlir").read_text()
+    fix = dict(re.findall(r"^// workaround-(from|to):(.*)$", text, re.M))
+    assert fix["from"].strip() and fix["from"].strip() in text
+    with pytest.raises(toolchain.ToolchainError, match="crashed|PlanMemory"):
+        toolchain.compile_check(text, soc, tmp_path / "crash")
+    at = text.rindex(fix["from"].strip())  # the module's line, not the header's
+    fixed = text[:at] + fix["to"].strip() + text[at + len(fix["from"].strip()):]
+    toolchain.compile_check(fixed, soc, tmp_path / "fixed")
