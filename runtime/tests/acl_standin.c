@@ -17,7 +17,7 @@
 #define STANDIN_MEM "TIDE_ACL_MEM_BYTES"
 #include "standin.h"
 
-#define MAX_FUNCTIONS 64
+#define MAX_FUNCTIONS 1024
 
 enum { OK = 0, INVALID_PARAM = 100000, BAD_ALLOC = 200000, NO_CONTEXT = 107002, INVALID_HANDLE = 107000 };
 
@@ -160,7 +160,7 @@ EXPORT int aclrtSynchronizeStream(void* stream) {
 /* ---- binaries and launches --------------------------------------------------------------------- */
 
 static int g_binary;
-static char g_functions[MAX_FUNCTIONS][64];
+static char g_functions[MAX_FUNCTIONS][256];
 static int g_num_functions;
 
 EXPORT int aclrtBinaryLoadFromData(const void* data, size_t length, const void* options, void** handle) {
@@ -184,6 +184,7 @@ EXPORT int aclrtBinaryGetFunction(void* binary, const char* name, void** functio
     }
   }
   if (g_num_functions == MAX_FUNCTIONS) return BAD_ALLOC;
+  if (strlen(name) >= sizeof(g_functions[0])) return INVALID_PARAM;
   snprintf(g_functions[g_num_functions], sizeof(g_functions[0]), "%s", name);
   *function = g_functions[g_num_functions++];
   return OK;
