@@ -48,6 +48,8 @@ def config(target_kind: str, batch: int, seq: int, heads: int, head_dim: int, n_
         raise ValueError(f"no attention schedule for target '{target_kind}'")
     tiles = -(-n_entries // entry_block)
     splits = max(1, min(-(-want // rows), tiles // 8))
+    if target_kind == "ascend":
+        splits = 1  # split-K partials are shared between AI cores: they would need a GM workspace
     return {"head_block": head_block, "entry_block": entry_block, "splits": splits}
 
 
@@ -257,6 +259,8 @@ def indexer_config(target_kind: str, batch: int, seq: int, cache_rows: int, top_
     else:
         raise ValueError(f"no indexer schedule for target '{target_kind}'")
     splits = max(1, min(-(-want // (batch * seq)), cache_rows // (8 * top_k)))
+    if target_kind == "ascend":
+        splits = 1  # split-K partials are shared between AI cores: they would need a GM workspace
     return {"entry_block": entry_block, "splits": splits}
 
 
