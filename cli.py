@@ -56,15 +56,22 @@ def _cmd_run(args) -> int:
     import numpy as np
 
     from .compiler.artifact import ArtifactError, read_artifact
-    from .runtime import load
+    from .runtime import TideError, load
 
     device = args.device
     if device is None:
         try:
-            device = "cuda" if read_artifact(args.artifact, verify=False).target.kind == "cuda" else "cpu"
+            kind = read_artifact(args.artifact, verify=False).target.kind
+            device = kind if kind in ("cuda", "ascend") else "cpu"
         except (ArtifactError, OSError) as err:
             raise SystemExit(f"tide run: {err}") from None
-    model = load(args.artifact, device=device)
+    try:
+        model = load(args.artifact, device=device)
+    except TideError as err:
+        if not device.startswith("ascend"):
+            raise
+        raise SystemExit(f"tide run: {err}\n(without an Ascend device, `python -m tide.targets.ascend.cpu_runner "
+                         f"{args.artifact} --prompt ...` runs the artifact's kernels on this CPU)") from None
     if "decode" not in model.entries:
         raise SystemExit(f"tide run: {args.artifact} is not a decode model (entries: {model.entries}); "
                          "use the Python API Model.run(feeds) for general graphs")

@@ -85,6 +85,13 @@ def test_artifact_holds_every_kernel_for_its_soc(compiled):
     assert parallel and all("hivm.hir.get_block_idx" in k.hivm for k in parallel)
 
 
+def test_tide_run_without_an_npu_points_to_the_cpu_runner(compiled):
+    _, art, _ = compiled
+    proc = subprocess.run([sys.executable, "-m", "tide.cli", "run", art, "--prompt", "1 2", "-n", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "libascendcl.so" in proc.stderr and "tide.targets.ascend.cpu_runner" in proc.stderr
+
+
 def test_greedy_tokens_match_transformers(compiled, tiny):
     import torch
 
