@@ -29,6 +29,7 @@ def compile_case(case, soc: str, folder: Path) -> dict:
     from ..compiler.artifact import read_artifact
     from ..compiler.driver import CompileOptions, compile_model
     from ..compiler.errors import CompileError
+    from ..targets.ascend.codegen import unit_of
     from .cases import KERNELS
     from .prepare import write_onnx
 
@@ -43,17 +44,8 @@ def compile_case(case, soc: str, folder: Path) -> dict:
         return {"ok": False, "error": str(err)[:2000], "kernels": [], "seconds": round(time.time() - t0, 1)}
     code = read_artifact(str(art)).device_code
     art.unlink()
-    kernels = [{"name": k.name, "block_dim": k.block_dim, "unit": kernel_unit(k.hivm)} for k in code.kernels]
+    kernels = [{"name": k.name, "block_dim": k.block_dim, "unit": unit_of(k.hivm)} for k in code.kernels]
     return {"ok": True, "error": "", "kernels": kernels, "seconds": round(time.time() - t0, 1)}
-
-
-def kernel_unit(text: str) -> str:
-    """Where a compiled kernel's work runs: "cube" (mmadL1), "vector" (HIVM vector ops and no scalar
-    memory access left) or "scalar" (any scalar load or store: translated loops, fully or in part)."""
-    if "hivm.hir.mmadL1" in text:
-        return "cube"
-    scalar = "memref.load " in text or "memref.store " in text
-    return "scalar" if scalar or "hivm.hir.v" not in text else "vector"
 
 
 def estimate_case(case, soc: str, compiled: dict) -> dict:

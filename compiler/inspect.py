@@ -46,12 +46,17 @@ def describe(path: str) -> str:
     for name in sorted(tide_kernels):
         lines.append(f"  {name}: {tide_kernels[name]}")
     if isinstance(art.device_code, AscendCode):
+        from ..targets.ascend.codegen import unit_of
+
         code = art.device_code
         runnable = sum(1 for k in code.kernels if k.binary)
-        lines.append(f"device code: {code.soc}, {len(code.kernels)} kernels ({runnable} with a device binary)")
-        for k in code.kernels:
+        units = [unit_of(k.hivm) for k in code.kernels]
+        counts = ", ".join(f"{units.count(u)} {u}" for u in ("cube", "vector", "scalar") if u in units)
+        lines.append(f"device code: {code.soc}, {len(code.kernels)} kernels ({counts}; {runnable} with a device binary)")
+        for k, unit in zip(code.kernels, units):
             binary = _mib(len(k.binary)) if k.binary else "no binary (compiled without hivmc)"
-            lines.append(f"  {k.name}({', '.join(k.args)}) block_dim {k.block_dim}: HIVM {len(k.hivm)} chars, {binary}")
+            lines.append(f"  {k.name}({', '.join(k.args)}) block_dim {k.block_dim}, {unit}: HIVM {len(k.hivm)} chars, "
+                         f"{binary}")
     elif art.device_code is not None:
         code = art.device_code
         lines.append(f"device code: {len(code.images)} images, {len(code.functions)} device functions")

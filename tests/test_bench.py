@@ -309,8 +309,10 @@ def test_ascend_compiled_cases():
     assert rows and all(r["ok"] and r["soc"] == "Ascend910B1" for r in rows)
     units = {r["case"].split("/")[0]: r["unit"] for r in rows}
     assert units == {"rmsnorm": "vector", "sink_attention": "scalar"}
-    assert ascend_kernels.kernel_unit("hivm.hir.mmadL1 ...") == "cube"
-    assert ascend_kernels.kernel_unit("hivm.hir.vadd ins(...)\nmemref.store %v, %b[%i]") == "scalar"
+    from tide.targets.ascend.codegen import unit_of
+
+    assert unit_of("hivm.hir.mmadL1 ...") == "cube" and unit_of("hivm.hir.vadd ins(...)") == "vector"
+    assert unit_of("hivm.hir.vadd ins(...)\nmemref.store %v, %b[%i]") == "scalar"
     for r in rows:
         assert r["kernels"] and 1 <= r["blocks"] <= cost.soc("Ascend910B1").vector_cores
         assert r["time_s"] >= r["bytes"] / cost.soc("Ascend910B1").hbm_bytes_per_s

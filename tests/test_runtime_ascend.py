@@ -196,8 +196,8 @@ def test_inspect_lists_the_ascend_kernels(tmp_path, capsys):
     path = _write(tmp_path / "a.tide")
     assert main(["inspect", path]) == 0
     out = capsys.readouterr().out
-    assert "device code: Ascend910B1, 2 kernels (2 with a device binary)" in out
-    assert "  vadd(ptr, ptr, ptr, i64) block_dim 8: HIVM 48 chars" in out
+    assert "device code: Ascend910B1, 2 kernels (2 scalar; 2 with a device binary)" in out
+    assert "  vadd(ptr, ptr, ptr, i64) block_dim 8, scalar: HIVM 48 chars" in out
 
 
 FAKE_HIVMC = """#!/bin/sh

@@ -65,6 +65,15 @@ def mlir_type(dtype: str, what: str) -> str:
     return _DTYPES[dtype]
 
 
+def unit_of(text: str) -> str:
+    """Where a kernel module's work runs: "cube" (mmadL1), "vector" (HIVM vector ops and no scalar
+    memory access left) or "scalar" (any scalar load or store: translated loops, fully or in part)."""
+    if "hivm.hir.mmadL1" in text:
+        return "cube"
+    scalar = "memref.load " in text or "memref.store " in text
+    return "scalar" if scalar or "hivm.hir.v" not in text else "vector"
+
+
 def cpu_text(text: str) -> str:
     """A translated module for the CPU runner: its UB allocations (all at the function's entry)
     as stack allocations, so that repeated calls do not leak."""
