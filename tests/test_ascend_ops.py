@@ -4,12 +4,17 @@ Each benchmark case at the ``tiny`` shapes (``bench/cases.py``: RMSNorm, RoPE, s
 its sparse variant, the indexer with its top-k, the compressor, both routers, MoE experts and the
 shared expert, top-k) is compiled with ``tide compile --target ascend`` for both SoCs (bishengir
 accepts every kernel), run through the CPU runner (``tide.targets.ascend.cpu_runner``: the
-artifact's own MLIR of each kernel) on the case's seeded inputs, and checked with
+artifact's own MLIR of each kernel, in a child process with ``MALLOC_PERTURB_`` set) on the case's
+seeded inputs, and checked with
 ``bench.harness.check_outputs`` (relative 1e-4; top-k picks by their scores), as ``tide bench``
 checks the CPU and CUDA kernels.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -34,7 +39,6 @@ def test_kernel_matches_reference_on_both_socs(case, tmp_path):
     from tide.bench.cases import KERNELS
     from tide.bench.prepare import write_onnx
     from tide.compiler.driver import CompileOptions, compile_model
-    from tide.targets.ascend.cpu_runner import CpuRunner
 
     kdef = KERNELS[case.kernel]
     weights = kdef.make_weights(case, np.random.default_rng(case.seed))
@@ -42,8 +46,22 @@ def test_kernel_matches_reference_on_both_socs(case, tmp_path):
     write_onnx(case, weights, onnx_path)
     feeds = kdef.make_inputs(case, np.random.default_rng([1, case.seed]))
     want = kdef.reference(case, feeds, weights)
+    np.savez(tmp_path / "in.npz", **feeds)
     for soc in SOCS:
         art = tmp_path / f"{soc}.tide"
         compile_model(str(onnx_path), str(art), CompileOptions(target="ascend", arch=soc, progress=False))
-        got = CpuRunner(str(art)).run("main", feeds)
-        harness.check_outputs(case.outputs, got, want, kdef.paired)
+        out = tmp_path / f"{soc}-out.npz"
+        proc = subprocess.run([sys.executable, "-m", "tide.targets.ascend.cpu_runner", str(art), "--inputs",
+                               str(tmp_path / "in.npz"), "--outputs", str(out)], capture_output=True, text=True,
+                              env={**os.environ, "MALLOC_PERTURB_": "165"}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        with np.load(out) as got:
+            harness.check_outputs(case.outputs, {k: got[k] for k in got.files}, want, kdef.paired)
+
+
+def test_cpu_runner_command_line_errors(tmp_path):
+    run = [sys.executable, "-m", "tide.targets.ascend.cpu_runner", str(tmp_path / "none.tide")]
+    proc = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "give --prompt (decode models) or --inputs with --outputs" in proc.stderr
+    proc = subprocess.run(run + ["--prompt", "1", "--inputs", "x.npz"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "give --prompt" in proc.stderr

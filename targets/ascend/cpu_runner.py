@@ -8,8 +8,11 @@ tiling, loop bounds and arithmetic are the compiled ones; the AI core's own hard
 (cube fractals, vector instructions, memory timing) is not emulated.
 
     python -m tide.targets.ascend.cpu_runner model.tide --prompt "5 17 3" -n 8
+    python -m tide.targets.ascend.cpu_runner graph.tide --inputs in.npz --outputs out.npz [--entry main]
 
-prints the greedy tokens (run it with ``MALLOC_PERTURB_`` set to catch reads of freed memory).
+prints the greedy tokens of a decode model, or runs one entry of any artifact on the inputs of an
+``.npz`` and writes its outputs to another (run it with ``MALLOC_PERTURB_`` set to catch reads of
+freed memory).
 Built kernels are cached by the hash of their text under ``$TIDE_CACHE`` (default ~/.cache/tide).
 """
 
@@ -160,10 +163,22 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m tide.targets.ascend.cpu_runner", description=__doc__.splitlines()[0])
     p.add_argument("artifact")
-    p.add_argument("--prompt", required=True, help="prompt token ids, space or comma separated")
-    p.add_argument("-n", type=int, default=8, help="new tokens")
+    p.add_argument("--prompt", help="decode models: prompt token ids, space or comma separated")
+    p.add_argument("-n", type=int, default=8, help="decode models: new tokens")
+    p.add_argument("--inputs", help="an .npz of the entry's data inputs by name")
+    p.add_argument("--outputs", help="where to write the entry's data outputs (.npz)")
+    p.add_argument("--entry", default="main", help="the entry --inputs feeds (default main)")
     args = p.parse_args(argv)
+    if (args.prompt is None) == (args.inputs is None) or (args.inputs is None) != (args.outputs is None):
+        p.error("give --prompt (decode models) or --inputs with --outputs")
     runner = CpuRunner(args.artifact)
+    if args.inputs:
+        if args.entry not in runner.entries:
+            p.error(f"no entry '{args.entry}' (entries: {', '.join(runner.entries)})")
+        with np.load(args.inputs) as feeds:
+            out = runner.run(args.entry, {k: feeds[k] for k in feeds.files})
+        np.savez(args.outputs, **out)
+        return 0
     ids = [int(t) for t in args.prompt.replace(",", " ").split()]
     prompt = np.array([ids] * int(runner.meta["batch"]), np.int64)
     print(json.dumps(runner.generate(prompt, args.n).tolist()))
