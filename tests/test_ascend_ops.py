@@ -65,3 +65,5 @@ def test_cpu_runner_command_line_errors(tmp_path):
     assert proc.returncode == 2 and "give --prompt (decode models) or --inputs with --outputs" in proc.stderr
     proc = subprocess.run(run + ["--prompt", "1", "--inputs", "x.npz"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "give --prompt" in proc.stderr
+    proc = subprocess.run(run + ["--prompt", "1"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1 and "none.tide" in proc.stderr and "Traceback" not in proc.stderr

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...compiler.artifact import AscendCode, np_dtype, read_artifact
+from ...compiler.artifact import ArtifactError, AscendCode, np_dtype, read_artifact
 from . import codegen, toolchain
 from .kernels import matmul
 
@@ -171,7 +171,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if (args.prompt is None) == (args.inputs is None) or (args.inputs is None) != (args.outputs is None):
         p.error("give --prompt (decode models) or --inputs with --outputs")
-    runner = CpuRunner(args.artifact)
+    try:
+        runner = CpuRunner(args.artifact)
+    except (ArtifactError, OSError, ValueError, toolchain.ToolchainError) as err:
+        raise SystemExit(f"cpu_runner: {args.artifact}: {err}") from None
     if args.inputs:
         if args.entry not in runner.entries:
             p.error(f"no entry '{args.entry}' (entries: {', '.join(runner.entries)})")
