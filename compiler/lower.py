@@ -79,17 +79,16 @@ class WeightTable:
         return self.by_digest[key]
 
 
-def legalize_and_fuse(mod, target):
-    """LegalizeOps .. FuseTIR, then the target's schedule, then destination-passing calls."""
+def legalize_and_fuse(mod, target, fuse: bool = True):
+    """LegalizeOps .. FuseTIR (``fuse=False``: every op stays its own kernel, so intermediates are
+    plan buffers), then the target's schedule, then destination-passing calls."""
     import tvm
     from tvm import relax
 
-    seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant()]
+    if fuse:
+        passes += [relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    seq = tvm.transform.Sequential(passes + [
         relax.transform.DeadCodeElimination(),
         relax.transform.RewriteDataflowReshape(),
     ])

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 KIND = "ascend"
 DEFAULT_SOC = "Ascend910B1"
+# Generic ops are not fused: a fused kernel keeps its intermediates in local (UB) buffers, which at
+# V4-Flash widths overflow the UB, and a device kernel has no GM scratch of its own (no workspace
+# argument yet); unfused, every intermediate is a plan buffer in GM.
+FUSE = False
 
 
 def host_features() -> set[str]:
