@@ -23,9 +23,10 @@ def kernel(func):
 def _parallel_outer(func):
     """``func`` with its outer loops parallel where ``tvm.s_tir.Schedule.parallel`` accepts them
     (every block under them binds them to data-parallel iterators only) and the kernel is one loop
-    nest: of a nest around one block, the shortest run of leading loops that fuse into one parallel
-    loop of at least CORES iterations (else the longest that fuses), so each core keeps whole inner
-    loops; of other nests the outermost loop alone. ``func`` itself when none is accepted."""
+    nest: of a nest around one block, the shortest run of leading loops (never its innermost one,
+    which codegen vectorizes) that fuse into one parallel loop of at least CORES iterations (else
+    the longest that fuses), so each core keeps whole inner loops; of other nests the outermost
+    loop alone. ``func`` itself when none is accepted."""
     from tvm import s_tir, tirx
 
     if _single_nest_loop(func) is None or not _has_root(func):
@@ -35,7 +36,8 @@ def _parallel_outer(func):
     if not blocks or sch.get(sch.get_loops(blocks[0])[0]).kind != tirx.ForKind.SERIAL:
         return func
     loops = sch.get_loops(blocks[0])
-    depth = len(loops) if len(blocks) == 1 else 1
+    # one block: leave its innermost loop out of the fusion (it is the one codegen vectorizes)
+    depth = max(1, len(loops) - 1) if len(blocks) == 1 else 1
     extents = [sch.get(lp).extent for lp in loops[:depth]]
     best = func
     for n in range(1, depth + 1):
