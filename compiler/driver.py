@@ -130,7 +130,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
                 state_params[param.name] = name.removeprefix("past.")
         mod = substitute.substitute(mod, tgt_mod.KIND, state_params, report)
         progress(f"lower and schedule {entry} for {options.target}")
-        mod = lower.legalize_and_fuse(mod, target, fuse=getattr(tgt_mod, "FUSE", True))
+        mod = lower.legalize_and_fuse(mod, target, getattr(tgt_mod, "FUSED_TENSOR_BYTES", None))
         mod = tgt_mod.schedule(mod, target)
         mod = lower.to_dps(mod)
         progress(f"plan {entry}")

@@ -79,21 +79,47 @@ class WeightTable:
         return self.by_digest[key]
 
 
-def legalize_and_fuse(mod, target, fuse: bool = True):
-    """LegalizeOps .. FuseTIR (``fuse=False``: every op stays its own kernel, so intermediates are
-    plan buffers), then the target's schedule, then destination-passing calls."""
+def legalize_and_fuse(mod, target, max_fused_bytes: int | None = None):
+    """LegalizeOps .. FuseTIR, then the target's schedule, then destination-passing calls.
+
+    ``max_fused_bytes`` (a target's FUSED_TENSOR_BYTES): ops with a tensor argument larger than this
+    are not fused with their neighbours (marked opaque before FuseOps), so a fused kernel's
+    intermediates, which a target may keep in a small local memory, stay small."""
     import tvm
     from tvm import relax
 
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant()]
-    if fuse:
-        passes += [relax.transform.FuseOps(), relax.transform.FuseTIR()]
+    if max_fused_bytes is not None:
+        passes.append(_opaque_above(max_fused_bytes))
     seq = tvm.transform.Sequential(passes + [
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
         relax.transform.RewriteDataflowReshape(),
     ])
     with target:
         return seq(mod)
+
+
+def _opaque_above(limit: int):
+    """A module pass: every PrimFunc with a buffer argument of more than ``limit`` bytes gets
+    ``op_pattern`` 8 (opaque: FuseOps leaves it alone)."""
+    import tvm
+    from tvm import tirx
+
+    def largest(func) -> int:
+        sizes = [nbytes_of(str(p.dtype), tuple(int(d) for d in p.shape)) for p in func.params
+                 if hasattr(p, "shape") and all(hasattr(d, "value") or isinstance(d, int) for d in p.shape)]
+        return max(sizes, default=0)
+
+    @tvm.transform.module_pass(opt_level=0, name="tide.OpaqueAboveBytes")
+    def transform(mod, _ctx):
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and largest(func) > limit:
+                mod[gv] = func.with_attr("op_pattern", 8)
+        return mod
+
+    return transform
 
 
 def to_dps(mod):

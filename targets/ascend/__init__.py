@@ -12,10 +12,11 @@ from __future__ import annotations
 
 KIND = "ascend"
 DEFAULT_SOC = "Ascend910B1"
-# Generic ops are not fused: a fused kernel keeps its intermediates in local (UB) buffers, which at
-# V4-Flash widths overflow the UB, and a device kernel has no GM scratch of its own (no workspace
-# argument yet); unfused, every intermediate is a plan buffer in GM.
-FUSE = False
+# Generic ops with a tensor above this size are not fused with their neighbours: a fused kernel keeps
+# its intermediates in local (UB) buffers, which at V4-Flash widths overflowed the UB, and a device
+# kernel has no GM scratch of its own (no workspace argument yet); unfused, an intermediate is a
+# plan buffer in GM.
+FUSED_TENSOR_BYTES = 16 * 1024
 
 
 def host_features() -> set[str]:
