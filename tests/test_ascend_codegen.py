@@ -357,3 +357,32 @@ def test_dealloc_crash_regression(soc, tmp_path):
     at = text.rindex(fix["from"].strip())  # the module's line, not the header's
     fixed = text[:at] + fix["to"].strip() + text[at + len(fix["from"].strip()):]
     toolchain.compile_check(fixed, soc, tmp_path / "fixed")
+
+
+def test_ops_with_large_tensors_stay_unfused():
+    """``lower.legalize_and_fuse(max_fused_bytes=...)`` (the ascend target's FUSED_TENSOR_BYTES):
+    exp(x) + 1 over a 16 KiB tensor is one fused kernel without a limit and two kernels under an
+    8 KiB limit, so no UB intermediate holds the 16 KiB exp(x)."""
+    import tvm
+    from tvm import relax
+
+    from tide.compiler import lower
+    from tide.targets import ascend
+
+    def build():
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((64, 64), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                e = bb.emit(relax.op.exp(x))
+                y = bb.emit_output(relax.op.add(e, relax.const(1.0, "float32")))
+            bb.emit_func_output(y)
+        return bb.get()
+
+    def kernels(mod):
+        return [gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+    target = tvm.target.Target({"kind": "llvm"})
+    assert len(kernels(lower.legalize_and_fuse(build(), target))) == 1
+    assert len(kernels(lower.legalize_and_fuse(build(), target, 8 * 1024))) == 2
+    assert len(kernels(lower.legalize_and_fuse(build(), target, ascend.FUSED_TENSOR_BYTES))) == 1  # 16 KiB fits
