@@ -24,7 +24,7 @@ SOCS = ("Ascend910B1", "Ascend950PR_9599")
 
 
 def compile_case(case, soc: str, folder: Path) -> dict:
-    """Compiles ``case`` for ``soc`` in ``folder``: {"ok", "error", "kernels": [{name, block_dim, hand}],
+    """Compiles ``case`` for ``soc`` in ``folder``: {"ok", "error", "kernels": [{name, block_dim, unit}],
     "seconds"}."""
     from ..compiler.artifact import read_artifact
     from ..compiler.driver import CompileOptions, compile_model

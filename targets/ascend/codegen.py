@@ -105,18 +105,26 @@ def translate(name: str, func, soc: str) -> Kernel:
 
 
 def _param_types(func) -> list:
-    return [(_memref_type(p, GM), "ptr") if _is_buffer(p) else ("i64", "i64") for p in func.params]
+    return [(memref_type(p, GM), "ptr") if _is_buffer(p) else ("i64", "i64") for p in func.params]
 
 
-def _memref_type(buf, space: str) -> str:
-    dims = [str(int(d)) for d in buf.shape]
+def memref_type(buf, space: str | None) -> str:
+    """The MLIR memref type of TIR buffer ``buf`` (static shape) in address space ``space``."""
+    dims = []
+    for d in buf.shape:
+        if not isinstance(d, int) and not hasattr(d, "value"):
+            raise _Unsupported(f"buffer '{buf.name}' has a dynamic shape ({d})")
+        dims.append(str(int(d)))
     elem = mlir_type(str(buf.dtype), f"buffer '{buf.name}'")
-    return f"memref<{'x'.join(dims + [elem])}, {space}>"
+    shape = "x".join(dims + [elem])
+    return f"memref<{shape}, {space}>" if space else f"memref<{shape}>"
 
 
 def _hand_written(name: str, func, soc: str) -> Kernel | None:
     """``kernels/``' HIVM kernel for ``func`` (by its ``tide.kernel`` attribute, or a plain GEMM by
     its computation), with its entry taking the plan's argument types, or None."""
+    from .kernels import matmul
+
     attrs = func.attrs or {}
     if attrs.get("tide.kernel") == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rmsnorm
@@ -130,14 +138,12 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
         text = rope.emit(math.prod(shape[:-1]), shape[-1], int(attrs["tide.rope_dim"]), int(attrs["tide.rope_groups"]),
                          soc, inverse=bool(attrs["tide.rope_inverse"]), name=name)
     elif (gemm := _gemm_shape(func)) is not None:
-        from .kernels import matmul
-
         m, n, k, dtype, b_kn = gemm
         text = matmul.emit(m, n, k, soc, dtype, name=name, b_kn=b_kn)
     else:
         return None
     types = _param_types(func)
-    return Kernel(name, adapt_entry(text, [t for t, _ in types]), _block_dim(text), [k for _, k in types])
+    return Kernel(name, adapt_entry(text, [t for t, _ in types]), matmul.block_dim(text), [k for _, k in types])
 
 
 def _gemm_shape(func):
@@ -210,12 +216,6 @@ def _gemm_shape(func):
         return None
     m = math.prod(int(d) for d in a.shape[:-1])
     return m, int(c.shape[-1]), int(a.shape[-1]), str(a.dtype), b_kn
-
-
-def _block_dim(text: str) -> int:
-    import re
-
-    return int(re.search(r"hacc\.block_dim = (\d+) : i64", text).group(1))
 
 
 def adapt_entry(text: str, types: list) -> str:
@@ -302,7 +302,6 @@ class _Translator:
         self.const_lines: list[str] = []
         self.alloc_lines: list[str] = []  # local buffers, allocated once at the function's entry
         self.pool: dict = {}  # vector loops' UB temporaries: length -> [ssa], shared by the loops
-        self.vector_loops = 0
         self.ind = 2
 
     # -- emission helpers ----------------------------------------------------------------------
@@ -332,14 +331,12 @@ class _Translator:
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> Kernel:
-        from tvm import tirx
-
         args, kinds = [], []
         for i, p in enumerate(self.func.params):
             if _is_buffer(p):
                 buf = p
                 self._check_dense(buf)
-                t = self._memref_t(buf, GM)
+                t = memref_type(buf, GM)
                 ssa = f"%arg{i}"
                 self.bufs[buf] = (ssa, t)
                 args.append(f"{ssa}: {t}")
@@ -360,7 +357,6 @@ class _Translator:
         head = (f"  func.func @{self.name}({', '.join(args)}) attributes {{hacc.entry, hacc.function_kind = "
                 f"#hacc.function_kind<DEVICE>, hacc.block_dim = {blocks} : i64}} {{")
         text = "\n".join(["module {", head, *self.const_lines, *self.alloc_lines, *self.lines, "    return", "  }", "}", ""])
-        del tirx
         return Kernel(self.name, text, blocks, kinds)
 
     def _row_loop(self, body):
@@ -421,16 +417,6 @@ class _Translator:
         if int(getattr(buf.elem_offset, "value", -1)) != 0:
             raise _Unsupported(f"buffer '{buf.name}' has an element offset")
 
-    def _memref_t(self, buf, space: str | None) -> str:
-        dims = []
-        for d in buf.shape:
-            if not isinstance(d, int) and not hasattr(d, "value"):
-                raise _Unsupported(f"buffer '{buf.name}' has a dynamic shape ({d})")
-            dims.append(str(int(d)))
-        elem = mlir_type(str(buf.dtype), f"buffer '{buf.name}'")
-        shape = "x".join(dims + [elem]) if dims else elem
-        return f"memref<{shape}, {space}>" if space else f"memref<{shape}>"
-
     def _view(self, s):
         """``DeclBuffer`` of a view over another buffer's data: a ``memref.reinterpret_cast`` with the
         view's shape, row-major strides and element offset."""
@@ -473,7 +459,7 @@ class _Translator:
         for s in stmts:
             if isinstance(s, tirx.AllocBuffer):
                 self._check_dense(s.buffer)
-                t = self._memref_t(s.buffer, UB)
+                t = memref_type(s.buffer, UB)
                 ssa = f"%buf{len(self.alloc_lines)}"
                 self.alloc_lines.append(f"    {ssa} = memref.alloc() : {t}")
                 self.bufs[s.buffer] = (ssa, t)
@@ -599,7 +585,7 @@ class _Translator:
                 return self.op(f"arith.index_cast {self.index[e]} : index to {t}")
             raise _Unsupported(f"variable '{e.name}' is not bound")
         if isinstance(e, TensorLoad):
-            ssa, mt = self._buffer(getattr(e, "buffer", None) or e.source)
+            ssa, mt = self._buffer(e.source)
             idx = ", ".join(self.idx(i) for i in e.indices)
             return self.op(f"memref.load {ssa}[{idx}] : {mt}")
         if isinstance(e, tirx.Cast):

@@ -64,16 +64,14 @@ def _single_nest_loop(func):
 
 
 def schedule(mod, target=None):
-    """Marks every not-yet-scheduled PrimFunc of ``mod`` scheduled, with its outermost loop parallel
-    where ``tvm.s_tir.Schedule.parallel`` accepts it (every block under it binds the loop to
-    data-parallel iterators only) and the kernel is one loop nest."""
+    """Every not-yet-scheduled PrimFunc of ``mod`` (the generic kernels) as ``kernel`` makes it."""
     from tvm import tirx
 
     updated = {}
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
             continue
-        updated[gv] = _parallel_outer(func).with_attr("tirx.is_scheduled", True)
+        updated[gv] = kernel(func)
     for gv, func in updated.items():
         mod[gv] = func
     return mod

@@ -127,15 +127,17 @@ def emit_loop(tr, loop) -> bool:
     if c < MIN_LENGTH:
         return False
     _Emitter(tr, c).loop(plan, st, n)
-    tr.vector_loops += 1
     return True
 
 
 class _Emitter:
     def __init__(self, tr, c: int):
+        from .codegen import UB
+
         self.tr, self.c = tr, c
-        self.t = f"memref<{c}xf32, #hivm.address_space<ub>>"
-        self.used = 0
+        self.t = f"memref<{c}xf32, {UB}>"
+        self.used = 0  # temporaries of the pool taken by the tile being emitted
+        self.memo = {}  # operands already in UB in this tile: loads by (buffer, indices), broadcasts by value
 
     def temp(self) -> str:
         pool = self.tr.pool.setdefault(self.c, [])
@@ -187,10 +189,8 @@ class _Emitter:
     def body(self, plan, st, j0: str, scalars: dict):
         from .codegen import GM
 
-        self.used = 0
-        self.memo = {}  # operands already in UB in this tile: loads by (buffer, indices), broadcasts by value
-        dest_ssa, dest_t = self.tr.bufs[st.buffer]
-        if GM in dest_t:
+        self.used, self.memo = 0, {}
+        if GM in self.tr.bufs[st.buffer][1]:
             res, rt = self.value(plan, j0, scalars)
             view, vt = self.view(st.buffer, list(st.indices)[:-1], j0)
             self.tr.emit(f"hivm.hir.store ins({res} : {rt}) outs({view} : {vt})")
