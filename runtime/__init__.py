@@ -53,6 +53,18 @@ _lib = None
 _lib_lock = threading.Lock()
 
 
+def prefill_chunks(prefill_sizes, total: int) -> list[tuple[str, int]]:
+    """The (entry, tokens) steps that consume ``total`` prompt tokens: the largest compiled prefill
+    size that fits, then smaller ones; single tokens through decode."""
+    plan, left = [], total
+    for size in sorted(prefill_sizes, reverse=True):
+        while left >= size:
+            plan.append((f"prefill_{size}", size))
+            left -= size
+    plan.extend([("decode", 1)] * left)
+    return plan
+
+
 def _library():
     global _lib
     with _lib_lock:
@@ -703,14 +715,7 @@ class Session:
                             "--max-seq-len")
 
     def _chunks(self, total: int) -> list[tuple[str, int]]:
-        """Largest compiled prefill size that fits, then smaller; single tokens through decode."""
-        plan, left = [], total
-        for size in reversed(self.prefill_sizes):
-            while left >= size:
-                plan.append((f"prefill_{size}", size))
-                left -= size
-        plan.extend([("decode", 1)] * left)
-        return plan
+        return prefill_chunks(self.prefill_sizes, total)
 
     def _step(self, entry: str, ids: np.ndarray) -> Tensor:
         """Runs one chunk; returns the logits view. Caller holds the lock and has validated."""

@@ -63,7 +63,10 @@ def _memref_args(a: np.ndarray) -> list:
 
 
 class CpuRunner:
-    """Runs the entries of an ascend artifact on the CPU (one session: its states persist)."""
+    """Runs the entries of an ascend artifact on the CPU (one session: its states persist).
+
+    Every buffer (arena, states, weights and the data inputs, which ``run`` copies in) is allocated
+    once, so each kernel call's arguments are built once at load and a run only calls kernels."""
 
     def __init__(self, path: str, workers: int | None = None, observer=None):
         """``observer(kernel, before, after)``, when given, sees every kernel call: the kernel's
@@ -71,28 +74,47 @@ class CpuRunner:
         art = read_artifact(path)
         if art.target.kind != "ascend" or not isinstance(art.device_code, AscendCode):
             raise ValueError(f"{path}: not an ascend artifact (target {art.target.kind})")
-        self.art, self.plan, self.meta = art, art.plan, art.metadata
+        self.plan, self.meta, self.observer = art.plan, art.metadata, observer
         code = {k.name: k for k in art.device_code.kernels}
         names = self.plan.kernels
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             sos = list(pool.map(lambda n: build_kernel(n, code[n].hivm), names))
-        self.kernels = [(getattr(ctypes.CDLL(str(so)), n), code[n].block_dim, code[n].args)
-                        for n, so in zip(names, sos)]
+        kernels = [(getattr(ctypes.CDLL(str(so)), n), code[n].block_dim) for n, so in zip(names, sos)]
         self.block = np.zeros(1, np.int64)
-        self.block_args = _memref_args(self.block)
+        block_args = _memref_args(self.block)
         self.weights = [np.array(art.weight(i)) for i in range(len(self.plan.weights))]
         self.states = [np.zeros(s.shape, np_dtype(s.dtype)) for s in self.plan.states]
         self.entries = {e.name: e for e in self.plan.entries}
-        self.inputs: dict = {}
-        self.arenas = {e.name: np.zeros(max(e.arena_bytes, 1), np.uint8) for e in self.plan.entries}
-        self.observer = observer
+        self.inputs = {}  # (entry, input position) -> the entry's buffer for that data input
+        self.steps = {}   # entry -> [("copy", src, dst) | ("call", name, fn, blocks, args, views)]
+        for e in self.plan.entries:
+            for binding in e.inputs:
+                buf = e.buffers[binding.buffer]
+                if binding.role == "data":
+                    self.inputs[(e.name, buf.index)] = np.zeros(buf.shape, np_dtype(buf.dtype))
+            arena = np.zeros(max(e.arena_bytes, 1), np.uint8)
+            steps = []
+            for op in e.ops:
+                views = [self._view(e, arena, v) if kind == "buf" else int(v) for kind, v in op.args]
+                if op.kind == "copy":
+                    steps.append(("copy", views[0], views[1]))
+                    continue
+                fn, blocks = kernels[op.kernel]
+                args = [a for v in views for a in (_memref_args(v) if isinstance(v, np.ndarray) else [ctypes.c_int64(v)])]
+                steps.append(("call", names[op.kernel], fn, blocks, args + block_args, views))
+            self.steps[e.name] = (steps, {o.name: self._view(e, arena, o.buffer) for o in e.outputs if o.role == "data"})
 
-    def _view(self, entry, b) -> np.ndarray:
+    def _view(self, entry, arena, b) -> np.ndarray:
+        """Plan buffer ``b`` of ``entry`` as an array over the memory it lies in."""
         buf = entry.buffers[b]
         dtype = np_dtype(buf.dtype)
-        base = {"arena": lambda: self.arenas[entry.name], "weight": lambda: self.weights[buf.index],
-                "state": lambda: self.states[buf.index], "input": lambda: self.inputs[(entry.name, buf.index)]}
-        raw = base[buf.kind]().reshape(-1).view(np.uint8)
+        if buf.kind == "arena":
+            base = arena
+        elif buf.kind == "input":
+            base = self.inputs[(entry.name, buf.index)]
+        else:
+            base = (self.weights if buf.kind == "weight" else self.states)[buf.index]
+        raw = base.reshape(-1).view(np.uint8)
         count = int(np.prod(buf.shape, dtype=np.int64))
         return raw[buf.offset:buf.offset + count * dtype.itemsize].view(dtype).reshape(buf.shape)
 
@@ -100,50 +122,37 @@ class CpuRunner:
         """Runs entry ``entry_name`` with data inputs ``feeds`` (name -> array; states are the
         session's); returns its data outputs by name."""
         entry = self.entries[entry_name]
-        for pos, binding in enumerate(entry.inputs):
+        for binding in entry.inputs:
             if binding.role == "state":
                 continue
             buf = entry.buffers[binding.buffer]
-            arr = np.ascontiguousarray(feeds[binding.name], dtype=np_dtype(buf.dtype))
+            arr = np.asarray(feeds[binding.name])
             if tuple(arr.shape) != tuple(buf.shape):
                 raise ValueError(f"input '{binding.name}': expected shape {tuple(buf.shape)}, got {arr.shape}")
-            self.inputs[(entry.name, entry.buffers[binding.buffer].index)] = arr
-        for op in entry.ops:
-            if op.kind == "copy":
-                src, dst = self._view(entry, op.args[0][1]), self._view(entry, op.args[1][1])
+            np.copyto(self.inputs[(entry.name, buf.index)], arr, casting="unsafe")
+        steps, outputs = self.steps[entry_name]
+        for step in steps:
+            if step[0] == "copy":
+                _, src, dst = step
                 if src.ctypes.data != dst.ctypes.data:
-                    dst.reshape(-1).view(np.uint8)[:] = src.reshape(-1).view(np.uint8)
+                    np.copyto(dst, src)
                 continue
-            fn, blocks, _ = self.kernels[op.kernel]
-            args, views = [], []
-            for kind, value in op.args:
-                if kind == "buf":
-                    views.append(self._view(entry, value))
-                    args += _memref_args(views[-1])
-                else:
-                    views.append(int(value))
-                    args.append(ctypes.c_int64(int(value)))
-            args += self.block_args
+            _, name, fn, blocks, args, views = step
             before = [v.copy() if isinstance(v, np.ndarray) else v for v in views] if self.observer else None
             for blk in range(blocks):
                 self.block[0] = blk
                 fn(*args)
             if self.observer:
-                self.observer(self.plan.kernels[op.kernel], before, views)
-        return {o.name: self._view(entry, o.buffer).copy() for o in entry.outputs if o.role == "data"}
+                self.observer(name, before, views)
+        return {name: view.copy() for name, view in outputs.items()}
 
     def generate(self, prompt: np.ndarray, new_tokens: int) -> np.ndarray:
         """Greedy tokens after ``prompt`` [batch, T], as ``tide.Session.generate`` picks them: the
         prompt in the largest compiled prefill chunks, the rest and every new token by decode."""
-        sizes = sorted(int(s) for s in self.meta.get("prefill_chunks", []))
-        pos, left, logits = 0, prompt.shape[1], None
-        steps = []
-        for size in reversed(sizes):
-            while left >= size:
-                steps.append((f"prefill_{size}", size))
-                left -= size
-        steps += [("decode", 1)] * left
-        for entry, size in steps:
+        from ...runtime import prefill_chunks
+
+        pos, logits = 0, None
+        for entry, size in prefill_chunks(self.meta.get("prefill_chunks", []), prompt.shape[1]):
             logits = self.run(entry, {"input_ids": prompt[:, pos:pos + size],
                                       "start_pos": np.full(1, pos, np.int64)})["logits"][:, -1]
             pos += size
