@@ -164,6 +164,15 @@ def emit_block_loop(b: Body, tasks: str, ind: int) -> str:
     return task
 
 
+def tile_origin(b: Body, task: str, col_tiles: int, tile_rows: int, tile_cols: int, ind: int) -> tuple[str, str]:
+    """(first row, first column) of task ``task``'s tile, tasks numbered row-major over a grid of
+    ``col_tiles`` tiles of ``tile_rows`` x ``tile_cols`` per row."""
+    ti = b.op("ti", f"arith.divui {task}, {b.const(col_tiles)} : index", ind)
+    tj = b.op("tj", f"arith.remui {task}, {b.const(col_tiles)} : index", ind)
+    return (b.op("r0", f"arith.muli {ti}, {b.const(tile_rows)} : index", ind),
+            b.op("c0", f"arith.muli {tj}, {b.const(tile_cols)} : index", ind))
+
+
 def function(name: str, args, body: Body, blocks: int) -> str:
     sig = ", ".join(f"{a}: {t}" for a, t in args)
     head = (f"  func.func @{name}({sig}) attributes {{hacc.entry, hacc.function_kind = "
@@ -188,10 +197,7 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
     a_t, b_t, c_t = gm((m, k), elem), gm((k, n) if b_kn else (n, k), elem), gm((m, n), "f32")
     b = Body()
     task = emit_block_loop(b, b.const(mt * nt), 2)
-    mi = b.op("mi", f"arith.divui {task}, {b.const(nt)} : index", 3)
-    ni = b.op("ni", f"arith.remui {task}, {b.const(nt)} : index", 3)
-    m0 = b.op("m0", f"arith.muli {mi}, {b.const(tm)} : index", 3)
-    n0 = b.op("n0", f"arith.muli {ni}, {b.const(tn)} : index", 3)
+    m0, n0 = tile_origin(b, task, nt, tm, tn, 3)
     ms = b.op("ms", f"arith.minui {b.op('mr', f'arith.subi {b.const(m)}, {m0} : index', 3)}, {b.const(tm)} : index", 3)
     ns = b.op("ns", f"arith.minui {b.op('nr', f'arith.subi {b.const(n)}, {n0} : index', 3)}, {b.const(tn)} : index", 3)
     acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem, 3,
