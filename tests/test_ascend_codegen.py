@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 
 from tide.compiler.errors import CompileError
-from tide.targets.ascend import codegen, cores, toolchain
-from tide.targets.ascend.kernels import matmul
+from tide.targets.ascend import codegen, cores, cpu_runner, toolchain
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_cpu_runner = pytest.mark.skipif(toolchain.missing_cpu_runner() is not None,
@@ -93,12 +92,12 @@ def test_bishengir_compiles_it(kernel_text, soc, tmp_path):
 
 @needs_cpu_runner
 @pytest.mark.parametrize("soc", SOCS)
-def test_cpu_runner_matches_numpy(kernel_text, soc, tmp_path):
+def test_cpu_runner_matches_numpy(kernel_text, soc):
     rng = np.random.default_rng(7)
     x = rng.standard_normal((TABLE, COLS)).astype(np.float32)
     idx = np.array([3, -1, 8, 0, 9, 5], np.int64)  # -1 and 9 are out of range: guarded loads
     k = kernel_text[soc]
-    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(k.text)), k.name, tmp_path)
+    so = cpu_runner.build_kernel(k.name, k.text)
     y0 = rng.standard_normal((ROWS, COLS)).astype(np.float32)
     _, _, y, code = toolchain.cpu_run(so, k.name, k.block_dim, x, idx, y0, np.zeros((ROWS, COLS), np.int32))
     want_y, want_code = _reference(x, idx)
@@ -107,11 +106,11 @@ def test_cpu_runner_matches_numpy(kernel_text, soc, tmp_path):
 
 
 @needs_cpu_runner
-def test_cpu_runner_catches_a_planted_bug(kernel_text, tmp_path):
+def test_cpu_runner_catches_a_planted_bug(kernel_text):
     k = kernel_text["Ascend910B1"]
     wrong = k.text.replace("arith.maximumf", "arith.minimumf", 1)
     assert wrong != k.text
-    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(wrong)), k.name, tmp_path)
+    so = cpu_runner.build_kernel(k.name, wrong)
     rng = np.random.default_rng(7)
     x = rng.standard_normal((TABLE, COLS)).astype(np.float32)
     idx = np.array([3, 1, 8, 0, 2, 5], np.int64)
@@ -276,7 +275,7 @@ def test_gemm_kernel_with_plan_shapes_matches_numpy(tmp_path):
     kn = _gemm_funcs()[0]
     k = codegen.translate("tide_kn", kn, "Ascend950PR_9599")
     toolchain.compile_check(k.text, "Ascend950PR_9599", tmp_path / "cc")
-    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(k.text)), k.name, tmp_path / "cpu")
+    so = cpu_runner.build_kernel(k.name, k.text)
     rng = np.random.default_rng(3)
     a, b = rng.standard_normal((1, 3, 40)).astype(np.float32), rng.standard_normal((40, 24)).astype(np.float32)
     _, _, c = toolchain.cpu_run(so, k.name, k.block_dim, a, b, np.full((1, 3, 24), np.nan, np.float32))
@@ -331,7 +330,7 @@ def test_element_wise_loops_become_vector_ops():
 def test_vector_loops_compile_and_match_numpy(soc, tmp_path):
     k = codegen.translate("tide_vec", _vector_kernel(), soc)
     toolchain.compile_check(k.text, soc, tmp_path / "cc")
-    so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(k.text)), k.name, tmp_path / "cpu")
+    so = cpu_runner.build_kernel(k.name, k.text)
     rng = np.random.default_rng(11)
     x = rng.standard_normal((V_ROWS, V_COLS)).astype(np.float32)
     s = rng.uniform(0.5, 2.0, V_ROWS).astype(np.float32)
