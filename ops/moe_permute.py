@@ -13,6 +13,9 @@ First kernel of the ``tide.MoEExperts`` chain (``tide.ops.moe_experts``). A coun
 
 Rows and tiles past the used ones are zero. The static capacity (``tiling``) bounds the tiles any
 routing can need: ``sum_e ceil(n_e / b) <= (T k + min(E, T k) (b - 1)) / b``.
+
+Precision: int64 or int32 expert indices and float32 or bfloat16 routing weights in; the weights
+are copied as they are (no arithmetic); the maps are int32.
 """
 
 from __future__ import annotations
@@ -31,52 +34,53 @@ def prim_func(tokens: int, top_k: int, experts: int, block_rows: int, index_dtyp
               weight_dtype: str = "float32", name: str = "tide_moe_permute"):
     """Outputs ``row_token [R] int32, row_weight [R], tile_expert [Q] int32, num_tiles [1] int32,
     slot [T, k] int32``. One sequential block (the work is O(T k + E + R))."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     max_tiles, rows = tiling(tokens, top_k, experts, block_rows)
     n = tokens * top_k
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(indices: T.Buffer(({tokens}, {top_k}), "{index_dtype}"),
-           weights: T.Buffer(({tokens}, {top_k}), "{weight_dtype}"),
-           row_token: T.Buffer(({rows},), "int32"), row_weight: T.Buffer(({rows},), "{weight_dtype}"),
-           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
-           slot: T.Buffer(({tokens}, {top_k}), "int32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "permute"}})
-    for u in range(1):
-        with T.sblock("permute"):
-            T.reads(indices[0:{tokens}, 0:{top_k}], weights[0:{tokens}, 0:{top_k}])
-            T.writes(row_token[0:{rows}], row_weight[0:{rows}], tile_expert[0:{max_tiles}], num_tiles[0:1],
-                     slot[0:{tokens}, 0:{top_k}])
-            cursor = T.sblock_alloc_buffer(({experts},), "int32", scope="local")
-            used = T.sblock_alloc_buffer((2,), "int32", scope="local")
-            for e in range({experts}):
-                cursor[e] = 0
-            for a in range({n}):
-                cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])] = \\
-                    cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])] + 1
-            for r in range({rows}):
-                row_token[r] = 0
-                row_weight[r] = T.{weight_dtype}(0)
-            for q in range({max_tiles}):
-                tile_expert[q] = 0
-            used[0] = 0
-            for e in range({experts}):
-                for q in range((cursor[e] + {block_rows - 1}) // {block_rows}):
-                    tile_expert[used[0] + q] = e
-                used[1] = used[0] + (cursor[e] + {block_rows - 1}) // {block_rows}
-                cursor[e] = used[0] * {block_rows}
-                used[0] = used[1]
-            num_tiles[0] = used[0]
-            for a in range({n}):
-                row_token[cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])]] = a // {top_k}
-                row_weight[cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])]] = weights[a // {top_k}, a % {top_k}]
-                slot[a // {top_k}, a % {top_k}] = cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])]
-                cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])] = \\
-                    cursor[T.Cast("int32", indices[a // {top_k}, a % {top_k}])] + 1
-'''
-    return tvm.script.from_source(src)
+    zero = getattr(T, weight_dtype)(0)
+
+    def expert(indices, a):
+        """The expert of assignment ``a`` (token ``a // k``, slot ``a % k``) as int32."""
+        return T.Cast("int32", indices[a // top_k, a % top_k])
+
+    @T.prim_func(s_tir=True)
+    def func(indices: T.Buffer((tokens, top_k), index_dtype), weights: T.Buffer((tokens, top_k), weight_dtype),
+             row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), weight_dtype),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             slot: T.Buffer((tokens, top_k), "int32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "permute"})
+        for u in range(1):
+            with T.sblock("permute"):
+                T.reads(indices[0:tokens, 0:top_k], weights[0:tokens, 0:top_k])
+                T.writes(row_token[0:rows], row_weight[0:rows], tile_expert[0:max_tiles], num_tiles[0:1],
+                         slot[0:tokens, 0:top_k])
+                cursor = T.sblock_alloc_buffer((experts,), "int32", scope="local")
+                used = T.sblock_alloc_buffer((2,), "int32", scope="local")
+                for e in range(experts):
+                    cursor[e] = 0
+                for a in range(n):
+                    cursor[expert(indices, a)] = cursor[expert(indices, a)] + 1
+                for r in range(rows):
+                    row_token[r] = 0
+                    row_weight[r] = zero
+                for q in range(max_tiles):
+                    tile_expert[q] = 0
+                used[0] = 0
+                for e in range(experts):
+                    for q in range((cursor[e] + (block_rows - 1)) // block_rows):
+                        tile_expert[used[0] + q] = e
+                    used[1] = used[0] + (cursor[e] + (block_rows - 1)) // block_rows
+                    cursor[e] = used[0] * block_rows
+                    used[0] = used[1]
+                num_tiles[0] = used[0]
+                for a in range(n):
+                    row_token[cursor[expert(indices, a)]] = a // top_k
+                    row_weight[cursor[expert(indices, a)]] = weights[a // top_k, a % top_k]
+                    slot[a // top_k, a % top_k] = cursor[expert(indices, a)]
+                    cursor[expert(indices, a)] = cursor[expert(indices, a)] + 1
+
+    return func
 
 
 def reference(indices: np.ndarray, weights: np.ndarray, experts: int, block_rows: int):
