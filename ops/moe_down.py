@@ -8,7 +8,7 @@ expert order; ``tide.ops.moe_experts``' combine brings them back to token order.
 Weight layouts (``tide.targets.moe.layout`` picks one at compile time): ``"panel"``, packed at
 compile time from ``down [E, D, F]`` into ``[E, D / NB, F, NB]``, the F x NB panel of each block of
 NB output columns contiguous and row-major in F; ``"rows"``, the checkpoint's ``[E, D, F]`` as is
-(K-contiguous rows). float32 or bfloat16 weights, float32 arithmetic.
+(K-contiguous rows). float32 h, float32 or bfloat16 weights, float32 arithmetic.
 """
 
 from __future__ import annotations
@@ -38,40 +38,42 @@ def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
 
 def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
               name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32"):
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     wshape = weight_shape(experts, dim, inter, layout)
     nb = col_block(dim, layout)
     db = dim // nb
     rows = max_tiles * block_rows
-    wval = "w[tile_expert[vt], vj, vk, vc]" if layout == "panel" else f"w[tile_expert[vt], vj * {nb} + vc, vk]"
-    if weight_dtype != "float32":
-        wval = f'T.Cast("float32", {wval})'
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer({wshape}, "{weight_dtype}"),
-           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
-           o: T.Buffer(({rows}, {dim}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "down",
-                 "tide.weight_layout": "{layout}"}})
-    for jb, tile in T.grid({db}, {max_tiles}):
-        with T.sblock("tile"):
-            vj, vt = T.axis.remap("SS", [jb, tile])
-            acc = T.sblock_alloc_buffer(({block_rows}, {nb}), "float32", scope="local")
-            if vt < num_tiles[0]:
-                for i, c, k in T.grid({block_rows}, {nb}, {inter}):
-                    with T.sblock("gemm"):
-                        vi, vc, vk = T.axis.remap("SSR", [i, c, k])
-                        with T.init():
-                            acc[vi, vc] = T.float32(0)
-                        acc[vi, vc] = acc[vi, vc] + h[vt * {block_rows} + vi, vk] * {wval}
-                for i, c in T.grid({block_rows}, {nb}):
-                    with T.sblock("store"):
-                        vi, vc = T.axis.remap("SS", [i, c])
-                        o[vt * {block_rows} + vi, vj * {nb} + vc] = acc[vi, vc]
-'''
-    return tvm.script.from_source(src)
+
+    def weight(w, e, j, k, c):
+        """Weight ``k`` of output column ``j * NB + c`` of expert ``e``, as float32."""
+        value = w[e, j, k, c] if layout == "panel" else w[e, j * nb + c, k]
+        return value if weight_dtype == "float32" else T.Cast("float32", value)
+
+    @T.prim_func(s_tir=True)
+    def func(h: T.Buffer((rows, inter), "float32"), w: T.Buffer(wshape, weight_dtype),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             o: T.Buffer((rows, dim), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "down",
+                     "tide.weight_layout": layout})
+        for jb, tile in T.grid(db, max_tiles):
+            with T.sblock("tile"):
+                vj, vt = T.axis.remap("SS", [jb, tile])
+                acc = T.sblock_alloc_buffer((block_rows, nb), "float32", scope="local")
+                if vt < num_tiles[0]:
+                    for i, c, k in T.grid(block_rows, nb, inter):
+                        with T.sblock("gemm"):
+                            vi, vc, vk = T.axis.remap("SSR", [i, c, k])
+                            with T.init():
+                                acc[vi, vc] = T.float32(0)
+                            acc[vi, vc] = acc[vi, vc] + h[vt * block_rows + vi, vk] * weight(w, tile_expert[vt],
+                                                                                             vj, vk, vc)
+                    for i, c in T.grid(block_rows, nb):
+                        with T.sblock("store"):
+                            vi, vc = T.axis.remap("SS", [i, c])
+                            o[vt * block_rows + vi, vj * nb + vc] = acc[vi, vc]
+
+    return func
 
 
 def pack(down: np.ndarray, layout: str = "panel") -> np.ndarray:

@@ -20,7 +20,7 @@ Weight layouts (a compile-time choice of the target's schedule, ``tide.targets.m
   packing at all, for GEMV-like schedules and for weights that are parameters (memory-mapped
   arrays that compile-time folding does not reach).
 
-Weights are float32 or bfloat16; products and sums are float32 either way.
+x is float32, weights float32 or bfloat16; products and sums are float32 either way.
 
 The definition is target-neutral: an outer block per (column block, tile) holding the
 accumulator, a reduction block and the SwiGLU block; ``tide.targets.moe`` schedules it.
@@ -52,50 +52,55 @@ def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
     raise ValueError(f"moe_gate_up: unknown weight layout '{layout}' (expected one of {LAYOUTS})")
 
 
+def swiglu(weight, g, u, limit):
+    """``weight * silu(min(g, L)) * clip(u, -L, L)`` in float32 (V4's clamps; ``limit`` a float32 PrimExpr)."""
+    from tvm.script import tirx as T
+
+    return (weight * T.min(g, limit) / (T.float32(1) + T.exp(T.float32(0) - T.min(g, limit)))
+            * T.max(T.min(u, limit), T.float32(0) - limit))
+
+
 def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
               limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32"):
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     wshape = weight_shape(experts, dim, inter, layout)
     nb = col_block(inter, layout)
     fb = inter // nb
     rows = max_tiles * block_rows
-    lim = f"T.float32({float(limit)!r})"
-    if layout == "panel":
-        wval = "w[tile_expert[vt], vj, vk, vs, vc]"
-    else:
-        wval = f"w[tile_expert[vt], vs * {inter} + vj * {nb} + vc, vk]"
-    if weight_dtype != "float32":
-        wval = f'T.Cast("float32", {wval})'
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer({wshape}, "{weight_dtype}"),
-           row_token: T.Buffer(({rows},), "int32"), row_weight: T.Buffer(({rows},), "float32"),
-           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
-           h: T.Buffer(({rows}, {inter}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "gate_up",
-                 "tide.weight_layout": "{layout}"}})
-    for jb, tile in T.grid({fb}, {max_tiles}):
-        with T.sblock("tile"):
-            vj, vt = T.axis.remap("SS", [jb, tile])
-            acc = T.sblock_alloc_buffer(({block_rows}, 2, {nb}), "float32", scope="local")
-            if vt < num_tiles[0]:
-                for i, s, c, k in T.grid({block_rows}, 2, {nb}, {dim}):
-                    with T.sblock("gemm"):
-                        vi, vs, vc, vk = T.axis.remap("SSSR", [i, s, c, k])
-                        with T.init():
-                            acc[vi, vs, vc] = T.float32(0)
-                        acc[vi, vs, vc] = acc[vi, vs, vc] + x[row_token[vt * {block_rows} + vi], vk] * {wval}
-                for i, c in T.grid({block_rows}, {nb}):
-                    with T.sblock("swiglu"):
-                        vi, vc = T.axis.remap("SS", [i, c])
-                        h[vt * {block_rows} + vi, vj * {nb} + vc] = row_weight[vt * {block_rows} + vi] \\
-                            * T.min(acc[vi, 0, vc], {lim}) \\
-                            / (T.float32(1) + T.exp(T.float32(0) - T.min(acc[vi, 0, vc], {lim}))) \\
-                            * T.max(T.min(acc[vi, 1, vc], {lim}), T.float32(0) - {lim})
-'''
-    return tvm.script.from_source(src)
+    lim = T.float32(float(limit))
+
+    def weight(w, e, j, k, s, c):
+        """Weight ``k`` of output column ``j * NB + c`` of expert ``e``'s gate (s 0) or up (s 1), as float32."""
+        value = w[e, j, k, s, c] if layout == "panel" else w[e, s * inter + j * nb + c, k]
+        return value if weight_dtype == "float32" else T.Cast("float32", value)
+
+    @T.prim_func(s_tir=True)
+    def func(x: T.Buffer((tokens, dim), "float32"), w: T.Buffer(wshape, weight_dtype),
+             row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), "float32"),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             h: T.Buffer((rows, inter), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "gate_up",
+                     "tide.weight_layout": layout})
+        for jb, tile in T.grid(fb, max_tiles):
+            with T.sblock("tile"):
+                vj, vt = T.axis.remap("SS", [jb, tile])
+                acc = T.sblock_alloc_buffer((block_rows, 2, nb), "float32", scope="local")
+                if vt < num_tiles[0]:
+                    for i, s, c, k in T.grid(block_rows, 2, nb, dim):
+                        with T.sblock("gemm"):
+                            vi, vs, vc, vk = T.axis.remap("SSSR", [i, s, c, k])
+                            with T.init():
+                                acc[vi, vs, vc] = T.float32(0)
+                            acc[vi, vs, vc] = (acc[vi, vs, vc] + x[row_token[vt * block_rows + vi], vk]
+                                               * weight(w, tile_expert[vt], vj, vk, vs, vc))
+                    for i, c in T.grid(block_rows, nb):
+                        with T.sblock("swiglu"):
+                            vi, vc = T.axis.remap("SS", [i, c])
+                            h[vt * block_rows + vi, vj * nb + vc] = swiglu(row_weight[vt * block_rows + vi],
+                                                                           acc[vi, 0, vc], acc[vi, 1, vc], lim)
+
+    return func
 
 
 def pack(gate_up: np.ndarray, layout: str = "panel") -> np.ndarray:
