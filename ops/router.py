@@ -4,7 +4,7 @@ Two kernels: ``tide.ops.router_scores`` (``s = sqrt(softplus(x W^T))``), then th
 selection, one token per iteration: the top-k experts of ``s + bias`` by insertion into a sorted
 list of k (descending; ties go to the lower expert index, the rule of ``tide.ops.topk``), then
 ``weights = s[chosen] / (sum + 1e-20) * routed_scaling_factor`` from the UNBIASED scores, summed
-in rank order.
+in rank order. float32 scores and bias, float32 arithmetic; indices int64 or int32.
 """
 
 from __future__ import annotations
@@ -19,46 +19,49 @@ TIDE_FUNCTION = "MoERouter"
 def prim_func(tokens: int, experts: int, top_k: int, scale: float, index_dtype: str = "int64",
               name: str = "tide_router_select"):
     """``scores [T, E]``, ``bias [E]`` -> ``weights [T, k]``, ``indices [T, k]``."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     if not 1 <= top_k <= experts:
         raise ValueError(f"router top-k needs 1 <= k <= experts, got k={top_k}, experts={experts}")
     k = top_k
-    biased = "(scores[vt, e] + bias[e])"
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(scores: T.Buffer(({tokens}, {experts}), "float32"), bias: T.Buffer(({experts},), "float32"),
-           weights: T.Buffer(({tokens}, {k}), "float32"), indices: T.Buffer(({tokens}, {k}), "{index_dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "router_select"}})
-    for t in range({tokens}):
-        with T.sblock("select"):
-            vt = T.axis.spatial({tokens}, t)
-            T.reads(scores[vt, 0:{experts}], bias[0:{experts}])
-            T.writes(weights[vt, 0:{k}], indices[vt, 0:{k}])
-            top = T.sblock_alloc_buffer(({k},), "float32", scope="local")
-            chosen = T.sblock_alloc_buffer(({k},), "int32", scope="local")
-            state = T.sblock_alloc_buffer((2,), "int32", scope="local")
-            total = T.sblock_alloc_buffer((1,), "float32", scope="local")
-            state[0] = 0
-            for e in range({experts}):
-                if state[0] < {k} or {biased} > top[{k - 1}]:
-                    state[1] = T.min(state[0], {k - 1})
-                    while state[1] > 0 and {biased} > top[state[1] - 1]:
-                        top[state[1]] = top[state[1] - 1]
-                        chosen[state[1]] = chosen[state[1] - 1]
-                        state[1] = state[1] - 1
-                    top[state[1]] = {biased}
-                    chosen[state[1]] = e
-                    state[0] = T.min(state[0] + 1, {k})
-            total[0] = T.float32(0)
-            for j in range({k}):
-                total[0] = total[0] + scores[vt, chosen[j]]
-            for j in range({k}):
-                indices[vt, j] = T.{index_dtype}(chosen[j])
-                weights[vt, j] = scores[vt, chosen[j]] / (total[0] + T.float32(1e-20)) * T.float32({float(scale)!r})
-'''
-    return tvm.script.from_source(src)
+    index = getattr(T, index_dtype)
+    factor = T.float32(float(scale))
+
+    def biased(scores, bias, t, e):
+        return scores[t, e] + bias[e]
+
+    @T.prim_func(s_tir=True)
+    def func(scores: T.Buffer((tokens, experts), "float32"), bias: T.Buffer((experts,), "float32"),
+             weights: T.Buffer((tokens, k), "float32"), indices: T.Buffer((tokens, k), index_dtype)):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "router_select"})
+        for t in range(tokens):
+            with T.sblock("select"):
+                vt = T.axis.spatial(tokens, t)
+                T.reads(scores[vt, 0:experts], bias[0:experts])
+                T.writes(weights[vt, 0:k], indices[vt, 0:k])
+                top = T.sblock_alloc_buffer((k,), "float32", scope="local")
+                chosen = T.sblock_alloc_buffer((k,), "int32", scope="local")
+                state = T.sblock_alloc_buffer((2,), "int32", scope="local")
+                total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                state[0] = 0
+                for e in range(experts):
+                    if state[0] < k or biased(scores, bias, vt, e) > top[k - 1]:
+                        state[1] = T.min(state[0], k - 1)
+                        while state[1] > 0 and biased(scores, bias, vt, e) > top[state[1] - 1]:
+                            top[state[1]] = top[state[1] - 1]
+                            chosen[state[1]] = chosen[state[1] - 1]
+                            state[1] = state[1] - 1
+                        top[state[1]] = biased(scores, bias, vt, e)
+                        chosen[state[1]] = e
+                        state[0] = T.min(state[0] + 1, k)
+                total[0] = T.float32(0)
+                for j in range(k):
+                    total[0] = total[0] + scores[vt, chosen[j]]
+                for j in range(k):
+                    indices[vt, j] = index(chosen[j])
+                    weights[vt, j] = scores[vt, chosen[j]] / (total[0] + T.float32(1e-20)) * factor
+
+    return func
 
 
 def reference(scores: np.ndarray, bias: np.ndarray, top_k: int, scale: float):

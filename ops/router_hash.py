@@ -3,8 +3,9 @@
 V4's first layers pick experts by token id: ``indices = tid2eid[input_ids]``; the weights come
 from the learned scores as in ``tide.MoERouter``. Two kernels: ``tide.ops.router_scores``, then
 this module's per-token gather and normalization
-``weights = s[indices] / (sum + 1e-20) * routed_scaling_factor`` (summed in slot order). A token
-id outside the table reads row 0 instead of memory outside it.
+``weights = s[indices] / (sum + 1e-20) * routed_scaling_factor`` (summed in slot order; float32
+scores and arithmetic, int64 or int32 table and ids). A token id outside the table reads row 0
+instead of memory outside it.
 """
 
 from __future__ import annotations
@@ -19,32 +20,40 @@ TIDE_FUNCTION = "HashMoERouter"
 def prim_func(tokens: int, experts: int, top_k: int, vocab: int, scale: float, index_dtype: str = "int64",
               id_dtype: str = "int64", name: str = "tide_router_hash"):
     """``scores [T, E]``, ``tid2eid [V, k]``, ``input_ids [T]`` -> ``weights [T, k]``, ``indices [T, k]``."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     k = top_k
-    row = f"T.if_then_else(input_ids[vt] >= T.{id_dtype}(0) and input_ids[vt] < T.{id_dtype}({vocab}), input_ids[vt], T.{id_dtype}(0))"
-    expert = f"T.Cast(\"int32\", tid2eid[{row}, j])"
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(scores: T.Buffer(({tokens}, {experts}), "float32"), tid2eid: T.Buffer(({vocab}, {k}), "{index_dtype}"),
-           input_ids: T.Buffer(({tokens},), "{id_dtype}"),
-           weights: T.Buffer(({tokens}, {k}), "float32"), indices: T.Buffer(({tokens}, {k}), "{index_dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "router_select"}})
-    for t in range({tokens}):
-        with T.sblock("select"):
-            vt = T.axis.spatial({tokens}, t)
-            T.reads(scores[vt, 0:{experts}], tid2eid[0:{vocab}, 0:{k}], input_ids[vt])
-            T.writes(weights[vt, 0:{k}], indices[vt, 0:{k}])
-            total = T.sblock_alloc_buffer((1,), "float32", scope="local")
-            total[0] = T.float32(0)
-            for j in range({k}):
-                total[0] = total[0] + scores[vt, {expert}]
-            for j in range({k}):
-                indices[vt, j] = tid2eid[{row}, j]
-                weights[vt, j] = scores[vt, {expert}] / (total[0] + T.float32(1e-20)) * T.float32({float(scale)!r})
-'''
-    return tvm.script.from_source(src)
+    token_id = getattr(T, id_dtype)
+    factor = T.float32(float(scale))
+
+    def table_row(input_ids, t):
+        """Token ``t``'s row of tid2eid: its id, or 0 for an id outside the table."""
+        return T.if_then_else(T.And(input_ids[t] >= token_id(0), input_ids[t] < token_id(vocab)), input_ids[t],
+                              token_id(0))
+
+    def expert(tid2eid, input_ids, t, j):
+        return T.Cast("int32", tid2eid[table_row(input_ids, t), j])
+
+    @T.prim_func(s_tir=True)
+    def func(scores: T.Buffer((tokens, experts), "float32"), tid2eid: T.Buffer((vocab, k), index_dtype),
+             input_ids: T.Buffer((tokens,), id_dtype),
+             weights: T.Buffer((tokens, k), "float32"), indices: T.Buffer((tokens, k), index_dtype)):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "router_select"})
+        for t in range(tokens):
+            with T.sblock("select"):
+                vt = T.axis.spatial(tokens, t)
+                T.reads(scores[vt, 0:experts], tid2eid[0:vocab, 0:k], input_ids[vt])
+                T.writes(weights[vt, 0:k], indices[vt, 0:k])
+                total = T.sblock_alloc_buffer((1,), "float32", scope="local")
+                total[0] = T.float32(0)
+                for j in range(k):
+                    total[0] = total[0] + scores[vt, expert(tid2eid, input_ids, vt, j)]
+                for j in range(k):
+                    indices[vt, j] = tid2eid[table_row(input_ids, vt), j]
+                    weights[vt, j] = (scores[vt, expert(tid2eid, input_ids, vt, j)] / (total[0] + T.float32(1e-20))
+                                      * factor)
+
+    return func
 
 
 def reference(scores: np.ndarray, tid2eid: np.ndarray, input_ids: np.ndarray, scale: float):
