@@ -44,101 +44,113 @@ def _check(dim: int, inter: int):
         raise ValueError(f"moe_grouped_mma: D {dim} and F {inter} must be multiples of {MMA_K} and {COLS}")
 
 
+def _tile_row(max_tiles: int, bx, lane, r):
+    """The tile row of a lane's A or C fragment element in half r (rows g and g + 8)."""
+    return bx % max_tiles * TILE_ROWS + lane // 4 + r * 8
+
+
+def _k(ko, half, lane, j):
+    """The K index of a lane's A or B fragment element in K step ko (2q, 2q + 1, 2q + 8, 2q + 9)."""
+    return ko * MMA_K + half * 8 + lane % 4 * 2 + j
+
+
+def _out_col(max_tiles: int, bx, warp, n, lane, j):
+    """The output column of a lane's C fragment element j of the warp's n8 tile n."""
+    return bx // max_tiles * COLS + (warp * WARP_TILES + n) * MMA_N + lane % 4 * 2 + j
+
+
 def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, limit: float,
                  name: str = "tide_moe_gate_up_mma"):
     """h [rows, F] = row_weight * silu(min(g, L)) * clip(u, -L, L) over the used 16-row tiles."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
+
+    from .moe_gate_up import swiglu
 
     _check(dim, inter)
     rows = max_tiles * TILE_ROWS
     blocks = inter // COLS
-    lim = f"T.float32({float(limit)!r})"
+    lim = T.float32(float(limit))
     nt = WARP_TILES
-    src = f'''
-@T.prim_func
-def {name}(x: T.Buffer(({tokens}, {dim}), "float32"), w: T.Buffer(({experts}, {2 * inter}, {dim}), "bfloat16"),
-           row_token: T.Buffer(({rows},), "int32"), row_weight: T.Buffer(({rows},), "float32"),
-           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
-           h: T.Buffer(({rows}, {inter}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "mma",
-                 "tide.weight_layout": "rows", "tirx.is_scheduled": True}})
-    for bx in T.thread_binding({blocks * max_tiles}, thread="blockIdx.x"):
-        for warp in T.thread_binding({WARPS}, thread="threadIdx.y"):
-            for lane in T.thread_binding(32, thread="threadIdx.x"):
-                a = T.alloc_buffer((8,), "bfloat16", scope="local")
-                b = T.alloc_buffer(({2 * nt * 4},), "bfloat16", scope="local")
-                c = T.alloc_buffer(({2 * nt * 4},), "float32", scope="local")
-                if bx % {max_tiles} < num_tiles[0]:
-                    for j in range({2 * nt * 4}):
-                        c[j] = T.float32(0)
-                    for ko in range({dim // MMA_K}):
-                        for half, r, j in T.grid(2, 2, 2):
-                            a[half * 4 + r * 2 + j] = T.Cast("bfloat16", x[row_token[bx % {max_tiles} * 16 + lane // 4
-                                                                                      + r * 8],
-                                                                           ko * 16 + half * 8 + lane % 4 * 2 + j])
-                        for s, n, half, j in T.grid(2, {nt}, 2, 2):
-                            b[(s * {nt} + n) * 4 + half * 2 + j] = w[tile_expert[bx % {max_tiles}],
-                                                                   s * {inter} + bx // {max_tiles} * {COLS}
-                                                                   + (warp * {nt} + n) * 8 + lane // 4,
-                                                                   ko * 16 + half * 8 + lane % 4 * 2 + j]
-                        for sn in range({2 * nt}):
-                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                        a.data, 0, b.data, sn * 4, c.data, sn * 4, False,
-                                                        dtype="float32"))
-                    for n, r, j in T.grid({nt}, 2, 2):
-                        h[bx % {max_tiles} * 16 + lane // 4 + r * 8,
-                          bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane % 4 * 2 + j] = \\
-                            row_weight[bx % {max_tiles} * 16 + lane // 4 + r * 8] \\
-                            * T.min(c[n * 4 + r * 2 + j], {lim}) \\
-                            / (T.float32(1) + T.exp(T.float32(0) - T.min(c[n * 4 + r * 2 + j], {lim}))) \\
-                            * T.max(T.min(c[({nt} + n) * 4 + r * 2 + j], {lim}), T.float32(0) - {lim})
-'''
-    return tvm.script.from_source(src)
+
+    @T.prim_func
+    def func(x: T.Buffer((tokens, dim), "float32"), w: T.Buffer((experts, 2 * inter, dim), "bfloat16"),
+             row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), "float32"),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             h: T.Buffer((rows, inter), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "mma",
+                     "tide.weight_layout": "rows", "tirx.is_scheduled": True})
+        for bx in T.thread_binding(blocks * max_tiles, thread="blockIdx.x"):
+            for warp in T.thread_binding(WARPS, thread="threadIdx.y"):
+                for lane in T.thread_binding(32, thread="threadIdx.x"):
+                    a = T.alloc_buffer((8,), "bfloat16", scope="local")
+                    b = T.alloc_buffer((2 * nt * 4,), "bfloat16", scope="local")
+                    c = T.alloc_buffer((2 * nt * 4,), "float32", scope="local")
+                    if bx % max_tiles < num_tiles[0]:
+                        for j in range(2 * nt * 4):
+                            c[j] = T.float32(0)
+                        for ko in range(dim // MMA_K):
+                            for half, r, j in T.grid(2, 2, 2):
+                                a[half * 4 + r * 2 + j] = T.Cast(
+                                    "bfloat16", x[row_token[_tile_row(max_tiles, bx, lane, r)], _k(ko, half, lane, j)])
+                            for s, n, half, j in T.grid(2, nt, 2, 2):
+                                b[(s * nt + n) * 4 + half * 2 + j] = w[
+                                    tile_expert[bx % max_tiles],
+                                    s * inter + bx // max_tiles * COLS + (warp * nt + n) * MMA_N + lane // 4,
+                                    _k(ko, half, lane, j)]
+                            for sn in range(2 * nt):
+                                T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                            a.data, 0, b.data, sn * 4, c.data, sn * 4, False,
+                                                            dtype="float32"))
+                        for n, r, j in T.grid(nt, 2, 2):
+                            h[_tile_row(max_tiles, bx, lane, r), _out_col(max_tiles, bx, warp, n, lane, j)] = swiglu(
+                                row_weight[_tile_row(max_tiles, bx, lane, r)], c[n * 4 + r * 2 + j],
+                                c[(nt + n) * 4 + r * 2 + j], lim)
+
+    return func
 
 
 def down_func(dim: int, experts: int, inter: int, max_tiles: int, name: str = "tide_moe_down_mma"):
     """o [rows, D] = h W_down[e]^T over the used 16-row tiles (rows stay in expert order)."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
     _check(dim, inter)
     rows = max_tiles * TILE_ROWS
     blocks = dim // COLS
     nt = WARP_TILES
-    src = f'''
-@T.prim_func
-def {name}(h: T.Buffer(({rows}, {inter}), "float32"), w: T.Buffer(({experts}, {dim}, {inter}), "bfloat16"),
-           tile_expert: T.Buffer(({max_tiles},), "int32"), num_tiles: T.Buffer((1,), "int32"),
-           o: T.Buffer(({rows}, {dim}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "mma",
-                 "tide.weight_layout": "rows", "tirx.is_scheduled": True}})
-    for bx in T.thread_binding({blocks * max_tiles}, thread="blockIdx.x"):
-        for warp in T.thread_binding({WARPS}, thread="threadIdx.y"):
-            for lane in T.thread_binding(32, thread="threadIdx.x"):
-                a = T.alloc_buffer((8,), "bfloat16", scope="local")
-                b = T.alloc_buffer(({nt * 4},), "bfloat16", scope="local")
-                c = T.alloc_buffer(({nt * 4},), "float32", scope="local")
-                if bx % {max_tiles} < num_tiles[0]:
-                    for j in range({nt * 4}):
-                        c[j] = T.float32(0)
-                    for ko in range({inter // MMA_K}):
-                        for half, r, j in T.grid(2, 2, 2):
-                            a[half * 4 + r * 2 + j] = T.Cast("bfloat16", h[bx % {max_tiles} * 16 + lane // 4 + r * 8,
-                                                                           ko * 16 + half * 8 + lane % 4 * 2 + j])
-                        for n, half, j in T.grid({nt}, 2, 2):
-                            b[n * 4 + half * 2 + j] = w[tile_expert[bx % {max_tiles}],
-                                                        bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane // 4,
-                                                        ko * 16 + half * 8 + lane % 4 * 2 + j]
-                        for n in range({nt}):
-                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                        a.data, 0, b.data, n * 4, c.data, n * 4, False,
-                                                        dtype="float32"))
-                    for n, r, j in T.grid({nt}, 2, 2):
-                        o[bx % {max_tiles} * 16 + lane // 4 + r * 8,
-                          bx // {max_tiles} * {COLS} + (warp * {nt} + n) * 8 + lane % 4 * 2 + j] = c[n * 4 + r * 2 + j]
-'''
-    return tvm.script.from_source(src)
+
+    @T.prim_func
+    def func(h: T.Buffer((rows, inter), "float32"), w: T.Buffer((experts, dim, inter), "bfloat16"),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             o: T.Buffer((rows, dim), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "mma",
+                     "tide.weight_layout": "rows", "tirx.is_scheduled": True})
+        for bx in T.thread_binding(blocks * max_tiles, thread="blockIdx.x"):
+            for warp in T.thread_binding(WARPS, thread="threadIdx.y"):
+                for lane in T.thread_binding(32, thread="threadIdx.x"):
+                    a = T.alloc_buffer((8,), "bfloat16", scope="local")
+                    b = T.alloc_buffer((nt * 4,), "bfloat16", scope="local")
+                    c = T.alloc_buffer((nt * 4,), "float32", scope="local")
+                    if bx % max_tiles < num_tiles[0]:
+                        for j in range(nt * 4):
+                            c[j] = T.float32(0)
+                        for ko in range(inter // MMA_K):
+                            for half, r, j in T.grid(2, 2, 2):
+                                a[half * 4 + r * 2 + j] = T.Cast("bfloat16", h[_tile_row(max_tiles, bx, lane, r),
+                                                                               _k(ko, half, lane, j)])
+                            for n, half, j in T.grid(nt, 2, 2):
+                                b[n * 4 + half * 2 + j] = w[
+                                    tile_expert[bx % max_tiles],
+                                    bx // max_tiles * COLS + (warp * nt + n) * MMA_N + lane // 4,
+                                    _k(ko, half, lane, j)]
+                            for n in range(nt):
+                                T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                            a.data, 0, b.data, n * 4, c.data, n * 4, False,
+                                                            dtype="float32"))
+                        for n, r, j in T.grid(nt, 2, 2):
+                            o[_tile_row(max_tiles, bx, lane, r), _out_col(max_tiles, bx, warp, n, lane, j)] = c[
+                                n * 4 + r * 2 + j]
+
+    return func
 
 
 def reference_gate_up(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit):
