@@ -56,19 +56,19 @@ def supported(heads: int, head_dim: int) -> bool:
     return heads >= 1 and head_dim % (WARPS * MMA_K) == 0  # heads pad to 16
 
 
+def _frag_k(start, half, lane, j):
+    """The K index, after ``start``, of a lane's A (column) or B (row) fragment element: 2q, 2q + 1,
+    2q + 8, 2q + 9 for ``half`` 0, 1 and ``j`` 0, 1 (q = lane % 4)."""
+    return start + half * 8 + lane % 4 * 2 + j
+
+
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
               sparse: dict | None = None, name: str = "tide_sink_attention_mma"):
     """The tensor-core kernel with the parameters of ``sink_attention.prim_func`` (``sparse`` None)
     or ``sink_attention_sparse.prim_func`` (``sparse``: ``top_k``, ``cache_rows``, ``new_rows``,
     ``ratio``). Written with its thread mapping (CUDA only)."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    return tvm.script.from_source(kernel_source(batch, seq, heads, head_dim, n_kv, scale, sparse, name))
-
-
-def kernel_source(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
-                  sparse: dict | None, name: str) -> str:
     B, S, H, D, N = batch, seq, heads, head_dim, n_kv
     if not supported(H, D):
         raise ValueError(f"sink_attention_prefill_mma: head_dim {D} must be a multiple of {WARPS * MMA_K}")
@@ -79,164 +79,196 @@ def kernel_source(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, sc
     KS, NT = DQ // MMA_K, DQ // MMA_N
     NE = ENTRY_TILE
     n_tiles = -(-L // NE)
-    masked = f"T.float32({MASKED})"
-    params = [f'q: T.Buffer(({B}, {S}, {H}, {D}), "float32")', f'kv: T.Buffer(({B}, {N}, {D}), "float32")',
-              f'kv_bias: T.Buffer(({B}, {S}, {N}), "float32")']
+    masked = T.float32(MASKED)
+    q_scale = T.float32(scale)
     if sparse:
-        C, E, r = sparse["cache_rows"], sparse["new_rows"], sparse["ratio"]
-        params += [f'cache: T.Buffer(({B}, {C}, {D}), "float32")', f'entries: T.Buffer(({B}, {E}, {D}), "float32")',
-                   f'indices: T.Buffer(({B}, {S}, {K}), "int64")', f'valid: T.Buffer(({B}, {S}, {K}), "bool")',
-                   f'start_pos: T.Buffer(({B},), "int64")']
-    params += [f'sinks: T.Buffer(({H},), "float32")', f'out: T.Buffer(({B}, {S}, {H}, {D}), "float32")']
+        C, E, ratio = sparse["cache_rows"], sparse["new_rows"], sparse["ratio"]
 
-    vb, vs = f"(bx // {S * HT})", f"(bx // {HT} % {S})"
+    def vb(bx):
+        """The block's batch row."""
+        return bx // (S * HT)
 
-    def bias_at(e: str) -> str:
+    def vs(bx):
+        """The block's query token."""
+        return bx // HT % S
+
+    def head(bx, lane, r):
+        """The head of a lane's A or C fragment row in half r (rows g and g + 8 of the block's 16)."""
+        return bx % HT * MMA_M + lane // 4 + r * 8
+
+    def cell(i, warp, lane):
+        """The logit (of 16 x 32) or the list entry a thread handles in its i-th round."""
+        return i * (WARPS * 32) + warp * 32 + lane
+
+    def bias_at(kv_bias, picks, bx, e):
         """The bias of entry ``e`` of the block's query, clamped to MASKED from below."""
-        dense = f"T.max(kv_bias[{vb}, {vs}, T.min({e}, {N - 1})], {masked})"
+        dense = T.max(kv_bias[vb(bx), vs(bx), T.min(e, N - 1)], masked)
         if not sparse:
-            return f"T.if_then_else({e} < {N}, {dense}, {masked})"
-        pick = f"T.max(T.min({e} - {N}, {K - 1}), 0)"
-        return (f"T.if_then_else({e} < {N}, {dense}, T.if_then_else({e} < {L} and valid[{vb}, {vs}, {pick}], "
-                f"T.float32(0), {masked}))")
+            return T.if_then_else(e < N, dense, masked)
+        _, _, _, valid, _ = picks
+        pick = T.max(T.min(e - N, K - 1), 0)
+        return T.if_then_else(e < N, dense, T.if_then_else(T.And(e < L, valid[vb(bx), vs(bx), pick]), T.float32(0),
+                                                           masked))
 
-    if sparse:
-        # source row of entry e: kv row (< N), cache row N + c, or this call's candidate N + C + i
-        base = f"start_pos[{vb}] // T.int64({r})"
+    def source(picks, bx, e):
+        """The source row of entry ``e``: kv row (< N), cache row N + c, or this call's candidate N + C + i."""
+        if not sparse:
+            return T.min(e, N - 1)
+        _, _, indices, _, start_pos = picks
+        base = start_pos[vb(bx)] // T.int64(ratio)
+        w = indices[vb(bx), vs(bx), T.max(T.min(e - N, K - 1), 0)]
+        return T.if_then_else(e < N, T.min(e, N - 1), T.Cast("int32", T.if_then_else(
+            w >= base, T.int64(N + C) + T.max(T.min(w - base, T.int64(E - 1)), T.int64(0)),
+            T.int64(N) + T.max(T.min(w, T.int64(C - 1)), T.int64(0)))))
 
-        def source(e: str) -> str:
-            w = f"indices[{vb}, {vs}, T.max(T.min({e} - {N}, {K - 1}), 0)]"
-            return (f"T.if_then_else({e} < {N}, T.min({e}, {N - 1}), T.Cast(\"int32\", T.if_then_else({w} >= {base}, "
-                    f"T.int64({N + C}) + T.max(T.min({w} - {base}, T.int64({E - 1})), T.int64(0)), "
-                    f"T.int64({N}) + T.max(T.min({w}, T.int64({C - 1})), T.int64(0)))))")
+    def row(kv, picks, bx, src, d):
+        """Channel ``d`` of source row ``src``."""
+        if not sparse:
+            return kv[vb(bx), src, d]
+        cache, entries, _, _, _ = picks
+        return T.if_then_else(src < N, kv[vb(bx), T.min(src, N - 1), d], T.if_then_else(
+            src < N + C, cache[vb(bx), T.max(T.min(src - N, C - 1), 0), d],
+            entries[vb(bx), T.max(T.min(src - (N + C), E - 1), 0), d]))
 
-        def row(src: str, d: str) -> str:
-            return (f"T.if_then_else({src} < {N}, kv[{vb}, T.min({src}, {N - 1}), {d}], "
-                    f"T.if_then_else({src} < {N + C}, cache[{vb}, T.max(T.min({src} - {N}, {C - 1}), 0), {d}], "
-                    f"entries[{vb}, T.max(T.min({src} - {N + C}, {E - 1}), 0), {d}]))")
-    else:
-        def source(e: str) -> str:
-            return f"T.min({e}, {N - 1})"
-
-        def row(src: str, d: str) -> str:
-            return f"kv[{vb}, {src}, {d}]"
-
-    def entry(j: str, d: str) -> str:
+    def entry(kv, picks, tb, tsrc, bx, j, d):
         """Channel ``d`` of tile entry ``j`` as bfloat16, 0 for a masked entry."""
-        return (f"T.Cast(\"bfloat16\", T.if_then_else(tb[{j}] > {masked}, {row(f'tsrc[{j}]', d)}, "
-                f"T.float32(0)))")
+        return T.Cast("bfloat16", T.if_then_else(tb[j] > masked, row(kv, picks, bx, tsrc[j], d), T.float32(0)))
 
-    head = f"(bx % {HT} * {MMA_M} + lane // 4 + r * 8)"
-    cell = f"(i * {WARPS * 32} + warp * 32 + lane)"  # the logit a thread sums: 128 threads over 16 x 32
-    tid_entry = cell  # the entry a thread checks for visibility (strided over the list)
-    chan = f"warp * {DQ}"
-    k_chan = f"{chan} + ks * 16 + half * 8 + lane % 4 * 2 + j"  # channel of an A (q) / B (entry) element
-    k_entry = "ks * 16 + half * 8 + lane % 4 * 2 + j"  # tile entry of an A (p) / B (entry) element
-    return f'''
-@T.prim_func
-def {name}({", ".join(params)}):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.attention_kernel": "mma",
-                 "tirx.is_scheduled": True}})
-    for bx in T.thread_binding({B * S * HT}, thread="blockIdx.x"):
-        for warp in T.thread_binding({WARPS}, thread="threadIdx.y"):
-            for lane in T.thread_binding(32, thread="threadIdx.x"):
-                qa = T.alloc_buffer(({KS * 8},), "bfloat16", scope="local")
-                kb = T.alloc_buffer((4,), "bfloat16", scope="local")
-                pa = T.alloc_buffer((8,), "bfloat16", scope="local")
-                sacc = T.alloc_buffer((16,), "float32", scope="local")
-                acc = T.alloc_buffer(({NT * 4},), "float32", scope="local")
-                m = T.alloc_buffer((2,), "float32", scope="local")
-                mt = T.alloc_buffer((2,), "float32", scope="local")
-                ls = T.alloc_buffer((2,), "float32", scope="local")
-                rng = T.alloc_buffer((2,), "int32", scope="local")
-                spart = T.alloc_buffer(({WARPS}, {MMA_M}, {NE}), "float32", scope="shared")
-                logit = T.alloc_buffer(({MMA_M}, {NE}), "float32", scope="shared")
-                tb = T.alloc_buffer(({NE},), "float32", scope="shared")
-                tsrc = T.alloc_buffer(({NE},), "int32", scope="shared")
-                tiles_lo = T.alloc_buffer(({WARPS * 32},), "int32", scope="shared")
-                tiles_hi = T.alloc_buffer(({WARPS * 32},), "int32", scope="shared")
-                for ks in T.unroll({KS}):
-                    for half in T.unroll(2):
-                        for r in T.unroll(2):
-                            for j in T.unroll(2):
-                                qa[ks * 8 + half * 4 + r * 2 + j] = T.Cast("bfloat16", T.if_then_else(
-                                    {head} < {H}, q[{vb}, {vs}, T.min({head}, {H - 1}), {k_chan}]
-                                    * T.float32({scale!r}), T.float32(0)))
-                for r in T.unroll(2):
-                    m[r] = T.if_then_else({head} < {H}, sinks[T.min({head}, {H - 1})], T.float32(0))
-                    ls[r] = T.float32(1)
-                for i in T.unroll({NT * 4}):
-                    acc[i] = T.float32(0)
-                rng[0] = {n_tiles}
-                rng[1] = 0
-                for i in range({-(-n_tiles * NE // (WARPS * 32))}):
-                    rng[0] = T.min(rng[0], T.Select({bias_at(tid_entry)} > {masked}, {tid_entry} // {NE}, {n_tiles}))
-                    rng[1] = T.max(rng[1], T.Select({bias_at(tid_entry)} > {masked}, {tid_entry} // {NE} + 1, 0))
-                tiles_lo[warp * 32 + lane] = rng[0]
-                tiles_hi[warp * 32 + lane] = rng[1]
-                T.tvm_storage_sync("shared")
-                for i in range({WARPS * 32}):
-                    rng[0] = T.min(rng[0], tiles_lo[i])
-                    rng[1] = T.max(rng[1], tiles_hi[i])
-                for t in range(rng[0], rng[1]):
-                    if warp == 0:
-                        tb[lane] = {bias_at(f"(t * {NE} + lane)")}
-                        tsrc[lane] = {source(f"(t * {NE} + lane)")}
-                    T.tvm_storage_sync("shared")
-                    for i in T.unroll(16):
-                        sacc[i] = T.float32(0)
-                    for n in T.unroll(4):
-                        for ks in T.unroll({KS}):
-                            for half in T.unroll(2):
-                                for j in T.unroll(2):
-                                    kb[half * 2 + j] = {entry("n * 8 + lane // 4", k_chan)}
-                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                        qa.data, ks * 8, kb.data, 0, sacc.data, n * 4, False,
-                                                        dtype="float32"))
-                    for n in T.unroll(4):
-                        for r in T.unroll(2):
-                            for j in T.unroll(2):
-                                spart[warp, lane // 4 + r * 8, n * 8 + lane % 4 * 2 + j] = sacc[n * 4 + r * 2 + j]
-                    T.tvm_storage_sync("shared")
-                    for i in range({MMA_M * NE // (WARPS * 32)}):
-                        logit[{cell} // {NE}, {cell} % {NE}] = (spart[0, {cell} // {NE}, {cell} % {NE}]
-                            + spart[1, {cell} // {NE}, {cell} % {NE}] + spart[2, {cell} // {NE}, {cell} % {NE}]
-                            + spart[3, {cell} // {NE}, {cell} % {NE}] + tb[{cell} % {NE}])
-                    T.tvm_storage_sync("shared")
-                    for r in T.unroll(2):
-                        mt[r] = m[r]
-                        for j in range({NE}):
-                            mt[r] = T.max(mt[r], logit[lane // 4 + r * 8, j])
-                        ls[r] = ls[r] * T.exp(m[r] - mt[r])
-                        for j in range({NE}):
-                            ls[r] = ls[r] + T.exp(logit[lane // 4 + r * 8, j] - mt[r])
-                    for n in T.unroll({NT}):
-                        for r in T.unroll(2):
-                            for j in T.unroll(2):
-                                acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])
-                    for ks in T.unroll(2):
+    def tile_logit(spart, tb, c):
+        """Logit ``c`` of the tile (head c // 32, entry c % 32): the warps' partial sums plus the entry's bias."""
+        total = spart[0, c // NE, c % NE]
+        for w in range(1, WARPS):
+            total = total + spart[w, c // NE, c % NE]
+        return total + tb[c % NE]
+
+    # the kernel body; picks: the CSA buffers (cache, entries, indices, valid, start_pos), None when dense
+    @T.macro
+    def attention(q, kv, kv_bias, picks, sinks, out):
+        for bx in T.thread_binding(B * S * HT, thread="blockIdx.x"):
+            for warp in T.thread_binding(WARPS, thread="threadIdx.y"):
+                for lane in T.thread_binding(32, thread="threadIdx.x"):
+                    qa = T.alloc_buffer((KS * 8,), "bfloat16", scope="local")
+                    kb = T.alloc_buffer((4,), "bfloat16", scope="local")
+                    pa = T.alloc_buffer((8,), "bfloat16", scope="local")
+                    sacc = T.alloc_buffer((16,), "float32", scope="local")
+                    acc = T.alloc_buffer((NT * 4,), "float32", scope="local")
+                    m = T.alloc_buffer((2,), "float32", scope="local")
+                    mt = T.alloc_buffer((2,), "float32", scope="local")
+                    ls = T.alloc_buffer((2,), "float32", scope="local")
+                    rng = T.alloc_buffer((2,), "int32", scope="local")
+                    spart = T.alloc_buffer((WARPS, MMA_M, NE), "float32", scope="shared")
+                    logit = T.alloc_buffer((MMA_M, NE), "float32", scope="shared")
+                    tb = T.alloc_buffer((NE,), "float32", scope="shared")
+                    tsrc = T.alloc_buffer((NE,), "int32", scope="shared")
+                    tiles_lo = T.alloc_buffer((WARPS * 32,), "int32", scope="shared")
+                    tiles_hi = T.alloc_buffer((WARPS * 32,), "int32", scope="shared")
+                    for ks in T.unroll(KS):
                         for half in T.unroll(2):
                             for r in T.unroll(2):
                                 for j in T.unroll(2):
-                                    pa[half * 4 + r * 2 + j] = T.Cast("bfloat16", T.exp(
-                                        logit[lane // 4 + r * 8, {k_entry}] - mt[r]))
-                        for n in T.unroll({NT}):
-                            for half in T.unroll(2):
-                                for j in T.unroll(2):
-                                    kb[half * 2 + j] = {entry(k_entry, f"{chan} + n * 8 + lane // 4")}
-                            T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
-                                                        pa.data, 0, kb.data, 0, acc.data, n * 4, False,
-                                                        dtype="float32"))
+                                    qa[ks * 8 + half * 4 + r * 2 + j] = T.Cast("bfloat16", T.if_then_else(
+                                        head(bx, lane, r) < H,
+                                        q[vb(bx), vs(bx), T.min(head(bx, lane, r), H - 1),
+                                          _frag_k(warp * DQ + ks * 16, half, lane, j)] * q_scale,
+                                        T.float32(0)))
                     for r in T.unroll(2):
-                        m[r] = mt[r]
+                        m[r] = T.if_then_else(head(bx, lane, r) < H, sinks[T.min(head(bx, lane, r), H - 1)],
+                                              T.float32(0))
+                        ls[r] = T.float32(1)
+                    for i in T.unroll(NT * 4):
+                        acc[i] = T.float32(0)
+                    rng[0] = n_tiles
+                    rng[1] = 0
+                    for i in range(-(-n_tiles * NE // (WARPS * 32))):
+                        rng[0] = T.min(rng[0], T.Select(bias_at(kv_bias, picks, bx, cell(i, warp, lane)) > masked,
+                                                        cell(i, warp, lane) // NE, n_tiles))
+                        rng[1] = T.max(rng[1], T.Select(bias_at(kv_bias, picks, bx, cell(i, warp, lane)) > masked,
+                                                        cell(i, warp, lane) // NE + 1, 0))
+                    tiles_lo[warp * 32 + lane] = rng[0]
+                    tiles_hi[warp * 32 + lane] = rng[1]
                     T.tvm_storage_sync("shared")
-                for n in T.unroll({NT}):
-                    for r in T.unroll(2):
-                        for j in T.unroll(2):
-                            if {head} < {H}:
-                                out[{vb}, {vs}, {head}, {chan} + n * 8 + lane % 4 * 2 + j] = (
-                                    acc[n * 4 + r * 2 + j] / ls[r])
-'''
+                    for i in range(WARPS * 32):
+                        rng[0] = T.min(rng[0], tiles_lo[i])
+                        rng[1] = T.max(rng[1], tiles_hi[i])
+                    for t in range(rng[0], rng[1]):
+                        if warp == 0:
+                            tb[lane] = bias_at(kv_bias, picks, bx, t * NE + lane)
+                            tsrc[lane] = source(picks, bx, t * NE + lane)
+                        T.tvm_storage_sync("shared")
+                        for i in T.unroll(16):
+                            sacc[i] = T.float32(0)
+                        for n in T.unroll(4):
+                            for ks in T.unroll(KS):
+                                for half in T.unroll(2):
+                                    for j in T.unroll(2):
+                                        kb[half * 2 + j] = entry(kv, picks, tb, tsrc, bx, n * 8 + lane // 4,
+                                                                 _frag_k(warp * DQ + ks * 16, half, lane, j))
+                                T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                            qa.data, ks * 8, kb.data, 0, sacc.data, n * 4, False,
+                                                            dtype="float32"))
+                        for n in T.unroll(4):
+                            for r in T.unroll(2):
+                                for j in T.unroll(2):
+                                    spart[warp, lane // 4 + r * 8, n * 8 + lane % 4 * 2 + j] = sacc[n * 4 + r * 2 + j]
+                        T.tvm_storage_sync("shared")
+                        for i in range(MMA_M * NE // (WARPS * 32)):
+                            logit[cell(i, warp, lane) // NE, cell(i, warp, lane) % NE] = tile_logit(
+                                spart, tb, cell(i, warp, lane))
+                        T.tvm_storage_sync("shared")
+                        for r in T.unroll(2):
+                            mt[r] = m[r]
+                            for j in range(NE):
+                                mt[r] = T.max(mt[r], logit[lane // 4 + r * 8, j])
+                            ls[r] = ls[r] * T.exp(m[r] - mt[r])
+                            for j in range(NE):
+                                ls[r] = ls[r] + T.exp(logit[lane // 4 + r * 8, j] - mt[r])
+                        for n in T.unroll(NT):
+                            for r in T.unroll(2):
+                                for j in T.unroll(2):
+                                    acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])
+                        for ks in T.unroll(2):
+                            for half in T.unroll(2):
+                                for r in T.unroll(2):
+                                    for j in T.unroll(2):
+                                        pa[half * 4 + r * 2 + j] = T.Cast("bfloat16", T.exp(
+                                            logit[lane // 4 + r * 8, _frag_k(ks * 16, half, lane, j)] - mt[r]))
+                            for n in T.unroll(NT):
+                                for half in T.unroll(2):
+                                    for j in T.unroll(2):
+                                        kb[half * 2 + j] = entry(kv, picks, tb, tsrc, bx,
+                                                                 _frag_k(ks * 16, half, lane, j),
+                                                                 warp * DQ + n * 8 + lane // 4)
+                                T.evaluate(T.ptx_legacy.mma("m16n8k16", "row", "col", "bf16", "bf16", "fp32",
+                                                            pa.data, 0, kb.data, 0, acc.data, n * 4, False,
+                                                            dtype="float32"))
+                        for r in T.unroll(2):
+                            m[r] = mt[r]
+                        T.tvm_storage_sync("shared")
+                    for n in T.unroll(NT):
+                        for r in T.unroll(2):
+                            for j in T.unroll(2):
+                                if head(bx, lane, r) < H:
+                                    out[vb(bx), vs(bx), head(bx, lane, r), warp * DQ + n * 8 + lane % 4 * 2 + j] = (
+                                        acc[n * 4 + r * 2 + j] / ls[r])
+
+    attrs = {"global_symbol": name, "tirx.noalias": True, "tide.attention_kernel": "mma", "tirx.is_scheduled": True}
+    if sparse:
+        @T.prim_func
+        def func(q: T.Buffer((B, S, H, D), "float32"), kv: T.Buffer((B, N, D), "float32"),
+                 kv_bias: T.Buffer((B, S, N), "float32"), cache: T.Buffer((B, C, D), "float32"),
+                 entries: T.Buffer((B, E, D), "float32"), indices: T.Buffer((B, S, K), "int64"),
+                 valid: T.Buffer((B, S, K), "bool"), start_pos: T.Buffer((B,), "int64"),
+                 sinks: T.Buffer((H,), "float32"), out: T.Buffer((B, S, H, D), "float32")):
+            T.func_attr(attrs)
+            attention(q, kv, kv_bias, (cache, entries, indices, valid, start_pos), sinks, out)
+    else:
+        @T.prim_func
+        def func(q: T.Buffer((B, S, H, D), "float32"), kv: T.Buffer((B, N, D), "float32"),
+                 kv_bias: T.Buffer((B, S, N), "float32"), sinks: T.Buffer((H,), "float32"),
+                 out: T.Buffer((B, S, H, D), "float32")):
+            T.func_attr(attrs)
+            attention(q, kv, kv_bias, None, sinks, out)
+    return func
 
 
 def round_bf16(x) -> np.ndarray:

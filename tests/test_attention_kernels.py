@@ -650,16 +650,52 @@ def test_mma_prefill_on_a_warp_emulator(case, tmp_path):
     assert np.abs(out - want).max() < np.abs(sink_attention.reference(q, kv, bias, sinks, scale) - want).max()
 
 
-# each a one-line change of the kernel's TVMScript that the emulated comparison must catch
+def _p_column_half_4(value):
+    """The p fragment's entry column ``ks * 16 + half * 8 + ...`` read as ``ks * 16 + half * 4 + ...``."""
+    def mul(e):
+        if isinstance(e.a, tvm.tirx.Var) and e.a.name == "half" and isinstance(e.b, tvm.tirx.IntImm) and e.b.value == 8:
+            return tvm.tirx.Mul(e.a, tvm.tirx.IntImm("int32", 4))
+        return e
+    return tvm_ffi.structural_map(value, [(tvm.tirx.Mul, mul)])
+
+
+def _last_tile_dropped(value):
+    """``max(rng[1], Select(visible, e // 32 + 1, 0))`` -> ``max(rng[1], Select(visible, e // 32, 0))``."""
+    if not (isinstance(value, tvm.tirx.Max) and isinstance(value.b, tvm.tirx.Select)):
+        return value
+    pick = value.b
+    return tvm.tirx.Max(value.a, tvm.tirx.Select(pick.condition, pick.true_value.a, pick.false_value))
+
+
+# each a one-line change of the kernel, planted in its IR: a buffer and an edit of the value stored
+# into it that changes exactly one of its stores; the emulated comparison must catch each
 MMA_PLANTED_BUGS = {
-    "no-rescale": ("acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j] * T.exp(m[r] - mt[r])",
-                   "acc[n * 4 + r * 2 + j] = acc[n * 4 + r * 2 + j]"),
-    "p-fragment-column": ("r * 8, ks * 16 + half * 8 + lane % 4 * 2 + j] - mt[r]",
-                          "r * 8, ks * 16 + half * 4 + lane % 4 * 2 + j] - mt[r]"),
-    "bias-dropped": ("+ tb[(i * ", "+ T.float32(0) * tb[(i * "),
-    "sink-weight-dropped": ("ls[r] = T.float32(1)", "ls[r] = T.float32(0)"),
-    "tile-range-last-dropped": ("+ warp * 32 + lane) // 32 + 1, 0))", "+ warp * 32 + lane) // 32, 0))"),
+    # acc[i] = acc[i] * exp(m - mt) -> acc[i] = acc[i]
+    "no-rescale": ("acc", lambda v: v.a if isinstance(v, tvm.tirx.Mul) else v),
+    "p-fragment-column": ("pa", _p_column_half_4),
+    # logit = the warps' partial sums + tb[entry] -> the partial sums
+    "bias-dropped": ("logit", lambda v: v.a),
+    # ls[r] = 1 (the sink's own weight) -> 0
+    "sink-weight-dropped": ("ls", lambda v: tvm.tirx.FloatImm("float32", 0.0)
+                            if isinstance(v, tvm.tirx.FloatImm) else v),
+    "tile-range-last-dropped": ("rng", _last_tile_dropped),
 }
+
+
+def _planted(func, buffer, edit):
+    """``func`` with ``edit`` applied to the values stored into ``buffer`` (it must change one)."""
+    planted = []
+
+    def store(op):
+        value = edit(op.value) if op.buffer.name == buffer else op.value
+        if value.same_as(op.value):
+            return op
+        planted.append(op)
+        return tvm.tirx.BufferStore(op.buffer, value, op.indices)
+
+    func = tvm_ffi.structural_map(func, [(tvm.tirx.BufferStore, store)])
+    assert len(planted) == 1
+    return func
 
 
 @pytest.mark.parametrize("bug", list(MMA_PLANTED_BUGS))
@@ -667,12 +703,8 @@ def test_mma_prefill_emulator_catches_planted_bugs(bug, tmp_path):
     case = "tiny-hca-prefill"
     q, kv, bias, sinks, scale = _mma_dense_inputs(case)
     B, S, H, D = q.shape
-    old, new = MMA_PLANTED_BUGS[bug]
-    text = mma.kernel_source(B, S, H, D, kv.shape[1], scale, None, "attn_mma")
-    assert text.count(old) == 1
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
-
-    out, want, bound = _run_mma_dense(case, tmp_path, _mma_source(tvm.script.from_source(text.replace(old, new))))
+    func = _planted(mma.prim_func(B, S, H, D, kv.shape[1], scale, name="attn_mma"), *MMA_PLANTED_BUGS[bug])
+    out, want, bound = _run_mma_dense(case, tmp_path, _mma_source(func))
     assert np.nanmax(np.abs(out - want)) > 10 * bound or np.isnan(out).any(), bug
 
 
