@@ -78,34 +78,33 @@ def chain(tokens: int, variants):
 
 
 def _combine_with_shared(tokens: int, rows: int, shared_rows: int, name: str):
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    total = " + ".join(f"o[slot[vt, {j}], vc]" for j in range(K))
-    return tvm.script.from_source(f'''
-@T.prim_func(s_tir=True)
-def {name}(o: T.Buffer(({rows}, {D}), "float32"), slot: T.Buffer(({tokens}, {K}), "int32"),
-           shared: T.Buffer(({shared_rows}, {D}), "float32"), y: T.Buffer(({tokens}, {D}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "combine"}})
-    for t, c in T.grid({tokens}, {D}):
-        with T.sblock("combine"):
-            vt, vc = T.axis.remap("SS", [t, c])
-            y[vt, vc] = {total} + shared[vt, vc]
-''')
+    @T.prim_func(s_tir=True)
+    def func(o: T.Buffer((rows, D), "float32"), slot: T.Buffer((tokens, K), "int32"),
+             shared: T.Buffer((shared_rows, D), "float32"), y: T.Buffer((tokens, D), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "combine"})
+        for t, c in T.grid(tokens, D):
+            with T.sblock("combine"):
+                vt, vc = T.axis.remap("SS", [t, c])
+                y[vt, vc] = moe_experts.slot_sum(o, slot, vt, vc, K) + shared[vt, vc]
+
+    return func
 
 
 def _add(tokens: int, name: str):
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    return tvm.script.from_source(f'''
-@T.prim_func(s_tir=True)
-def {name}(a: T.Buffer(({tokens}, {D}), "float32"), b: T.Buffer(({tokens}, {D}), "float32"),
-           y: T.Buffer(({tokens}, {D}), "float32")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tide.moe_kernel": "combine"}})
-    for t, c in T.grid({tokens}, {D}):
-        with T.sblock("add"):
-            vt, vc = T.axis.remap("SS", [t, c])
-            y[vt, vc] = a[vt, vc] + b[vt, vc]
-''')
+    @T.prim_func(s_tir=True)
+    def func(a: T.Buffer((tokens, D), "float32"), b: T.Buffer((tokens, D), "float32"),
+             y: T.Buffer((tokens, D), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "combine"})
+        for t, c in T.grid(tokens, D):
+            with T.sblock("add"):
+                vt, vc = T.axis.remap("SS", [t, c])
+                y[vt, vc] = a[vt, vc] + b[vt, vc]
+
+    return func
 
 
 def shared_combine():
