@@ -39,16 +39,12 @@ import numpy as np
 
 from . import build
 from ._ffi import ffi
+from .dtypes import DEVICE_KINDS, DTYPE_NAMES, DTYPES, ITEMSIZE, describe, np_dtype, parse_device
+from .errors import TideError
 
 __all__ = ["load", "Model", "Session", "Tensor", "TensorInfo", "MemoryInfo", "TideError"]
 
 ALIGNMENT = 64
-_DTYPES = {(0, 8): "int8", (0, 16): "int16", (0, 32): "int32", (0, 64): "int64", (1, 8): "uint8",
-           (1, 16): "uint16", (1, 32): "uint32", (1, 64): "uint64", (2, 16): "float16",
-           (2, 32): "float32", (2, 64): "float64", (4, 16): "bfloat16", (6, 8): "bool"}
-_CODES = {v: k for k, v in _DTYPES.items()}
-_ITEMSIZE = {name: max(bits // 8, 1) for (_, bits), name in _DTYPES.items()}
-
 _lib = None
 _lib_lock = threading.Lock()
 
@@ -73,15 +69,6 @@ def _library():
         return _lib
 
 
-class TideError(RuntimeError):
-    """An error from the runtime or a rejected call. ``code``: the C status code (0 for errors
-    found by the Python layer)."""
-
-    def __init__(self, message: str, code: int = 0):
-        super().__init__(message)
-        self.code = code
-
-
 def _check(status) -> None:
     if status != ffi.NULL:
         lib = _library()
@@ -89,21 +76,6 @@ def _check(status) -> None:
         code = int(lib.tide_status_code(status))
         lib.tide_status_free(status)
         raise TideError(message, code)
-
-
-def _np_dtype(name: str) -> np.dtype:
-    if name == "bfloat16":
-        try:
-            import ml_dtypes
-        except ImportError:
-            raise TideError("bfloat16 tensors as numpy arrays need the ml_dtypes package (pip install "
-                            "ml_dtypes), or use run_dlpack") from None
-        return np.dtype(ml_dtypes.bfloat16)
-    return np.dtype(name)
-
-
-def _desc(dtype: str, shape) -> str:
-    return f"{dtype}{list(shape)}"
 
 
 @dataclass(frozen=True)
@@ -118,7 +90,7 @@ class TensorInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE[self.dtype]
+        return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.dtype]
 
 
 @dataclass(frozen=True)
@@ -132,7 +104,7 @@ class MemoryInfo:
 
 def _info(c) -> TensorInfo:
     role = "state" if c.role == 1 else "data"
-    return TensorInfo(ffi.string(c.name).decode(), _DTYPES[(c.dtype.code, c.dtype.bits)],
+    return TensorInfo(ffi.string(c.name).decode(), DTYPE_NAMES[(c.dtype.code, c.dtype.bits)],
                       tuple(int(c.shape[i]) for i in range(c.ndim)), role,
                       int(c.state_index) if role == "state" else None)
 
@@ -207,7 +179,7 @@ class Tensor:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _ITEMSIZE[self.dtype]
+        return int(np.prod(self.shape, dtype=np.int64)) * ITEMSIZE[self.dtype]
 
     @property
     def data_ptr(self) -> int:
@@ -215,14 +187,14 @@ class Tensor:
 
     def __repr__(self) -> str:
         where = "" if self.device == (_DLPACK_CPU, 0) else f" on cuda:{self.device[1]}"
-        return f"tide.runtime.Tensor({_desc(self.dtype, self.shape)} at 0x{self._ptr:x}{where})"
+        return f"tide.runtime.Tensor({describe(self.dtype, self.shape)} at 0x{self._ptr:x}{where})"
 
     def numpy(self) -> np.ndarray:
         """A numpy view (no copy) of the same memory (host tensors only)."""
         if self.device != (_DLPACK_CPU, 0):
             raise TideError(f"{self!r} is CUDA device memory: view it with torch.from_dlpack, or run with host "
                             "inputs to get host outputs")
-        dtype = _np_dtype(self.dtype)
+        dtype = np_dtype(self.dtype)
         if self.nbytes == 0:
             return np.zeros(self.shape, dtype=dtype)
         buf = ffi.buffer(ffi.cast("char*", self._ptr), self.nbytes)
@@ -262,7 +234,7 @@ class Tensor:
         t.data = ffi.cast("void*", source._ptr)
         t.device.device_type, t.device.device_id = source.device
         t.ndim = len(source.shape)
-        t.dtype.code, t.dtype.bits = _CODES[source.dtype]
+        t.dtype.code, t.dtype.bits = DTYPES[source.dtype]
         t.dtype.lanes = 1
         t.shape = shape
         t.strides = ffi.NULL
@@ -332,7 +304,7 @@ class _Runner:
         self.c_out = ffi.new("tide_tensor_t[]", max(len(self.outputs), 1))
         for i, info in enumerate(self.inputs):
             c = self.c_in[i]
-            c.dtype.code, c.dtype.bits = _CODES[info.dtype]
+            c.dtype.code, c.dtype.bits = DTYPES[info.dtype]
             c.dtype.lanes = 1
             c.ndim = len(info.shape)
             for d, n in enumerate(info.shape):
@@ -368,7 +340,7 @@ class _Runner:
         if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
             t, held = _borrow_dlpack(value)
             borrowed.append(held)
-            got = (_DTYPES.get((t.dtype.code, t.dtype.bits), f"dtype(code {t.dtype.code}, bits {t.dtype.bits})")
+            got = (DTYPE_NAMES.get((t.dtype.code, t.dtype.bits), f"dtype(code {t.dtype.code}, bits {t.dtype.bits})")
                    if t.dtype.lanes == 1 else f"{t.dtype.lanes}-lane vector")
             shape = tuple(int(t.shape[d]) for d in range(t.ndim))
             dev = (int(t.device.device_type), int(t.device.device_id))
@@ -380,7 +352,7 @@ class _Runner:
                                 "memory" + ("" if self.model.device[0] == _DLPACK_CUDA else
                                             " (it is a cpu model)"))
             if got != info.dtype or shape != info.shape:
-                raise TideError(f"{where}: expected {_desc(info.dtype, info.shape)}, got {_desc(got, shape)}")
+                raise TideError(f"{where}: expected {describe(info.dtype, info.shape)}, got {describe(got, shape)}")
             if t.strides != ffi.NULL:
                 expect = 1
                 for d in reversed(range(t.ndim)):
@@ -395,7 +367,7 @@ class _Runner:
                 ptr = buf.ctypes.data
             c.data = ffi.cast("void*", ptr)
             return
-        want = _np_dtype(info.dtype)
+        want = np_dtype(info.dtype)
         if not isinstance(value, np.ndarray):  # a list or scalar has no dtype of its own: take the input's
             try:
                 value = np.asarray(value, dtype=want)
@@ -403,8 +375,8 @@ class _Runner:
                 raise TideError(f"{where}: cannot convert {type(value).__name__} to {info.dtype}: {err}") from None
         array = value
         if array.dtype != want or tuple(array.shape) != info.shape:
-            raise TideError(f"{where}: expected {_desc(info.dtype, info.shape)}, got "
-                            f"{_desc(str(array.dtype), array.shape)}")
+            raise TideError(f"{where}: expected {describe(info.dtype, info.shape)}, got "
+                            f"{describe(str(array.dtype), array.shape)}")
         if not array.flags.c_contiguous or (info.role == "data" and array.ctypes.data % ALIGNMENT):
             buf = self._staging(i, info.nbytes)
             np.copyto(buf.view(want).reshape(info.shape), array)
@@ -470,14 +442,14 @@ class Model:
     def __init__(self, path, verify: bool = True, num_threads: int = 0, device: str = "cpu",
                  cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None):
         lib = _library()
-        kind, ordinal = _parse_device(device)
+        name, ordinal = parse_device(device)
         # DLPack (device_type, device_id); DLPack has no Ascend type: its extension type 12
-        self.device = ({1: 1, 2: 2, 3: 12}[kind], ordinal)
+        self.device = ({"cpu": 1, "cuda": 2, "ascend": 12}[name], ordinal)
         self.cuda_graphs = bool(cuda_graphs)
         opts = ffi.new("tide_model_options_t*")
         lib.tide_model_options_initialize(opts)
         opts.verify_checksums = 1 if verify else 0
-        opts.device_kind = kind
+        opts.device_kind = DEVICE_KINDS[name]
         opts.device_ordinal = ordinal
         driver = ffi.new("char[]", cuda_driver.encode()) if cuda_driver is not None else ffi.NULL
         opts.cuda_driver_path = driver
@@ -679,17 +651,18 @@ class Session:
                             f"{', '.join(i.name for i in ins)}")
         ids, start = ins[0], ins[1]
         if ids.dtype != "int64" or len(ids.shape) != 2 or ids.shape[1] != seq:
-            raise TideError(f"{where}: input_ids is {_desc(ids.dtype, ids.shape)}, expected int64[batch, {seq}]")
+            raise TideError(f"{where}: input_ids is {describe(ids.dtype, ids.shape)}, expected int64[batch, {seq}]")
         batch = ids.shape[0]
         if start.dtype != "int64" or start.shape != (batch,):
-            raise TideError(f"{where}: start_pos is {_desc(start.dtype, start.shape)}, expected int64[{batch}]")
+            raise TideError(f"{where}: start_pos is {describe(start.dtype, start.shape)}, expected int64[{batch}]")
         if any(i.role != "state" for i in ins[2:]):
             raise TideError(f"{where}: inputs after start_pos must all be states")
         if not outs or outs[0].name != "logits":
             raise TideError(f"{where}: the first output must be logits")
         lg = outs[0]
         if lg.dtype != "float32" or len(lg.shape) != 3 or lg.shape[:2] != (batch, seq):
-            raise TideError(f"{where}: logits is {_desc(lg.dtype, lg.shape)}, expected float32[{batch}, {seq}, vocab]")
+            raise TideError(f"{where}: logits is {describe(lg.dtype, lg.shape)}, expected "
+                            f"float32[{batch}, {seq}, vocab]")
         return batch, lg.shape[2]
 
     def _check_ids(self, ids, what: str = "token ids") -> np.ndarray:
@@ -813,22 +786,10 @@ class Session:
             if not isinstance(index, int) or not 0 <= index < len(self.model.states):
                 raise TideError(f"state index {index!r} out of range ({len(self.model.states)} states)")
             info = self.model.states[index]
-            out = np.empty(info.shape, dtype=_np_dtype(info.dtype))
+            out = np.empty(info.shape, dtype=np_dtype(info.dtype))
             _check(_library().tide_session_read_state(self._handle.ptr, index, ffi.cast("void*", out.ctypes.data),
                                                       out.nbytes))
             return out
-
-
-_DEVICE = re.compile(r"(cpu|cuda|ascend)(?::([0-9]+))?$")
-_DEVICE_KINDS = {"cpu": 1, "cuda": 2, "ascend": 3}  # tide_model_options_t.device_kind
-
-
-def _parse_device(device: str) -> tuple[int, int]:
-    """"cpu" -> (1, 0); "cuda" / "cuda:N" -> (2, N); "ascend" / "ascend:N" -> (3, N)."""
-    m = _DEVICE.match(device) if isinstance(device, str) else None
-    if m is None or (m.group(1) == "cpu" and m.group(2) not in (None, "0")):
-        raise TideError(f"device must be 'cpu', 'cuda[:<ordinal>]' or 'ascend[:<ordinal>]', got {device!r}")
-    return _DEVICE_KINDS[m.group(1)], int(m.group(2) or 0)
 
 
 def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
