@@ -22,6 +22,7 @@ import pytest
 
 import tide.runtime as R
 from tide.compiler import artifact as A
+from tide.runtime import bindings
 from tide.runtime._ffi import ffi
 from tide_test_models import (REPO, build_standin, compile_test_kernels, host_arch, standard_plan,
                               write_standard)
@@ -263,7 +264,7 @@ def test_device_memory_run_stays_on_the_device(launch_artifact, launch_env):
     # A device tensor to feed back: the session's own state memory, seeded through a host run.
     model.run({"x": x}, entry="step")
     t = ffi.new("tide_tensor_t*")
-    R._check(R._library().tide_session_state(model._handle.ptr, 0, t))
+    bindings.check(bindings.library().tide_session_state(model._handle.ptr, 0, t))
     state = R.Tensor(int(ffi.cast("uintptr_t", t.data)), "float32", (N,), model._handle, device=(2, 0))
     expect = 3 * (x.astype(np.float64) + w)
     before = len(_log(launch_env))

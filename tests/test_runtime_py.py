@@ -16,7 +16,7 @@ import pytest
 
 import tide.runtime as R
 from tide.compiler import artifact as A
-from tide.runtime import _ffi, build
+from tide.runtime import _ffi, bindings, build
 from tide_test_models import (REPO, W0, W1, ToyLM, compile_test_kernels, cpu_target, host_arch, standard_plan,
                               write_decode, write_standard)
 
@@ -478,7 +478,7 @@ def test_incompatible_targets_are_refused(tmp_path, kernels_so):
 def test_missing_cpu_features_are_named(tmp_path, kernels_so):
     path = write_standard(str(tmp_path / "f.tide"), kernels_so,
                           target=cpu_target(A.feature_mask(["avx2", "avx512bf16"])))
-    lib = R._library()
+    lib = bindings.library()
     ffi = _ffi.ffi
     opts = ffi.new("tide_model_options_t*")
     lib.tide_model_options_initialize(opts)
