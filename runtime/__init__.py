@@ -32,9 +32,21 @@ Modules: ``model`` (Model, load), ``session`` (Session), ``runner`` (one entry r
 ``_ffi`` (its cffi declarations), ``build`` (finds or builds it).
 """
 
-from .dlpack import Tensor
-from .errors import TideError
-from .model import MemoryInfo, Model, TensorInfo, load
-from .session import Session, prefill_chunks
+import importlib
 
-__all__ = ["load", "Model", "Session", "Tensor", "TensorInfo", "MemoryInfo", "TideError", "prefill_chunks"]
+# public name -> the module that defines it, imported on first use: importing the package (which
+# ``import tide.runtime.dtypes`` does) needs no cffi
+_EXPORTS = {"load": "model", "Model": "model", "TensorInfo": "model", "MemoryInfo": "model",
+            "Session": "session", "prefill_chunks": "session", "Tensor": "dlpack", "TideError": "errors"}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = globals()[name] = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

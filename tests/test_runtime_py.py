@@ -57,6 +57,16 @@ def test_import_needs_no_tvm_torch_or_onnx():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_dtypes_import_without_cffi():
+    """tide.runtime.dtypes (the dtype and device tables, for the artifact writer too) needs only numpy;
+    the package's names import on first use."""
+    code = ("import sys; sys.modules['cffi'] = None; from tide.runtime.dtypes import DTYPES, DTYPE_NAMES; "
+            "assert DTYPE_NAMES[DTYPES['bfloat16']] == 'bfloat16'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert set(R.__all__) <= set(dir(R)) and all(hasattr(R, name) for name in R.__all__)
+    assert not hasattr(R, "no_such_name")
+
+
 def _normalize(text: str) -> list[str]:
     return re.findall(r"[A-Za-z_][A-Za-z_0-9]*|\d+|[^\sA-Za-z_0-9]", text)
 
