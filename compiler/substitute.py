@@ -143,7 +143,8 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
                 raise CompileError(f"top-k with k={k} over an axis of {n} elements")
             dtype = data.ty.dtype
             name = f"tide_topk_{dtype}_{rows}x{n}_k{k}{'' if largest else '_min'}"
-            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, target_kind, name),
+            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest,
+                                          row_threads=64 if target_kind == "cuda" else None, name=name),
                            name)
             report.add(name, f"top-k over {n} (k={k}) x {rows} rows")
             flat = self.builder_.emit(relax.op.reshape(data, (rows, n)))
@@ -167,7 +168,8 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
             dshape = [int(d) for d in data.ty.shape]
             ishape = [int(d) for d in index.ty.shape]
             name = f"tide_state_scatter_{state.replace('.', '_')}"
-            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, target_kind, name)
+            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype,
+                                           row_threads=64 if target_kind == "cuda" else None, name=name)
             gv = self._add(func.with_attr(STATE_ATTR, state), name)
             report.add(name, f"in-place update of state '{state}'")
             return relax.call_tir(gv, [index, updates], out_ty=data.ty)

@@ -4,55 +4,72 @@ The exporter expresses every decode-state update as ``present.X = ScatterND(past
 The compiler binds ``present.X`` to the state buffer of ``past.X`` and calls this kernel last, so a
 step writes only the rows it changes instead of copying the cache. Indices outside the tensor are
 skipped (memory safety); distinct indices are part of the exporter's contract.
+
+Precision: copies the updates as they are (any dtype); reads the indices as int64 or int32 and
+compares them as int64.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 
 import numpy as np
 
 
 def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str = "int64",
-              target_kind: str = "cpu", name: str = "tide_state_scatter"):
-    """Updated rows are written in parallel: the CPU thread pool, or one row per CUDA thread
-    (``tide.targets.row_loop``)."""
-    import textwrap
-
+              row_threads: int | None = None, name: str = "tide_state_scatter"):
+    """Updated rows are written in parallel: the CPU thread pool, or one row per GPU thread over
+    blocks of ``row_threads`` (``tide.ops.rows.over_rows``)."""
     import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    from ..targets import row_loop
+    from .rows import over_rows
 
     k = index_shape[-1]
     if not 1 <= k <= len(data_shape):
         raise ValueError(f"index depth {k} does not fit data of rank {len(data_shape)}")
+    index_shape, data_shape = tuple(index_shape), tuple(data_shape)
     rows_m = math.prod(index_shape[:-1])
     inner = math.prod(data_shape[k:])
     total = math.prod(data_shape)
-    upd_shape = tuple(index_shape[:-1]) + tuple(data_shape[k:])
+    upd_shape = index_shape[:-1] + data_shape[k:]
     strides = [math.prod(data_shape[j + 1:k]) for j in range(k)]
-    row_expr = " + ".join(f"T.int64(idx[m * {k} + {j}]) * T.int64({strides[j]})" for j in range(k))
-    in_range = " and ".join(
-        f"T.int64(idx[m * {k} + {j}]) >= T.int64(0) and T.int64(idx[m * {k} + {j}]) < T.int64({data_shape[j]})"
-        for j in range(k))
-    row = f'''
-        if {in_range}:
-            for e in range({inner}):
-                out[({row_expr}) * T.int64({inner}) + T.int64(e)] = upd[m * {inner} + e]
-'''
-    src = f'''
-@T.prim_func(s_tir=True)
-def {name}(index: T.Buffer({tuple(index_shape)}, "{index_dtype}"), updates: T.Buffer({upd_shape}, "{dtype}"),
-           state: T.Buffer({tuple(data_shape)}, "{dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True, "tirx.is_scheduled": True}})
-    with T.sblock("root"):
-        idx = T.decl_buffer(({rows_m * k},), "{index_dtype}", data=index.data)
-        upd = T.decl_buffer(({rows_m * inner},), "{dtype}", data=updates.data)
-        out = T.decl_buffer(({total},), "{dtype}", data=state.data)
-{textwrap.indent(row_loop(target_kind, "m", rows_m, row), " " * 8)}
-'''
-    return tvm.script.from_source(src)
+    loop = over_rows(rows_m, row_threads)
+
+    def coords(idx, m):
+        """The k int64 coordinates of index row ``m``."""
+        return [T.int64(idx[m * k + j]) for j in range(k)]
+
+    def in_range(idx, m):
+        """Whether index row ``m`` lies inside the state."""
+        bounds = []
+        for c, extent in zip(coords(idx, m), data_shape):
+            bounds += [c >= T.int64(0), c < T.int64(extent)]
+        return functools.reduce(tvm.tirx.And, bounds)
+
+    def state_row(idx, m):
+        """The row of the flattened state that index row ``m`` names."""
+        return functools.reduce(operator.add, [c * T.int64(s) for c, s in zip(coords(idx, m), strides)])
+
+    @T.macro
+    def row(m, idx, upd, out):
+        if in_range(idx, m):
+            for e in range(inner):
+                out[state_row(idx, m) * T.int64(inner) + T.int64(e)] = upd[m * inner + e]
+
+    @T.prim_func(s_tir=True)
+    def kernel(index: T.Buffer(index_shape, index_dtype), updates: T.Buffer(upd_shape, dtype),
+               state: T.Buffer(data_shape, dtype)):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            idx = T.decl_buffer((rows_m * k,), index_dtype, data=index.data)
+            upd = T.decl_buffer((rows_m * inner,), dtype, data=updates.data)
+            out = T.decl_buffer((total,), dtype, data=state.data)
+            loop(row, idx, upd, out)
+
+    return kernel
 
 
 def reference(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np.ndarray:
