@@ -7,56 +7,18 @@ kernel when its x is the output of a ``tide.RMSNorm`` call (``tide.compiler.subs
 records those); the RMSNorm call is then dead unless something else reads its output. Per row of
 x ``[rows, dim]``: the squared sum, then the pass-through channels scaled, and the last ``rope_dim``
 channels scaled and rotated. Scheduled by ``tide.targets.rope``.
+
+Precision: x, weight, cos and sin share one dtype (float32, or float16) and everything is computed
+in it: the squared sum accumulates in x's dtype, as do the scale and the rotation.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import rope
-
-
-def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, epsilon: float,
-                  inverse: bool = False, dtype: str = "float32", row_kind: str = "serial", lead=None) -> str:
-    rope.check_dims(dim, rope_dim, rows, groups)
-    off, half = dim - rope_dim, rope_dim // 2
-    inner = rows // groups
-    scale = f"T.rsqrt(ssq[0] / T.{dtype}({dim}) + T.{dtype}({float(epsilon)!r}))"
-
-    def normed(c):
-        return f"(x[vi, {c}] * {scale} * weight[{c}])"
-
-    passthrough = "" if off == 0 else f'''
-                for c in range({off}):
-                    with T.sblock("pass"):
-                        vc = T.axis.remap("S", [c])
-                        y[vi, vc] = {normed("vc")}'''
-    rotate = rope.rotation(dtype, off, inner, inverse, normed)
-    source = f'''
-@T.prim_func(s_tir=True)
-def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), weight: T.Buffer(({dim},), "{dtype}"),
-           cos: T.Buffer(({groups}, {half}), "{dtype}"), sin: T.Buffer(({groups}, {half}), "{dtype}"),
-           y: T.Buffer(({rows}, {dim}), "{dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
-    with T.sblock("root"):
-        for i in {rope.row_loop(rows, row_kind)}:
-            with T.sblock("row"):
-                vi = T.axis.remap("S", [i])
-                T.reads(x[vi, 0:{dim}], weight[0:{dim}], cos[vi // {inner}, 0:{half}], sin[vi // {inner}, 0:{half}])
-                T.writes(y[vi, 0:{dim}])
-                ssq = T.sblock_alloc_buffer((1,), "{dtype}")
-                for k in range({dim}):
-                    with T.sblock("sum_sq"):
-                        vk = T.axis.remap("R", [k])
-                        with T.init():
-                            ssq[0] = T.{dtype}(0)
-                        ssq[0] = ssq[0] + x[vi, vk] * x[vi, vk]{passthrough}
-                for p, t in T.grid({half}, 2):
-                    with T.sblock("rotate"):
-                        vp, vt = T.axis.remap("SS", [p, t])
-                        y[vi, {off} + 2 * vp + vt] = {rotate}
-'''
-    return rope.with_lead(source, rows, dim, lead)
 
 
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, epsilon: float, inverse: bool = False,
@@ -64,10 +26,50 @@ def prim_func(rows: int, dim: int, rope_dim: int, groups: int, epsilon: float, i
     """``(x [rows, dim], weight [dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y
     shaped ``lead + (dim,)`` when given), unscheduled but for its row loop (``tide.ops.rope.row_loop``)."""
     import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    return tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, epsilon, inverse, dtype,
-                                                row_kind, lead))
+    rope.check_dims(dim, rope_dim, rows, groups)
+    off, half = dim - rope_dim, rope_dim // 2
+    inner = rows // groups
+    lead = rope.leading_shape(rows, lead)
+    loop = rope.row_loop(row_kind)
+    at = functools.partial(rope.row_index, lead)
+
+    def normed(x, weight, ssq, vi):
+        """Channel c of row vi of x normalized and weighted, as a function of c."""
+        scale = T.rsqrt(ssq[0] / tvm.tirx.const(dim, dtype) + tvm.tirx.const(float(epsilon), dtype))
+        return lambda c: x[(*at(vi), c)] * scale * weight[c]
+
+    @T.prim_func(s_tir=True)
+    def kernel(x: T.Buffer((*lead, dim), dtype), weight: T.Buffer((dim,), dtype),
+               cos: T.Buffer((groups, half), dtype), sin: T.Buffer((groups, half), dtype),
+               y: T.Buffer((*lead, dim), dtype)):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        with T.sblock("root"):
+            for i in loop(rows):
+                with T.sblock("row"):
+                    vi = T.axis.remap("S", [i])
+                    T.reads(x[*at(vi), 0:dim], weight[0:dim], cos[vi // inner, 0:half], sin[vi // inner, 0:half])
+                    T.writes(y[*at(vi), 0:dim])
+                    ssq = T.sblock_alloc_buffer((1,), dtype)
+                    for k in range(dim):
+                        with T.sblock("sum_sq"):
+                            vk = T.axis.remap("R", [k])
+                            with T.init():
+                                ssq[0] = tvm.tirx.const(0, dtype)
+                            ssq[0] = ssq[0] + x[*at(vi), vk] * x[*at(vi), vk]
+                    if off > 0:
+                        for c in range(off):
+                            with T.sblock("pass"):
+                                vc = T.axis.remap("S", [c])
+                                y[*at(vi), vc] = normed(x, weight, ssq, vi)(vc)
+                    for p, t in T.grid(half, 2):
+                        with T.sblock("rotate"):
+                            vp, vt = T.axis.remap("SS", [p, t])
+                            y[*at(vi), off + 2 * vp + vt] = rope.rotation(
+                                dtype, off, inner, inverse, normed(x, weight, ssq, vi), cos, sin, vi, vp, vt)
+
+    return kernel
 
 
 def reference(x, weight, cos, sin, epsilon: float, rope_dim: int, inverse: bool = False) -> np.ndarray:

@@ -14,12 +14,15 @@ cos/sin as ``[groups, rope_dim / 2]``: row i uses group ``i // (rows / groups)``
 tables are per token and broadcast over the heads; other broadcasts are materialized first).
 ``inverse`` rotates by ``-angle`` from the given sin, which lets the compiler drop the graph's
 ``Neg(sin)`` in front of the inverse RoPE.
+
+Precision: x, cos and sin share one dtype (float32, or float16) and each output channel is computed
+in it (two products and a sum, no accumulation).
 """
 
 from __future__ import annotations
 
+import functools
 import math
-import re
 
 import numpy as np
 
@@ -33,88 +36,94 @@ def check_dims(dim: int, rope_dim: int, rows: int, groups: int) -> None:
         raise ValueError(f"{rows} rows cannot share {groups} cos/sin rows (rows must be a multiple)")
 
 
-def rotation(dtype: str, off: int, inner: int, inverse: bool, value) -> str:
-    """TVMScript of the rotated channel ``off + 2 vp + vt`` of row ``vi``; ``value(c)`` is the
-    TVMScript of the (pre-rotation) channel c of that row. The pair partner is ``off + 2 vp + 1 - vt``
-    and its sign ``2 vt - 1`` (``1 - 2 vt`` for the inverse)."""
-    sign = "(T.int32(1) - T.int32(2) * vt)" if inverse else "(T.int32(2) * vt - T.int32(1))"
-    own, partner = f"{off} + 2 * vp + vt", f"{off} + 2 * vp + 1 - vt"
-    return (f"{value(own)} * cos[vi // {inner}, vp] + T.Cast(\"{dtype}\", {sign}) * {value(partner)} "
-            f"* sin[vi // {inner}, vp]")
+def rotation(dtype: str, off: int, inner: int, inverse: bool, value, cos, sin, vi, vp, vt):
+    """The rotated channel ``off + 2 vp + vt`` of row ``vi``; ``value(c)`` is the (pre-rotation)
+    channel c of that row. The pair partner is ``off + 2 vp + 1 - vt`` and its sign ``2 vt - 1``
+    (``1 - 2 vt`` for the inverse); row vi reads the cos/sin row ``vi // inner``."""
+    from tvm.script import tirx as T
+
+    sign = T.int32(1) - T.int32(2) * vt if inverse else T.int32(2) * vt - T.int32(1)
+    return (value(off + 2 * vp + vt) * cos[vi // inner, vp]
+            + T.Cast(dtype, sign) * value(off + 2 * vp + 1 - vt) * sin[vi // inner, vp])
 
 
-def row_loop(rows: int, row_kind: str) -> str:
-    """The TVMScript loop over the rows: ``serial``, ``parallel`` (the CPU thread pool) or a CUDA
-    grid axis such as ``blockIdx.x``. Rows are independent, but the pass-through and rotated
-    channels of a row are two writers of y, so the schedule primitives cannot prove it: the target
-    picks the kind here (``tide.targets.rope.ROW_KIND``)."""
+def row_loop(row_kind: str):
+    """The loop over the rows, as a function of their count: ``serial``, ``parallel`` (the CPU
+    thread pool) or a CUDA grid axis such as ``blockIdx.x``. Rows are independent, but the
+    pass-through and rotated channels of a row are two writers of y, so the schedule primitives
+    cannot prove it: the target picks the kind here (``tide.targets.rope.ROW_KIND``)."""
+    from tvm.script import tirx as T
+
     if row_kind == "serial":
-        return f"range({rows})"
+        return T.serial
     if row_kind == "parallel":
-        return f"T.parallel({rows})"
+        return T.parallel
     if row_kind.startswith("blockIdx."):
-        return f'T.thread_binding({rows}, thread="{row_kind}")'
+        return functools.partial(T.thread_binding, thread=row_kind)
     raise ValueError(f"unknown row loop kind '{row_kind}'")
 
 
-def with_lead(source: str, rows: int, dim: int, lead) -> str:
-    """``source`` (x and y written as ``[rows, dim]``, row ``vi``) with x and y in their own shape
-    ``lead + (dim,)``: row vi is the multi-index of vi over ``lead``. Taking the tensors as they are
-    spares the copy a reshape of the output costs when it is a graph output."""
+def leading_shape(rows: int, lead) -> tuple:
+    """x's and y's shape before their last axis: ``lead``, or ``(rows,)`` when not given. Taking the
+    tensors as they are spares the copy a reshape of the output costs when it is a graph output."""
     lead = tuple(int(d) for d in (lead or (rows,)))
     if math.prod(lead) != rows:
         raise ValueError(f"leading shape {list(lead)} does not hold {rows} rows")
+    return lead
+
+
+def row_index(lead: tuple, vi) -> tuple:
+    """Row ``vi`` of x and y as their index over the leading shape ``lead`` (its multi-index)."""
+    if len(lead) == 1:
+        return (vi,)
     index, stride = [], 1
     for d in reversed(lead):
-        index.append(f"vi // {stride} % {d}" if stride > 1 else f"vi % {d}")
+        index.append(vi // stride % d if stride > 1 else vi % d)
         stride *= d
-    index = ", ".join(reversed(index)) if len(lead) > 1 else "vi"
-    shape = ", ".join(str(d) for d in (*lead, dim))
-    source = source.replace(f"T.Buffer(({rows}, {dim}),", f"T.Buffer(({shape}),")
-    return re.sub(r"\b([xy])\[vi, ", lambda m: f"{m.group(1)}[{index}, ", source)
-
-
-def kernel_source(name: str, rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False,
-                  dtype: str = "float32", row_kind: str = "serial", lead=None) -> str:
-    check_dims(dim, rope_dim, rows, groups)
-    off, half = dim - rope_dim, rope_dim // 2
-    inner = rows // groups
-    passthrough = "" if off == 0 else f'''
-                for c in range({off}):
-                    with T.sblock("pass"):
-                        vc = T.axis.remap("S", [c])
-                        y[vi, vc] = x[vi, vc]'''
-    rotate = rotation(dtype, off, inner, inverse, lambda c: f"x[vi, {c}]")
-    source = f'''
-@T.prim_func(s_tir=True)
-def {name}(x: T.Buffer(({rows}, {dim}), "{dtype}"), cos: T.Buffer(({groups}, {half}), "{dtype}"),
-           sin: T.Buffer(({groups}, {half}), "{dtype}"), y: T.Buffer(({rows}, {dim}), "{dtype}")):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
-    with T.sblock("root"):
-        for i in {row_loop(rows, row_kind)}:
-            with T.sblock("row"):
-                vi = T.axis.remap("S", [i])
-                T.reads(x[vi, 0:{dim}], cos[vi // {inner}, 0:{half}], sin[vi // {inner}, 0:{half}])
-                T.writes(y[vi, 0:{dim}]){passthrough}
-                for p, t in T.grid({half}, 2):
-                    with T.sblock("rotate"):
-                        vp, vt = T.axis.remap("SS", [p, t])
-                        y[vi, {off} + 2 * vp + vt] = {rotate}
-'''
-    return with_lead(source, rows, dim, lead)
+    return tuple(reversed(index))
 
 
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False, dtype: str = "float32",
               name: str = "tide_rope", row_kind: str = "serial", lead=None):
     """The kernel ``(x [rows, dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y shaped
     ``lead + (dim,)`` when given), unscheduled but for the kind of its row loop."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
+    from tvm.script import tirx as T
 
-    func = tvm.script.from_source(kernel_source(name, rows, dim, rope_dim, groups, inverse, dtype, row_kind, lead))
+    check_dims(dim, rope_dim, rows, groups)
+    off, half = dim - rope_dim, rope_dim // 2
+    inner = rows // groups
+    lead = leading_shape(rows, lead)
+    loop = row_loop(row_kind)
+    at = functools.partial(row_index, lead)
+
+    def channels(x, vi):
+        """Channel c of row vi of x, as a function of c."""
+        return lambda c: x[(*at(vi), c)]
+
+    @T.prim_func(s_tir=True)
+    def kernel(x: T.Buffer((*lead, dim), dtype), cos: T.Buffer((groups, half), dtype),
+               sin: T.Buffer((groups, half), dtype), y: T.Buffer((*lead, dim), dtype)):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        with T.sblock("root"):
+            for i in loop(rows):
+                with T.sblock("row"):
+                    vi = T.axis.remap("S", [i])
+                    T.reads(x[*at(vi), 0:dim], cos[vi // inner, 0:half], sin[vi // inner, 0:half])
+                    T.writes(y[*at(vi), 0:dim])
+                    if off > 0:
+                        for c in range(off):
+                            with T.sblock("pass"):
+                                vc = T.axis.remap("S", [c])
+                                y[*at(vi), vc] = x[*at(vi), vc]
+                    for p, t in T.grid(half, 2):
+                        with T.sblock("rotate"):
+                            vp, vt = T.axis.remap("SS", [p, t])
+                            y[*at(vi), off + 2 * vp + vt] = rotation(
+                                dtype, off, inner, inverse, channels(x, vi), cos, sin, vi, vp, vt)
+
     # What the op is, for targets with their own kernel for it (tide.targets.ascend.codegen).
-    return func.with_attrs({"tide.kernel": "rope", "tide.rope_dim": rope_dim, "tide.rope_groups": groups,
-                            "tide.rope_inverse": bool(inverse)})
+    return kernel.with_attrs({"tide.kernel": "rope", "tide.rope_dim": rope_dim, "tide.rope_groups": groups,
+                              "tide.rope_inverse": bool(inverse)})
 
 
 def reference(x, cos, sin, rope_dim: int, inverse: bool = False) -> np.ndarray:
