@@ -2,7 +2,8 @@
 
 One kernel per module. Each module gives ``prim_func(...)`` (the TensorIR definition for static
 shapes; ``parallel`` chooses the CPU outer-loop kind), ``reference(...)`` (plain numpy) and
-``cost(...)`` (analytic FLOPs and minimum bytes moved).
+``cost(...)`` (analytic FLOPs and minimum bytes moved). ``rows`` is no kernel: the loop over
+independent rows that the row-wise kernels share.
 """
 
 # tide-domain ONNX functions (docs/onnx-contract.md) that a kernel of this package serves, with the
