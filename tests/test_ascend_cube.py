@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tide.targets.ascend import cost, toolchain
+from tide.targets.ascend import cost, mlir, toolchain
 from tide.ops import moe_down, moe_gate_up, moe_permute
 from tide.targets.ascend.kernels import matmul, moe_grouped
 
@@ -101,7 +101,7 @@ def test_gemm_cpu_numerics(dtype, b_kn, tmp_path):
         a, b = rand(rng, (m, k), dtype), rand(rng, (n, k), dtype)
         b_stored = np.ascontiguousarray(b.T) if b_kn else b
         c0 = np.full((m, n), np.nan, np.float32)
-        _, _, c = cpu_run(so, "gemm", matmul.block_dim(text), a, b_stored, c0)
+        _, _, c = cpu_run(so, "gemm", mlir.block_dim(text), a, b_stored, c0)
         ref = f64(a) @ f64(b).T
         tol = 1e-5 * np.sqrt(k) * (np.abs(f64(a)) @ np.abs(f64(b)).T) + 1e-6
         assert np.all(np.abs(c - ref) <= tol), f"{dtype} {m}x{n}x{k} tiling {t}: max err {np.nanmax(np.abs(c - ref))}"

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tide.targets.ascend import cost, hivm, toolchain
+from tide.targets.ascend import cost, hivm, mlir, toolchain
 from tide.ops import rope as rope_op
 from tide.targets.ascend.kernels import (compressor_pool, matmul, rmsnorm, rope, router_scores, sink_combine,
                                         sink_softmax, swiglu)
@@ -35,7 +35,7 @@ def compiles(text: str, soc: str, tmp: Path) -> str:
 
 def run_cpu(text: str, name: str, tmp: Path, *arrays):
     so = toolchain.cpu_build(matmul.cpu_emulation(text), name, tmp)
-    return toolchain.cpu_run(so, name, matmul.block_dim(text), *arrays)
+    return toolchain.cpu_run(so, name, mlir.block_dim(text), *arrays)
 
 
 # ---- SwiGLU ----------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from test_ascend_cube import BIN, SOCS, compile_check, cpu_build, cpu_run, needs_bishengir, needs_cpu_runner
-from tide.targets.ascend import cost
+from tide.targets.ascend import cost, mlir
 from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores
 
 REGRESSIONS = Path(__file__).parent / "ascend_regressions"
@@ -36,7 +36,7 @@ def test_rmsnorm_cpu_numerics(rows, dim, tmp_path):
     y = np.full((rows, dim), np.nan, dtype=np.float32)
     text = rmsnorm.emit(rows, dim, "Ascend910B1", 1e-6)
     so = cpu_build(matmul.cpu_emulation(text), "tide_rmsnorm", tmp_path)
-    blocks = matmul.block_dim(text)
+    blocks = mlir.block_dim(text)
     _, _, got = cpu_run(so, "tide_rmsnorm", blocks, x, w, y)
     want = rmsnorm.reference(x, w, 1e-6)
     np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
@@ -53,7 +53,7 @@ def test_rmsnorm_cpu_check_catches_a_planted_bug(tmp_path):
     assert f"arith.constant {1 / dim:e} : f32" in text
     bad = text.replace(f"arith.constant {1 / dim:e} : f32", f"arith.constant {0.998 / dim:e} : f32")
     so = cpu_build(matmul.cpu_emulation(bad), "tide_rmsnorm", tmp_path)
-    got = cpu_run(so, "tide_rmsnorm", matmul.block_dim(bad), x, w, np.zeros((rows, dim), np.float32))[2]
+    got = cpu_run(so, "tide_rmsnorm", mlir.block_dim(bad), x, w, np.zeros((rows, dim), np.float32))[2]
     assert np.abs(got - rmsnorm.reference(x, w, 1e-6)).max() > 100 * 2e-5
 
 
@@ -111,5 +111,5 @@ def test_router_scores_cpu_numerics(rows, experts, tmp_path):
     v.flat[:3] = [-100.0, 95.0, 0.0]  # exp overflow / underflow and the kink
     text = router_scores.emit(rows, experts, "Ascend910B1")
     so = cpu_build(matmul.cpu_emulation(text), "tide_router_scores", tmp_path)
-    got = cpu_run(so, "tide_router_scores", matmul.block_dim(text), v, np.full_like(v, np.nan))[1]
+    got = cpu_run(so, "tide_router_scores", mlir.block_dim(text), v, np.full_like(v, np.nan))[1]
     np.testing.assert_allclose(got, router_scores.reference(v), rtol=1e-5, atol=1e-6)

@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass
 
 from ...compiler.errors import CompileError
-from . import cost
+from . import cost, mlir
 from . import vector_loops as _vector
 
 GM = "#hivm.address_space<gm>"
@@ -143,7 +143,7 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
     else:
         return None
     types = _param_types(func)
-    return Kernel(name, adapt_entry(text, [t for t, _ in types]), matmul.block_dim(text), [k for _, k in types])
+    return Kernel(name, adapt_entry(text, [t for t, _ in types]), mlir.block_dim(text), [k for _, k in types])
 
 
 def _gemm_shape(func):
@@ -159,7 +159,7 @@ def _gemm_shape(func):
     if len(params) != 3 or not all(_is_buffer(p) for p in params):
         return None
     a, b, c = params
-    if str(c.dtype) != "float32" or str(a.dtype) != str(b.dtype) or str(a.dtype) not in matmul.MLIR_DTYPES \
+    if str(c.dtype) != "float32" or str(a.dtype) != str(b.dtype) or str(a.dtype) not in matmul.DTYPES \
             or len(b.shape) != 2 or len(a.shape) < 2 or len(c.shape) != len(a.shape):
         return None
     blocks = []

@@ -1,6 +1,7 @@
-"""Helpers for emitting HIVM vector kernels as MLIR text (on top of ``kernels.matmul.Body``): the
-per-target syntax differences, element-wise vector ops on UB tensors, row-tile loads and stores
-between GM and UB, and the UB tiling rule the vector kernels share.
+"""HIVM ops for the Ascend kernels, written through ``mlir.Builder``: the loop that spreads tasks over
+the AI cores (``block_loop``, ``tile_origin``), element-wise vector ops on UB tensors and row-tile
+loads and stores between GM and UB (``Vector``), the per-target syntax differences, and the UB tiling
+rule the vector kernels share.
 
 Per-target syntax (bishengir 1.2.0): the 950 tool's (``-a5``) ``vreduce`` requires an
 ``unsigned_src`` attribute that the 910B tool does not know; everything else the vector kernels emit
@@ -9,11 +10,9 @@ is common to both.
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost
-from tide.targets.ascend.kernels.matmul import GM, Body
+from contextlib import contextmanager
 
-F32 = "f32"
-NEG_INF = "0xFF800000"  # float32 -inf as an MLIR hex literal
+from tide.targets.ascend import cost, mlir
 
 
 def is_950(soc: str) -> bool:
@@ -26,54 +25,68 @@ def reduce_attrs(soc: str, dims) -> str:
     return ("unsigned_src = false " if is_950(soc) else "") + f"reduce_dims = [{dims_text}]"
 
 
-def tensor_t(shape, elem: str = F32) -> str:
-    return "tensor<" + "x".join(str(d) for d in shape) + f"x{elem}>"
+@contextmanager
+def block_loop(b: mlir.Builder, tasks: str, hint: str = "task"):
+    """``for task = block_idx; task < tasks; task += block_num``: the tasks spread round-robin over
+    the AI cores; yields the task index inside the loop."""
+    bid = b.op("hivm.hir.get_block_idx -> i64", "bid")
+    bidx = b.op(f"arith.index_cast {bid} : i64 to index", "bidx")
+    bnum = b.op("hivm.hir.get_block_num -> i64", "bnum")
+    bnumx = b.op(f"arith.index_cast {bnum} : i64 to index", "bnumx")
+    task = b.fresh(hint)
+    with b.region(f"scf.for {task} = {bidx} to {tasks} step {bnumx} {{"):
+        yield task
 
 
-def gm_tile_t(shape, row_stride: int, elem: str = F32) -> str:
-    """A 2-D GM subview type with a dynamic offset and the parent's row stride."""
-    return f"memref<{shape[0]}x{shape[1]}x{elem}, strided<[{row_stride}, 1], offset: ?>, {GM}>"
+def tile_origin(b: mlir.Builder, task: str, col_tiles: int, tile_rows: int, tile_cols: int) -> tuple[str, str]:
+    """(first row, first column) of task ``task``'s tile, tasks numbered row-major over a grid of
+    ``col_tiles`` tiles of ``tile_rows`` x ``tile_cols`` per row."""
+    ti = b.op(f"arith.divui {task}, {b.const(col_tiles)} : index", "ti")
+    tj = b.op(f"arith.remui {task}, {b.const(col_tiles)} : index", "tj")
+    return (b.op(f"arith.muli {ti}, {b.const(tile_rows)} : index", "r0"),
+            b.op(f"arith.muli {tj}, {b.const(tile_cols)} : index", "c0"))
 
 
 class Vector:
-    """Vector ops on UB tensors, emitted into ``body`` at indent ``ind``."""
+    """float32 vector ops on UB tensors, emitted into builder ``b``."""
 
-    def __init__(self, body: Body, soc: str, ind: int):
-        self.b, self.soc, self.ind = body, soc, ind
+    def __init__(self, b: mlir.Builder, soc: str):
+        self.b, self.soc = b, soc
 
     def op(self, name: str, ins, types, out_t: str, extra: str = "") -> str:
         """``hivm.hir.<name>`` of ``ins`` (SSA names) with ``types`` into a fresh ``out_t``;
         ``extra`` carries attributes such as `` broadcast = [1]``."""
-        out = self.b.op("ve", f"tensor.empty() : {out_t}", self.ind)
-        return self.b.op("v", f"hivm.hir.{name} ins({', '.join(ins)} : {', '.join(types)}) outs({out} : {out_t})"
-                              f"{extra} -> {out_t}", self.ind)
+        out = self.b.op(f"tensor.empty() : {out_t}", "ve")
+        return self.b.op(f"hivm.hir.{name} ins({', '.join(ins)} : {', '.join(types)}) outs({out} : {out_t})"
+                         f"{extra} -> {out_t}", "v")
 
     def fill(self, scalar: str, out_t: str) -> str:
-        return self.op("vbrc", [scalar], [F32], out_t)
+        return self.op("vbrc", [scalar], ["f32"], out_t)
 
     def reduce(self, kind: str, src: str, src_t: str, init: str, out_t: str, dims) -> str:
         """``vreduce <kind>`` of ``src`` over ``dims`` starting from ``init`` (the CPU lowering reads
         its destination, so the caller fills it with the reduction's identity)."""
-        return self.b.op("red", f"hivm.hir.vreduce <{kind}> ins({src} : {src_t}) outs({init} : {out_t}) "
-                                f"{reduce_attrs(self.soc, dims)} -> {out_t}", self.ind)
+        return self.b.op(f"hivm.hir.vreduce <{kind}> ins({src} : {src_t}) outs({init} : {out_t}) "
+                         f"{reduce_attrs(self.soc, dims)} -> {out_t}", "red")
 
-    def load(self, src: str, src_t: str, index, shape, row_stride: int) -> str:
-        """GM ``src[index...]`` tile of ``shape`` (2-D) -> UB buffer -> tensor."""
-        tile_t = gm_tile_t(shape, row_stride)
-        idx = ", ".join(index)
-        view = self.b.op("view", f"memref.subview {src}[{idx}] [{shape[0]}, {shape[1]}] [1, 1] : {src_t} to {tile_t}",
-                         self.ind)
-        buf_t = f"memref<{shape[0]}x{shape[1]}xf32>"
-        buf = self.b.op("buf", f"memref.alloc() : {buf_t}", self.ind)
-        self.b.emit(f"hivm.hir.load ins({view} : {tile_t}) outs({buf} : {buf_t})", self.ind)
-        return self.b.op("t", f"bufferization.to_tensor {buf} restrict writable : {buf_t}", self.ind)
+    def load(self, src: str, src_t: mlir.MemRef, index, shape, row_stride: int) -> str:
+        """GM ``src[index...]`` tile of ``shape`` (2-D, rows ``row_stride`` apart) -> UB buffer -> tensor."""
+        view, view_t = self._tile(src, src_t, index, shape, row_stride)
+        buf_t = mlir.memref(shape, "f32")
+        buf = self.b.op(f"memref.alloc() : {buf_t}", "buf")
+        self.b.emit(f"hivm.hir.load ins({view} : {view_t}) outs({buf} : {buf_t})")
+        return self.b.op(f"bufferization.to_tensor {buf} restrict writable : {buf_t}", "t")
 
-    def store(self, val: str, dst: str, dst_t: str, index, shape, row_stride: int):
-        tile_t = gm_tile_t(shape, row_stride)
-        idx = ", ".join(index)
-        view = self.b.op("view", f"memref.subview {dst}[{idx}] [{shape[0]}, {shape[1]}] [1, 1] : {dst_t} to {tile_t}",
-                         self.ind)
-        self.b.emit(f"hivm.hir.store ins({val} : {tensor_t(shape)}) outs({view} : {tile_t})", self.ind)
+    def store(self, val: str, dst: str, dst_t: mlir.MemRef, index, shape, row_stride: int):
+        view, view_t = self._tile(dst, dst_t, index, shape, row_stride)
+        self.b.emit(f"hivm.hir.store ins({val} : {mlir.tensor(shape, 'f32')}) outs({view} : {view_t})")
+
+    def _tile(self, mem: str, mem_t: mlir.MemRef, index, shape, row_stride: int) -> tuple[str, mlir.MemRef]:
+        """The GM subview ``mem[index...]`` of ``shape`` (rows ``row_stride`` apart) and its type."""
+        tile_t = mlir.gm(shape, "f32", (row_stride, 1), "?")
+        view = self.b.op(f"memref.subview {mem}[{', '.join(index)}] [{shape[0]}, {shape[1]}] [1, 1] : {mem_t} to "
+                         f"{tile_t}", "view")
+        return view, tile_t
 
 
 def largest_divisor_at_most(n: int, limit: int) -> int:

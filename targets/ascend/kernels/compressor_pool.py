@@ -17,8 +17,9 @@ with -inf and 0 first; tasks go round-robin over the vector cores.
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+import math
+
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 4       # score, its exp, kv, weighted kv
 BUFFERING = 2
@@ -40,26 +41,25 @@ def emit(windows: int, slots: int, dim: int, soc: str, tile_cols: int | None = N
         raise ValueError(f"ascend compressor pool: tile_cols {tc} does not divide dim {dim}")
     R, col_tiles = slots, dim // tc
     tasks = windows * col_tiles
-    gm_in, gm_out = matmul.gm((windows * R, dim), "f32"), matmul.gm((windows, dim), "f32")
-    T, TR = hivm.tensor_t((R, tc)), hivm.tensor_t((1, tc))
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    ninf = b.op("ninf", f"arith.constant {hivm.NEG_INF} : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tasks), 2)
-    w, c0 = matmul.tile_origin(b, task, col_tiles, 1, tc, 3)  # output row w, its R input rows from w * R
-    r0 = b.op("r0", f"arith.muli {w}, {b.const(R)} : index", 3)
-    score = v.load("%SC", gm_in, [r0, c0], (R, tc), dim)
-    kv = v.load("%KV", gm_in, [r0, c0], (R, tc), dim)
-    mx = v.reduce("max", score, T, v.fill(ninf, TR), TR, [0])
-    e = v.op("vexp", [v.op("vsub", [score, mx], [T, TR], T, " broadcast = [0]")], [T], T)
-    den = v.reduce("sum", e, T, v.fill(zero, TR), TR, [0])
-    num = v.reduce("sum", v.op("vmul", [e, kv], [T, T], T), T, v.fill(zero, TR), TR, [0])
-    out = v.op("vdiv", [num, den], [TR, TR], TR)
-    v.store(out, "%OUT", gm_out, [w, c0], (1, tc), dim)
-    b.emit("}", 2)
+    gm_in, gm_out = mlir.gm((windows * R, dim), "f32"), mlir.gm((windows, dim), "f32")
+    T, TR = mlir.tensor((R, tc), "f32"), mlir.tensor((1, tc), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    ninf = b.op(f"arith.constant {mlir.float_literal(-math.inf, 'f32')} : f32", "ninf")
+    with hivm.block_loop(b, b.const(tasks)) as task:
+        w, c0 = hivm.tile_origin(b, task, col_tiles, 1, tc)  # output row w, its R input rows from w * R
+        r0 = b.op(f"arith.muli {w}, {b.const(R)} : index", "r0")
+        score = v.load("%SC", gm_in, [r0, c0], (R, tc), dim)
+        kv = v.load("%KV", gm_in, [r0, c0], (R, tc), dim)
+        mx = v.reduce("max", score, T, v.fill(ninf, TR), TR, [0])
+        e = v.op("vexp", [v.op("vsub", [score, mx], [T, TR], T, " broadcast = [0]")], [T], T)
+        den = v.reduce("sum", e, T, v.fill(zero, TR), TR, [0])
+        num = v.reduce("sum", v.op("vmul", [e, kv], [T, T], T), T, v.fill(zero, TR), TR, [0])
+        out = v.op("vdiv", [num, den], [TR, TR], TR)
+        v.store(out, "%OUT", gm_out, [w, c0], (1, tc), dim)
     blocks = min(tasks, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%SC", gm_in), ("%KV", gm_in), ("%OUT", gm_out)], b, blocks)
+    return b.module(name, [("%SC", gm_in), ("%KV", gm_in), ("%OUT", gm_out)], blocks)
 
 
 def reference(score, kv):

@@ -18,166 +18,101 @@ from __future__ import annotations
 
 import re
 
-from tide.targets.ascend import cost
+from tide.targets.ascend import cost, hivm, mlir
 
-MLIR_DTYPES = {"bfloat16": "bf16", "float16": "f16", "float32": "f32"}
-ITEMSIZE = {"bfloat16": 2, "float16": 2, "float32": 4}
-GM = "#hivm.address_space<gm>"
+DTYPES = ("bfloat16", "float16", "float32")  # the cube's input dtypes
 
 
-def mlir_dtype(dtype: str) -> str:
-    if dtype not in MLIR_DTYPES:
-        raise ValueError(f"ascend matmul: input dtype must be one of {sorted(MLIR_DTYPES)}, got '{dtype}'")
-    return MLIR_DTYPES[dtype]
-
-
-def gm(shape, elem: str) -> str:
-    return f"memref<{'x'.join(str(d) for d in shape)}x{elem}, {GM}>"
+def input_elem(dtype: str) -> str:
+    """The MLIR element type of cube input dtype ``dtype``."""
+    if dtype not in DTYPES:
+        raise ValueError(f"ascend matmul: input dtype must be one of {sorted(DTYPES)}, got '{dtype}'")
+    return mlir.elem(dtype)
 
 
 def choose_tiling(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16") -> cost.GemmTiling:
     """The cost model's best tiling among those that fit the SoC's L1 / L0A / L0B / L0C."""
-    mlir_dtype(dtype)
-    return cost.choose_tiling(soc, [m], n, k, itemsize=ITEMSIZE[dtype])
+    input_elem(dtype)
+    return cost.choose_tiling(soc, [m], n, k, itemsize=mlir.itemsize(dtype))
 
 
 def estimate(soc: str, m: int, n: int, k: int, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
              kernel: str = "gemm") -> cost.Estimate:
     """Cost-model estimate of the kernel ``emit`` writes for these arguments."""
-    return cost.gemm(soc, m, n, k, tiling or choose_tiling(soc, m, n, k, dtype), itemsize=ITEMSIZE[dtype],
+    return cost.gemm(soc, m, n, k, tiling or choose_tiling(soc, m, n, k, dtype), itemsize=mlir.itemsize(dtype),
                      kernel=kernel)
 
 
-class Body:
-    """Minimal MLIR text builder: fresh SSA names and index constants hoisted to the function top."""
-
-    def __init__(self):
-        self.lines, self.consts, self.n = [], {}, 0
-
-    def fresh(self, hint: str) -> str:
-        self.n += 1
-        return f"%{hint}{self.n}"
-
-    def const(self, v: int, ty: str = "index") -> str:
-        key = (v, ty)
-        if key not in self.consts:
-            self.consts[key] = f"%c{v}_{ty}".replace("-", "m")
-        return self.consts[key]
-
-    def emit(self, line: str, indent: int):
-        self.lines.append("  " * indent + line)
-
-    def op(self, hint: str, rhs: str, indent: int) -> str:
-        v = self.fresh(hint)
-        self.emit(f"{v} = {rhs}", indent)
-        return v
-
-    def const_lines(self, indent: int):
-        out = []
-        for (v, ty), name in self.consts.items():
-            lit = ("true" if v else "false") if ty == "i1" else str(v)
-            out.append("  " * indent + f"{name} = arith.constant {lit} : {ty}")
-        return out
-
-
-def load_tile(b: Body, view: str, view_t: str, rows: str, ks: str, tile_rows: int, tk: int, elem: str,
-              ind: int) -> str:
+def load_tile(b: mlir.Builder, view: str, view_t: mlir.MemRef, rows: str, ks: str, tile_rows: int, tk: int,
+              elem: str) -> str:
     """Load a (rows x ks) GM view into a fresh (tile_rows x tk) local buffer; returns it as a tensor
     (the part outside rows x ks is never read: every consumer takes the valid sizes)."""
-    buf = b.op("buf", f"memref.alloc() : memref<{tile_rows}x{tk}x{elem}>", ind)
-    dv_t = f"memref<?x?x{elem}, strided<[{tk}, 1]>>"
-    dv = b.op("dst", f"memref.subview {buf}[0, 0] [{rows}, {ks}] [1, 1] : memref<{tile_rows}x{tk}x{elem}> to {dv_t}", ind)
-    b.emit(f"hivm.hir.load ins({view} : {view_t}) outs({dv} : {dv_t})", ind)
-    return b.op("t", f"bufferization.to_tensor {buf} restrict writable : memref<{tile_rows}x{tk}x{elem}>", ind)
+    buf_t = mlir.memref((tile_rows, tk), elem)
+    buf = b.op(f"memref.alloc() : {buf_t}", "buf")
+    dv_t = mlir.memref(("?", "?"), elem, strides=(tk, 1))
+    dv = b.op(f"memref.subview {buf}[0, 0] [{rows}, {ks}] [1, 1] : {buf_t} to {dv_t}", "dst")
+    b.emit(f"hivm.hir.load ins({view} : {view_t}) outs({dv} : {dv_t})")
+    return b.op(f"bufferization.to_tensor {buf} restrict writable : {buf_t}", "t")
 
 
-def view2d(b: Body, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str, elem: str, ind: int):
+def view2d(b: mlir.Builder, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str,
+           elem: str) -> tuple[str, mlir.MemRef]:
     """Rank-reduced GM view ``src[*lead, row0 : row0 + rows, k0 : k0 + ks]`` -> (value, type)."""
     lead = list(lead)
-    full_t = gm(src_shape, elem)
-    t = f"memref<?x?x{elem}, strided<[{src_shape[-1]}, 1], offset: ?>, {GM}>"
+    t = mlir.gm(("?", "?"), elem, (src_shape[-1], 1), "?")
     offs = ", ".join(lead + [row0, k0])
     sizes = ", ".join(["1"] * len(lead) + [rows, ks])
     strides = ", ".join(["1"] * len(src_shape))
-    v = b.op("src", f"memref.subview {src}[{offs}] [{sizes}] [{strides}] : {full_t} to {t}", ind)
+    v = b.op(f"memref.subview {src}[{offs}] [{sizes}] [{strides}] : {mlir.gm(src_shape, elem)} to {t}", "src")
     return v, t
 
 
-def emit_tile_loads(b: Body, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str,
-                    tile_rows: int, tk: int, elem: str, ind: int) -> str:
+def emit_tile_loads(b: mlir.Builder, src: str, src_shape, lead, row0: str, rows: str, k0: str, ks: str,
+                    tile_rows: int, tk: int, elem: str) -> str:
     """Load ``src[*lead, row0 : row0 + rows, k0 : k0 + ks]`` into a (tile_rows x tk) local tensor."""
-    v, t = view2d(b, src, src_shape, lead, row0, rows, k0, ks, elem, ind)
-    return load_tile(b, v, t, rows, ks, tile_rows, tk, elem, ind)
+    v, t = view2d(b, src, src_shape, lead, row0, rows, k0, ks, elem)
+    return load_tile(b, v, t, rows, ks, tile_rows, tk, elem)
 
 
-def emit_mmad(b: Body, a: str, bt: str, init: str, ms: str, ks: str, ns: str, acc: str,
-              tm: int, tn: int, tk: int, elem: str, ind: int, b_kn: bool = False) -> str:
+def emit_mmad(b: mlir.Builder, a: str, bt: str, init: str, ms: str, ks: str, ns: str, acc: str,
+              tm: int, tn: int, tk: int, elem: str, b_kn: bool = False) -> str:
     """acc (+)= a[:ms, :ks] @ bt[:ns, :ks]^T (B transposed: rows of K), or with ``b_kn``
     acc (+)= a[:ms, :ks] @ bt[:ks, :ns] (B as stored [K, N])."""
-    attr, b_t = ("", f"tensor<{tk}x{tn}x{elem}>") if b_kn else ("{b_transpose} ", f"tensor<{tn}x{tk}x{elem}>")
-    return b.op("mm", f"hivm.hir.mmadL1 {attr}ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
-                      f"tensor<{tm}x{tk}x{elem}>, {b_t}, i1, index, index, index) "
-                      f"outs({acc} : tensor<{tm}x{tn}xf32>) -> tensor<{tm}x{tn}xf32>", ind)
+    attr, b_t = ("", mlir.tensor((tk, tn), elem)) if b_kn else ("{b_transpose} ", mlir.tensor((tn, tk), elem))
+    acc_t = mlir.tensor((tm, tn), "f32")
+    return b.op(f"hivm.hir.mmadL1 {attr}ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
+                f"{mlir.tensor((tm, tk), elem)}, {b_t}, i1, index, index, index) outs({acc} : {acc_t}) -> {acc_t}", "mm")
 
 
-def emit_k_loop(b: Body, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str, ind: int,
+def emit_k_loop(b: mlir.Builder, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str,
                 load_a, b_sources, b_kn: bool = False) -> list:
-    """K loop over tk steps; ``load_a(k0, ks, ind)`` returns the A tile tensor; ``b_sources`` are
+    """K loop over tk steps; ``load_a(k0, ks)`` returns the A tile tensor; ``b_sources`` are
     (B memref, its shape, leading indices, first row) per accumulator, all sharing the A tile
     (``b_kn``: B stored [K, N], the "first row" is then its first column). Returns the final
     accumulators."""
-    accs0 = [b.op("e", f"tensor.empty() : tensor<{tm}x{tn}xf32>", ind) for tn in tn_list]
+    accs0 = [b.op(f"tensor.empty() : {mlir.tensor((tm, tn), 'f32')}", "e") for tn in tn_list]
     kt = -(-k // tk)
     iters = [b.fresh("acc") for _ in tn_list]
     res = b.fresh("accs")
-    types = ", ".join(f"tensor<{tm}x{tn}xf32>" for tn in tn_list)
+    types = ", ".join(mlir.tensor((tm, tn), "f32") for tn in tn_list)
     kk = b.fresh("kk")
     iter_args = ", ".join(f"{i} = {a0}" for i, a0 in zip(iters, accs0))
-    b.emit(f"{res}:{len(tn_list)} = scf.for {kk} = {b.const(0)} to {b.const(kt)} step {b.const(1)} "
-           f"iter_args({iter_args}) -> ({types}) {{", ind)
-    i2 = ind + 1
-    k0 = b.op("k0", f"arith.muli {kk}, {b.const(tk)} : index", i2)
-    kr = b.op("kr", f"arith.subi {b.const(k)}, {k0} : index", i2)
-    ks = b.op("ks", f"arith.minui {kr}, {b.const(tk)} : index", i2)
-    ta = load_a(k0, ks, i2)
-    init = b.op("init", f"arith.cmpi eq, {kk}, {b.const(0)} : index", i2)
-    outs = []
-    for (src, src_shape, lead, row0), tn, it in zip(b_sources, tn_list, iters):
-        if b_kn:
-            tb = emit_tile_loads(b, src, src_shape, lead, k0, ks, row0, ns, tk, tn, elem, i2)
-        else:
-            tb = emit_tile_loads(b, src, src_shape, lead, row0, ns, k0, ks, tn, tk, elem, i2)
-        outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, i2, b_kn))
-    b.emit(f"scf.yield {', '.join(outs)} : {types}", i2)
-    b.emit("}", ind)
+    with b.region(f"{res}:{len(tn_list)} = scf.for {kk} = {b.const(0)} to {b.const(kt)} step {b.const(1)} "
+                  f"iter_args({iter_args}) -> ({types}) {{"):
+        k0 = b.op(f"arith.muli {kk}, {b.const(tk)} : index", "k0")
+        kr = b.op(f"arith.subi {b.const(k)}, {k0} : index", "kr")
+        ks = b.op(f"arith.minui {kr}, {b.const(tk)} : index", "ks")
+        ta = load_a(k0, ks)
+        init = b.op(f"arith.cmpi eq, {kk}, {b.const(0)} : index", "init")
+        outs = []
+        for (src, src_shape, lead, row0), tn, it in zip(b_sources, tn_list, iters):
+            if b_kn:
+                tb = emit_tile_loads(b, src, src_shape, lead, k0, ks, row0, ns, tk, tn, elem)
+            else:
+                tb = emit_tile_loads(b, src, src_shape, lead, row0, ns, k0, ks, tn, tk, elem)
+            outs.append(emit_mmad(b, ta, tb, init, ms, ks, ns, it, tm, tn, tk, elem, b_kn))
+        b.emit(f"scf.yield {', '.join(outs)} : {types}")
     return [f"{res}#{i}" for i in range(len(tn_list))]
-
-
-def emit_block_loop(b: Body, tasks: str, ind: int) -> str:
-    """``for task = block_idx; task < tasks; task += block_num`` (opened; caller closes)."""
-    bid = b.op("bid", "hivm.hir.get_block_idx -> i64", ind)
-    bidx = b.op("bidx", f"arith.index_cast {bid} : i64 to index", ind)
-    bnum = b.op("bnum", "hivm.hir.get_block_num -> i64", ind)
-    bnx = b.op("bnumx", f"arith.index_cast {bnum} : i64 to index", ind)
-    task = b.fresh("task")
-    b.emit(f"scf.for {task} = {bidx} to {tasks} step {bnx} {{", ind)
-    return task
-
-
-def tile_origin(b: Body, task: str, col_tiles: int, tile_rows: int, tile_cols: int, ind: int) -> tuple[str, str]:
-    """(first row, first column) of task ``task``'s tile, tasks numbered row-major over a grid of
-    ``col_tiles`` tiles of ``tile_rows`` x ``tile_cols`` per row."""
-    ti = b.op("ti", f"arith.divui {task}, {b.const(col_tiles)} : index", ind)
-    tj = b.op("tj", f"arith.remui {task}, {b.const(col_tiles)} : index", ind)
-    return (b.op("r0", f"arith.muli {ti}, {b.const(tile_rows)} : index", ind),
-            b.op("c0", f"arith.muli {tj}, {b.const(tile_cols)} : index", ind))
-
-
-def function(name: str, args, body: Body, blocks: int) -> str:
-    sig = ", ".join(f"{a}: {t}" for a, t in args)
-    head = (f"  func.func @{name}({sig}) attributes {{hacc.entry, hacc.function_kind = "
-            f"#hacc.function_kind<DEVICE>, hacc.block_dim = {blocks} : i64}} {{")
-    return "\n".join(["module {", head, *body.const_lines(2), *body.lines, "    return", "  }", "}", ""])
 
 
 def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
@@ -185,29 +120,29 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
     """HIVM module of ``C[m, n] = A[m, k] @ B[n, k]^T`` for ``soc`` (``b_kn``: ``A @ B`` with B
     stored ``[k, n]``; tiling: the cost model's choice unless given). float32 inputs use the cube's
     float32 mode (C is float32 in every case)."""
-    elem = mlir_dtype(dtype)
+    elem = input_elem(dtype)
     if min(m, n, k) < 1:
         raise ValueError(f"ascend matmul: shape must be positive, got m={m} n={n} k={k}")
     s = cost.soc(soc)
     t = tiling or choose_tiling(soc, m, n, k, dtype)
-    if not t.fits(s, ITEMSIZE[dtype]):
+    if not t.fits(s, mlir.itemsize(dtype)):
         raise ValueError(f"ascend matmul: tiling {t} does not fit {soc}'s L1/L0 buffers")
     tm, tn, tk = t.tm, t.tn, t.tk
     mt, nt = -(-m // tm), -(-n // tn)
-    a_t, b_t, c_t = gm((m, k), elem), gm((k, n) if b_kn else (n, k), elem), gm((m, n), "f32")
-    b = Body()
-    task = emit_block_loop(b, b.const(mt * nt), 2)
-    m0, n0 = tile_origin(b, task, nt, tm, tn, 3)
-    ms = b.op("ms", f"arith.minui {b.op('mr', f'arith.subi {b.const(m)}, {m0} : index', 3)}, {b.const(tm)} : index", 3)
-    ns = b.op("ns", f"arith.minui {b.op('nr', f'arith.subi {b.const(n)}, {n0} : index', 3)}, {b.const(tn)} : index", 3)
-    acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem, 3,
-                       lambda k0, ks, ind: emit_tile_loads(b, "%A", (m, k), [], m0, ms, k0, ks, tm, tk, elem, ind),
-                       [("%B", (k, n) if b_kn else (n, k), [], n0)], b_kn)
-    out_t = f"memref<?x?xf32, strided<[{n}, 1], offset: ?>, {GM}>"
-    out = b.op("out", f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", 3)
-    b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : tensor<{tm}x{tn}xf32>) outs({out} : {out_t})", 3)
-    b.emit("}", 2)
-    return function(name, [("%A", a_t), ("%B", b_t), ("%C", c_t)], b, t.blocks)
+    b_shape = (k, n) if b_kn else (n, k)
+    a_t, b_t, c_t = mlir.gm((m, k), elem), mlir.gm(b_shape, elem), mlir.gm((m, n), "f32")
+    b = mlir.Builder()
+    with hivm.block_loop(b, b.const(mt * nt)) as task:
+        m0, n0 = hivm.tile_origin(b, task, nt, tm, tn)
+        ms = b.op(f"arith.minui {b.op(f'arith.subi {b.const(m)}, {m0} : index', 'mr')}, {b.const(tm)} : index", "ms")
+        ns = b.op(f"arith.minui {b.op(f'arith.subi {b.const(n)}, {n0} : index', 'nr')}, {b.const(tn)} : index", "ns")
+        acc, = emit_k_loop(b, k, tk, tm, [tn], ms, ns, elem,
+                           lambda k0, ks: emit_tile_loads(b, "%A", (m, k), [], m0, ms, k0, ks, tm, tk, elem),
+                           [("%B", b_shape, [], n0)], b_kn)
+        out_t = mlir.gm(("?", "?"), "f32", (n, 1), "?")
+        out = b.op(f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", "out")
+        b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : {mlir.tensor((tm, tn), 'f32')}) outs({out} : {out_t})")
+    return b.module(name, [("%A", a_t), ("%B", b_t), ("%C", c_t)], t.blocks)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,12 +245,12 @@ def cpu_emulation(text: str) -> str:
         if (m := _ENTRY.match(line)):
             blocks = int(m.group(4))
             params = _MIX_ARG.sub("", m.group(2))
-            out.append(f"{m.group(1)}{params}, {BLOCK_ARG}: memref<1xi64, {GM}>{m.group(3)}")
+            out.append(f"{m.group(1)}{params}, {BLOCK_ARG}: {mlir.gm((1,), 'i64')}{m.group(3)}")
             out.append("    %tide_c0 = arith.constant 0 : index")
             out.append("    %tide_c1 = arith.constant 1 : index")
             out.append("    %tide_zero = arith.constant 0.000000e+00 : f32")
         elif (m := _BLOCK_IDX.match(line)):
-            out.append(f"{m.group(1)}{m.group(2)} = memref.load {BLOCK_ARG}[%tide_c0] : memref<1xi64, {GM}>")
+            out.append(f"{m.group(1)}{m.group(2)} = memref.load {BLOCK_ARG}[%tide_c0] : {mlir.gm((1,), 'i64')}")
         elif (m := _BLOCK_NUM.match(line)):
             if blocks is None:
                 raise ValueError("ascend cpu emulation: get_block_num outside an entry with hacc.block_dim")
@@ -339,9 +274,3 @@ def cpu_emulation(text: str) -> str:
         raise ValueError("ascend cpu emulation: no entry function with hacc.block_dim")
     return "\n".join(out)
 
-
-def block_dim(text: str) -> int:
-    m = re.search(r"hacc\.block_dim = (\d+) : i64", text)
-    if not m:
-        raise ValueError("ascend matmul: module has no hacc.block_dim")
-    return int(m.group(1))

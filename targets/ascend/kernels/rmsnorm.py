@@ -15,8 +15,7 @@ Per-target syntax: the 950 tool's ``vreduce`` takes an ``unsigned_src`` attribut
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 4      # x, x^2, normalized x, y
 BUFFERING = 2       # double buffering of the tile loop
@@ -61,25 +60,24 @@ def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None
         raise ValueError(f"ascend rmsnorm: tile_rows {tr} does not divide rows {rows}")
     tiles = rows // tr
     blocks = min(tiles, s.vector_cores)
-    gm_x, gm_w = matmul.gm((rows, dim), "f32"), matmul.gm((1, dim), "f32")
-    T, C, W = hivm.tensor_t((tr, dim)), hivm.tensor_t((tr, 1)), hivm.tensor_t((1, dim))
-    b = matmul.Body()
-    w = hivm.Vector(b, soc, 2).load("%W", gm_w, [b.const(0), b.const(0)], (1, dim), dim)
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    inv = b.op("inv", f"arith.constant {1.0 / dim:e} : f32", 2)
-    epsv = b.op("eps", f"arith.constant {float(eps):e} : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    v = hivm.Vector(b, soc, 3)
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    x = v.load("%X", gm_x, [r0, b.const(0)], (tr, dim), dim)
-    ssum = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
-    mean = v.op("vmul", [ssum, inv], [C, "f32"], C)
-    root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
-    xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
-    y = v.op("vmul", [xn, w], [T, W], T, " broadcast = [0]")
-    v.store(y, "%Y", gm_x, [r0, b.const(0)], (tr, dim), dim)
-    b.emit("}", 2)
-    return matmul.function(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], b, blocks)
+    gm_x, gm_w = mlir.gm((rows, dim), "f32"), mlir.gm((1, dim), "f32")
+    T, C, W = mlir.tensor((tr, dim), "f32"), mlir.tensor((tr, 1), "f32"), mlir.tensor((1, dim), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    w = v.load("%W", gm_w, [b.const(0), b.const(0)], (1, dim), dim)
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    inv = b.op(f"arith.constant {1.0 / dim:e} : f32", "inv")
+    epsv = b.op(f"arith.constant {float(eps):e} : f32", "eps")
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
+        x = v.load("%X", gm_x, [r0, b.const(0)], (tr, dim), dim)
+        ssum = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
+        mean = v.op("vmul", [ssum, inv], [C, "f32"], C)
+        root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
+        xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
+        y = v.op("vmul", [xn, w], [T, W], T, " broadcast = [0]")
+        v.store(y, "%Y", gm_x, [r0, b.const(0)], (tr, dim), dim)
+    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks)
 
 
 def emit_split(rows: int, dim: int, soc: str, eps: float, split: tuple[int, int] | None = None,
@@ -91,31 +89,30 @@ def emit_split(rows: int, dim: int, soc: str, eps: float, split: tuple[int, int]
     if rows % tr or dim % cb:
         raise ValueError(f"ascend rmsnorm: split {tr}x{cb} does not divide x [{rows}, {dim}]")
     tiles, nblk = rows // tr, dim // cb
-    gm_x, gm_w = matmul.gm((rows, dim), "f32"), matmul.gm((1, dim), "f32")
-    T, C = hivm.tensor_t((tr, cb)), hivm.tensor_t((tr, 1))
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    inv = b.op("inv", f"arith.constant {1.0 / dim:e} : f32", 2)
-    epsv = b.op("eps", f"arith.constant {float(eps):e} : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    total = None
-    for j in range(nblk):
-        x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
-        part = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
-        total = part if total is None else v.op("vadd", [total, part], [C, C], C)
-    mean = v.op("vmul", [total, inv], [C, "f32"], C)
-    root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
-    for j in range(nblk):
-        x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
-        w = v.load("%W", gm_w, [b.const(0), b.const(j * cb)], (1, cb), dim)
-        xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
-        y = v.op("vmul", [xn, w], [T, hivm.tensor_t((1, cb))], T, " broadcast = [0]")
-        v.store(y, "%Y", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
-    b.emit("}", 2)
+    gm_x, gm_w = mlir.gm((rows, dim), "f32"), mlir.gm((1, dim), "f32")
+    T, C = mlir.tensor((tr, cb), "f32"), mlir.tensor((tr, 1), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    inv = b.op(f"arith.constant {1.0 / dim:e} : f32", "inv")
+    epsv = b.op(f"arith.constant {float(eps):e} : f32", "eps")
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
+        total = None
+        for j in range(nblk):
+            x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
+            part = v.reduce("sum", v.op("vmul", [x, x], [T, T], T), T, v.fill(zero, C), C, [1])
+            total = part if total is None else v.op("vadd", [total, part], [C, C], C)
+        mean = v.op("vmul", [total, inv], [C, "f32"], C)
+        root = v.op("vsqrt", [v.op("vadd", [mean, epsv], [C, "f32"], C)], [C], C)
+        for j in range(nblk):
+            x = v.load("%X", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
+            w = v.load("%W", gm_w, [b.const(0), b.const(j * cb)], (1, cb), dim)
+            xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
+            y = v.op("vmul", [xn, w], [T, mlir.tensor((1, cb), "f32")], T, " broadcast = [0]")
+            v.store(y, "%Y", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], b, blocks)
+    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks)
 
 
 def reference(x, w, eps: float):

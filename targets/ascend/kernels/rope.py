@@ -20,8 +20,7 @@ whose live blocks fit the UB double-buffered; tiles go round-robin over the vect
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_PAIR_TILES = 8   # x0, x1, cos, sin, two products per output, y0, y1 (half-width blocks)
 BUFFERING = 2
@@ -53,41 +52,41 @@ def emit(rows: int, dim: int, rope_dim: int, groups: int, soc: str, inverse: boo
     if (per_group > 1 and per_group % tr) or rows % tr:
         raise ValueError(f"ascend rope: tile_rows {tr} must divide the {per_group} rows of a cos/sin group")
     tiles, half, off = rows // tr, rope_dim // 2, dim - rope_dim
-    gm_x, gm_t = matmul.gm((rows, dim), "f32"), matmul.gm((groups, half), "f32")
-    H = hivm.tensor_t((tr, half))
-    pair_t = f"memref<{tr}x{half}xf32, strided<[{dim}, 2], offset: ?>, {matmul.GM}>"
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
+    gm_x, gm_t = mlir.gm((rows, dim), "f32"), mlir.gm((groups, half), "f32")
+    H = mlir.tensor((tr, half), "f32")
+    pair_t = mlir.gm((tr, half), "f32", (dim, 2), "?")
+    buf_t = mlir.memref((tr, half), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
 
-    def pair_view(mem: str, member: int) -> str:
-        return b.op("pv", f"memref.subview {mem}[{r0}, {b.const(off + member)}] [{tr}, {half}] [1, 2] : "
-                          f"{gm_x} to {pair_t}", 3)
+        def pair_view(mem: str, member: int) -> str:
+            return b.op(f"memref.subview {mem}[{r0}, {b.const(off + member)}] [{tr}, {half}] [1, 2] : "
+                        f"{gm_x} to {pair_t}", "pv")
 
-    xs = []
-    for member in (0, 1):
-        buf = b.op("buf", f"memref.alloc() : memref<{tr}x{half}xf32>", 3)
-        b.emit(f"hivm.hir.load ins({pair_view('%X', member)} : {pair_t}) outs({buf} : memref<{tr}x{half}xf32>)", 3)
-        xs.append(b.op("t", f"bufferization.to_tensor {buf} restrict writable : memref<{tr}x{half}xf32>", 3))
-    if per_group > 1:
-        g = b.op("g", f"arith.divui {r0}, {b.const(per_group)} : index", 3)
-        cs = [v.load(m, gm_t, [g, b.const(0)], (1, half), half) for m in ("%COS", "%SIN")]
-        ctypes, bc = hivm.tensor_t((1, half)), " broadcast = [0]"
-    else:
-        cs = [v.load(m, gm_t, [r0, b.const(0)], (tr, half), half) for m in ("%COS", "%SIN")]
-        ctypes, bc = H, ""
-    x0c, x1s = v.op("vmul", [xs[0], cs[0]], [H, ctypes], H, bc), v.op("vmul", [xs[1], cs[1]], [H, ctypes], H, bc)
-    x1c, x0s = v.op("vmul", [xs[1], cs[0]], [H, ctypes], H, bc), v.op("vmul", [xs[0], cs[1]], [H, ctypes], H, bc)
-    ys = ([v.op("vadd", [x0c, x1s], [H, H], H), v.op("vsub", [x1c, x0s], [H, H], H)] if inverse else
-          [v.op("vsub", [x0c, x1s], [H, H], H), v.op("vadd", [x1c, x0s], [H, H], H)])
-    for member in (0, 1):
-        b.emit(f"hivm.hir.store ins({ys[member]} : {H}) outs({pair_view('%Y', member)} : {pair_t})", 3)
-    if off:
-        v.store(v.load("%X", gm_x, [r0, b.const(0)], (tr, off), dim), "%Y", gm_x, [r0, b.const(0)], (tr, off), dim)
-    b.emit("}", 2)
+        xs = []
+        for member in (0, 1):
+            buf = b.op(f"memref.alloc() : {buf_t}", "buf")
+            b.emit(f"hivm.hir.load ins({pair_view('%X', member)} : {pair_t}) outs({buf} : {buf_t})")
+            xs.append(b.op(f"bufferization.to_tensor {buf} restrict writable : {buf_t}", "t"))
+        if per_group > 1:
+            g = b.op(f"arith.divui {r0}, {b.const(per_group)} : index", "g")
+            cs = [v.load(m, gm_t, [g, b.const(0)], (1, half), half) for m in ("%COS", "%SIN")]
+            ctypes, bc = mlir.tensor((1, half), "f32"), " broadcast = [0]"
+        else:
+            cs = [v.load(m, gm_t, [r0, b.const(0)], (tr, half), half) for m in ("%COS", "%SIN")]
+            ctypes, bc = H, ""
+        x0c, x1s = v.op("vmul", [xs[0], cs[0]], [H, ctypes], H, bc), v.op("vmul", [xs[1], cs[1]], [H, ctypes], H, bc)
+        x1c, x0s = v.op("vmul", [xs[1], cs[0]], [H, ctypes], H, bc), v.op("vmul", [xs[0], cs[1]], [H, ctypes], H, bc)
+        ys = ([v.op("vadd", [x0c, x1s], [H, H], H), v.op("vsub", [x1c, x0s], [H, H], H)] if inverse else
+              [v.op("vsub", [x0c, x1s], [H, H], H), v.op("vadd", [x1c, x0s], [H, H], H)])
+        for member in (0, 1):
+            b.emit(f"hivm.hir.store ins({ys[member]} : {H}) outs({pair_view('%Y', member)} : {pair_t})")
+        if off:
+            v.store(v.load("%X", gm_x, [r0, b.const(0)], (tr, off), dim), "%Y", gm_x, [r0, b.const(0)], (tr, off), dim)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%X", gm_x), ("%COS", gm_t), ("%SIN", gm_t), ("%Y", gm_x)], b, blocks)
+    return b.module(name, [("%X", gm_x), ("%COS", gm_t), ("%SIN", gm_t), ("%Y", gm_x)], blocks)
 
 
 def cost_counts(rows: int, dim: int, rope_dim: int, groups: int) -> dict:

@@ -13,8 +13,7 @@ Rows are cut into tiles that fit the UB with the live ``[tile_rows, experts]`` v
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 4
 BUFFERING = 2
@@ -33,34 +32,33 @@ def emit(rows: int, experts: int, soc: str, tile_rows: int | None = None, name: 
     if rows % tr:
         raise ValueError(f"ascend router scores: tile_rows {tr} does not divide rows {rows}")
     tiles = rows // tr
-    gm_v = matmul.gm((rows, experts), "f32")
-    T = hivm.tensor_t((tr, experts))
-    b = matmul.Body()
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    two = b.op("two", "arith.constant 2.000000e+00 : f32", 2)
-    coef = [b.op("c", f"arith.constant {1.0 / (2 * i + 1):.9e} : f32", 2) for i in range(ATANH_TERMS)]
-    mone = b.op("mone", "arith.constant -1.000000e+00 : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    vec = hivm.Vector(b, soc, 3)
+    gm_v = mlir.gm((rows, experts), "f32")
+    T = mlir.tensor((tr, experts), "f32")
+    b = mlir.Builder()
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    two = b.op("arith.constant 2.000000e+00 : f32", "two")
+    coef = [b.op(f"arith.constant {1.0 / (2 * i + 1):.9e} : f32", "c") for i in range(ATANH_TERMS)]
+    mone = b.op("arith.constant -1.000000e+00 : f32", "mone")
+    vec = hivm.Vector(b, soc)
 
     scalars = {zero, two, mone, *coef}
 
     def vop(op, *ins):  # element-wise over [tr, experts]; scalar operands broadcast
         return vec.op(op, list(ins), ["f32" if i in scalars else T for i in ins], T)
 
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    v = vec.load("%V", gm_v, [r0, b.const(0)], (tr, experts), experts)
-    e = vop("vexp", vop("vmul", vop("vabs", v), mone))
-    z = vop("vdiv", e, vop("vadd", e, two))
-    zz = vop("vmul", z, z)
-    poly = vec.fill(coef[ATANH_TERMS - 1], T)
-    for c in reversed(coef[:ATANH_TERMS - 1]):
-        poly = vop("vadd", vop("vmul", poly, zz), c)
-    log1p = vop("vmul", vop("vmul", z, two), poly)
-    out = vop("vsqrt", vop("vadd", vop("vmax", v, zero), log1p))
-    vec.store(out, "%S", gm_v, [r0, b.const(0)], (tr, experts), experts)
-    b.emit("}", 2)
-    return matmul.function(name, [("%V", gm_v), ("%S", gm_v)], b, min(tiles, cost.soc(soc).vector_cores))
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
+        v = vec.load("%V", gm_v, [r0, b.const(0)], (tr, experts), experts)
+        e = vop("vexp", vop("vmul", vop("vabs", v), mone))
+        z = vop("vdiv", e, vop("vadd", e, two))
+        zz = vop("vmul", z, z)
+        poly = vec.fill(coef[ATANH_TERMS - 1], T)
+        for c in reversed(coef[:ATANH_TERMS - 1]):
+            poly = vop("vadd", vop("vmul", poly, zz), c)
+        log1p = vop("vmul", vop("vmul", z, two), poly)
+        out = vop("vsqrt", vop("vadd", vop("vmax", v, zero), log1p))
+        vec.store(out, "%S", gm_v, [r0, b.const(0)], (tr, experts), experts)
+    return b.module(name, [("%V", gm_v), ("%S", gm_v)], min(tiles, cost.soc(soc).vector_cores))
 
 
 def reference(v):

@@ -21,8 +21,9 @@ Tiling: the largest divisor of rows whose ``LIVE_TILES`` ``[tile_rows, D]`` bloc
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+import math
+
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 4      # out, acc_p, acc_p * w, the new out
 BUFFERING = 2
@@ -44,32 +45,31 @@ def emit(rows: int, splits: int, head_dim: int, soc: str, tile_rows: int | None 
         raise ValueError(f"ascend sink combine: tile_rows {tr} does not divide rows {rows}")
     tiles = rows // tr
     P, D = splits, head_dim
-    gm_ml, gm_acc, gm_out = matmul.gm((rows, P), "f32"), matmul.gm((P * rows, D), "f32"), matmul.gm((rows, D), "f32")
-    TP, TC, TD = hivm.tensor_t((tr, P)), hivm.tensor_t((tr, 1)), hivm.tensor_t((tr, D))
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    ninf = b.op("ninf", f"arith.constant {hivm.NEG_INF} : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    m = v.load("%M", gm_ml, [r0, b.const(0)], (tr, P), P)
-    l_ = v.load("%L", gm_ml, [r0, b.const(0)], (tr, P), P)
-    mx = v.reduce("max", m, TP, v.fill(ninf, TC), TC, [1])
-    # a broadcast of [tr, 1] onto itself breaks the 950 tool (tests/ascend_regressions/vector_unit_broadcast_a5.mlir)
-    e = v.op("vexp", [v.op("vsub", [m, mx], [TP, TC], TP, " broadcast = [1]" if P > 1 else "")], [TP], TP)
-    total = v.reduce("sum", v.op("vmul", [l_, e], [TP, TP], TP), TP, v.fill(zero, TC), TC, [1])
-    out = v.fill(zero, TD)
-    for p in range(P):
-        mp = v.load("%M", gm_ml, [r0, b.const(p)], (tr, 1), P)
-        ep = v.op("vexp", [v.op("vsub", [mp, mx], [TC, TC], TC)], [TC], TC)
-        wp = v.op("vdiv", [ep, total], [TC, TC], TC)
-        ar = b.op("ar", f"arith.addi {r0}, {b.const(p * rows)} : index", 3)
-        acc = v.load("%ACC", gm_acc, [ar, b.const(0)], (tr, D), D)
-        out = v.op("vadd", [out, v.op("vmul", [acc, wp], [TD, TC], TD, " broadcast = [1]")], [TD, TD], TD)
-    v.store(out, "%OUT", gm_out, [r0, b.const(0)], (tr, D), D)
-    b.emit("}", 2)
+    gm_ml, gm_acc, gm_out = mlir.gm((rows, P), "f32"), mlir.gm((P * rows, D), "f32"), mlir.gm((rows, D), "f32")
+    TP, TC, TD = mlir.tensor((tr, P), "f32"), mlir.tensor((tr, 1), "f32"), mlir.tensor((tr, D), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    ninf = b.op(f"arith.constant {mlir.float_literal(-math.inf, 'f32')} : f32", "ninf")
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
+        m = v.load("%M", gm_ml, [r0, b.const(0)], (tr, P), P)
+        l_ = v.load("%L", gm_ml, [r0, b.const(0)], (tr, P), P)
+        mx = v.reduce("max", m, TP, v.fill(ninf, TC), TC, [1])
+        # a broadcast of [tr, 1] onto itself breaks the 950 tool (tests/ascend_regressions/vector_unit_broadcast_a5.mlir)
+        e = v.op("vexp", [v.op("vsub", [m, mx], [TP, TC], TP, " broadcast = [1]" if P > 1 else "")], [TP], TP)
+        total = v.reduce("sum", v.op("vmul", [l_, e], [TP, TP], TP), TP, v.fill(zero, TC), TC, [1])
+        out = v.fill(zero, TD)
+        for p in range(P):
+            mp = v.load("%M", gm_ml, [r0, b.const(p)], (tr, 1), P)
+            ep = v.op("vexp", [v.op("vsub", [mp, mx], [TC, TC], TC)], [TC], TC)
+            wp = v.op("vdiv", [ep, total], [TC, TC], TC)
+            ar = b.op(f"arith.addi {r0}, {b.const(p * rows)} : index", "ar")
+            acc = v.load("%ACC", gm_acc, [ar, b.const(0)], (tr, D), D)
+            out = v.op("vadd", [out, v.op("vmul", [acc, wp], [TD, TC], TD, " broadcast = [1]")], [TD, TD], TD)
+        v.store(out, "%OUT", gm_out, [r0, b.const(0)], (tr, D), D)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%M", gm_ml), ("%L", gm_ml), ("%ACC", gm_acc), ("%OUT", gm_out)], b, blocks)
+    return b.module(name, [("%M", gm_ml), ("%L", gm_ml), ("%ACC", gm_acc), ("%OUT", gm_out)], blocks)
 
 
 def reference(m, l_, acc):

@@ -18,8 +18,9 @@ split-K path (``sink_combine``).
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+import math
+
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 4       # s, z, z - M / its exp, p
 BUFFERING = 2
@@ -39,30 +40,29 @@ def emit(heads: int, entries: int, scale: float, soc: str, tile_rows: int | None
         raise ValueError(f"ascend sink softmax: tile_rows {tr} does not divide heads {heads}")
     tiles = heads // tr
     n = entries
-    gm_s, gm_b, gm_k = matmul.gm((heads, n), "f32"), matmul.gm((1, n), "f32"), matmul.gm((heads, 1), "f32")
-    T, TC, TB = hivm.tensor_t((tr, n)), hivm.tensor_t((tr, 1)), hivm.tensor_t((1, n))
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    zero = b.op("zero", "arith.constant 0.000000e+00 : f32", 2)
-    ninf = b.op("ninf", f"arith.constant {hivm.NEG_INF} : f32", 2)
-    sc = b.op("scale", f"arith.constant {float(scale):.9e} : f32", 2)
-    bias = hivm.Vector(b, soc, 2).load("%B", gm_b, [b.const(0), b.const(0)], (1, n), n)
-    task = matmul.emit_block_loop(b, b.const(tiles), 2)
-    r0 = b.op("r0", f"arith.muli {task}, {b.const(tr)} : index", 3)
-    s = v.load("%S", gm_s, [r0, b.const(0)], (tr, n), n)
-    sink = v.load("%K", gm_k, [r0, b.const(0)], (tr, 1), 1)
-    z = v.op("vadd", [v.op("vmul", [s, sc], [T, "f32"], T), bias], [T, TB], T, " broadcast = [0]")
-    mz = v.reduce("max", z, T, v.fill(ninf, TC), TC, [1])
-    mx = v.op("vmax", [mz, sink], [TC, TC], TC)
-    e = v.op("vexp", [v.op("vsub", [z, mx], [T, TC], T, " broadcast = [1]")], [T], T)
-    total = v.reduce("sum", e, T, v.fill(zero, TC), TC, [1])
-    es = v.op("vexp", [v.op("vsub", [sink, mx], [TC, TC], TC)], [TC], TC)
-    den = v.op("vadd", [total, es], [TC, TC], TC)
-    p = v.op("vdiv", [e, den], [T, TC], T, " broadcast = [1]")
-    v.store(p, "%P", gm_s, [r0, b.const(0)], (tr, n), n)
-    b.emit("}", 2)
+    gm_s, gm_b, gm_k = mlir.gm((heads, n), "f32"), mlir.gm((1, n), "f32"), mlir.gm((heads, 1), "f32")
+    T, TC, TB = mlir.tensor((tr, n), "f32"), mlir.tensor((tr, 1), "f32"), mlir.tensor((1, n), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    zero = b.op("arith.constant 0.000000e+00 : f32", "zero")
+    ninf = b.op(f"arith.constant {mlir.float_literal(-math.inf, 'f32')} : f32", "ninf")
+    sc = b.op(f"arith.constant {float(scale):.9e} : f32", "scale")
+    bias = v.load("%B", gm_b, [b.const(0), b.const(0)], (1, n), n)
+    with hivm.block_loop(b, b.const(tiles)) as task:
+        r0 = b.op(f"arith.muli {task}, {b.const(tr)} : index", "r0")
+        s = v.load("%S", gm_s, [r0, b.const(0)], (tr, n), n)
+        sink = v.load("%K", gm_k, [r0, b.const(0)], (tr, 1), 1)
+        z = v.op("vadd", [v.op("vmul", [s, sc], [T, "f32"], T), bias], [T, TB], T, " broadcast = [0]")
+        mz = v.reduce("max", z, T, v.fill(ninf, TC), TC, [1])
+        mx = v.op("vmax", [mz, sink], [TC, TC], TC)
+        e = v.op("vexp", [v.op("vsub", [z, mx], [T, TC], T, " broadcast = [1]")], [T], T)
+        total = v.reduce("sum", e, T, v.fill(zero, TC), TC, [1])
+        es = v.op("vexp", [v.op("vsub", [sink, mx], [TC, TC], TC)], [TC], TC)
+        den = v.op("vadd", [total, es], [TC, TC], TC)
+        p = v.op("vdiv", [e, den], [T, TC], T, " broadcast = [1]")
+        v.store(p, "%P", gm_s, [r0, b.const(0)], (tr, n), n)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%S", gm_s), ("%B", gm_b), ("%K", gm_k), ("%P", gm_s)], b, blocks)
+    return b.module(name, [("%S", gm_s), ("%B", gm_b), ("%K", gm_k), ("%P", gm_s)], blocks)
 
 
 def reference(s, bias, sinks, scale: float):

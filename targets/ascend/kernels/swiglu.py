@@ -15,8 +15,7 @@ Tasks go round-robin over the vector cores (``get_block_idx`` / ``get_block_num`
 
 from __future__ import annotations
 
-from tide.targets.ascend import cost, hivm
-from tide.targets.ascend.kernels import matmul
+from tide.targets.ascend import cost, hivm, mlir
 
 LIVE_TILES = 6         # g, u, the silu chain (two at a time), clipped u, product
 BUFFERING = 2
@@ -44,34 +43,33 @@ def emit(rows: int, inter: int, limit: float, soc: str, tiling: tuple[int, int] 
         raise ValueError(f"ascend swiglu: tile {tr}x{tc} does not divide h [{rows}, {inter}]")
     col_tiles = inter // tc
     tasks = rows // tr * col_tiles
-    gm_gu, gm_w = matmul.gm((rows, 2 * inter), "f32"), matmul.gm((rows, 1), "f32")
-    gm_h = matmul.gm((rows, inter), "f32")
-    T = hivm.tensor_t((tr, tc))
-    b = matmul.Body()
-    v = hivm.Vector(b, soc, 3)
-    one = b.op("one", "arith.constant 1.000000e+00 : f32", 2)
-    mone = b.op("mone", "arith.constant -1.000000e+00 : f32", 2)
-    lim = b.op("lim", f"arith.constant {float(limit):e} : f32", 2)
-    nlim = b.op("nlim", f"arith.constant {-float(limit):e} : f32", 2)
-    task = matmul.emit_block_loop(b, b.const(tasks), 2)
-    r0, c0 = matmul.tile_origin(b, task, col_tiles, tr, tc, 3)
-    cu = b.op("cu", f"arith.addi {c0}, {b.const(inter)} : index", 3)
-    g = v.load("%GU", gm_gu, [r0, c0], (tr, tc), 2 * inter)
-    u = v.load("%GU", gm_gu, [r0, cu], (tr, tc), 2 * inter)
-    w = v.load("%RW", gm_w, [r0, b.const(0)], (tr, 1), 1)
-    gc = v.op("vmin", [g, lim], [T, "f32"], T)
-    ng = v.op("vmul", [gc, mone], [T, "f32"], T)
-    ex = v.op("vexp", [ng], [T], T)
-    den = v.op("vadd", [ex, one], [T, "f32"], T)
-    sg = v.op("vdiv", [gc, den], [T, T], T)
-    u1 = v.op("vmin", [u, lim], [T, "f32"], T)
-    uc = v.op("vmax", [u1, nlim], [T, "f32"], T)
-    p = v.op("vmul", [sg, uc], [T, T], T)
-    h = v.op("vmul", [p, w], [T, hivm.tensor_t((tr, 1))], T, " broadcast = [1]")
-    v.store(h, "%H", gm_h, [r0, c0], (tr, tc), inter)
-    b.emit("}", 2)
+    gm_gu, gm_w = mlir.gm((rows, 2 * inter), "f32"), mlir.gm((rows, 1), "f32")
+    gm_h = mlir.gm((rows, inter), "f32")
+    T = mlir.tensor((tr, tc), "f32")
+    b = mlir.Builder()
+    v = hivm.Vector(b, soc)
+    one = b.op("arith.constant 1.000000e+00 : f32", "one")
+    mone = b.op("arith.constant -1.000000e+00 : f32", "mone")
+    lim = b.op(f"arith.constant {float(limit):e} : f32", "lim")
+    nlim = b.op(f"arith.constant {-float(limit):e} : f32", "nlim")
+    with hivm.block_loop(b, b.const(tasks)) as task:
+        r0, c0 = hivm.tile_origin(b, task, col_tiles, tr, tc)
+        cu = b.op(f"arith.addi {c0}, {b.const(inter)} : index", "cu")
+        g = v.load("%GU", gm_gu, [r0, c0], (tr, tc), 2 * inter)
+        u = v.load("%GU", gm_gu, [r0, cu], (tr, tc), 2 * inter)
+        w = v.load("%RW", gm_w, [r0, b.const(0)], (tr, 1), 1)
+        gc = v.op("vmin", [g, lim], [T, "f32"], T)
+        ng = v.op("vmul", [gc, mone], [T, "f32"], T)
+        ex = v.op("vexp", [ng], [T], T)
+        den = v.op("vadd", [ex, one], [T, "f32"], T)
+        sg = v.op("vdiv", [gc, den], [T, T], T)
+        u1 = v.op("vmin", [u, lim], [T, "f32"], T)
+        uc = v.op("vmax", [u1, nlim], [T, "f32"], T)
+        p = v.op("vmul", [sg, uc], [T, T], T)
+        h = v.op("vmul", [p, w], [T, mlir.tensor((tr, 1), "f32")], T, " broadcast = [1]")
+        v.store(h, "%H", gm_h, [r0, c0], (tr, tc), inter)
     blocks = min(tasks, cost.soc(soc).vector_cores)
-    return matmul.function(name, [("%GU", gm_gu), ("%RW", gm_w), ("%H", gm_h)], b, blocks)
+    return b.module(name, [("%GU", gm_gu), ("%RW", gm_w), ("%H", gm_h)], blocks)
 
 
 def reference(gu, row_weight, limit: float):
