@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tide.compiler.errors import CompileError
-from tide.targets.ascend import codegen, cores, cpu_runner, toolchain
+from tide.targets.ascend import codegen, cores, cpu_runner, mlir, toolchain
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_cpu_runner = pytest.mark.skipif(toolchain.missing_cpu_runner() is not None,
@@ -120,11 +120,11 @@ def test_cpu_runner_catches_a_planted_bug(kernel_text):
 
 
 def test_float_literals_are_exact():
-    assert codegen._float_literal(1.0, "f32") == "0x3F800000"
-    assert codegen._float_literal(-math.inf, "f32") == "0xFF800000"
-    assert codegen._float_literal(math.inf, "bf16") == "0x7F80"
-    assert codegen._float_literal(0.1, "f32") == "0x3DCCCCCD"  # float32(0.1), not float64's
-    assert codegen._float_literal(1e-6, "f64") == "0x3EB0C6F7A0B5ED8D"
+    assert mlir.float_literal(1.0, "f32") == "0x3F800000"
+    assert mlir.float_literal(-math.inf, "f32") == "0xFF800000"
+    assert mlir.float_literal(math.inf, "bf16") == "0x7F80"
+    assert mlir.float_literal(0.1, "f32") == "0x3DCCCCCD"  # float32(0.1), not float64's
+    assert mlir.float_literal(1e-6, "f64") == "0x3EB0C6F7A0B5ED8D"
 
 
 def test_unsupported_construct_names_kernel_and_construct():

@@ -28,14 +28,9 @@ import math
 from dataclasses import dataclass
 
 from ...compiler.errors import CompileError
-from . import cost, mlir
+from . import cost, hivm, mlir
 from . import vector_loops as _vector
-
-GM = "#hivm.address_space<gm>"
-UB = "#hivm.address_space<ub>"
-
-_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16", "float64": "f64", "int64": "i64",
-           "int32": "i32", "int16": "i16", "int8": "i8", "bool": "i1"}
+from .mlir import Unsupported
 
 _MATH = {"tirx.exp": "math.exp", "tirx.log": "math.log", "tirx.sqrt": "math.sqrt", "tirx.rsqrt": "math.rsqrt",
          "tirx.tanh": "math.tanh", "tirx.sin": "math.sin", "tirx.cos": "math.cos", "tirx.fabs": "math.absf",
@@ -52,17 +47,6 @@ class Kernel:
     text: str
     block_dim: int
     args: list  # "ptr" | "i64" per argument
-
-
-class _Unsupported(Exception):
-    pass
-
-
-def mlir_type(dtype: str, what: str) -> str:
-    if dtype not in _DTYPES:
-        raise _Unsupported(f"{what} has dtype {dtype}, which the Ascend target does not take "
-                           f"(supported: {', '.join(_DTYPES)})")
-    return _DTYPES[dtype]
 
 
 def unit_of(text: str) -> str:
@@ -100,24 +84,23 @@ def translate(name: str, func, soc: str) -> Kernel:
     try:
         hand = _hand_written(name, func, soc)
         return hand if hand is not None else _Translator(name, lower_to_loops(func), soc).run()
-    except _Unsupported as err:
+    except Unsupported as err:
         raise CompileError(f"ascend codegen: kernel '{name}': {err}") from None
 
 
 def _param_types(func) -> list:
-    return [(memref_type(p, GM), "ptr") if _is_buffer(p) else ("i64", "i64") for p in func.params]
+    """(entry argument type, argument kind) per parameter of ``func``, as the plan passes them."""
+    return [(memref_type(p, mlir.GM), "ptr") if _is_buffer(p) else ("i64", "i64") for p in func.params]
 
 
-def memref_type(buf, space: str | None) -> str:
-    """The MLIR memref type of TIR buffer ``buf`` (static shape) in address space ``space``."""
+def memref_type(buf, space: str | None) -> mlir.MemRef:
+    """The memref type of TIR buffer ``buf`` (static shape) in address space ``space``."""
     dims = []
     for d in buf.shape:
         if not isinstance(d, int) and not hasattr(d, "value"):
-            raise _Unsupported(f"buffer '{buf.name}' has a dynamic shape ({d})")
-        dims.append(str(int(d)))
-    elem = mlir_type(str(buf.dtype), f"buffer '{buf.name}'")
-    shape = "x".join(dims + [elem])
-    return f"memref<{shape}, {space}>" if space else f"memref<{shape}>"
+            raise Unsupported(f"buffer '{buf.name}' has a dynamic shape ({d})")
+        dims.append(int(d))
+    return mlir.memref(dims, mlir.elem(str(buf.dtype), f"buffer '{buf.name}'"), space)
 
 
 def _hand_written(name: str, func, soc: str) -> Kernel | None:
@@ -143,7 +126,7 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
     else:
         return None
     types = _param_types(func)
-    return Kernel(name, adapt_entry(text, [t for t, _ in types]), mlir.block_dim(text), [k for _, k in types])
+    return Kernel(name, adapt_entry(text, [str(t) for t, _ in types]), mlir.block_dim(text), [k for _, k in types])
 
 
 def _gemm_shape(func):
@@ -227,7 +210,7 @@ def adapt_entry(text: str, types: list) -> str:
     m = re.search(r"func\.func @\w+\((.*?)\) attributes", text)
     params = [p.split(": ", 1) for p in re.split(r", (?=%)", m.group(1))]
     if len(params) != len(types):
-        raise _Unsupported(f"the hand-written kernel takes {len(params)} arguments, the plan {len(types)}")
+        raise Unsupported(f"the hand-written kernel takes {len(params)} arguments, the plan {len(types)}")
     head, prologue = [], []
     for (ssa, have), want in zip(params, types):
         if have == want:
@@ -235,11 +218,11 @@ def adapt_entry(text: str, types: list) -> str:
             continue
         shape_have, shape_want = _shape(have), _shape(want)
         if _elem(have) != _elem(want) or math.prod(shape_have) != math.prod(shape_want):
-            raise _Unsupported(f"argument {ssa}: the kernel takes {have}, the plan passes {want}")
+            raise Unsupported(f"argument {ssa}: the kernel takes {have}, the plan passes {want}")
         cur, cur_t = f"{ssa}_plan", want
         head.append(f"{cur}: {want}")
         if len(shape_want) != 1:
-            flat_t = f"memref<{math.prod(shape_want)}x{_elem(want)}, {GM}>"
+            flat_t = f"memref<{math.prod(shape_want)}x{_elem(want)}, {mlir.GM}>"
             groups = "[[" + ", ".join(map(str, range(len(shape_want)))) + "]]"
             prologue.append(f"    {ssa}_flat = memref.collapse_shape {cur} {groups} : {cur_t} into {flat_t}")
             cur, cur_t = f"{ssa}_flat", flat_t
@@ -272,79 +255,31 @@ def _is_buffer(var) -> bool:
     return isinstance(getattr(var, "ty", None), BufferType)
 
 
-def _is_float(t: str) -> bool:
-    return t in ("f32", "f16", "bf16", "f64")
+class _Translator(mlir.Builder):
+    """One PrimFunc (lowered to loops) written as a kernel module."""
 
-
-def _float_literal(value: float, t: str) -> str:
-    """``value`` rounded to ``t`` as MLIR's exact hexadecimal float literal."""
-    import numpy as np
-
-    if t == "bf16":
-        import ml_dtypes
-
-        return f"0x{int(np.array(value, ml_dtypes.bfloat16).view(np.uint16)):04X}"
-    np_t, int_t, width = {"f16": (np.float16, np.uint16, 4), "f32": (np.float32, np.uint32, 8),
-                          "f64": (np.float64, np.uint64, 16)}[t]
-    with np.errstate(over="ignore"):
-        return f"0x{int(np.array(value, np_t).view(int_t)):0{width}X}"
-
-
-class _Translator:
     def __init__(self, name: str, func, soc: str):
+        super().__init__()
         self.name, self.func, self.soc = name, func, soc
-        self.lines: list[str] = []
-        self.count = 0
         self.vals: dict = {}      # tirx.Var -> (ssa, mlir type): scalars, loop variables as integers
         self.index: dict = {}     # tirx.Var -> ssa of type index (loop variables)
-        self.bufs: dict = {}      # buffer Var -> (ssa, memref type)
-        self.consts: dict = {}    # (text, type) -> ssa, emitted at the top of the function
-        self.const_lines: list[str] = []
-        self.alloc_lines: list[str] = []  # local buffers, allocated once at the function's entry
+        self.bufs: dict = {}      # buffer Var -> (ssa, mlir.MemRef)
         self.pool: dict = {}  # vector loops' UB temporaries: length -> [ssa], shared by the loops
-        self.ind = 2
-
-    # -- emission helpers ----------------------------------------------------------------------
-    def fresh(self, hint: str = "v") -> str:
-        self.count += 1
-        return f"%{hint}{self.count}"
-
-    def emit(self, line: str):
-        self.lines.append("  " * self.ind + line)
-
-    def op(self, rhs: str, hint: str = "v") -> str:
-        ssa = self.fresh(hint)
-        self.emit(f"{ssa} = {rhs}")
-        return ssa
-
-    def const(self, text, t: str) -> str:
-        key = (str(text), t)
-        if key not in self.consts:
-            ssa = f"%c{len(self.consts)}"
-            self.consts[key] = ssa
-            typed = "" if t == "i1" else f" : {t}"  # true / false carry their type
-            self.const_lines.append(f"    {ssa} = arith.constant {text}{typed}")
-        return self.consts[key]
-
-    def iconst(self, v: int) -> str:
-        return self.const(int(v), "index")
 
     # -- entry ---------------------------------------------------------------------------------
     def run(self) -> Kernel:
         args, kinds = [], []
         for i, p in enumerate(self.func.params):
+            ssa = f"%arg{i}"
             if _is_buffer(p):
-                buf = p
-                self._check_dense(buf)
-                t = memref_type(buf, GM)
-                ssa = f"%arg{i}"
-                self.bufs[buf] = (ssa, t)
-                args.append(f"{ssa}: {t}")
+                self._check_dense(p)
+                t = memref_type(p, mlir.GM)
+                self.bufs[p] = (ssa, t)
+                args.append((ssa, t))
                 kinds.append("ptr")
             else:
-                t = mlir_type(_dtype(p), f"scalar parameter '{p.name}'")
-                ssa = f"%arg{i}"
-                args.append(f"{ssa}: i64")
+                t = mlir.elem(_dtype(p), f"scalar parameter '{p.name}'")
+                args.append((ssa, "i64"))
                 kinds.append("i64")
                 self.vals[p] = (ssa if t == "i64" else self.op(f"arith.trunci {ssa} : i64 to {t}"), t)
         loop = self._row_loop(self.func.body)
@@ -354,10 +289,7 @@ class _Translator:
         else:
             blocks = max(1, min(int(loop.extent), cost.soc(self.soc).vector_cores))
             self._outer(self.func.body, loop)
-        head = (f"  func.func @{self.name}({', '.join(args)}) attributes {{hacc.entry, hacc.function_kind = "
-                f"#hacc.function_kind<DEVICE>, hacc.block_dim = {blocks} : i64}} {{")
-        text = "\n".join(["module {", head, *self.const_lines, *self.alloc_lines, *self.lines, "    return", "  }", "}", ""])
-        return Kernel(self.name, text, blocks, kinds)
+        return Kernel(self.name, self.module(self.name, args, blocks), blocks, kinds)
 
     def _row_loop(self, body):
         """The parallel loop the whole body consists of (through allocations and bindings), or None."""
@@ -384,17 +316,14 @@ class _Translator:
         from tvm import tirx
 
         if body.same_as(loop):
-            bid = self.op("hivm.hir.get_block_idx -> i64", "bid")
-            bidx = self.op(f"arith.index_cast {bid} : i64 to index", "bidx")
-            bnum = self.op("hivm.hir.get_block_num -> i64", "bnum")
-            bnumx = self.op(f"arith.index_cast {bnum} : i64 to index", "bnumx")
-            self._for(loop, bidx, self.iconst(int(loop.extent)), bnumx)
+            with hivm.block_loop(self, self.const(int(loop.extent)), "i") as iv:
+                self._loop_body(loop, iv)
         elif isinstance(body, tirx.SeqStmt):
             self._seq(body.seq, lambda s: self._outer(s, loop) if self._contains(s, loop) else self.stmt(s))
         elif isinstance(body, tirx.AttrStmt):
             self._outer(body.body, loop)
         else:
-            raise _Unsupported(f"unexpected {type(body).__name__} around the row loop")
+            raise Unsupported(f"unexpected {type(body).__name__} around the row loop")
 
     @staticmethod
     def _contains(stmt, loop) -> bool:
@@ -413,20 +342,20 @@ class _Translator:
     # -- buffers -------------------------------------------------------------------------------
     def _check_dense(self, buf):
         if buf.strides and len(buf.strides):
-            raise _Unsupported(f"buffer '{buf.name}' has explicit strides")
+            raise Unsupported(f"buffer '{buf.name}' has explicit strides")
         if int(getattr(buf.elem_offset, "value", -1)) != 0:
-            raise _Unsupported(f"buffer '{buf.name}' has an element offset")
+            raise Unsupported(f"buffer '{buf.name}' has an element offset")
 
     def _view(self, s):
         """``DeclBuffer`` of a view over another buffer's data: a ``memref.reinterpret_cast`` with the
         view's shape, row-major strides and element offset."""
         src = s.data.args[0] if hasattr(s.data, "op") and str(s.data.op.name) == "tirx.buffer_data" else None
         if src is None or src not in self.bufs:
-            raise _Unsupported(f"buffer '{s.buffer.name}' is declared over data that is no buffer's")
+            raise Unsupported(f"buffer '{s.buffer.name}' is declared over data that is no buffer's")
         if s.buffer.strides and len(s.buffer.strides):
-            raise _Unsupported(f"view '{s.buffer.name}' has explicit strides")
+            raise Unsupported(f"view '{s.buffer.name}' has explicit strides")
         if str(s.buffer.dtype) != str(src.dtype):
-            raise _Unsupported(f"view '{s.buffer.name}' reinterprets {src.dtype} as {s.buffer.dtype}")
+            raise Unsupported(f"view '{s.buffer.name}' reinterprets {src.dtype} as {s.buffer.dtype}")
         ssa, src_t = self.bufs[src]
         shape = [int(d) for d in s.buffer.shape]
         strides = [1] * len(shape)
@@ -434,18 +363,16 @@ class _Translator:
             strides[i] = strides[i + 1] * shape[i + 1]
         offset = int(getattr(s.buffer.elem_offset, "value", -1))
         if offset < 0:
-            raise _Unsupported(f"view '{s.buffer.name}' has a dynamic element offset")
-        space = f", {GM}" if GM in src_t else ""
-        elem = mlir_type(str(s.buffer.dtype), f"view '{s.buffer.name}'")
-        t = (f"memref<{'x'.join(map(str, shape))}x{elem}, strided<[{', '.join(map(str, strides))}], "
-             f"offset: {offset}>{space}>")
+            raise Unsupported(f"view '{s.buffer.name}' has a dynamic element offset")
+        t = mlir.memref(shape, mlir.elem(str(s.buffer.dtype), f"view '{s.buffer.name}'"),
+                        mlir.GM if src_t.space == mlir.GM else None, strides, offset)
         view = self.op(f"memref.reinterpret_cast {ssa} to offset: [{offset}], sizes: [{', '.join(map(str, shape))}],"
                        f" strides: [{', '.join(map(str, strides))}] : {src_t} to {t}", "view")
         self.bufs[s.buffer] = (view, t)
 
     def _buffer(self, buf):
         if buf not in self.bufs:
-            raise _Unsupported(f"buffer '{buf.name}' is used outside its allocation")
+            raise Unsupported(f"buffer '{buf.name}' is used outside its allocation")
         return self.bufs[buf]
 
     # -- statements ----------------------------------------------------------------------------
@@ -459,10 +386,8 @@ class _Translator:
         for s in stmts:
             if isinstance(s, tirx.AllocBuffer):
                 self._check_dense(s.buffer)
-                t = memref_type(s.buffer, UB)
-                ssa = f"%buf{len(self.alloc_lines)}"
-                self.alloc_lines.append(f"    {ssa} = memref.alloc() : {t}")
-                self.bufs[s.buffer] = (ssa, t)
+                t = memref_type(s.buffer, mlir.UB)
+                self.bufs[s.buffer] = (self.alloc(t), t)
             else:
                 each(s)
 
@@ -482,64 +407,62 @@ class _Translator:
             self.emit(f"memref.store {value}, {ssa}[{idx}] : {t}")
         elif isinstance(s, tirx.For):
             if not _vector.emit_loop(self, s):
-                self._for(s, self.idx(s.min), self._add_idx(s.min, s.extent), self.iconst(1) if s.step is None
+                self._for(s, self.idx(s.min), self._add_idx(s.min, s.extent), self.const(1) if s.step is None
                           else self.idx(s.step))
         elif isinstance(s, tirx.IfThenElse):
             cond = self.expr(s.condition)
             self.emit(f"scf.if {cond} {{")
-            self._nested(s.then_case)
+            self._scoped(s.then_case)
             if s.else_case is not None:
                 self.emit("} else {")
-                self._nested(s.else_case)
+                self._scoped(s.else_case)
             self.emit("}")
         elif isinstance(s, (tirx.Bind, tirx.LetStmt)):
-            self.vals[s.var] = (self.expr(s.value), mlir_type(_dtype(s.var), f"variable '{s.var.name}'"))
+            self.vals[s.var] = (self.expr(s.value), mlir.elem(_dtype(s.var), f"variable '{s.var.name}'"))
         elif isinstance(s, tirx.AttrStmt):
             self.stmt(s.body)
         elif isinstance(s, tirx.While):
             self._while(s)
         elif isinstance(s, tirx.Evaluate):
             if not isinstance(s.value, tirx.IntImm):
-                raise _Unsupported(f"statement evaluating {s.value} (only constants are no-ops)")
+                raise Unsupported(f"statement evaluating {s.value} (only constants are no-ops)")
         else:
-            raise _Unsupported(f"statement {type(s).__name__} is not supported")
+            raise Unsupported(f"statement {type(s).__name__} is not supported")
 
-    def _nested(self, body):
-        self.ind += 1
+    def _scoped(self, body):
+        """Emits ``body`` one level deeper, its bindings local to it."""
         saved = dict(self.vals), dict(self.index)
-        self.stmt(body)
+        with self.nested():
+            self.stmt(body)
         self.vals, self.index = saved
-        self.ind -= 1
 
     def _add_idx(self, a, b) -> str:
         from tvm import tirx
 
         if isinstance(a, tirx.IntImm) and isinstance(b, tirx.IntImm):
-            return self.iconst(int(a) + int(b))
+            return self.const(int(a) + int(b))
         return self.op(f"arith.addi {self.idx(a)}, {self.idx(b)} : index")
 
     def _for(self, loop, lo: str, hi: str, step: str):
         iv = self.fresh("i")
-        self.emit(f"scf.for {iv} = {lo} to {hi} step {step} {{")
-        self.ind += 1
+        with self.region(f"scf.for {iv} = {lo} to {hi} step {step} {{"):
+            self._loop_body(loop, iv)
+
+    def _loop_body(self, loop, iv: str):
+        """Emits ``loop``'s body with its loop variable bound to ``iv``."""
         saved = dict(self.vals), dict(self.index)
         self.index[loop.loop_var] = iv
         self.stmt(loop.body)
         self.vals, self.index = saved
-        self.ind -= 1
-        self.emit("}")
 
     def _while(self, s):
         self.emit("scf.while : () -> () {")
-        self.ind += 1
-        cond = self.expr(s.condition)
-        self.emit(f"scf.condition({cond})")
-        self.ind -= 1
+        with self.nested():
+            self.emit(f"scf.condition({self.expr(s.condition)})")
         self.emit("} do {")
-        self._nested(s.body)
-        self.ind += 1
-        self.emit("scf.yield")
-        self.ind -= 1
+        self._scoped(s.body)
+        with self.nested():
+            self.emit("scf.yield")
         self.emit("}")
 
     # -- expressions ---------------------------------------------------------------------------
@@ -548,7 +471,7 @@ class _Translator:
         from tvm import tirx
 
         if isinstance(e, tirx.IntImm):
-            return self.iconst(int(e))
+            return self.const(int(e))
         if isinstance(e, tirx.Var) and e in self.index:
             return self.index[e]
         ops = {tirx.Add: "arith.addi", tirx.Sub: "arith.subi", tirx.Mul: "arith.muli", tirx.Min: "arith.minsi",
@@ -566,7 +489,7 @@ class _Translator:
         return self.op(f"arith.index_cast {v} : {self.type_of(e)} to index")
 
     def type_of(self, e) -> str:
-        return mlir_type(_dtype(e), f"expression {e}")
+        return mlir.elem(_dtype(e), f"expression {e}")
 
     def expr(self, e) -> str:
         from tvm import tirx
@@ -577,13 +500,13 @@ class _Translator:
             v = int(e)
             return self.const("true" if v else "false", "i1") if t == "i1" else self.const(v, t)
         if isinstance(e, tirx.FloatImm):
-            return self.const(_float_literal(float(e.value), t), t)
+            return self.const(mlir.float_literal(float(e.value), t), t)
         if isinstance(e, tirx.Var):
             if e in self.vals:
                 return self.vals[e][0]
             if e in self.index:
                 return self.op(f"arith.index_cast {self.index[e]} : index to {t}")
-            raise _Unsupported(f"variable '{e.name}' is not bound")
+            raise Unsupported(f"variable '{e.name}' is not bound")
         if isinstance(e, TensorLoad):
             ssa, mt = self._buffer(e.source)
             idx = ", ".join(self.idx(i) for i in e.indices)
@@ -604,7 +527,7 @@ class _Translator:
         binary = self.binary(e, t)
         if binary is not None:
             return binary
-        raise _Unsupported(f"expression {type(e).__name__} ({e}) is not supported")
+        raise Unsupported(f"expression {type(e).__name__} ({e}) is not supported")
 
     def binary(self, e, t: str):
         from tvm import tirx
@@ -618,14 +541,14 @@ class _Translator:
         if type(e) in cmp:
             at = self.type_of(e.a)
             a, b = self.expr(e.a), self.expr(e.b)
-            if _is_float(at):
+            if mlir.is_float(at):
                 return self.op(f"arith.cmpf {cmp[type(e)][1]}, {a}, {b} : {at}")
             return self.op(f"arith.cmpi {cmp[type(e)][0]}, {a}, {b} : {at}")
         bits = {tirx.LShift: "shli", tirx.RShift: "shrsi", tirx.BitwiseAnd: "andi", tirx.BitwiseOr: "ori",
                 tirx.BitwiseXor: "xori"}
         if type(e) in bits:
             return self.op(f"arith.{bits[type(e)]} {self.expr(e.a)}, {self.expr(e.b)} : {t}")
-        fl = _is_float(t)
+        fl = mlir.is_float(t)
         table = {tirx.Add: ("addf", "addi"), tirx.Sub: ("subf", "subi"), tirx.Mul: ("mulf", "muli"),
                  tirx.Div: ("divf", "divsi"), tirx.Mod: ("remf", "remsi"), tirx.Min: ("minimumf", "minsi"),
                  tirx.Max: ("maximumf", "maxsi")}
@@ -653,12 +576,10 @@ class _Translator:
             out = self.fresh("sel")
             self.emit(f"{out} = scf.if {cond} -> ({t}) {{")
             for branch in (args[1], args[2]):
-                self.ind += 1
                 saved = dict(self.vals), dict(self.index)
-                v = self.expr(branch)
-                self.emit(f"scf.yield {v} : {t}")
+                with self.nested():
+                    self.emit(f"scf.yield {self.expr(branch)} : {t}")
                 self.vals, self.index = saved
-                self.ind -= 1
                 self.emit("} else {" if branch is args[1] else "}")
             return out
         if name == "tirx.likely":
@@ -668,7 +589,7 @@ class _Translator:
             return self.op(f"{_MATH[name]} {', '.join(vals)} : {t}")
         if name == "tirx.sigmoid":
             x = self.expr(args[0])
-            one = self.const(_float_literal(1.0, t), t)
+            one = self.const(mlir.float_literal(1.0, t), t)
             nx = self.op(f"arith.negf {x} : {t}")
             den = self.op(f"arith.addf {one}, {self.op(f'math.exp {nx} : {t}')} : {t}")
             return self.op(f"arith.divf {one}, {den} : {t}")
@@ -682,27 +603,26 @@ class _Translator:
             op = {"tirx.bitwise_and": "andi", "tirx.bitwise_or": "ori", "tirx.bitwise_xor": "xori",
                   "tirx.shift_left": "shli", "tirx.shift_right": "shrsi"}[name]
             return self.op(f"arith.{op} {self.expr(args[0])}, {self.expr(args[1])} : {t}")
-        raise _Unsupported(f"call to {name} is not supported")
+        raise Unsupported(f"call to {name} is not supported")
 
     def cast(self, v: str, src: str, dst: str) -> str:
         if src == dst:
             return v
-        width = {"i1": 1, "i8": 8, "i16": 16, "i32": 32, "i64": 64, "f16": 16, "bf16": 16, "f32": 32, "f64": 64}
         if dst == "i1":
-            zero = self.const(_float_literal(0.0, src) if _is_float(src) else 0, src)
-            pred = "arith.cmpf une" if _is_float(src) else "arith.cmpi ne"
+            zero = self.const(mlir.float_literal(0.0, src) if mlir.is_float(src) else 0, src)
+            pred = "arith.cmpf une" if mlir.is_float(src) else "arith.cmpi ne"
             return self.op(f"{pred}, {v}, {zero} : {src}")
-        if _is_float(src) and _is_float(dst):
+        if mlir.is_float(src) and mlir.is_float(dst):
             if src in ("f16", "bf16") and dst in ("f16", "bf16"):
                 return self.cast(self.cast(v, src, "f32"), "f32", dst)
-            op = "extf" if width[dst] > width[src] else "truncf"
+            op = "extf" if mlir.bits(dst) > mlir.bits(src) else "truncf"
             return self.op(f"arith.{op} {v} : {src} to {dst}")
-        if _is_float(src):
+        if mlir.is_float(src):
             return self.op(f"arith.fptosi {v} : {src} to {dst}")
-        if _is_float(dst):
+        if mlir.is_float(dst):
             op = "uitofp" if src == "i1" else "sitofp"
             return self.op(f"arith.{op} {v} : {src} to {dst}")
-        if width[dst] > width[src]:
+        if mlir.bits(dst) > mlir.bits(src):
             return self.op(f"arith.{'extui' if src == 'i1' else 'extsi'} {v} : {src} to {dst}")
         return self.op(f"arith.trunci {v} : {src} to {dst}")
 

@@ -19,6 +19,8 @@ Everything else stays scalar.
 
 from __future__ import annotations
 
+from . import mlir
+
 MIN_LENGTH = 8
 CHUNK = 512  # float32 elements per tile (2 KiB of UB per temporary)
 
@@ -104,7 +106,7 @@ def emit_loop(tr, loop) -> bool:
     (nothing emitted)."""
     from tvm import tirx
 
-    from .codegen import GM, _dtype
+    from .codegen import _dtype
 
     if not (isinstance(loop.min, tirx.IntImm) and int(loop.min) == 0 and isinstance(loop.extent, tirx.IntImm)):
         return False
@@ -121,7 +123,7 @@ def emit_loop(tr, loop) -> bool:
     plan = _plan(st.value, j, st.buffer)
     if plan is None or st.buffer not in tr.bufs:
         return False
-    if plan[0] == "load" and GM not in tr.bufs[st.buffer][1] and GM not in tr.bufs[plan[1]][1]:
+    if plan[0] == "load" and tr.bufs[st.buffer][1].space != mlir.GM and tr.bufs[plan[1]][1].space != mlir.GM:
         return False  # a UB -> UB copy: no vector op moves it
     c = max((d for d in range(1, min(n, CHUNK) + 1) if n % d == 0), default=1)
     if c < MIN_LENGTH:
@@ -132,30 +134,25 @@ def emit_loop(tr, loop) -> bool:
 
 class _Emitter:
     def __init__(self, tr, c: int):
-        from .codegen import UB
-
         self.tr, self.c = tr, c
-        self.t = f"memref<{c}xf32, {UB}>"
+        self.t = mlir.memref((c,), "f32", mlir.UB)
         self.used = 0  # temporaries of the pool taken by the tile being emitted
         self.memo = {}  # operands already in UB in this tile: loads by (buffer, indices), broadcasts by value
 
     def temp(self) -> str:
         pool = self.tr.pool.setdefault(self.c, [])
         if self.used == len(pool):
-            name = f"%vt{self.c}_{len(pool)}"
-            self.tr.alloc_lines.append(f"    {name} = memref.alloc() : {self.t}")
-            pool.append(name)
+            pool.append(self.tr.alloc(self.t, f"%vt{self.c}_{len(pool)}"))
         self.used += 1
         return pool[self.used - 1]
 
-    def view(self, buf, lead, j0: str) -> tuple[str, str]:
+    def view(self, buf, lead, j0: str) -> tuple[str, mlir.MemRef]:
         """A rank-reduced ``[c]`` subview of ``buf[*lead, j0 : j0 + c]`` and its type."""
         ssa, t = self.tr.bufs[buf]
-        space = t[t.rindex("#hivm.address_space"):-1]
         offs = [self.tr.idx(i) for i in lead] + [j0]
         rank = len(offs)
         sizes = ["1"] * (rank - 1) + [str(self.c)]
-        vt = f"memref<{self.c}xf32, strided<[1], offset: ?>, {space}>"
+        vt = mlir.memref((self.c,), "f32", t.space, (1,), "?")
         v = self.tr.op(f"memref.subview {ssa}[{', '.join(offs)}] [{', '.join(sizes)}] [{', '.join(['1'] * rank)}] : "
                        f"{t} to {vt}", "vv")
         return v, vt
@@ -165,32 +162,25 @@ class _Emitter:
         scalars = {}
         self._scalars(plan, scalars)
         if self.c == n:
-            self.body(plan, st, tr.iconst(0), scalars)
+            self.body(plan, st, tr.const(0), scalars)
             return
         iv = tr.fresh("vj")
-        tr.emit(f"scf.for {iv} = {tr.iconst(0)} to {tr.iconst(n)} step {tr.iconst(self.c)} {{")
-        tr.ind += 1
-        self.body(plan, st, iv, scalars)
-        tr.ind -= 1
-        tr.emit("}")
+        with tr.region(f"scf.for {iv} = {tr.const(0)} to {tr.const(n)} step {tr.const(self.c)} {{"):
+            self.body(plan, st, iv, scalars)
 
     def _scalars(self, plan, out: dict):
         """Scalar operands, computed once before the loop (they do not depend on j)."""
-        from .codegen import _float_literal
-
         if plan[0] == "scalar":
             out[id(plan)] = self.tr.expr(plan[1])
         elif plan[0] == "const":
-            out[id(plan)] = self.tr.const(_float_literal(plan[1], "f32"), "f32")
+            out[id(plan)] = self.tr.const(mlir.float_literal(plan[1], "f32"), "f32")
         elif plan[0] == "op":
             for p in plan[2]:
                 self._scalars(p, out)
 
     def body(self, plan, st, j0: str, scalars: dict):
-        from .codegen import GM
-
         self.used, self.memo = 0, {}
-        if GM in self.tr.bufs[st.buffer][1]:
+        if self.tr.bufs[st.buffer][1].space == mlir.GM:
             res, rt = self.value(plan, j0, scalars)
             view, vt = self.view(st.buffer, list(st.indices)[:-1], j0)
             self.tr.emit(f"hivm.hir.store ins({res} : {rt}) outs({view} : {vt})")
@@ -198,10 +188,8 @@ class _Emitter:
             out = self.view(st.buffer, list(st.indices)[:-1], j0)
             self.value(plan, j0, scalars, out)
 
-    def value(self, plan, j0: str, scalars: dict, out=None) -> tuple[str, str]:
+    def value(self, plan, j0: str, scalars: dict, out=None) -> tuple[str, mlir.MemRef]:
         """Emits ``plan``; returns its UB tile (``out`` when given, for the root operation)."""
-        from .codegen import GM
-
         tr = self.tr
         key = ("brc", scalars[id(plan)]) if plan[0] in ("scalar", "const") else \
             ("load", plan[1], tuple(str(i) for i in plan[2])) if plan[0] == "load" else None
@@ -214,7 +202,7 @@ class _Emitter:
             return dst, dt
         if plan[0] == "load":
             view, vt = self.view(plan[1], plan[2], j0)
-            if GM not in vt:
+            if vt.space != mlir.GM:
                 return view, vt  # a UB buffer: used in place (emit_loop refused a UB -> UB copy)
             dst, dt = out if out is not None else (self.temp(), self.t)
             tr.emit(f"hivm.hir.load ins({view} : {vt}) outs({dst} : {dt})")
@@ -222,6 +210,6 @@ class _Emitter:
             return dst, dt
         args = [self.value(p, j0, scalars) for p in plan[2]]
         dst, dt = out if out is not None else (self.temp(), self.t)
-        tr.emit(f"hivm.hir.{plan[1]} ins({', '.join(a for a, _ in args)} : {', '.join(t for _, t in args)}) "
-                f"outs({dst} : {dt})")
+        ins, types = ", ".join(a for a, _ in args), ", ".join(str(t) for _, t in args)
+        tr.emit(f"hivm.hir.{plan[1]} ins({ins} : {types}) outs({dst} : {dt})")
         return dst, dt
