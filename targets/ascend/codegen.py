@@ -109,24 +109,25 @@ def _hand_written(name: str, func, soc: str) -> Kernel | None:
     from .kernels import matmul
 
     attrs = func.attrs or {}
+    types = _param_types(func)
+    plan = [t for t, _ in types]
     if attrs.get("tide.kernel") == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rmsnorm
 
         rows, dim = (int(d) for d in func.params[0].shape)
-        text = rmsnorm.emit(rows, dim, soc, float(attrs["tide.epsilon"]), name=name)
+        text = rmsnorm.emit(rows, dim, soc, float(attrs["tide.epsilon"]), name=name, arg_types=plan)
     elif attrs.get("tide.kernel") == "rope" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rope
 
         shape = [int(d) for d in func.params[0].shape]
         text = rope.emit(math.prod(shape[:-1]), shape[-1], int(attrs["tide.rope_dim"]), int(attrs["tide.rope_groups"]),
-                         soc, inverse=bool(attrs["tide.rope_inverse"]), name=name)
+                         soc, inverse=bool(attrs["tide.rope_inverse"]), name=name, arg_types=plan)
     elif (gemm := _gemm_shape(func)) is not None:
         m, n, k, dtype, b_kn = gemm
-        text = matmul.emit(m, n, k, soc, dtype, name=name, b_kn=b_kn)
+        text = matmul.emit(m, n, k, soc, dtype, name=name, b_kn=b_kn, arg_types=plan)
     else:
         return None
-    types = _param_types(func)
-    return Kernel(name, adapt_entry(text, [str(t) for t, _ in types]), mlir.block_dim(text), [k for _, k in types])
+    return Kernel(name, text, mlir.block_dim(text), [k for _, k in types])
 
 
 def _gemm_shape(func):
@@ -199,48 +200,6 @@ def _gemm_shape(func):
         return None
     m = math.prod(int(d) for d in a.shape[:-1])
     return m, int(c.shape[-1]), int(a.shape[-1]), str(a.dtype), b_kn
-
-
-def adapt_entry(text: str, types: list) -> str:
-    """``text``'s entry function taking memref arguments of ``types`` (the plan's shapes): an
-    argument the kernel declares with another shape of the same elements is reshaped at the entry
-    (``memref.collapse_shape`` to one dimension, then ``memref.expand_shape``)."""
-    import re
-
-    m = re.search(r"func\.func @\w+\((.*?)\) attributes", text)
-    params = [p.split(": ", 1) for p in re.split(r", (?=%)", m.group(1))]
-    if len(params) != len(types):
-        raise Unsupported(f"the hand-written kernel takes {len(params)} arguments, the plan {len(types)}")
-    head, prologue = [], []
-    for (ssa, have), want in zip(params, types):
-        if have == want:
-            head.append(f"{ssa}: {have}")
-            continue
-        shape_have, shape_want = _shape(have), _shape(want)
-        if _elem(have) != _elem(want) or math.prod(shape_have) != math.prod(shape_want):
-            raise Unsupported(f"argument {ssa}: the kernel takes {have}, the plan passes {want}")
-        cur, cur_t = f"{ssa}_plan", want
-        head.append(f"{cur}: {want}")
-        if len(shape_want) != 1:
-            flat_t = f"memref<{math.prod(shape_want)}x{_elem(want)}, {mlir.GM}>"
-            groups = "[[" + ", ".join(map(str, range(len(shape_want)))) + "]]"
-            prologue.append(f"    {ssa}_flat = memref.collapse_shape {cur} {groups} : {cur_t} into {flat_t}")
-            cur, cur_t = f"{ssa}_flat", flat_t
-        groups = "[[" + ", ".join(map(str, range(len(shape_have)))) + "]]"
-        prologue.append(f"    {ssa} = memref.expand_shape {cur} {groups} output_shape [{', '.join(map(str, shape_have))}]"
-                        f" : {cur_t} into {have}")
-    start = m.start(1)
-    body_at = text.index("{\n", m.end()) + 2
-    return text[:start] + ", ".join(head) + text[m.end(1):body_at] + "".join(p + "\n" for p in prologue) + text[body_at:]
-
-
-def _shape(memref_t: str) -> list:
-    inner = memref_t[len("memref<"):].split(",")[0]
-    return [int(d) for d in inner.split("x")[:-1]]
-
-
-def _elem(memref_t: str) -> str:
-    return memref_t[len("memref<"):].split(",")[0].split("x")[-1]
 
 
 def _dtype(e) -> str:

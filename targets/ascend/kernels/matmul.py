@@ -116,10 +116,12 @@ def emit_k_loop(b: mlir.Builder, k: int, tk: int, tm: int, tn_list, ms: str, ns:
 
 
 def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost.GemmTiling | None = None,
-         name: str = "tide_gemm", b_kn: bool = False) -> str:
+         name: str = "tide_gemm", b_kn: bool = False, arg_types=None) -> str:
     """HIVM module of ``C[m, n] = A[m, k] @ B[n, k]^T`` for ``soc`` (``b_kn``: ``A @ B`` with B
     stored ``[k, n]``; tiling: the cost model's choice unless given). float32 inputs use the cube's
-    float32 mode (C is float32 in every case)."""
+    float32 mode (C is float32 in every case). ``arg_types``: the entry's argument types as its
+    caller passes them (the plan's shapes), each reshaped to the kernel's own at the entry
+    (``mlir.Builder.module``); default the kernel's own."""
     elem = input_elem(dtype)
     if min(m, n, k) < 1:
         raise ValueError(f"ascend matmul: shape must be positive, got m={m} n={n} k={k}")
@@ -142,7 +144,7 @@ def emit(m: int, n: int, k: int, soc: str, dtype: str = "bfloat16", tiling: cost
         out_t = mlir.gm(("?", "?"), "f32", (n, 1), "?")
         out = b.op(f"memref.subview %C[{m0}, {n0}] [{ms}, {ns}] [1, 1] : {c_t} to {out_t}", "out")
         b.emit(f"hivm.hir.fixpipe {{enable_nz2nd}} ins({acc} : {mlir.tensor((tm, tn), 'f32')}) outs({out} : {out_t})")
-    return b.module(name, [("%A", a_t), ("%B", b_t), ("%C", c_t)], t.blocks)
+    return b.module(name, [("%A", a_t), ("%B", b_t), ("%C", c_t)], t.blocks, arg_types)
 
 
 # ---------------------------------------------------------------------------------------------

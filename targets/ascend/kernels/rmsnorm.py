@@ -49,11 +49,14 @@ def choose_split(soc: str, rows: int, dim: int) -> tuple[int, int]:
     return tr, cb
 
 
-def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None, name: str = "tide_rmsnorm") -> str:
+def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None, name: str = "tide_rmsnorm",
+         arg_types=None) -> str:
     """HIVM module of RMSNorm ``(x [rows, dim] f32, w [1, dim] f32, y [rows, dim] f32)`` for ``soc``;
-    rows too long for the UB (V4-Pro's 7168 on 910B) take the column-split form (``emit_split``)."""
+    rows too long for the UB (V4-Pro's 7168 on 910B) take the column-split form (``emit_split``).
+    ``arg_types``: the entry's argument types as its caller passes them (the plan's shapes), each
+    reshaped to the kernel's own at the entry (``mlir.Builder.module``); default the kernel's own."""
     if tile_rows is None and not row_fits(soc, dim):
-        return emit_split(rows, dim, soc, eps, name=name)
+        return emit_split(rows, dim, soc, eps, name=name, arg_types=arg_types)
     s = cost.soc(soc)
     tr = tile_rows or choose_tile_rows(soc, rows, dim)
     if rows % tr:
@@ -77,11 +80,11 @@ def emit(rows: int, dim: int, soc: str, eps: float, tile_rows: int | None = None
         xn = v.op("vdiv", [x, root], [T, C], T, " broadcast = [1]")
         y = v.op("vmul", [xn, w], [T, W], T, " broadcast = [0]")
         v.store(y, "%Y", gm_x, [r0, b.const(0)], (tr, dim), dim)
-    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks)
+    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks, arg_types)
 
 
 def emit_split(rows: int, dim: int, soc: str, eps: float, split: tuple[int, int] | None = None,
-               name: str = "tide_rmsnorm") -> str:
+               name: str = "tide_rmsnorm", arg_types=None) -> str:
     """The column-split form, same signature as ``emit``: per row tile, a first pass over the
     column blocks sums the squares (``vreduce`` per block, added up), a second reloads each block,
     divides it by the root and multiplies by the weight block. x is read twice from GM."""
@@ -112,7 +115,7 @@ def emit_split(rows: int, dim: int, soc: str, eps: float, split: tuple[int, int]
             y = v.op("vmul", [xn, w], [T, mlir.tensor((1, cb), "f32")], T, " broadcast = [0]")
             v.store(y, "%Y", gm_x, [r0, b.const(j * cb)], (tr, cb), dim)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks)
+    return b.module(name, [("%X", gm_x), ("%W", gm_w), ("%Y", gm_x)], blocks, arg_types)
 
 
 def reference(x, w, eps: float):

@@ -43,9 +43,11 @@ def choose_tile_rows(soc: str, rows: int, dim: int, rope_dim: int, groups: int) 
 
 
 def emit(rows: int, dim: int, rope_dim: int, groups: int, soc: str, inverse: bool = False,
-         tile_rows: int | None = None, name: str = "tide_rope") -> str:
+         tile_rows: int | None = None, name: str = "tide_rope", arg_types=None) -> str:
     """HIVM module ``(x [rows, dim] f32, cos [groups, rope_dim/2] f32, sin [groups, rope_dim/2] f32,
-    y [rows, dim] f32)``."""
+    y [rows, dim] f32)``. ``arg_types``: the entry's argument types as its caller passes them (the
+    plan's shapes), each reshaped to the kernel's own at the entry (``mlir.Builder.module``); default
+    the kernel's own."""
     _check(rows, dim, rope_dim, groups)
     per_group = rows // groups
     tr = tile_rows or choose_tile_rows(soc, rows, dim, rope_dim, groups)
@@ -86,7 +88,7 @@ def emit(rows: int, dim: int, rope_dim: int, groups: int, soc: str, inverse: boo
         if off:
             v.store(v.load("%X", gm_x, [r0, b.const(0)], (tr, off), dim), "%Y", gm_x, [r0, b.const(0)], (tr, off), dim)
     blocks = min(tiles, cost.soc(soc).vector_cores)
-    return b.module(name, [("%X", gm_x), ("%COS", gm_t), ("%SIN", gm_t), ("%Y", gm_x)], blocks)
+    return b.module(name, [("%X", gm_x), ("%COS", gm_t), ("%SIN", gm_t), ("%Y", gm_x)], blocks, arg_types)
 
 
 def cost_counts(rows: int, dim: int, rope_dim: int, groups: int) -> dict:
