@@ -13,7 +13,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from tide.targets.ascend import cost, mlir, toolchain
+from tide.targets.ascend import cost, emulation, mlir, toolchain
 from tide.ops import moe_down, moe_gate_up, moe_permute
 from tide.targets.ascend.kernels import matmul, moe_grouped
 
@@ -97,7 +97,7 @@ def test_gemm_cpu_numerics(dtype, b_kn, tmp_path):
         assert (m % t.tm, n % t.tn, k % t.tk) != (0, 0, 0)
         d = tmp_path / f"{i}"
         d.mkdir()
-        so = cpu_build(matmul.cpu_emulation(text), "gemm", d)
+        so = cpu_build(emulation.cpu_module(text), "gemm", d)
         a, b = rand(rng, (m, k), dtype), rand(rng, (n, k), dtype)
         b_stored = np.ascontiguousarray(b.T) if b_kn else b
         c0 = np.full((m, n), np.nan, np.float32)
@@ -150,7 +150,7 @@ def test_moe_grouped_cpu_numerics(cfg, tmp_path):
     tiling = cost.GemmTiling(16, 32, 64, 3)
     gu = moe_grouped.emit_gate_up(**cfg, limit=LIMIT, soc=SOCS[0], tiling=tiling, name="gu")
     (tmp_path / "gu").mkdir()
-    so = cpu_build(matmul.cpu_emulation(gu), "gu", tmp_path / "gu")
+    so = cpu_build(emulation.cpu_module(gu), "gu", tmp_path / "gu")
     h0 = np.full((row_token.shape[0], f), np.nan, np.float32).astype(ml_dtypes.bfloat16)
     out = cpu_run(so, "gu", tiling.blocks, x, w_gu, row_token.astype(np.int32), row_weight,
                   tile_expert.astype(np.int32), num_tiles.astype(np.int32), h0)
@@ -164,7 +164,7 @@ def test_moe_grouped_cpu_numerics(cfg, tmp_path):
 
     dn = moe_grouped.emit_down(**cfg, soc=SOCS[1], tiling=cost.GemmTiling(16, 64, 32, 2), name="dn")
     (tmp_path / "dn").mkdir()
-    so = cpu_build(matmul.cpu_emulation(dn), "dn", tmp_path / "dn")
+    so = cpu_build(emulation.cpu_module(dn), "dn", tmp_path / "dn")
     o0 = np.full((row_token.shape[0], d), np.nan, np.float32)
     o = cpu_run(so, "dn", 2, h, w_dn, tile_expert.astype(np.int32), num_tiles.astype(np.int32), o0)[-1]
     ref_o = moe_down.reference(f64(h), tile_expert, num_tiles, f64(w_dn), 16)

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tide.targets.ascend import cost, hivm, mlir, toolchain
+from tide.targets.ascend import cost, emulation, hivm, mlir, toolchain
 from tide.ops import rope as rope_op
-from tide.targets.ascend.kernels import (compressor_pool, matmul, rmsnorm, rope, router_scores, sink_combine,
-                                        sink_softmax, swiglu)
+from tide.targets.ascend.kernels import (compressor_pool, rmsnorm, rope, router_scores, sink_combine, sink_softmax,
+                                        swiglu)
 
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 needs_bishengir = pytest.mark.skipif(toolchain.missing() is not None, reason=str(toolchain.missing()))
@@ -34,7 +34,7 @@ def compiles(text: str, soc: str, tmp: Path) -> str:
 
 
 def run_cpu(text: str, name: str, tmp: Path, *arrays):
-    so = toolchain.cpu_build(matmul.cpu_emulation(text), name, tmp)
+    so = toolchain.cpu_build(emulation.cpu_module(text), name, tmp)
     return toolchain.cpu_run(so, name, mlir.block_dim(text), *arrays)
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from test_ascend_cube import BIN, SOCS, compile_check, cpu_build, cpu_run, needs_bishengir, needs_cpu_runner
-from tide.targets.ascend import cost, mlir
-from tide.targets.ascend.kernels import matmul, rmsnorm, router_scores
+from tide.targets.ascend import cost, emulation, mlir
+from tide.targets.ascend.kernels import rmsnorm, router_scores
 
 REGRESSIONS = Path(__file__).parent / "ascend_regressions"
 SHAPES = [(16, 128), (37, 512), (6, 4096)]  # 37: a prime row count (one-row tiles); 4096: V4's hidden size
@@ -35,7 +35,7 @@ def test_rmsnorm_cpu_numerics(rows, dim, tmp_path):
     w = rng.standard_normal((1, dim)).astype(np.float32)
     y = np.full((rows, dim), np.nan, dtype=np.float32)
     text = rmsnorm.emit(rows, dim, "Ascend910B1", 1e-6)
-    so = cpu_build(matmul.cpu_emulation(text), "tide_rmsnorm", tmp_path)
+    so = cpu_build(emulation.cpu_module(text), "tide_rmsnorm", tmp_path)
     blocks = mlir.block_dim(text)
     _, _, got = cpu_run(so, "tide_rmsnorm", blocks, x, w, y)
     want = rmsnorm.reference(x, w, 1e-6)
@@ -52,7 +52,7 @@ def test_rmsnorm_cpu_check_catches_a_planted_bug(tmp_path):
     text = rmsnorm.emit(rows, dim, "Ascend910B1", 1e-6)
     assert f"arith.constant {1 / dim:e} : f32" in text
     bad = text.replace(f"arith.constant {1 / dim:e} : f32", f"arith.constant {0.998 / dim:e} : f32")
-    so = cpu_build(matmul.cpu_emulation(bad), "tide_rmsnorm", tmp_path)
+    so = cpu_build(emulation.cpu_module(bad), "tide_rmsnorm", tmp_path)
     got = cpu_run(so, "tide_rmsnorm", mlir.block_dim(bad), x, w, np.zeros((rows, dim), np.float32))[2]
     assert np.abs(got - rmsnorm.reference(x, w, 1e-6)).max() > 100 * 2e-5
 
@@ -110,6 +110,6 @@ def test_router_scores_cpu_numerics(rows, experts, tmp_path):
     v = (rng.standard_normal((rows, experts)) * 8).astype(np.float32)
     v.flat[:3] = [-100.0, 95.0, 0.0]  # exp overflow / underflow and the kink
     text = router_scores.emit(rows, experts, "Ascend910B1")
-    so = cpu_build(matmul.cpu_emulation(text), "tide_router_scores", tmp_path)
+    so = cpu_build(emulation.cpu_module(text), "tide_router_scores", tmp_path)
     got = cpu_run(so, "tide_router_scores", mlir.block_dim(text), v, np.full_like(v, np.nan))[1]
     np.testing.assert_allclose(got, router_scores.reference(v), rtol=1e-5, atol=1e-6)

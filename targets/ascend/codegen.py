@@ -58,15 +58,6 @@ def unit_of(text: str) -> str:
     return "scalar" if scalar or "hivm.hir.v" not in text else "vector"
 
 
-def cpu_text(text: str) -> str:
-    """A translated module for the CPU runner: its UB allocations (all at the function's entry)
-    as stack allocations, so that repeated calls do not leak."""
-    import re
-
-    return re.sub(r"= memref\.alloc\(\) : (memref<[^\n]*, #hivm\.address_space<ub>>)$", r"= memref.alloca() : \1",
-                  text, flags=re.M)
-
-
 def lower_to_loops(func):
     """``func`` with its blocks lowered to plain loops, allocations and stores."""
     import tvm

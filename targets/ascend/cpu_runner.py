@@ -28,8 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ...compiler.artifact import ArtifactError, AscendCode, np_dtype, read_artifact
-from . import codegen, toolchain
-from .kernels import matmul
+from . import emulation, toolchain
 
 
 def cache_dir() -> Path:
@@ -44,7 +43,7 @@ def build_kernel(name: str, text: str) -> Path:
         return final
     work = cache_dir() / f"build-{key}-{os.getpid()}"
     try:
-        so = toolchain.cpu_build(matmul.cpu_emulation(codegen.cpu_text(text)), name, work)
+        so = toolchain.cpu_build(emulation.cpu_module(text), name, work)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_suffix(f".{os.getpid()}.tmp")
         shutil.copyfile(so, tmp)

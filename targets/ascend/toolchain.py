@@ -127,8 +127,8 @@ def _keep_only(llvm_text: str, name: str) -> str:
 
 
 def cpu_build(text: str, name: str, tmp: Path):
-    """Emulated module (cube ops already rewritten, ``matmul.cpu_emulation``) -> the path of a shared
-    object exporting ``name`` with the MLIR memref calling convention.
+    """A module's CPU-runner variant (``emulation.cpu_module``) -> the path of a shared object
+    exporting ``name`` with the MLIR memref calling convention.
 
     Modules emitted for either SoC run: the conversion uses the 910B tool (the 950 tool's converter
     does not lower load/store), so the 950 tool's extra ``vreduce`` attribute ``unsigned_src = false``
