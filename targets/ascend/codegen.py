@@ -16,6 +16,10 @@ are the kernel's buffers as GM memrefs (and ``i64`` scalars), in the plan's argu
   ``for r = get_block_idx; r < extent; r += get_block_num`` with ``hacc.block_dim`` =
   min(extent, the SoC's vector cores); a kernel without one runs on one core.
 
+Where ``kernels/`` has a hand-written HIVM kernel for the op (RMSNorm, RoPE, a plain GEMM), that
+kernel is emitted instead, its entry declared with the plan's argument types. Both are written
+through ``mlir.Builder`` (``_Translator`` is one).
+
 The translation is exact (every element computed as TIR says, in its dtypes). Outside the
 vectorized loops these kernels run on the AI cores' scalar units: correct, but far from the vector
 and cube throughput that the hand-written HIVM kernels (``kernels/``) get. Constructs the translator does not know are a

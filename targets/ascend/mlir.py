@@ -27,7 +27,8 @@ _BITS = dict(DTYPES.values())
 
 
 class Unsupported(ValueError):
-    """What the builder cannot express (codegen reports it as a CompileError naming the kernel)."""
+    """A type or construct the Ascend target does not take (codegen reports it as a CompileError
+    naming the kernel)."""
 
 
 def elem(dtype: str, what: str = "a value") -> str:
@@ -87,6 +88,7 @@ class MemRef:
 
 
 def memref(shape, elem_t: str, space: str | None = None, strides=None, offset=None) -> MemRef:
+    """A ``MemRef`` of ``shape`` (any sequence) and element type ``elem_t``."""
     return MemRef(tuple(shape), elem_t, space, None if strides is None else tuple(strides), offset)
 
 

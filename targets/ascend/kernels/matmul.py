@@ -74,8 +74,8 @@ def emit_mmad(b: mlir.Builder, a: str, bt: str, init: str, ms: str, ks: str, ns:
     acc (+)= a[:ms, :ks] @ bt[:ks, :ns] (B as stored [K, N])."""
     attr, b_t = ("", mlir.tensor((tk, tn), elem)) if b_kn else ("{b_transpose} ", mlir.tensor((tn, tk), elem))
     acc_t = mlir.tensor((tm, tn), "f32")
-    return b.op(f"hivm.hir.mmadL1 {attr}ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : "
-                f"{mlir.tensor((tm, tk), elem)}, {b_t}, i1, index, index, index) outs({acc} : {acc_t}) -> {acc_t}", "mm")
+    return b.op(f"hivm.hir.mmadL1 {attr}ins({a}, {bt}, {init}, {ms}, {ks}, {ns} : {mlir.tensor((tm, tk), elem)}, "
+                f"{b_t}, i1, index, index, index) outs({acc} : {acc_t}) -> {acc_t}", "mm")
 
 
 def emit_k_loop(b: mlir.Builder, k: int, tk: int, tm: int, tn_list, ms: str, ns: str, elem: str,
