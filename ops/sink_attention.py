@@ -14,8 +14,11 @@ many ranges (split-K) whose partial states are merged by a second stage, so a lo
 every core (or every GPU multiprocessor) busy. Both stages are one PrimFunc; the target schedules in
 ``tide.targets.attention`` map its loops to threads.
 
+Precision: reads float32 (q, entries, biases, sinks) and computes and accumulates in float32 (logits,
+softmax state, ``p @ tile``, the split-K merge); writes float32.
+
 The kernel definition is shared with ``sink_attention_sparse`` (the CSA variant), which adds the
-per-query top-k entries to the entry list; ``kernel_source`` builds both.
+per-query top-k entries to the entry list (int64 indices, bool flags); ``kernel`` builds both.
 """
 
 from __future__ import annotations
@@ -35,206 +38,229 @@ def _tiles(n_entries: int, entry_block: int, splits: int) -> tuple[int, int]:
     return splits, -(-n_tiles // splits)
 
 
-def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
-                  head_block: int, entry_block: int, splits: int,
-                  sparse: dict | None = None) -> str:
-    """TVMScript of the attention kernel. ``sparse`` (the CSA variant) holds ``top_k``,
-    ``cache_rows``, ``new_rows`` and ``ratio``: after the ``n_kv`` shared entries, query s also reads
-    its ``top_k`` picks, row ``entries[w - start_pos // ratio]`` for ``w >= start_pos // ratio`` and
-    ``cache[w]`` otherwise; invalid picks are masked."""
+def kernel(name: str, batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float, head_block: int,
+           entry_block: int, splits: int, sparse: dict | None):
+    """The attention kernel. ``sparse`` (the CSA variant) holds ``top_k``, ``cache_rows``,
+    ``new_rows`` and ``ratio``: after the ``n_kv`` shared entries, query s also reads its ``top_k``
+    picks, row ``entries[w - start_pos // ratio]`` for ``w >= start_pos // ratio`` and ``cache[w]``
+    otherwise; invalid picks are masked."""
+    from tvm.script import tirx as T
+
     B, S, H, D, N = batch, seq, heads, head_dim, n_kv
     HB, NB = head_block, entry_block
     if H % HB:
         raise ValueError(f"head block {HB} does not divide {H} heads")
-    K = sparse["top_k"] if sparse else 0
+    picks = sparse is not None
+    K, C, E, r = (sparse[k] for k in ("top_k", "cache_rows", "new_rows", "ratio")) if picks else (0, 0, 0, 0)
     P, TPS = _tiles(N + K, NB, splits)
-    f32 = '"float32"'
-    params = [f'q: T.Buffer(({B}, {S}, {H}, {D}), "float32")', f'kv: T.Buffer(({B}, {N}, {D}), "float32")',
-              f'kv_bias: T.Buffer(({B}, {S}, {N}), "float32")']
-    reads = [f"q[vb, vs, vhb * {HB}:vhb * {HB} + {HB}, 0:{D}]", f"kv[vb, 0:{N}, 0:{D}]",
-             f"kv_bias[vb, vs, 0:{N}]", f"sinks[vhb * {HB}:vhb * {HB} + {HB}]"]
-    if sparse:
-        C, E, r = sparse["cache_rows"], sparse["new_rows"], sparse["ratio"]
-        params += [f'cache: T.Buffer(({B}, {C}, {D}), "float32")', f'entries: T.Buffer(({B}, {E}, {D}), "float32")',
-                   f'indices: T.Buffer(({B}, {S}, {K}), "int64")', f'valid: T.Buffer(({B}, {S}, {K}), "bool")',
-                   f'start_pos: T.Buffer(({B},), "int64")']
-        reads += [f"cache[vb, 0:{C}, 0:{D}]", f"entries[vb, 0:{E}, 0:{D}]", f"indices[vb, vs, 0:{K}]",
-                  f"valid[vb, vs, 0:{K}]", "start_pos[vb]"]
-    params += [f'sinks: T.Buffer(({H},), "float32")', f'out: T.Buffer(({B}, {S}, {H}, {D}), "float32")']
 
-    def bias_at(e: str) -> str:
+    def bias_at(kv_bias, valid, vb, vs, e):
         """The additive bias of entry ``e`` of query (vb, vs), clamped to MASKED from below."""
-        dense = f"T.max(kv_bias[vb, vs, T.min({e}, {N - 1})], T.float32({MASKED}))"
-        if not sparse:
-            return f"T.if_then_else({e} < {N}, {dense}, T.float32({MASKED}))"
-        pick = f"T.max(T.min({e} - {N}, {K - 1}), 0)"
-        return (f"T.if_then_else({e} < {N}, {dense}, T.if_then_else({e} < {N + K} and valid[vb, vs, {pick}], "
-                f"T.float32(0), T.float32({MASKED})))")
+        dense = T.max(kv_bias[vb, vs, T.min(e, N - 1)], T.float32(MASKED))
+        if not picks:
+            return T.if_then_else(e < N, dense, T.float32(MASKED))
+        pick = valid[vb, vs, T.max(T.min(e - N, K - 1), 0)]
+        return T.if_then_else(e < N, dense, T.if_then_else(T.And(e < N + K, pick), T.float32(0), T.float32(MASKED)))
 
-    def row_at(e: str, d: str) -> str:
+    def row_at(kv, cache, entries, indices, start_pos, vb, vs, e, d):
         """Channel ``d`` of entry ``e``: a shared entry, or the picked compressed row."""
-        dense = f"kv[vb, T.min({e}, {N - 1}), {d}]"
-        if not sparse:
+        dense = kv[vb, T.min(e, N - 1), d]
+        if not picks:
             return dense
-        w = f"indices[vb, vs, T.max(T.min({e} - {N}, {K - 1}), 0)]"
-        base = f"start_pos[vb] // T.int64({r})"
-        new = f"entries[vb, T.max(T.min({w} - {base}, T.int64({E - 1})), T.int64(0)), {d}]"
-        old = f"cache[vb, T.max(T.min({w}, T.int64({C - 1})), T.int64(0)), {d}]"
-        return f"T.if_then_else({e} < {N}, {dense}, T.if_then_else({w} >= {base}, {new}, {old}))"
+        w = indices[vb, vs, T.max(T.min(e - N, K - 1), 0)]
+        base = start_pos[vb] // T.int64(r)
+        new = entries[vb, T.max(T.min(w - base, T.int64(E - 1)), T.int64(0)), d]
+        old = cache[vb, T.max(T.min(w, T.int64(C - 1)), T.int64(0)), d]
+        return T.if_then_else(e < N, dense, T.if_then_else(w >= base, new, old))
 
-    if P == 1:
-        part_allocs = ""
-        writes = f"out[vb, vs, vhb * {HB}:vhb * {HB} + {HB}, 0:{D}]"
-        sum_init = "T.float32(1)"
-        epilogue = f'''
-                for h, d in T.grid({HB}, {D}):
-                    with T.sblock("store"):
-                        vh, vd = T.axis.remap("SS", [h, d])
-                        out[vb, vs, vhb * {HB} + vh, vd] = acc[vh, vd] / l[vh]'''
-        combine = ""
-    else:
-        part_allocs = f'''
-        part_m = T.alloc_buffer(({B}, {S}, {P}, {H}), {f32})
-        part_l = T.alloc_buffer(({B}, {S}, {P}, {H}), {f32})
-        part_acc = T.alloc_buffer(({B}, {S}, {P}, {H}, {D}), {f32})'''
-        hs = f"vhb * {HB}:vhb * {HB} + {HB}"
-        writes = f"part_m[vb, vs, vp, {hs}], part_l[vb, vs, vp, {hs}], part_acc[vb, vs, vp, {hs}, 0:{D}]"
-        sum_init = "T.if_then_else(vp == 0, T.float32(1), T.float32(0))"
-        epilogue = f'''
-                for h in range({HB}):
-                    with T.sblock("store_ml"):
-                        vh = T.axis.remap("S", [h])
-                        part_m[vb, vs, vp, vhb * {HB} + vh] = m[vh]
-                        part_l[vb, vs, vp, vhb * {HB} + vh] = l[vh]
-                for h, d in T.grid({HB}, {D}):
-                    with T.sblock("store_acc"):
-                        vh, vd = T.axis.remap("SS", [h, d])
-                        part_acc[vb, vs, vp, vhb * {HB} + vh, vd] = acc[vh, vd]'''
-        combine = f'''
-        merge_m = T.alloc_buffer(({B}, {S}, {H}), {f32})
-        merge_l = T.alloc_buffer(({B}, {S}, {H}), {f32})
-        merge_w = T.alloc_buffer(({B}, {S}, {H}, {P}), {f32})
-        for b, s, h, p in T.grid({B}, {S}, {H}, {P}):
-            with T.sblock("merge_max"):
-                vb, vs, vh, vp = T.axis.remap("SSSR", [b, s, h, p])
-                with T.init():
-                    merge_m[vb, vs, vh] = part_m[vb, vs, 0, vh]
-                merge_m[vb, vs, vh] = T.max(merge_m[vb, vs, vh], part_m[vb, vs, vp, vh])
-        for b, s, h, p in T.grid({B}, {S}, {H}, {P}):
-            with T.sblock("merge_sum"):
-                vb, vs, vh, vp = T.axis.remap("SSSR", [b, s, h, p])
-                with T.init():
-                    merge_l[vb, vs, vh] = T.float32(0)
-                merge_l[vb, vs, vh] = merge_l[vb, vs, vh] + part_l[vb, vs, vp, vh] * T.exp(part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh])
-        for b, s, p, h in T.grid({B}, {S}, {P}, {H}):
-            with T.sblock("merge_weight"):
-                vb, vs, vp, vh = T.axis.remap("SSSS", [b, s, p, h])
-                merge_w[vb, vs, vh, vp] = T.exp(part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh]) / merge_l[vb, vs, vh]
-        for b, s, h, d, p in T.grid({B}, {S}, {H}, {D}, {P}):
-            with T.sblock("merge"):
-                vb, vs, vh, vd, vp = T.axis.remap("SSSSR", [b, s, h, d, p])
-                with T.init():
-                    out[vb, vs, vh, vd] = T.float32(0)
-                out[vb, vs, vh, vd] = out[vb, vs, vh, vd] + part_acc[vb, vs, vp, vh, vd] * merge_w[vb, vs, vh, vp]'''
+    def pick_reads(cache, entries, indices, valid, start_pos, vb, vs):
+        """The regions of the picks that query (vb, vs) reads (none for the dense kernel)."""
+        if not picks:
+            return []
+        return [cache[vb, 0:C, 0:D], entries[vb, 0:E, 0:D], indices[vb, vs, 0:K], valid[vb, vs, 0:K],
+                start_pos[vb]]
 
-    return f'''
-@T.prim_func(s_tir=True)
-def {name}({", ".join(params)}):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
-    with T.sblock("root"):{part_allocs}
-        for b, s, hb, p in T.grid({B}, {S}, {H // HB}, {P}):
-            with T.sblock("attn"):
-                vb, vs, vhb, vp = T.axis.remap("SSSS", [b, s, hb, p])
-                T.reads({", ".join(reads)})
-                T.writes({writes})
-                qt = T.sblock_alloc_buffer(({D}, {HB}), {f32})
-                tile = T.sblock_alloc_buffer(({NB}, {D}), {f32})
-                tbias = T.sblock_alloc_buffer(({NB},), {f32})
-                logit = T.sblock_alloc_buffer(({NB}, {HB}), {f32})
-                prob = T.sblock_alloc_buffer(({NB}, {HB}), {f32})
-                m = T.sblock_alloc_buffer(({HB},), {f32})
-                mt = T.sblock_alloc_buffer(({HB},), {f32})
-                alpha = T.sblock_alloc_buffer(({HB},), {f32})
-                l = T.sblock_alloc_buffer(({HB},), {f32})
-                acc = T.sblock_alloc_buffer(({HB}, {D}), {f32})
-                trange = T.sblock_alloc_buffer((2,), "int32")
-                ebase = T.sblock_alloc_buffer((1,), "int32")
-                for d, h in T.grid({D}, {HB}):
-                    with T.sblock("q_load"):
-                        vd, vh = T.axis.remap("SS", [d, h])
-                        qt[vd, vh] = q[vb, vs, vhb * {HB} + vh, vd] * T.float32({scale!r})
-                for h in range({HB}):
-                    with T.sblock("state_init"):
-                        vh = T.axis.remap("S", [h])
-                        m[vh] = sinks[vhb * {HB} + vh]
-                        l[vh] = {sum_init}
-                for h, d in T.grid({HB}, {D}):
-                    with T.sblock("acc_init"):
-                        vh, vd = T.axis.remap("SS", [h, d])
-                        acc[vh, vd] = T.float32(0)
-                with T.sblock("tile_range"):
-                    T.reads({", ".join(reads[2:])})
-                    T.writes(trange[0:2])
-                    trange[0] = {TPS}
-                    trange[1] = 0
-                    for e in range({TPS * NB}):
-                        trange[0] = T.min(trange[0], T.Select({bias_at(f"(vp * {TPS * NB} + e)")} > T.float32({MASKED}), e // {NB}, {TPS}))
-                        trange[1] = T.max(trange[1], T.Select({bias_at(f"(vp * {TPS * NB} + e)")} > T.float32({MASKED}), e // {NB} + 1, 0))
-                for t in range(trange[0], trange[1]):
-                    with T.sblock("tile_start"):
-                        T.reads()
-                        T.writes(ebase[0])
-                        ebase[0] = (vp * {TPS} + t) * {NB}
-                    for j in range({NB}):
-                        with T.sblock("bias_load"):
-                            vj = T.axis.remap("S", [j])
-                            tbias[vj] = {bias_at("(ebase[0] + vj)")}
-                    for j, d in T.grid({NB}, {D}):
-                        with T.sblock("tile_load"):
-                            vj, vd = T.axis.remap("SS", [j, d])
-                            tile[vj, vd] = T.if_then_else(tbias[vj] > T.float32({MASKED}),
-                                                          {row_at("(ebase[0] + vj)", "vd")}, T.float32(0))
-                    with T.sblock("qk_scope"):
-                        for j, h, d in T.grid({NB}, {HB}, {D}):
-                            with T.sblock("qk"):
-                                vj, vh, vd = T.axis.remap("SSR", [j, h, d])
-                                with T.init():
-                                    logit[vj, vh] = T.float32(0)
-                                logit[vj, vh] = logit[vj, vh] + qt[vd, vh] * tile[vj, vd]
-                    with T.sblock("tile_max_scope"):
-                        for h, j in T.grid({HB}, {NB}):
-                            with T.sblock("tile_max"):
-                                vh, vj = T.axis.remap("SR", [h, j])
-                                with T.init():
-                                    mt[vh] = m[vh]
-                                mt[vh] = T.max(mt[vh], logit[vj, vh] + tbias[vj])
-                    for h in range({HB}):
-                        with T.sblock("rescale"):
+    @T.macro
+    def attention(q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks, out):
+        with T.sblock("root"):
+            if P > 1:
+                part_m = T.alloc_buffer((B, S, P, H), "float32")
+                part_l = T.alloc_buffer((B, S, P, H), "float32")
+                part_acc = T.alloc_buffer((B, S, P, H, D), "float32")
+            for b, s, hb, p in T.grid(B, S, H // HB, P):
+                with T.sblock("attn"):
+                    vb, vs, vhb, vp = T.axis.remap("SSSS", [b, s, hb, p])
+                    T.reads([q[vb, vs, vhb * HB:vhb * HB + HB, 0:D], kv[vb, 0:N, 0:D], kv_bias[vb, vs, 0:N],
+                             sinks[vhb * HB:vhb * HB + HB]]
+                            + pick_reads(cache, entries, indices, valid, start_pos, vb, vs))
+                    if P == 1:
+                        T.writes(out[vb, vs, vhb * HB:vhb * HB + HB, 0:D])
+                    else:
+                        T.writes(part_m[vb, vs, vp, vhb * HB:vhb * HB + HB],
+                                 part_l[vb, vs, vp, vhb * HB:vhb * HB + HB],
+                                 part_acc[vb, vs, vp, vhb * HB:vhb * HB + HB, 0:D])
+                    qt = T.sblock_alloc_buffer((D, HB), "float32")
+                    tile = T.sblock_alloc_buffer((NB, D), "float32")
+                    tbias = T.sblock_alloc_buffer((NB,), "float32")
+                    logit = T.sblock_alloc_buffer((NB, HB), "float32")
+                    prob = T.sblock_alloc_buffer((NB, HB), "float32")
+                    m = T.sblock_alloc_buffer((HB,), "float32")
+                    mt = T.sblock_alloc_buffer((HB,), "float32")
+                    alpha = T.sblock_alloc_buffer((HB,), "float32")
+                    l = T.sblock_alloc_buffer((HB,), "float32")
+                    acc = T.sblock_alloc_buffer((HB, D), "float32")
+                    trange = T.sblock_alloc_buffer((2,), "int32")
+                    ebase = T.sblock_alloc_buffer((1,), "int32")
+                    for d, h in T.grid(D, HB):
+                        with T.sblock("q_load"):
+                            vd, vh = T.axis.remap("SS", [d, h])
+                            qt[vd, vh] = q[vb, vs, vhb * HB + vh, vd] * T.float32(scale)
+                    for h in range(HB):
+                        with T.sblock("state_init"):
                             vh = T.axis.remap("S", [h])
-                            alpha[vh] = T.exp(m[vh] - mt[vh])
-                    for j, h in T.grid({NB}, {HB}):
-                        with T.sblock("prob"):
-                            vj, vh = T.axis.remap("SS", [j, h])
-                            prob[vj, vh] = T.exp(logit[vj, vh] + tbias[vj] - mt[vh])
-                    with T.sblock("row_sum_scope"):
-                        for h, j in T.grid({HB}, {NB}):
-                            with T.sblock("row_sum"):
-                                vh, vj = T.axis.remap("SR", [h, j])
-                                with T.init():
-                                    l[vh] = l[vh] * alpha[vh]
-                                l[vh] = l[vh] + prob[vj, vh]
-                    with T.sblock("pv_scope"):
-                        for h, d, j in T.grid({HB}, {D}, {NB}):
-                            with T.sblock("pv"):
-                                vh, vd, vj = T.axis.remap("SSR", [h, d, j])
-                                with T.init():
-                                    acc[vh, vd] = acc[vh, vd] * alpha[vh]
-                                acc[vh, vd] = acc[vh, vd] + prob[vj, vh] * tile[vj, vd]
-                    for h in range({HB}):
-                        with T.sblock("max_update"):
-                            vh = T.axis.remap("S", [h])
-                            m[vh] = mt[vh]{epilogue}{combine}
-'''
+                            m[vh] = sinks[vhb * HB + vh]
+                            if P == 1:
+                                l[vh] = T.float32(1)
+                            else:
+                                l[vh] = T.if_then_else(vp == 0, T.float32(1), T.float32(0))
+                    for h, d in T.grid(HB, D):
+                        with T.sblock("acc_init"):
+                            vh, vd = T.axis.remap("SS", [h, d])
+                            acc[vh, vd] = T.float32(0)
+                    with T.sblock("tile_range"):
+                        T.reads([kv_bias[vb, vs, 0:N], sinks[vhb * HB:vhb * HB + HB]]
+                                + pick_reads(cache, entries, indices, valid, start_pos, vb, vs))
+                        T.writes(trange[0:2])
+                        trange[0] = TPS
+                        trange[1] = 0
+                        for e in range(TPS * NB):
+                            trange[0] = T.min(trange[0], T.Select(
+                                bias_at(kv_bias, valid, vb, vs, vp * (TPS * NB) + e) > T.float32(MASKED),
+                                e // NB, TPS))
+                            trange[1] = T.max(trange[1], T.Select(
+                                bias_at(kv_bias, valid, vb, vs, vp * (TPS * NB) + e) > T.float32(MASKED),
+                                e // NB + 1, 0))
+                    for t in range(trange[0], trange[1]):
+                        with T.sblock("tile_start"):
+                            T.reads()
+                            T.writes(ebase[0])
+                            ebase[0] = (vp * TPS + t) * NB
+                        for j in range(NB):
+                            with T.sblock("bias_load"):
+                                vj = T.axis.remap("S", [j])
+                                tbias[vj] = bias_at(kv_bias, valid, vb, vs, ebase[0] + vj)
+                        for j, d in T.grid(NB, D):
+                            with T.sblock("tile_load"):
+                                vj, vd = T.axis.remap("SS", [j, d])
+                                tile[vj, vd] = T.if_then_else(
+                                    tbias[vj] > T.float32(MASKED),
+                                    row_at(kv, cache, entries, indices, start_pos, vb, vs, ebase[0] + vj, vd),
+                                    T.float32(0))
+                        with T.sblock("qk_scope"):
+                            for j, h, d in T.grid(NB, HB, D):
+                                with T.sblock("qk"):
+                                    vj, vh, vd = T.axis.remap("SSR", [j, h, d])
+                                    with T.init():
+                                        logit[vj, vh] = T.float32(0)
+                                    logit[vj, vh] = logit[vj, vh] + qt[vd, vh] * tile[vj, vd]
+                        with T.sblock("tile_max_scope"):
+                            for h, j in T.grid(HB, NB):
+                                with T.sblock("tile_max"):
+                                    vh, vj = T.axis.remap("SR", [h, j])
+                                    with T.init():
+                                        mt[vh] = m[vh]
+                                    mt[vh] = T.max(mt[vh], logit[vj, vh] + tbias[vj])
+                        for h in range(HB):
+                            with T.sblock("rescale"):
+                                vh = T.axis.remap("S", [h])
+                                alpha[vh] = T.exp(m[vh] - mt[vh])
+                        for j, h in T.grid(NB, HB):
+                            with T.sblock("prob"):
+                                vj, vh = T.axis.remap("SS", [j, h])
+                                prob[vj, vh] = T.exp(logit[vj, vh] + tbias[vj] - mt[vh])
+                        with T.sblock("row_sum_scope"):
+                            for h, j in T.grid(HB, NB):
+                                with T.sblock("row_sum"):
+                                    vh, vj = T.axis.remap("SR", [h, j])
+                                    with T.init():
+                                        l[vh] = l[vh] * alpha[vh]
+                                    l[vh] = l[vh] + prob[vj, vh]
+                        with T.sblock("pv_scope"):
+                            for h, d, j in T.grid(HB, D, NB):
+                                with T.sblock("pv"):
+                                    vh, vd, vj = T.axis.remap("SSR", [h, d, j])
+                                    with T.init():
+                                        acc[vh, vd] = acc[vh, vd] * alpha[vh]
+                                    acc[vh, vd] = acc[vh, vd] + prob[vj, vh] * tile[vj, vd]
+                        for h in range(HB):
+                            with T.sblock("max_update"):
+                                vh = T.axis.remap("S", [h])
+                                m[vh] = mt[vh]
+                    if P == 1:
+                        for h, d in T.grid(HB, D):
+                            with T.sblock("store"):
+                                vh, vd = T.axis.remap("SS", [h, d])
+                                out[vb, vs, vhb * HB + vh, vd] = acc[vh, vd] / l[vh]
+                    else:
+                        for h in range(HB):
+                            with T.sblock("store_ml"):
+                                vh = T.axis.remap("S", [h])
+                                part_m[vb, vs, vp, vhb * HB + vh] = m[vh]
+                                part_l[vb, vs, vp, vhb * HB + vh] = l[vh]
+                        for h, d in T.grid(HB, D):
+                            with T.sblock("store_acc"):
+                                vh, vd = T.axis.remap("SS", [h, d])
+                                part_acc[vb, vs, vp, vhb * HB + vh, vd] = acc[vh, vd]
+            if P > 1:
+                merge_m = T.alloc_buffer((B, S, H), "float32")
+                merge_l = T.alloc_buffer((B, S, H), "float32")
+                merge_w = T.alloc_buffer((B, S, H, P), "float32")
+                for b, s, h, p in T.grid(B, S, H, P):
+                    with T.sblock("merge_max"):
+                        vb, vs, vh, vp = T.axis.remap("SSSR", [b, s, h, p])
+                        with T.init():
+                            merge_m[vb, vs, vh] = part_m[vb, vs, 0, vh]
+                        merge_m[vb, vs, vh] = T.max(merge_m[vb, vs, vh], part_m[vb, vs, vp, vh])
+                for b, s, h, p in T.grid(B, S, H, P):
+                    with T.sblock("merge_sum"):
+                        vb, vs, vh, vp = T.axis.remap("SSSR", [b, s, h, p])
+                        with T.init():
+                            merge_l[vb, vs, vh] = T.float32(0)
+                        merge_l[vb, vs, vh] = merge_l[vb, vs, vh] + part_l[vb, vs, vp, vh] * T.exp(
+                            part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh])
+                for b, s, p, h in T.grid(B, S, P, H):
+                    with T.sblock("merge_weight"):
+                        vb, vs, vp, vh = T.axis.remap("SSSS", [b, s, p, h])
+                        merge_w[vb, vs, vh, vp] = (T.exp(part_m[vb, vs, vp, vh] - merge_m[vb, vs, vh])
+                                                   / merge_l[vb, vs, vh])
+                for b, s, h, d, p in T.grid(B, S, H, D, P):
+                    with T.sblock("merge"):
+                        vb, vs, vh, vd, vp = T.axis.remap("SSSSR", [b, s, h, d, p])
+                        with T.init():
+                            out[vb, vs, vh, vd] = T.float32(0)
+                        out[vb, vs, vh, vd] = (out[vb, vs, vh, vd]
+                                               + part_acc[vb, vs, vp, vh, vd] * merge_w[vb, vs, vh, vp])
+
+    if not picks:
+        @T.prim_func(s_tir=True)
+        def dense(q: T.Buffer((B, S, H, D), "float32"), kv: T.Buffer((B, N, D), "float32"),
+                  kv_bias: T.Buffer((B, S, N), "float32"), sinks: T.Buffer((H,), "float32"),
+                  out: T.Buffer((B, S, H, D), "float32")):
+            T.func_attr({"global_symbol": name, "tirx.noalias": True})
+            attention(q, kv, kv_bias, None, None, None, None, None, sinks, out)
+
+        return dense
+
+    @T.prim_func(s_tir=True)
+    def csa(q: T.Buffer((B, S, H, D), "float32"), kv: T.Buffer((B, N, D), "float32"),
+            kv_bias: T.Buffer((B, S, N), "float32"), cache: T.Buffer((B, C, D), "float32"),
+            entries: T.Buffer((B, E, D), "float32"), indices: T.Buffer((B, S, K), "int64"),
+            valid: T.Buffer((B, S, K), "bool"), start_pos: T.Buffer((B,), "int64"), sinks: T.Buffer((H,), "float32"),
+            out: T.Buffer((B, S, H, D), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        attention(q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks, out)
+
+    return csa
 
 
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
@@ -242,12 +268,8 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale:
               name: str = "tide_sink_attention"):
     """The unscheduled kernel for ``q [B,S,H,Dh]``, ``kv [B,N,Dh]``, ``kv_bias [B,S,N]``,
     ``sinks [H]`` -> ``out [B,S,H,Dh]``; ``tide.targets.attention`` schedules it."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
-
     head_block = head_block or default_head_block(heads)
-    src = kernel_source(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits)
-    return tvm.script.from_source(src)
+    return kernel(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits, None)
 
 
 def default_head_block(heads: int) -> int:

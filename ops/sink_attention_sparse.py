@@ -6,7 +6,8 @@ The entry list of query s is ``[kv (N shared) ; its k picks]``. Pick ``w`` is th
 ``cache[w]`` otherwise; invalid picks are masked. The kernel gathers the picked rows straight into
 its entry tiles: no ``[B, S, k, Dh]`` gather is materialized. The LightningIndexer returns its picks
 sorted by score with the invalid ones last, so the skipped-tile range cuts them off. Same kernel
-body as ``sink_attention`` (``kernel_source`` with ``sparse``), same target schedules.
+body as ``sink_attention`` (``sink_attention.kernel`` with ``sparse``), same target schedules, same
+precision (float32 reads and accumulation; int64 pick indices, bool flags).
 """
 
 from __future__ import annotations
@@ -24,14 +25,10 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k:
     """The unscheduled kernel for ``q [B,S,H,Dh]``, ``kv [B,N,Dh]``, ``kv_bias [B,S,N]``,
     ``cache [B,C,Dh]``, ``entries [B,nb,Dh]``, ``indices``/``valid [B,S,k]``, ``start_pos [B]``,
     ``sinks [H]`` -> ``out [B,S,H,Dh]``."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
-
     head_block = head_block or sink_attention.default_head_block(heads)
     sparse = {"top_k": top_k, "cache_rows": cache_rows, "new_rows": new_rows, "ratio": ratio}
-    src = sink_attention.kernel_source(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block,
-                                       splits, sparse=sparse)
-    return tvm.script.from_source(src)
+    return sink_attention.kernel(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits,
+                                 sparse)
 
 
 def gather_picks(cache, entries, indices, start_pos, ratio: int) -> np.ndarray:
