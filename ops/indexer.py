@@ -27,57 +27,74 @@ import numpy as np
 
 TIDE_FUNCTION = "LightningIndexer"
 
-LOWEST = "T.min_value(\"float32\")"  # the score of an empty list slot or a masked candidate
+LOWEST = float(np.finfo(np.float32).min)  # the score of an empty list slot or a masked candidate
 SENTINEL = 1 << 30  # entry ids of empty slots (SENTINEL + slot) and masked candidates
 
 
-def _better(av: str, ai: str, bv: str, bi: str) -> str:
+def _better(av, ai, bv, bi):
     """1 when (av, ai) ranks before (bv, bi): higher score, or equal score and lower entry."""
-    return f"T.Select({av} > {bv} or ({av} == {bv} and {ai} < {bi}), 1, 0)"
+    from tvm.script import tirx as T
+
+    return T.Select(T.Or(av > bv, T.And(av == bv, ai < bi)), 1, 0)
 
 
-def _merge_stages(prefix: str, indent: str, n_cand: int, K: int, cv: str, ci: str) -> str:
-    """TVMScript of one merge of ``n_cand`` candidates ``(cv[c], ci[c])`` into the sorted list
-    ``(lv, li)`` of K slots: ranks by counting, scatter (ranks >= K go to a spare slot), copy back."""
-    lines = f'''
-with T.sblock("{prefix}rank_list_scope"):
-    for i, c in T.grid({K}, {n_cand}):
-        with T.sblock("{prefix}rank_list"):
-            vi, vc = T.axis.remap("SR", [i, c])
-            with T.init():
-                rl[vi] = vi
-            rl[vi] = rl[vi] + {_better(f"{cv}[vc]", f"{ci}[vc]", "lv[vi]", "li[vi]")}
-with T.sblock("{prefix}rank_cand_scope"):
-    for c, o in T.grid({n_cand}, {K + n_cand}):
-        with T.sblock("{prefix}rank_cand"):
-            vc, vo = T.axis.remap("SR", [c, o])
-            with T.init():
-                rc[vc] = 0
-            rc[vc] = rc[vc] + T.if_then_else(vo < {K}, {_better("lv[T.min(vo, " + str(K - 1) + ")]", "li[T.min(vo, " + str(K - 1) + ")]", f"{cv}[vc]", f"{ci}[vc]")}, {_better(f"{cv}[T.max(vo - {K}, 0)]", f"{ci}[T.max(vo - {K}, 0)]", f"{cv}[vc]", f"{ci}[vc]")})
-for i in range({K}):
-    with T.sblock("{prefix}move_list"):
-        vi = T.axis.remap("S", [i])
-        T.reads(rl[vi], lv[vi], li[vi])
-        T.writes(nv[0:{K + 1}], ni[0:{K + 1}])
-        nv[T.min(rl[vi], {K})] = lv[vi]
-        ni[T.min(rl[vi], {K})] = li[vi]
-for c in range({n_cand}):
-    with T.sblock("{prefix}move_cand"):
-        vc = T.axis.remap("S", [c])
-        T.reads(rc[vc], {cv}[vc], {ci}[vc])
-        T.writes(nv[0:{K + 1}], ni[0:{K + 1}])
-        nv[T.min(rc[vc], {K})] = {cv}[vc]
-        ni[T.min(rc[vc], {K})] = {ci}[vc]
-for i in range({K}):
-    with T.sblock("{prefix}commit"):
-        vi = T.axis.remap("S", [i])
-        lv[vi] = nv[vi]
-        li[vi] = ni[vi]'''
-    return "\n".join(indent + line if line else line for line in lines.split("\n"))
+def _merge_stages(prefix: str, n_cand: int, K: int):
+    """A macro for one merge of ``n_cand`` candidates ``(cv[c], ci[c])`` into the sorted list
+    ``(lv, li)`` of K slots: ranks by counting, scatter (ranks >= K go to a spare slot), copy back.
+    Its block names start with ``prefix`` (a fresh macro per merge: the parser suffixes the block
+    names of a macro's later expansions)."""
+    from tvm.script import tirx as T
+
+    @T.macro
+    def merge(lv, li, nv, ni, rl, rc, cv, ci):
+        with T.sblock(prefix + "rank_list_scope"):
+            for i, c in T.grid(K, n_cand):
+                with T.sblock(prefix + "rank_list"):
+                    vi, vc = T.axis.remap("SR", [i, c])
+                    with T.init():
+                        rl[vi] = vi
+                    rl[vi] = rl[vi] + _better(cv[vc], ci[vc], lv[vi], li[vi])
+        with T.sblock(prefix + "rank_cand_scope"):
+            for c, o in T.grid(n_cand, K + n_cand):
+                with T.sblock(prefix + "rank_cand"):
+                    vc, vo = T.axis.remap("SR", [c, o])
+                    with T.init():
+                        rc[vc] = 0
+                    rc[vc] = rc[vc] + T.if_then_else(
+                        vo < K, _better(lv[T.min(vo, K - 1)], li[T.min(vo, K - 1)], cv[vc], ci[vc]),
+                        _better(cv[T.max(vo - K, 0)], ci[T.max(vo - K, 0)], cv[vc], ci[vc]))
+        for i in range(K):
+            with T.sblock(prefix + "move_list"):
+                vi = T.axis.remap("S", [i])
+                T.reads(rl[vi], lv[vi], li[vi])
+                T.writes(nv[0:K + 1], ni[0:K + 1])
+                nv[T.min(rl[vi], K)] = lv[vi]
+                ni[T.min(rl[vi], K)] = li[vi]
+        for c in range(n_cand):
+            with T.sblock(prefix + "move_cand"):
+                vc = T.axis.remap("S", [c])
+                T.reads(rc[vc], cv[vc], ci[vc])
+                T.writes(nv[0:K + 1], ni[0:K + 1])
+                nv[T.min(rc[vc], K)] = cv[vc]
+                ni[T.min(rc[vc], K)] = ci[vc]
+        for i in range(K):
+            with T.sblock(prefix + "commit"):
+                vi = T.axis.remap("S", [i])
+                lv[vi] = nv[vi]
+                li[vi] = ni[vi]
+
+    return merge
 
 
-def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, cache_rows: int,
-                  new_rows: int, ratio: int, top_k: int, scale: float, entry_block: int, splits: int) -> str:
+def prim_func(batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, cache_rows: int, new_rows: int,
+              ratio: int, top_k: int, scale: float, entry_block: int = 8, splits: int = 1,
+              name: str = "tide_lightning_indexer"):
+    """The unscheduled kernel: ``q [B,S,Hi,Di]`` (before RoPE), ``cos``/``sin [B,S,rd/2]``,
+    ``w [B,S,Hi]`` (``weights_proj x``; ``scale`` = weights_scale * softmax_scale), ``cache
+    [B,C,Di]``, ``entries [B,nb,Di]``, ``start_pos [B]`` -> ``indices [B,S,k]`` int64, ``valid
+    [B,S,k]`` bool. ``tide.targets.attention`` schedules it."""
+    from tvm.script import tirx as T
+
     B, S, Hi, Di, rd, C, E, r, K = batch, seq, heads, head_dim, rope_dim, cache_rows, new_rows, ratio, top_k
     NB = entry_block
     if not 1 <= K <= C:
@@ -88,215 +105,215 @@ def kernel_source(name: str, batch: int, seq: int, heads: int, head_dim: int, ro
     P = max(1, min(splits, n_tiles))
     TPS = -(-n_tiles // P)
     P = -(-n_tiles // TPS)
-    f32 = '"float32"'
     off = Di - rd
-    jj = f"(vd - {off})"
-    cos_i = f"cos[vb, vs, T.max({jj}, 0) // 2]"
-    sin_i = f"sin[vb, vs, T.max({jj}, 0) // 2]"
-    rope = (f"T.if_then_else(vd < {off}, q[vb, vs, vh, vd], T.if_then_else({jj} % 2 == 0, "
-            f"q[vb, vs, vh, vd] * {cos_i} - q[vb, vs, vh, T.min(vd + 1, {Di - 1})] * {sin_i}, "
-            f"q[vb, vs, vh, vd] * {cos_i} + q[vb, vs, vh, T.max(vd - 1, 0)] * {sin_i}))")
-    e = "(ebase[0] + vj)"
-    base = f"T.Cast(\"int32\", start_pos[vb] // T.int64({r}))"
-    key = (f"T.if_then_else({e} >= {base} and {e} - {base} < {E}, "
-           f"entries[vb, T.max(T.min({e} - {base}, {E - 1}), 0), vd], cache[vb, T.min({e}, {C - 1}), vd])")
-    threshold = f"T.Cast(\"int32\", (start_pos[vb] + T.int64(vs) + T.int64(1)) // T.int64({r}))"
-    n_vis = f"T.min(T.min({threshold}, {C}), {K})"
-    n_live = f"T.max(T.min({TPS}, (lim[0] + {NB - 1}) // {NB} - vp * {TPS}), 0)"
-    params = [f'q: T.Buffer(({B}, {S}, {Hi}, {Di}), "float32")', f'cos: T.Buffer(({B}, {S}, {rd // 2}), "float32")',
-              f'sin: T.Buffer(({B}, {S}, {rd // 2}), "float32")', f'w: T.Buffer(({B}, {S}, {Hi}), "float32")',
-              f'cache: T.Buffer(({B}, {C}, {Di}), "float32")', f'entries: T.Buffer(({B}, {E}, {Di}), "float32")',
-              'start_pos: T.Buffer(({B},), "int64")'.format(B=B), f'indices: T.Buffer(({B}, {S}, {K}), "int64")',
-              f'valid: T.Buffer(({B}, {S}, {K}), "bool")']
-    emit = f'''
-for i in range({K}):
-    with T.sblock("emit"):
-        vi = T.axis.remap("S", [i])
-        T.reads(lv[vi], li[vi], start_pos[vb])
-        T.writes(indices[vb, vs, vi], valid[vb, vs, vi])
-        indices[vb, vs, vi] = T.Cast("int64", T.Select(vi < {n_vis}, li[vi], T.min({threshold}, {C}) + vi - {n_vis}))
-        valid[vb, vs, vi] = vi < {threshold}'''
     PEND = max(4 * NB, 32)
+    merge_full, merge_last, merge_parts = (_merge_stages("", PEND, K), _merge_stages("f_", PEND, K),
+                                           _merge_stages("m_", K, K))
 
-    def beats(j: str) -> str:
-        return _better(f"cv[{j}]", f"ci[{j}]", f"lv[{K - 1}]", f"li[{K - 1}]")
+    def visible(start_pos, vb, vs):
+        """``(pos + 1) // ratio`` of query (vb, vs): its entries below this are visible."""
+        return T.Cast("int32", (start_pos[vb] + T.int64(vs) + T.int64(1)) // T.int64(r))
 
-    prefix = " + ".join(f"T.Select({c} < vj, {beats(str(c))}, 0)" for c in range(NB))
-    pend_reset = f'''
-for i in range({PEND + 1}):
-    with T.sblock("pend_reset"):
-        vi = T.axis.remap("S", [i])
-        pv[vi] = {LOWEST}
-        pi[vi] = {SENTINEL + K} + vi
-with T.sblock("pend_clear"):
-    T.reads()
-    T.writes(pcnt[0])
-    pcnt[0] = 0'''
-    list_bufs = f'''
-lv = T.sblock_alloc_buffer(({K},), {f32})
-li = T.sblock_alloc_buffer(({K},), "int32")
-nv = T.sblock_alloc_buffer(({K + 1},), {f32})
-ni = T.sblock_alloc_buffer(({K + 1},), "int32")
-rl = T.sblock_alloc_buffer(({K},), "int32")'''
+    def n_visible(start_pos, vb, vs):
+        return T.min(T.min(visible(start_pos, vb, vs), C), K)
 
-    def indent(text: str, n: int) -> str:
-        return "\n".join(" " * n + line if line else line for line in text.split("\n"))
+    def key_at(cache, entries, start_pos, vb, e, d):
+        """Channel ``d`` of entry ``e``: this call's candidate or the cache row."""
+        base = T.Cast("int32", start_pos[vb] // T.int64(r))
+        return T.if_then_else(T.And(e >= base, e - base < E), entries[vb, T.max(T.min(e - base, E - 1), 0), d],
+                              cache[vb, T.min(e, C - 1), d])
 
-    if P == 1:
-        part_allocs, merge = "", ""
-        writes = f"indices[vb, vs, 0:{K}], valid[vb, vs, 0:{K}]"
-        epilogue = indent(emit, 16)
-    else:
-        part_allocs = f'''
-        part_v = T.alloc_buffer(({B}, {S}, {P}, {K}), {f32})
-        part_i = T.alloc_buffer(({B}, {S}, {P}, {K}), "int32")'''
-        writes = f"part_v[vb, vs, vp, 0:{K}], part_i[vb, vs, vp, 0:{K}]"
-        epilogue = indent(f'''
-for i in range({K}):
-    with T.sblock("store_part"):
-        vi = T.axis.remap("S", [i])
-        part_v[vb, vs, vp, vi] = lv[vi]
-        part_i[vb, vs, vp, vi] = li[vi]''', 16)
-        merge = f'''
-        for b, s in T.grid({B}, {S}):
-            with T.sblock("merge"):
-                vb, vs = T.axis.remap("SS", [b, s])
-                T.reads(part_v[vb, vs, 0:{P}, 0:{K}], part_i[vb, vs, 0:{P}, 0:{K}], start_pos[vb])
-                T.writes(indices[vb, vs, 0:{K}], valid[vb, vs, 0:{K}])
-{indent(list_bufs, 16)}
-                rc = T.sblock_alloc_buffer(({K},), "int32")
-                pv = T.sblock_alloc_buffer(({K},), {f32})
-                pi = T.sblock_alloc_buffer(({K},), "int32")
-                pcur = T.sblock_alloc_buffer((1,), "int32")
-                for i in range({K}):
-                    with T.sblock("m_list_init"):
-                        vi = T.axis.remap("S", [i])
-                        lv[vi] = part_v[vb, vs, 0, vi]
-                        li[vi] = part_i[vb, vs, 0, vi]
-                for p in range(1, {P}):
-                    with T.sblock("m_part"):
-                        T.reads()
-                        T.writes(pcur[0])
-                        pcur[0] = p
-                    for i in range({K}):
-                        with T.sblock("m_load"):
+    def beats(cv, ci, lv, li, j):
+        """1 when candidate j ranks before the list's last element."""
+        return _better(cv[j], ci[j], lv[K - 1], li[K - 1])
+
+    def pend_slot(pcnt, cv, ci, lv, li, vj):
+        """The pending slot of candidate vj: the count so far plus the earlier candidates kept."""
+        slot = pcnt[0]
+        for c in range(NB):
+            slot = slot + T.Select(T.int32(c) < vj, beats(cv, ci, lv, li, c), 0)
+        return slot
+
+    @T.macro
+    def emit(lv, li, start_pos, indices, valid, vb, vs):
+        for i in range(K):
+            with T.sblock("emit"):
+                vi = T.axis.remap("S", [i])
+                T.reads(lv[vi], li[vi], start_pos[vb])
+                T.writes(indices[vb, vs, vi], valid[vb, vs, vi])
+                indices[vb, vs, vi] = T.Cast("int64", T.Select(
+                    vi < n_visible(start_pos, vb, vs), li[vi],
+                    T.min(visible(start_pos, vb, vs), C) + vi - n_visible(start_pos, vb, vs)))
+                valid[vb, vs, vi] = vi < visible(start_pos, vb, vs)
+
+    @T.prim_func(s_tir=True)
+    def indexer(q: T.Buffer((B, S, Hi, Di), "float32"), cos: T.Buffer((B, S, rd // 2), "float32"),
+                sin: T.Buffer((B, S, rd // 2), "float32"), w: T.Buffer((B, S, Hi), "float32"),
+                cache: T.Buffer((B, C, Di), "float32"), entries: T.Buffer((B, E, Di), "float32"),
+                start_pos: T.Buffer((B,), "int64"), indices: T.Buffer((B, S, K), "int64"),
+                valid: T.Buffer((B, S, K), "bool")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        with T.sblock("root"):
+            if P > 1:
+                part_v = T.alloc_buffer((B, S, P, K), "float32")
+                part_i = T.alloc_buffer((B, S, P, K), "int32")
+            for b, s, p in T.grid(B, S, P):
+                with T.sblock("score"):
+                    vb, vs, vp = T.axis.remap("SSS", [b, s, p])
+                    T.reads(q[vb, vs, 0:Hi, 0:Di], cos[vb, vs, 0:rd // 2], sin[vb, vs, 0:rd // 2], w[vb, vs, 0:Hi],
+                            cache[vb, 0:C, 0:Di], entries[vb, 0:E, 0:Di], start_pos[vb])
+                    if P == 1:
+                        T.writes(indices[vb, vs, 0:K], valid[vb, vs, 0:K])
+                    else:
+                        T.writes(part_v[vb, vs, vp, 0:K], part_i[vb, vs, vp, 0:K])
+                    qt = T.sblock_alloc_buffer((Di, Hi), "float32")
+                    wv = T.sblock_alloc_buffer((Hi,), "float32")
+                    tile = T.sblock_alloc_buffer((NB, Di), "float32")
+                    dots = T.sblock_alloc_buffer((NB, Hi), "float32")
+                    sc = T.sblock_alloc_buffer((NB,), "float32")
+                    cv = T.sblock_alloc_buffer((NB,), "float32")
+                    ci = T.sblock_alloc_buffer((NB,), "int32")
+                    pv = T.sblock_alloc_buffer((PEND + 1,), "float32")
+                    pi = T.sblock_alloc_buffer((PEND + 1,), "int32")
+                    rc = T.sblock_alloc_buffer((PEND,), "int32")
+                    lv = T.sblock_alloc_buffer((K,), "float32")
+                    li = T.sblock_alloc_buffer((K,), "int32")
+                    nv = T.sblock_alloc_buffer((K + 1,), "float32")
+                    ni = T.sblock_alloc_buffer((K + 1,), "int32")
+                    rl = T.sblock_alloc_buffer((K,), "int32")
+                    lim = T.sblock_alloc_buffer((1,), "int32")
+                    ebase = T.sblock_alloc_buffer((1,), "int32")
+                    pcnt = T.sblock_alloc_buffer((1,), "int32")
+                    for d, h in T.grid(Di, Hi):
+                        with T.sblock("q_load"):
+                            vd, vh = T.axis.remap("SS", [d, h])
+                            qt[vd, vh] = T.if_then_else(vd < off, q[vb, vs, vh, vd], T.if_then_else(
+                                (vd - off) % 2 == 0,
+                                q[vb, vs, vh, vd] * cos[vb, vs, T.max(vd - off, 0) // 2]
+                                - q[vb, vs, vh, T.min(vd + 1, Di - 1)] * sin[vb, vs, T.max(vd - off, 0) // 2],
+                                q[vb, vs, vh, vd] * cos[vb, vs, T.max(vd - off, 0) // 2]
+                                + q[vb, vs, vh, T.max(vd - 1, 0)] * sin[vb, vs, T.max(vd - off, 0) // 2]))
+                    for h in range(Hi):
+                        with T.sblock("w_load"):
+                            vh = T.axis.remap("S", [h])
+                            wv[vh] = w[vb, vs, vh] * T.float32(scale)
+                    for i in range(K):
+                        with T.sblock("list_init"):
                             vi = T.axis.remap("S", [i])
-                            T.reads(part_v[vb, vs, pcur[0], vi], part_i[vb, vs, pcur[0], vi])
-                            T.writes(pv[vi], pi[vi])
-                            pv[vi] = part_v[vb, vs, pcur[0], vi]
-                            pi[vi] = part_i[vb, vs, pcur[0], vi]
-{_merge_stages("m_", " " * 20, K, K, "pv", "pi")}
-{indent(emit, 16)}'''
+                            lv[vi] = T.float32(LOWEST)
+                            li[vi] = SENTINEL + vi
+                    for i in range(PEND + 1):
+                        with T.sblock("pend_init"):
+                            vi = T.axis.remap("S", [i])
+                            pv[vi] = T.float32(LOWEST)
+                            pi[vi] = SENTINEL + K + vi
+                    with T.sblock("limit"):
+                        T.reads(start_pos[vb])
+                        T.writes(lim[0], pcnt[0])
+                        lim[0] = T.min(visible(start_pos, vb, vs), C)
+                        pcnt[0] = 0
+                    for t in range(T.max(T.min(TPS, (lim[0] + NB - 1) // NB - vp * TPS), 0)):
+                        with T.sblock("tile_start"):
+                            T.reads()
+                            T.writes(ebase[0])
+                            ebase[0] = (vp * TPS + t) * NB
+                        for j, d in T.grid(NB, Di):
+                            with T.sblock("tile_load"):
+                                vj, vd = T.axis.remap("SS", [j, d])
+                                tile[vj, vd] = T.if_then_else(ebase[0] + vj < lim[0],
+                                                              key_at(cache, entries, start_pos, vb, ebase[0] + vj, vd),
+                                                              T.float32(0))
+                        with T.sblock("qk_scope"):
+                            for j, h, d in T.grid(NB, Hi, Di):
+                                with T.sblock("qk"):
+                                    vj, vh, vd = T.axis.remap("SSR", [j, h, d])
+                                    with T.init():
+                                        dots[vj, vh] = T.float32(0)
+                                    dots[vj, vh] = dots[vj, vh] + qt[vd, vh] * tile[vj, vd]
+                        with T.sblock("weigh_scope"):
+                            for j, h in T.grid(NB, Hi):
+                                with T.sblock("weigh"):
+                                    vj, vh = T.axis.remap("SR", [j, h])
+                                    with T.init():
+                                        sc[vj] = T.float32(0)
+                                    sc[vj] = sc[vj] + wv[vh] * T.max(dots[vj, vh], T.float32(0))
+                        for j in range(NB):
+                            with T.sblock("cand"):
+                                vj = T.axis.remap("S", [j])
+                                cv[vj] = T.Select(ebase[0] + vj < lim[0], sc[vj], T.float32(LOWEST))
+                                ci[vj] = T.Select(ebase[0] + vj < lim[0], ebase[0] + vj,
+                                                  SENTINEL + K + PEND + 1 + (ebase[0] + vj))
+                        for j in range(NB):
+                            with T.sblock("pend"):
+                                vj = T.axis.remap("S", [j])
+                                T.reads(cv[0:NB], ci[0:NB], lv[K - 1], li[K - 1], pcnt[0])
+                                T.writes(pv[0:PEND + 1], pi[0:PEND + 1])
+                                pv[T.Select(beats(cv, ci, lv, li, vj) == 1, pend_slot(pcnt, cv, ci, lv, li, vj),
+                                            PEND)] = cv[vj]
+                                pi[T.Select(beats(cv, ci, lv, li, vj) == 1, pend_slot(pcnt, cv, ci, lv, li, vj),
+                                            PEND)] = ci[vj]
+                        with T.sblock("pend_count"):
+                            T.reads(cv[0:NB], ci[0:NB], lv[K - 1], li[K - 1])
+                            T.writes(pcnt[0])
+                            for j in range(NB):
+                                pcnt[0] = pcnt[0] + beats(cv, ci, lv, li, j)
+                        for u in range(T.Select(pcnt[0] > PEND - NB, 1, 0)):
+                            merge_full(lv, li, nv, ni, rl, rc, pv, pi)
+                            for i in range(PEND + 1):
+                                with T.sblock("pend_reset"):
+                                    vi = T.axis.remap("S", [i])
+                                    pv[vi] = T.float32(LOWEST)
+                                    pi[vi] = SENTINEL + K + vi
+                            with T.sblock("pend_clear"):
+                                T.reads()
+                                T.writes(pcnt[0])
+                                pcnt[0] = 0
+                    for u in range(T.min(pcnt[0], 1)):
+                        merge_last(lv, li, nv, ni, rl, rc, pv, pi)
+                    if P == 1:
+                        emit(lv, li, start_pos, indices, valid, vb, vs)
+                    else:
+                        for i in range(K):
+                            with T.sblock("store_part"):
+                                vi = T.axis.remap("S", [i])
+                                part_v[vb, vs, vp, vi] = lv[vi]
+                                part_i[vb, vs, vp, vi] = li[vi]
+            if P > 1:
+                for b, s in T.grid(B, S):
+                    with T.sblock("merge"):
+                        vb, vs = T.axis.remap("SS", [b, s])
+                        T.reads(part_v[vb, vs, 0:P, 0:K], part_i[vb, vs, 0:P, 0:K], start_pos[vb])
+                        T.writes(indices[vb, vs, 0:K], valid[vb, vs, 0:K])
+                        lv = T.sblock_alloc_buffer((K,), "float32")
+                        li = T.sblock_alloc_buffer((K,), "int32")
+                        nv = T.sblock_alloc_buffer((K + 1,), "float32")
+                        ni = T.sblock_alloc_buffer((K + 1,), "int32")
+                        rl = T.sblock_alloc_buffer((K,), "int32")
+                        rc = T.sblock_alloc_buffer((K,), "int32")
+                        pv = T.sblock_alloc_buffer((K,), "float32")
+                        pi = T.sblock_alloc_buffer((K,), "int32")
+                        pcur = T.sblock_alloc_buffer((1,), "int32")
+                        for i in range(K):
+                            with T.sblock("m_list_init"):
+                                vi = T.axis.remap("S", [i])
+                                lv[vi] = part_v[vb, vs, 0, vi]
+                                li[vi] = part_i[vb, vs, 0, vi]
+                        for p in range(1, P):
+                            with T.sblock("m_part"):
+                                T.reads()
+                                T.writes(pcur[0])
+                                pcur[0] = p
+                            for i in range(K):
+                                with T.sblock("m_load"):
+                                    vi = T.axis.remap("S", [i])
+                                    T.reads(part_v[vb, vs, pcur[0], vi], part_i[vb, vs, pcur[0], vi])
+                                    T.writes(pv[vi], pi[vi])
+                                    pv[vi] = part_v[vb, vs, pcur[0], vi]
+                                    pi[vi] = part_i[vb, vs, pcur[0], vi]
+                            merge_parts(lv, li, nv, ni, rl, rc, pv, pi)
+                        emit(lv, li, start_pos, indices, valid, vb, vs)
 
-    return f'''
-@T.prim_func(s_tir=True)
-def {name}({", ".join(params)}):
-    T.func_attr({{"global_symbol": "{name}", "tirx.noalias": True}})
-    with T.sblock("root"):{part_allocs}
-        for b, s, p in T.grid({B}, {S}, {P}):
-            with T.sblock("score"):
-                vb, vs, vp = T.axis.remap("SSS", [b, s, p])
-                T.reads(q[vb, vs, 0:{Hi}, 0:{Di}], cos[vb, vs, 0:{rd // 2}], sin[vb, vs, 0:{rd // 2}], w[vb, vs, 0:{Hi}], cache[vb, 0:{C}, 0:{Di}], entries[vb, 0:{E}, 0:{Di}], start_pos[vb])
-                T.writes({writes})
-                qt = T.sblock_alloc_buffer(({Di}, {Hi}), {f32})
-                wv = T.sblock_alloc_buffer(({Hi},), {f32})
-                tile = T.sblock_alloc_buffer(({NB}, {Di}), {f32})
-                dots = T.sblock_alloc_buffer(({NB}, {Hi}), {f32})
-                sc = T.sblock_alloc_buffer(({NB},), {f32})
-                cv = T.sblock_alloc_buffer(({NB},), {f32})
-                ci = T.sblock_alloc_buffer(({NB},), "int32")
-                pv = T.sblock_alloc_buffer(({PEND + 1},), {f32})
-                pi = T.sblock_alloc_buffer(({PEND + 1},), "int32")
-                rc = T.sblock_alloc_buffer(({PEND},), "int32")
-{indent(list_bufs, 16)}
-                lim = T.sblock_alloc_buffer((1,), "int32")
-                ebase = T.sblock_alloc_buffer((1,), "int32")
-                pcnt = T.sblock_alloc_buffer((1,), "int32")
-                for d, h in T.grid({Di}, {Hi}):
-                    with T.sblock("q_load"):
-                        vd, vh = T.axis.remap("SS", [d, h])
-                        qt[vd, vh] = {rope}
-                for h in range({Hi}):
-                    with T.sblock("w_load"):
-                        vh = T.axis.remap("S", [h])
-                        wv[vh] = w[vb, vs, vh] * T.float32({scale!r})
-                for i in range({K}):
-                    with T.sblock("list_init"):
-                        vi = T.axis.remap("S", [i])
-                        lv[vi] = {LOWEST}
-                        li[vi] = {SENTINEL} + vi
-                for i in range({PEND + 1}):
-                    with T.sblock("pend_init"):
-                        vi = T.axis.remap("S", [i])
-                        pv[vi] = {LOWEST}
-                        pi[vi] = {SENTINEL + K} + vi
-                with T.sblock("limit"):
-                    T.reads(start_pos[vb])
-                    T.writes(lim[0], pcnt[0])
-                    lim[0] = T.min({threshold}, {C})
-                    pcnt[0] = 0
-                for t in range({n_live}):
-                    with T.sblock("tile_start"):
-                        T.reads()
-                        T.writes(ebase[0])
-                        ebase[0] = (vp * {TPS} + t) * {NB}
-                    for j, d in T.grid({NB}, {Di}):
-                        with T.sblock("tile_load"):
-                            vj, vd = T.axis.remap("SS", [j, d])
-                            tile[vj, vd] = T.if_then_else({e} < lim[0], {key}, T.float32(0))
-                    with T.sblock("qk_scope"):
-                        for j, h, d in T.grid({NB}, {Hi}, {Di}):
-                            with T.sblock("qk"):
-                                vj, vh, vd = T.axis.remap("SSR", [j, h, d])
-                                with T.init():
-                                    dots[vj, vh] = T.float32(0)
-                                dots[vj, vh] = dots[vj, vh] + qt[vd, vh] * tile[vj, vd]
-                    with T.sblock("weigh_scope"):
-                        for j, h in T.grid({NB}, {Hi}):
-                            with T.sblock("weigh"):
-                                vj, vh = T.axis.remap("SR", [j, h])
-                                with T.init():
-                                    sc[vj] = T.float32(0)
-                                sc[vj] = sc[vj] + wv[vh] * T.max(dots[vj, vh], T.float32(0))
-                    for j in range({NB}):
-                        with T.sblock("cand"):
-                            vj = T.axis.remap("S", [j])
-                            cv[vj] = T.Select({e} < lim[0], sc[vj], {LOWEST})
-                            ci[vj] = T.Select({e} < lim[0], {e}, {SENTINEL + K + PEND + 1} + {e})
-                    for j in range({NB}):
-                        with T.sblock("pend"):
-                            vj = T.axis.remap("S", [j])
-                            T.reads(cv[0:{NB}], ci[0:{NB}], lv[{K - 1}], li[{K - 1}], pcnt[0])
-                            T.writes(pv[0:{PEND + 1}], pi[0:{PEND + 1}])
-                            pv[T.Select({beats("vj")} == 1, pcnt[0] + {prefix}, {PEND})] = cv[vj]
-                            pi[T.Select({beats("vj")} == 1, pcnt[0] + {prefix}, {PEND})] = ci[vj]
-                    with T.sblock("pend_count"):
-                        T.reads(cv[0:{NB}], ci[0:{NB}], lv[{K - 1}], li[{K - 1}])
-                        T.writes(pcnt[0])
-                        for j in range({NB}):
-                            pcnt[0] = pcnt[0] + {beats("j")}
-                    for u in range(T.Select(pcnt[0] > {PEND - NB}, 1, 0)):
-{_merge_stages("", " " * 24, PEND, K, "pv", "pi")}
-{indent(pend_reset, 24)}
-                for u in range(T.min(pcnt[0], 1)):
-{_merge_stages("f_", " " * 20, PEND, K, "pv", "pi")}
-{epilogue}{merge}
-'''
-
-
-def prim_func(batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, cache_rows: int, new_rows: int,
-              ratio: int, top_k: int, scale: float, entry_block: int = 8, splits: int = 1,
-              name: str = "tide_lightning_indexer"):
-    """The unscheduled kernel: ``q [B,S,Hi,Di]`` (before RoPE), ``cos``/``sin [B,S,rd/2]``,
-    ``w [B,S,Hi]`` (``weights_proj x``; ``scale`` = weights_scale * softmax_scale), ``cache
-    [B,C,Di]``, ``entries [B,nb,Di]``, ``start_pos [B]`` -> ``indices [B,S,k]`` int64, ``valid
-    [B,S,k]`` bool. ``tide.targets.attention`` schedules it."""
-    import tvm
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
-
-    src = kernel_source(name, batch, seq, heads, head_dim, rope_dim, cache_rows, new_rows, ratio, top_k, scale,
-                        entry_block, splits)
-    return tvm.script.from_source(src)
+    return indexer
 
 
 def rope_reference(x, cos, sin, rope_dim: int):

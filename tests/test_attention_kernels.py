@@ -806,7 +806,7 @@ def test_lightning_indexer_cuda_on_a_block_emulator(case, tmp_path):
     source = _mma_source(func)
     tiles = -(-C // cfg["entry_block"])
     per_split = -(-tiles // min(cfg["splits"], tiles))
-    P = -(-tiles // per_split)  # entry ranges, as indexer.kernel_source cuts them
+    P = -(-tiles // per_split)  # entry ranges, as indexer.prim_func cuts them
     assert (P > 1) == case.endswith("split")
     arrays = dict(q=q, cos=cos, sin=sin, w=w, cache=cache, entries=entries, start_pos=start,
                   indices=np.full((B, S, K), -1, np.int64), valid=np.zeros((B, S, K), bool),
