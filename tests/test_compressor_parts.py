@@ -5,9 +5,9 @@
 from __future__ import annotations
 
 import numpy as np
-import tvm
-
 import pytest
+import tvm
+from tvm.script import tirx as T
 
 from tide.ops import compressor, compressor_proj
 from tide.targets import attention, cpu
@@ -15,20 +15,16 @@ from tide.targets import attention, cpu
 
 def test_exp_lets_is_accurate_over_its_range():
     n = 1 << 16
-    body = compressor.exp_lets("e", "a[i]", " " * 12)
-    source = f'''
-@T.prim_func(s_tir=True)
-def main(a: T.Buffer(({n},), "float32"), out: T.Buffer(({n},), "float32")):
-    T.func_attr({{"global_symbol": "main", "tirx.noalias": True}})
-    for i0, i1 in T.grid({n // 16}, 16):
-        with T.sblock("exp"):
-            i = T.axis.spatial({n}, i0 * 16 + i1)
-            {body}
-            out[i] = e
-'''
-    from tvm.script import tirx as T  # noqa: F401  (referenced by the parsed source)
 
-    func = tvm.script.from_source(source)
+    @T.prim_func(s_tir=True)
+    def func(a: T.Buffer((n,), "float32"), out: T.Buffer((n,), "float32")):
+        T.func_attr({"global_symbol": "main", "tirx.noalias": True})
+        for i0, i1 in T.grid(n // 16, 16):
+            with T.sblock("exp"):
+                i = T.axis.spatial(n, i0 * 16 + i1)
+                e = compressor.exp_lets("e", a[i])
+                out[i] = e
+
     sch = tvm.s_tir.Schedule(func)
     sch.vectorize(sch.get_loops(sch.get_sblock("exp"))[-1])
     ex = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=cpu.tvm_target())
