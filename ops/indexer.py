@@ -15,6 +15,10 @@ The output follows the ONNX body (TopK over scores with invisible entries at -in
 picks first, then, when fewer than top_k entries are visible, the invisible entries in increasing
 order; ``valid = index < (pos + 1) // ratio``.
 
+Precision: reads float32 (q, cos/sin, weights, keys) and int64 ``start_pos``; RoPE, dots and the
+weighted ReLU sum in float32; the top-k list holds float32 scores and int32 entry ids; writes int64
+indices and bool flags.
+
 ``splits`` cuts the entry list into ranges whose top-k lists are merged by a second stage (decode
 of one query over a long context). The q and weight projections are GEMMs: CPU prefill (S > 1)
 runs them as ``tide.ops.compressor_proj`` (the generic GEMM rule streams the whole weight per
@@ -107,14 +111,16 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, ca
     P = -(-n_tiles // TPS)
     off = Di - rd
     PEND = max(4 * NB, 32)
-    merge_full, merge_last, merge_parts = (_merge_stages("", PEND, K), _merge_stages("f_", PEND, K),
-                                           _merge_stages("m_", K, K))
+    merge_full = _merge_stages("", PEND, K)  # the pending buffer, when nearly full
+    merge_last = _merge_stages("f_", PEND, K)  # the pending buffer, once at the end
+    merge_parts = _merge_stages("m_", K, K)  # a split's list, in the second stage
 
     def visible(start_pos, vb, vs):
         """``(pos + 1) // ratio`` of query (vb, vs): its entries below this are visible."""
         return T.Cast("int32", (start_pos[vb] + T.int64(vs) + T.int64(1)) // T.int64(r))
 
     def n_visible(start_pos, vb, vs):
+        """How many of query (vb, vs)'s picks are visible entries."""
         return T.min(T.min(visible(start_pos, vb, vs), C), K)
 
     def key_at(cache, entries, start_pos, vb, e, d):
