@@ -19,6 +19,7 @@ def _cmd_export(args) -> int:
 
 def _cmd_compile(args) -> int:
     from .compiler.driver import CompileOptions, compile_model
+    from .targets import get, kinds
 
     dims = {}
     for item in args.dim or []:
@@ -26,13 +27,15 @@ def _cmd_compile(args) -> int:
         if not value.isdigit():
             raise SystemExit(f"tide compile: --dim expects NAME=INT, got '{item}'")
         dims[name] = int(value)
-    if args.soc and args.target != "ascend":
-        raise SystemExit(f"tide compile: --soc names an Ascend SoC; it needs --target ascend (got --target {args.target})")
-    if args.arch and args.target == "ascend":
-        raise SystemExit("tide compile: --target ascend takes --soc (e.g. Ascend910B1), not --arch")
+    target = get(args.target)
+    for flag in {get(k).arch_flag for k in kinds()} - {None, target.arch_flag}:
+        if getattr(args, flag):
+            users = [k for k in kinds() if get(k).arch_flag == flag]
+            raise SystemExit(f"tide compile: --{flag} is for --target {' or '.join(users)}, not --target {args.target}")
     options = CompileOptions(target=args.target, batch=args.batch, max_seq_len=args.max_seq_len,
                              prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims, mcpu=args.mcpu,
-                             arch=args.soc if args.target == "ascend" else args.arch, progress=not args.quiet)
+                             arch=getattr(args, target.arch_flag) if target.arch_flag else None,
+                             progress=not args.quiet)
     result = compile_model(args.model, args.output, options)
     generic = sorted(k for k, v in result.kernels.items() if v == "generic")
     tide_kernels = {k: v for k, v in result.kernels.items() if v != "generic"}
@@ -57,21 +60,20 @@ def _cmd_run(args) -> int:
 
     from .compiler.artifact import ArtifactError, read_artifact
     from .runtime import TideError, load
+    from .targets import get
 
-    device = args.device
-    if device is None:
-        try:
-            kind = read_artifact(args.artifact, verify=False).target.kind
-            device = kind if kind in ("cuda", "ascend") else "cpu"
-        except (ArtifactError, OSError) as err:
-            raise SystemExit(f"tide run: {err}") from None
+    try:
+        runtime = read_artifact(args.artifact, verify=False).target.kind
+    except (ArtifactError, OSError) as err:
+        raise SystemExit(f"tide run: {err}") from None
+    device = args.device or runtime
     try:
         model = load(args.artifact, device=device)
     except TideError as err:
-        if not device.startswith("ascend"):
+        hint = get(runtime).missing_device_hint
+        if device.split(":")[0] != runtime or not hint:
             raise
-        raise SystemExit(f"tide run: {err}\n(without an Ascend device, `python -m tide.targets.ascend.cpu_runner "
-                         f"{args.artifact} --prompt ...` runs the artifact's kernels on this CPU)") from None
+        raise SystemExit(f"tide run: {err}\n({hint.format(artifact=args.artifact)})") from None
     if "decode" not in model.entries:
         raise SystemExit(f"tide run: {args.artifact} is not a decode model (entries: {model.entries}); "
                          "use the Python API Model.run(feeds) for general graphs")
@@ -130,16 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compile", help="compile an ONNX model into a .tide artifact")
     p.add_argument("model", help="the ONNX file")
     p.add_argument("-o", "--output", required=True, help="the artifact to write")
-    p.add_argument("--target", default="cpu", choices=["cpu", "cuda", "ascend"])
+    from .targets import get, kinds
+
+    p.add_argument("--target", default="cpu", choices=kinds())
     p.add_argument("--batch", type=int, help="value of a symbolic batch dimension")
     p.add_argument("--max-seq-len", type=int, help="decode-state capacity (default: as exported)")
     p.add_argument("--prefill-chunk", type=int, action="append",
                    help="prefill chunk size (repeatable; default 32; single tokens use decode)")
     p.add_argument("--dim", action="append", help="NAME=INT for other symbolic dimensions")
-    p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; cuda: the generic host CPU)")
-    p.add_argument("--arch", help="cuda: GPU architectures, comma-separated (sm_80, sm_86, sm_89, sm_90, sm_90a; "
-                                  "default sm_90), e.g. sm_80,sm_90")
-    p.add_argument("--soc", help="ascend: the SoC to compile for (Ascend910B1, Ascend950PR_9599; default Ascend910B1)")
+    p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; device targets: the generic "
+                                  "host CPU)")
+    for kind in kinds():
+        target = get(kind)
+        if target.arch_flag:
+            p.add_argument(f"--{target.arch_flag}", help=f"{kind}: {target.arch_help}")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     p.set_defaults(func=_cmd_compile)
 
@@ -153,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-len", type=int, default=16, help="length of the random prompt")
     p.add_argument("-n", "--new-tokens", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda:0 for a cuda artifact, else cpu)")
+    p.add_argument("--device", help="cpu, cuda[:N] or ascend[:N] (default: the device the artifact was compiled "
+                                    "for)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="kernel benchmark suite: every kernel vs the machine's ceilings and "

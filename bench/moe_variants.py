@@ -20,9 +20,10 @@ import ml_dtypes  # noqa: F401  (registers the "bfloat16" numpy dtype)
 import numpy as np
 import tvm
 
+from tide.compiler.schedule import schedule_kernel
 from tide.ops import moe_down, moe_experts, moe_gate_up
-from tide.targets import cpu
-from tide.targets import moe as schedules
+from tide.ops.kernel import tag
+from tide.targets import get
 
 D, F, E, K = 4096, 2048, 16, 6
 
@@ -32,8 +33,11 @@ def _tensor(a):
 
 
 def _build(funcs):
-    mod = tvm.IRModule({n: schedules.schedule_cpu(f).with_attr("global_symbol", n) for n, f in funcs})
-    lib = tvm.compile(mod, target=cpu.tvm_target())
+    """The CPU target's schedules of tagged kernels, built with TVM for calling from Python."""
+    cpu = get("cpu")
+    target = cpu.tvm_target()
+    mod = tvm.IRModule({n: schedule_kernel(f, cpu, target, n).with_attr("global_symbol", n) for n, f in funcs})
+    lib = tvm.compile(mod, target=target)
     return [lib[n] for n, _ in funcs]
 
 
@@ -83,13 +87,13 @@ def _combine_with_shared(tokens: int, rows: int, shared_rows: int, name: str):
     @T.prim_func(s_tir=True)
     def func(o: T.Buffer((rows, D), "float32"), slot: T.Buffer((tokens, K), "int32"),
              shared: T.Buffer((shared_rows, D), "float32"), y: T.Buffer((tokens, D), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "combine"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for t, c in T.grid(tokens, D):
             with T.sblock("combine"):
                 vt, vc = T.axis.remap("SS", [t, c])
                 y[vt, vc] = moe_experts.slot_sum(o, slot, vt, vc, K) + shared[vt, vc]
 
-    return func
+    return tag(func, "moe_combine")
 
 
 def _add(tokens: int, name: str):
@@ -98,13 +102,13 @@ def _add(tokens: int, name: str):
     @T.prim_func(s_tir=True)
     def func(a: T.Buffer((tokens, D), "float32"), b: T.Buffer((tokens, D), "float32"),
              y: T.Buffer((tokens, D), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "combine"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for t, c in T.grid(tokens, D):
             with T.sblock("add"):
                 vt, vc = T.axis.remap("SS", [t, c])
                 y[vt, vc] = a[vt, vc] + b[vt, vc]
 
-    return func
+    return tag(func, "moe_combine")  # a [rows, cols] element-wise kernel: the combine's schedule
 
 
 def shared_combine():
@@ -112,8 +116,8 @@ def shared_combine():
         rows = tokens * K + 2 * 16
         shared_rows = -(-tokens // 3) * 3 if tokens > 1 else 1
         combine, shared_out, add, fused = _build([
-            ("combine", moe_experts.prim_func(tokens, K, D, rows, name="combine")),
-            ("shared_rows", moe_experts.prim_func(tokens, 1, D, shared_rows, name="shared_rows")),
+            ("combine", tag(moe_experts.prim_func(tokens, K, D, rows, name="combine"), "moe_combine")),
+            ("shared_rows", tag(moe_experts.prim_func(tokens, 1, D, shared_rows, name="shared_rows"), "moe_combine")),
             ("add", _add(tokens, "add")), ("fused", _combine_with_shared(tokens, rows, shared_rows, "fused"))])
         rng = np.random.default_rng(0)
         o = _tensor(rng.standard_normal((rows, D), dtype=np.float32))

@@ -143,9 +143,9 @@ def prepare_bundle(cases: list[Case], target: str, out: Path, max_mib: float, lo
     (artifacts + case descriptions, no ONNX) for a machine without TVM. The weights travel inside
     the artifacts, so cases that would take the bundle past ``max_mib`` are left out (listed in
     ``bundle.json`` with their size). Returns the bundle index."""
-    from ..compiler import codegen
+    from ..targets import get
 
-    codegen.target_module(target)  # a clear CompileError when this build cannot compile for target
+    get(target)  # a clear CompileError when this build cannot compile for target
     out.mkdir(parents=True, exist_ok=True)
     budget = max_mib * 2**20
     total, index, left_out = 0, [], {}

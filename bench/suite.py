@@ -238,9 +238,9 @@ def _model_records(threads: int, policy: harness.TimingPolicy) -> list[dict]:
 def _require_cuda(device: str, bundle: Path | None) -> None:
     """Clear errors before any work when the CUDA side is missing."""
     if bundle is None:
-        from ..compiler import codegen
+        from ..targets import get
 
-        codegen.target_module("cuda")  # CompileError when this build cannot compile for cuda
+        get("cuda")  # CompileError when this build cannot compile for cuda
     try:
         import torch
     except ImportError:

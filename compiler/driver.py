@@ -1,10 +1,13 @@
 """``tide compile``: the whole pipeline, one entry point at a time, into one artifact.
 
 ONNX file -> onnx_import (specialize each entry's shapes) -> relax_import -> substitute (tide
-kernels) -> lower (legalize, fuse, target schedule, plan) -> codegen (one host library, plus device
-code on device targets) -> artifact. A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/
-``present.*`` outputs (the exporter's contract, docs/onnx-contract.md) becomes a decode model with
-entries ``decode`` (one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``.
+kernels, built with the target's choices) -> lower.legalize_and_fuse -> schedule (the target's
+rules) -> lower.build_plan -> ``Target.build`` (the kernel library: host code, device code) ->
+artifact. The target comes from the registry (``tide.targets.get``); nothing here names one.
+
+A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/``present.*`` outputs
+(the exporter's contract, docs/onnx-contract.md) becomes a decode model with entries ``decode``
+(one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import codegen, lower, onnx_import, relax_import, substitute
+from . import lower, onnx_import, relax_import, schedule, substitute
 from .errors import CompileError
 
 DEFAULT_PREFILL_CHUNKS = (32,)
@@ -93,16 +96,17 @@ def _entries(loaded, options: CompileOptions):
 
 def compile_model(onnx_path: str, output_path: str, options: CompileOptions | None = None) -> CompileResult:
     """Compiles ``onnx_path`` for ``options.target`` into the artifact ``output_path``."""
+    from ..targets import get as get_target
     from . import artifact
 
     options = options or CompileOptions()
     t0 = time.time()
-    tgt_mod = codegen.target_module(options.target)
+    tgt = get_target(options.target)
     loaded = onnx_import.load(onnx_path)
     sig, entries = _entries(loaded, options)
     progress = _Progress(options.progress, 4 * len(entries) + 2)
-    device_archs = tgt_mod.parse_archs(options.arch)
-    target = tgt_mod.tvm_target(options.mcpu, device_archs)
+    device_archs = tgt.parse_archs(options.arch)
+    target = tgt.tvm_target(options.mcpu, device_archs)
     model = loaded.model
     input_names = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     output_names = [o.name for o in model.graph.output]
@@ -115,7 +119,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     weights = lower.WeightTable()
     report = substitute.SubstitutionReport()
     model_dtype = {p.key: p.value for p in model.metadata_props}.get("tide.dtype", "float32")
-    converters = substitute.function_kernels(tgt_mod.KIND, report, model_dtype) if options.kernels else {}
+    converters = substitute.function_kernels(tgt, report, model_dtype) if options.kernels else {}
     plans, kernels = [], {}
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
@@ -128,10 +132,10 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         for param, name in zip(mod["main"].params, input_names):
             if sig and name.startswith("past."):
                 state_params[param.name] = name.removeprefix("past.")
-        mod = substitute.substitute(mod, tgt_mod.KIND, state_params, report)
+        mod = substitute.substitute(mod, tgt, state_params, report)
         progress(f"lower and schedule {entry} for {options.target}")
-        mod = lower.legalize_and_fuse(mod, target, getattr(tgt_mod, "FUSED_TENSOR_BYTES", None))
-        mod = tgt_mod.schedule(mod, target)
+        mod = lower.legalize_and_fuse(mod, target, tgt.fused_tensor_bytes)
+        mod = schedule.schedule(mod, tgt, target)
         mod = lower.to_dps(mod)
         progress(f"plan {entry}")
         state_index = {f"past.{s}": i for i, s in enumerate(state_names)}
@@ -144,8 +148,9 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     for name in kernels:
         report.kernels.setdefault(name, "generic")
     progress(f"codegen {len(kernels)} kernels for {options.target}")
-    library = codegen.build(kernels, tgt_mod, target, device_archs)
+    library = tgt.build(kernels, target, device_archs)
     progress(f"write {output_path}")
+    needs = tgt.requirements(target, device_archs)
     metadata = {
         "source": os.path.basename(onnx_path),
         "kind": "decode" if sig else "graph",
@@ -158,10 +163,9 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         metadata.update(_decode_metadata(model, plans, options))
     artifact.write_artifact(
         output_path,
-        artifact.TargetInfo(kind=tgt_mod.KIND, host_arch=tgt_mod.host_arch(),
-                            host_features=tgt_mod.feature_mask(tgt_mod.host_features()),
-                            device_arch=library.device_arch),
-        _to_artifact_plan(plans, kernels, weights, state_specs),
+        artifact.TargetInfo(kind=tgt.runtime, host_arch=needs.host_arch,
+                            host_features=artifact.feature_mask(needs.host_features), device_arch=library.device_arch),
+        _artifact_plan(plans, kernels, weights, state_specs),
         library.host,
         weights.arrays,
         metadata,
@@ -181,23 +185,23 @@ def _decode_metadata(model, plans, options: CompileOptions) -> dict:
         raise CompileError("decode graph: state capacity unknown: pass --max-seq-len (the graph has no "
                            "tide.max_seq_len metadata)")
     chunks = sorted(int(p.name.split("_")[1]) for p in plans if p.name.startswith("prefill_"))
-    logits = next(o for o in plans[0].outputs if o[0] == "logits")
-    shape = plans[0].buffers[logits[1]].shape
+    logits = next(o for o in plans[0].outputs if o.name == "logits")
+    shape = plans[0].buffers[logits.buffer].shape
     return {"max_seq_len": max_len, "batch": int(shape[0]), "vocab": int(shape[-1]),
             "prefill_chunks": chunks, "model": props.get("tide.model", "")}
 
 
-def _check_state_bindings(plan: lower.EntryPlan, sig) -> None:
+def _check_state_bindings(plan, sig) -> None:
     if not sig:
         return
-    for name, bid, role in plan.outputs:
+    for name, role in ((io.name, io.role) for io in plan.outputs):
         if name.startswith("present.") and role != "state":
             raise CompileError(
                 f"entry {plan.name}: output '{name}' is not an in-place update of '{name.replace('present.', 'past.', 1)}'"
                 " (the contract: present.X = ScatterND(past.X, ...), see docs/onnx-contract.md)")
 
 
-def _merge_kernels(kernels: dict, entry_kernels: dict, plan: lower.EntryPlan) -> None:
+def _merge_kernels(kernels: dict, entry_kernels: dict, plan) -> None:
     import tvm_ffi
 
     rename = {}
@@ -212,26 +216,14 @@ def _merge_kernels(kernels: dict, entry_kernels: dict, plan: lower.EntryPlan) ->
         call.kernel = rename.get(call.kernel, call.kernel)
 
 
-def _to_artifact_plan(plans, kernels, weights, state_specs):
-    from . import artifact
+def _artifact_plan(plans, kernels, weights, state_specs):
+    """The artifact's plan: every entry's plan as lowering built it, the kernels, weights and states."""
     from onnx import helper
 
-    kernel_names = list(kernels)
-    kidx = {n: i for i, n in enumerate(kernel_names)}
-    entries = []
-    for p in plans:
-        buffers = [artifact.Buffer(kind=b.kind, index=b.index if b.kind != "arena" else 0, offset=b.offset,
-                                   dtype=b.dtype, shape=tuple(b.shape)) for b in p.buffers]
-        ops = [artifact.Op(kind="call", kernel=kidx[c.kernel], args=list(c.args)) for c in p.calls]
-        entries.append(artifact.Entry(
-            name=p.name, arena_bytes=p.arena_bytes, buffers=buffers,
-            inputs=[artifact.IOBinding(n, b, r) for n, b, r in p.inputs],
-            outputs=[artifact.IOBinding(n, b, r) for n, b, r in p.outputs], ops=ops))
-    states = []
-    for name, ttype in state_specs:
-        dtype = str(helper.tensor_dtype_to_np_dtype(ttype.elem_type))
-        states.append(artifact.StateSpec(name=name, dtype=dtype,
-                                         shape=tuple(d.dim_value for d in ttype.shape.dim)))
+    from . import artifact
+
+    states = [artifact.StateSpec(name=name, dtype=str(helper.tensor_dtype_to_np_dtype(ttype.elem_type)),
+                                 shape=tuple(d.dim_value for d in ttype.shape.dim)) for name, ttype in state_specs]
     wspecs = [artifact.WeightSpec(name=n, dtype=str(a.dtype), shape=tuple(a.shape))
               for n, a in zip(weights.names, weights.arrays)]
-    return artifact.Plan(kernels=kernel_names, weights=wspecs, states=states, entries=entries)
+    return artifact.Plan(kernels=list(kernels), weights=wspecs, states=states, entries=plans)

@@ -1,11 +1,12 @@
-"""Relax -> scheduled TensorIR kernels + a static execution plan for one entry point.
+"""Relax -> TensorIR kernels + a static execution plan for one entry point.
 
-Runs after ``tide.compiler.substitute``. Legalizes the remaining Relax ops into TensorIR, fuses
-them, lets the target schedule every kernel (``tide.targets.<kind>.schedule``), rewrites calls into
-destination-passing form (CallTIRRewrite), and then reads ``main`` as a flat list of kernel calls.
-From that list it builds the entry's plan: buffers (inputs, weights, states, arena tensors and
-views), kernel calls in order, and a static arena layout from liveness. After it only codegen
-(``tide.compiler.driver``) and artifact writing remain.
+``legalize_and_fuse`` runs after ``tide.compiler.substitute``: it legalizes the remaining Relax ops
+into TensorIR and fuses them. Then ``tide.compiler.schedule`` schedules every kernel for the
+target, and ``to_dps`` / ``build_plan`` rewrite calls into destination-passing form
+(CallTIRRewrite) and read ``main`` as a flat list of kernel calls, from which the entry's plan is
+built: buffers (inputs, weights, states, arena tensors and views), kernel calls in order, and a
+static arena layout from liveness. After it only codegen (``Target.build``) and artifact writing
+remain.
 """
 
 from __future__ import annotations
@@ -15,40 +16,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .artifact import nbytes_of
+from ..ops.kernel import OPAQUE, identity
+from .artifact.format import ARENA_ALIGN, Buffer, Call, Entry, IOBinding, nbytes_of
 from .errors import CompileError
-from .substitute import STATE_ATTR, tvm_op
-
-ALIGN = 64
-
-
-@dataclass
-class Buf:
-    kind: str  # "arena" | "input" | "weight" | "state"
-    index: int  # input position / weight index / state index / arena storage id
-    dtype: str
-    shape: tuple[int, ...]
-    offset: int = 0  # byte offset in the arena (filled by the memory planner) or in a view's base
-
-    @property
-    def nbytes(self) -> int:
-        return nbytes_of(self.dtype, self.shape)
-
-
-@dataclass
-class Call:
-    kernel: str
-    args: list  # ("buf", buffer id) | ("imm", int)
-
-
-@dataclass
-class EntryPlan:
-    name: str
-    buffers: list[Buf] = field(default_factory=list)
-    inputs: list[tuple[str, int, str]] = field(default_factory=list)  # (name, buffer, role)
-    outputs: list[tuple[str, int, str]] = field(default_factory=list)
-    calls: list[Call] = field(default_factory=list)
-    arena_bytes: int = 0
+from .substitute import tvm_op
 
 
 @dataclass
@@ -80,7 +51,7 @@ class WeightTable:
 
 
 def legalize_and_fuse(mod, target, max_fused_bytes: int | None = None):
-    """LegalizeOps .. FuseTIR, then the target's schedule, then destination-passing calls.
+    """LegalizeOps .. FuseTIR (``target``: the TVM target).
 
     ``max_fused_bytes`` (a target's FUSED_TENSOR_BYTES): ops with a tensor argument larger than this
     are not fused with their neighbours (marked opaque before FuseOps), so a fused kernel's
@@ -103,7 +74,7 @@ def legalize_and_fuse(mod, target, max_fused_bytes: int | None = None):
 
 def _opaque_above(limit: int):
     """A module pass: every PrimFunc with a buffer argument of more than ``limit`` bytes gets
-    ``op_pattern`` 8 (opaque: FuseOps leaves it alone)."""
+    ``op_pattern`` OPAQUE (FuseOps leaves it alone)."""
     import tvm
     from tvm import tirx
 
@@ -116,7 +87,7 @@ def _opaque_above(limit: int):
     def transform(mod, _ctx):
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and largest(func) > limit:
-                mod[gv] = func.with_attr("op_pattern", 8)
+                mod[gv] = func.with_attr("op_pattern", OPAQUE)
         return mod
 
     return transform
@@ -136,20 +107,21 @@ def to_dps(mod):
 def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
                state_of_input: dict[str, int], state_names: list[str], weights: WeightTable,
                weight_params: dict | None = None):
-    """Reads ``main`` (after ``to_dps``) into an EntryPlan; returns it and the PrimFuncs it calls.
+    """Reads ``main`` (after ``to_dps``) into the entry's plan (``artifact.format.Entry``); returns
+    it and the PrimFuncs it calls.
     ``main``'s parameters are the graph inputs, then the weights passed as parameters
     (``weight_params``: name -> array, see ``onnx_import.weights_as_inputs``)."""
     from tvm import relax, tirx
     from tvm.ir.expr import GenericConst
 
     main = mod["main"]
-    plan = EntryPlan(entry)
+    plan = Entry(entry)
     where: dict = {}  # relax Var -> buffer id (or a tuple of ids)
     storages: dict[int, int] = {}  # arena buffer id -> storage id
     kernels: dict[str, object] = {}
     state_calls: list[Call] = []
 
-    def new_buf(b: Buf) -> int:
+    def new_buf(b: Buffer) -> int:
         plan.buffers.append(b)
         return len(plan.buffers) - 1
 
@@ -158,13 +130,13 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
         shape = tuple(int(d) for d in param.ty.shape)
         if name in weight_params:
             w = weights.add_named(name, weight_params[name])
-            where[param] = new_buf(Buf("weight", w, str(param.ty.dtype), shape))
+            where[param] = new_buf(Buffer("weight", w, str(param.ty.dtype), shape))
         elif name in state_of_input:
-            where[param] = new_buf(Buf("state", state_of_input[name], str(param.ty.dtype), shape))
-            plan.inputs.append((name, where[param], "state"))
+            where[param] = new_buf(Buffer("state", state_of_input[name], str(param.ty.dtype), shape))
+            plan.inputs.append(IOBinding(name, where[param], "state"))
         else:
-            where[param] = new_buf(Buf("input", i, str(param.ty.dtype), shape))
-            plan.inputs.append((name, where[param], "data"))
+            where[param] = new_buf(Buffer("input", i, str(param.ty.dtype), shape))
+            plan.inputs.append(IOBinding(name, where[param], "data"))
 
     def operand(expr):
         if isinstance(expr, relax.Var):
@@ -174,7 +146,7 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
         if isinstance(expr, GenericConst):
             arr = expr.value.numpy()
             w = weights.add(arr, f"const{len(weights.arrays)}")
-            return new_buf(Buf("weight", w, str(expr.value.dtype), tuple(arr.shape)))
+            return new_buf(Buffer("weight", w, str(expr.value.dtype), tuple(arr.shape)))
         raise CompileError(f"entry {entry}: internal: unsupported operand {type(expr).__name__}")
 
     op_alloc = tvm_op("relax.builtin.alloc_tensor")
@@ -185,9 +157,8 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
             var, value = binding.var, binding.value
             if isinstance(value, relax.Call) and value.op == op_alloc:
                 shape = tuple(int(d) for d in value.args[0].values)
-                bid = new_buf(Buf("arena", 0, str(value.args[1].value), shape))
+                bid = new_buf(Buffer("arena", 0, str(value.args[1].value), shape))
                 storages[bid] = len(storages)
-                plan.buffers[bid].index = storages[bid]
                 where[var] = bid
             elif isinstance(value, relax.Call) and isinstance(value.op, relax.GlobalVar):
                 func = mod[value.op]
@@ -202,12 +173,13 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
                 name = value.op.name_hint
                 kernels[name] = func
                 call = Call(name, args)
-                state = func.attrs.get(STATE_ATTR) if func.attrs else None
-                if state is not None:
+                kernel, params = identity(func)
+                if kernel == "state_scatter":
+                    state = params["state"]
                     out = args[-1][1]
                     sidx = state_names.index(str(state))
                     old = plan.buffers[out]
-                    plan.buffers[out] = Buf("state", sidx, old.dtype, old.shape)
+                    plan.buffers[out] = Buffer("state", sidx, old.dtype, old.shape)
                     storages.pop(out, None)
                     state_calls.append(call)
                 else:
@@ -216,7 +188,7 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
                 src = operand(value.args[0])
                 base = plan.buffers[src]
                 shape = tuple(int(d) for d in value.ty.shape)
-                bid = new_buf(Buf(base.kind, base.index, base.dtype, shape, base.offset))
+                bid = new_buf(Buffer(base.kind, base.index, base.dtype, shape, base.offset))
                 if src in storages:
                     storages[bid] = storages[src]
                 where[var] = bid
@@ -240,12 +212,13 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
         raise CompileError(f"entry {entry}: {len(outs)} results for {len(output_names)} graph outputs")
     for name, bid in zip(output_names, outs):
         b = plan.buffers[bid]
-        plan.outputs.append((name, bid, "state" if b.kind == "state" and name.startswith("present.") else "data"))
+        role = "state" if b.kind == "state" and name.startswith("present.") else "data"
+        plan.outputs.append(IOBinding(name, bid, role))
     _plan_memory(plan, storages)
     return plan, kernels
 
 
-def _plan_memory(plan: EntryPlan, storages: dict[int, int]) -> None:
+def _plan_memory(plan: Entry, storages: dict[int, int]) -> None:
     """Assigns arena offsets: storages whose lifetimes overlap never share bytes."""
     size: dict[int, int] = {}
     for bid, sid in storages.items():
@@ -259,7 +232,7 @@ def _plan_memory(plan: EntryPlan, storages: dict[int, int]) -> None:
                 first.setdefault(sid, t)
                 last[sid] = t
     end = len(plan.calls)
-    for _, bid, _ in plan.outputs:
+    for bid in (io.buffer for io in plan.outputs):
         if bid in storages:
             last[storages[bid]] = end
             first.setdefault(storages[bid], end)
@@ -282,5 +255,5 @@ def _plan_memory(plan: EntryPlan, storages: dict[int, int]) -> None:
 
 
 def _align(n: int) -> int:
-    return (n + ALIGN - 1) // ALIGN * ALIGN
+    return (n + ARENA_ALIGN - 1) // ARENA_ALIGN * ARENA_ALIGN
 

@@ -2,7 +2,9 @@
 
 Runs after ``tide.compiler.relax_import`` and before legalization (``tide.compiler.lower``), so the
 kernels it inserts are opaque ``call_tir`` calls that LegalizeOps leaves alone and FuseOps does not
-fuse. What it replaces today:
+fuse. Every kernel it inserts is unscheduled, tagged with its identity (``tide.ops.kernel``) and
+built with the target's choices (``Target.choose``); the schedule stage (``tide.compiler.schedule``)
+schedules it afterwards. What it replaces today:
 
 - ``relax.topk`` -> ``tide.ops.topk`` (TVM's CPU lowering of top-k calls a runtime sort function);
 - ``relax.scatter_nd`` whose data is a decode-state input -> ``tide.ops.state_scatter``, an in-place
@@ -26,8 +28,6 @@ from dataclasses import dataclass, field
 
 from .errors import CompileError
 
-STATE_ATTR = "tide.state"
-OPAQUE = 8  # Relax op pattern: never fused
 
 
 @dataclass
@@ -60,14 +60,14 @@ class NormOutputs:
         self.report = report
         self.calls: list = []  # (the kernel call's output var, NormOutput)
 
-    def record(self, convert):
+    def record(self, convert, choose):
         def wrapped(bb, inputs, attrs):
             from tvm import relax
 
             private = SubstitutionReport()
             # bound once here: the fused kernel reads the same value as the RMSNorm call
             inputs = [bb.emit(i) if isinstance(i, (relax.Call, relax.TupleGetItem)) else i for i in inputs]
-            expr = convert(bb, inputs, attrs, report=private)
+            expr = convert(bb, inputs, attrs, choose=choose, report=private)
             for name, served in private.kernels.items():
                 if name not in self.report.kernels:
                     self.report.pending.setdefault(name, served)
@@ -93,13 +93,13 @@ class NormOutputs:
         return None
 
 
-def substitute(mod, target_kind: str, state_params: dict[str, str], report: SubstitutionReport):
-    """Returns ``mod`` with tide kernels in place. ``state_params`` maps a main parameter name to
-    its state name (``past.0.window`` -> ``0.window``)."""
+def substitute(mod, target, state_params: dict[str, str], report: SubstitutionReport):
+    """Returns ``mod`` with tide kernels in place, built with ``target``'s choices. ``state_params``
+    maps a main parameter name to its state name (``past.0.window`` -> ``0.window``)."""
     from tvm import relax
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from ..ops import state_scatter, topk
+    from ..ops import kernel, state_scatter, topk
 
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
@@ -112,10 +112,9 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
             super().__init__(module)
             self.cache = {}
 
-        def _add(self, func, name):
+        def _add(self, func, name, identity, **params):
             if name not in self.cache:
-                func = func.with_attr("op_pattern", OPAQUE)
-                self.cache[name] = self.builder_.add_func(func, name)
+                self.cache[name] = self.builder_.add_func(kernel.tag(func, identity, **params), name)
             return self.cache[name]
 
         def visit_call_(self, call):
@@ -143,9 +142,9 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
                 raise CompileError(f"top-k with k={k} over an axis of {n} elements")
             dtype = data.ty.dtype
             name = f"tide_topk_{dtype}_{rows}x{n}_k{k}{'' if largest else '_min'}"
-            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest,
-                                          row_threads=64 if target_kind == "cuda" else None, name=name),
-                           name)
+            row_threads = target.choose("rows", rows=rows).get("row_threads")
+            gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, row_threads, name),
+                           name, "topk", rows=rows, n=n, k=k)
             report.add(name, f"top-k over {n} (k={k}) x {rows} rows")
             flat = self.builder_.emit(relax.op.reshape(data, (rows, n)))
             res = self.builder_.emit(relax.call_tir(gv, [flat], out_ty=[
@@ -168,9 +167,9 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
             dshape = [int(d) for d in data.ty.shape]
             ishape = [int(d) for d in index.ty.shape]
             name = f"tide_state_scatter_{state.replace('.', '_')}"
-            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype,
-                                           row_threads=64 if target_kind == "cuda" else None, name=name)
-            gv = self._add(func.with_attr(STATE_ATTR, state), name)
+            row_threads = target.choose("rows", rows=math.prod(ishape[:-1])).get("row_threads")
+            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, row_threads, name)
+            gv = self._add(func, name, "state_scatter", state=state)
             report.add(name, f"in-place update of state '{state}'")
             return relax.call_tir(gv, [index, updates], out_ty=data.ty)
 
@@ -188,32 +187,29 @@ def substitute(mod, target_kind: str, state_params: dict[str, str], report: Subs
     return out
 
 
-def function_kernels(target_kind: str, report: SubstitutionReport, model_dtype: str = "float32") -> dict:
-    """The ``tide``-domain functions a tide kernel serves on this target: name -> converter
-    ``fn(bb, inputs, attrs)`` for ``tide.compiler.relax_import``. The rest are inlined and lowered
-    generically. ``model_dtype`` (the export's ``tide.dtype``) goes to the converters that take it
-    (the attention kernels: bfloat16 models may use bfloat16 tensor cores)."""
+def function_kernels(target, report: SubstitutionReport, model_dtype: str = "float32") -> dict:
+    """The ``tide``-domain functions a tide kernel serves: name -> converter ``fn(bb, inputs, attrs)``
+    for ``tide.compiler.relax_import``, building kernels with ``target``'s choices. The rest are
+    inlined and lowered generically. ``model_dtype`` (the export's ``tide.dtype``) goes to the
+    converters that take it (the attention kernels: a target may pick a bfloat16 variant)."""
     import functools
     import importlib
     import inspect
 
     from ..ops import FUNCTION_KERNELS
 
-    package = __package__.rsplit('.', 1)[0]
+    norms = NormOutputs(report)
     converters = {}
     for function, module_name in FUNCTION_KERNELS.items():
-        module = importlib.import_module(f"{package}.ops.{module_name}")
-        takes_dtype = "model_dtype" in inspect.signature(module.relax_convert).parameters
-        extra = {"model_dtype": model_dtype} if takes_dtype else {}
-        converters[function] = functools.partial(module.relax_convert, target_kind=target_kind, report=report, **extra)
-    rope = importlib.import_module(f"{package}.ops.rope")
-    norms = None
-    if "RMSNorm" in converters:
-        norms = NormOutputs(report)
-        rmsnorm = importlib.import_module(f"{package}.ops.{FUNCTION_KERNELS['RMSNorm']}")
-        converters["RMSNorm"] = norms.record(functools.partial(rmsnorm.relax_convert, target_kind=target_kind))
-    converters[rope.TIDE_FUNCTION] = functools.partial(rope.relax_convert, target_kind=target_kind, report=report,
-                                                       norms=norms)
+        module = importlib.import_module(f"{__package__.rsplit('.', 1)[0]}.ops.{module_name}")
+        extra = {"report": report}
+        if "model_dtype" in inspect.signature(module.relax_convert).parameters:
+            extra["model_dtype"] = model_dtype
+        if function == "RoPE":  # fuses into the RMSNorm call that produced its x
+            extra["norms"] = norms
+        convert = functools.partial(module.relax_convert, choose=target.choose, **extra)
+        # the RMSNorm calls are recorded for RoPE's fusion (their kernels reported only if still called)
+        converters[function] = norms.record(module.relax_convert, target.choose) if function == "RMSNorm" else convert
     return converters
 
 

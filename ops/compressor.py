@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import numpy as np
 
-TIDE_FUNCTION = "Compressor"
 
 LOWEST = float(np.finfo(np.float32).min)  # the score of a slot before position 0; the slot max starts here
 
@@ -233,35 +232,34 @@ def cost(batch: int, seq: int, ratio: int, overlap: int, head_dim: int, itemsize
     return {"flops": flops, "bytes": bytes_}
 
 
-def _projection(bb, x, weight, target_kind, report):
-    """``x weight^T`` ``[B, S, F]``: ``tide.ops.compressor_proj`` on the CPU, the generic GEMM
-    elsewhere (or for a width its CPU schedule does not tile)."""
+def _projection(bb, x, weight, choose, report):
+    """``x weight^T`` ``[B, S, F]``: ``tide.ops.compressor_proj`` where the target chooses it, the
+    generic GEMM otherwise."""
     from . import compressor_proj
 
-    return compressor_proj.relax_linear(bb, x, weight, target_kind=target_kind, report=report,
-                                        kernel="tide_compressor_proj",
+    return compressor_proj.relax_linear(bb, x, weight, choose=choose, report=report, kernel="tide_compressor_proj",
                                         label="tide.Compressor projection", min_tokens=1)
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.Compressor(x, start_pos, kv_state, score_state, cache, kv_weight, gate_weight,
-    position_bias, norm_weight, cos, sin)`` -> the two projections (generic GEMMs) and this
+    position_bias, norm_weight, cos, sin)`` -> the two projections (``_projection``) and this
     kernel."""
     from tvm import relax
 
-    from ..targets import attention
+    from . import kernel
     from .sink_attention import static_shape
 
     x, start_pos, kv_state, score_state, cache, kv_weight, gate_weight, position_bias, norm_weight, cos, sin = inputs
     B, S, _ = static_shape(x, "Compressor x")
     C, Dc = static_shape(cache, "Compressor cache")[1:]
     r, o, rd = int(attrs["ratio"]), int(attrs["overlap"]), int(attrs["rope_dim"])
-    R, F, nb, n = (1 + o) * r, (1 + o) * Dc, S // r + 1, min(S, (1 + o) * r)
-    kv = _projection(bb, x, kv_weight, target_kind, report)
-    gate = _projection(bb, x, gate_weight, target_kind, report)
+    F, nb, n = (1 + o) * Dc, S // r + 1, min(S, (1 + o) * r)
+    kv = _projection(bb, x, kv_weight, choose, report)
+    gate = _projection(bb, x, gate_weight, choose, report)
     name = f"tide_compressor_b{B}s{S}r{r}o{o}d{Dc}c{C}"
     func = prim_func(B, S, r, o, Dc, C, rd, float(attrs["epsilon"]), name=name)
-    gv = bb.add_func(attention.schedule_compressor(func, target_kind).with_attr("op_pattern", 8), name)
+    gv = kernel.add(bb, func, name, "compressor", batch=B, seq=S, ratio=r, overlap=o, head_dim=Dc)
     report.add(name, f"tide.Compressor [B={B} S={S} ratio={r} overlap={o} Dc={Dc}]")
     out = bb.emit(relax.call_tir(
         gv, [kv, gate, start_pos, kv_state, score_state, cache, position_bias, norm_weight, cos, sin],

@@ -2,10 +2,9 @@
 GEMM kernel per weight: ``y[m, n] = sum_k x[m, k] w_t[k, n]`` over the call's ``B*S`` tokens, with
 ``w_t`` the weight transposed (a constant the compiler folds once).
 
-``relax_linear`` emits it for ``tide.ops.compressor`` and ``tide.ops.indexer`` (prefill) on the
-CPU; ``tide.targets.attention.schedule_compressor_projection_cpu``
-blocks the reduction so a weight panel stays in cache across all token tiles. Other targets keep
-the generic (dlight) GEMM.
+``relax_linear`` emits it for ``tide.ops.compressor`` and ``tide.ops.indexer`` (prefill) where the
+target chooses it (the CPU, whose schedule blocks the reduction so a weight panel stays in cache
+across all token tiles); other targets keep the generic GEMM.
 """
 
 from __future__ import annotations
@@ -24,21 +23,20 @@ def prim_func(rows: int, dim: int, out: int, name: str = "tide_compressor_proj")
     return te.create_prim_func([x, w_t, y]).with_attr("global_symbol", name)
 
 
-def relax_linear(bb, x, weight, *, target_kind: str, report, kernel: str, label: str, min_tokens: int = 1):
-    """``x weight^T`` ``[B, S, F]`` (``weight [F, D]``): this GEMM on the CPU when the call has at
-    least ``min_tokens`` tokens per row and the width tiles (``kernel``: its name prefix, ``label``:
-    the compile report's description); the generic GEMM otherwise."""
+def relax_linear(bb, x, weight, *, choose, report, kernel: str, label: str, min_tokens: int = 1):
+    """``x weight^T`` ``[B, S, F]`` (``weight [F, D]``): this GEMM when the call has at least
+    ``min_tokens`` tokens per row and the target chooses it (``kernel``: its name prefix,
+    ``label``: the compile report's description); the generic GEMM otherwise."""
     from tvm import relax
 
-    from ..targets import attention
+    from . import kernel as identity
 
     B, S, D = (int(d) for d in x.ty.shape)
     F = int(weight.ty.shape[0])
-    if target_kind != "cpu" or S < min_tokens or not attention.compressor_projection_fits(B * S, D, F):
+    if S < min_tokens or not choose("compressor_proj", rows=B * S, dim=D, out=F).get("kernel"):
         return bb.emit(relax.op.linear(x, weight))
     name = f"{kernel}_{B * S}x{D}x{F}"
-    func = attention.schedule_compressor_projection_cpu(prim_func(B * S, D, F, name))
-    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
+    gv = identity.add(bb, prim_func(B * S, D, F, name), name, "compressor_proj", rows=B * S, dim=D, out=F)
     report.add(name, f"{label} [{B * S} tokens x {D} -> {F}]")
     tokens = bb.emit(relax.op.reshape(x, (B * S, D)))
     w_t = bb.emit(relax.op.permute_dims(weight))  # folded at compile time for a constant weight

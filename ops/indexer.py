@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import numpy as np
 
-TIDE_FUNCTION = "LightningIndexer"
 
 LOWEST = float(np.finfo(np.float32).min)  # the score of an empty list slot or a masked candidate
 SENTINEL = 1 << 30  # entry ids of empty slots (SENTINEL + slot) and masked candidates
@@ -96,7 +95,7 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, ca
     """The unscheduled kernel: ``q [B,S,Hi,Di]`` (before RoPE), ``cos``/``sin [B,S,rd/2]``,
     ``w [B,S,Hi]`` (``weights_proj x``; ``scale`` = weights_scale * softmax_scale), ``cache
     [B,C,Di]``, ``entries [B,nb,Di]``, ``start_pos [B]`` -> ``indices [B,S,k]`` int64, ``valid
-    [B,S,k]`` bool. ``tide.targets.attention`` schedules it."""
+    [B,S,k]`` bool. Each target's ``indexer`` rule schedules it."""
     from tvm.script import tirx as T
 
     B, S, Hi, Di, rd, C, E, r, K = batch, seq, heads, head_dim, rope_dim, cache_rows, new_rows, ratio, top_k
@@ -367,23 +366,30 @@ def cost(batch: int, seq: int, heads: int, head_dim: int, visible: int, top_k: i
     return {"flops": flops, "bytes": bytes_}
 
 
-def _projection(bb, x, weight, target_kind, report):
-    """``x weight^T`` ``[B, S, F]``: CPU prefill (S > 1) through ``tide.ops.compressor_proj`` (a
-    weight panel kept in cache across the token tiles); decode and other targets through the
+def blocking(batch: int, seq: int, cache_rows: int, top_k: int, entry_block: int, parallelism: int) -> dict:
+    """Entries per tile and entry-range splits for a target that tiles ``entry_block`` entries and
+    wants ``parallelism`` independent (batch, query, split) tasks: a split must cover several
+    times top_k entries for its list merge to pay off."""
+    splits = max(1, min(-(-parallelism // (batch * seq)), cache_rows // (8 * top_k)))
+    return {"entry_block": entry_block, "splits": splits}
+
+
+def _projection(bb, x, weight, choose, report):
+    """``x weight^T`` ``[B, S, F]``: prefill (S > 1) through ``tide.ops.compressor_proj`` where the
+    target chooses it (a weight panel kept in cache across the token tiles); decode through the
     compiler's generic GEMM."""
     from . import compressor_proj
 
-    return compressor_proj.relax_linear(bb, x, weight, target_kind=target_kind, report=report,
-                                        kernel="tide_indexer_proj",
+    return compressor_proj.relax_linear(bb, x, weight, choose=choose, report=report, kernel="tide_indexer_proj",
                                         label="tide.LightningIndexer projection", min_tokens=2)
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.LightningIndexer(q_residual, x, cos, sin, cache, entries, start_pos, q_weight,
     weights_proj)`` -> the two projections (``_projection``) and one call of this kernel."""
     from tvm import relax
 
-    from ..targets import attention
+    from . import kernel
     from .sink_attention import static_shape
 
     q_residual, x, cos, sin, cache, entries, start_pos, q_weight, weights_proj = inputs
@@ -395,14 +401,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     K = int(attrs["top_k"])
     ratio = int(attrs["ratio"])
     scale = float(attrs["softmax_scale"]) * float(attrs["weights_scale"])
-    q = bb.emit(relax.op.reshape(_projection(bb, q_residual, q_weight, target_kind, report), (B, S, Hi, Di)))
-    w = _projection(bb, x, weights_proj, target_kind, report)
+    q = bb.emit(relax.op.reshape(_projection(bb, q_residual, q_weight, choose, report), (B, S, Hi, Di)))
+    w = _projection(bb, x, weights_proj, choose, report)
     name = f"tide_lightning_indexer_b{B}s{S}h{Hi}d{Di}c{C}e{E}k{K}r{ratio}"
-    cfg = attention.indexer_config(target_kind, B, S, C, K)
+    cfg = choose("indexer", batch=B, seq=S, cache_rows=C, top_k=K)
     func = prim_func(B, S, Hi, Di, rd, C, E, ratio, K, scale, name=name, **cfg)
-    gv = bb.add_func(attention.schedule_indexer(func, target_kind).with_attr("op_pattern", 8), name)
+    gv = kernel.add(bb, func, name, "indexer", batch=B, seq=S, heads=Hi, head_dim=Di, cache_rows=C, top_k=K)
     report.add(name, f"tide.LightningIndexer [B={B} S={S} Hi={Hi} Di={Di}, top-{K} of {C}]")
     out = bb.emit(relax.call_tir(gv, [q, cos, sin, w, cache, entries, start_pos], out_ty=[
         relax.TensorType((B, S, K), "int64"), relax.TensorType((B, S, K), "bool")]))
     return relax.Tuple([bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))])
-

@@ -5,7 +5,7 @@ and row r of it, ``o[r] = W_down[e] h[r]`` (h already carries the routing weight
 expert order; ``tide.ops.moe_experts``' combine brings them back to token order. Tiles past
 ``num_tiles`` do nothing, so experts without tokens are never read.
 
-Weight layouts (``tide.targets.moe.layout`` picks one at compile time): ``"panel"``, packed at
+Weight layouts (the target's ``moe_gemm`` choice picks one at compile time): ``"panel"``, packed at
 compile time from ``down [E, D, F]`` into ``[E, D / NB, F, NB]``, the F x NB panel of each block of
 NB output columns contiguous and row-major in F; ``"rows"``, the checkpoint's ``[E, D, F]`` as is
 (K-contiguous rows). float32 h, float32 or bfloat16 weights, float32 arithmetic.
@@ -54,8 +54,7 @@ def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: in
     def func(h: T.Buffer((rows, inter), "float32"), w: T.Buffer(wshape, weight_dtype),
              tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
              o: T.Buffer((rows, dim), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "down",
-                     "tide.weight_layout": layout})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for jb, tile in T.grid(db, max_tiles):
             with T.sblock("tile"):
                 vj, vt = T.axis.remap("SS", [jb, tile])
@@ -88,7 +87,7 @@ def pack(down: np.ndarray, layout: str = "panel") -> np.ndarray:
 
 def relax_pack(bb, down, layout: str = "panel"):
     """The same packing as Relax ops on ``down``; folded at compile time, so only for
-    constants (``tide.targets.moe.layout`` picks "rows" for parameters)."""
+    constants (the targets choose "rows" for parameters)."""
     from tvm import relax
 
     if layout == "rows":

@@ -12,16 +12,14 @@ Only routed tokens are computed and only active experts' weights are read. Tile 
 (``block_rows``) picks the regime: decode (at most one assignment per expert on average) uses
 1-row tiles, so each active expert streams its weights once per token; prefill uses 3-row tiles,
 so each weight load feeds three rows. The weights (float32 or bfloat16) are read in the layout the
-target's schedule wants, made at compile time (``tide.targets.moe.layout``), never at run time.
+target's schedule wants (the target's ``moe_gemm`` choice), made at compile time, never at run time.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import moe_down, moe_gate_up, moe_grouped_mma, moe_permute
-
-TIDE_FUNCTION = "MoEExperts"
+from . import kernel, moe_down, moe_gate_up, moe_permute
 
 
 def block_rows(tokens: int, top_k: int, experts: int) -> int:
@@ -44,7 +42,7 @@ def prim_func(tokens: int, top_k: int, dim: int, rows: int, name: str = "tide_mo
     @T.prim_func(s_tir=True)
     def func(o: T.Buffer((rows, dim), "float32"), slot: T.Buffer((tokens, top_k), "int32"),
              y: T.Buffer((tokens, dim), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "combine"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for t, c in T.grid(tokens, dim):
             with T.sblock("combine"):
                 vt, vc = T.axis.remap("SS", [t, c])
@@ -80,29 +78,30 @@ WEIGHT_DTYPES = ("float32", "bfloat16")
 
 
 def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
-            tag: str = "", layout: str = "panel", weight_dtype: str = "float32", tensor_cores: bool = False):
-    """The chain's four PrimFuncs (unscheduled) as (name, func) pairs, with its tiling. With
-    ``tensor_cores`` (CUDA prefill, bfloat16 rows-layout weights) the GEMMs are
-    ``tide.ops.moe_grouped_mma``'s on 16-row tiles."""
-    br = moe_grouped_mma.TILE_ROWS if tensor_cores else block_rows(tokens, top_k, experts)
+            tag: str = "", layout: str = "panel", weight_dtype: str = "float32", tile_rows: int | None = None,
+            variant: str = ""):
+    """The chain's four kernels (unscheduled, tagged with their identity) as (name, PrimFunc) pairs,
+    with the tiling: ``(pairs, tile_rows, max_tiles, rows)``. ``tile_rows`` defaults to the regime's
+    (``block_rows``); ``variant`` names GEMMs a target implements itself (e.g. CUDA's tensor-core
+    ``"mma_bf16"``, which its rule builds from the GEMMs' parameters)."""
+    br = tile_rows or block_rows(tokens, top_k, experts)
     max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
     shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
-    wtag = "_mma_bf16" if tensor_cores else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    wtag = f"_{variant}" if variant else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
     names = [f"tide_moe_permute_{shape}_b{br}", f"tide_moe_gate_up_{shape}{wtag}", f"tide_moe_down_{shape}{wtag}",
              f"tide_moe_combine_{shape}_b{br}"]
-    if tensor_cores:
-        if layout != "rows" or weight_dtype != "bfloat16":
-            raise ValueError("tide.MoEExperts tensor-core kernels take bfloat16 weights in the rows layout, "
-                             f"got {weight_dtype} {layout}")
-        gemms = [moe_grouped_mma.gate_up_func(tokens, dim, experts, inter, max_tiles, limit, name=names[1]),
-                 moe_grouped_mma.down_func(dim, experts, inter, max_tiles, name=names[2])]
-    else:
-        gemms = [moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1], layout=layout,
-                                       weight_dtype=weight_dtype),
-                 moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
-                                    weight_dtype=weight_dtype)]
-    funcs = [moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]), *gemms,
-             prim_func(tokens, top_k, dim, rows, name=names[3])]
+    gemm = {"experts": experts, "dim": dim, "inter": inter, "max_tiles": max_tiles, "tile_rows": br,
+            "layout": layout, "variant": variant}
+    funcs = [
+        kernel.tag(moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]), "moe_permute",
+                   tokens=tokens, top_k=top_k, experts=experts, tile_rows=br),
+        kernel.tag(moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1],
+                                         layout=layout, weight_dtype=weight_dtype), "moe_gate_up",
+                   tokens=tokens, limit=limit, **gemm),
+        kernel.tag(moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
+                                      weight_dtype=weight_dtype), "moe_down", **gemm),
+        kernel.tag(prim_func(tokens, top_k, dim, rows, name=names[3]), "moe_combine", tokens=tokens, top_k=top_k,
+                   dim=dim)]
     return list(zip(names, funcs)), br, max_tiles, rows
 
 
@@ -121,14 +120,12 @@ def check_dtypes(function: str, activations: dict, weights: dict) -> str:
     return next(iter(dtypes.values()))
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
-    """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine. The weight layout is
-    the target's compile-time choice (``tide.targets.moe.layout``): constants are packed by folding,
-    parameters are read as stored."""
+def relax_convert(bb, inputs, attrs, *, choose, report):
+    """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine. The weight layout (and
+    a GEMM variant with its tile height) is the target's compile-time choice: constants are packed
+    by folding, parameters are read as stored."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
-
-    from ..targets import moe as schedules
 
     x, weights, indices, gate_up, down = inputs
     tokens, dim = (int(v) for v in x.ty.shape)
@@ -136,15 +133,16 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     experts, inter = int(gate_up.ty.shape[0]), int(gate_up.ty.shape[1]) // 2
     weight_dtype = check_dtypes("MoEExperts", {"x": x, "weights": weights}, {"gate_up": gate_up, "down": down})
     limit = float(attrs.get("swiglu_limit", 10.0))
-    br = block_rows(tokens, top_k, experts)
     constant = isinstance(gate_up, GenericConst) and isinstance(down, GenericConst)
-    tensor_cores = schedules.tensor_cores(target_kind, br, weight_dtype, dim, inter)
-    layout = "rows" if tensor_cores else schedules.layout(target_kind, br, constant)
+    cfg = choose("moe_gemm", block_rows=block_rows(tokens, top_k, experts), weight_dtype=weight_dtype, dim=dim,
+                 inter=inter, constant=constant)
+    layout, variant = cfg.get("layout", "rows"), cfg.get("variant", "")
     funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype),
-                                         layout=layout, weight_dtype=weight_dtype, tensor_cores=tensor_cores)
-    gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
+                                         layout=layout, weight_dtype=weight_dtype, tile_rows=cfg.get("block_rows"),
+                                         variant=variant)
+    gvs = [bb.add_func(f, n) for n, f in funcs]
     served = (f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles, "
-              f"{weight_dtype} {layout} weights{', tensor cores' if tensor_cores else ''}]")
+              f"{weight_dtype} {layout} weights{f', {variant}' if variant else ''}]")
     for (n, _), what in zip(funcs, ("permutation", "grouped SwiGLU gate/up GEMM", "grouped down GEMM", "combine")):
         report.add(n, f"{served}: {what}")
     perm = bb.emit(relax.call_tir(gvs[0], [indices, weights], out_ty=[

@@ -10,7 +10,7 @@ and row r of it, with token ``t = row_token[r]``:
 are computed and only the weights of experts that received tokens are read: each tile reads its
 expert's weights once for all of its rows. Tiles past ``num_tiles`` do nothing.
 
-Weight layouts (a compile-time choice of the target's schedule, ``tide.targets.moe.layout``):
+Weight layouts (a compile-time choice of the target, its ``moe_gemm`` choice):
 
 - ``"panel"`` (packed at compile time from the checkpoint's ``gate_up [E, 2F, D]``, gate rows then
   up rows): ``[E, F / NB, D, 2, NB]``: for each block of NB output columns, the D x (NB gate + NB
@@ -23,7 +23,7 @@ Weight layouts (a compile-time choice of the target's schedule, ``tide.targets.m
 x is float32, weights float32 or bfloat16; products and sums are float32 either way.
 
 The definition is target-neutral: an outer block per (column block, tile) holding the
-accumulator, a reduction block and the SwiGLU block; ``tide.targets.moe`` schedules it.
+accumulator, a reduction block and the SwiGLU block; each target's ``moe_gate_up`` rule schedules it.
 """
 
 from __future__ import annotations
@@ -80,8 +80,7 @@ def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, b
              row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), "float32"),
              tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
              h: T.Buffer((rows, inter), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "gate_up",
-                     "tide.weight_layout": layout})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for jb, tile in T.grid(fb, max_tiles):
             with T.sblock("tile"):
                 vj, vt = T.axis.remap("SS", [jb, tile])
@@ -115,7 +114,7 @@ def pack(gate_up: np.ndarray, layout: str = "panel") -> np.ndarray:
 
 def relax_pack(bb, gate_up, layout: str = "panel"):
     """The same packing as Relax ops on ``gate_up``; folded at compile time, so only for
-    constants (``tide.targets.moe.layout`` picks "rows" for parameters)."""
+    constants (the targets choose "rows" for parameters)."""
     from tvm import relax
 
     if layout == "rows":

@@ -49,7 +49,7 @@ def prim_func(tokens: int, top_k: int, experts: int, block_rows: int, index_dtyp
              row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), weight_dtype),
              tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
              slot: T.Buffer((tokens, top_k), "int32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "permute"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for u in range(1):
             with T.sblock("permute"):
                 T.reads(indices[0:tokens, 0:top_k], weights[0:tokens, 0:top_k])

@@ -5,9 +5,9 @@ clip(W_up x, -L, L))``, runs on the routed experts' kernels as ONE expert whose 
 compile time (every token, in order, weight 1): ``tide.ops.moe_gate_up`` (gate and up fused, the
 clamps and SiLU in its epilogue), ``tide.ops.moe_down``, then ``tide.ops.moe_experts``' combine
 with one slot per token, which drops the tile padding. No permutation kernel runs; the weights
-are laid out at compile time exactly as the routed experts' are (``tide.targets.moe.layout``).
-CUDA prefill on bfloat16 weights runs the tensor-core GEMMs of ``tide.ops.moe_grouped_mma`` on
-16-row tiles. Weights that are parameters rather than constants (only above ``onnx_import.PARAMETER_MIN_BYTES``,
+are laid out at compile time exactly as the routed experts' are (the target's ``moe_gemm``
+choice, which may also pick a GEMM variant and tile height of its own, e.g. CUDA's tensor cores on
+16-row tiles for bfloat16 prefill). Weights that are parameters rather than constants (only above ``onnx_import.PARAMETER_MIN_BYTES``,
 far beyond any V4 shared expert) are read in the rows layout after a run-time concatenation of
 gate and up (a copy, no transpose).
 """
@@ -16,25 +16,19 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import moe_down, moe_experts, moe_gate_up, moe_grouped_mma
-
-TIDE_FUNCTION = "SharedExpert"
+from . import kernel, moe_down, moe_experts, moe_gate_up
 
 
-def block_rows(tokens: int, tensor_cores: bool = False) -> int:
-    """Rows per tile: 1 for a single token (decode: the weights stream once), else 3; 16 on tensor
-    cores (``tide.ops.moe_grouped_mma``)."""
-    if tensor_cores:
-        return moe_grouped_mma.TILE_ROWS
+def block_rows(tokens: int) -> int:
+    """Rows per tile: 1 for a single token (decode: the weights stream once), else 3."""
     return 1 if tokens == 1 else 3
 
 
-def tiles(tokens: int, tensor_cores: bool = False) -> dict:
+def tiles(tokens: int, tile_rows: int) -> dict:
     """The fixed tile schedule: numpy arrays for the GEMMs' row_token, row_weight, tile_expert,
     num_tiles and the combine's slot."""
-    br = block_rows(tokens, tensor_cores)
-    count = -(-tokens // br)
-    rows = np.arange(count * br)
+    count = -(-tokens // tile_rows)
+    rows = np.arange(count * tile_rows)
     return {"row_token": np.where(rows < tokens, rows, 0).astype(np.int32),
             "row_weight": (rows < tokens).astype(np.float32),
             "tile_expert": np.zeros(count, np.int32), "num_tiles": np.array([count], np.int32),
@@ -42,25 +36,24 @@ def tiles(tokens: int, tensor_cores: bool = False) -> dict:
 
 
 def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "panel", weight_dtype: str = "float32",
-            tensor_cores: bool = False):
-    """(name, PrimFunc) of gate/up, down and combine for this shape (unscheduled)."""
-    br = block_rows(tokens, tensor_cores)
+            tile_rows: int | None = None, variant: str = ""):
+    """(name, PrimFunc) of gate/up, down and combine for this shape (unscheduled, tagged with their
+    identity; ``variant`` as in ``moe_experts.kernels``)."""
+    br = tile_rows or block_rows(tokens)
     count = -(-tokens // br)
     shape = f"t{tokens}d{dim}f{inter}"
-    wtag = "_mma_bf16" if tensor_cores else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    wtag = f"_{variant}" if variant else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
     names = [f"tide_shared_gate_up_{shape}{wtag}", f"tide_shared_down_{shape}{wtag}",
              f"tide_shared_rows_{shape}_b{br}"]
-    if tensor_cores:
-        if layout != "rows" or weight_dtype != "bfloat16":
-            raise ValueError("tide.SharedExpert tensor-core kernels take bfloat16 weights in the rows layout, "
-                             f"got {weight_dtype} {layout}")
-        gemms = [moe_grouped_mma.gate_up_func(tokens, dim, 1, inter, count, limit, name=names[0]),
-                 moe_grouped_mma.down_func(dim, 1, inter, count, name=names[1])]
-    else:
-        gemms = [moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
-                                       weight_dtype=weight_dtype),
-                 moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout, weight_dtype=weight_dtype)]
-    funcs = [*gemms, moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2])]
+    gemm = {"experts": 1, "dim": dim, "inter": inter, "max_tiles": count, "tile_rows": br, "layout": layout,
+            "variant": variant}
+    funcs = [
+        kernel.tag(moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
+                                         weight_dtype=weight_dtype), "moe_gate_up", tokens=tokens, limit=limit, **gemm),
+        kernel.tag(moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout,
+                                      weight_dtype=weight_dtype), "moe_down", **gemm),
+        kernel.tag(moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2]), "moe_combine", tokens=tokens,
+                   top_k=1, dim=dim)]
     return list(zip(names, funcs))
 
 
@@ -83,12 +76,10 @@ def cost(tokens: int, dim: int, inter: int, itemsize: int = 4) -> dict:
             "bytes": (3 * dim * inter + 2 * tokens * dim + tokens * inter) * itemsize}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.SharedExpert`` -> gate/up, down and the row copy-out on a fixed tile schedule."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
-
-    from ..targets import moe as schedules
 
     x, gate_weight, up_weight, down_weight = inputs
     tokens, dim = (int(v) for v in x.ty.shape)
@@ -97,13 +88,15 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
         "gate_weight": gate_weight, "up_weight": up_weight, "down_weight": down_weight})
     limit = float(attrs.get("swiglu_limit", 10.0))
     constant = all(isinstance(w, GenericConst) for w in inputs[1:])
-    tensor_cores = schedules.tensor_cores(target_kind, block_rows(tokens), weight_dtype, dim, inter)
-    layout = "rows" if tensor_cores else schedules.layout(target_kind, block_rows(tokens), constant)
-    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype, tensor_cores)
-    gvs = [bb.add_func(schedules.schedule(f, target_kind).with_attr("op_pattern", 8), n) for n, f in funcs]
+    cfg = choose("moe_gemm", block_rows=block_rows(tokens), weight_dtype=weight_dtype, dim=dim, inter=inter,
+                 constant=constant)
+    layout, variant = cfg.get("layout", "rows"), cfg.get("variant", "")
+    br = cfg.get("block_rows", block_rows(tokens))
+    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype, br, variant)
+    gvs = [bb.add_func(f, n) for n, f in funcs]
     for (n, _), what in zip(funcs, ("gate/up GEMM + SwiGLU", "down GEMM", "rows out")):
         report.add(n, f"tide.SharedExpert [T {tokens}, D {dim}, F {inter}, {weight_dtype} {layout} weights]: {what}")
-    fixed = tiles(tokens, tensor_cores)
+    fixed = tiles(tokens, br)
     rows = fixed["row_token"].shape[0]
     sched = {k: relax.const(v) for k, v in fixed.items()}
     gate_up = bb.emit(relax.op.expand_dims(relax.op.concat([gate_weight, up_weight], axis=0), 0))

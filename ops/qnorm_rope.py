@@ -6,7 +6,7 @@ graph around the functions"). ``tide.ops.rope.relax_convert`` calls this kernel 
 kernel when its x is the output of a ``tide.RMSNorm`` call (``tide.compiler.substitute.NormOutputs``
 records those); the RMSNorm call is then dead unless something else reads its output. Per row of
 x ``[rows, dim]``: the squared sum, then the pass-through channels scaled, and the last ``rope_dim``
-channels scaled and rotated. Scheduled by ``tide.targets.rope``.
+channels scaled and rotated. Scheduled by the targets' ``qnorm_rope`` rules.
 
 Precision: x, weight, cos and sin share one dtype (float32, or float16) and everything is computed
 in it: the squared sum accumulates in x's dtype, as do the scale and the rotation.
@@ -85,20 +85,21 @@ def cost(rows: int, dim: int, rope_dim: int, groups: int, itemsize: int = 4) -> 
             "bytes": (2 * rows * dim + dim + groups * rope_dim) * itemsize}
 
 
-def emit(bb, norm, cos, sin, shape, rope_dim: int, groups: int, inverse: bool, target_kind: str, report):
+def emit(bb, norm, cos, sin, shape, rope_dim: int, groups: int, inverse: bool, choose, report):
     """The fused call for ``tide.RoPE(tide.RMSNorm(norm.x, norm.weight))``; ``cos``/``sin`` already
     ``[groups, rope_dim/2]``."""
     import math
 
     from tvm import relax
 
-    from ..targets import rope as schedules
+    from . import kernel
 
     dtype = str(norm.x.ty.dtype)
     rows, dim = math.prod(shape[:-1]), shape[-1]
     name = f"tide_norm_rope_{'x'.join(map(str, shape))}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
-    func = prim_func(rows, dim, rope_dim, groups, norm.epsilon, inverse, dtype, name,
-                     schedules.row_kind(target_kind, rows, dim), shape[:-1])
-    gv = bb.add_func(schedules.schedule(func, target_kind).with_attr("op_pattern", 8), name)
+    row_kind = choose("rope", rows=rows, dim=dim).get("row_kind", "serial")
+    func = prim_func(rows, dim, rope_dim, groups, norm.epsilon, inverse, dtype, name, row_kind, shape[:-1])
+    gv = kernel.add(bb, func, name, "qnorm_rope", rows=rows, dim=dim, rope_dim=rope_dim, groups=groups,
+                    inverse=inverse, epsilon=norm.epsilon)
     report.add(name, f"tide.RMSNorm + tide.RoPE fused [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
     return relax.call_tir(gv, [norm.x, norm.weight, cos, sin], out_ty=relax.TensorType(shape, dtype))

@@ -2,8 +2,9 @@
 
 Serves the exporter's ``tide.RMSNorm`` function (docs/onnx-contract.md), which V4 runs on every
 sublayer input, on the q-LoRA latent, per head on q (with a ones weight) and on every compressed
-entry. Defined once for static shapes; ``tide.targets.<target>.schedule`` schedules it (on the CPU:
-rows in parallel, the reduction and the scaling vectorized).
+entry. Defined once for static shapes; targets schedule it generically (on the CPU: rows in
+parallel, the reduction and the scaling vectorized); Ascend has a hand-written vector kernel for
+its identity (``tide.kernel = "rmsnorm"``, epsilon in its parameters).
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-
-TIDE_FUNCTION = "RMSNorm"
 
 
 def prim_func(rows: int, dim: int, epsilon: float, dtype: str = "float32"):
@@ -25,8 +24,7 @@ def prim_func(rows: int, dim: int, epsilon: float, dtype: str = "float32"):
     y = te.compute((rows, dim),
                    lambda i, j: x[i, j] * te.rsqrt(sum_sq[i] / float(dim) + float(epsilon)) * weight[j],
                    name="y")
-    # What the op is, for targets with their own kernel for it (tide.targets.ascend.codegen).
-    return te.create_prim_func([x, weight, y]).with_attrs({"tide.kernel": "rmsnorm", "tide.epsilon": float(epsilon)})
+    return te.create_prim_func([x, weight, y])
 
 
 def reference(x: np.ndarray, weight: np.ndarray, epsilon: float) -> np.ndarray:
@@ -39,9 +37,11 @@ def cost(rows: int, dim: int, itemsize: int = 4) -> dict:
     return {"flops": 4 * rows * dim, "bytes": (2 * rows * dim + dim) * itemsize}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.RMSNorm(x, weight)`` -> one call of this kernel on x viewed as ``[rows, dim]``."""
     from tvm import relax
+
+    from . import kernel
 
     x, weight = inputs
     shape = [int(d) for d in x.ty.shape]
@@ -49,7 +49,7 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     rows, dim = math.prod(shape[:-1]), shape[-1]
     epsilon = float(attrs.get("epsilon", 1e-6))
     name = f"tide_rmsnorm_{rows}x{dim}"
-    gv = bb.add_func(prim_func(rows, dim, epsilon, dtype).with_attr("op_pattern", 8), name)
+    gv = kernel.add(bb, prim_func(rows, dim, epsilon, dtype), name, "rmsnorm", rows=rows, dim=dim, epsilon=epsilon)
     report.add(name, f"tide.RMSNorm [{rows} x {dim}]")
     flat = bb.emit(relax.op.reshape(x, (rows, dim)))
     out = bb.emit(relax.call_tir(gv, [flat, weight], out_ty=relax.TensorType((rows, dim), dtype)))

@@ -26,8 +26,6 @@ import math
 
 import numpy as np
 
-TIDE_FUNCTION = "RoPE"
-
 
 def check_dims(dim: int, rope_dim: int, rows: int, groups: int) -> None:
     if rope_dim % 2 or not 0 < rope_dim <= dim:
@@ -51,7 +49,7 @@ def row_loop(row_kind: str):
     """The loop over the rows, as a function of their count: ``serial``, ``parallel`` (the CPU
     thread pool) or a CUDA grid axis such as ``blockIdx.x``. Rows are independent, but the
     pass-through and rotated channels of a row are two writers of y, so the schedule primitives
-    cannot prove it: the target picks the kind here (``tide.targets.rope.ROW_KIND``)."""
+    cannot prove it: the target picks the kind (its ``rope`` choice)."""
     from tvm.script import tirx as T
 
     if row_kind == "serial":
@@ -121,9 +119,7 @@ def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = F
                             y[*at(vi), off + 2 * vp + vt] = rotation(
                                 dtype, off, inner, inverse, channels(x, vi), cos, sin, vi, vp, vt)
 
-    # What the op is, for targets with their own kernel for it (tide.targets.ascend.codegen).
-    return kernel.with_attrs({"tide.kernel": "rope", "tide.rope_dim": rope_dim, "tide.rope_groups": groups,
-                              "tide.rope_inverse": bool(inverse)})
+    return kernel
 
 
 def reference(x, cos, sin, rope_dim: int, inverse: bool = False) -> np.ndarray:
@@ -208,7 +204,7 @@ def negated(bb, expr):
     return None
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
+def relax_convert(bb, inputs, attrs, *, choose, report, norms=None):
     """``tide.RoPE(x, cos, sin)`` -> one call of this kernel over the rows of x, or of
     ``tide.ops.qnorm_rope`` on the RMSNorm input when x is a ``tide.RMSNorm`` output that ``norms``
     (``tide.compiler.substitute.NormOutputs``) recorded. A sin bound to ``Neg(s)`` (the inverse
@@ -216,7 +212,7 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
     from tvm import relax
 
     from ..compiler.errors import CompileError
-    from ..targets import rope as schedules
+    from . import kernel
 
     x, cos, sin = inputs
     if "rope_dim" not in attrs:
@@ -238,13 +234,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report, norms=None):
     if norm is not None:
         from . import qnorm_rope
 
-        return qnorm_rope.emit(bb, norm, cos_t, sin_t, shape, rope_dim, groups, inverse, target_kind, report)
+        return qnorm_rope.emit(bb, norm, cos_t, sin_t, shape, rope_dim, groups, inverse, choose, report)
     if isinstance(x, (relax.Call, relax.TupleGetItem)):  # the frontend passes calls it has not bound yet
         x = bb.emit(x)
     name = f"tide_rope_{'x'.join(map(str, shape))}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
-    func = schedules.schedule(prim_func(rows, dim, rope_dim, groups, inverse, dtype, name,
-                                        schedules.row_kind(target_kind, rows, dim), shape[:-1]), target_kind)
-    gv = bb.add_func(func.with_attr("op_pattern", 8), name)
+    row_kind = choose("rope", rows=rows, dim=dim).get("row_kind", "serial")
+    func = prim_func(rows, dim, rope_dim, groups, inverse, dtype, name, row_kind, shape[:-1])
+    gv = kernel.add(bb, func, name, "rope", rows=rows, dim=dim, rope_dim=rope_dim, groups=groups, inverse=inverse)
     what = "inverse RoPE (Neg(sin) folded)" if inverse else "RoPE"
     report.add(name, f"tide.RoPE: {what} [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
     return relax.call_tir(gv, [x, cos_t, sin_t], out_ty=relax.TensorType(shape, dtype))

@@ -13,8 +13,6 @@ import numpy as np
 
 from . import router_scores
 
-TIDE_FUNCTION = "MoERouter"
-
 
 def prim_func(tokens: int, experts: int, top_k: int, scale: float, index_dtype: str = "int64",
               name: str = "tide_router_select"):
@@ -33,7 +31,7 @@ def prim_func(tokens: int, experts: int, top_k: int, scale: float, index_dtype: 
     @T.prim_func(s_tir=True)
     def func(scores: T.Buffer((tokens, experts), "float32"), bias: T.Buffer((experts,), "float32"),
              weights: T.Buffer((tokens, k), "float32"), indices: T.Buffer((tokens, k), index_dtype)):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "router_select"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for t in range(tokens):
             with T.sblock("select"):
                 vt = T.axis.spatial(tokens, t)
@@ -78,11 +76,11 @@ def cost(tokens: int, experts: int, top_k: int, itemsize: int = 4) -> dict:
             "bytes": (tokens * experts + experts) * itemsize + tokens * top_k * (itemsize + 8)}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.MoERouter`` -> router scores, then this selection."""
     from tvm import relax
 
-    from ..targets import moe as schedules
+    from . import kernel
 
     x, weight, bias = inputs
     tokens, dim = (int(v) for v in x.ty.shape)
@@ -91,16 +89,11 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     scale = float(attrs.get("routed_scaling_factor", 1.0))
     if str(x.ty.dtype) != "float32" or str(weight.ty.dtype) != "float32":
         raise ValueError("tide.MoERouter kernels take float32 activations and weights")
-    shape = f"t{tokens}d{dim}e{experts}"
-    scores_name, select_name = f"tide_router_scores_{shape}", f"tide_router_select_t{tokens}e{experts}k{top_k}"
-    scores_gv = bb.add_func(schedules.schedule(router_scores.prim_func(tokens, dim, experts, scores_name),
-                                               target_kind).with_attr("op_pattern", 8), scores_name)
-    select_gv = bb.add_func(schedules.schedule(prim_func(tokens, experts, top_k, scale, name=select_name),
-                                               target_kind).with_attr("op_pattern", 8), select_name)
-    report.add(scores_name, f"router scores sqrt(softplus(x W^T)) [T {tokens}, D {dim}, E {experts}]")
+    select_name = f"tide_router_select_t{tokens}e{experts}k{top_k}"
+    select_gv = kernel.add(bb, prim_func(tokens, experts, top_k, scale, name=select_name), select_name,
+                           "router_select", tokens=tokens, experts=experts, top_k=top_k)
     report.add(select_name, f"tide.MoERouter [T {tokens}, E {experts}, k {top_k}]: top-k of scores + bias, weights")
-    scores = bb.emit(relax.call_tir(scores_gv, [x, router_scores.relax_pack(bb, weight)],
-                                    out_ty=relax.TensorType((tokens, experts), "float32")))
+    scores = router_scores.relax_emit(bb, x, weight, report)
     out = bb.emit(relax.call_tir(select_gv, [scores, bias], out_ty=[
         relax.TensorType((tokens, top_k), "float32"), relax.TensorType((tokens, top_k), "int64")]))
     return relax.Tuple([bb.emit(relax.TupleGetItem(out, 0)), bb.emit(relax.TupleGetItem(out, 1))])

@@ -14,8 +14,6 @@ import numpy as np
 
 from . import router_scores
 
-TIDE_FUNCTION = "HashMoERouter"
-
 
 def prim_func(tokens: int, experts: int, top_k: int, vocab: int, scale: float, index_dtype: str = "int64",
               id_dtype: str = "int64", name: str = "tide_router_hash"):
@@ -38,7 +36,7 @@ def prim_func(tokens: int, experts: int, top_k: int, vocab: int, scale: float, i
     def func(scores: T.Buffer((tokens, experts), "float32"), tid2eid: T.Buffer((vocab, k), index_dtype),
              input_ids: T.Buffer((tokens,), id_dtype),
              weights: T.Buffer((tokens, k), "float32"), indices: T.Buffer((tokens, k), index_dtype)):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "router_select"})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
         for t in range(tokens):
             with T.sblock("select"):
                 vt = T.axis.spatial(tokens, t)
@@ -68,11 +66,11 @@ def cost(tokens: int, top_k: int, itemsize: int = 4) -> dict:
     return {"flops": 3 * tokens * top_k, "bytes": tokens * (8 + top_k * (8 + itemsize + itemsize + 8))}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report):
+def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.HashMoERouter`` -> router scores, then this gather."""
     from tvm import relax
 
-    from ..targets import moe as schedules
+    from . import kernel
 
     x, weight, tid2eid, input_ids = inputs
     tokens, dim = (int(v) for v in x.ty.shape)
@@ -81,16 +79,11 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report):
     scale = float(attrs.get("routed_scaling_factor", 1.0))
     if str(x.ty.dtype) != "float32" or str(weight.ty.dtype) != "float32":
         raise ValueError("tide.HashMoERouter kernels take float32 activations and weights")
-    scores_name = f"tide_router_scores_t{tokens}d{dim}e{experts}"
     hash_name = f"tide_router_hash_t{tokens}e{experts}k{top_k}v{vocab}"
-    scores_gv = bb.add_func(schedules.schedule(router_scores.prim_func(tokens, dim, experts, scores_name),
-                                               target_kind).with_attr("op_pattern", 8), scores_name)
     func = prim_func(tokens, experts, top_k, vocab, scale, str(tid2eid.ty.dtype), str(input_ids.ty.dtype), hash_name)
-    hash_gv = bb.add_func(schedules.schedule(func, target_kind).with_attr("op_pattern", 8), hash_name)
-    report.add(scores_name, f"router scores sqrt(softplus(x W^T)) [T {tokens}, D {dim}, E {experts}]")
+    hash_gv = kernel.add(bb, func, hash_name, "router_hash", tokens=tokens, experts=experts, top_k=top_k)
     report.add(hash_name, f"tide.HashMoERouter [T {tokens}, k {top_k}]: tid2eid gather, weights")
-    scores = bb.emit(relax.call_tir(scores_gv, [x, router_scores.relax_pack(bb, weight)],
-                                    out_ty=relax.TensorType((tokens, experts), "float32")))
+    scores = router_scores.relax_emit(bb, x, weight, report)
     ids = bb.emit(relax.op.reshape(input_ids, (tokens,)))
     out = bb.emit(relax.call_tir(hash_gv, [scores, tid2eid, ids], out_ty=[
         relax.TensorType((tokens, top_k), "float32"), relax.TensorType((tokens, top_k), str(tid2eid.ty.dtype))]))

@@ -27,14 +27,24 @@ def prim_func(tokens: int, dim: int, experts: int, name: str = "tide_router_scor
 
     scores = te.compute((tokens, experts), score, name="scores")
     func = te.create_prim_func([x, wt, scores])
-    return func.with_attr({"global_symbol": name, "tide.moe_kernel": "router_scores"})
+    return func.with_attr("global_symbol", name)
 
 
-def relax_pack(bb, weight):
-    """``weight [E, D]`` -> ``[D, E]`` (a constant: folded at compile time)."""
+def relax_emit(bb, x, weight, report):
+    """The scores call for ``x [T, D]`` and the gate ``weight [E, D]``, transposed to ``[D, E]`` (a
+    constant: folded at compile time)."""
     from tvm import relax
 
-    return bb.emit(relax.op.permute_dims(weight, [1, 0]))
+    from . import kernel
+
+    tokens, dim = (int(v) for v in x.ty.shape)
+    experts = int(weight.ty.shape[0])
+    name = f"tide_router_scores_t{tokens}d{dim}e{experts}"
+    gv = kernel.add(bb, prim_func(tokens, dim, experts, name), name, "router_scores", tokens=tokens, dim=dim,
+                    experts=experts)
+    report.add(name, f"router scores sqrt(softplus(x W^T)) [T {tokens}, D {dim}, E {experts}]")
+    wt = bb.emit(relax.op.permute_dims(weight, [1, 0]))
+    return bb.emit(relax.call_tir(gv, [x, wt], out_ty=relax.TensorType((tokens, experts), "float32")))
 
 
 def reference(x: np.ndarray, weight: np.ndarray) -> np.ndarray:

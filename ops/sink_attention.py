@@ -11,8 +11,8 @@ query cannot see yet and the CSA picks the indexer marked invalid cost nothing.
 
 Decode of one token is the same kernel with one query row: ``splits`` cuts the entry list into that
 many ranges (split-K) whose partial states are merged by a second stage, so a long entry list keeps
-every core (or every GPU multiprocessor) busy. Both stages are one PrimFunc; the target schedules in
-``tide.targets.attention`` map its loops to threads.
+every core (or every GPU multiprocessor) busy. Both stages are one PrimFunc; each target's
+``sink_attention`` rule maps its loops to threads.
 
 Precision: reads float32 (q, entries, biases, sinks) and computes and accumulates in float32 (logits,
 softmax state, ``p @ tile``, the split-K merge); writes float32.
@@ -27,7 +27,6 @@ import math
 
 import numpy as np
 
-TIDE_FUNCTION = "SinkAttention"
 
 MASKED = -1.0e30  # biases at or below this are masked entries (the graph passes -inf)
 
@@ -267,7 +266,7 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale:
               head_block: int | None = None, entry_block: int = 16, splits: int = 1,
               name: str = "tide_sink_attention"):
     """The unscheduled kernel for ``q [B,S,H,Dh]``, ``kv [B,N,Dh]``, ``kv_bias [B,S,N]``,
-    ``sinks [H]`` -> ``out [B,S,H,Dh]``; ``tide.targets.attention`` schedules it."""
+    ``sinks [H]`` -> ``out [B,S,H,Dh]``; each target's ``sink_attention`` rule schedules it."""
     head_block = head_block or default_head_block(heads)
     return kernel(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits, None)
 
@@ -287,25 +286,34 @@ def static_shape(expr, what: str) -> list[int]:
     return shape
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report, model_dtype="float32"):
-    """``tide.SinkAttention(q, kv, kv_bias, sinks)`` -> one call of this kernel, scheduled for the
-    target (CUDA prefill of a bfloat16 model: ``sink_attention_prefill_mma`` on tensor cores)."""
+def blocking(batch: int, seq: int, heads: int, entries: int, entry_block: int, parallelism: int) -> dict:
+    """Blocking of the kernel for a target that tiles ``entry_block`` entries and wants
+    ``parallelism`` independent (batch, query, head block, split) tasks per call: 16 heads per
+    block, and split-K only as far as the tasks fall short and every range keeps 8 tiles."""
+    head_block = default_head_block(heads)
+    rows = batch * seq * (heads // head_block)
+    tiles = -(-entries // entry_block)
+    splits = max(1, min(-(-parallelism // rows), tiles // 8))
+    return {"head_block": head_block, "entry_block": entry_block, "splits": splits}
+
+
+def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
+    """``tide.SinkAttention(q, kv, kv_bias, sinks)`` -> one call of this kernel, blocked as the
+    target chooses (a target variant, e.g. CUDA's tensor-core prefill, is tagged for its rule)."""
     from tvm import relax
 
-    from ..targets import attention
-    from . import sink_attention_prefill_mma
+    from . import kernel
 
     q, kv, kv_bias, sinks = inputs
     B, S, H, D = static_shape(q, "SinkAttention q")
     N = static_shape(kv, "SinkAttention kv")[1]
-    name = f"tide_sink_attention_b{B}s{S}h{H}d{D}n{N}"
-    if attention.prefill_tensor_cores(target_kind, S, H, D, model_dtype):
-        name += "_mma_bf16"
-        func = sink_attention_prefill_mma.prim_func(B, S, H, D, N, float(attrs["scale"]), name=name)
-    else:
-        cfg = attention.config(target_kind, B, S, H, D, N)
-        func = prim_func(B, S, H, D, N, float(attrs["scale"]), name=name, **cfg)
-    gv = bb.add_func(attention.schedule(func, target_kind).with_attr("op_pattern", 8), name)
+    scale = float(attrs["scale"])
+    cfg = choose("sink_attention", batch=B, seq=S, heads=H, head_dim=D, entries=N, model_dtype=model_dtype)
+    variant = cfg.pop("variant", "")
+    name = f"tide_sink_attention_b{B}s{S}h{H}d{D}n{N}" + (f"_{variant}" if variant else "")
+    func = prim_func(B, S, H, D, N, scale, name=name, **cfg)
+    gv = kernel.add(bb, func, name, "sink_attention", batch=B, seq=S, heads=H, head_dim=D, n_kv=N, scale=scale,
+                    variant=variant)
     report.add(name, f"tide.SinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared entries]")
     return relax.call_tir(gv, [q, kv, kv_bias, sinks], out_ty=relax.TensorType((B, S, H, D), "float32"))
 

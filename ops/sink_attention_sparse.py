@@ -16,8 +16,6 @@ import numpy as np
 
 from . import sink_attention
 
-TIDE_FUNCTION = "SparseSinkAttention"
-
 
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k: int, cache_rows: int,
               new_rows: int, ratio: int, scale: float, head_block: int | None = None, entry_block: int = 16,
@@ -67,14 +65,13 @@ def cost(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k: int,
     return {"flops": dense["flops"], "bytes": dense["bytes"] - batch * top_k * head_dim * itemsize + picks}
 
 
-def relax_convert(bb, inputs, attrs, *, target_kind, report, model_dtype="float32"):
+def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
     """``tide.SparseSinkAttention(q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks)``
-    -> one call of this kernel, scheduled for the target (CUDA prefill of a bfloat16 model:
-    ``sink_attention_prefill_mma`` on tensor cores)."""
+    -> one call of this kernel, blocked as the target chooses (a target variant, e.g. CUDA's
+    tensor-core prefill, is tagged for its rule)."""
     from tvm import relax
 
-    from ..targets import attention
-    from . import sink_attention_prefill_mma
+    from . import kernel
 
     q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks = inputs
     B, S, H, D = sink_attention.static_shape(q, "SparseSinkAttention q")
@@ -83,15 +80,13 @@ def relax_convert(bb, inputs, attrs, *, target_kind, report, model_dtype="float3
     E = sink_attention.static_shape(entries, "SparseSinkAttention entries")[1]
     K = int(indices.ty.shape[-1])
     ratio = int(attrs["ratio"])
-    name = f"tide_sparse_sink_attention_b{B}s{S}h{H}d{D}n{N}k{K}c{C}e{E}r{ratio}"
-    if attention.prefill_tensor_cores(target_kind, S, H, D, model_dtype):
-        name += "_mma_bf16"
-        sparse = {"top_k": K, "cache_rows": C, "new_rows": E, "ratio": ratio}
-        func = sink_attention_prefill_mma.prim_func(B, S, H, D, N, float(attrs["scale"]), sparse=sparse, name=name)
-    else:
-        cfg = attention.config(target_kind, B, S, H, D, N + K)
-        func = prim_func(B, S, H, D, N, K, C, E, ratio, float(attrs["scale"]), name=name, **cfg)
-    gv = bb.add_func(attention.schedule(func, target_kind).with_attr("op_pattern", 8), name)
+    scale = float(attrs["scale"])
+    cfg = choose("sink_attention", batch=B, seq=S, heads=H, head_dim=D, entries=N + K, model_dtype=model_dtype)
+    variant = cfg.pop("variant", "")
+    name = f"tide_sparse_sink_attention_b{B}s{S}h{H}d{D}n{N}k{K}c{C}e{E}r{ratio}" + (f"_{variant}" if variant else "")
+    func = prim_func(B, S, H, D, N, K, C, E, ratio, scale, name=name, **cfg)
+    gv = kernel.add(bb, func, name, "sink_attention_sparse", batch=B, seq=S, heads=H, head_dim=D, n_kv=N,
+                    scale=scale, top_k=K, cache_rows=C, new_rows=E, ratio=ratio, variant=variant)
     report.add(name, f"tide.SparseSinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared + top-{K} of {C}]")
     args = [q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks]
     return relax.call_tir(gv, args, out_ty=relax.TensorType((B, S, H, D), "float32"))

@@ -59,7 +59,7 @@ def test_roundtrip(standard, kernels_so):
 def test_streams_weights_of_every_layout(tmp_path, monkeypatch):
     """Chunked streaming (tiny chunks here) of contiguous, transposed, sliced, bfloat16, bool,
     zero-size and 0-d weights; no kernels, so no kernel library."""
-    monkeypatch.setattr(A, "_WRITE_CHUNK", 24)
+    monkeypatch.setattr(A.writer, "_WRITE_CHUNK", 24)
     rng = np.random.default_rng(0)
     arrays = [
         rng.standard_normal((7, 5)).astype(np.float32),
@@ -71,8 +71,7 @@ def test_streams_weights_of_every_layout(tmp_path, monkeypatch):
         np.array(7, dtype=np.int64),
     ]
     specs = [A.WeightSpec(f"w{i}", str(a.dtype), a.shape) for i, a in enumerate(arrays)]
-    entry = A.Entry("main", 0, [A.Buffer("weight", 0, 0, "float32", (7, 5))], [],
-                    [A.IOBinding("w0", 0, "data")], [])
+    entry = A.Entry("main", [A.Buffer("weight", 0, "float32", (7, 5))], [], [A.IOBinding("w0", 0, "data")], [])
     path = str(tmp_path / "w.tide")
     A.write_artifact(path, cpu_target(), A.Plan([], specs, [], [entry]), b"", arrays, {})
     art = A.read_artifact(path)
@@ -86,10 +85,10 @@ def test_streams_weights_of_every_layout(tmp_path, monkeypatch):
 
 
 BAD_PLANS = {
-    "kernel index": (lambda p: setattr(p.entries[0].ops[0], "kernel", 99), "kernel index 99 out of range"),
-    "argument buffer": (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("buf", 9)), "argument 0: buffer 9 out of range"),
-    "argument kind": (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("tensor", 0)), "argument 0"),
-    "too many args": (lambda p: p.entries[0].ops[0].args.extend([("imm", 0)] * 62), "65 arguments exceed"),
+    "kernel": (lambda p: setattr(p.entries[0].calls[0], "kernel", "mul"), "kernel 'mul' is not in the plan's 9 kernels"),
+    "argument buffer": (lambda p: p.entries[0].calls[0].args.__setitem__(0, ("buf", 9)), "argument 0: buffer 9 out of range"),
+    "argument kind": (lambda p: p.entries[0].calls[0].args.__setitem__(0, ("tensor", 0)), "argument 0"),
+    "too many args": (lambda p: p.entries[0].calls[0].args.extend([("imm", 0)] * 62), "65 arguments exceed"),
     "arena overflow": (lambda p: setattr(p.entries[0].buffers[8], "offset", 248), "exceed the 256-byte arena"),
     "arena alignment": (lambda p: setattr(p.entries[0], "arena_bytes", 260), "not a multiple of 64"),
     "arena index": (lambda p: setattr(p.entries[0].buffers[2], "index", 1), "arena buffer has index 1"),
@@ -101,7 +100,7 @@ BAD_PLANS = {
     "state input binding": (lambda p: setattr(p.entries[1].inputs[1], "buffer", 2), "whole state buffer"),
     "state output binding": (lambda p: setattr(p.entries[1].outputs[0], "buffer", 0), "whole state buffer"),
     "state shape": (lambda p: setattr(p.entries[1].buffers[1], "shape", (2,)), "state 'acc' is float32[4]"),
-    "input of a state": (lambda p: p.entries[1].buffers.append(A.Buffer("input", 1, 0, "float32", (4,))),
+    "input of a state": (lambda p: p.entries[1].buffers.append(A.Buffer("input", 1, "float32", (4,))),
                          "refers to state input 'acc'"),
     "input index": (lambda p: setattr(p.entries[0].buffers[4], "index", 3), "input index 3 out of range"),
     "unknown role": (lambda p: setattr(p.entries[0].outputs[0], "role", "scratch"), "unknown role"),
@@ -110,11 +109,6 @@ BAD_PLANS = {
     "duplicate output": (lambda p: setattr(p.entries[0].outputs[1], "name", "y"), "duplicate entry 'main' output"),
     "duplicate kernel": (lambda p: p.kernels.__setitem__(1, "add"), "duplicate kernel name 'add'"),
     "duplicate weight": (lambda p: setattr(p.weights[1], "name", "w0"), "duplicate weight name 'w0'"),
-    "copy size": (lambda p: setattr(p.entries[0].buffers[8], "shape", (2,)), "copy between buffers of 16 and 8"),
-    "copy into weight": (lambda p: p.entries[0].ops.append(A.Op("copy", None, [("buf", 2), ("buf", 1)])),
-                         "copy into a weight buffer"),
-    "copy kernel": (lambda p: setattr(p.entries[0].ops[3], "kernel", 2), "a copy has kernel 2"),
-    "copy args": (lambda p: p.entries[0].ops[3].args.append(("buf", 2)), "exactly two buffer arguments"),
     "dtype": (lambda p: setattr(p.entries[0].buffers[2], "dtype", "float8"), "unsupported dtype 'float8'"),
     "rank": (lambda p: setattr(p.states[0], "shape", (1,) * 9), "at most 8 non-negative"),
     "negative dim": (lambda p: setattr(p.entries[0].buffers[3], "shape", (-4,)), "non-negative"),
@@ -179,7 +173,7 @@ def test_write_is_atomic(tmp_path, kernels_so, monkeypatch):
             raise OSError("disk full (simulated)")
         yield memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))
 
-    monkeypatch.setattr(A, "_array_chunks", failing_chunks)
+    monkeypatch.setattr(A.writer, "_array_chunks", failing_chunks)
     with pytest.raises(OSError, match="disk full"):
         write_standard(path, kernels_so, metadata={"name": "second"})
     with open(path, "rb") as f:
@@ -249,7 +243,7 @@ def test_reader_rejects_corruption(standard):
 def test_reader_applies_the_plan_rules(tmp_path, kernels_so):
     """A plan written without validation (check=False) is refused by the reader, with the rule."""
     plan = standard_plan()
-    plan.entries[0].ops[0].args[0] = ("buf", 99)
+    plan.entries[0].calls[0].args[0] = ("buf", 99)
     path = str(tmp_path / "unchecked.tide")
     write_standard(path, kernels_so, plan=plan, check=False)
     with pytest.raises(A.ArtifactError, match=r"PLAN section: entry 'main' op 0: argument 0: buffer 99"):

@@ -101,7 +101,7 @@ def test_inspect_refuses_corrupt_artifacts(mlp_artifact, tmp_path):
 def test_writer_refuses_an_invalid_plan_and_leaves_no_file(mlp_artifact, tmp_path):
     art = artifact.read_artifact(mlp_artifact)
     weights = [artifact.load_weight(art, i) for i in range(len(art.plan.weights))]
-    art.plan.entries[0].ops[0].args[0] = ("buf", 999)
+    art.plan.entries[0].calls[0].args[0] = ("buf", 999)
     out = tmp_path / "never.tide"
     with pytest.raises(artifact.ArtifactError, match="buffer 999 out of range"):
         artifact.write_artifact(str(out), art.target, art.plan, b"\x7fELF", weights, {})

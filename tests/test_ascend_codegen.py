@@ -199,8 +199,8 @@ def test_a_kernel_bishengir_rejects_is_a_compile_error_naming_it():
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--target", "cpu", "--soc", "Ascend910B1"], "--soc names an Ascend SoC; it needs --target ascend"),
-    (["--target", "ascend", "--arch", "sm_90"], "--target ascend takes --soc"),
+    (["--target", "cpu", "--soc", "Ascend910B1"], "--soc is for --target ascend, not --target cpu"),
+    (["--target", "ascend", "--arch", "sm_90"], "--arch is for --target cuda, not --target ascend"),
     (["--target", "ascend", "--soc", "Ascend310P"], "unknown Ascend SoC 'Ascend310P'"),
 ])
 def test_compile_rejects_wrong_soc_options(tmp_path, args, message):
@@ -384,4 +384,4 @@ def test_ops_with_large_tensors_stay_unfused():
     target = tvm.target.Target({"kind": "llvm"})
     assert len(kernels(lower.legalize_and_fuse(build(), target))) == 1
     assert len(kernels(lower.legalize_and_fuse(build(), target, 8 * 1024))) == 2
-    assert len(kernels(lower.legalize_and_fuse(build(), target, ascend.FUSED_TENSOR_BYTES))) == 1  # 16 KiB fits
+    assert len(kernels(lower.legalize_and_fuse(build(), target, ascend.TARGET.fused_tensor_bytes))) == 1  # 16 KiB fits

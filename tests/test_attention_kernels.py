@@ -1,5 +1,6 @@
-"""tide's hybrid-attention kernels (``tide.ops.sink_attention*`` + ``tide.targets.attention``)
-against their float64 references and transformers' DeepSeek-V4 modules, on seeded random data.
+"""tide's hybrid-attention kernels (``tide.ops.sink_attention*``, their CPU and CUDA schedules in
+``tide.targets.{cpu,cuda}.attention``) against their float64 references and transformers' DeepSeek-V4
+modules, on seeded random data.
 
 CPU kernels are built and run here; CUDA kernels are built and their source is compiled with nvcc
 for sm_90 and sm_80 (their numerics need a GPU, which this suite does not assume).
@@ -27,10 +28,13 @@ from tvm import relax
 from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
 
+from tide.compiler import schedule
 from tide.compiler.substitute import SubstitutionReport
-from tide.ops import compressor, indexer, sink_attention, sink_attention_sparse
-from tide.ops import sink_attention_prefill_mma as mma
-from tide.targets import attention, cpu
+from tide.ops import FUNCTION_KERNELS, compressor, indexer, sink_attention, sink_attention_sparse
+from tide.targets import get
+from tide.targets.cpu import attention as cpu_attention
+from tide.targets.cuda import attention as cuda_attention
+from tide.targets.cuda.kernels import sink_attention_prefill_mma as mma
 
 TOL = 2e-5
 
@@ -41,7 +45,12 @@ TOL = 2e-5
 
 @functools.cache
 def _target():
-    return cpu.tvm_target()
+    return get("cpu").tvm_target()
+
+
+def _cpu_scheduled(mod):
+    """``mod``'s kernels scheduled by the CPU target, as the compiler's schedule stage does."""
+    return schedule.schedule(mod, get("cpu"), _target())
 
 
 def _run_prim(func, *arrays, out_shape):
@@ -59,10 +68,11 @@ def _run_convert(module, arrays, attrs):
     params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
     report = SubstitutionReport()
     with bb.function("main", params):
-        out = module.relax_convert(bb, params, attrs, target_kind="cpu", report=report)
+        out = module.relax_convert(bb, params, attrs, choose=get("cpu").choose, report=report)
         bb.emit_func_output(bb.emit(out))
-    assert any(module.TIDE_FUNCTION in served for served in report.kernels.values())
-    ex = tvm.compile(bb.get(), target=_target())
+    function = {m: f for f, m in FUNCTION_KERNELS.items()}[module.__name__.rsplit(".", 1)[1]]
+    assert any(f"tide.{function} " in served for served in report.kernels.values())
+    ex = tvm.compile(_cpu_scheduled(bb.get()), target=_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
     out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
     return tuple(o.numpy() for o in out) if isinstance(out, tvm_ffi.Array) else out.numpy()
@@ -165,7 +175,7 @@ def test_sink_attention_splits_and_masked_rows(splits, entry_block):
     bias[:, :, 8:24] = -np.inf
     bias[1, 2, :] = -np.inf
     func = sink_attention.prim_func(B, S, H, D, N, 0.3, entry_block=entry_block, splits=splits)
-    got = _run_prim(attention.schedule_cpu(func), q, kv, bias, sinks, out_shape=(B, S, H, D))
+    got = _run_prim(cpu_attention.schedule_sink_attention(func), q, kv, bias, sinks, out_shape=(B, S, H, D))
     np.testing.assert_allclose(got, sink_attention.reference(q, kv, bias, sinks, 0.3), rtol=0, atol=TOL)
     assert not np.any(got[1, 2])
 
@@ -246,7 +256,7 @@ def test_sparse_sink_attention_scattered_valid_picks(splits):
     B, S, H, D = q.shape
     func = sink_attention_sparse.prim_func(B, S, H, D, kv.shape[1], idx.shape[-1], cache.shape[1],
                                            entries.shape[1], ratio, scale, entry_block=4, splits=splits)
-    got = _run_prim(attention.schedule_cpu(func), q, kv, bias, cache, entries, idx, valid, start, sinks,
+    got = _run_prim(cpu_attention.schedule_sink_attention(func), q, kv, bias, cache, entries, idx, valid, start, sinks,
                     out_shape=q.shape)
     want = sink_attention_sparse.reference(q, kv, bias, cache, entries, idx, valid, start, sinks, ratio, scale)
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
@@ -345,13 +355,13 @@ def test_lightning_indexer_cpu_projections(batch, seq, heads):
     params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
     report = SubstitutionReport()
     with bb.function("main", params):
-        bb.emit_func_output(bb.emit(indexer.relax_convert(bb, params, attrs, target_kind="cpu", report=report)))
+        bb.emit_func_output(bb.emit(indexer.relax_convert(bb, params, attrs, choose=get("cpu").choose, report=report)))
     names = sorted(n for n in report.kernels if n.startswith("tide_indexer_proj_"))
     tokens = B * seq
     want_names = sorted(f"tide_indexer_proj_{tokens}x{dim}x{width}"
                         for dim, width in ((q_lora, heads * Di), (hidden, heads)) if seq > 1 and width % 16 == 0)
     assert names == want_names
-    ex = tvm.compile(bb.get(), target=_target())
+    ex = tvm.compile(_cpu_scheduled(bb.get()), target=_target())
     got_idx, got_valid = (o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](
         *[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]))
     want_idx, want_valid = _indexer_reference(arrays, attrs)
@@ -369,7 +379,7 @@ def test_lightning_indexer_splits_and_ties(splits, entry_block):
     cache[:, 20:40] = cache[:, 0:20]
     start = np.array([150, 77], np.int64)
     func = indexer.prim_func(B, S, Hi, Di, rd, C, E, r, K, 0.2, entry_block=entry_block, splits=splits)
-    ex = tvm.compile(tvm.IRModule({"main": attention.schedule_indexer_cpu(func)}), target=_target())
+    ex = tvm.compile(tvm.IRModule({"main": cpu_attention.schedule_indexer(func)}), target=_target())
     out_idx = tvm.runtime.tensor(np.full((B, S, K), -1, np.int64))
     out_valid = tvm.runtime.tensor(np.zeros((B, S, K), bool))
     ex["main"](*[tvm.runtime.tensor(a) for a in (q, cos, sin, w, cache, entries, start)], out_idx, out_valid)
@@ -464,25 +474,25 @@ def _nvcc():
 
 CUDA_KERNELS = {
     "dense-decode-split": lambda: sink_attention.prim_func(
-        1, 1, 64, 512, 1100, 512 ** -0.5, **attention.config("cuda", 1, 1, 64, 512, 1100)),
+        1, 1, 64, 512, 1100, 512 ** -0.5, **cuda_attention.choose_sink_attention(batch=1, seq=1, heads=64, head_dim=512, entries=1100)),
     "dense-prefill": lambda: sink_attention.prim_func(
-        1, 32, 128, 512, 160, 512 ** -0.5, **attention.config("cuda", 1, 32, 128, 512, 160)),
+        1, 32, 128, 512, 160, 512 ** -0.5, **cuda_attention.choose_sink_attention(batch=1, seq=32, heads=128, head_dim=512, entries=160)),
     "sparse-decode": lambda: sink_attention_sparse.prim_func(
-        2, 1, 64, 512, 129, 512, 1025, 1, 4, 512 ** -0.5, **attention.config("cuda", 2, 1, 64, 512, 641)),
+        2, 1, 64, 512, 129, 512, 1025, 1, 4, 512 ** -0.5, **cuda_attention.choose_sink_attention(batch=2, seq=1, heads=64, head_dim=512, entries=641)),
 }
 
 
 CUDA_INDEXERS = {
     "indexer-decode-split": lambda: indexer.prim_func(
-        1, 1, 64, 128, 64, 4097, 1, 4, 512, 0.01, **attention.indexer_config("cuda", 1, 1, 4097, 512)),
+        1, 1, 64, 128, 64, 4097, 1, 4, 512, 0.01, **cuda_attention.choose_indexer(batch=1, seq=1, cache_rows=4097, top_k=512)),
     "indexer-prefill": lambda: indexer.prim_func(
-        2, 16, 64, 128, 64, 1025, 5, 4, 512, 0.01, **attention.indexer_config("cuda", 2, 16, 1025, 512)),
+        2, 16, 64, 128, 64, 1025, 5, 4, 512, 0.01, **cuda_attention.choose_indexer(batch=2, seq=16, cache_rows=1025, top_k=512)),
 }
 
 
 def _cuda_indexer(batch, seq, cache_rows, top_k):
     """The tiny model's index shape (16 heads of 32, rope 16, ratio 4) at any top-k."""
-    cfg = attention.indexer_config("cuda", batch, seq, cache_rows, top_k)
+    cfg = cuda_attention.choose_indexer(batch=batch, seq=seq, cache_rows=cache_rows, top_k=top_k)
     return lambda: indexer.prim_func(batch, seq, 16, 32, 16, cache_rows, seq // 4 + 1, 4, top_k, 0.1, **cfg)
 
 
@@ -508,10 +518,10 @@ CUDA_COMPRESSORS = {
 
 def _cuda_kernel(kernel):
     if kernel in CUDA_COMPRESSORS:
-        return attention.schedule_compressor(CUDA_COMPRESSORS[kernel](), "cuda")
+        return cuda_attention.schedule_compressor(CUDA_COMPRESSORS[kernel]())
     if kernel in CUDA_INDEXERS:
-        return attention.schedule_indexer(CUDA_INDEXERS[kernel](), "cuda")
-    return attention.schedule(CUDA_KERNELS[kernel](), "cuda")
+        return cuda_attention.schedule_indexer(CUDA_INDEXERS[kernel]())
+    return cuda_attention.schedule_simt(CUDA_KERNELS[kernel]())
 
 
 @pytest.mark.parametrize("kernel", list(CUDA_KERNELS) + list(CUDA_INDEXERS) + list(CUDA_COMPRESSORS))
@@ -537,7 +547,8 @@ def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# tensor-core prefill (ops/sink_attention_prefill_mma.py): its CUDA source on a CPU warp emulator
+# tensor-core prefill (targets/cuda/kernels/sink_attention_prefill_mma.py): its CUDA source on a CPU
+# warp emulator
 
 
 MMA_ASM = re.compile(r"\{\s*__asm__ __volatile__\(\s*"
@@ -753,7 +764,7 @@ def _converted_kernels(module, arrays, attrs, target_kind, model_dtype):
     bb = relax.BlockBuilder()
     params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
     with bb.function("main", params):
-        out = module.relax_convert(bb, params, attrs, target_kind=target_kind, report=SubstitutionReport(),
+        out = module.relax_convert(bb, params, attrs, choose=get(target_kind).choose, report=SubstitutionReport(),
                                    model_dtype=model_dtype)
         bb.emit_func_output(bb.emit(out))
     return [gv.name_hint for gv, f in bb.get().functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -761,7 +772,7 @@ def _converted_kernels(module, arrays, attrs, target_kind, model_dtype):
 
 def test_prefill_on_bf16_models_uses_tensor_cores():
     """CUDA prefill of a bfloat16 model: the tensor-core kernel (dense and CSA); CUDA decode, float32
-    models and the CPU keep the float32 kernels; the CPU refuses the CUDA-only kernel."""
+    models and the CPU keep the float32 kernels."""
     arrays, ratio, scale = _sparse_inputs("tiny-prefill")
     q, kv, bias, sinks = arrays[0], arrays[1], arrays[2], arrays[8]
     sparse_attrs = {"ratio": ratio, "scale": scale}
@@ -775,8 +786,6 @@ def test_prefill_on_bf16_models_uses_tensor_cores():
     decode, _, _ = _sparse_inputs("tiny-decode")
     [name] = _converted_kernels(sink_attention_sparse, list(decode), sparse_attrs, "cuda", "bfloat16")
     assert not name.endswith("_mma_bf16"), name
-    with pytest.raises(ValueError, match="CUDA-only"):
-        attention.schedule(mma.prim_func(1, 2, 8, 64, 16, 0.1), "cpu")
 
 
 # (batch, seq, start positions, top_k, cache rows): the tiny model's index shape at top-k 1, 4 (the
@@ -801,8 +810,8 @@ def test_lightning_indexer_cuda_on_a_block_emulator(case, tmp_path):
     E = S // r + 1
     q, cos, sin, w = _rand(rng, B, S, Hi, Di), _rand(rng, B, S, rd // 2), _rand(rng, B, S, rd // 2), _rand(rng, B, S, Hi)
     cache, entries, start = _rand(rng, B, C, Di), _rand(rng, B, E, Di), np.array(start, np.int64)
-    cfg = attention.indexer_config("cuda", B, S, C, K)
-    func = attention.schedule_indexer(indexer.prim_func(B, S, Hi, Di, rd, C, E, r, K, 0.2, name="idx", **cfg), "cuda")
+    cfg = cuda_attention.choose_indexer(batch=B, seq=S, cache_rows=C, top_k=K)
+    func = cuda_attention.schedule_indexer(indexer.prim_func(B, S, Hi, Di, rd, C, E, r, K, 0.2, name="idx", **cfg))
     source = _mma_source(func)
     tiles = -(-C // cfg["entry_block"])
     per_split = -(-tiles // min(cfg["splits"], tiles))
@@ -831,7 +840,7 @@ SIMT_EMULATED = {
 
 @pytest.mark.parametrize("case", list(SIMT_EMULATED))
 def test_sink_attention_cuda_on_a_block_emulator(case, tmp_path):
-    """The float32 CUDA schedule (``attention.schedule_cuda``) run on the host, every kernel of it
+    """The float32 CUDA schedule (``cuda.attention.schedule_simt``) run on the host, every kernel of it
     in order: the float64 reference within the float32 tolerance."""
     B, S, H, D, sparse_case = SIMT_EMULATED[case]
     rng = np.random.default_rng(zlib.crc32(case.encode()))
@@ -839,7 +848,7 @@ def test_sink_attention_cuda_on_a_block_emulator(case, tmp_path):
         arrays, ratio, scale = _sparse_inputs(sparse_case)
         q, kv, bias, cache, entries, idx, valid, start, sinks = arrays
         N, K = kv.shape[1], idx.shape[-1]
-        cfg = attention.config("cuda", B, S, H, D, N + K)
+        cfg = cuda_attention.choose_sink_attention(batch=B, seq=S, heads=H, head_dim=D, entries=N + K)
         func = sink_attention_sparse.prim_func(B, S, H, D, N, K, cache.shape[1], entries.shape[1], ratio, scale,
                                                name="sa", **cfg)
         named = dict(cache=cache, entries=entries, indices=idx, valid=valid, start_pos=start)
@@ -849,11 +858,11 @@ def test_sink_attention_cuda_on_a_block_emulator(case, tmp_path):
         bias = _hca_bias(start, S, 16, 4, 700) if S == 1 else _hca_bias(start, S, 16, 16, 17)
         N = bias.shape[-1]
         q, kv, sinks, scale = _rand(rng, B, S, H, D), _rand(rng, B, N, D), _rand(rng, H), D ** -0.5
-        cfg = attention.config("cuda", B, S, H, D, N)
+        cfg = cuda_attention.choose_sink_attention(batch=B, seq=S, heads=H, head_dim=D, entries=N)
         func = sink_attention.prim_func(B, S, H, D, N, scale, name="sa", **cfg)
         named = {}
         want = sink_attention.reference(q, kv, bias, sinks, scale)
-    source = _mma_source(attention.schedule(func, "cuda"))
+    source = _mma_source(cuda_attention.schedule_simt(func))
     P, rows = cfg["splits"], B * S * H
     assert (P > 1) == case.endswith("split")
     out = np.full(q.shape, np.nan, np.float32)

@@ -219,14 +219,10 @@ def test_bundle_size_limit_and_unavailable_target(tmp_path):
     doc = prepare_bundle([big, small], "cpu", tmp_path / "b", max_mib=1.0, log=lambda m: None)
     assert len(doc["cases"]) == 1 and list(doc["left_out"]) == [big.name]   # 3 x 4096 x 2048 weights: 96 MiB
     assert doc["bytes"] <= 2**20
-    from tide.compiler import codegen
-
-    if "cuda" in codegen.TARGETS:   # the CUDA code generation has landed: a cuda bundle is written
-        prepare_bundle([_rmsnorm_case("decode")], "cuda", tmp_path / "c", max_mib=50, log=lambda m: None)
-        assert json.loads((tmp_path / "c" / "bundle.json").read_text())["target"] == "cuda"
-    else:
-        with pytest.raises(CompileError, match="target 'cuda' is not available in this build"):
-            prepare_bundle([_rmsnorm_case("decode")], "cuda", tmp_path / "c", max_mib=50, log=lambda m: None)
+    prepare_bundle([_rmsnorm_case("decode")], "cuda", tmp_path / "c", max_mib=50, log=lambda m: None)
+    assert json.loads((tmp_path / "c" / "bundle.json").read_text())["target"] == "cuda"
+    with pytest.raises(CompileError, match="target 'tpu' is not available in this build"):
+        prepare_bundle([_rmsnorm_case("decode")], "tpu", tmp_path / "t", max_mib=50, log=lambda m: None)
 
 
 def test_case_selection_and_json_round_trip():

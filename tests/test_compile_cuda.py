@@ -20,7 +20,8 @@ from tide.compiler import artifact
 from tide.compiler.driver import CompileOptions, compile_model
 from tide.compiler.errors import CompileError
 from tide.compiler.export import export
-from tide.targets import cuda
+from tide.targets import get
+from tide.targets.cuda import device_code, nvcc
 
 ARCHS = ("sm_80", "sm_90")
 EM_CUDA = 190
@@ -107,7 +108,7 @@ def test_tiny_artifact_holds_a_cubin_per_arch(tiny_cuda):
         assert not missing, f"{img.arch}: device functions missing from the cubin: {sorted(missing)[:5]}"
         for f in code.functions:
             assert _param_count(d, f.name) == len(f.args), f"{img.arch} {f.name}"
-            assert f.tags and all(t in artifact.DEVICE_TAGS for t in f.tags)
+            assert f.tags and all(t in device_code.TAGS for t in f.tags)
 
 
 def test_host_library_exports_every_kernel_and_looks_up_every_device_function(tiny_cuda):
@@ -140,11 +141,11 @@ def test_inspect_shows_archs_and_device_functions(tiny_cuda):
 def test_device_code_roundtrip(tiny_cuda):
     _, art = tiny_cuda
     raw = art.section_bytes("DEVICE_CODE")
-    assert artifact.encode_device_code(artifact.decode_device_code(raw)) == raw
+    assert device_code.encode(device_code.decode(raw)) == raw
 
 
 def _corruptions(raw: bytes):
-    code = artifact.decode_device_code(raw)
+    code = device_code.decode(raw)
     first = code.images[0]
     head_len = 8 + 4 + 4 + 4 + len(first.arch)  # magic, version, count, arch string length + text
     yield "bad magic", b"TIDEGPU\0" + raw[8:], 'bad magic (expected "TIDECUDA")'
@@ -173,7 +174,7 @@ def test_device_code_reader_rejects_corrupt_sections(tiny_cuda):
     raw = art.section_bytes("DEVICE_CODE")
     for what, bad, message in _corruptions(raw):
         with pytest.raises(artifact.ArtifactError, match="DEVICE_CODE") as err:
-            artifact.decode_device_code(bad)
+            device_code.decode(bad)
         assert message in str(err.value), f"{what}: {err.value}"
 
 
@@ -200,9 +201,9 @@ def test_unknown_arch_is_refused(tmp_path):
     for spec, message in (("sm_75", "unknown CUDA architecture 'sm_75'"), ("sm_90,sm_90", "twice"),
                           (",", "names no architecture"), ("compute_90", "unknown CUDA architecture 'compute_90'")):
         with pytest.raises(CompileError, match=message):
-            cuda.parse_archs(spec)
-    assert cuda.parse_archs("sm_90a, sm_80,sm_90") == ["sm_80", "sm_90", "sm_90a"]
-    assert cuda.parse_archs(None) == ["sm_90"]
+            get("cuda").parse_archs(spec)
+    assert get("cuda").parse_archs("sm_90a, sm_80,sm_90") == ["sm_80", "sm_90", "sm_90a"]
+    assert get("cuda").parse_archs(None) == ["sm_90"]
     onnx_path = str(tmp_path / "tiny.onnx")
     export("tiny", onnx_path, seed=0)
     res = subprocess.run([sys.executable, "-m", "tide.cli", "compile", onnx_path, "-o", str(tmp_path / "t.tide"),
@@ -222,7 +223,7 @@ extern "C" __global__ void broken_kernel(float* __restrict__ x) {
 
 def test_nvcc_failure_names_the_kernel_and_shows_stderr():
     with pytest.raises(CompileError) as err:
-        cuda.compile_source(BROKEN, ["sm_80", "sm_90"])
+        nvcc.compile_source(BROKEN, ["sm_80", "sm_90"])
     text = str(err.value)
     assert "nvcc failed for sm_8" in text or "nvcc failed for sm_9" in text
     assert "in kernel 'broken_kernel'" in text and "undefined_name" in text and "-cubin" in text
@@ -233,21 +234,25 @@ def test_missing_nvcc_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(os, "access", lambda path, mode: False)  # hide the toolkit's fixed locations
     with pytest.raises(CompileError, match="nvcc not found"):
-        cuda.compile_source(BROKEN, ["sm_90"])
+        nvcc.compile_source(BROKEN, ["sm_90"])
 
 
 def test_every_kernel_needs_a_thread_binding():
-    """A kernel no schedule binds to threads is refused by name (it would fail TVM's memory
-    verification later)."""
+    """A kernel no CUDA schedule binds to threads is refused by name (it would fail TVM's memory
+    verification later): here one written as a plain loop, which dlight's rules cannot schedule."""
     import tvm
-    from tvm import te
+    from tvm.script import tirx as T
 
-    x = te.placeholder((8,), "float32", name="x")
-    y = te.compute((8,), lambda i: x[i] * 2.0, name="y")
-    func = te.create_prim_func([x, y]).with_attr("tirx.is_scheduled", True)  # claims a schedule it lacks
-    mod = tvm.IRModule({"host_loop": func})
-    with pytest.raises(CompileError, match="no CUDA schedule for kernel\\(s\\) host_loop"):
-        cuda.schedule(mod, cuda.tvm_target(None, ["sm_90"]))
+    from tide.compiler import schedule
+
+    @T.prim_func
+    def host_loop(x: T.Buffer((8,), "float32"), y: T.Buffer((8,), "float32")):
+        for i in range(8):
+            y[i] = x[i] * T.float32(2)
+
+    cuda = get("cuda")
+    with pytest.raises(CompileError, match="kernel 'host_loop': the cuda generic schedule failed: .*no thread binding"):
+        schedule.schedule(tvm.IRModule({"host_loop": host_loop}), cuda, cuda.tvm_target(None, ["sm_90"]))
 
 
 FLASH_REDUCED = {"vocab_size": 1024, "n_routed_experts": 4, "num_experts_per_tok": 2, **INDEXER_OVERRIDES}

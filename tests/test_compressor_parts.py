@@ -10,7 +10,8 @@ import tvm
 from tvm.script import tirx as T
 
 from tide.ops import compressor, compressor_proj
-from tide.targets import attention, cpu
+from tide.targets import get
+from tide.targets.cpu import attention as cpu_attention
 
 
 def test_exp_lets_is_accurate_over_its_range():
@@ -27,7 +28,7 @@ def test_exp_lets_is_accurate_over_its_range():
 
     sch = tvm.s_tir.Schedule(func)
     sch.vectorize(sch.get_loops(sch.get_sblock("exp"))[-1])
-    ex = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=cpu.tvm_target())
+    ex = tvm.compile(tvm.IRModule({"main": sch.mod["main"]}), target=get("cpu").tvm_target())
     rng = np.random.default_rng(7)
     a = np.concatenate([-rng.uniform(0, 87, n - 4), [0.0, -87.0, -1e-7, -0.34657359]]).astype(np.float32)
     out = tvm.runtime.tensor(np.full(n, np.nan, np.float32))
@@ -44,8 +45,8 @@ def test_exp_lets_is_accurate_over_its_range():
 
 @pytest.mark.parametrize("rows, dim, out", [(8, 4096, 1024), (3, 512, 1024), (5, 64, 48)])
 def test_projection_gemm_matches_reference(rows, dim, out):
-    func = attention.schedule_compressor_projection_cpu(compressor_proj.prim_func(rows, dim, out, "main"))
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=cpu.tvm_target())
+    func = cpu_attention.schedule_compressor_proj(compressor_proj.prim_func(rows, dim, out, "main"))
+    ex = tvm.compile(tvm.IRModule({"main": func}), target=get("cpu").tvm_target())
     rng = np.random.default_rng(rows * 7 + out)
     x = rng.standard_normal((rows, dim)).astype(np.float32)
     w = (rng.standard_normal((out, dim)) * dim ** -0.5).astype(np.float32)

@@ -10,8 +10,9 @@ import pytest
 import tvm
 from tvm import relax
 
-from tide.compiler import lower
-from tide.targets import cpu
+from tide.compiler import lower, schedule
+from tide.targets import get
+from tide.targets.cpu import generic as cpu
 
 
 def _compile(shapes, build):
@@ -21,8 +22,8 @@ def _compile(shapes, build):
         with bb.dataflow():
             out = bb.emit_output(build(*params))
         bb.emit_func_output(out)
-    target = cpu.tvm_target()
-    mod = cpu.schedule(lower.legalize_and_fuse(bb.get(), target), target)
+    target = get("cpu").tvm_target()
+    mod = schedule.schedule(lower.legalize_and_fuse(bb.get(), target), get("cpu"), target)
     kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
     assert kernels and all(f.attrs.get("tirx.is_scheduled") for f in kernels)
     return mod, relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())

@@ -5,7 +5,6 @@ onnxruntime."""
 
 from __future__ import annotations
 
-import functools
 import os
 import shutil
 import subprocess
@@ -19,19 +18,28 @@ from transformers import DeepseekV4Config
 from transformers.models.deepseek_v4.modeling_deepseek_v4 import (DeepseekV4Experts, DeepseekV4HashRouter,
                                                                   DeepseekV4MLP, DeepseekV4TopKRouter)
 
-from tide.ops import (moe_down, moe_experts, moe_gate_up, moe_grouped_mma, moe_permute, moe_shared, router,
-                      router_hash, router_scores)
-from tide.targets import cpu
-from tide.targets import moe as schedules
+from tide.compiler.schedule import schedule_kernel
+from tide.ops import moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, router, router_hash, router_scores
+from tide.ops.kernel import tag
+from tide.targets import get
+from tide.targets.cuda.kernels import moe_grouped_mma
 
 FLASH_D, FLASH_F = 4096, 2048
 PRO_D, PRO_F = 7168, 3072
 
 
+def _scheduled(kind: str, funcs: dict):
+    """name -> tagged PrimFunc, scheduled by target ``kind``'s rules; returns (IRModule, TVM target)."""
+    target = get(kind)
+    tvm_target = target.tvm_target(None, target.parse_archs(None))
+    return tvm.IRModule({n: schedule_kernel(f, target, tvm_target, n).with_attr("global_symbol", n)
+                         for n, f in funcs.items()}), tvm_target
+
+
 def _build(funcs: dict):
-    """name -> PrimFunc, scheduled for this CPU, compiled; returns name -> callable."""
-    mod = tvm.IRModule({n: schedules.schedule_cpu(f).with_attr("global_symbol", n) for n, f in funcs.items()})
-    lib = tvm.compile(mod, target=cpu.tvm_target())
+    """name -> tagged PrimFunc, scheduled for this CPU, compiled; returns name -> callable."""
+    mod, target = _scheduled("cpu", funcs)
+    lib = tvm.compile(mod, target=target)
     return {n: lib[n] for n in funcs}
 
 
@@ -79,7 +87,7 @@ def test_permutation_groups_tokens_by_expert(tokens, top_k, experts, kind):
     indices = _routing(kind, rng, tokens, top_k, experts)
     weights = rng.random((tokens, top_k)).astype(np.float32) + 0.1
     block = moe_experts.block_rows(tokens, top_k, experts)
-    fn = _build({"perm": moe_permute.prim_func(tokens, top_k, experts, block, name="perm")})["perm"]
+    fn = _build({"perm": tag(moe_permute.prim_func(tokens, top_k, experts, block, name="perm"), "moe_permute")})["perm"]
     want = moe_permute.reference(indices, weights, experts, block)
     got = [_tensor(np.full(w.shape, 99, w.dtype)) for w in want]  # poisoned: every element must be written
     fn(_tensor(indices), _tensor(weights), *got)
@@ -261,7 +269,7 @@ def _run_shared(x, gate_weight, up_weight, down_weight, limit, layout="panel"):
     inter = gate_weight.shape[0]
     fns = list(_build(dict(moe_shared.kernels(tokens, dim, inter, limit, layout, str(gate_weight.dtype)))).values())
     gate_up, down = moe_shared.pack(gate_weight, up_weight, down_weight, layout)
-    fixed = {k: _tensor(v) for k, v in moe_shared.tiles(tokens).items()}
+    fixed = {k: _tensor(v) for k, v in moe_shared.tiles(tokens, moe_shared.block_rows(tokens)).items()}
     rows = fixed["row_token"].shape[0]
     h, o = _tensor(np.zeros((rows, inter), np.float32)), _tensor(np.zeros((rows, dim), np.float32))
     y = _tensor(np.zeros((tokens, dim), np.float32))
@@ -328,7 +336,7 @@ def _router_inputs(rng, tokens, dim, experts, logit_scale=3.0):
 def _scores(x, weight):
     tokens, dim = x.shape
     experts = weight.shape[0]
-    fn = _build({"scores": router_scores.prim_func(tokens, dim, experts, "scores")})["scores"]
+    fn = _build({"scores": tag(router_scores.prim_func(tokens, dim, experts, "scores"), "router_scores")})["scores"]
     out = _tensor(np.zeros((tokens, experts), np.float32))
     fn(_tensor(x), _tensor(weight.T), out)
     return out.numpy()
@@ -345,7 +353,7 @@ def test_router_scores(tokens, dim, experts, logit_scale):
 
 def _select(scores, bias, top_k, scale):
     tokens, experts = scores.shape
-    fn = _build({"sel": router.prim_func(tokens, experts, top_k, scale, name="sel")})["sel"]
+    fn = _build({"sel": tag(router.prim_func(tokens, experts, top_k, scale, name="sel"), "router_select")})["sel"]
     w, i = _tensor(np.zeros((tokens, top_k), np.float32)), _tensor(np.full((tokens, top_k), -1, np.int64))
     fn(_tensor(scores), _tensor(bias), w, i)
     return w.numpy(), i.numpy()
@@ -423,7 +431,7 @@ def test_hash_router(tokens, dim, experts, top_k, vocab):
     tid2eid = rng.integers(0, experts, (vocab, top_k)).astype(np.int64)
     input_ids = rng.integers(0, vocab, tokens).astype(np.int64)
     scores = _scores(x, weight)
-    fn = _build({"hash": router_hash.prim_func(tokens, experts, top_k, vocab, 1.5, name="hash")})["hash"]
+    fn = _build({"hash": tag(router_hash.prim_func(tokens, experts, top_k, vocab, 1.5, name="hash"), "router_hash")})["hash"]
     w, i = _tensor(np.zeros((tokens, top_k), np.float32)), _tensor(np.full((tokens, top_k), -1, np.int64))
     fn(_tensor(scores), _tensor(tid2eid), _tensor(input_ids), w, i)
     want_w, want_i = router_hash.reference(scores, tid2eid, input_ids, 1.5)
@@ -445,13 +453,14 @@ def _cuda_kernels():
         for layout, dtype in (("rows", "float32"), ("rows", "bfloat16"), ("panel", "bfloat16")):
             funcs.update(moe_experts.kernels(tokens, 6, 16, 256, 128, 10.0, tag=f"s{tokens}", layout=layout,
                                              weight_dtype=dtype)[0][1:3])
-        funcs[f"scores{tokens}"] = router_scores.prim_func(tokens, 256, 16, f"scores{tokens}")
-        funcs[f"select{tokens}"] = router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}")
-        funcs[f"hash{tokens}"] = router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}")
+        funcs[f"scores{tokens}"] = tag(router_scores.prim_func(tokens, 256, 16, f"scores{tokens}"), "router_scores")
+        funcs[f"select{tokens}"] = tag(router.prim_func(tokens, 16, 6, 1.5, name=f"select{tokens}"), "router_select")
+        funcs[f"hash{tokens}"] = tag(router_hash.prim_func(tokens, 16, 6, 100, 1.5, name=f"hash{tokens}"),
+                                     "router_hash")
         funcs.update(moe_shared.kernels(tokens, 256, 128, 10.0))
-    funcs.update(moe_experts.kernels(40, 6, 16, 256, 128, 10.0, layout="rows", weight_dtype="bfloat16",
-                                     tensor_cores=True)[0])  # prefill on tensor cores
-    funcs.update(moe_shared.kernels(40, 256, 128, 10.0, "rows", "bfloat16", tensor_cores=True))
+    mma = {"layout": "rows", "weight_dtype": "bfloat16", "tile_rows": moe_grouped_mma.TILE_ROWS, "variant": "mma_bf16"}
+    funcs.update(moe_experts.kernels(40, 6, 16, 256, 128, 10.0, **mma)[0])  # prefill on tensor cores
+    funcs.update(moe_shared.kernels(40, 256, 128, 10.0, **mma))
     return funcs
 
 
@@ -462,8 +471,8 @@ def test_cuda_kernels_compile_with_nvcc(arch, tmp_path):
     nvcc = shutil.which("nvcc") or "/usr/local/bin/nvcc"
     assert os.path.exists(nvcc), "nvcc is needed to check the CUDA kernels"
     funcs = _cuda_kernels()
-    mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs.items()})
-    exe = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": arch}))
+    mod, _ = _scheduled("cuda", funcs)
+    exe = tvm.compile(mod, target=get("cuda").tvm_target(None, [arch]))
     source = exe.mod.imports[0].inspect_source()
     for name in funcs:
         assert f"{name}_kernel" in source
@@ -503,7 +512,7 @@ def _converted_calls(weights_constant, target_kind, tokens=1, weight_dtype="floa
     with bb.function("main", params):
         with bb.dataflow():
             y = bb.emit_output(moe_experts.relax_convert(bb, [x, w, i, *wts], {"swiglu_limit": 1.5},
-                                                         target_kind=target_kind,
+                                                         choose=get(target_kind).choose,
                                                          report=substitute.SubstitutionReport()))
         bb.emit_func_output(y)
     call_tir = tvm.ir.Op.get("relax.call_tir")
@@ -548,8 +557,6 @@ def test_cuda_prefill_on_bf16_uses_tensor_cores():
     assert all(n.endswith("_panel") for n in names[1:3]), names
     names, _ = _converted_calls(True, "cpu", tokens=8, weight_dtype="bfloat16", dim=128, inter=64)
     assert all(n.endswith("_panel_bf16") for n in names[1:3]), names
-    with pytest.raises(ValueError, match="CUDA-only"):
-        schedules.schedule_cpu(moe_grouped_mma.down_func(64, 2, 64, 2))
 
 
 def test_shared_expert_conversion_per_target():
@@ -569,7 +576,7 @@ def test_shared_expert_conversion_per_target():
         with bb.function("main", [x]):
             with bb.dataflow():
                 y = bb.emit_output(moe_shared.relax_convert(bb, [x, *ws], {"swiglu_limit": 1.5},
-                                                            target_kind=target_kind,
+                                                            choose=get(target_kind).choose,
                                                             report=substitute.SubstitutionReport()))
             bb.emit_func_output(y)
         return [gv.name_hint for gv, f in bb.get().functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -645,10 +652,11 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
     gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
     gate_up, down = gate_up.astype(ml_dtypes.bfloat16), down.astype(ml_dtypes.bfloat16)
     funcs, block, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit, layout="rows",
-                                                        weight_dtype="bfloat16", tensor_cores=True)
+                                                        weight_dtype="bfloat16", tile_rows=moe_grouped_mma.TILE_ROWS,
+                                                        variant="mma_bf16")
     assert block == moe_grouped_mma.TILE_ROWS
-    mod = tvm.IRModule({n: schedules.schedule_cuda(f).with_attr("global_symbol", n) for n, f in funcs[1:3]})
-    exe = tvm.compile(mod, target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    mod, target = _scheduled("cuda", dict(funcs[1:3]))
+    exe = tvm.compile(mod, target=target)
     source = exe.mod.imports[0].inspect_source()
     cols = moe_grouped_mma.COLS
     gate_up_fn = _emulated(source, f"{funcs[1][0]}_kernel", tmp_path, inter // cols * max_tiles)
@@ -673,9 +681,6 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # the tiny V4 model
-
-
-MOE_MODULES = (router, router_hash, moe_experts, moe_shared)
 
 
 @pytest.fixture(scope="module")
@@ -714,20 +719,19 @@ def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq):
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
-    from tide.compiler import lower, onnx_import, relax_import, substitute
+    from tide.compiler import lower, onnx_import, relax_import, schedule, substitute
 
     loaded, names, runs = tiny_onnx
     feeds, want = runs[seq]
     report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels("cpu", report)
-    converters |= {m.TIDE_FUNCTION: functools.partial(m.relax_convert, target_kind="cpu", report=report)
-                   for m in MOE_MODULES}
+    cpu = get("cpu")
+    converters = substitute.function_kernels(cpu, report)
     static = onnx_import.specialize(loaded, {"seq": seq}, frozenset(converters))
     target = cpu.tvm_target()
     mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), loaded.path, converters)
-    mod = substitute.substitute(mod, "cpu", {}, report)
+    mod = substitute.substitute(mod, cpu, {}, report)
     mod = lower.legalize_and_fuse(mod, target)
-    mod = cpu.schedule(mod, target)
+    mod = schedule.schedule(mod, cpu, target)
     served = {k for k, v in report.kernels.items() if k.startswith(("tide_moe_", "tide_router_", "tide_shared_"))}
     assert len(served) == 10  # scores, select, hash, permute, gate/up, down, combine; shared gate/up, down, rows
     packed_args = 0  # the packed weights are folded constants: no layout change runs in the graph

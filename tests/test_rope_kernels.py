@@ -21,18 +21,18 @@ import pytest
 import tvm
 from tvm import relax
 
-from tide.compiler import substitute
+from tide.compiler import schedule, substitute
 from tide.compiler.errors import CompileError
 from tide.ops import qnorm_rope, rmsnorm, rope
-from tide.targets import cpu
-from tide.targets import rope as schedules
+from tide.ops.kernel import tag
+from tide.targets import get
 
 TOL = 2e-5
 
 
 @functools.cache
 def _target():
-    return cpu.tvm_target()
+    return get("cpu").tvm_target()
 
 
 def _tables(starts, seq, rope_dim, theta):
@@ -49,15 +49,15 @@ def _build(body, arrays):
     bb = relax.BlockBuilder()
     params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
     report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels("cpu", report)
+    converters = substitute.function_kernels(get("cpu"), report)
     with bb.function("main", params):
         with bb.dataflow():
             outs = body(bb, params, converters, report)
             out = bb.emit_output(relax.Tuple([bb.emit(o) for o in outs]))
         bb.emit_func_output(out)
-    mod = substitute.substitute(bb.get(), "cpu", {}, report)
+    mod = schedule.schedule(substitute.substitute(bb.get(), get("cpu"), {}, report), get("cpu"), _target())
     for gv, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc):  # the compiler names every kernel so (codegen.build)
+        if isinstance(func, tvm.tirx.PrimFunc):  # the compiler names every kernel so (Target.build)
             mod[gv] = func.with_attr("global_symbol", gv.name_hint)
     ex = tvm.compile(mod, target=_target())
     vm = relax.VirtualMachine(ex, tvm.cpu())
@@ -178,19 +178,22 @@ def _nvcc():
     return path
 
 
-CUDA_KERNELS = {
-    "rope-flash-q": lambda k: rope.prim_func(64, 512, 64, 1, False, row_kind=k, lead=(1, 1, 64)),
-    "rope-pro-out-inverse": lambda k: rope.prim_func(3 * 128, 512, 64, 3, True, row_kind=k),
-    "rope-tiny": lambda k: rope.prim_func(7 * 8, 64, 16, 7, row_kind=k),
-    "norm-rope-flash-q": lambda k: qnorm_rope.prim_func(64, 512, 64, 1, 1e-6, row_kind=k),
-    "norm-rope-kv": lambda k: qnorm_rope.prim_func(5, 512, 64, 5, 1e-6, row_kind=k, lead=(1, 5)),
+CUDA_KERNELS = {  # case -> (kernel identity, definition for a row loop kind)
+    "rope-flash-q": ("rope", lambda k: rope.prim_func(64, 512, 64, 1, False, row_kind=k, lead=(1, 1, 64))),
+    "rope-pro-out-inverse": ("rope", lambda k: rope.prim_func(3 * 128, 512, 64, 3, True, row_kind=k)),
+    "rope-tiny": ("rope", lambda k: rope.prim_func(7 * 8, 64, 16, 7, row_kind=k)),
+    "norm-rope-flash-q": ("qnorm_rope", lambda k: qnorm_rope.prim_func(64, 512, 64, 1, 1e-6, row_kind=k)),
+    "norm-rope-kv": ("qnorm_rope", lambda k: qnorm_rope.prim_func(5, 512, 64, 5, 1e-6, row_kind=k, lead=(1, 5))),
 }
 
 
 @pytest.mark.parametrize("kernel", list(CUDA_KERNELS))
 def test_cuda_kernels_compile_with_nvcc(kernel, tmp_path):
-    func = schedules.schedule(CUDA_KERNELS[kernel](schedules.row_kind("cuda")), "cuda")
-    exe = tvm.compile(tvm.IRModule({"main": func}), target=tvm.target.Target({"kind": "cuda", "arch": "sm_90"}))
+    cuda = get("cuda")
+    target = cuda.tvm_target(None, ["sm_90"])
+    identity, define = CUDA_KERNELS[kernel]
+    func = schedule.schedule_kernel(tag(define(cuda.choose("rope")["row_kind"]), identity), cuda, target)
+    exe = tvm.compile(tvm.IRModule({"main": func}), target=target)
     source = exe.mod.imports[0].inspect_source()
     allowed = {str(p) for p in func.params}
     kernels = re.findall(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?\w+\(([^)]*)\)\s*\{', source)
@@ -221,10 +224,10 @@ def test_tiny_model_import_fuses_q_and_kv_norms_and_folds_the_inverse_sin(tmp_pa
     export("tiny", path, seed=0, batch=2)
     loaded = onnx_import.load(path)
     report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels("cpu", report)
+    converters = substitute.function_kernels(get("cpu"), report)
     static = onnx_import.specialize(loaded, {"seq": 3}, frozenset(converters))
     mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), path, converters)
-    mod = substitute.substitute(mod, "cpu", {}, report)
+    mod = substitute.substitute(mod, get("cpu"), {}, report)
     served = substitute.called_kernels(mod["main"])
     fused = sorted(k for k in report.kernels if k.startswith("tide_norm_rope_"))
     assert fused == ["tide_norm_rope_2x3x64_r16_g6", "tide_norm_rope_2x3x8x64_r16_g6"], report.kernels

@@ -16,6 +16,7 @@ import pytest
 
 import tide.runtime as R
 from tide.compiler import artifact as A
+from tide.targets.ascend import device_code
 from tide_test_models import REPO, build_standin, host_arch
 
 STANDIN = os.path.join(REPO, "build", "runtime-tests", "libacl_standin.so")
@@ -29,21 +30,22 @@ def standin():
 
 
 def _kernels(binaries: bool = True) -> list:
-    return [A.AscendKernel("vadd", 8, ["ptr", "ptr", "ptr", "i64"], HIVM % "vadd", b"TIDEBIN vadd" if binaries else b""),
-            A.AscendKernel("vacc", 4, ["ptr", "ptr", "i64"], HIVM % "vacc", b"TIDEBIN vacc" if binaries else b"")]
+    return [device_code.AscendKernel("vadd", 8, ["ptr", "ptr", "ptr", "i64"], HIVM % "vadd",
+                                     b"TIDEBIN vadd" if binaries else b""),
+            device_code.AscendKernel("vacc", 4, ["ptr", "ptr", "i64"], HIVM % "vacc", b"TIDEBIN vacc" if binaries else b"")]
 
 
 def _plan() -> A.Plan:
-    """step(x f32[N], acc STATE) -> acc_out STATE (acc += x + w), snapshot = copy of acc."""
+    """step(x f32[N], acc STATE) -> acc_out STATE (acc += x + w), snapshot = acc + w."""
     f32 = "float32"
-    step = A.Entry("step", 2 * N * 4 + 64, [
-        A.Buffer("input", 0, 0, f32, (N,)), A.Buffer("state", 0, 0, f32, (N,)), A.Buffer("weight", 0, 0, f32, (N,)),
-        A.Buffer("arena", 0, 0, f32, (N,)), A.Buffer("arena", 0, 4032, f32, (N,)),
+    step = A.Entry("step", [
+        A.Buffer("input", 0, f32, (N,)), A.Buffer("state", 0, f32, (N,)), A.Buffer("weight", 0, f32, (N,)),
+        A.Buffer("arena", 0, f32, (N,), 0), A.Buffer("arena", 0, f32, (N,), 4032),
     ], [A.IOBinding("x", 0, "data"), A.IOBinding("acc", 1, "state")],
         [A.IOBinding("acc_out", 1, "state"), A.IOBinding("snapshot", 4, "data")],
-        [A.Op("call", 0, [("buf", 0), ("buf", 2), ("buf", 3), ("imm", N)]),
-         A.Op("call", 1, [("buf", 1), ("buf", 3), ("imm", N)]),
-         A.Op("copy", None, [("buf", 1), ("buf", 4)])])
+        [A.Call("vadd", [("buf", 0), ("buf", 2), ("buf", 3), ("imm", N)]),
+         A.Call("vacc", [("buf", 1), ("buf", 3), ("imm", N)]),
+         A.Call("vadd", [("buf", 1), ("buf", 2), ("buf", 4), ("imm", N)])], 2 * N * 4 + 64)
     return A.Plan(["vadd", "vacc"], [A.WeightSpec("w", f32, (N,))], [A.StateSpec("acc", f32, (N,))], [step])
 
 
@@ -51,7 +53,7 @@ W = np.random.default_rng(11).standard_normal(N).astype(np.float32)
 
 
 def _write(path, soc="Ascend910B1", kernels=None, check=True) -> str:
-    code = A.encode_ascend_code(A.AscendCode(soc, kernels if kernels is not None else _kernels()))
+    code = device_code.encode(device_code.AscendCode(soc, kernels if kernels is not None else _kernels()))
     A.write_artifact(str(path), A.TargetInfo("ascend", host_arch(), 0, soc), _plan(), b"", [W], {"name": "ascend"},
                      code, check=check)
     return str(path)
@@ -85,11 +87,11 @@ def test_ascend_code_roundtrip_and_writer_checks(tmp_path):
     with pytest.raises(A.ArtifactError, match=r"missing \['vacc'\]"):
         _write(tmp_path / "c.tide", kernels=_kernels()[:1])
     with pytest.raises(A.ArtifactError, match="is not the DEVICE_CODE SoC"):
-        code = A.encode_ascend_code(A.AscendCode("Ascend950PR_9599", _kernels()))
+        code = device_code.encode(device_code.AscendCode("Ascend950PR_9599", _kernels()))
         A.write_artifact(str(tmp_path / "d.tide"), A.TargetInfo("ascend", host_arch(), 0, "Ascend910B1"), _plan(),
                          b"", [W], {}, code)
     with pytest.raises(A.ArtifactError, match="block_dim"):
-        A.encode_ascend_code(A.AscendCode("Ascend910B1", [A.AscendKernel("vadd", 0, [], "x")]))
+        device_code.encode(device_code.AscendCode("Ascend910B1", [device_code.AscendKernel("vadd", 0, [], "x")]))
     assert not list(tmp_path.glob("[bcd].tide"))
 
 
@@ -117,12 +119,12 @@ def test_run_numbers_state_copies_and_timing(tmp_path, acl_env):
         out = model.run({"x": x}, entry="step")
         acc += x.astype(np.float64) + W
         np.testing.assert_allclose(out["acc_out"], acc, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(out["snapshot"], acc, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(out["snapshot"], acc + W, rtol=1e-5, atol=1e-5)
     log = _log(acl_env)
-    assert log.count("aclrtLaunchKernel vadd block_dim 8 args 32") == 3
+    assert log.count("aclrtLaunchKernel vadd block_dim 8 args 32") == 6
     assert log.count("aclrtLaunchKernel vacc block_dim 4 args 24") == 3
     assert log.count("aclrtBinaryLoadFromData 12") == 2
-    assert "aclrtMemcpy 56 kind 1" in log  # both calls' argument slots, packed once
+    assert "aclrtMemcpy 88 kind 1" in log  # the three calls' argument slots, packed once
     assert not [line for line in log if "no current context" in line or "not device memory" in line]
     seconds = model.time({"x": np.ones(N, np.float32)}, entry="step", iterations=3)
     assert seconds.shape == (3,) and np.all(seconds >= 0)
@@ -240,8 +242,7 @@ def test_compiled_tiny_launches_every_kernel_through_acl(acl_env, tmp_path, monk
     want = []
     for entry in ("prefill_16", "decode"):
         e = next(x for x in a.plan.entries if x.name == entry)
-        for op in e.ops:
-            if op.kind == "call":
-                k = kernels[a.plan.kernels[op.kernel]]
-                want.append(f"aclrtLaunchKernel {k.name} block_dim {k.block_dim} args {8 * len(op.args)}")
+        for call in e.calls:
+            k = kernels[call.kernel]
+            want.append(f"aclrtLaunchKernel {k.name} block_dim {k.block_dim} args {8 * len(call.args)}")
     assert [line for line in log if line.startswith("aclrtLaunchKernel")] == want

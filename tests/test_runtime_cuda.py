@@ -22,6 +22,7 @@ import pytest
 
 import tide.runtime as R
 from tide.compiler import artifact as A
+from tide.targets.cuda import device_code
 from tide.runtime import bindings
 from tide.runtime._ffi import ffi
 from tide_test_models import (REPO, build_standin, compile_test_kernels, host_arch, standard_plan,
@@ -39,13 +40,13 @@ def standin():
 def cuda_artifact(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cuda")
     kernels = compile_test_kernels(str(tmp))
-    code = A.DeviceCode(
-        images=[A.DeviceImage("sm_80", "cubin", b"fake cubin for sm_80"),
-                A.DeviceImage("sm_90", "cubin", b"fake cubin for sm_90")],
-        functions=[A.DeviceFunction("vadd_kernel", ["handle", "handle", "int32"], ["blockIdx.x", "threadIdx.x"])])
+    code = device_code.CudaCode(
+        images=[device_code.CudaImage("sm_80", "cubin", b"fake cubin for sm_80"),
+                device_code.CudaImage("sm_90", "cubin", b"fake cubin for sm_90")],
+        functions=[device_code.CudaFunction("vadd_kernel", ["handle", "handle", "int32"], ["blockIdx.x", "threadIdx.x"])])
     path = str(tmp / "cuda.tide")
     write_standard(path, kernels, target=A.TargetInfo("cuda", host_arch(), 0, "sm_80,sm_90"), plan=standard_plan(),
-                   device_code=A.encode_device_code(code), check=False)
+                   device_code=device_code.encode(code), check=False)
     return path
 
 
@@ -152,41 +153,41 @@ def _param_spec(source: str, functions) -> str:
 @pytest.fixture(scope="module")
 def launch_artifact(tmp_path_factory):
     """(path, TIDE_STANDIN_KERNELS, weight w). Entries:
-    step(x f32[N], acc STATE) -> acc_out STATE (acc += 3 (x + w)), r = reverse(copy of acc)
+    step(x f32[N], acc STATE) -> acc_out STATE (acc += 3 (x + w)), r = reverse(acc)
     twice(x f32[N]) -> y = x + w (add_w only)"""
-    from tide.compiler import codegen
-    from tide.targets import cuda
+    from tide.targets import get
+    from tide.targets.cuda import nvcc
 
     tmp = tmp_path_factory.mktemp("launch")
     kernels = _launch_kernels()
-    lib = codegen.build(kernels, cuda, cuda.tvm_target(archs=("sm_90",)), ["sm_90"])
-    code = A.decode_device_code(lib.device_code)
+    cuda = get("cuda")
+    target = cuda.tvm_target(archs=("sm_90",))
+    lib = cuda.build(kernels, target, ["sm_90"])
+    code = device_code.decode(lib.device_code)
     assert {f.name for f in code.functions} == {"add_w_kernel", "accum_kernel", "reverse_kernel"}
     assert next(f for f in code.functions if f.name == "reverse_kernel").tags[-1] == "tir.use_dyn_shared_memory"
     import tvm
 
-    source = cuda.device_modules(tvm.compile(tvm.IRModule(
-        {k: f.with_attr("global_symbol", k) for k, f in kernels.items()}), target=cuda.tvm_target(archs=("sm_90",))).mod)[0][2]
+    source = nvcc.device_modules(tvm.compile(tvm.IRModule(
+        {k: f.with_attr("global_symbol", k) for k, f in kernels.items()}), target=target).mod)[0][2]
     spec = _param_spec(source, code.functions)
     names = ["add_w", "accum", "reverse"]
     f32 = "float32"
-    step = A.Entry("step", 3 * N * 4, [
-        A.Buffer("input", 0, 0, f32, (N,)),      # 0 x
-        A.Buffer("state", 0, 0, f32, (N,)),      # 1 acc
-        A.Buffer("weight", 0, 0, f32, (N,)),     # 2 w
-        A.Buffer("arena", 0, 0, f32, (N,)),      # 3 y
-        A.Buffer("arena", 0, N * 4, f32, (N,)),  # 4 snapshot
-        A.Buffer("arena", 0, 2 * N * 4, f32, (N,)),  # 5 r
+    step = A.Entry("step", [
+        A.Buffer("input", 0, f32, (N,)),              # 0 x
+        A.Buffer("state", 0, f32, (N,)),              # 1 acc
+        A.Buffer("weight", 0, f32, (N,)),             # 2 w
+        A.Buffer("arena", 0, f32, (N,), 0),           # 3 y
+        A.Buffer("arena", 0, f32, (N,), N * 4),       # 4 r
     ], [A.IOBinding("x", 0, "data"), A.IOBinding("acc", 1, "state")],
-        [A.IOBinding("acc_out", 1, "state"), A.IOBinding("r", 5, "data")],
-        [A.Op("call", 0, [("buf", 0), ("buf", 2), ("buf", 3)]),
-         A.Op("call", 1, [("buf", 1), ("buf", 3), ("imm", 3)]),
-         A.Op("copy", None, [("buf", 1), ("buf", 4)]),
-         A.Op("call", 2, [("buf", 4), ("buf", 5)])])
-    once = A.Entry("once", N * 4, [A.Buffer("input", 0, 0, f32, (N,)), A.Buffer("weight", 0, 0, f32, (N,)),
-                                   A.Buffer("arena", 0, 0, f32, (N,))],
+        [A.IOBinding("acc_out", 1, "state"), A.IOBinding("r", 4, "data")],
+        [A.Call("add_w", [("buf", 0), ("buf", 2), ("buf", 3)]),
+         A.Call("accum", [("buf", 1), ("buf", 3), ("imm", 3)]),
+         A.Call("reverse", [("buf", 1), ("buf", 4)])], 2 * N * 4)
+    once = A.Entry("once", [A.Buffer("input", 0, f32, (N,)), A.Buffer("weight", 0, f32, (N,)),
+                            A.Buffer("arena", 0, f32, (N,))],
                    [A.IOBinding("x", 0, "data")], [A.IOBinding("y", 2, "data")],
-                   [A.Op("call", 0, [("buf", 0), ("buf", 1), ("buf", 2)])])
+                   [A.Call("add_w", [("buf", 0), ("buf", 1), ("buf", 2)])], N * 4)
     plan = A.Plan(names, [A.WeightSpec("w", f32, (N,))], [A.StateSpec("acc", f32, (N,))], [step, once])
     w = np.random.default_rng(7).standard_normal(N).astype(np.float32)
     path = str(tmp / "launch.tide")
@@ -225,11 +226,11 @@ def test_launch_path_numbers_graphs_and_state(launch_artifact, launch_env):
         np.testing.assert_allclose(out["r"], acc[::-1], rtol=1e-5, atol=1e-5)
     log = _log(launch_env)
     launches = [line for line in log if line.startswith("cuLaunchKernel")]
-    # run 1 eager, run 2 captured (3 kernels), runs 3 and 4 replay the graph (3 launches + 1 copy)
+    # run 1 eager, run 2 captured (3 kernels), runs 3 and 4 replay the graph (3 launches)
     assert len([line for line in launches if "(captured)" not in line]) == 3
     assert len([line for line in launches if "(captured)" in line]) == 3
-    assert log.count("cuStreamEndCapture nodes 4") == 1
-    assert log.count("cuGraphLaunch nodes 4") == 3
+    assert log.count("cuStreamEndCapture nodes 3") == 1
+    assert log.count("cuGraphLaunch nodes 3") == 3
     assert "cuLaunchKernel add_w_kernel grid 128,1,1 block 128,1,1 shared 0" in launches
     assert "cuLaunchKernel accum_kernel grid 64,1,1 block 256,1,1 shared 0" in launches
     assert f"cuLaunchKernel reverse_kernel grid 1,1,1 block 1024,1,1 shared {SHARED}" in launches
@@ -308,7 +309,7 @@ def test_out_of_device_memory_names_bytes_and_free(launch_artifact, launch_env, 
     path, _, _ = launch_artifact
     monkeypatch.setenv("TIDE_STANDIN_MEM_BYTES", str(N * 4 + 100_000))  # the weights fit, a session does not
     model = R.load(path, device="cuda", cuda_driver=STANDIN)
-    with pytest.raises(R.TideError, match=r"out of device memory on cuda:0 allocating 196608 bytes for the arena "
+    with pytest.raises(R.TideError, match=r"out of device memory on cuda:0 allocating 131072 bytes for the arena "
                                           r"\(\d+ of \d+ bytes free\)") as err:
         model.run({"x": np.ones(N, np.float32)}, entry="once")
     assert err.value.code == 5

@@ -188,7 +188,7 @@ def test_state_semantics(standard):
     m = R.load(standard)
     x = np.arange(4, dtype=np.float32)
     first = m.run({"x": x}, "step")  # state starts at zero
-    np.testing.assert_array_equal(first["snapshot"], x)
+    np.testing.assert_array_equal(first["snapshot"], x + W0)  # snapshot = acc + w0
     second = m.run({"x": x}, "step")  # omitted: the state is kept
     np.testing.assert_array_equal(second["acc_out"], 2 * x)
     given = np.array([100, 200, 300, 400], dtype=np.float32)
@@ -324,12 +324,11 @@ def test_dlpack_inputs_without_copy(standard):
     assert y.sum().item() == 4
 
 
-def test_bfloat16_copy_entry_without_kernels(tmp_path):
+def test_bfloat16_entry_without_kernels(tmp_path):
+    """An entry whose output is its input (an identity graph: no kernel at all)."""
     torch = pytest.importorskip("torch")
-    plan = A.Plan([], [], [], [A.Entry("main", 64, [A.Buffer("input", 0, 0, "bfloat16", (2, 3)),
-                                                    A.Buffer("arena", 0, 0, "bfloat16", (2, 3))],
-                                       [A.IOBinding("x", 0, "data")], [A.IOBinding("y", 1, "data")],
-                                       [A.Op("copy", None, [("buf", 0), ("buf", 1)])])])
+    plan = A.Plan([], [], [], [A.Entry("main", [A.Buffer("input", 0, "bfloat16", (2, 3))],
+                                       [A.IOBinding("x", 0, "data")], [A.IOBinding("y", 0, "data")], [])])
     path = str(tmp_path / "bf16.tide")
     A.write_artifact(path, cpu_target(), plan, b"", [], {})
     m = R.load(path)
@@ -511,9 +510,8 @@ def test_plan_and_library_errors(tmp_path, kernels_so):
     assert err.value.code == 2
     # A plan that bypassed the writer's validation: the C loader applies the same rules.
     for mutate, message in [
-        (lambda p: p.entries[0].ops[0].args.__setitem__(0, ("buf", 99)),
+        (lambda p: p.entries[0].calls[0].args.__setitem__(0, ("buf", 99)),
          r"PLAN section, entry 'main' op 0 \(byte \d+\): argument 0: buffer 99 out of range \(9 buffers\)"),
-        (lambda p: setattr(p.entries[0].ops[1], "kernel", 40), "kernel index 40 out of range"),
         (lambda p: setattr(p.entries[1].buffers[1], "index", 7), "state index 7 out of range"),
         (lambda p: setattr(p.entries[0].buffers[8], "offset", 4096), "exceed the 256-byte arena"),
         (lambda p: setattr(p.entries[0].outputs[0], "buffer", 77), "buffer index 77 out of range"),
@@ -581,16 +579,16 @@ def tvm_libraries(tmp_path_factory):
 
 def _tvm_artifact(path: str, library: str) -> str:
     f = "float32"
-    bufs = [A.Buffer("input", 0, 0, f, (64, 128)), A.Buffer("input", 1, 0, f, (64, 128)),
-            A.Buffer("arena", 0, 0, f, (64, 128)), A.Buffer("arena", 0, 0, f, (32, 128))]
+    bufs = [A.Buffer("input", 0, f, (64, 128)), A.Buffer("input", 1, f, (64, 128)),
+            A.Buffer("arena", 0, f, (64, 128)), A.Buffer("arena", 0, f, (32, 128))]
     ios = [A.IOBinding("a", 0, "data"), A.IOBinding("b", 1, "data")]
-    main = A.Entry("main", 32768, bufs, ios, [A.IOBinding("c", 2, "data")],
-                   [A.Op("call", 0, [("buf", 0), ("buf", 1), ("buf", 2)])])
-    bad = A.Entry("bad", 32768, bufs, ios, [A.IOBinding("c", 3, "data")],
-                  [A.Op("call", 0, [("buf", 0), ("buf", 1), ("buf", 3)])])
-    ws = A.Entry("ws", 65536, [A.Buffer("input", 0, 0, f, (4, 4096)), A.Buffer("arena", 0, 0, f, (4, 4096))],
+    main = A.Entry("main", bufs, ios, [A.IOBinding("c", 2, "data")],
+                   [A.Call("padd", [("buf", 0), ("buf", 1), ("buf", 2)])], 32768)
+    bad = A.Entry("bad", bufs, ios, [A.IOBinding("c", 3, "data")],
+                  [A.Call("padd", [("buf", 0), ("buf", 1), ("buf", 3)])], 32768)
+    ws = A.Entry("ws", [A.Buffer("input", 0, f, (4, 4096)), A.Buffer("arena", 0, f, (4, 4096))],
                  [A.IOBinding("a", 0, "data")], [A.IOBinding("c", 1, "data")],
-                 [A.Op("call", 1, [("buf", 0), ("buf", 1)])])
+                 [A.Call("wsrev", [("buf", 0), ("buf", 1)])], 65536)
     with open(library, "rb") as fh:
         A.write_artifact(path, cpu_target(), A.Plan(["padd", "wsrev"], [], [], [main, bad, ws]), fh.read(), [], {})
     return path

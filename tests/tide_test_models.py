@@ -54,52 +54,53 @@ K = {name: i for i, name in enumerate(KERNELS)}
 
 
 def call(kernel: str, *bufs, imm=()):
-    return A.Op("call", K[kernel], [("buf", b) for b in bufs] + [("imm", v) for v in imm])
+    return A.Call(kernel, [("buf", b) for b in bufs] + [("imm", v) for v in imm])
 
 
 def standard_plan() -> A.Plan:
     """Entries:
-    main(x f32[4]) -> y = x + w0, z = y * 3, t = x.reshape(2, 2) + w1, u = copy of t flattened
-    step(x f32[4], acc STATE) -> acc_out STATE (acc += x), snapshot = copy of acc
+    main(x f32[4]) -> y = x + w0, z = y * 3, t = x.reshape(2, 2) + w1, u = t flattened, times 1
+    step(x f32[4], acc STATE) -> acc_out STATE (acc += x), snapshot = acc + w0
     fail(x f32[4]) -> y: add, then the fail kernel
     par(x f32[1000]) -> y = reverse(x) * 2, z = x * 2 (nested launch), w = x + 1 (37 tasks)
     """
-    main = A.Entry("main", 256, [
-        A.Buffer("input", 0, 0, F32, (4,)),
-        A.Buffer("weight", 0, 0, F32, (4,)),
-        A.Buffer("arena", 0, 0, F32, (4,)),
-        A.Buffer("arena", 0, 64, F32, (4,)),
-        A.Buffer("input", 0, 0, F32, (2, 2)),
-        A.Buffer("weight", 1, 0, F32, (2, 2)),
-        A.Buffer("arena", 0, 128, F32, (2, 2)),
-        A.Buffer("arena", 0, 128, F32, (4,)),
-        A.Buffer("arena", 0, 192, F32, (4,)),
+    main = A.Entry("main", [
+        A.Buffer("input", 0, F32, (4,)),
+        A.Buffer("weight", 0, F32, (4,)),
+        A.Buffer("arena", 0, F32, (4,), 0),
+        A.Buffer("arena", 0, F32, (4,), 64),
+        A.Buffer("input", 0, F32, (2, 2)),
+        A.Buffer("weight", 1, F32, (2, 2)),
+        A.Buffer("arena", 0, F32, (2, 2), 128),
+        A.Buffer("arena", 0, F32, (4,), 128),
+        A.Buffer("arena", 0, F32, (4,), 192),
     ], [A.IOBinding("x", 0, "data")],
         [A.IOBinding("y", 2, "data"), A.IOBinding("z", 3, "data"), A.IOBinding("t", 6, "data"),
          A.IOBinding("u", 8, "data")],
-        [call("add", 0, 1, 2), call("scale", 2, 3, imm=(3,)), call("add", 4, 5, 6),
-         A.Op("copy", None, [("buf", 7), ("buf", 8)])])
-    step = A.Entry("step", 64, [
-        A.Buffer("input", 0, 0, F32, (4,)),
-        A.Buffer("state", 0, 0, F32, (4,)),
-        A.Buffer("arena", 0, 0, F32, (4,)),
+        [call("add", 0, 1, 2), call("scale", 2, 3, imm=(3,)), call("add", 4, 5, 6), call("scale", 7, 8, imm=(1,))],
+        256)
+    step = A.Entry("step", [
+        A.Buffer("input", 0, F32, (4,)),
+        A.Buffer("state", 0, F32, (4,)),
+        A.Buffer("arena", 0, F32, (4,)),
+        A.Buffer("weight", 0, F32, (4,)),
     ], [A.IOBinding("x", 0, "data"), A.IOBinding("acc", 1, "state")],
         [A.IOBinding("acc_out", 1, "state"), A.IOBinding("snapshot", 2, "data")],
-        [call("accumulate", 1, 0), A.Op("copy", None, [("buf", 1), ("buf", 2)])])
-    fail = A.Entry("fail", 64, [
-        A.Buffer("input", 0, 0, F32, (4,)),
-        A.Buffer("weight", 0, 0, F32, (4,)),
-        A.Buffer("arena", 0, 0, F32, (4,)),
+        [call("accumulate", 1, 0), call("add", 1, 3, 2)], 64)
+    fail = A.Entry("fail", [
+        A.Buffer("input", 0, F32, (4,)),
+        A.Buffer("weight", 0, F32, (4,)),
+        A.Buffer("arena", 0, F32, (4,)),
     ], [A.IOBinding("x", 0, "data")], [A.IOBinding("y", 2, "data")],
-        [call("add", 0, 1, 2), call("fail", 0)])
-    par = A.Entry("par", 12096, [
-        A.Buffer("input", 0, 0, F32, (1000,)),
-        A.Buffer("arena", 0, 0, F32, (1000,)),
-        A.Buffer("arena", 0, 4032, F32, (1000,)),
-        A.Buffer("arena", 0, 8064, F32, (1000,)),
+        [call("add", 0, 1, 2), call("fail", 0)], 64)
+    par = A.Entry("par", [
+        A.Buffer("input", 0, F32, (1000,)),
+        A.Buffer("arena", 0, F32, (1000,), 0),
+        A.Buffer("arena", 0, F32, (1000,), 4032),
+        A.Buffer("arena", 0, F32, (1000,), 8064),
     ], [A.IOBinding("x", 0, "data")],
         [A.IOBinding("y", 1, "data"), A.IOBinding("z", 2, "data"), A.IOBinding("w", 3, "data")],
-        [call("par_reverse", 0, 1), call("nested_par", 0, 2), call("many_tasks", 0, 3)])
+        [call("par_reverse", 0, 1), call("nested_par", 0, 2), call("many_tasks", 0, 3)], 12096)
     return A.Plan(list(KERNELS), [A.WeightSpec("w0", F32, (4,)), A.WeightSpec("w1", F32, (2, 2))],
                   [A.StateSpec("acc", F32, (4,))], [main, step, fail, par])
 
@@ -120,15 +121,15 @@ def decode_plan(batch: int, capacity: int, vocab: int, chunks=(4, 2)) -> A.Plan:
     entries = []
     for seq, name in [(1, "decode")] + [(s, f"prefill_{s}") for s in chunks]:
         arena = -(-batch * seq * vocab * 4 // 64) * 64
-        entries.append(A.Entry(name, arena, [
-            A.Buffer("input", 0, 0, I64, (batch, seq)),
-            A.Buffer("input", 1, 0, I64, (batch,)),
-            A.Buffer("state", 0, 0, I64, (batch, capacity)),
-            A.Buffer("arena", 0, 0, F32, (batch, seq, vocab)),
+        entries.append(A.Entry(name, [
+            A.Buffer("input", 0, I64, (batch, seq)),
+            A.Buffer("input", 1, I64, (batch,)),
+            A.Buffer("state", 0, I64, (batch, capacity)),
+            A.Buffer("arena", 0, F32, (batch, seq, vocab)),
         ], [A.IOBinding("input_ids", 0, "data"), A.IOBinding("start_pos", 1, "data"),
             A.IOBinding("past.history", 2, "state")],
             [A.IOBinding("logits", 3, "data"), A.IOBinding("present.history", 2, "state")],
-            [call("toy_lm", 0, 1, 2, 3)]))
+            [call("toy_lm", 0, 1, 2, 3)], arena))
     return A.Plan(list(KERNELS), [], [A.StateSpec("history", I64, (batch, capacity))], entries)
 
 

@@ -6,7 +6,7 @@ from .cli import add_export_arguments, run_export
 from .config import BUILTIN_CONFIGS, ModelSpec
 from .errors import ExportError
 from .functions import FUNCTION_NAMES
-from .graph import StateSpec
+from ..artifact.format import StateSpec
 
 __all__ = [
     "BUILTIN_CONFIGS",

@@ -15,7 +15,8 @@ from .builder import TIDE_DOMAIN, TIDE_VERSION
 from .config import (BUILTIN_CONFIGS, ModelSpec, builtin_config, default_max_seq_len, load_config_json,
                      spec_from_config)
 from .errors import ExportError
-from .graph import StateSpec, build_graph
+from ..artifact.format import StateSpec
+from .graph import build_graph
 from .weights import BF16, CheckpointWeights, ParamSpec, RandomWeights, SafetensorsWriter, param_specs
 
 EXPORT_FORMAT_VERSION = "1"

@@ -12,28 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import FunctionProto, NodeProto, TensorProto, ValueInfoProto, helper
 
+from ..artifact.format import StateSpec
 from .builder import Builder
 from .config import ModelSpec
 from .functions import build_functions
 from .weights import ParamSpec
 
 SEQ = "seq"
-
-
-@dataclass(frozen=True)
-class StateSpec:
-    """One decode-state tensor (always float32)."""
-
-    name: str  # without the past./present. prefix, e.g. "3.window"
-    shape: tuple[int, ...]
-
-    @property
-    def past(self) -> str:
-        return f"past.{self.name}"
-
-    @property
-    def present(self) -> str:
-        return f"present.{self.name}"
 
 
 def compressed_rows(max_seq_len: int, ratio: int) -> int:
@@ -46,21 +31,21 @@ def state_specs(spec: ModelSpec, batch: int, max_seq_len: int) -> list[StateSpec
     out = []
     dh, di = spec.head_dim, spec.index_dim
     for i, (kind, r) in enumerate(zip(spec.layer_kinds, spec.layer_ratios)):
-        out.append(StateSpec(f"{i}.window", (batch, spec.window, dh)))
+        out.append(StateSpec(f"{i}.window", "float32", (batch, spec.window, dh)))
         if kind == "sliding":
             continue
         series = 2 if kind == "csa" else 1
         ring = series * r
         out += [
-            StateSpec(f"{i}.compressed", (batch, compressed_rows(max_seq_len, r), dh)),
-            StateSpec(f"{i}.compressor_kv", (batch, ring, series * dh)),
-            StateSpec(f"{i}.compressor_score", (batch, ring, series * dh)),
+            StateSpec(f"{i}.compressed", "float32", (batch, compressed_rows(max_seq_len, r), dh)),
+            StateSpec(f"{i}.compressor_kv", "float32", (batch, ring, series * dh)),
+            StateSpec(f"{i}.compressor_score", "float32", (batch, ring, series * dh)),
         ]
         if kind == "csa":
             out += [
-                StateSpec(f"{i}.index_keys", (batch, compressed_rows(max_seq_len, r), di)),
-                StateSpec(f"{i}.indexer_kv", (batch, ring, 2 * di)),
-                StateSpec(f"{i}.indexer_score", (batch, ring, 2 * di)),
+                StateSpec(f"{i}.index_keys", "float32", (batch, compressed_rows(max_seq_len, r), di)),
+                StateSpec(f"{i}.indexer_kv", "float32", (batch, ring, 2 * di)),
+                StateSpec(f"{i}.indexer_score", "float32", (batch, ring, 2 * di)),
             ]
     return out
 
@@ -295,9 +280,9 @@ class _MainGraph:
         inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, [self.batch, SEQ]),
                   helper.make_tensor_value_info("start_pos", TensorProto.INT64, [self.batch])]
         outputs = [helper.make_tensor_value_info("logits", f32, [self.batch, SEQ, spec.vocab])]
-        for s in states:
-            inputs.append(helper.make_tensor_value_info(s.past, f32, list(s.shape)))
-            outputs.append(helper.make_tensor_value_info(s.present, f32, list(s.shape)))
+        for s in states:  # the decode state: float32, named without its past./present. prefix
+            inputs.append(helper.make_tensor_value_info(f"past.{s.name}", f32, list(s.shape)))
+            outputs.append(helper.make_tensor_value_info(f"present.{s.name}", f32, list(s.shape)))
         functions = build_functions(self.used, b.opset, spec.hc_iters)
         return GraphParts(b.nodes, inputs, outputs, functions, states)
 

@@ -537,18 +537,6 @@ static int validate_entry(reader_t* r, const tide_artifact_t* art, tide_entry_de
                     (long long)arg->value, e->num_buffers);
       }
     }
-    if (op->op == TIDE_OP_COPY) {
-      const tide_buffer_decl_t* src = &e->buffers[op->args[0].value];
-      const tide_buffer_decl_t* dst = &e->buffers[op->args[1].value];
-      if (src->desc.nbytes != dst->desc.nbytes) {
-        return fail(r, TIDE_STATUS_DATA_LOSS, "copy between buffers of %llu and %llu bytes",
-                    (unsigned long long)src->desc.nbytes, (unsigned long long)dst->desc.nbytes);
-      }
-      if (dst->kind == TIDE_BUF_WEIGHT || dst->kind == TIDE_BUF_INPUT) {
-        return fail(r, TIDE_STATUS_DATA_LOSS, "copy into a %s buffer (read-only)",
-                    dst->kind == TIDE_BUF_WEIGHT ? "weight" : "input");
-      }
-    }
   }
   return 1;
 }
@@ -619,23 +607,14 @@ static int parse_entry(reader_t* r, tide_artifact_t* art, tide_entry_decl_t* e, 
     tide_op_decl_t* op = &e->ops[i];
     set_context(r, "entry '%s' op %u", e->name, i);
     if (!rd_u8(r, &op->op, "op") || !rd_u32(r, &op->kernel, "kernel index")) return 0;
-    if (op->op == TIDE_OP_CALL) {
-      if (op->kernel >= art->num_kernels) {
-        return fail(r, TIDE_STATUS_DATA_LOSS, "kernel index %u out of range (%u kernels)", op->kernel,
-                    art->num_kernels);
-      }
-    } else if (op->op == TIDE_OP_COPY) {
-      if (op->kernel != 0) return fail(r, TIDE_STATUS_DATA_LOSS, "copy op has kernel index %u (expected 0)", op->kernel);
-    } else {
-      return fail(r, TIDE_STATUS_DATA_LOSS, "unknown op %u", op->op);
+    if (op->op != TIDE_OP_CALL) return fail(r, TIDE_STATUS_DATA_LOSS, "unknown op %u (0: a kernel call)", op->op);
+    if (op->kernel >= art->num_kernels) {
+      return fail(r, TIDE_STATUS_DATA_LOSS, "kernel index %u out of range (%u kernels)", op->kernel, art->num_kernels);
     }
     if (!rd_count(r, &op->num_args, MIN_ARG, "argument count")) return 0;
     if (op->num_args > TIDE_MAX_KERNEL_ARGS) {
       return fail(r, TIDE_STATUS_DATA_LOSS, "%u arguments exceed the limit of %d", op->num_args,
                   TIDE_MAX_KERNEL_ARGS);
-    }
-    if (op->op == TIDE_OP_COPY && op->num_args != 2) {
-      return fail(r, TIDE_STATUS_DATA_LOSS, "copy op has %u arguments (expected 2)", op->num_args);
     }
     op->args = tide_pool_alloc_array(r->pool, op->num_args, sizeof(tide_arg_decl_t));
     if (!op->args) return oom(r);
@@ -645,9 +624,6 @@ static int parse_entry(reader_t* r, tide_artifact_t* art, tide_entry_decl_t* e, 
       op->args[a].value = (int64_t)v;
       if (op->args[a].kind > TIDE_ARG_INT) {
         return fail(r, TIDE_STATUS_DATA_LOSS, "argument %u has unknown kind %u", a, op->args[a].kind);
-      }
-      if (op->op == TIDE_OP_COPY && op->args[a].kind != TIDE_ARG_BUFFER) {
-        return fail(r, TIDE_STATUS_DATA_LOSS, "copy op argument %u is not a buffer", a);
       }
     }
   }
@@ -918,7 +894,6 @@ static int check_ascend_calls(reader_t* r, const tide_artifact_t* art) {
     const tide_entry_decl_t* d = &art->entries[e];
     for (uint32_t o = 0; o < d->num_ops; ++o) {
       const tide_op_decl_t* op = &d->ops[o];
-      if (op->op != TIDE_OP_CALL) continue;
       const tide_ascend_kernel_t* k = &art->ascend_kernels[op->kernel];
       int same = op->num_args == k->num_args;
       for (uint32_t a = 0; same && a < op->num_args; ++a) {

@@ -327,7 +327,7 @@ static tide_status_t ascend_bind(void* ds, const tide_session_t* session) {
     s->entry_base[e] = i;
     for (uint32_t o = 0; o < a->entries[e].num_ops; ++o, ++i) {
       s->op_offsets[i] = bytes;
-      if (a->entries[e].ops[o].op == TIDE_OP_CALL) bytes += 8u * a->entries[e].ops[o].num_args;
+      bytes += 8u * a->entries[e].ops[o].num_args;
     }
   }
   uint64_t* host = calloc(bytes ? (size_t)bytes / 8 : 1, sizeof(uint64_t));
@@ -335,7 +335,6 @@ static tide_status_t ascend_bind(void* ds, const tide_session_t* session) {
   for (uint32_t e = 0; e < a->num_entries; ++e) {
     for (uint32_t o = 0; o < a->entries[e].num_ops; ++o) {
       const tide_op_decl_t* op = &a->entries[e].ops[o];
-      if (op->op != TIDE_OP_CALL) continue;
       const tide_ffi_any_t* args = tide_session_op_args(session, e, o);
       uint64_t* slot = host + s->op_offsets[s->entry_base[e] + o] / 8;
       for (uint32_t k = 0; k < op->num_args; ++k) {

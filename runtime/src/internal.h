@@ -51,7 +51,7 @@ enum {
 
 enum { TIDE_TARGET_CPU = 1, TIDE_TARGET_CUDA = 2, TIDE_TARGET_ASCEND = 3 };
 enum { TIDE_BUF_ARENA = 0, TIDE_BUF_INPUT = 1, TIDE_BUF_WEIGHT = 2, TIDE_BUF_STATE = 3 };
-enum { TIDE_OP_CALL = 0, TIDE_OP_COPY = 1 };
+enum { TIDE_OP_CALL = 0 }; /* the one op kind: a kernel call */
 enum { TIDE_ARG_BUFFER = 0, TIDE_ARG_INT = 1 };
 
 #define TIDE_MAX_KERNEL_ARGS 64

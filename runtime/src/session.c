@@ -81,7 +81,7 @@ static tide_status_t build_tables(tide_session_t* s) {
   for (uint32_t e = 0; e < a->num_entries; ++e) {
     num_tensors += a->entries[e].num_buffers;
     for (uint32_t o = 0; o < a->entries[e].num_ops; ++o) {
-      if (a->entries[e].ops[o].op == TIDE_OP_CALL) num_args += a->entries[e].ops[o].num_args;
+      num_args += a->entries[e].ops[o].num_args;
     }
   }
   s->entries = tide_pool_alloc_array(pool, a->num_entries, sizeof(tide_entry_exec_t));
@@ -146,7 +146,6 @@ static tide_status_t build_tables(tide_session_t* s) {
     }
     for (uint32_t o = 0; o < d->num_ops; ++o) {
       const tide_op_decl_t* op = &d->ops[o];
-      if (op->op != TIDE_OP_CALL) continue;
       x->op_args[o] = arg;
       for (uint32_t k = 0; k < op->num_args; ++k, ++arg) {
         memset(arg, 0, sizeof(*arg));
@@ -394,19 +393,6 @@ static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
   const tide_entry_decl_t* d = x->decl;
   for (uint32_t o = 0; o < d->num_ops; ++o) {
     const tide_op_decl_t* op = &d->ops[o];
-    if (op->op == TIDE_OP_COPY) {
-      const tide_dl_tensor_t* src = &x->tensors[op->args[0].value];
-      tide_dl_tensor_t* dst = &x->tensors[op->args[1].value];
-      uint64_t nbytes = d->buffers[op->args[0].value].desc.nbytes;
-      if (dst->data == src->data) continue;
-      if (s->device) {
-        tide_status_t st = s->model->device->copy(s->device, TIDE_COPY_DEVICE_TO_DEVICE, dst->data, src->data, nbytes);
-        if (st) return tide_status_wrap(st, "entry '%s' op %u (copy)", d->name, o);
-      } else {
-        memmove(dst->data, src->data, (size_t)nbytes);
-      }
-      continue;
-    }
     if (s->device && s->model->device->launch) {
       tide_status_t st = s->model->device->launch(s->device, x->index, o);
       if (st) {

@@ -177,24 +177,27 @@ static void call(tb_bytes_t* b, uint32_t kernel, int n, const int64_t* bufs) {
   }
 }
 
-static void copy(tb_bytes_t* b, int64_t src, int64_t dst) {
-  tb_u8(b, 1);
-  tb_u32(b, 0);
-  tb_u32(b, 2);
-  tb_u8(b, 0);
-  tb_u64(b, (uint64_t)src);
-  tb_u8(b, 0);
-  tb_u64(b, (uint64_t)dst);
-}
-
 enum { K_ADD, K_SCALE, K_FAIL, K_ACCUMULATE, K_PAR_REVERSE, K_NESTED_PAR, K_MANY_TASKS, K_BARRIER_MANY, K_COUNT };
 static const char* const k_kernels[K_COUNT] = {"add",         "scale",      "fail",       "accumulate",
                                                "par_reverse", "nested_par", "many_tasks", "barrier_many"};
 
+/* scale(x, y, k): a call with two buffers and an int64 immediate. */
+static void call_scale(tb_bytes_t* b, int64_t x, int64_t y, int64_t k) {
+  tb_u8(b, 0);
+  tb_u32(b, K_SCALE);
+  tb_u32(b, 3);
+  tb_u8(b, 0);
+  tb_u64(b, (uint64_t)x);
+  tb_u8(b, 0);
+  tb_u64(b, (uint64_t)y);
+  tb_u8(b, 1);
+  tb_u64(b, (uint64_t)k);
+}
+
 /*
  * Entries:
- *   main(x f32[4]) -> y = x + w0, z = y * 3, t = x.reshape(2,2) + w1, u = copy of t flattened
- *   step(x f32[4], acc STATE) -> acc_out STATE (acc += x), snapshot = copy of acc
+ *   main(x f32[4]) -> y = x + w0, z = y * 3, t = x.reshape(2,2) + w1, u = t flattened, times 1
+ *   step(x f32[4], acc STATE) -> acc_out STATE (acc += x), snapshot = acc + w0
  *   fail(x f32[4]) -> y: add, then the fail kernel
  *   par(x f32[1000]) -> y = reverse(x) * 2 (workspace + barrier), z = x * 2 (nested), w = x + 1
  *   barrier() -> (): a barrier over more tasks than threads (must fail cleanly)
@@ -242,24 +245,17 @@ static void build_plan(const tb_config_t* c, tb_bytes_t* p) {
   io(p, "u", 8, 0);
   tb_u32(p, 4);
   call(p, K_ADD, 3, (int64_t[]){c->bad_arg_index ? 99 : 0, 1, 2});
-  tb_u8(p, 0);
-  tb_u32(p, K_SCALE);
-  tb_u32(p, 3);
-  tb_u8(p, 0);
-  tb_u64(p, 2);
-  tb_u8(p, 0);
-  tb_u64(p, 3);
-  tb_u8(p, 1);
-  tb_u64(p, 3);
+  call_scale(p, 2, 3, 3);
   call(p, K_ADD, 3, (int64_t[]){4, 5, 6});
-  copy(p, 7, 8);
+  call_scale(p, 7, 8, 1);
   /* step */
   tb_str(p, "step");
   tb_u64(p, 64);
-  tb_u32(p, 3);
+  tb_u32(p, 4);
   buffer(p, 1, 0, 0, 1, k_s4);
   buffer(p, 3, 0, 0, 1, k_s4);
   buffer(p, 0, 0, 0, 1, k_s4);
+  buffer(p, 2, 0, 0, 1, k_s4);
   tb_u32(p, 2);
   io(p, "x", 0, 0);
   io(p, "acc", 1, 1);
@@ -268,7 +264,7 @@ static void build_plan(const tb_config_t* c, tb_bytes_t* p) {
   io(p, "snapshot", 2, 0);
   tb_u32(p, 2);
   call(p, K_ACCUMULATE, 2, (int64_t[]){1, 0});
-  copy(p, 1, 2);
+  call(p, K_ADD, 3, (int64_t[]){1, 3, 2});
   /* fail */
   tb_str(p, "fail");
   tb_u64(p, 64);

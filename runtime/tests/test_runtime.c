@@ -284,7 +284,7 @@ static void test_state(void) {
   CHECK(out[0].data == state.data); /* present aliases the state */
   for (int i = 0; i < 4; ++i) {
     CHECK(((float*)state.data)[i] == 2.0f * (float)i);
-    CHECK(((float*)out[1].data)[i] == 2.0f * (float)i);
+    CHECK(((float*)out[1].data)[i] == 2.0f * (float)i + (float)(i + 1)); /* snapshot = acc + w0 */
   }
   /* Given data is copied into the state first (any alignment). */
   float given[5] = {0, 100, 200, 300, 400};
@@ -930,10 +930,10 @@ static void test_cuda_session(void) {
     for (int i = 0; i < 4; ++i) {
       acc[i] += x[i + 1];
       CHECK(((float*)out[0].data)[i] == acc[i]);
-      CHECK(((float*)out[1].data)[i] == acc[i]);
+      CHECK(((float*)out[1].data)[i] == acc[i] + (float)(i + 1)); /* snapshot = acc + w0 */
     }
   }
-  CHECK(log_count(log, "cuStreamEndCapture nodes 2") == 1); /* the accum launch and the copy */
+  CHECK(log_count(log, "cuStreamEndCapture nodes 2") == 1); /* the accum and the add launches */
   CHECK(log_count(log, "cuGraphLaunch nodes 2") == 3);
   CHECK(log_count(log, "cuLaunchKernel accum_kernel grid 1,1,1 block 4,1,1 shared 0") == 2); /* eager + captured */
   OK(tide_session_read_state(s, 0, got, sizeof(got)));
@@ -946,7 +946,7 @@ static void test_cuda_session(void) {
   in[0].data = dev.data;
   OK(tide_session_run_device(s, step, in, 2, out, 2));
   CHECK(out[0].data == dev.data);
-  for (int i = 0; i < 4; ++i) CHECK(((float*)out[1].data)[i] == 2 * acc[i]); /* stand-in memory is host memory */
+  for (int i = 0; i < 4; ++i) CHECK(((float*)out[1].data)[i] == 2 * acc[i] + (float)(i + 1)); /* stand-in memory is host memory */
   in[0].data = x + 1;
 
   /* A state input with data is copied in; reset zeroes the device state. */

@@ -10,61 +10,79 @@ See docs/ascend.md.
 
 from __future__ import annotations
 
-KIND = "ascend"
+from ..target import KernelLibrary, Requirements, Target, host_arch
+from . import device_code
+
 DEFAULT_SOC = "Ascend910B1"
-# Generic ops with a tensor above this size are not fused with their neighbours: a fused kernel keeps
-# its intermediates in local (UB) buffers, which at V4-Flash widths overflowed the UB, and a device
-# kernel has no GM scratch of its own (no workspace argument yet); unfused, an intermediate is a
-# plan buffer in GM.
-FUSED_TENSOR_BYTES = 16 * 1024
+ENTRY_BLOCK = 32  # attention/indexer entries per tile on an AI core (a 512-channel tile: 64 KiB of UB)
 
 
-def host_features() -> set[str]:
-    return set()
+def _choose_attention(**facts) -> dict:
+    """One entry range per query (no split-K: partials shared between AI cores would need a GM
+    workspace)."""
+    from ...ops import sink_attention
+
+    return sink_attention.blocking(facts["batch"], facts["seq"], facts["heads"], facts["entries"], ENTRY_BLOCK, 1)
 
 
-def host_arch() -> str:
-    from ..cpu import host_arch as cpu_host_arch
+def _choose_indexer(**facts) -> dict:
+    from ...ops import indexer
 
-    return cpu_host_arch()
-
-
-def feature_mask(features: set[str]) -> int:
-    return 0
+    return indexer.blocking(facts["batch"], facts["seq"], facts["cache_rows"], facts["top_k"], ENTRY_BLOCK, 1)
 
 
-def parse_archs(spec: str | None) -> list[str]:
-    """``--soc`` (carried as the options' arch): exactly one SoC the cost model and bishengir know."""
-    from ...compiler.errors import CompileError
-    from . import cost
+class AscendTarget(Target):
+    kind = "ascend"
+    runtime = "ascend"
+    arch_flag = "soc"
+    arch_help = f"the SoC to compile for (Ascend910B1, Ascend950PR_9599; default {DEFAULT_SOC})"
+    # Generic ops with a tensor above this size are not fused with their neighbours: a fused kernel
+    # keeps its intermediates in local (UB) buffers, which at V4-Flash widths overflowed the UB, and a
+    # device kernel has no GM scratch of its own (no workspace argument yet); unfused, an intermediate
+    # is a plan buffer in GM.
+    fused_tensor_bytes = 16 * 1024
+    device_code = device_code
+    missing_device_hint = ("without an Ascend device, `python -m tide.targets.ascend.cpu_runner {artifact} "
+                           "--prompt ...` runs the artifact's kernels on this CPU")
+    choices = {"sink_attention": _choose_attention, "indexer": _choose_indexer,
+               "rope": lambda **_: {"row_kind": "parallel"}, "moe_gemm": lambda **_: {"layout": "rows"}}
 
-    name = spec or DEFAULT_SOC
-    if "," in name:
-        raise CompileError(f"--soc '{spec}': an ascend artifact is for one SoC")
-    if name not in cost.SOCS:
-        raise CompileError(f"unknown Ascend SoC '{name}' (known: {', '.join(cost.SOCS)})")
-    return [name]
+    def parse_archs(self, spec: str | None) -> list[str]:
+        """``--soc``: exactly one SoC the cost model and bishengir know."""
+        from ...compiler.errors import CompileError
+        from . import cost
+
+        name = spec or DEFAULT_SOC
+        if "," in name:
+            raise CompileError(f"--soc '{spec}': an ascend artifact is for one SoC")
+        if name not in cost.SOCS:
+            raise CompileError(f"unknown Ascend SoC '{name}' (known: {', '.join(cost.SOCS)})")
+        return [name]
+
+    def tvm_target(self, mcpu: str | None = None, archs=()):
+        """The TVM target the graph is legalized with (kernels are translated from TIR, not built by
+        TVM): a generic LLVM target."""
+        import tvm
+
+        return tvm.target.Target({"kind": "llvm"})
+
+    def requirements(self, tvm_target, archs) -> Requirements:
+        return Requirements(host_arch(), (), archs[0])
+
+    def schedule_generic(self, func, tvm_target):
+        """Every kernel, tide's and generic, as ``cores.kernel`` makes it: its leading data-parallel
+        loops on the AI cores."""
+        from . import cores
+
+        return cores.kernel(func)
+
+    def build(self, kernels: dict, tvm_target, archs) -> KernelLibrary:
+        """The DEVICE_CODE section holds the whole library: every kernel as an MLIR module compiled
+        by bishengir for the one SoC of ``archs`` (``codegen.build``)."""
+        from . import codegen
+
+        soc = archs[0]
+        return KernelLibrary(host=b"", device_code=device_code.encode(codegen.build(kernels, soc)), device_arch=soc)
 
 
-def tvm_target(mcpu: str | None = None, archs=()):
-    """The TVM target the graph is legalized with (kernels are translated from TIR, not built by
-    TVM): a generic LLVM target."""
-    import tvm
-
-    return tvm.target.Target({"kind": "llvm"})
-
-
-def schedule(mod, target):
-    from . import cores
-
-    return cores.schedule(mod, target)
-
-
-def build_kernels(kernels: dict, archs) -> tuple[bytes, str]:
-    """(the DEVICE_CODE section, the SoC): every kernel as an MLIR module compiled by bishengir for
-    the one SoC of ``archs`` (``codegen.build``)."""
-    from ...compiler.artifact import encode_ascend_code
-    from . import codegen
-
-    soc = archs[0]
-    return encode_ascend_code(codegen.build(kernels, soc)), soc
+TARGET = AscendTarget()

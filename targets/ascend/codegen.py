@@ -99,24 +99,25 @@ def memref_type(buf, space: str | None) -> mlir.MemRef:
 
 
 def _hand_written(name: str, func, soc: str) -> Kernel | None:
-    """``kernels/``' HIVM kernel for ``func`` (by its ``tide.kernel`` attribute, or a plain GEMM by
-    its computation), with its entry taking the plan's argument types, or None."""
+    """``kernels/``' HIVM kernel for ``func`` (by its identity, ``tide.ops.kernel``, or a plain GEMM
+    by its computation), with its entry taking the plan's argument types, or None."""
+    from ...ops.kernel import identity
     from .kernels import matmul
 
-    attrs = func.attrs or {}
+    kernel, params = identity(func)
     types = _param_types(func)
     plan = [t for t, _ in types]
-    if attrs.get("tide.kernel") == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
+    if kernel == "rmsnorm" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rmsnorm
 
         rows, dim = (int(d) for d in func.params[0].shape)
-        text = rmsnorm.emit(rows, dim, soc, float(attrs["tide.epsilon"]), name=name, arg_types=plan)
-    elif attrs.get("tide.kernel") == "rope" and all(str(p.dtype) == "float32" for p in func.params):
+        text = rmsnorm.emit(rows, dim, soc, float(params["epsilon"]), name=name, arg_types=plan)
+    elif kernel == "rope" and all(str(p.dtype) == "float32" for p in func.params):
         from .kernels import rope
 
         shape = [int(d) for d in func.params[0].shape]
-        text = rope.emit(math.prod(shape[:-1]), shape[-1], int(attrs["tide.rope_dim"]), int(attrs["tide.rope_groups"]),
-                         soc, inverse=bool(attrs["tide.rope_inverse"]), name=name, arg_types=plan)
+        text = rope.emit(math.prod(shape[:-1]), shape[-1], int(params["rope_dim"]), int(params["groups"]),
+                         soc, inverse=bool(params["inverse"]), name=name, arg_types=plan)
     elif (gemm := _gemm_shape(func)) is not None:
         m, n, k, dtype, b_kn = gemm
         text = matmul.emit(m, n, k, soc, dtype, name=name, b_kn=b_kn, arg_types=plan)
@@ -583,15 +584,15 @@ class _Translator(mlir.Builder):
 
 def build(kernels: dict, soc: str, workers: int | None = None):
     """Every kernel of ``kernels`` (name -> PrimFunc) translated and compiled by bishengir for
-    ``soc`` (in parallel): the artifact's ``AscendCode``. A kernel bishengir rejects is a
+    ``soc`` (in parallel): the artifact's ``device_code.AscendCode``. A kernel bishengir rejects is a
     CompileError naming it and quoting the tool."""
     import os
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
     from pathlib import Path
 
-    from ...compiler.artifact import AscendCode, AscendKernel
     from . import toolchain
+    from .device_code import AscendCode, AscendKernel
 
     if toolchain.missing():
         raise CompileError(f"--target ascend needs the Ascend toolchain: {toolchain.missing()}")

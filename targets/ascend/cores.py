@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-CORES = 48  # vector cores of a 910B (Ascend910B1); the attention and indexer split-K targets
+CORES = 48  # vector cores of a 910B (Ascend910B1): how many iterations a parallel row loop should offer
 
 
 def kernel(func):

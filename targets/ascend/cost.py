@@ -85,8 +85,7 @@ SOCS = {
         vector_bytes_per_cycle=256, launch_s=5e-6,
         notes={**_COMMON_NOTES,
                "clock_hz": "assumption: 1.6 GHz, which makes 24 cubes x 8192 FLOP/cycle = 315 TFLOPS, "
-                           "inside the 280-320 dense fp16/bf16 TFLOPS quoted for 910B "
-                           "(shared/docs/ascend-toolchain.md)",
+                           "inside the 280-320 dense fp16/bf16 TFLOPS usually quoted for 910B",
                "hbm_bytes_per_s": "assumption: 1.6 TB/s, the figure usually quoted for 910B's 64 GB HBM2e"}),
     "Ascend950PR_9599": Soc(
         name="Ascend950PR_9599", tool="bishengir-compile-a5", cube_cores=36, vector_cores=72,
@@ -298,7 +297,7 @@ def choose_tiling(soc_name: str, group_rows: list, n: int, k: int, itemsize: int
     return GemmTiling(best[1].tm, best[1].tn, best[1].tk, min(s.cube_cores, tasks))
 
 
-# V4-Flash GEMMs (shared/docs/deepseek-v4.md): hidden 4096, 64 heads x 512, q_lora 1024,
+# V4-Flash GEMMs (docs/deepseek-v4.md): hidden 4096, 64 heads x 512, q_lora 1024,
 # 8 output groups x 1024, experts 256 (top-6), expert FFN 4096 -> 2048
 V4_FLASH_PROJECTIONS = {       # name: (N, K) of y[T, N] = x[T, K] @ W[N, K]^T
     "wq_a": (1024, 4096), "wq_b": (64 * 512, 1024), "wkv": (512, 4096),

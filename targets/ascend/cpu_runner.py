@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ...compiler.artifact import ArtifactError, AscendCode, np_dtype, read_artifact
+from ...compiler.artifact import ArtifactError, np_dtype, read_artifact
+from .device_code import AscendCode
 from . import emulation, toolchain
 
 
@@ -78,14 +79,14 @@ class CpuRunner:
         names = self.plan.kernels
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             sos = list(pool.map(lambda n: build_kernel(n, code[n].hivm), names))
-        kernels = [(getattr(ctypes.CDLL(str(so)), n), code[n].block_dim) for n, so in zip(names, sos)]
+        kernels = {n: (getattr(ctypes.CDLL(str(so)), n), code[n].block_dim) for n, so in zip(names, sos)}
         self.block = np.zeros(1, np.int64)
         block_args = _memref_args(self.block)
         self.weights = [np.array(art.weight(i)) for i in range(len(self.plan.weights))]
         self.states = [np.zeros(s.shape, np_dtype(s.dtype)) for s in self.plan.states]
         self.entries = {e.name: e for e in self.plan.entries}
         self.inputs = {}  # (entry, input position) -> the entry's buffer for that data input
-        self.steps = {}   # entry -> [("copy", src, dst) | ("call", name, fn, blocks, args, views)]
+        self.steps = {}   # entry -> [(name, fn, blocks, args, views)] per kernel call
         for e in self.plan.entries:
             for binding in e.inputs:
                 buf = e.buffers[binding.buffer]
@@ -93,15 +94,14 @@ class CpuRunner:
                     self.inputs[(e.name, buf.index)] = np.zeros(buf.shape, np_dtype(buf.dtype))
             arena = np.zeros(max(e.arena_bytes, 1), np.uint8)
             steps = []
-            for op in e.ops:
-                views = [self._view(e, arena, v) if kind == "buf" else int(v) for kind, v in op.args]
-                if op.kind == "copy":
-                    steps.append(("copy", views[0], views[1]))
-                    continue
-                fn, blocks = kernels[op.kernel]
-                args = [a for v in views for a in (_memref_args(v) if isinstance(v, np.ndarray) else [ctypes.c_int64(v)])]
-                steps.append(("call", names[op.kernel], fn, blocks, args + block_args, views))
-            self.steps[e.name] = (steps, {o.name: self._view(e, arena, o.buffer) for o in e.outputs if o.role == "data"})
+            for call in e.calls:
+                views = [self._view(e, arena, v) if kind == "buf" else int(v) for kind, v in call.args]
+                fn, blocks = kernels[call.kernel]
+                args = [a for v in views
+                        for a in (_memref_args(v) if isinstance(v, np.ndarray) else [ctypes.c_int64(v)])]
+                steps.append((call.kernel, fn, blocks, args + block_args, views))
+            outputs = {o.name: self._view(e, arena, o.buffer) for o in e.outputs if o.role == "data"}
+            self.steps[e.name] = (steps, outputs)
 
     def _view(self, entry, arena, b) -> np.ndarray:
         """Plan buffer ``b`` of ``entry`` as an array over the memory it lies in."""
@@ -130,13 +130,7 @@ class CpuRunner:
                 raise ValueError(f"input '{binding.name}': expected shape {tuple(buf.shape)}, got {arr.shape}")
             np.copyto(self.inputs[(entry.name, buf.index)], arr, casting="unsafe")
         steps, outputs = self.steps[entry_name]
-        for step in steps:
-            if step[0] == "copy":
-                _, src, dst = step
-                if src.ctypes.data != dst.ctypes.data:
-                    np.copyto(dst, src)
-                continue
-            _, name, fn, blocks, args, views = step
+        for name, fn, blocks, args, views in steps:
             before = [v.copy() if isinstance(v, np.ndarray) else v for v in views] if self.observer else None
             for blk in range(blocks):
                 self.block[0] = blk

@@ -1,7 +1,7 @@
 """The Ascend toolchain as tide uses it without a device: where the tools are, the compile check
 (bishengir up to its external hivmc step) and the CPU runner (bishengir's HIVM -> upstream conversion
 and CPU-runner lowering, then LLVM 19: a shared object called with numpy arrays in a child process
-with MALLOC_PERTURB_ set). See docs/ascend.md and /work/shared/docs/ascend-toolchain.md.
+with MALLOC_PERTURB_ set). See docs/ascend.md and docs/toolchains.md.
 """
 
 from __future__ import annotations

@@ -1,91 +1,35 @@
-"""The CPU target (LLVM): target description, required host features, and kernel schedules.
+"""The CPU's schedule of generic kernels (TVM-lowered ops, and tide kernels without a rule).
 
-Kernels reach ``schedule`` after fusion (``tide.compiler.lower.legalize_and_fuse``). tide's own
-kernels arrive already written for the CPU (parallel outer loops); generic kernels get a
-register-tiled schedule when they are GEMM-like (with the reduction blocked outside the row tiles
-when several row tiles share a weight panel bigger than PANEL_BYTES; see ``gemm_k_block``) and
-otherwise the parallel-spatial rule: each
-block's leading data-parallel loops fused and run on the thread pool, the innermost data-parallel
-loop vectorized when it is the block's last loop.
+GEMM-like kernels get a register-tiled schedule (with the reduction blocked outside the row tiles
+when several row tiles share a weight panel bigger than PANEL_BYTES; see ``gemm_k_block``);
+otherwise the parallel-spatial rule: each block's leading data-parallel loops fused and run on the
+thread pool, the innermost data-parallel loop vectorized when it is the block's last loop.
+Kernels written without blocks (tide kernels in their final form) are kept as written. (dlight's
+CPU GEMV rule is not used: it vectorizes loops around a reduction, which LLVM codegen in TVM 0.27
+does not finish on some kernels.)
 """
 
 from __future__ import annotations
 
-import platform
+import functools
 
-from ..compiler.errors import CompileError
-
-KIND = "cpu"
-
-# /proc/cpuinfo flag -> bit of the artifact's host-feature mask (docs/artifact-format.md).
-FEATURE_BITS = {
-    "sse4_2": 0, "avx": 1, "avx2": 2, "fma": 3, "avx512f": 4, "avx512bw": 5, "avx512dq": 6,
-    "avx512vl": 7, "avx512_vnni": 8, "avx512_bf16": 9,
-}
+VECTOR = 16  # fp32 lanes of a 512-bit register (LLVM splits them on narrower machines)
 
 
-def host_features() -> set[str]:
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def schedule(func, tvm_target):
+    """``func`` scheduled by the first rule that applies, or None (a rule that fails on a kernel is
+    skipped for that kernel)."""
+    for rule in (_parallel_spatial_rule(),):
+        try:
+            sch = rule.apply(func, tvm_target, False)
+        except (AssertionError, ValueError, IndexError, TypeError, RuntimeError):
+            sch = None  # this rule does not fit the kernel: try the next
+        if sch is not None:
+            return (sch[0] if isinstance(sch, list) else sch).mod["main"]
+    return None
 
 
-def host_arch() -> str:
-    machine = platform.machine()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine.lower(), machine)
-
-
-def feature_mask(features: set[str]) -> int:
-    """The artifact's required-feature bits: the listed features the code generator may use."""
-    return sum(1 << bit for flag, bit in FEATURE_BITS.items() if flag in features)
-
-
-def parse_archs(spec: str | None) -> list[str]:
-    """The CPU target has no device architectures: ``--arch`` is an error here."""
-    if spec:
-        raise CompileError(f"--arch {spec}: target 'cpu' has no device architectures (--mcpu picks the CPU)")
-    return []
-
-
-def tvm_target(mcpu: str | None = None, archs=()):
-    """The LLVM target for this machine's CPU (or for ``mcpu``); ``archs`` is always empty here."""
-    import tvm
-
-    return tvm.target.Target({"kind": "llvm", "mcpu": mcpu or tvm.target.codegen.llvm_get_system_cpu()})
-
-
-def schedule(mod, target):
-    """Schedules every not-yet-scheduled PrimFunc of ``mod`` for the CPU: the first rule that
-    applies wins; a rule that fails on a kernel is skipped for that kernel. (dlight's CPU GEMV
-    rule is not used: it vectorizes loops around a reduction, which LLVM codegen in TVM 0.27 does
-    not finish on some kernels.)"""
-    from tvm import tirx
-
-    rules = [_parallel_spatial_rule()]
-    updated = {}
-    with target:
-        for gv, func in mod.functions_items():
-            if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
-                continue
-            for rule in rules:
-                try:
-                    sch = rule.apply(func, target, False)
-                except (AssertionError, ValueError, IndexError, TypeError, RuntimeError):
-                    sch = None  # this rule does not fit the kernel: try the next
-                if sch is not None:
-                    sch = sch[0] if isinstance(sch, list) else sch
-                    updated[gv] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-                    break
-    for gv, func in updated.items():
-        mod[gv] = func
-    return mod
-
-
+@functools.lru_cache(maxsize=None)
 def _parallel_spatial_rule():
     from tvm import s_tir, tirx
     from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -116,8 +60,6 @@ def _parallel_spatial_rule():
 
     return ParallelSpatial()
 
-
-VECTOR = 16  # fp32 lanes of a 512-bit register
 TILE_ROWS, TILE_COLS = 4, 64  # a register tile of the GEMM-like rule: 4 x (4 vectors)
 # Bytes of a weight panel (a K block x TILE_COLS columns) that the reduction-blocked GEMM keeps in
 # cache while every row tile passes over it: an eighth of a 512 KiB per-core L2 (the smallest on

@@ -33,7 +33,7 @@ probability ``p = exp(logit - m)`` is rounded to bfloat16 for the ``p @ kv`` pro
 the bfloat16 rounding of ``p`` (relative 2**-9 per probability: an output error of at most about
 ``2**-9 * max|kv|``), the float64 attention of the bfloat16-rounded ``q * scale`` and entries
 (``reference``). That is the precision of a bfloat16 model: the compiler picks this kernel for
-CUDA prefill of models whose weights are bfloat16 (``tide.targets.attention.prefill_tensor_cores``).
+CUDA prefill of models whose weights are bfloat16 (the CUDA target's ``sink_attention`` choice).
 float32 models keep the exact float32 SIMT kernel: rounding their activations to bfloat16 would
 move the outputs by ~1e-3 relative, far beyond their 2e-5 tolerance.
 """
@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sink_attention import MASKED
+from ....ops.sink_attention import MASKED
 
 MMA_M = 16  # heads per thread block
 MMA_K = 16
@@ -251,7 +251,7 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale:
                                     out[vb(bx), vs(bx), head(bx, lane, r), warp * DQ + n * 8 + lane % 4 * 2 + j] = (
                                         acc[n * 4 + r * 2 + j] / ls[r])
 
-    attrs = {"global_symbol": name, "tirx.noalias": True, "tide.attention_kernel": "mma", "tirx.is_scheduled": True}
+    attrs = {"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True}
     if sparse:
         @T.prim_func
         def func(q: T.Buffer((B, S, H, D), "float32"), kv: T.Buffer((B, N, D), "float32"),
@@ -281,7 +281,7 @@ def round_bf16(x) -> np.ndarray:
 def reference(q, kv, kv_bias, sinks, scale: float) -> np.ndarray:
     """float64 dense sink attention on the kernel's bfloat16 operands: ``q * scale`` (in float32)
     and the entries rounded to bfloat16, then exact."""
-    from . import sink_attention
+    from ....ops import sink_attention
 
     qs = round_bf16(np.asarray(q, np.float32) * np.float32(scale))
     return sink_attention.reference(qs, round_bf16(kv), kv_bias, sinks, 1.0)
@@ -290,7 +290,7 @@ def reference(q, kv, kv_bias, sinks, scale: float) -> np.ndarray:
 def reference_sparse(q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks, ratio: int,
                      scale: float) -> np.ndarray:
     """As ``reference`` for the CSA variant (``sink_attention_sparse.reference`` on rounded operands)."""
-    from . import sink_attention_sparse
+    from ....ops import sink_attention_sparse
 
     qs = round_bf16(np.asarray(q, np.float32) * np.float32(scale))
     return sink_attention_sparse.reference(qs, round_bf16(kv), kv_bias, round_bf16(cache), round_bf16(entries),

@@ -1,19 +1,10 @@
-"""The CUDA target: target description, generic-kernel schedules and device code (cubin per arch).
+"""CUDA device code: the CUDA source TVM generates, compiled with nvcc into one cubin per
+architecture, and the kernels' launch information, encoded as the artifact's DEVICE_CODE section.
 
-Kernels reach ``schedule`` after fusion (``tide.compiler.lower.legalize_and_fuse``). tide's attention
-and MoE kernels arrive already scheduled for CUDA by their ``tide.targets`` modules (``target_kind``
-"cuda" in their ``relax_convert``; ``tide.ops.topk`` and ``tide.ops.state_scatter`` bind their
-independent rows to the grid themselves, ``tide.targets.row_loop``). Left here: generic
-(TVM-lowered) kernels and ``tide.ops.rmsnorm``, which get dlight's GPU rules, first that applies wins
-(Matmul, GEMV, Reduction, GeneralReduction, Fallback).
-
-A kernel that ends up without a thread binding would run on the host and fail TVM's memory
-verification; ``schedule`` refuses it with a CompileError naming it.
-
-Device code: ``tvm.compile`` keeps the CUDA module as source (no libcuda here); ``build_device_code``
-reads the source and each kernel's FunctionInfo (argument dtypes, launch tags) from the module's
-serialized import blob and compiles the source with nvcc into one cubin per architecture, encoded
-as the DEVICE_CODE section (``tide.compiler.artifact.encode_device_code``).
+``tvm.compile`` keeps the CUDA module as source (no libcuda at compile time); ``device_modules``
+reads the source and each kernel's FunctionInfo (argument dtypes, launch tags) from the host
+module's serialized import blob (docs/toolchains.md),
+``compile_source`` runs nvcc per architecture in parallel.
 """
 
 from __future__ import annotations
@@ -26,94 +17,12 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-from ..compiler.errors import CompileError
-from . import cpu
+from ...compiler.errors import CompileError
 
-KIND = "cuda"
-DEFAULT_ARCH = "sm_90"
-# Ampere and Hopper: the schedules use cp.async-era features and up to 227 KiB of shared memory.
-SUPPORTED_ARCHS = ("sm_80", "sm_86", "sm_89", "sm_90", "sm_90a")
-# Shared memory dlight's generic schedules may use per block: the static limit every arch launches
-# without opt-in (tide's attention kernels use dynamic shared memory beyond it, see targets/attention.py).
-STATIC_SHARED_BYTES = 48 * 1024
-ROW_THREADS = 64  # threads per block of kernels that run one independent row per thread (row_loop)
 NVCC_FLAGS = ("-O3", "-std=c++17", "-lineinfo")
 # TVM 0.27's launch tag -> the artifact format's name for it (docs/artifact-format.md)
 TAG_NAMES = {"tirx.use_dyn_shared_memory": "tir.use_dyn_shared_memory"}
 
-
-def host_arch() -> str:
-    return cpu.host_arch()
-
-
-def host_features() -> set[str]:
-    """The host stubs are built for the generic CPU of the architecture: they only marshal arguments
-    and launch, and the GPU machine's CPU is not known at compile time."""
-    return set()
-
-
-def feature_mask(features: set[str]) -> int:
-    return cpu.feature_mask(features)
-
-
-def parse_archs(spec: str | None) -> list[str]:
-    """``"sm_80,sm_90"`` -> ``["sm_80", "sm_90"]`` (ascending, unique); unknown names are an error."""
-    names = [a.strip() for a in (spec or DEFAULT_ARCH).split(",") if a.strip()]
-    if not names:
-        raise CompileError(f"--arch '{spec}' names no architecture (e.g. sm_90 or sm_80,sm_90)")
-    for name in names:
-        if name not in SUPPORTED_ARCHS:
-            raise CompileError(f"unknown CUDA architecture '{name}' in --arch '{spec}' "
-                               f"(supported: {', '.join(SUPPORTED_ARCHS)})")
-    if len(set(names)) != len(names):
-        raise CompileError(f"--arch '{spec}' names an architecture twice")
-    return sorted(names, key=arch_key)
-
-
-def arch_key(arch: str) -> tuple[int, int]:
-    m = re.fullmatch(r"sm_(\d+)(a?)", arch)
-    return int(m.group(1)), 1 if m.group(2) else 0
-
-
-def tvm_target(mcpu: str | None = None, archs=(DEFAULT_ARCH,)):
-    """The CUDA target for the lowest requested architecture (the CUDA source is compiled for every
-    one of them), with a generic LLVM host (or ``mcpu``) for the launch stubs."""
-    import tvm
-
-    host = {"kind": "llvm", "mcpu": mcpu} if mcpu else {"kind": "llvm"}
-    return tvm.target.Target({"kind": "cuda", "arch": min(archs, key=arch_key), "host": host,
-                              "max_shared_memory_per_block": STATIC_SHARED_BYTES})
-
-
-# ---- schedules -----------------------------------------------------------------------------------
-
-def schedule(mod, target):
-    """Schedules every PrimFunc of ``mod`` for the GPU (see the module doc); raises CompileError
-    naming any kernel left without a thread binding."""
-    from tvm import tirx
-    from tvm.s_tir import dlight as dl
-
-    with target:
-        mod = dl.ApplyDefaultSchedule(dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
-                                      dl.gpu.GeneralReduction(), dl.gpu.Fallback())(mod)
-    unbound = [gv.name_hint for gv, func in mod.functions_items()
-               if isinstance(func, tirx.PrimFunc) and not _has_thread_binding(func)]
-    if unbound:
-        raise CompileError(f"no CUDA schedule for kernel(s) {', '.join(sorted(unbound))}: no thread "
-                           "binding after the tide and dlight schedules (the kernel would run on the host "
-                           "and fail TVM's memory verification)")
-    return mod
-
-
-_THREAD_MARKERS = ("T.thread_binding(", "T.launch_thread(", "T.env_thread(")
-
-
-def _has_thread_binding(func) -> bool:
-    text = func.script()
-    return any(marker in text for marker in _THREAD_MARKERS)
-
-
-# ---- device code ---------------------------------------------------------------------------------
 
 class _Blob:
     """A cursor over TVM's serialized import blob (u64 lengths, little-endian)."""
@@ -141,7 +50,7 @@ class _Blob:
 
 def device_modules(host_mod) -> list[tuple[str, dict, str]]:
     """The CUDA modules imported by ``host_mod``: (format, {kernel: FunctionInfo}, source) from
-    the serialized import blob (``__tvm_ffi__library_bin`` layout, /work/shared/docs/tvm-0.27.md).
+    the serialized import blob (``__tvm_ffi__library_bin`` layout, docs/toolchains.md).
     FunctionInfo: {"args": [(code, bits, lanes)], "tags": [launch tags]}."""
     import numpy as np
     import tvm_ffi
@@ -234,7 +143,7 @@ def compile_source(source: str, archs: list[str]) -> dict[str, bytes]:
 
 def build_device_code(host_mod, archs: list[str]) -> tuple[bytes, str]:
     """(DEVICE_CODE section bytes, TARGET device architecture) for the compiled ``host_mod``."""
-    from ..compiler import artifact
+    from . import device_code
 
     mods = device_modules(host_mod)
     if len(mods) != 1:
@@ -243,21 +152,22 @@ def build_device_code(host_mod, archs: list[str]) -> tuple[bytes, str]:
     if fmt != "cuda":
         raise CompileError(f"TVM's CUDA module holds '{fmt}', expected CUDA source")
     images = compile_source(source, archs)
-    code = artifact.DeviceCode(
-        images=[artifact.DeviceImage(arch, "cubin", images[arch]) for arch in archs],
-        functions=[artifact.DeviceFunction(name, [_dtype_name(name, a) for a in info["args"]],
-                                           [TAG_NAMES.get(t, t) for t in info["tags"]])
+    code = device_code.CudaCode(
+        images=[device_code.CudaImage(arch, "cubin", images[arch]) for arch in archs],
+        functions=[device_code.CudaFunction(name, [_dtype_name(name, a) for a in info["args"]],
+                                            [TAG_NAMES.get(t, t) for t in info["tags"]])
                    for name, info in funcs.items()])
-    return artifact.encode_device_code(code), ",".join(archs)
+    return device_code.encode(code), ",".join(archs)
 
 
 def _dtype_name(func: str, dl) -> str:
-    from ..compiler import artifact
+    from ...runtime.dtypes import DTYPE_NAMES
+    from .device_code import HANDLE
 
     code, bits, lanes = dl
-    if (code, bits, lanes) == (3, 64, 1):
+    if (code, bits, lanes) == (*HANDLE, 1):
         return "handle"
-    name = artifact.DTYPE_NAMES.get((code, bits))
+    name = DTYPE_NAMES.get((code, bits))
     if name is None or lanes != 1:
         raise CompileError(f"CUDA kernel '{func}' takes an argument of DLPack type (code {code}, bits {bits}, "
                            f"lanes {lanes}) that the artifact cannot describe")

@@ -64,7 +64,7 @@ def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int
     """h [rows, F] = row_weight * silu(min(g, L)) * clip(u, -L, L) over the used 16-row tiles."""
     from tvm.script import tirx as T
 
-    from .moe_gate_up import swiglu
+    from ....ops.moe_gate_up import swiglu
 
     _check(dim, inter)
     rows = max_tiles * TILE_ROWS
@@ -77,8 +77,7 @@ def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int
              row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), "float32"),
              tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
              h: T.Buffer((rows, inter), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "mma",
-                     "tide.weight_layout": "rows", "tirx.is_scheduled": True})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
         for bx in T.thread_binding(blocks * max_tiles, thread="blockIdx.x"):
             for warp in T.thread_binding(WARPS, thread="threadIdx.y"):
                 for lane in T.thread_binding(32, thread="threadIdx.x"):
@@ -122,8 +121,7 @@ def down_func(dim: int, experts: int, inter: int, max_tiles: int, name: str = "t
     def func(h: T.Buffer((rows, inter), "float32"), w: T.Buffer((experts, dim, inter), "bfloat16"),
              tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
              o: T.Buffer((rows, dim), "float32")):
-        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tide.moe_kernel": "mma",
-                     "tide.weight_layout": "rows", "tirx.is_scheduled": True})
+        T.func_attr({"global_symbol": name, "tirx.noalias": True, "tirx.is_scheduled": True})
         for bx in T.thread_binding(blocks * max_tiles, thread="blockIdx.x"):
             for warp in T.thread_binding(WARPS, thread="threadIdx.y"):
                 for lane in T.thread_binding(32, thread="threadIdx.x"):
@@ -157,7 +155,7 @@ def reference_gate_up(x, row_token, row_weight, tile_expert, num_tiles, gate_up,
     """float64 h of the used rows with x rounded to bfloat16 as the kernel's A fragments are."""
     import ml_dtypes
 
-    from . import moe_gate_up
+    from ....ops import moe_gate_up
 
     xb = x.astype(ml_dtypes.bfloat16).astype(np.float64)
     return moe_gate_up.reference(xb, row_token, row_weight, tile_expert, num_tiles,

@@ -1,0 +1,33 @@
+"""Schedule helpers the target folders share (``tvm.s_tir.Schedule`` conveniences)."""
+
+from __future__ import annotations
+
+
+def loop_extent(sch, loop) -> int:
+    """The constant extent of ``loop`` in schedule ``sch``."""
+    return int(sch.get(loop).extent)
+
+
+def has_block(sch, name: str) -> bool:
+    """Whether schedule ``sch`` has a block named ``name``."""
+    try:
+        sch.get_sblock(name)
+    except Exception:  # noqa: BLE001  (tvm raises its own error type for a missing block)
+        return False
+    return True
+
+
+def vectorize(sch, loop, lanes: int) -> None:
+    """Vectorizes ``loop`` in chunks of ``lanes`` (the whole loop when it is shorter; left scalar
+    when ``lanes`` does not divide it)."""
+    n = loop_extent(sch, loop)
+    if n <= lanes:
+        sch.vectorize(loop)
+    elif n % lanes == 0:
+        _, inner = sch.split(loop, factors=[None, lanes])
+        sch.vectorize(inner)
+
+
+def vectorize_last(sch, block, lanes: int) -> None:
+    """Vectorizes the innermost loop of ``block`` in chunks of ``lanes``."""
+    vectorize(sch, sch.get_loops(block)[-1], lanes)
