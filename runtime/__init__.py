@@ -27,7 +27,8 @@ on the model's internal session, and each :class:`Session` serializes its own ca
 sessions run in parallel (the C calls release the GIL).
 
 Modules: ``model`` (Model, load), ``session`` (Session), ``runner`` (one entry run on one C session),
-``dlpack`` (Tensor, borrowed DLPack inputs), ``dtypes`` (the dtype and device tables; numpy only),
+``dlpack`` (Tensor, borrowed DLPack inputs), ``profile`` (per-kernel profiles of a session's runs),
+``dtypes`` (the dtype and device tables; numpy only),
 ``errors`` (TideError); the bindings: ``bindings`` (libtide_runtime.so loaded, statuses checked),
 ``_ffi`` (its cffi declarations), ``build`` (finds or builds it).
 """
@@ -37,7 +38,8 @@ import importlib
 # public name -> the module that defines it, imported on first use: importing the package (which
 # ``import tide.runtime.dtypes`` does) needs no cffi
 _EXPORTS = {"load": "model", "Model": "model", "TensorInfo": "model", "MemoryInfo": "model",
-            "Session": "session", "prefill_chunks": "session", "Tensor": "dlpack", "TideError": "errors"}
+            "Session": "session", "prefill_chunks": "session", "Tensor": "dlpack", "TideError": "errors",
+            "Profile": "profile", "KernelProfile": "profile"}
 __all__ = list(_EXPORTS)
 
 

@@ -80,6 +80,8 @@ tide_status_t tide_model_output_info(const tide_model_t* model, int32_t entry,
 int32_t tide_model_state_count(const tide_model_t* model);
 tide_status_t tide_model_state_info(const tide_model_t* model, int32_t index,
                                              tide_tensor_info_t* out_info);
+int32_t tide_model_kernel_count(const tide_model_t* model);
+const char* tide_model_kernel_name(const tide_model_t* model, int32_t index);
 void tide_model_memory(const tide_model_t* model, uint64_t* out_arena_bytes,
                                 uint64_t* out_state_bytes, uint64_t* out_weight_bytes);
 typedef struct tide_session_s tide_session_t;
@@ -107,6 +109,15 @@ tide_status_t tide_session_run_device(tide_session_t* session, int32_t entry,
 tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
                                          const tide_tensor_t* inputs, int32_t num_inputs,
                                          int32_t iterations, double* out_seconds);
+typedef struct tide_call_profile_s {
+  int32_t kernel;
+  uint64_t calls;
+  double seconds;
+  uint64_t bytes;
+} tide_call_profile_t;
+tide_status_t tide_session_set_profiling(tide_session_t* session, int32_t enabled);
+tide_status_t tide_session_read_profile(const tide_session_t* session, int32_t entry,
+                                        tide_call_profile_t* out_calls, int32_t capacity, int32_t* out_count);
 """
 
 # DLPack (https://dmlc.github.io/dlpack/latest/c_api.html), legacy and versioned managed tensors.

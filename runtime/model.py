@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import profile as profiles
 from ._ffi import ffi
 from .bindings import check, library
 from .dlpack import DEVICE_TYPES, Tensor
@@ -181,9 +182,24 @@ class Model:
             if self._handle is not None:
                 check(library().tide_session_reset_state(self._handle.ptr))
 
-    def session(self, batch: int | None = None, num_threads: int | None = None) -> Session:
-        """A decode session with its own arena, state and threads (decode models only)."""
-        return Session(self, batch, self.num_threads if num_threads is None else num_threads)
+    def profiling(self, enabled: bool = True) -> None:
+        """Starts (counters cleared) or stops per-kernel timing of the internal session's runs."""
+        with self._lock:
+            if self._handle is None:
+                self._handle = create_session(self, self.num_threads)
+            profiles.set_profiling(self._handle, enabled)
+
+    def profile(self) -> profiles.Profile:
+        """The per-kernel profile of ``run``/``run_dlpack``/``time`` calls since ``profiling()``."""
+        with self._lock:
+            if self._handle is None:
+                raise TideError(f"{self.path}: nothing was profiled (call profiling() before running)")
+            return profiles.read(self, self._handle)
+
+    def session(self, batch: int | None = None, num_threads: int | None = None, profile: bool = False) -> Session:
+        """A decode session with its own arena, state and threads (decode models only); ``profile``:
+        time every kernel call from the first run on (``Session.profile``)."""
+        return Session(self, batch, self.num_threads if num_threads is None else num_threads, profile)
 
 
 def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,

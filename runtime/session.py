@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import profile as profiles
 from ._ffi import ffi
 from .bindings import check, library
 from .dlpack import Tensor
@@ -41,16 +42,22 @@ class Session:
     A decode model has entries ``decode`` and ``prefill_<S>`` (any chunk sizes S), each with inputs
     ``input_ids`` int64 [B, S], ``start_pos`` int64 [B] and the ``past.*`` states, and outputs
     ``logits`` float32 [B, S, V] and the ``present.*`` states; metadata ``max_seq_len`` is the state
-    capacity. All rows advance together; ``position`` is how many tokens each row has consumed. A call
+    capacity. With metadata ``prefill_logits`` "last" a prefill entry's logits are [B, 1, V] (the
+    last position's only; ``prefill(all_logits=True)`` then needs an artifact compiled with
+    ``--all-logits``). All rows advance together; ``position`` is how many tokens each row has consumed. A call
     that is rejected (wrong batch, too many tokens, bad ids) changes nothing. If a kernel fails during
     a call, the state is reset (zeroed, position 0) and TideError says so.
     """
 
-    def __init__(self, model: Model, batch: int | None = None, num_threads: int = 0):
+    def __init__(self, model: Model, batch: int | None = None, num_threads: int = 0, profile: bool = False):
         if "decode" not in model.entries:
             raise TideError(f"{model.path} is not a decode model: it has no 'decode' entry (entries: "
                             f"{', '.join(model.entries)}); use Model.run")
         self.model = model
+        kept = model.metadata.get("prefill_logits", "all")
+        if kept not in ("all", "last"):
+            raise TideError(f"{model.path}: metadata 'prefill_logits' is {kept!r}, expected 'all' or 'last'")
+        self.all_positions = kept == "all"
         self.batch, self.vocab_size = self._signature("decode", 1)
         sizes = []
         for entry in model.entries:
@@ -76,6 +83,8 @@ class Session:
                      for e in self._runners}
         self._start = self._aligned((self.batch,), np.int64)
         self._position = np.zeros(self.batch, dtype=np.int64)
+        if profile:
+            profiles.set_profiling(self._handle, True)
 
     @property
     def vocab(self) -> int:
@@ -119,9 +128,10 @@ class Session:
         if not outs or outs[0].name != "logits":
             raise TideError(f"{where}: the first output must be logits")
         lg = outs[0]
-        if lg.dtype != "float32" or len(lg.shape) != 3 or lg.shape[:2] != (batch, seq):
+        positions = seq if self.all_positions or entry == "decode" else 1
+        if lg.dtype != "float32" or len(lg.shape) != 3 or lg.shape[:2] != (batch, positions):
             raise TideError(f"{where}: logits is {describe(lg.dtype, lg.shape)}, expected "
-                            f"float32[{batch}, {seq}, vocab]")
+                            f"float32[{batch}, {positions}, vocab]")
         return batch, lg.shape[2]
 
     def _check_ids(self, ids, what: str = "token ids") -> np.ndarray:
@@ -169,6 +179,9 @@ class Session:
     def prefill(self, ids, all_logits: bool = False) -> np.ndarray:
         """Consumes ``ids`` (integer [batch, T], T >= 1). Returns the last position's logits
         [batch, vocab], or every position's [batch, T, vocab] with ``all_logits``."""
+        if all_logits and not self.all_positions:
+            raise TideError(f"{self.model.path}: its prefill entries return the last position's logits only; "
+                            "compile with --all-logits (CompileOptions.all_logits) for every position's")
         with self._lock:
             ids = self._check_ids(ids)
             total = ids.shape[1]
@@ -232,6 +245,18 @@ class Session:
             np.copyto(self._start, self._position)
             runner = self._runners[entry]
             return runner.time([buf, self._start] + [None] * (len(runner.inputs) - 2), iterations)
+
+    def profiling(self, enabled: bool = True) -> None:
+        """Starts (counters cleared) or stops timing every kernel call of this session's runs (see
+        ``profile``). A profiled run on a device launches its calls eagerly (no CUDA graph)."""
+        with self._lock:
+            profiles.set_profiling(self._handle, enabled)
+
+    def profile(self) -> profiles.Profile:
+        """The per-kernel profile of the runs since profiling started (``profiling()``, or
+        ``Model.session(profile=True)``): ``print()`` it for the table, ``.to_json()`` for tools."""
+        with self._lock:
+            return profiles.read(self.model, self._handle)
 
     def reset(self) -> None:
         """Zero-fills the state and sets every row's position to 0."""

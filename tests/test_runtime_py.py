@@ -4,6 +4,7 @@ tide.compiler.artifact over hand-written ABI kernels and over a real TVM-built k
 from __future__ import annotations
 
 import gc
+import json
 import os
 import re
 import struct
@@ -182,6 +183,41 @@ def test_run_rejects_bad_feeds_and_stays_usable(standard):
     with pytest.raises(R.TideError, match="no entry 'decode'"):
         m.run({"x": x}, entry="decode")
     np.testing.assert_array_equal(m.run({"x": x})["y"], x + W0)
+
+
+def test_profile_of_the_internal_session(standard):
+    """Per-kernel times of profiled runs, joined with the plan's argument bytes (no compiler
+    metadata here: no FLOPs), the table and its JSON; stopping keeps the counts."""
+    m = R.load(standard)
+    with pytest.raises(R.TideError, match="nothing was profiled"):
+        m.profile()
+    x = np.arange(4, dtype=np.float32)
+    m.run({"x": x}, "step")  # before profiling: not counted
+    m.profiling()
+    for _ in range(3):
+        m.run({"x": x}, "step")
+    m.time({"x": x}, "step", iterations=2)
+    m.run({"x": x}, "main")
+    m.profiling(False)
+    m.run({"x": x}, "step")
+    p = m.profile()
+    assert p.entries() == ["main", "step"]
+    step = {r.kernel: r for r in p.rows if r.entry == "step"}
+    assert set(step) == {"accumulate", "add"}
+    assert step["accumulate"].runs == 5 and step["accumulate"].calls == 1 and step["accumulate"].bytes == 32
+    assert step["add"].bytes == 48 and step["add"].flops is None and step["add"].serves == "generic"
+    assert all(r.seconds > 0 for r in p.rows)
+    assert p.entry_seconds("step") == pytest.approx(sum(r.seconds for r in step.values()) / 5)
+    main = {r.kernel: r for r in p.rows if r.entry == "main"}
+    assert main["add"].calls == 2 and main["add"].runs == 1 and main["scale"].calls == 2
+    roof = {"flops": 1e12, "bandwidth": 1e10}
+    share = step["add"].roofline_share(roof)
+    assert share == pytest.approx(48 / 1e10 / step["add"].mean_seconds)
+    text = p.table(roof)
+    assert "entry step: 5 runs" in text and "%roof" in text and "accumulate" in text
+    doc = p.to_json(roof)
+    assert doc["entries"]["step"]["runs"] == 5 and {k["kernel"] for k in doc["entries"]["step"]["kernels"]} == set(step)
+    json.dumps(doc)
 
 
 def test_state_semantics(standard):

@@ -86,6 +86,8 @@ typedef struct ascend_session_s {
   uint64_t args;          /* device memory: every call's argument slots */
   uint64_t* op_offsets;   /* per (entry, op) in plan order: byte offset of its slots in args */
   uint32_t* entry_base;   /* per entry: index of its first op in op_offsets */
+  void** profile_events;  /* profiling: an event before the first op and after each */
+  uint32_t num_profile_events;
 } ascend_session_t;
 
 static tide_status_t acl_error(const acl_t* acl, int rc, const char* call) {
@@ -277,6 +279,8 @@ static void ascend_session_release(void* ds) {
   ascend_free(s->model, s->args);
   if (s->start) acl->aclrtDestroyEvent(s->start);
   if (s->stop) acl->aclrtDestroyEvent(s->stop);
+  for (uint32_t i = 0; i < s->num_profile_events; ++i) acl->aclrtDestroyEvent(s->profile_events[i]);
+  free(s->profile_events);
   if (s->stream) acl->aclrtDestroyStream(s->stream);
   free(s->op_offsets);
   free(s->entry_base);
@@ -411,6 +415,40 @@ static tide_status_t ascend_time(void* ds, uint32_t entry, tide_ops_fn_t run_ops
   return NULL;
 }
 
+/* Launches with an event between consecutive ops. */
+static tide_status_t ascend_profile(void* ds, uint32_t entry, uint32_t num_ops, tide_op_fn_t run_op, void* ctx,
+                                    double* out_seconds) {
+  ascend_session_t* s = ds;
+  const acl_t* acl = &s->model->acl;
+  (void)entry;
+  if (s->num_profile_events < num_ops + 1) {
+    void** grown = realloc(s->profile_events, sizeof(void*) * (num_ops + 1));
+    if (!grown) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory for %u events", num_ops + 1);
+    s->profile_events = grown;
+    for (; s->num_profile_events < num_ops + 1; ++s->num_profile_events) {
+      int rc = acl->aclrtCreateEvent(&s->profile_events[s->num_profile_events]);
+      if (rc) return acl_error(acl, rc, "aclrtCreateEvent");
+    }
+  }
+  int rc = acl->aclrtRecordEvent(s->profile_events[0], s->stream);
+  if (rc) return acl_error(acl, rc, "aclrtRecordEvent");
+  for (uint32_t o = 0; o < num_ops; ++o) {
+    tide_status_t st = run_op(ctx, o);
+    if (st) return st;
+    rc = acl->aclrtRecordEvent(s->profile_events[o + 1], s->stream);
+    if (rc) return acl_error(acl, rc, "aclrtRecordEvent");
+  }
+  rc = acl->aclrtSynchronizeEvent(s->profile_events[num_ops]);
+  if (rc) return acl_error(acl, rc, "aclrtSynchronizeEvent (a kernel failed on the device)");
+  for (uint32_t o = 0; o < num_ops; ++o) {
+    float ms = 0;
+    rc = acl->aclrtEventElapsedTime(&ms, s->profile_events[o], s->profile_events[o + 1]);
+    if (rc) return acl_error(acl, rc, "aclrtEventElapsedTime");
+    out_seconds[o] = (double)ms * 1e-3;
+  }
+  return NULL;
+}
+
 const tide_device_backend_t tide_ascend_backend = {
     .name = "ascend",
     .dl_device_type = TIDE_DL_EXT_DEV,
@@ -429,5 +467,6 @@ const tide_device_backend_t tide_ascend_backend = {
     .sync = ascend_sync,
     .execute = ascend_execute,
     .time = ascend_time,
+    .profile = ascend_profile,
     .launch = ascend_launch,
 };

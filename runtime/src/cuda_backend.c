@@ -78,6 +78,8 @@ struct tide_cuda_session_s {
     uint32_t count, cap;
   }* workspace; /* per entry */
   uint32_t running_entry, workspace_next;
+  void** profile_events; /* profiling: an event before the first op and after each */
+  uint32_t num_profile_events;
 };
 
 static tide_status_t cuda_enter(void* dm) {
@@ -359,6 +361,8 @@ static void cuda_session_release(void* ds) {
   }
   if (cs->start) drv->cuEventDestroy(cs->start);
   if (cs->stop) drv->cuEventDestroy(cs->stop);
+  for (uint32_t i = 0; i < cs->num_profile_events; ++i) drv->cuEventDestroy(cs->profile_events[i]);
+  free(cs->profile_events);
   if (cs->stream) drv->cuStreamDestroy(cs->stream);
   for (uint32_t e = 0; cs->workspace && e < cs->num_graphs; ++e) {
     for (uint32_t i = 0; i < cs->workspace[e].count; ++i) cuda_free(cs->model, cs->workspace[e].blocks[i].ptr);
@@ -535,6 +539,41 @@ static tide_status_t cuda_time(void* ds, uint32_t entry, tide_ops_fn_t run_ops, 
   return NULL;
 }
 
+/* Eager launches with an event between consecutive ops (graphs would hide the ops' own times). */
+static tide_status_t cuda_profile(void* ds, uint32_t entry, uint32_t num_ops, tide_op_fn_t run_op, void* ctx,
+                                  double* out_seconds) {
+  tide_cuda_session_t* cs = ds;
+  tide_cuda_driver_t* drv = cs->model->drv;
+  if (cs->num_profile_events < num_ops + 1) {
+    void** grown = realloc(cs->profile_events, sizeof(void*) * (num_ops + 1));
+    if (!grown) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory for %u events", num_ops + 1);
+    cs->profile_events = grown;
+    for (; cs->num_profile_events < num_ops + 1; ++cs->num_profile_events) {
+      int rc = drv->cuEventCreate(&cs->profile_events[cs->num_profile_events], TIDE_CU_EVENT_DEFAULT);
+      if (rc) return tide_cuda_error(drv, rc, "cuEventCreate");
+    }
+  }
+  cs->running_entry = entry;
+  cs->workspace_next = 0;
+  int rc = drv->cuEventRecord(cs->profile_events[0], cs->stream);
+  if (rc) return tide_cuda_error(drv, rc, "cuEventRecord");
+  for (uint32_t o = 0; o < num_ops; ++o) {
+    tide_status_t st = run_op(ctx, o);
+    if (st) return st;
+    rc = drv->cuEventRecord(cs->profile_events[o + 1], cs->stream);
+    if (rc) return tide_cuda_error(drv, rc, "cuEventRecord");
+  }
+  rc = drv->cuEventSynchronize(cs->profile_events[num_ops]);
+  if (rc) return tide_cuda_error(drv, rc, "cuEventSynchronize (a kernel failed on the device)");
+  for (uint32_t o = 0; o < num_ops; ++o) {
+    float ms = 0;
+    rc = drv->cuEventElapsedTime(&ms, cs->profile_events[o], cs->profile_events[o + 1]);
+    if (rc) return tide_cuda_error(drv, rc, "cuEventElapsedTime");
+    out_seconds[o] = (double)ms * 1e-3;
+  }
+  return NULL;
+}
+
 const tide_device_backend_t tide_cuda_backend = {
     .name = "cuda",
     .dl_device_type = TIDE_DL_CUDA,
@@ -552,6 +591,7 @@ const tide_device_backend_t tide_cuda_backend = {
     .sync = cuda_sync,
     .execute = cuda_execute,
     .time = cuda_time,
+    .profile = cuda_profile,
     .launch = NULL,
     .workspace_alloc = cuda_workspace_alloc,
     .workspace_free = cuda_workspace_free,

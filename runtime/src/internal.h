@@ -284,6 +284,8 @@ typedef enum tide_copy_kind_e {
 
 /* Enqueues one run of an entry's ops (session.c's plan executor). */
 typedef tide_status_t (*tide_ops_fn_t)(void* ctx);
+/* Enqueues op `op` of an entry alone. */
+typedef tide_status_t (*tide_op_fn_t)(void* ctx, uint32_t op);
 
 /*
  * What session.c needs of a device: memory, copies and a stream per session. `dm` is the backend's
@@ -313,6 +315,11 @@ typedef struct tide_device_backend_s {
   tide_status_t (*execute)(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx);
   /* execute between two device events; waits and returns the elapsed device time. */
   tide_status_t (*time)(void* ds, uint32_t entry, tide_ops_fn_t run_ops, void* ctx, double* out_seconds);
+  /* Profiling: one run of entry `entry` with its `num_ops` ops enqueued eagerly (never captured or
+   * replayed) by run_op(ctx, op), a device event before the first and after each; waits and stores
+   * each op's elapsed device time in out_seconds[op]. */
+  tide_status_t (*profile)(void* ds, uint32_t entry, uint32_t num_ops, tide_op_fn_t run_op, void* ctx,
+                           double* out_seconds);
   /* NULL when kernels are the kernel library's host stubs (which launch through the backend's
    * services); else launches the kernel of op `op` of entry `entry` directly. */
   tide_status_t (*launch)(void* ds, uint32_t entry, uint32_t op);
@@ -421,7 +428,9 @@ struct tide_session_s {
   tide_dl_tensor_t* tensors; /* every buffer of every entry */
   tide_ffi_any_t* args;      /* every kernel call's argument array */
   tide_entry_exec_t* entries;
-  tide_mem_pool_t tables;    /* owns tensors, args, entries */
+  tide_mem_pool_t tables;    /* owns tensors, args, entries and their call profiles */
+  int profiling;             /* tide_session_set_profiling */
+  double* profile_scratch;   /* one run's per-call seconds (the longest entry's calls) */
   /* Error slot: the first message a kernel reports during one kernel call. */
   pthread_mutex_t error_mu;
   int error_set;

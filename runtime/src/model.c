@@ -220,6 +220,13 @@ TIDE_API const char* tide_model_metadata(const tide_model_t* model) { return mod
 
 TIDE_API int32_t tide_model_entry_count(const tide_model_t* model) { return (int32_t)model->artifact.num_entries; }
 
+TIDE_API int32_t tide_model_kernel_count(const tide_model_t* model) { return (int32_t)model->artifact.num_kernels; }
+
+TIDE_API const char* tide_model_kernel_name(const tide_model_t* model, int32_t index) {
+  if (index < 0 || (uint32_t)index >= model->artifact.num_kernels) return NULL;
+  return model->artifact.kernel_names[index];
+}
+
 static const tide_entry_decl_t* entry_at(const tide_model_t* model, int32_t entry) {
   if (entry < 0 || (uint32_t)entry >= model->artifact.num_entries) return NULL;
   return &model->artifact.entries[entry];

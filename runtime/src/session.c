@@ -21,7 +21,8 @@ struct tide_entry_exec_s {
   uint32_t index;
   const tide_entry_decl_t* decl;
   tide_dl_tensor_t* tensors; /* decl->num_buffers */
-  tide_ffi_any_t** op_args;  /* per op; NULL for copies */
+  tide_ffi_any_t** op_args;  /* per op */
+  tide_call_profile_t* profile; /* per op: its kernel, argument bytes and (when profiling) times */
   uint32_t num_patches;
   input_patch_t* patches;
   uint64_t* input_offsets;  /* device: data input i's copy at staging + input_offsets[i] */
@@ -52,6 +53,7 @@ TIDE_API void tide_session_options_initialize(tide_session_options_t* out_option
 
 static void session_destroy(tide_session_t* s) {
   tide_thread_pool_destroy(s->pool);
+  free(s->profile_scratch);
   tide_workspace_destroy(&s->workspace);
   pthread_mutex_destroy(&s->error_mu);
   const tide_device_backend_t* dev = s->model->device;
@@ -144,9 +146,18 @@ static tide_status_t build_tables(tide_session_t* s) {
       dl->strides = NULL;
       dl->byte_offset = 0;
     }
+    x->profile = tide_pool_alloc_array(pool, d->num_ops, sizeof(tide_call_profile_t));
+    if (!x->profile) return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory building the call tables");
     for (uint32_t o = 0; o < d->num_ops; ++o) {
       const tide_op_decl_t* op = &d->ops[o];
       x->op_args[o] = arg;
+      x->profile[o].kernel = (int32_t)op->kernel;
+      for (uint32_t k = 0; k < op->num_args; ++k) { /* each buffer once */
+        int64_t b = op->args[k].value;
+        int seen = op->args[k].kind != TIDE_ARG_BUFFER;
+        for (uint32_t j = 0; j < k && !seen; ++j) seen = op->args[j].kind == TIDE_ARG_BUFFER && op->args[j].value == b;
+        if (!seen) x->profile[o].bytes += d->buffers[b].desc.nbytes;
+      }
       for (uint32_t k = 0; k < op->num_args; ++k, ++arg) {
         memset(arg, 0, sizeof(*arg));
         if (op->args[k].kind == TIDE_ARG_BUFFER) {
@@ -389,38 +400,41 @@ static tide_status_t check_inputs(const tide_entry_exec_t* x, const tide_tensor_
   return NULL;
 }
 
-static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
+/* Call op `o` of the entry: the kernel's host function, or the device backend's launch. */
+static tide_status_t run_op(tide_session_t* s, const tide_entry_exec_t* x, uint32_t o) {
   const tide_entry_decl_t* d = x->decl;
-  for (uint32_t o = 0; o < d->num_ops; ++o) {
-    const tide_op_decl_t* op = &d->ops[o];
-    if (s->device && s->model->device->launch) {
-      tide_status_t st = s->model->device->launch(s->device, x->index, o);
-      if (st) {
-        return tide_status_wrap(st, "entry '%s' op %u: kernel '%s'", d->name, o,
-                                s->model->artifact.kernel_names[op->kernel]);
-      }
-      continue;
-    }
-    pthread_mutex_lock(&s->error_mu);
-    s->error_set = 0;
-    pthread_mutex_unlock(&s->error_mu);
-    tide_ffi_any_t ret;
-    memset(&ret, 0, sizeof(ret));
-    ret.type_index = TIDE_FFI_NONE;
-    int rc = s->model->kernels.kernels[op->kernel](NULL, x->op_args[o], (int32_t)op->num_args, &ret);
-    if (rc != 0) {
-      const char* name = s->model->artifact.kernel_names[op->kernel];
-      pthread_mutex_lock(&s->error_mu);
-      tide_status_t st =
-          s->error_set
-              ? tide_make_status(TIDE_STATUS_INTERNAL, "entry '%s' op %u: kernel '%s' failed: %s", d->name, o, name,
-                                 s->error)
-              : tide_make_status(TIDE_STATUS_INTERNAL,
-                                 "entry '%s' op %u: kernel '%s' failed (returned %d) without an error message",
-                                 d->name, o, name, rc);
-      pthread_mutex_unlock(&s->error_mu);
-      return st;
-    }
+  const tide_op_decl_t* op = &d->ops[o];
+  if (s->device && s->model->device->launch) {
+    tide_status_t st = s->model->device->launch(s->device, x->index, o);
+    return st ? tide_status_wrap(st, "entry '%s' op %u: kernel '%s'", d->name, o,
+                                 s->model->artifact.kernel_names[op->kernel])
+              : NULL;
+  }
+  pthread_mutex_lock(&s->error_mu);
+  s->error_set = 0;
+  pthread_mutex_unlock(&s->error_mu);
+  tide_ffi_any_t ret;
+  memset(&ret, 0, sizeof(ret));
+  ret.type_index = TIDE_FFI_NONE;
+  int rc = s->model->kernels.kernels[op->kernel](NULL, x->op_args[o], (int32_t)op->num_args, &ret);
+  if (rc == 0) return NULL;
+  const char* name = s->model->artifact.kernel_names[op->kernel];
+  pthread_mutex_lock(&s->error_mu);
+  tide_status_t st =
+      s->error_set
+          ? tide_make_status(TIDE_STATUS_INTERNAL, "entry '%s' op %u: kernel '%s' failed: %s", d->name, o, name,
+                             s->error)
+          : tide_make_status(TIDE_STATUS_INTERNAL,
+                             "entry '%s' op %u: kernel '%s' failed (returned %d) without an error message", d->name,
+                             o, name, rc);
+  pthread_mutex_unlock(&s->error_mu);
+  return st;
+}
+
+static tide_status_t run_ops(tide_session_t* s, const tide_entry_exec_t* x) {
+  for (uint32_t o = 0; o < x->decl->num_ops; ++o) {
+    tide_status_t st = run_op(s, x, o);
+    if (st) return st;
   }
   return NULL;
 }
@@ -469,13 +483,51 @@ static tide_status_t run_ops_cb(void* ctx) {
   return run_ops(c->session, c->x);
 }
 
+static tide_status_t run_op_cb(void* ctx, uint32_t op) {
+  ops_call_t* c = ctx;
+  return run_op(c->session, c->x, op);
+}
+
+static double monotonic_seconds(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* A profiled run: every call timed (host clock, or device events between eagerly launched calls),
+ * the times added to the entry's profile. */
+static tide_status_t execute_profiled(tide_session_t* session, const tide_entry_exec_t* x, ops_call_t* call) {
+  uint32_t n = x->decl->num_ops;
+  double* seconds = session->profile_scratch;
+  tide_status_t st = NULL;
+  if (session->device) {
+    st = session->model->device->profile(session->device, x->index, n, run_op_cb, call, seconds);
+  } else {
+    for (uint32_t o = 0; o < n && !st; ++o) {
+      double t0 = monotonic_seconds();
+      st = run_op(session, x, o);
+      seconds[o] = monotonic_seconds() - t0;
+    }
+  }
+  if (st) return st;
+  for (uint32_t o = 0; o < n; ++o) {
+    x->profile[o].calls += 1;
+    x->profile[o].seconds += seconds[o];
+  }
+  return NULL;
+}
+
 /* One run of the entry's ops (on a device: enqueued on the session's stream). */
 static tide_status_t execute(tide_session_t* session, const tide_entry_exec_t* x, double* out_seconds) {
   tide_session_t* prev = tide_set_current_session(session);
   ops_call_t call = {session, x};
   tide_status_t st;
   const tide_device_backend_t* dev = session->model->device;
-  if (!dev) {
+  if (session->profiling) {
+    double t0 = monotonic_seconds();
+    st = execute_profiled(session, x, &call);
+    if (!st && out_seconds) out_seconds[0] = monotonic_seconds() - t0;
+  } else if (!dev) {
     st = run_ops(session, x);
   } else if (out_seconds) {
     st = dev->time(session->device, x->index, run_ops_cb, &call, out_seconds);
@@ -550,12 +602,6 @@ TIDE_API tide_status_t tide_session_run_device(tide_session_t* session, int32_t 
   return run(session, entry, inputs, num_inputs, outputs, num_outputs, IO_DEVICE);
 }
 
-static double monotonic_seconds(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
 TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry, const tide_tensor_t* inputs,
                                          int32_t num_inputs, int32_t iterations, double* out_seconds) {
   if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
@@ -589,4 +635,47 @@ TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
     dev->leave(session->model->device_model);
   }
   return st;
+}
+
+TIDE_API tide_status_t tide_session_set_profiling(tide_session_t* session, int32_t enabled) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  if (enabled && !session->profile_scratch) {
+    uint32_t most = 1;
+    for (uint32_t e = 0; e < session->model->artifact.num_entries; ++e) {
+      if (session->entries[e].decl->num_ops > most) most = session->entries[e].decl->num_ops;
+    }
+    session->profile_scratch = calloc(most, sizeof(double));
+    if (!session->profile_scratch) {
+      return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "out of memory for the profile of %u calls", most);
+    }
+  }
+  if (enabled) {
+    for (uint32_t e = 0; e < session->model->artifact.num_entries; ++e) {
+      const tide_entry_exec_t* x = &session->entries[e];
+      for (uint32_t o = 0; o < x->decl->num_ops; ++o) x->profile[o].calls = 0, x->profile[o].seconds = 0;
+    }
+  }
+  session->profiling = enabled != 0;
+  return NULL;
+}
+
+TIDE_API tide_status_t tide_session_read_profile(const tide_session_t* session, int32_t entry,
+                                                 tide_call_profile_t* out_calls, int32_t capacity,
+                                                 int32_t* out_count) {
+  if (!session) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  if (!out_count) return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "out_count is NULL");
+  if (entry < 0 || (uint32_t)entry >= session->model->artifact.num_entries) {
+    return tide_make_status(TIDE_STATUS_NOT_FOUND, "entry index %d out of range (%u entries)", entry,
+                            session->model->artifact.num_entries);
+  }
+  const tide_entry_exec_t* x = &session->entries[entry];
+  int32_t n = (int32_t)x->decl->num_ops;
+  if (capacity < 0 || (capacity > 0 && !out_calls)) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "capacity %d with out_calls %p", capacity,
+                            (void*)out_calls);
+  }
+  int32_t copied = capacity < n ? capacity : n;
+  if (copied > 0) memcpy(out_calls, x->profile, sizeof(tide_call_profile_t) * (size_t)copied);
+  *out_count = n;
+  return NULL;
 }

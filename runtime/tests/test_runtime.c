@@ -344,6 +344,50 @@ static void test_time(void) {
   tide_model_release(m);
 }
 
+static void test_profile(void) {
+  tide_model_t* m = NULL;
+  tide_session_t* s = standard_session(&m);
+  if (!s) return;
+  int32_t e = entry(m, "step");
+  float* x = aligned(16);
+  tide_tensor_t in[2] = {f32_tensor(x, 1, (int64_t[]){4}), f32_tensor(NULL, 1, (int64_t[]){4})};
+  tide_tensor_t out[2];
+  tide_call_profile_t p[3];
+  int32_t n = -1;
+  OK(tide_session_run(s, e, in, 2, out, 2)); /* not profiled */
+  OK(tide_session_read_profile(s, e, p, 3, &n));
+  CHECK(n == 2 && p[0].calls == 0 && p[0].seconds == 0.0);
+  CHECK(tide_model_kernel_count(m) == 8 && tide_model_kernel_name(m, 8) == NULL && tide_model_kernel_name(m, -1) == NULL);
+  CHECK(strcmp(tide_model_kernel_name(m, p[0].kernel), "accumulate") == 0 && p[0].bytes == 32); /* acc, x */
+  CHECK(strcmp(tide_model_kernel_name(m, p[1].kernel), "add") == 0 && p[1].bytes == 48);        /* acc, w0, snapshot */
+  OK(tide_session_set_profiling(s, 1));
+  for (int i = 0; i < 3; ++i) OK(tide_session_run(s, e, in, 2, out, 2));
+  double seconds[2];
+  OK(tide_session_time(s, e, in, 2, 2, seconds)); /* timed runs are profiled too */
+  OK(tide_session_read_profile(s, e, p, 3, &n));
+  CHECK(n == 2 && p[0].calls == 5 && p[1].calls == 5 && p[0].seconds > 0.0 && p[1].seconds > 0.0);
+  CHECK(seconds[0] >= p[0].seconds / 5 && seconds[0] < 10.0);
+  OK(tide_session_set_profiling(s, 0));
+  OK(tide_session_run(s, e, in, 2, out, 2));
+  OK(tide_session_read_profile(s, e, p, 1, &n)); /* a short buffer gets the first records */
+  CHECK(n == 2 && p[0].calls == 5);
+  OK(tide_session_set_profiling(s, 1)); /* restarting clears the counters */
+  OK(tide_session_read_profile(s, e, NULL, 0, &n));
+  OK(tide_session_read_profile(s, e, p, 3, &n));
+  CHECK(n == 2 && p[0].calls == 0 && p[1].seconds == 0.0);
+  EXPECT_ERROR(tide_session_read_profile(s, 9, p, 3, &n), TIDE_STATUS_NOT_FOUND, "entry index 9");
+  EXPECT_ERROR(tide_session_read_profile(s, e, NULL, 3, &n), TIDE_STATUS_INVALID_ARGUMENT, "capacity 3");
+  EXPECT_ERROR(tide_session_read_profile(s, e, p, 3, NULL), TIDE_STATUS_INVALID_ARGUMENT, "out_count is NULL");
+  EXPECT_ERROR(tide_session_set_profiling(NULL, 1), TIDE_STATUS_INVALID_ARGUMENT, "session is NULL");
+  /* A failing kernel under profiling: the error, and the calls before it are not counted as a run. */
+  EXPECT_ERROR(tide_session_run(s, entry(m, "fail"), in, 1, out, 1), TIDE_STATUS_INTERNAL, "kernel 'fail' failed");
+  OK(tide_session_read_profile(s, entry(m, "fail"), p, 3, &n));
+  CHECK(n == 2 && p[0].calls == 0);
+  free(x);
+  tide_session_release(s);
+  tide_model_release(m);
+}
+
 static void test_kernel_error(void) {
   tide_model_t* m = NULL;
   tide_session_t* s = standard_session(&m);
@@ -964,6 +1008,22 @@ static void test_cuda_session(void) {
   for (int i = 0; i < 3; ++i) CHECK(seconds[i] >= 0);
   CHECK(log_count(log, "cuEventRecord") == 6);
 
+  /* Profiling: eager launches (no graph replay) with an event before the first call and after each. */
+  int replays = log_count(log, "cuGraphLaunch");
+  OK(tide_session_set_profiling(s, 1));
+  OK(tide_session_run(s, step, in, 2, out, 2));
+  OK(tide_session_run(s, step, in, 2, out, 2));
+  OK(tide_session_set_profiling(s, 0));
+  CHECK(log_count(log, "cuGraphLaunch") == replays);
+  CHECK(log_count(log, "cuEventRecord") == 6 + 2 * 3);
+  tide_call_profile_t prof[2];
+  int32_t calls = 0;
+  OK(tide_session_read_profile(s, step, prof, 2, &calls));
+  CHECK(calls == 2 && prof[0].calls == 2 && prof[1].calls == 2 && prof[0].seconds >= 0);
+  CHECK(strcmp(tide_model_kernel_name(m, prof[0].kernel), "cuda_accumulate") == 0);
+  OK(tide_session_run(s, step, in, 2, out, 2)); /* back to the graph */
+  CHECK(log_count(log, "cuGraphLaunch") == replays + 1);
+
   /* A kernel error (the cpu kernel 'fail' refuses) and a device fault at the sync: clear errors, and
    * the session still runs. */
   int32_t fail = entry(m, "fail");
@@ -1034,6 +1094,13 @@ static void test_ascend_session(void) {
     OK(tide_session_run(s, entry(m, "step"), in, 2, out, 2));
     double seconds[2];
     OK(tide_session_time(s, entry(m, "step"), in, 2, 2, seconds));
+    OK(tide_session_set_profiling(s, 1));
+    OK(tide_session_run(s, entry(m, "step"), in, 2, out, 2));
+    tide_call_profile_t prof[2];
+    int32_t calls = 0;
+    OK(tide_session_read_profile(s, entry(m, "step"), prof, 2, &calls));
+    CHECK(calls == 2 && prof[0].calls == 1 && prof[1].calls == 1);
+    CHECK(log_count(log, "aclrtRecordEvent") == 4 + 3); /* timing: 2 per run; profiling: before and after each */
     OK(tide_session_reset_state(s));
     OK(tide_session_read_state(s, 0, got, sizeof(got)));
     for (int i = 0; i < 4; ++i) CHECK(got[i] == 0.0f);
@@ -1042,7 +1109,7 @@ static void test_ascend_session(void) {
   tide_model_release(m);
   CHECK(log_has(log, "aclrtLaunchKernel add block_dim 8 args 24"));
   CHECK(log_has(log, "aclrtLaunchKernel scale block_dim 4 args 24"));
-  CHECK(log_count(log, "aclrtLaunchKernel accumulate block_dim 2 args 16") == 3);
+  CHECK(log_count(log, "aclrtLaunchKernel accumulate block_dim 2 args 16") == 4); /* run, 2 timed, profiled */
   CHECK(log_count(log, "aclrtBinaryLoadFromData") == 8); /* the SoC mismatch is found before any load */
   CHECK(log_count(log, "aclrtMalloc ") == log_count(log, "aclrtFree "));
   CHECK(!log_has(log, "aclrtLaunchKernel add: ") && !log_has(log, "aclrtMemcpyAsync: "));
@@ -1065,7 +1132,8 @@ int main(int argc, char** argv) {
   } tests[] = {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
       {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
-      {"kernel_error", test_kernel_error}, {"time", test_time}, {"parallel", test_parallel}, {"two_models", test_two_models},
+      {"kernel_error", test_kernel_error}, {"time", test_time}, {"profile", test_profile}, {"parallel", test_parallel},
+      {"two_models", test_two_models},
       {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device}, {"cuda_pack_launch", test_cuda_pack_launch},
       {"cuda_session", test_cuda_session},
       {"ascend_session", test_ascend_session},

@@ -158,6 +158,9 @@ TIDE_API tide_status_t tide_model_output_info(const tide_model_t* model, int32_t
 TIDE_API int32_t tide_model_state_count(const tide_model_t* model);
 TIDE_API tide_status_t tide_model_state_info(const tide_model_t* model, int32_t index,
                                              tide_tensor_info_t* out_info);
+/* The kernels the plan calls, by index (tide_call_profile_t.kernel); NULL out of range. */
+TIDE_API int32_t tide_model_kernel_count(const tide_model_t* model);
+TIDE_API const char* tide_model_kernel_name(const tide_model_t* model, int32_t index);
 /* Memory plan figures: largest arena over entries, total state bytes, weight bytes. */
 TIDE_API void tide_model_memory(const tide_model_t* model, uint64_t* out_arena_bytes,
                                 uint64_t* out_state_bytes, uint64_t* out_weight_bytes);
@@ -237,6 +240,30 @@ TIDE_API tide_status_t tide_session_run_device(tide_session_t* session, int32_t 
 TIDE_API tide_status_t tide_session_time(tide_session_t* session, int32_t entry,
                                          const tide_tensor_t* inputs, int32_t num_inputs,
                                          int32_t iterations, double* out_seconds);
+
+/* ---- profiling ------------------------------------------------------------------------------- */
+
+/* One kernel call of an entry (plan order) as the profiler saw it. */
+typedef struct tide_call_profile_s {
+  int32_t kernel;  /* the called kernel's index (tide_model_kernel_name) */
+  uint64_t calls;  /* profiled runs of the entry since profiling was last enabled */
+  double seconds;  /* this call's total time over those runs */
+  uint64_t bytes;  /* bytes of the call's buffer arguments (each buffer once): what it reads and writes */
+} tide_call_profile_t;
+
+/*
+ * enabled != 0: from the next run on, times every kernel call (counters cleared): on the cpu with the
+ * monotonic clock around each call; on a device with an event after each call, the run's calls
+ * launched eagerly (never from a CUDA graph) and the run waiting for the device. enabled == 0 stops
+ * it (the counters stay readable); a run then costs what it costs without profiling. Not thread safe
+ * against runs of the same session (like every session call).
+ */
+TIDE_API tide_status_t tide_session_set_profiling(tide_session_t* session, int32_t enabled);
+/* Copies the profile of entry `entry`'s calls (one record per call, plan order) into out_calls (at
+ * most `capacity` records); *out_count is the entry's number of calls. */
+TIDE_API tide_status_t tide_session_read_profile(const tide_session_t* session, int32_t entry,
+                                                 tide_call_profile_t* out_calls, int32_t capacity,
+                                                 int32_t* out_count);
 
 #ifdef __cplusplus
 }
