@@ -35,7 +35,7 @@ def _cmd_compile(args) -> int:
     options = CompileOptions(target=args.target, batch=args.batch, max_seq_len=args.max_seq_len,
                              prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims, mcpu=args.mcpu,
                              arch=getattr(args, target.arch_flag) if target.arch_flag else None,
-                             progress=not args.quiet)
+                             all_logits=args.all_logits, progress=not args.quiet)
     result = compile_model(args.model, args.output, options)
     generic = sorted(k for k, v in result.kernels.items() if v == "generic")
     tide_kernels = {k: v for k, v in result.kernels.items() if v != "generic"}
@@ -89,6 +89,10 @@ def _cmd_run(args) -> int:
         rng = np.random.default_rng(args.seed)
         prompt = rng.integers(0, int(meta["vocab"]), size=(batch, args.prompt_len), dtype=np.int64)
     session = model.session()
+    if args.profile or args.profile_json:
+        session.generate(prompt, min(args.new_tokens, 2))  # warm-up (first-touch of weights and caches)
+        session.reset()
+        session.profiling()
     t0 = time.perf_counter()
     logits = session.prefill(prompt)
     t1 = time.perf_counter()
@@ -104,7 +108,30 @@ def _cmd_run(args) -> int:
     print(f"prefill: {prompt.size / (t1 - t0):.1f} tokens/s ({(t1 - t0) * 1e3:.2f} ms for "
           f"{prompt.shape[1]} tokens x batch {batch}); decode: {steps * batch / max(t2 - t1, 1e-9):.1f} "
           f"tokens/s ({(t2 - t1) * 1e3 / steps:.2f} ms/step)")
+    if args.profile or args.profile_json:
+        _print_profile(session.profile(), args, device)
     return 0
+
+
+def _print_profile(profile, args, device: str) -> None:
+    """The profile table (with the share of this CPU's roofline, measured now, on a cpu run) and
+    its JSON."""
+    import json
+
+    roof = None
+    if device == "cpu":
+        from .bench.harness import cpu_ceilings
+
+        measured = cpu_ceilings()
+        roof = {"flops": measured["gemm_flops"], "bandwidth": measured["bandwidth"]}
+        print(f"roofline: {roof['flops'] / 1e9:.0f} GFLOP/s ({measured['gemm_how']}), "
+              f"{roof['bandwidth'] / 1e9:.1f} GB/s ({measured['bandwidth_how']})")
+    if args.profile:
+        print(profile.table(roof))
+    if args.profile_json:
+        with open(args.profile_json, "w", encoding="utf-8") as f:
+            json.dump(profile.to_json(roof), f, indent=1)
+        print(f"profile written to {args.profile_json}")
 
 
 def _cmd_bench(args) -> int:
@@ -139,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, help="decode-state capacity (default: as exported)")
     p.add_argument("--prefill-chunk", type=int, action="append",
                    help="prefill chunk size (repeatable; default 32; single tokens use decode)")
+    p.add_argument("--all-logits", action="store_true",
+                   help="prefill entries return every position's logits (default: the last position's only, "
+                        "which skips the output projection of the other positions)")
     p.add_argument("--dim", action="append", help="NAME=INT for other symbolic dimensions")
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; device targets: the generic "
                                   "host CPU)")
@@ -161,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", help="cpu, cuda[:N] or ascend[:N] (default: the device the artifact was compiled "
                                     "for)")
+    p.add_argument("--profile", action="store_true",
+                   help="time every kernel call (after a warm-up) and print the per-kernel table")
+    p.add_argument("--profile-json", metavar="FILE", help="write the per-kernel profile as JSON to FILE")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="kernel benchmark suite: every kernel vs the machine's ceilings and "

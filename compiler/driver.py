@@ -7,7 +7,9 @@ artifact. The target comes from the registry (``tide.targets.get``); nothing her
 
 A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/``present.*`` outputs
 (the exporter's contract, docs/onnx-contract.md) becomes a decode model with entries ``decode``
-(one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``.
+(one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``. A prefill entry
+returns the last position's logits only (``onnx_import.last_position_only``; metadata
+``prefill_logits`` "last") unless ``CompileOptions.all_logits``.
 """
 
 from __future__ import annotations
@@ -32,8 +34,10 @@ class CompileOptions:
     dims: dict[str, int] = field(default_factory=dict)
     mcpu: str | None = None
     arch: str | None = None  # device architectures of a device target, e.g. "sm_80,sm_90" (cuda: default sm_90)
+    all_logits: bool = False  # prefill entries return every position's logits, not only the last one's
     progress: bool = True
     kernels: bool = True  # False: no tide-domain function kernels (their ONNX bodies get generic lowering)
+    #                       and no tide linears (weight matmuls stay TVM-lowered)
 
 
 @dataclass
@@ -119,12 +123,14 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     weights = lower.WeightTable()
     report = substitute.SubstitutionReport()
     model_dtype = {p.key: p.value for p in model.metadata_props}.get("tide.dtype", "float32")
-    converters = substitute.function_kernels(tgt, report, model_dtype) if options.kernels else {}
+    converters = substitute.function_kernels(tgt, report, model_dtype, target) if options.kernels else {}
     plans, kernels = [], {}
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
         static = onnx_import.specialize(loaded, dims, frozenset(converters))
+        if entry.startswith("prefill_") and not options.all_logits:
+            static = onnx_import.last_position_only(onnx_path, static)
         static, params = onnx_import.weights_as_inputs(static, loaded.weights)
         mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
         progress(f"substitute kernels for {entry}")
@@ -132,7 +138,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         for param, name in zip(mod["main"].params, input_names):
             if sig and name.startswith("past."):
                 state_params[param.name] = name.removeprefix("past.")
-        mod = substitute.substitute(mod, tgt, state_params, report)
+        mod = substitute.substitute(mod, tgt, state_params, report, target, params, linears=options.kernels)
         progress(f"lower and schedule {entry} for {options.target}")
         mod = lower.legalize_and_fuse(mod, target, tgt.fused_tensor_bytes)
         mod = schedule.schedule(mod, tgt, target)
@@ -157,6 +163,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         "target": options.target,
         "mcpu": str((target.host or target).attrs.get("mcpu", "")),
         "kernels": report.kernels,
+        "kernel_costs": {name: _cost(func) for name, func in kernels.items()},
         "entries": [p.name for p in plans],
     }
     if sig:
@@ -174,6 +181,25 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     return CompileResult(output_path, [p.name for p in plans], dict(report.kernels), time.time() - t0)
 
 
+def _cost(func) -> dict:
+    """FLOPs and bytes of one call of a kernel, for profiles: a tide kernel's own counts
+    (``tide.params``); else TVM's FLOP estimate from the loop nest (None when it cannot count) and no
+    bytes (a profile then takes the call's argument bytes from the plan)."""
+    import tvm
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from ..ops.kernel import identity
+
+    _, params = identity(func)
+    if "flops" in params:
+        return {"flops": int(params["flops"]), "bytes": int(params["bytes"])}
+    try:
+        flops = int(estimate_tir_flops(tvm.IRModule({"main": func})))
+    except Exception:  # noqa: BLE001  (TVM cannot count this loop nest: no figure)
+        flops = None
+    return {"flops": flops, "bytes": None}
+
+
 def _decode_metadata(model, plans, options: CompileOptions) -> dict:
     props = {p.key: p.value for p in model.metadata_props}
     exported = int(props.get("tide.max_seq_len", "0")) or None
@@ -188,7 +214,8 @@ def _decode_metadata(model, plans, options: CompileOptions) -> dict:
     logits = next(o for o in plans[0].outputs if o.name == "logits")
     shape = plans[0].buffers[logits.buffer].shape
     return {"max_seq_len": max_len, "batch": int(shape[0]), "vocab": int(shape[-1]),
-            "prefill_chunks": chunks, "model": props.get("tide.model", "")}
+            "prefill_chunks": chunks, "prefill_logits": "all" if options.all_logits else "last",
+            "model": props.get("tide.model", "")}
 
 
 def _check_state_bindings(plan, sig) -> None:

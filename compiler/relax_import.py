@@ -18,7 +18,8 @@ from .errors import CompileError
 @contextlib.contextmanager
 def _converters(path: str, opset: int, function_converters: dict):
     """Adds tide's converters for ``tide``-domain function calls to the frontend's convert map
-    (its extension point), and names the ONNX node in every converter failure."""
+    (its extension point), and its own ``Einsum`` converter (see ``_einsum``), and names the ONNX
+    node in every converter failure."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     importer = onnx_frontend.ONNXGraphImporter
@@ -27,6 +28,7 @@ def _converters(path: str, opset: int, function_converters: dict):
 
     def convert_map():
         table = dict(original_map())
+        table["Einsum"] = _converter_class("Einsum", _einsum)
         for name, fn in function_converters.items():
             table[name] = _converter_class(name, fn)
         return table
@@ -49,6 +51,16 @@ def _converters(path: str, opset: int, function_converters: dict):
     finally:
         importer._convert_operator = original
         onnx_frontend._get_convert_map = original_map
+
+
+def _einsum(bb, inputs, attrs):
+    """ONNX ``Einsum`` as the Relax ``einsum`` op (legalized later to the same TE computation the
+    frontend would emit now): the op keeps its equation, so kernel substitution can recognise the
+    grouped linear it may be."""
+    from tvm import relax
+
+    equation = attrs["equation"]
+    return relax.op.einsum(inputs, equation.decode() if isinstance(equation, bytes) else equation)
 
 
 def _converter_class(name: str, fn):

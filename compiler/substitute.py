@@ -9,7 +9,14 @@ schedules it afterwards. What it replaces today:
 - ``relax.topk`` -> ``tide.ops.topk`` (TVM's CPU lowering of top-k calls a runtime sort function);
 - ``relax.scatter_nd`` whose data is a decode-state input -> ``tide.ops.state_scatter``, an in-place
   update: the call's output is bound to the state buffer by the plan builder, which also orders
-  the call after every read of the old state.
+  the call after every read of the old state;
+- ``relax.matmul(x, W)`` with W a model weight ([K, N], or the transpose of a stored [N, K]; float32
+  or bfloat16, read through a widening cast if the graph has one), and the grouped
+  ``relax.einsum("...gk,gnk->...gn", x, W)`` on a stored [G * N, K] weight -> ``tide.ops.linear``
+  when the target chooses a ``linear`` layout for it. The weight is re-laid-out at compile time: a constant
+  by Relax ops that ``FoldConstant`` (in ``lower.legalize_and_fuse``) evaluates, a weight parameter
+  by replacing it with a new parameter bound to a packed view of the same memory-mapped array
+  (``weight_params`` is updated in place), so nothing is copied or transposed at run time.
 
 ``function_kernels`` gives the converters of ``tide``-domain ONNX functions (``tide.ops``'
 FUNCTION_KERNELS, and ``tide.RoPE``); those calls are never inlined and become kernel calls during
@@ -93,18 +100,31 @@ class NormOutputs:
         return None
 
 
-def substitute(mod, target, state_params: dict[str, str], report: SubstitutionReport):
+def substitute(mod, target, state_params: dict[str, str], report: SubstitutionReport, tvm_target=None,
+               weight_params: dict | None = None, linears: bool = True):
     """Returns ``mod`` with tide kernels in place, built with ``target``'s choices. ``state_params``
-    maps a main parameter name to its state name (``past.0.window`` -> ``0.window``)."""
+    maps a main parameter name to its state name (``past.0.window`` -> ``0.window``);
+    ``weight_params`` (name -> array) are main's trailing parameters, the weights passed as
+    parameters (``onnx_import.weights_as_inputs``): updated in place, in main's new parameter order,
+    when one is re-laid-out. ``tvm_target`` tells the choices the CPU's vector features;
+    ``linears`` False keeps weight matmuls as they are (TVM lowers them)."""
     from tvm import relax
+    from tvm.ir.expr import GenericConst
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from ..ops import kernel, state_scatter, topk
+    from ..ops import kernel, linear, state_scatter, topk
 
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
+    op_matmul, op_permute, op_astype = tvm_op("relax.matmul"), tvm_op("relax.permute_dims"), tvm_op("relax.astype")
+    op_einsum, op_reshape = tvm_op("relax.einsum"), tvm_op("relax.reshape")
+    weight_params = {} if weight_params is None else weight_params
     params = {p.name: p for p in mod["main"].params}
     state_vars = {params[name]: state for name, state in state_params.items() if name in params}
+    main_params = list(mod["main"].params)
+    weight_vars = dict(zip(main_params[len(main_params) - len(weight_params):], weight_params)) if weight_params else {}
+    features = cpu_features(tvm_target)
+    relaid: dict = {}  # (weight param, layout) -> the new parameter var
 
     @mutator
     class Rewriter(PyExprMutator):
@@ -123,7 +143,147 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
                 return self._topk(call)
             if call.op == op_scatter and call.args[0] in state_vars:
                 return self._state_scatter(call, state_vars[call.args[0]])
+            if call.op == op_matmul and linears:
+                return self._linear(call)
+            if call.op == op_einsum and linears:
+                return self._grouped_linear(call)
             return call
+
+        def _value(self, expr):
+            """What a variable of main is bound to (None for a parameter)."""
+            if not isinstance(expr, relax.Var) or expr in weight_vars:
+                return expr
+            try:
+                return self.lookup_binding(expr)
+            except Exception:  # noqa: BLE001  (no binding in this function: a parameter)
+                return None
+
+        def _weight(self, expr):
+            """``(weight, transposed)`` when ``expr`` is a model weight, read as [K, N]: a constant or
+            weight parameter as stored (transposed False) or through ``permute_dims`` of a stored
+            [N, K] one (True), either possibly through a widening ``astype`` to float32; else None."""
+            value = self._value(expr)
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+                value = self._value(value.args[0])
+            transposed = False
+            if isinstance(value, relax.Call) and value.op == op_permute and len(value.args[0].ty.shape) == 2:
+                axes = value.attrs.axes
+                if axes is not None and [int(a) for a in axes] != [1, 0]:
+                    return None
+                value, transposed = self._value(value.args[0]), True
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+                value = self._value(value.args[0])
+            stored = self._stored(value)
+            return (stored, transposed) if stored is not None and len(stored.ty.shape) == 2 else None
+
+        def _linear(self, call):
+            x, w = call.args
+            found = self._weight(w)
+            if found is None or str(x.ty.dtype) != "float32" or len(x.ty.shape) < 2 or \
+                    str(call.ty.dtype) != "float32":
+                return call
+            weight, transposed = found
+            xshape = [int(d) for d in x.ty.shape]
+            wshape = [int(d) for d in weight.ty.shape]
+            dim, cols = wshape[::-1] if transposed else wshape
+            if xshape[-1] != dim:
+                return call
+            return self._emit_linear(call, x, xshape[:-1], weight, transposed, 1, dim, cols)
+
+        def _grouped_linear(self, call):
+            """``einsum("<rows>gk,gnk-><rows>gn", x, W)`` with W a stored [G * N, K] weight reshaped to
+            [G, N, K] (or stored so), possibly through a widening astype: a grouped linear."""
+            operands = self._value(call.args[0])
+            if not isinstance(operands, relax.Tuple) or len(operands.fields) != 2:
+                return call
+            x, w = operands.fields
+            terms, _, out = str(call.attrs.subscripts).replace(" ", "").partition("->")
+            lhs = terms.split(",")
+            if len(lhs) != 2 or "." in terms or len(lhs[1]) != 3 or str(x.ty.dtype) != "float32" or \
+                    str(call.ty.dtype) != "float32":
+                return call
+            g, n, k = lhs[1]
+            batch = lhs[0][:-2]
+            if lhs[0][-2:] != g + k or out != batch + g + n or len(set(lhs[0] + n)) != len(lhs[0]) + 1:
+                return call
+            value = self._value(w)
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+                value = self._value(value.args[0])
+            gnk = [int(d) for d in w.ty.shape]
+            if isinstance(value, relax.Call) and value.op == op_reshape:
+                value = self._value(value.args[0])
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+                value = self._value(value.args[0])
+            stored = self._stored(value)
+            if stored is None or [int(d) for d in stored.ty.shape] not in ([gnk[0] * gnk[1], gnk[2]], gnk):
+                return call
+            xshape = [int(d) for d in x.ty.shape]
+            if xshape[-2:] != [gnk[0], gnk[2]]:
+                return call
+            return self._emit_linear(call, x, xshape[:-2], stored, True, gnk[0], gnk[2], gnk[1])
+
+        def _stored(self, value):
+            """``value`` if it is a model weight (a constant or weight parameter) of a dtype the
+            kernel reads, else None."""
+            if isinstance(value, GenericConst) or (isinstance(value, relax.Var) and value in weight_vars):
+                if str(value.ty.dtype) in linear.WEIGHT_DTYPES:
+                    return value
+            return None
+
+        def _emit_linear(self, call, x, lead, weight, transposed: bool, groups: int, dim: int, cols: int):
+            """The linear call for ``x [*lead, groups * dim]`` (or ``[*lead, groups, dim]``), or ``call``
+            unchanged when the target chooses no layout for it."""
+            rows, wdtype = math.prod(lead), str(weight.ty.dtype)
+            cfg = target.choose("linear", rows=rows, dim=dim, cols=cols, groups=groups, weight_dtype=wdtype,
+                                features=features)
+            if cfg.get("layout") not in linear.LAYOUTS:
+                return call
+            panel = int(cfg["panel"])
+            shape = f"{rows}x{dim}x{cols}" if groups == 1 else f"{rows}x{groups}g{dim}x{cols}"
+            name = f"tide_linear_{shape}_p{panel}" + ("_bf16" if wdtype == "bfloat16" else "")
+            itemsize = 2 if wdtype == "bfloat16" else 4
+            gv = self._add(linear.prim_func(rows, dim, cols, panel, wdtype, name, groups), name, "linear",
+                           rows=rows, dim=dim, cols=cols, groups=groups, panel=panel, layout="panel",
+                           weight_dtype=wdtype, tile_rows=int(cfg.get("tile_rows", 1)),
+                           **linear.cost(rows, dim, cols, itemsize, groups))
+            what = f"[{dim} x {cols}]" if groups == 1 else f"{groups} groups of [{dim} x {cols}]"
+            report.add(name, f"linear [{rows} x {groups * dim}] @ {what} ({wdtype} weight, {panel}-wide panels)")
+            packed = self._packed(weight, transposed, groups, panel)
+            xshape = [int(d) for d in x.ty.shape]
+            flat = x if xshape == [rows, groups * dim] else \
+                self.builder_.emit(relax.op.reshape(x, (rows, groups * dim)))
+            y = self.builder_.emit(relax.call_tir(gv, [flat, packed],
+                                                  out_ty=relax.TensorType((rows, groups * cols), "float32")))
+            oshape = [int(d) for d in call.ty.shape]
+            return y if oshape == [rows, groups * cols] else relax.op.reshape(y, oshape)
+
+        def _packed(self, weight, transposed: bool, groups: int, panel: int):
+            """The weight in the panel layout ``[G, N / P, K, P]``, from a stored [K, N] one
+            (``transposed`` False, one group) or a stored [G * N, K] / [G, N, K] one: Relax ops on a
+            constant (folded at compile time), a new parameter bound to a packed view for a weight
+            parameter."""
+            if isinstance(weight, GenericConst):
+                n_k = weight if transposed else self.builder_.emit(relax.op.permute_dims(weight, [1, 0]))
+                shape = [int(d) for d in n_k.ty.shape]
+                cols, dim = math.prod(shape[:-1]) // groups, shape[-1]
+                split = self.builder_.emit(relax.op.reshape(n_k, (groups, cols // panel, panel, dim)))
+                return self.builder_.emit(relax.op.permute_dims(split, [0, 1, 3, 2]))
+            key = (weight, transposed, groups, panel)
+            if key not in relaid:
+                name = weight_vars[weight]
+                array = weight_params[name]
+                if transposed:
+                    g_n_k = array.reshape(groups, -1, array.shape[-1])
+                    g_k_n = g_n_k.transpose(0, 2, 1)
+                else:
+                    g_k_n = array[None]
+                suffix = ("" if not transposed else ".T" if groups == 1 else f".g{groups}T")
+                new = f"{name}{suffix}.panel{panel}"
+                _, dim, cols = g_k_n.shape
+                relaid[key] = (relax.Var(new, relax.TensorType(linear.weight_shape(dim, cols, panel, groups),
+                                                                str(weight.ty.dtype))),
+                               new, linear.pack(g_k_n, panel))
+            return relaid[key][0]
 
         def _topk(self, call):
             data = call.args[0]
@@ -144,7 +304,7 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             name = f"tide_topk_{dtype}_{rows}x{n}_k{k}{'' if largest else '_min'}"
             row_threads = target.choose("rows", rows=rows).get("row_threads")
             gv = self._add(topk.prim_func(rows, n, k, dtype, str(call.attrs.dtype), largest, row_threads, name),
-                           name, "topk", rows=rows, n=n, k=k)
+                           name, "topk", rows=rows, n=n, k=k, **topk.cost(rows, n, k))
             report.add(name, f"top-k over {n} (k={k}) x {rows} rows")
             flat = self.builder_.emit(relax.op.reshape(data, (rows, n)))
             res = self.builder_.emit(relax.call_tir(gv, [flat], out_ty=[
@@ -169,7 +329,7 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             name = f"tide_state_scatter_{state.replace('.', '_')}"
             row_threads = target.choose("rows", rows=math.prod(ishape[:-1])).get("row_threads")
             func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, row_threads, name)
-            gv = self._add(func, name, "state_scatter", state=state)
+            gv = self._add(func, name, "state_scatter", state=state, **state_scatter.cost(ishape, dshape))
             report.add(name, f"in-place update of state '{state}'")
             return relax.call_tir(gv, [index, updates], out_ty=data.ty)
 
@@ -177,6 +337,8 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     main = rewriter.visit_expr(mod["main"])
     out = rewriter.builder_.get()
     out["main"] = main
+    if relaid:
+        out = _relaid_params(out, weight_vars, weight_params, list(relaid.values()))
     if report.pending:
         out = relax.transform.DeadCodeElimination()(out)
         live = called_kernels(out["main"])
@@ -187,16 +349,58 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     return out
 
 
-def function_kernels(target, report: SubstitutionReport, model_dtype: str = "float32") -> dict:
+def _relaid_params(mod, weight_vars: dict, weight_params: dict, relaid: list):
+    """``mod`` with the re-laid-out weight parameters appended to main's parameters and the weight
+    parameters nothing reads any more dropped (after dead-code elimination of their old uses);
+    ``weight_params`` rewritten to match, in parameter order. ``relaid``: (new var, name, array)."""
+    from tvm import relax
+
+    main = mod["main"]
+    mod["main"] = relax.Function(list(main.params) + [var for var, _, _ in relaid], main.body, main.ret_ty,
+                                 main.is_pure, main.attrs)
+    mod = relax.transform.DeadCodeElimination()(mod)
+    main = mod["main"]
+    used = set(relax.analysis.free_vars(main.body))
+    weights = {var: (name, weight_params[name]) for var, name in weight_vars.items()}
+    weights.update({var: (name, array) for var, name, array in relaid})
+    keep = [p for p in main.params if p not in weights or p in used]
+    func = relax.Function(keep, main.body, main.ret_ty, main.is_pure, main.attrs)
+    if main.attrs is not None and "num_input" in main.attrs:  # the frontend counts every parameter
+        func = func.with_attr("num_input", len(keep))
+    mod["main"] = func
+    weight_params.clear()
+    weight_params.update(dict(weights[p] for p in keep if p in weights))
+    return mod
+
+
+def cpu_features(tvm_target) -> frozenset:
+    """The LLVM CPU features of ``tvm_target``'s host code (empty without an LLVM host)."""
+    if tvm_target is None:
+        return frozenset()
+    from tvm.target import codegen
+
+    host = tvm_target.host or tvm_target
+    if host.kind.name != "llvm":
+        return frozenset()
+    return frozenset(str(f) for f in codegen.llvm_get_cpu_features(host))
+
+
+def function_kernels(target, report: SubstitutionReport, model_dtype: str = "float32", tvm_target=None) -> dict:
     """The ``tide``-domain functions a tide kernel serves: name -> converter ``fn(bb, inputs, attrs)``
     for ``tide.compiler.relax_import``, building kernels with ``target``'s choices. The rest are
     inlined and lowered generically. ``model_dtype`` (the export's ``tide.dtype``) goes to the
-    converters that take it (the attention kernels: a target may pick a bfloat16 variant)."""
+    converters that take it (the attention kernels: a target may pick a bfloat16 variant); every
+    choice is told the CPU's vector features of ``tvm_target``."""
     import functools
     import importlib
     import inspect
 
     from ..ops import FUNCTION_KERNELS
+
+    features = cpu_features(tvm_target)
+
+    def choose(op: str, **facts) -> dict:
+        return target.choose(op, features=features, **facts)
 
     norms = NormOutputs(report)
     converters = {}
@@ -207,9 +411,9 @@ def function_kernels(target, report: SubstitutionReport, model_dtype: str = "flo
             extra["model_dtype"] = model_dtype
         if function == "RoPE":  # fuses into the RMSNorm call that produced its x
             extra["norms"] = norms
-        convert = functools.partial(module.relax_convert, choose=target.choose, **extra)
+        convert = functools.partial(module.relax_convert, choose=choose, **extra)
         # the RMSNorm calls are recorded for RoPE's fusion (their kernels reported only if still called)
-        converters[function] = norms.record(module.relax_convert, target.choose) if function == "RMSNorm" else convert
+        converters[function] = norms.record(module.relax_convert, choose) if function == "RMSNorm" else convert
     return converters
 
 

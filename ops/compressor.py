@@ -2,8 +2,8 @@
 outputs: serves ``tide.Compressor``.
 
 ``relax_convert`` computes the two projections ``kv = kv_weight x`` and ``gate = gate_weight x``
-first (``tide.ops.compressor_proj`` on the CPU, the compiler's GEMM elsewhere) and calls this kernel
-with their outputs. Candidate k (window
+first (plain linears, which kernel substitution gives to ``tide.ops.linear`` where the target has
+a layout for them) and calls this kernel with their outputs. Candidate k (window
 ``w = start_pos // r + k``) pools R = (1 + overlap) r slots: slot j is the token at position
 ``(w - overlap) r + j``, read through feature half ``j // r``, from this call's projections when
 the position is in the call (the score plus ``position_bias[pos % r]``) and from the rings
@@ -232,18 +232,9 @@ def cost(batch: int, seq: int, ratio: int, overlap: int, head_dim: int, itemsize
     return {"flops": flops, "bytes": bytes_}
 
 
-def _projection(bb, x, weight, choose, report):
-    """``x weight^T`` ``[B, S, F]``: ``tide.ops.compressor_proj`` where the target chooses it, the
-    generic GEMM otherwise."""
-    from . import compressor_proj
-
-    return compressor_proj.relax_linear(bb, x, weight, choose=choose, report=report, kernel="tide_compressor_proj",
-                                        label="tide.Compressor projection", min_tokens=1)
-
-
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.Compressor(x, start_pos, kv_state, score_state, cache, kv_weight, gate_weight,
-    position_bias, norm_weight, cos, sin)`` -> the two projections (``_projection``) and this
+    position_bias, norm_weight, cos, sin)`` -> the two projections (linears) and this
     kernel."""
     from tvm import relax
 
@@ -255,11 +246,12 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     C, Dc = static_shape(cache, "Compressor cache")[1:]
     r, o, rd = int(attrs["ratio"]), int(attrs["overlap"]), int(attrs["rope_dim"])
     F, nb, n = (1 + o) * Dc, S // r + 1, min(S, (1 + o) * r)
-    kv = _projection(bb, x, kv_weight, choose, report)
-    gate = _projection(bb, x, gate_weight, choose, report)
+    kv = bb.emit(relax.op.linear(x, kv_weight))
+    gate = bb.emit(relax.op.linear(x, gate_weight))
     name = f"tide_compressor_b{B}s{S}r{r}o{o}d{Dc}c{C}"
     func = prim_func(B, S, r, o, Dc, C, rd, float(attrs["epsilon"]), name=name)
-    gv = kernel.add(bb, func, name, "compressor", batch=B, seq=S, ratio=r, overlap=o, head_dim=Dc)
+    gv = kernel.add(bb, func, name, "compressor", batch=B, seq=S, ratio=r, overlap=o, head_dim=Dc,
+                    **cost(B, S, r, o, Dc))
     report.add(name, f"tide.Compressor [B={B} S={S} ratio={r} overlap={o} Dc={Dc}]")
     out = bb.emit(relax.call_tir(
         gv, [kv, gate, start_pos, kv_state, score_state, cache, position_bias, norm_weight, cos, sin],

@@ -20,9 +20,8 @@ weighted ReLU sum in float32; the top-k list holds float32 scores and int32 entr
 indices and bool flags.
 
 ``splits`` cuts the entry list into ranges whose top-k lists are merged by a second stage (decode
-of one query over a long context). The q and weight projections are GEMMs: CPU prefill (S > 1)
-runs them as ``tide.ops.compressor_proj`` (the generic GEMM rule streams the whole weight per
-4-row tile: 8x slower at V4-Flash's 64-token chunk), decode keeps the compiler's generic path.
+of one query over a long context). The q and weight projections are plain linears, which kernel
+substitution gives to ``tide.ops.linear`` where the target has a layout for them.
 """
 
 from __future__ import annotations
@@ -374,19 +373,9 @@ def blocking(batch: int, seq: int, cache_rows: int, top_k: int, entry_block: int
     return {"entry_block": entry_block, "splits": splits}
 
 
-def _projection(bb, x, weight, choose, report):
-    """``x weight^T`` ``[B, S, F]``: prefill (S > 1) through ``tide.ops.compressor_proj`` where the
-    target chooses it (a weight panel kept in cache across the token tiles); decode through the
-    compiler's generic GEMM."""
-    from . import compressor_proj
-
-    return compressor_proj.relax_linear(bb, x, weight, choose=choose, report=report, kernel="tide_indexer_proj",
-                                        label="tide.LightningIndexer projection", min_tokens=2)
-
-
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.LightningIndexer(q_residual, x, cos, sin, cache, entries, start_pos, q_weight,
-    weights_proj)`` -> the two projections (``_projection``) and one call of this kernel."""
+    weights_proj)`` -> the two projections (linears) and one call of this kernel."""
     from tvm import relax
 
     from . import kernel
@@ -401,12 +390,13 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     K = int(attrs["top_k"])
     ratio = int(attrs["ratio"])
     scale = float(attrs["softmax_scale"]) * float(attrs["weights_scale"])
-    q = bb.emit(relax.op.reshape(_projection(bb, q_residual, q_weight, choose, report), (B, S, Hi, Di)))
-    w = _projection(bb, x, weights_proj, choose, report)
+    q = bb.emit(relax.op.reshape(bb.emit(relax.op.linear(q_residual, q_weight)), (B, S, Hi, Di)))
+    w = bb.emit(relax.op.linear(x, weights_proj))
     name = f"tide_lightning_indexer_b{B}s{S}h{Hi}d{Di}c{C}e{E}k{K}r{ratio}"
     cfg = choose("indexer", batch=B, seq=S, cache_rows=C, top_k=K)
     func = prim_func(B, S, Hi, Di, rd, C, E, ratio, K, scale, name=name, **cfg)
-    gv = kernel.add(bb, func, name, "indexer", batch=B, seq=S, heads=Hi, head_dim=Di, cache_rows=C, top_k=K)
+    gv = kernel.add(bb, func, name, "indexer", batch=B, seq=S, heads=Hi, head_dim=Di, cache_rows=C, top_k=K,
+                    **cost(B, S, Hi, Di, C, K))
     report.add(name, f"tide.LightningIndexer [B={B} S={S} Hi={Hi} Di={Di}, top-{K} of {C}]")
     out = bb.emit(relax.call_tir(gv, [q, cos, sin, w, cache, entries, start_pos], out_ty=[
         relax.TensorType((B, S, K), "int64"), relax.TensorType((B, S, K), "bool")]))

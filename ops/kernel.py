@@ -3,7 +3,9 @@
 ``tide.kernel`` names the kernel (``"sink_attention"``, ``"moe_gate_up"``, ...: the kernel's module,
 or for modules with several kernels the kernel's own name) and ``tide.params`` holds what a target's
 schedule rule needs to know about it beyond its buffers: its shape parameters and the choices the
-target made for it (``Target.choose``). The schedule stage (``tide.compiler.schedule``) picks each
+target made for it (``Target.choose``), plus ``flops`` and ``bytes``, one call's FLOPs and bytes moved
+by its ``cost`` (where the data decides: every entry visible, every routed expert distinct), which the
+artifact records for profiles. The schedule stage (``tide.compiler.schedule``) picks each
 target's rule by ``tide.kernel``; a rule may rebuild the kernel from its parameters (a variant the
 target implements itself, with the same signature and contract).
 """

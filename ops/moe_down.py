@@ -19,17 +19,22 @@ import numpy as np
 LAYOUTS = ("panel", "rows")
 
 
-def col_block(dim: int, layout: str = "panel") -> int:
-    """NB: output columns per tile task (the CPU register tile); rows layout: a few dot products."""
+def col_block(dim: int, layout: str = "panel", nb: int = 0) -> int:
+    """NB: output columns per tile task (the CPU register tile): ``nb`` when the target chose one
+    (it must divide D), else a default; rows layout: a few dot products."""
+    if nb:
+        if dim % nb:
+            raise ValueError(f"moe_down: column block {nb} does not divide D = {dim}")
+        return nb
     for nb in ((64, 32, 16) if layout == "panel" else (8, 4, 2)):
         if dim % nb == 0:
             return nb
     return dim if layout == "panel" else 1
 
 
-def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
+def weight_shape(experts: int, dim: int, inter: int, layout: str, nb: int = 0) -> tuple:
     if layout == "panel":
-        nb = col_block(dim)
+        nb = col_block(dim, layout, nb)
         return (experts, dim // nb, inter, nb)
     if layout == "rows":
         return (experts, dim, inter)
@@ -37,11 +42,11 @@ def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
 
 
 def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
-              name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32"):
+              name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32", nb: int = 0):
     from tvm.script import tirx as T
 
-    wshape = weight_shape(experts, dim, inter, layout)
-    nb = col_block(dim, layout)
+    wshape = weight_shape(experts, dim, inter, layout, nb)
+    nb = col_block(dim, layout, nb)
     db = dim // nb
     rows = max_tiles * block_rows
 
@@ -75,17 +80,17 @@ def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: in
     return func
 
 
-def pack(down: np.ndarray, layout: str = "panel") -> np.ndarray:
+def pack(down: np.ndarray, layout: str = "panel", nb: int = 0) -> np.ndarray:
     """``[E, D, F]`` -> the kernel's layout (``"rows"``: unchanged)."""
     if layout == "rows":
         return down
     e, d, f = down.shape
-    weight_shape(e, d, f, layout)
-    nb = col_block(d)
+    weight_shape(e, d, f, layout, nb)
+    nb = col_block(d, layout, nb)
     return np.ascontiguousarray(down.reshape(e, d // nb, nb, f).transpose(0, 1, 3, 2))
 
 
-def relax_pack(bb, down, layout: str = "panel"):
+def relax_pack(bb, down, layout: str = "panel", nb: int = 0):
     """The same packing as Relax ops on ``down``; folded at compile time, so only for
     constants (the targets choose "rows" for parameters)."""
     from tvm import relax
@@ -93,7 +98,7 @@ def relax_pack(bb, down, layout: str = "panel"):
     if layout == "rows":
         return down
     e, d, f = (int(v) for v in down.ty.shape)
-    nb = col_block(d)
+    nb = col_block(d, layout, nb)
     split = bb.emit(relax.op.reshape(down, (e, d // nb, nb, f)))
     return bb.emit(relax.op.permute_dims(split, [0, 1, 3, 2]))
 

@@ -79,11 +79,12 @@ WEIGHT_DTYPES = ("float32", "bfloat16")
 
 def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
             tag: str = "", layout: str = "panel", weight_dtype: str = "float32", tile_rows: int | None = None,
-            variant: str = ""):
+            variant: str = "", col_blocks: tuple[int, int] = (0, 0)):
     """The chain's four kernels (unscheduled, tagged with their identity) as (name, PrimFunc) pairs,
     with the tiling: ``(pairs, tile_rows, max_tiles, rows)``. ``tile_rows`` defaults to the regime's
     (``block_rows``); ``variant`` names GEMMs a target implements itself (e.g. CUDA's tensor-core
-    ``"mma_bf16"``, which its rule builds from the GEMMs' parameters)."""
+    ``"mma_bf16"``, which its rule builds from the GEMMs' parameters); ``col_blocks`` are the panel
+    layouts' column blocks of gate/up and down (0: the kernels' defaults)."""
     br = tile_rows or block_rows(tokens, top_k, experts)
     max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
     shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
@@ -92,16 +93,18 @@ def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: 
              f"tide_moe_combine_{shape}_b{br}"]
     gemm = {"experts": experts, "dim": dim, "inter": inter, "max_tiles": max_tiles, "tile_rows": br,
             "layout": layout, "variant": variant}
+    gate_up_nb, down_nb = col_blocks
     funcs = [
         kernel.tag(moe_permute.prim_func(tokens, top_k, experts, br, index_dtype, name=names[0]), "moe_permute",
-                   tokens=tokens, top_k=top_k, experts=experts, tile_rows=br),
+                   tokens=tokens, top_k=top_k, experts=experts, tile_rows=br, **moe_permute.cost(tokens, top_k, experts, br)),
         kernel.tag(moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1],
-                                         layout=layout, weight_dtype=weight_dtype), "moe_gate_up",
-                   tokens=tokens, limit=limit, **gemm),
+                                         layout=layout, weight_dtype=weight_dtype, nb=gate_up_nb), "moe_gate_up",
+                   tokens=tokens, limit=limit, **moe_gate_up.cost(rows, min(experts, tokens * top_k), dim, inter), **gemm),
         kernel.tag(moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
-                                      weight_dtype=weight_dtype), "moe_down", **gemm),
+                                      weight_dtype=weight_dtype, nb=down_nb), "moe_down",
+                   **moe_down.cost(rows, min(experts, tokens * top_k), dim, inter), **gemm),
         kernel.tag(prim_func(tokens, top_k, dim, rows, name=names[3]), "moe_combine", tokens=tokens, top_k=top_k,
-                   dim=dim)]
+                   dim=dim, **cost(tokens, top_k, dim))]
     return list(zip(names, funcs)), br, max_tiles, rows
 
 
@@ -137,9 +140,10 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     cfg = choose("moe_gemm", block_rows=block_rows(tokens, top_k, experts), weight_dtype=weight_dtype, dim=dim,
                  inter=inter, constant=constant)
     layout, variant = cfg.get("layout", "rows"), cfg.get("variant", "")
+    nbs = (int(cfg.get("gate_up_block", 0)), int(cfg.get("down_block", 0)))
     funcs, br, max_tiles, rows = kernels(tokens, top_k, experts, dim, inter, limit, str(indices.ty.dtype),
                                          layout=layout, weight_dtype=weight_dtype, tile_rows=cfg.get("block_rows"),
-                                         variant=variant)
+                                         variant=variant, col_blocks=nbs)
     gvs = [bb.add_func(f, n) for n, f in funcs]
     served = (f"tide.MoEExperts [T {tokens}, k {top_k}, E {experts}, D {dim}, F {inter}, {br}-row tiles, "
               f"{weight_dtype} {layout} weights{f', {variant}' if variant else ''}]")
@@ -150,8 +154,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
         relax.TensorType((max_tiles,), "int32"), relax.TensorType((1,), "int32"),
         relax.TensorType((tokens, top_k), "int32")]))
     row_token, row_weight, tile_expert, num_tiles, slot = (bb.emit(relax.TupleGetItem(perm, i)) for i in range(5))
-    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up, layout), row_token, row_weight,
+    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up, layout, nbs[0]), row_token, row_weight,
                                         tile_expert, num_tiles], out_ty=relax.TensorType((rows, inter), "float32")))
-    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down, layout), tile_expert, num_tiles],
+    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down, layout, nbs[1]), tile_expert, num_tiles],
                                out_ty=relax.TensorType((rows, dim), "float32")))
     return relax.call_tir(gvs[3], [o, slot], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -34,18 +34,23 @@ import numpy as np
 LAYOUTS = ("panel", "rows")
 
 
-def col_block(inter: int, layout: str = "panel") -> int:
-    """NB: columns of h per tile task (the CPU register tile is 2 NB wide: gate and up). Rows
-    layout: a few columns, each a vectorized dot product along D."""
+def col_block(inter: int, layout: str = "panel", nb: int = 0) -> int:
+    """NB: columns of h per tile task (the CPU register tile is 2 NB wide: gate and up): ``nb``
+    when the target chose one (it must divide F), else a default. Rows layout: a few columns, each
+    a vectorized dot product along D."""
+    if nb:
+        if inter % nb:
+            raise ValueError(f"moe_gate_up: column block {nb} does not divide F = {inter}")
+        return nb
     for nb in ((32, 16) if layout == "panel" else (4, 2)):
         if inter % nb == 0:
             return nb
     return inter if layout == "panel" else 1
 
 
-def weight_shape(experts: int, dim: int, inter: int, layout: str) -> tuple:
+def weight_shape(experts: int, dim: int, inter: int, layout: str, nb: int = 0) -> tuple:
     if layout == "panel":
-        nb = col_block(inter)
+        nb = col_block(inter, layout, nb)
         return (experts, inter // nb, dim, 2, nb)
     if layout == "rows":
         return (experts, 2 * inter, dim)
@@ -61,11 +66,12 @@ def swiglu(weight, g, u, limit):
 
 
 def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
-              limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32"):
+              limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32",
+              nb: int = 0):
     from tvm.script import tirx as T
 
-    wshape = weight_shape(experts, dim, inter, layout)
-    nb = col_block(inter, layout)
+    wshape = weight_shape(experts, dim, inter, layout, nb)
+    nb = col_block(inter, layout, nb)
     fb = inter // nb
     rows = max_tiles * block_rows
     lim = T.float32(float(limit))
@@ -102,17 +108,17 @@ def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, b
     return func
 
 
-def pack(gate_up: np.ndarray, layout: str = "panel") -> np.ndarray:
+def pack(gate_up: np.ndarray, layout: str = "panel", nb: int = 0) -> np.ndarray:
     """``[E, 2F, D]`` -> the kernel's layout (``"rows"``: unchanged)."""
     if layout == "rows":
         return gate_up
     e, f2, d = gate_up.shape
-    weight_shape(e, d, f2 // 2, layout)
-    nb = col_block(f2 // 2)
+    weight_shape(e, d, f2 // 2, layout, nb)
+    nb = col_block(f2 // 2, layout, nb)
     return np.ascontiguousarray(gate_up.reshape(e, 2, f2 // 2 // nb, nb, d).transpose(0, 2, 4, 1, 3))
 
 
-def relax_pack(bb, gate_up, layout: str = "panel"):
+def relax_pack(bb, gate_up, layout: str = "panel", nb: int = 0):
     """The same packing as Relax ops on ``gate_up``; folded at compile time, so only for
     constants (the targets choose "rows" for parameters)."""
     from tvm import relax
@@ -120,7 +126,7 @@ def relax_pack(bb, gate_up, layout: str = "panel"):
     if layout == "rows":
         return gate_up
     e, f2, d = (int(v) for v in gate_up.ty.shape)
-    nb = col_block(f2 // 2)
+    nb = col_block(f2 // 2, layout, nb)
     split = bb.emit(relax.op.reshape(gate_up, (e, 2, f2 // 2 // nb, nb, d)))
     return bb.emit(relax.op.permute_dims(split, [0, 2, 4, 1, 3]))
 

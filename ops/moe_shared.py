@@ -36,9 +36,9 @@ def tiles(tokens: int, tile_rows: int) -> dict:
 
 
 def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "panel", weight_dtype: str = "float32",
-            tile_rows: int | None = None, variant: str = ""):
+            tile_rows: int | None = None, variant: str = "", col_blocks: tuple[int, int] = (0, 0)):
     """(name, PrimFunc) of gate/up, down and combine for this shape (unscheduled, tagged with their
-    identity; ``variant`` as in ``moe_experts.kernels``)."""
+    identity; ``variant`` and ``col_blocks`` as in ``moe_experts.kernels``)."""
     br = tile_rows or block_rows(tokens)
     count = -(-tokens // br)
     shape = f"t{tokens}d{dim}f{inter}"
@@ -47,20 +47,24 @@ def kernels(tokens: int, dim: int, inter: int, limit: float, layout: str = "pane
              f"tide_shared_rows_{shape}_b{br}"]
     gemm = {"experts": 1, "dim": dim, "inter": inter, "max_tiles": count, "tile_rows": br, "layout": layout,
             "variant": variant}
+    rows = count * br
     funcs = [
         kernel.tag(moe_gate_up.prim_func(tokens, dim, 1, inter, count, br, limit, name=names[0], layout=layout,
-                                         weight_dtype=weight_dtype), "moe_gate_up", tokens=tokens, limit=limit, **gemm),
+                                         weight_dtype=weight_dtype, nb=col_blocks[0]), "moe_gate_up", tokens=tokens, limit=limit,
+                   **moe_gate_up.cost(rows, 1, dim, inter), **gemm),
         kernel.tag(moe_down.prim_func(dim, 1, inter, count, br, name=names[1], layout=layout,
-                                      weight_dtype=weight_dtype), "moe_down", **gemm),
-        kernel.tag(moe_experts.prim_func(tokens, 1, dim, count * br, name=names[2]), "moe_combine", tokens=tokens,
-                   top_k=1, dim=dim)]
+                                      weight_dtype=weight_dtype, nb=col_blocks[1]), "moe_down",
+                   **moe_down.cost(rows, 1, dim, inter), **gemm),
+        kernel.tag(moe_experts.prim_func(tokens, 1, dim, rows, name=names[2]), "moe_combine", tokens=tokens,
+                   top_k=1, dim=dim, **moe_experts.cost(tokens, 1, dim))]
     return list(zip(names, funcs))
 
 
-def pack(gate_weight: np.ndarray, up_weight: np.ndarray, down_weight: np.ndarray, layout: str = "panel"):
+def pack(gate_weight: np.ndarray, up_weight: np.ndarray, down_weight: np.ndarray, layout: str = "panel",
+         col_blocks: tuple[int, int] = (0, 0)):
     """The kernels' weight layouts from ``[F, D], [F, D], [D, F]``."""
-    return (moe_gate_up.pack(np.concatenate([gate_weight, up_weight])[None], layout),
-            moe_down.pack(down_weight[None], layout))
+    return (moe_gate_up.pack(np.concatenate([gate_weight, up_weight])[None], layout, col_blocks[0]),
+            moe_down.pack(down_weight[None], layout, col_blocks[1]))
 
 
 def reference(x, gate_weight, up_weight, down_weight, limit):
@@ -92,7 +96,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
                  constant=constant)
     layout, variant = cfg.get("layout", "rows"), cfg.get("variant", "")
     br = cfg.get("block_rows", block_rows(tokens))
-    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype, br, variant)
+    nbs = (int(cfg.get("gate_up_block", 0)), int(cfg.get("down_block", 0)))
+    funcs = kernels(tokens, dim, inter, limit, layout, weight_dtype, br, variant, nbs)
     gvs = [bb.add_func(f, n) for n, f in funcs]
     for (n, _), what in zip(funcs, ("gate/up GEMM + SwiGLU", "down GEMM", "rows out")):
         report.add(n, f"tide.SharedExpert [T {tokens}, D {dim}, F {inter}, {weight_dtype} {layout} weights]: {what}")
@@ -101,10 +106,10 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     sched = {k: relax.const(v) for k, v in fixed.items()}
     gate_up = bb.emit(relax.op.expand_dims(relax.op.concat([gate_weight, up_weight], axis=0), 0))
     down = bb.emit(relax.op.expand_dims(down_weight, 0))
-    h = bb.emit(relax.call_tir(gvs[0], [x, moe_gate_up.relax_pack(bb, gate_up, layout), sched["row_token"],
+    h = bb.emit(relax.call_tir(gvs[0], [x, moe_gate_up.relax_pack(bb, gate_up, layout, nbs[0]), sched["row_token"],
                                         sched["row_weight"], sched["tile_expert"], sched["num_tiles"]],
                                out_ty=relax.TensorType((rows, inter), "float32")))
-    o = bb.emit(relax.call_tir(gvs[1], [h, moe_down.relax_pack(bb, down, layout), sched["tile_expert"],
+    o = bb.emit(relax.call_tir(gvs[1], [h, moe_down.relax_pack(bb, down, layout, nbs[1]), sched["tile_expert"],
                                         sched["num_tiles"]],
                                out_ty=relax.TensorType((rows, dim), "float32")))
     return relax.call_tir(gvs[2], [o, sched["slot"]], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -100,6 +100,7 @@ def emit(bb, norm, cos, sin, shape, rope_dim: int, groups: int, inverse: bool, c
     row_kind = choose("rope", rows=rows, dim=dim).get("row_kind", "serial")
     func = prim_func(rows, dim, rope_dim, groups, norm.epsilon, inverse, dtype, name, row_kind, shape[:-1])
     gv = kernel.add(bb, func, name, "qnorm_rope", rows=rows, dim=dim, rope_dim=rope_dim, groups=groups,
+                    **cost(rows, dim, rope_dim, groups),
                     inverse=inverse, epsilon=norm.epsilon)
     report.add(name, f"tide.RMSNorm + tide.RoPE fused [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
     return relax.call_tir(gv, [norm.x, norm.weight, cos, sin], out_ty=relax.TensorType(shape, dtype))

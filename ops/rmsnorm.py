@@ -49,7 +49,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     rows, dim = math.prod(shape[:-1]), shape[-1]
     epsilon = float(attrs.get("epsilon", 1e-6))
     name = f"tide_rmsnorm_{rows}x{dim}"
-    gv = kernel.add(bb, prim_func(rows, dim, epsilon, dtype), name, "rmsnorm", rows=rows, dim=dim, epsilon=epsilon)
+    gv = kernel.add(bb, prim_func(rows, dim, epsilon, dtype), name, "rmsnorm", rows=rows, dim=dim, epsilon=epsilon,
+                    **cost(rows, dim))
     report.add(name, f"tide.RMSNorm [{rows} x {dim}]")
     flat = bb.emit(relax.op.reshape(x, (rows, dim)))
     out = bb.emit(relax.call_tir(gv, [flat, weight], out_ty=relax.TensorType((rows, dim), dtype)))

@@ -240,7 +240,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report, norms=None):
     name = f"tide_rope_{'x'.join(map(str, shape))}_r{rope_dim}_g{groups}{'_inv' if inverse else ''}"
     row_kind = choose("rope", rows=rows, dim=dim).get("row_kind", "serial")
     func = prim_func(rows, dim, rope_dim, groups, inverse, dtype, name, row_kind, shape[:-1])
-    gv = kernel.add(bb, func, name, "rope", rows=rows, dim=dim, rope_dim=rope_dim, groups=groups, inverse=inverse)
+    gv = kernel.add(bb, func, name, "rope", rows=rows, dim=dim, rope_dim=rope_dim, groups=groups, inverse=inverse,
+                    **cost(rows, dim, rope_dim, groups))
     what = "inverse RoPE (Neg(sin) folded)" if inverse else "RoPE"
     report.add(name, f"tide.RoPE: {what} [{rows} x {dim}, rope_dim {rope_dim}, {groups} cos/sin rows]")
     return relax.call_tir(gv, [x, cos_t, sin_t], out_ty=relax.TensorType(shape, dtype))

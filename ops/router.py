@@ -91,7 +91,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
         raise ValueError("tide.MoERouter kernels take float32 activations and weights")
     select_name = f"tide_router_select_t{tokens}e{experts}k{top_k}"
     select_gv = kernel.add(bb, prim_func(tokens, experts, top_k, scale, name=select_name), select_name,
-                           "router_select", tokens=tokens, experts=experts, top_k=top_k)
+                           "router_select", tokens=tokens, experts=experts, top_k=top_k,
+                           **cost(tokens, experts, top_k))
     report.add(select_name, f"tide.MoERouter [T {tokens}, E {experts}, k {top_k}]: top-k of scores + bias, weights")
     scores = router_scores.relax_emit(bb, x, weight, report)
     out = bb.emit(relax.call_tir(select_gv, [scores, bias], out_ty=[

@@ -81,7 +81,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
         raise ValueError("tide.HashMoERouter kernels take float32 activations and weights")
     hash_name = f"tide_router_hash_t{tokens}e{experts}k{top_k}v{vocab}"
     func = prim_func(tokens, experts, top_k, vocab, scale, str(tid2eid.ty.dtype), str(input_ids.ty.dtype), hash_name)
-    hash_gv = kernel.add(bb, func, hash_name, "router_hash", tokens=tokens, experts=experts, top_k=top_k)
+    hash_gv = kernel.add(bb, func, hash_name, "router_hash", tokens=tokens, experts=experts, top_k=top_k,
+                         **cost(tokens, top_k))
     report.add(hash_name, f"tide.HashMoERouter [T {tokens}, k {top_k}]: tid2eid gather, weights")
     scores = router_scores.relax_emit(bb, x, weight, report)
     ids = bb.emit(relax.op.reshape(input_ids, (tokens,)))

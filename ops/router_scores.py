@@ -41,7 +41,7 @@ def relax_emit(bb, x, weight, report):
     experts = int(weight.ty.shape[0])
     name = f"tide_router_scores_t{tokens}d{dim}e{experts}"
     gv = kernel.add(bb, prim_func(tokens, dim, experts, name), name, "router_scores", tokens=tokens, dim=dim,
-                    experts=experts)
+                    experts=experts, **cost(tokens, dim, experts))
     report.add(name, f"router scores sqrt(softplus(x W^T)) [T {tokens}, D {dim}, E {experts}]")
     wt = bb.emit(relax.op.permute_dims(weight, [1, 0]))
     return bb.emit(relax.call_tir(gv, [x, wt], out_ty=relax.TensorType((tokens, experts), "float32")))

@@ -313,7 +313,7 @@ def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
     name = f"tide_sink_attention_b{B}s{S}h{H}d{D}n{N}" + (f"_{variant}" if variant else "")
     func = prim_func(B, S, H, D, N, scale, name=name, **cfg)
     gv = kernel.add(bb, func, name, "sink_attention", batch=B, seq=S, heads=H, head_dim=D, n_kv=N, scale=scale,
-                    variant=variant)
+                    variant=variant, **cost(B, S, H, D, N))
     report.add(name, f"tide.SinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared entries]")
     return relax.call_tir(gv, [q, kv, kv_bias, sinks], out_ty=relax.TensorType((B, S, H, D), "float32"))
 

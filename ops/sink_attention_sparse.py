@@ -86,7 +86,8 @@ def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
     name = f"tide_sparse_sink_attention_b{B}s{S}h{H}d{D}n{N}k{K}c{C}e{E}r{ratio}" + (f"_{variant}" if variant else "")
     func = prim_func(B, S, H, D, N, K, C, E, ratio, scale, name=name, **cfg)
     gv = kernel.add(bb, func, name, "sink_attention_sparse", batch=B, seq=S, heads=H, head_dim=D, n_kv=N,
-                    scale=scale, top_k=K, cache_rows=C, new_rows=E, ratio=ratio, variant=variant)
+                    scale=scale, top_k=K, cache_rows=C, new_rows=E, ratio=ratio, variant=variant,
+                    **cost(B, S, H, D, N, K))
     report.add(name, f"tide.SparseSinkAttention [B={B} S={S} H={H} Dh={D}, {N} shared + top-{K} of {C}]")
     args = [q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks]
     return relax.call_tir(gv, args, out_ty=relax.TensorType((B, S, H, D), "float32"))

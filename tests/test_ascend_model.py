@@ -60,7 +60,8 @@ def compiled(request, tiny):
     codegen.build = capture
     try:
         art = str(tmp / f"tiny-{soc}.tide")
-        compile_model(onnx_path, art, CompileOptions(target="ascend", arch=soc, prefill_chunks=(16,), progress=False))
+        compile_model(onnx_path, art, CompileOptions(target="ascend", arch=soc, prefill_chunks=(16,), all_logits=True,
+                                                     progress=False))
     finally:
         codegen.build = original
     return soc, art, kernels

@@ -340,9 +340,12 @@ def test_lightning_indexer_matches_transformers(case):
 
 @pytest.mark.parametrize("batch,seq,heads", [(1, 1, 16), (2, 1, 16), (1, 3, 16), (2, 8, 16), (2, 8, 24)])
 def test_lightning_indexer_cpu_projections(batch, seq, heads):
-    """CPU prefill (seq > 1) runs each projection through tide.ops.compressor_proj (token counts on
-    and off its 4-row tile); decode (even of two rows), and an output width that is no multiple of
-    16 (24 heads: the head weights), keep the generic GEMM. The picks match the float64 reference."""
+    """The q and head-weight projections are plain linears that kernel substitution gives to
+    tide.ops.linear on packed views of the weights (decode and prefill; 24 heads: one-vector
+    panels); the picks match the float64 reference."""
+    from tide.compiler.substitute import cpu_features, substitute
+    from tide.targets.cpu.linear import choose_linear
+
     rng = np.random.default_rng(batch * 1000 + seq * 100 + heads)
     B, Di, rd, K, C, ratio, q_lora, hidden = batch, 32, 16, 6, 33, 4, 48, 64
     start = np.array([90, 13][:B], np.int64)
@@ -356,14 +359,18 @@ def test_lightning_indexer_cpu_projections(batch, seq, heads):
     report = SubstitutionReport()
     with bb.function("main", params):
         bb.emit_func_output(bb.emit(indexer.relax_convert(bb, params, attrs, choose=get("cpu").choose, report=report)))
-    names = sorted(n for n in report.kernels if n.startswith("tide_indexer_proj_"))
+    weights = {"in7": arrays[7], "in8": arrays[8]}  # main's trailing parameters, as weights enter Relax
+    mod = substitute(bb.get(), get("cpu"), {}, report, _target(), weights)
     tokens = B * seq
-    want_names = sorted(f"tide_indexer_proj_{tokens}x{dim}x{width}"
-                        for dim, width in ((q_lora, heads * Di), (hidden, heads)) if seq > 1 and width % 16 == 0)
-    assert names == want_names
-    ex = tvm.compile(_cpu_scheduled(bb.get()), target=_target())
+    panel = {w: choose_linear(rows=tokens, cols=w, features=cpu_features(_target()))["panel"]
+             for w in (heads * Di, heads)}
+    assert sorted(n for n in report.kernels if n.startswith("tide_linear_")) == sorted(
+        f"tide_linear_{tokens}x{dim}x{width}_p{panel[width]}" for dim, width in ((q_lora, heads * Di), (hidden, heads)))
+    assert list(weights) == [f"in7.T.panel{panel[heads * Di]}", f"in8.T.panel{panel[heads]}"]
+    ex = tvm.compile(_cpu_scheduled(mod), target=_target())
+    inputs = arrays[:7] + [np.ascontiguousarray(w) for w in weights.values()]
     got_idx, got_valid = (o.numpy() for o in relax.VirtualMachine(ex, tvm.cpu())["main"](
-        *[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays]))
+        *[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs]))
     want_idx, want_valid = _indexer_reference(arrays, attrs)
     np.testing.assert_array_equal(got_idx, want_idx)
     np.testing.assert_array_equal(got_valid, want_valid)

@@ -1,17 +1,15 @@
 """Parts of the compressor on the CPU, element by element against float64: its vectorizable exp
-(``tide.ops.compressor.exp_lets``) over its whole input range, and its projection GEMM
-(``tide.ops.compressor_proj``) at V4-Flash widths with row counts on and off the 4-row tile."""
+(``tide.ops.compressor.exp_lets``) over its whole input range. (Its projections are
+``tide.ops.linear``s: tests/test_linear.py.)"""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tvm
 from tvm.script import tirx as T
 
-from tide.ops import compressor, compressor_proj
+from tide.ops import compressor
 from tide.targets import get
-from tide.targets.cpu import attention as cpu_attention
 
 
 def test_exp_lets_is_accurate_over_its_range():
@@ -41,15 +39,3 @@ def test_exp_lets_is_accurate_over_its_range():
     ex["main"](tvm.runtime.tensor(np.where(np.arange(n) % 2 == 0, -1000.0, 5.0).astype(np.float32)), out2)
     np.testing.assert_allclose(out2.numpy()[0::2], np.exp(-87.0), rtol=1e-6)
     np.testing.assert_array_equal(out2.numpy()[1::2], 1.0)
-
-
-@pytest.mark.parametrize("rows, dim, out", [(8, 4096, 1024), (3, 512, 1024), (5, 64, 48)])
-def test_projection_gemm_matches_reference(rows, dim, out):
-    func = cpu_attention.schedule_compressor_proj(compressor_proj.prim_func(rows, dim, out, "main"))
-    ex = tvm.compile(tvm.IRModule({"main": func}), target=get("cpu").tvm_target())
-    rng = np.random.default_rng(rows * 7 + out)
-    x = rng.standard_normal((rows, dim)).astype(np.float32)
-    w = (rng.standard_normal((out, dim)) * dim ** -0.5).astype(np.float32)
-    y = tvm.runtime.tensor(np.full((rows, out), np.nan, np.float32))
-    ex["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(np.ascontiguousarray(w.T)), y)
-    np.testing.assert_allclose(y.numpy(), compressor_proj.reference(x, w), rtol=0, atol=2e-5)

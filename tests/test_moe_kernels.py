@@ -114,13 +114,15 @@ def _expert_weights(rng, experts, dim, inter, limit):
     return gate_up.astype(np.float32), down
 
 
-def _run_experts(x, weights, indices, gate_up, down, limit, packed=None, layout="panel"):
+def _run_experts(x, weights, indices, gate_up, down, limit, packed=None, layout="panel", tile_rows=None,
+                 col_blocks=(0, 0)):
     tokens, dim = x.shape
     top_k, experts, inter = indices.shape[1], gate_up.shape[0], gate_up.shape[1] // 2
     funcs, _, max_tiles, rows = moe_experts.kernels(tokens, top_k, experts, dim, inter, limit, layout=layout,
-                                                    weight_dtype=str(gate_up.dtype))
+                                                    weight_dtype=str(gate_up.dtype), tile_rows=tile_rows,
+                                                    col_blocks=col_blocks)
     fns = [f for f in _build(dict(funcs)).values()]
-    packed = packed or (moe_gate_up.pack(gate_up, layout), moe_down.pack(down, layout))
+    packed = packed or (moe_gate_up.pack(gate_up, layout, col_blocks[0]), moe_down.pack(down, layout, col_blocks[1]))
     perm = [_tensor(np.zeros(s, d)) for s, d in [((rows,), np.int32), ((rows,), np.float32),
                                                   ((max_tiles,), np.int32), ((1,), np.int32),
                                                   ((tokens, top_k), np.int32)]]
@@ -142,13 +144,14 @@ def _transformers_experts(x, weights, indices, gate_up, down, limit):
         return module(torch.from_numpy(x), torch.from_numpy(indices), torch.from_numpy(weights)).numpy()
 
 
-def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=2e-5, layout="panel"):
+def _check_experts(x, weights, indices, gate_up, down, limit, packed=None, rtol=2e-5, layout="panel",
+                   tile_rows=None, col_blocks=(0, 0)):
     """The chain against float64 references (per kernel and whole) and transformers; bfloat16
     weights are compared with the references computed on the same rounded weights in float64."""
     got, (row_token, row_weight, tile_expert, num_tiles, _), h, o = _run_experts(
-        x, weights, indices, gate_up, down, limit, packed, layout)
+        x, weights, indices, gate_up, down, limit, packed, layout, tile_rows, col_blocks)
     gate_up, down = gate_up.astype(np.float32), down.astype(np.float32)  # bfloat16 values exactly
-    block = moe_experts.block_rows(*indices.shape, gate_up.shape[0])
+    block = tile_rows or moe_experts.block_rows(*indices.shape, gate_up.shape[0])
     used = int(num_tiles[0]) * block
     h_ref = moe_gate_up.reference(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit, block)
     np.testing.assert_allclose(h[:used], h_ref[:used], rtol=rtol, atol=rtol * np.abs(h_ref).max())
@@ -179,6 +182,31 @@ def test_routed_experts(tokens, top_k, experts, dim, inter, kind):
     weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
     gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
     h = _check_experts(x, weights, indices, gate_up, down, limit)
+    assert (h != 0).any()
+
+
+@pytest.mark.parametrize("tokens,top_k,experts,dim,inter", [(1, 4, 16, 128, 64), (7, 3, 8, 64, 32),
+                                                             (32, 6, 8, 128, 64)])
+def test_routed_experts_with_the_cpu_choice(tokens, top_k, experts, dim, inter):
+    """The CPU target's choice for this machine (panel column blocks sized to its vectors, 6-row
+    prefill tiles) against the references: the packing and the kernels agree on the blocks."""
+    import tvm
+
+    from tide.compiler.substitute import cpu_features
+    from tide.targets.cpu.moe import choose_moe_gemm
+
+    host = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()})
+    cfg = choose_moe_gemm(constant=True, block_rows=moe_experts.block_rows(tokens, top_k, experts),
+                          features=cpu_features(host))
+    assert cfg["layout"] == "panel" and cfg["block_rows"] == (1 if tokens * top_k <= experts else 6)
+    rng = np.random.default_rng(tokens + dim)
+    limit = 1.5
+    x = rng.standard_normal((tokens, dim), dtype=np.float32)
+    indices = _routing("random", rng, tokens, top_k, experts)
+    weights = (rng.random((tokens, top_k)) + 0.1).astype(np.float32)
+    gate_up, down = _expert_weights(rng, experts, dim, inter, limit)
+    h = _check_experts(x, weights, indices, gate_up, down, limit, tile_rows=cfg["block_rows"],
+                       col_blocks=(cfg["gate_up_block"], cfg["down_block"]))
     assert (h != 0).any()
 
 

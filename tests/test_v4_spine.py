@@ -3,6 +3,7 @@ runtime, checked against transformers' DeepseekV4ForCausalLM on the same checkpo
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -12,8 +13,10 @@ import torch
 from transformers import DeepseekV4ForCausalLM
 
 import tide
+from tide.compiler.artifact import read_artifact
 from tide.compiler.driver import CompileOptions, compile_model
 from tide.compiler.export import export
+from tide.runtime import TideError
 
 NEW_TOKENS = 33
 # Teacher-forced logits: float32 on both sides, but different GEMM blocking and reduction orders
@@ -30,7 +33,7 @@ def tiny(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(f"tiny_b{batch}")
     onnx_path, ckpt, art = str(tmp / "tiny.onnx"), str(tmp / "ckpt"), str(tmp / "tiny.tide")
     export("tiny", onnx_path, seed=0, batch=batch, save_checkpoint=ckpt)
-    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(16,), progress=False))
+    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(16,), all_logits=True, progress=False))
     ref = DeepseekV4ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     return batch, tide.load(art), ref
 
@@ -84,6 +87,42 @@ def test_chunked_prefill_equals_single_prefill(tiny):
                                atol=LOGIT_TOL * float(np.abs(whole).max()))
 
 
+def test_prefill_computes_only_the_last_positions_logits_by_default(tiny):
+    """Compiled without ``all_logits`` (the default), a prefill chunk projects only its last position
+    onto the vocabulary (the lm_head linear runs on ``batch`` rows, not ``batch x 16``), and a
+    session's prefill returns the same next-token logits as the every-position artifact."""
+    import os
+
+    batch, model, ref = tiny
+    art = model.path.replace(".tide", "-last.tide")
+    compile_model(os.path.join(os.path.dirname(model.path), "tiny.onnx"), art,
+                  CompileOptions(target="cpu", prefill_chunks=(16,), progress=False))
+    last = tide.load(art)
+    vocab, hidden = int(model.metadata["vocab"]), ref.config.hidden_size
+    assert last.metadata["prefill_logits"] == "last" and model.metadata["prefill_logits"] == "all"
+
+    def prefill_kernels(path):
+        entry = next(e for e in read_artifact(path).plan.entries if e.name == "prefill_16")
+        logits = entry.buffers[next(o.buffer for o in entry.outputs if o.name == "logits")]
+        return tuple(logits.shape), {c.kernel for c in entry.calls}
+
+    shape_all, calls_all = prefill_kernels(model.path)
+    shape_last, calls_last = prefill_kernels(art)
+    assert shape_all == (batch, 16, vocab) and shape_last == (batch, 1, vocab)
+    head = f"tide_linear_{{}}x{hidden}x{vocab}_"
+    assert [k for k in calls_all - calls_last if k.startswith(head.format(16 * batch))]
+    assert [k for k in calls_last if k.startswith(head.format(batch))]
+    assert not [k for k in calls_last if k.startswith(head.format(16 * batch))]
+    prompt = _prompt(model, batch, 37, seed=9)  # 16 + 16 + 5 by decode
+    every, only = model.session(), last.session()
+    for part in (prompt[:, :16], prompt[:, 16:35], prompt[:, 35:]):
+        want = every.prefill(part, all_logits=True)[:, -1]
+        np.testing.assert_allclose(only.prefill(part), want, rtol=0, atol=LOGIT_TOL * float(np.abs(want).max()))
+    with pytest.raises(TideError, match="--all-logits"):
+        only.prefill(prompt[:, :2], all_logits=True)
+    np.testing.assert_array_equal(only.position, np.full(batch, 37))  # the refused call consumed nothing
+
+
 def test_session_reset_and_capacity(tiny):
     batch, model, _ = tiny
     prompt = _prompt(model, batch, 8, seed=5)
@@ -111,6 +150,36 @@ def test_cli_run_generates(tiny):
     assert ids == want
 
 
+def test_session_profile_and_cli_profile(tiny, tmp_path):
+    """A profiled session: every decode call timed, each tide kernel with its own FLOPs and bytes
+    from the artifact (its cost counts), generic kernels with TVM's FLOP estimate; the profiled
+    tokens are the unprofiled ones; `tide run --profile-json` writes the same table for tools."""
+    batch, model, _ = tiny
+    prompt = _prompt(model, batch, 21, seed=8)
+    want = model.session().generate(prompt, 4)
+    session = model.session(profile=True)
+    np.testing.assert_array_equal(session.generate(prompt, 4), want)
+    profile = session.profile()
+    assert set(profile.entries()) == {"prefill_16", "decode"}
+    decode = [r for r in profile.rows if r.entry == "decode"]
+    assert all(r.runs == 8 for r in decode)  # 21 = 16 + 5 decode steps of the prompt, then 3 new tokens
+    costs = model.metadata["kernel_costs"]
+    plan = read_artifact(model.path).plan
+    assert sum(r.calls for r in decode) == len(next(e for e in plan.entries if e.name == "decode").calls)
+    attention = [r for r in decode if r.kernel.startswith("tide_sink_attention")]
+    assert attention and all(r.flops == r.calls * costs[r.kernel]["flops"] > 0 for r in attention)
+    assert all(r.serves.startswith("tide.SinkAttention") for r in attention)
+    matmuls = [r for r in decode if r.serves == "generic" and "matmul" in r.kernel]
+    assert matmuls and all(r.flops > 0 for r in matmuls)
+    out = tmp_path / "profile.json"
+    res = subprocess.run([sys.executable, "-m", "tide.cli", "run", model.path, "--prompt", "5 17 3 99", "-n", "4",
+                          "--profile", "--profile-json", str(out)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "entry decode:" in res.stdout and "%roof" in res.stdout and "tide.SinkAttention" in res.stdout
+    doc = json.loads(out.read_text())
+    assert doc["roof"]["flops"] > 0 and doc["entries"]["decode"]["runs"] == 4 + 3  # the 4-token prompt, 3 steps
+
+
 @pytest.mark.heavy
 def test_flash_2layer_generates_transformers_tokens(tmp_path):
     """Real V4-Flash attention dims (4096 hidden, 64 x 512 heads, CSA + HCA) with vocab and experts
@@ -132,7 +201,8 @@ def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch
     """Weights above onnx_import.PARAMETER_MIN_BYTES enter Relax as parameters bound to the
     memory-mapped arrays (how multi-GB models compile without copies); lowered to 64 KiB here so the
     tiny model's embedding, lm_head and expert weights take that path, the lm_head ``Gemm(transB=1)``
-    reading a compile-time transposed copy (no transpose at run time). Checked against onnxruntime."""
+    reading a panel-packed view of the stored array written out at compile time (no transpose or
+    copy at run time, no unpacked copy in the artifact). Checked against onnxruntime."""
     import onnxruntime as ort
 
     from tide.compiler import onnx_import
@@ -141,7 +211,7 @@ def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch
     monkeypatch.setattr(onnx_import, "FOLD_MAX_ELEMENTS", 1 << 14)
     onnx_path, art = str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.tide")
     export("tiny", onnx_path, seed=3)
-    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(8,), progress=False))
+    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(8,), all_logits=True, progress=False))
     model = tide.load(art)
     prompt = _prompt(model, 1, 8, seed=8)
     got = model.session().prefill(prompt, all_logits=True)
@@ -152,5 +222,8 @@ def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch
     plan = tide.compiler.artifact.read_artifact(art).plan
     weights = {w.name: w.shape for w in plan.weights}
     assert any(name.startswith("model.layers.") for name in weights)
-    head = "lm_head.weight.T" if "lm_head.weight.T" in weights else "model.embed_tokens.weight.T"
-    assert weights[head] == (128, 512) and "lm_head.weight" not in weights
+    heads = [n for n in weights if n.startswith(("lm_head.weight.T.panel", "model.embed_tokens.weight.T.panel"))]
+    assert len(heads) == 1, sorted(weights)
+    panel = int(heads[0].rsplit("panel", 1)[1])
+    assert weights[heads[0]] == (1, 512 // panel, 128, panel)
+    assert "lm_head.weight" not in weights and "lm_head.weight.T" not in weights

@@ -1,7 +1,8 @@
 """The CPU target (LLVM, ``tide compile --target cpu``): host code for this machine's CPU (or
 ``--mcpu``), run by the runtime's CPU backend on its thread pool.
 
-Schedules: ``attention`` (sink attention, indexer, compressor), ``moe`` (routers, experts), ``rope``
+Schedules: ``attention`` (sink attention, indexer, compressor), ``linear`` (model weights' matmuls on
+panel-packed weights), ``moe`` (routers, experts), ``rope``
 (RoPE, RMSNorm + RoPE) for tide's kernels, ``generic`` for the rest. Kernels the rows loop kind
 decides (top-k, state scatter) use the CPU thread pool: their definitions' default.
 """
@@ -9,14 +10,14 @@ decides (top-k, state scatter) use the CPU thread pool: their definitions' defau
 from __future__ import annotations
 
 from ..target import Target
-from . import attention, generic, moe, rope
+from . import attention, generic, linear, moe, rope
 
 
 class CpuTarget(Target):
     kind = "cpu"
     runtime = "cpu"
-    choices = {**attention.CHOICES, **moe.CHOICES, **rope.CHOICES}
-    rules = {**attention.RULES, **moe.RULES, **rope.RULES}
+    choices = {**attention.CHOICES, **linear.CHOICES, **moe.CHOICES, **rope.CHOICES}
+    rules = {**attention.RULES, **linear.RULES, **moe.RULES, **rope.RULES}
 
     def schedule_generic(self, func, tvm_target):
         return generic.schedule(func, tvm_target)

@@ -1,6 +1,6 @@
 """CPU schedules and choices of tide's hybrid-attention kernels: ``tide.ops.sink_attention`` (and
-its sparse variant), ``tide.ops.indexer``, ``tide.ops.compressor`` and its projection GEMM
-``tide.ops.compressor_proj``.
+its sparse variant), ``tide.ops.indexer`` and ``tide.ops.compressor`` (their projections are
+``tide.ops.linear``s).
 
 The outer (batch, query, head block, split) loop runs on the thread pool; inside, every stage is
 vectorized over 16 fp32 lanes: logits and index dots as ``[entries x heads]`` register tiles with
@@ -31,11 +31,6 @@ def choose_sink_attention(*, batch: int, seq: int, heads: int, entries: int, **_
 
 def choose_indexer(*, batch: int, seq: int, cache_rows: int, top_k: int, **_) -> dict:
     return indexer.blocking(batch, seq, cache_rows, top_k, ENTRY_BLOCK, PARALLELISM)
-
-
-def choose_compressor_proj(*, rows: int, dim: int, out: int, **_) -> dict:
-    """The blocked projection GEMM where its vector tiles fit the width (else the generic GEMM)."""
-    return {"kernel": compressor_projection_fits(rows, dim, out)}
 
 
 def _vectorize_last(sch, block, lanes: int = VECTOR) -> None:
@@ -162,45 +157,6 @@ def schedule_compressor(func, target=None):
     return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
-CPU_PROJ_ROWS, CPU_PROJ_COLS, CPU_PROJ_K = 4, 64, 256
-
-
-def compressor_projection_fits(rows: int, dim: int, out: int) -> bool:
-    """Whether ``schedule_compressor_proj`` tiles this GEMM (output columns in 16-lane vectors)."""
-    return out % VECTOR == 0 and dim > 0 and rows > 0
-
-
-def schedule_compressor_proj(func, target=None):
-    """CPU GEMM of ``tide.ops.compressor_proj``: column panels of 64 on the thread pool; inside, the
-    reduction in blocks of 256 outermost, then 4-row tiles, so the panel's 256 x 64 weight block is
-    read from cache by every tile; a 4 x 64 accumulator tile (4 x 4 vectors) per reduction step.
-    (The generic GEMM rule runs the whole reduction per tile: ~2.3x slower at 64 x 4096 x 1024.)"""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
-    block = sch.get_sblock("proj")
-    m, n, k = sch.get_loops(block)
-    rows, out, dim = (_extent(sch, l) for l in (m, n, k))
-    if not compressor_projection_fits(rows, dim, out):
-        raise ValueError(f"projection {rows} x {dim} x {out}: output width is no multiple of {VECTOR}")
-    row_tile = CPU_PROJ_ROWS if rows % CPU_PROJ_ROWS == 0 else 1
-    col_tile = CPU_PROJ_COLS if out % CPU_PROJ_COLS == 0 else VECTOR
-    k_block = CPU_PROJ_K if dim % CPU_PROJ_K == 0 else dim
-    m0, m1 = sch.split(m, factors=[None, row_tile])
-    n0, n1 = sch.split(n, factors=[None, col_tile])
-    n1a, n1v = sch.split(n1, factors=[None, VECTOR])
-    k0, k1 = sch.split(k, factors=[None, k_block])
-    sch.reorder(n0, k0, m0, k1, m1, n1a, n1v)
-    sch.parallel(n0)
-    sch.unroll(m1)
-    sch.unroll(n1a)
-    sch.vectorize(n1v)
-    sch.decompose_reduction(block, k0)
-    sch.vectorize(sch.get_loops(sch.get_sblock("proj_init"))[-1])
-    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
-
-
-CHOICES = {"sink_attention": choose_sink_attention, "indexer": choose_indexer,
-           "compressor_proj": choose_compressor_proj}
+CHOICES = {"sink_attention": choose_sink_attention, "indexer": choose_indexer}
 RULES = {"sink_attention": schedule_sink_attention, "sink_attention_sparse": schedule_sink_attention,
-         "indexer": schedule_indexer, "compressor": schedule_compressor, "compressor_proj": schedule_compressor_proj}
+         "indexer": schedule_indexer, "compressor": schedule_compressor}

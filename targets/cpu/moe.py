@@ -2,26 +2,34 @@
 
 The grouped GEMMs run one task per (column block, tile) on the thread pool, column-block major so
 that consecutive tasks of a thread reuse an expert's weight panel from cache; inside a task the
-reduction loop is outermost and a ``rows x 64`` accumulator tile (3 x 4 zmm for 3-row tiles) stays
-in registers: each step broadcasts one x value per row and loads 64 weights once for all rows.
-Epilogues and element-wise kernels are vectorized 16 wide.
+reduction loop is outermost and a ``rows x 2 vectors`` accumulator tile stays in registers: each
+step broadcasts one x value per row and loads two vectors of weights once for all rows. Epilogues
+and element-wise kernels are vectorized 16 wide.
 
 On K-contiguous "rows" weights (parameters) the tasks are a few columns wide and each dot product
 is split into 16 vector lanes (rfactor), summed once at the end.
 
 Choice: constant expert weights are packed into "panel"s at compile time (a register tile streams
 one contiguous panel); weights that are parameters (memory-mapped, not folded) are read as the
-checkpoint stores them ("rows").
+checkpoint stores them ("rows"). Panels are sized to the vector registers so that the register
+tile fits them (the same sizes for every entry, so decode and prefill share one packed copy):
+gate/up blocks of one vector of columns (gate and up: two vectors per row), down blocks of two
+vectors; prefill tiles of ``MAX_TILE_ROWS`` rows, so 12 accumulators of the 16 AVX2 registers.
 """
 
 from __future__ import annotations
 
 from ...ops.kernel import identity
 from .generic import VECTOR
+from .linear import MAX_TILE_ROWS, vector_lanes
 
 
-def choose_moe_gemm(*, constant: bool, **_) -> dict:
-    return {"layout": "panel" if constant else "rows"}
+def choose_moe_gemm(*, constant: bool, block_rows: int = 1, features=frozenset(), **_) -> dict:
+    if not constant:
+        return {"layout": "rows"}
+    lanes = vector_lanes(features)
+    return {"layout": "panel", "gate_up_block": lanes, "down_block": 2 * lanes,
+            "block_rows": 1 if block_rows == 1 else MAX_TILE_ROWS}
 
 
 def _rule(body):
@@ -50,7 +58,7 @@ def _cpu_gemm(sch, gemm, epilogue):
     sch.set_scope(gemm, 0, "global")  # CPU: a stack array (promoted to registers), not a workspace
     *spatial, k = sch.get_loops(gemm)
     sch.reorder(k, *spatial)
-    c_out, c_vec = sch.split(spatial[-1], factors=[None, VECTOR])
+    c_out, c_vec = sch.split(spatial[-1], factors=[None, min(VECTOR, int(sch.get(spatial[-1]).extent))])
     sch.vectorize(c_vec)
     for loop in (*spatial[:-1], c_out):
         sch.unroll(loop)

@@ -1,0 +1,68 @@
+"""CPU choice and schedule of ``tide.ops.linear`` (a model weight's matmul on panel-packed weights).
+
+Choice: panels two vector registers wide (16 float32 columns with AVX2, 32 with AVX-512, 8 with
+128-bit vectors; one register wide when the columns are not a whole number of two) and a row tile of up to 6 rows dividing M, so a register tile of ``tile_rows`` x
+2 vector accumulators, two weight loads and one broadcast per row fit the 16 architectural vector
+registers of AVX2 (the classic 6 x 16 float32 micro-kernel).
+
+Schedule: one task per (group, panel, row tile), panel-major, on the thread pool: a thread's tasks walk
+consecutive panels, so decode streams the packed weight front to back and a prefill chunk's row
+tiles reuse their panel from L2. Inside a task the reduction is outermost and the
+``tile_rows x panel`` accumulator tile stays in registers (rows unrolled, the panel vectorized);
+the tile is stored once at the end.
+"""
+
+from __future__ import annotations
+
+from ...ops.kernel import identity
+
+# Register budget: tile_rows x (panel / lanes) accumulators; 12 leaves room for the weight loads
+# and the broadcast in the 16 vector registers of AVX2 (32 with AVX-512: the same tile, half used).
+MAX_TILE_ROWS = 6
+
+
+def vector_lanes(features) -> int:
+    """float32 lanes of the widest vector registers the CPU features enable."""
+    if "avx512f" in features:
+        return 16
+    if "avx" in features or "avx2" in features:
+        return 8
+    return 4
+
+
+def choose_linear(*, rows: int, cols: int, features=frozenset(), **_) -> dict:
+    lanes = vector_lanes(features)
+    panel = next((p for p in (2 * lanes, lanes) if cols % p == 0), None)
+    if panel is None:
+        return {}  # not whole vectors of columns: the generic schedule
+    tile_rows = next(r for r in range(min(MAX_TILE_ROWS, rows), 0, -1) if rows % r == 0)
+    return {"layout": "panel", "panel": panel, "tile_rows": tile_rows}
+
+
+def schedule_linear(func, target=None):
+    from tvm import s_tir
+
+    params = identity(func)[1]
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("gemm")
+    g, jb, i, p, k = sch.get_loops(block)
+    i0, i1 = sch.split(i, factors=[None, int(params["tile_rows"])])
+    sch.reorder(g, jb, i0, k, i1, p)
+    task = sch.fuse(g, jb, i0)
+    sch.parallel(task)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, task)
+    sch.unroll(i1)
+    sch.vectorize(p)
+    init = sch.decompose_reduction(block, k)
+    for tile in (init, acc):
+        # under the task loop: the row loop (absent when a one-row tile was folded away) and the lanes
+        *rows, lanes = sch.get_loops(tile)[1:]
+        for row in rows:
+            sch.unroll(row)
+        sch.vectorize(lanes)
+    return sch.mod["main"]
+
+
+CHOICES = {"linear": choose_linear}
+RULES = {"linear": schedule_linear}
