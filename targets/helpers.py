@@ -31,3 +31,25 @@ def vectorize(sch, loop, lanes: int) -> None:
 def vectorize_last(sch, block, lanes: int) -> None:
     """Vectorizes the innermost loop of ``block`` in chunks of ``lanes``."""
     vectorize(sch, sch.get_loops(block)[-1], lanes)
+
+
+def schedule_rule(body):
+    """A schedule rule ``rule(func, target=None)`` from a body that edits a ``tvm.s_tir.Schedule``
+    of the kernel in place."""
+
+    def rule(func, target=None):
+        from tvm import s_tir
+
+        sch = s_tir.Schedule(func)
+        body(sch)
+        return sch.mod["main"]
+
+    return rule
+
+
+def weight_layout(sch) -> str:
+    """The weight layout a kernel of schedule ``sch`` was built for (its identity's ``layout``
+    parameter; "rows" when it has none)."""
+    from ..ops.kernel import identity
+
+    return identity(sch.mod["main"])[1].get("layout", "rows")

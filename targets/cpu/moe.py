@@ -19,7 +19,7 @@ vectors; prefill tiles of ``MAX_TILE_ROWS`` rows, so 12 accumulators of the 16 A
 
 from __future__ import annotations
 
-from ...ops.kernel import identity
+from ..helpers import schedule_rule, weight_layout
 from .generic import VECTOR
 from .linear import MAX_TILE_ROWS, vector_lanes
 
@@ -30,23 +30,6 @@ def choose_moe_gemm(*, constant: bool, block_rows: int = 1, features=frozenset()
     lanes = vector_lanes(features)
     return {"layout": "panel", "gate_up_block": lanes, "down_block": 2 * lanes,
             "block_rows": 1 if block_rows == 1 else MAX_TILE_ROWS}
-
-
-def _rule(body):
-    """A rule from a schedule body that edits a ``tvm.s_tir.Schedule`` of the kernel."""
-
-    def rule(func, target=None):
-        from tvm import s_tir
-
-        sch = s_tir.Schedule(func)
-        body(sch)
-        return sch.mod["main"]
-
-    return rule
-
-
-def _layout(sch) -> str:
-    return identity(sch.mod["main"])[1].get("layout", "rows")
 
 
 def _cpu_gemm(sch, gemm, epilogue):
@@ -94,12 +77,12 @@ def _cpu_gemm_rows(sch, gemm, epilogue):
 
 
 def _cpu_gate_up(sch):
-    rows = _layout(sch) == "rows"
+    rows = weight_layout(sch) == "rows"
     (_cpu_gemm_rows if rows else _cpu_gemm)(sch, sch.get_sblock("gemm"), sch.get_sblock("swiglu"))
 
 
 def _cpu_down(sch):
-    rows = _layout(sch) == "rows"
+    rows = weight_layout(sch) == "rows"
     (_cpu_gemm_rows if rows else _cpu_gemm)(sch, sch.get_sblock("gemm"), sch.get_sblock("store"))
 
 
@@ -153,6 +136,6 @@ def _cpu_per_row(sch):
 
 CHOICES = {"moe_gemm": choose_moe_gemm}
 RULES = {"moe_permute": lambda func, target=None: func,  # one sequential block, as written
-         "moe_gate_up": _rule(_cpu_gate_up), "moe_down": _rule(_cpu_down),
-         "moe_combine": _rule(_cpu_rows), "router_scores": _rule(_cpu_router_scores),
-         "router_select": _rule(_cpu_per_row), "router_hash": _rule(_cpu_per_row)}
+         "moe_gate_up": schedule_rule(_cpu_gate_up), "moe_down": schedule_rule(_cpu_down),
+         "moe_combine": schedule_rule(_cpu_rows), "router_scores": schedule_rule(_cpu_router_scores),
+         "router_select": schedule_rule(_cpu_per_row), "router_hash": schedule_rule(_cpu_per_row)}

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from .kernels import moe_grouped_mma
 from ...ops.kernel import identity
+from ..helpers import schedule_rule
 from .limits import THREADS, WARP
 
 
@@ -24,23 +25,6 @@ def choose_moe_gemm(*, block_rows: int, weight_dtype: str, dim: int, inter: int,
     if block_rows > 1 and weight_dtype == "bfloat16" and moe_grouped_mma.supported(dim, inter):
         return {"variant": "mma_bf16", "layout": "rows", "block_rows": moe_grouped_mma.TILE_ROWS}
     return {"layout": "rows" if block_rows == 1 or not constant else "panel"}
-
-
-def _rule(body):
-    """A rule from a schedule body that edits a ``tvm.s_tir.Schedule`` of the kernel."""
-
-    def rule(func, target=None):
-        from tvm import s_tir
-
-        sch = s_tir.Schedule(func)
-        body(sch)
-        return sch.mod["main"]
-
-    return rule
-
-
-def _layout(sch) -> str:
-    return identity(sch.mod["main"])[1].get("layout", "rows")
 
 
 def schedule_gemm(func, target=None):
@@ -53,7 +37,7 @@ def schedule_gemm(func, target=None):
                                                 params["max_tiles"], params["limit"], name=name)
         return moe_grouped_mma.down_func(params["dim"], params["experts"], params["inter"], params["max_tiles"],
                                          name=name)
-    return _rule(_cuda_gemm_rows if params.get("layout", "rows") == "rows" else _cuda_gemm)(func)
+    return schedule_rule(_cuda_gemm_rows if params.get("layout", "rows") == "rows" else _cuda_gemm)(func)
 
 
 def _cuda_single(sch):
@@ -144,6 +128,6 @@ def _cuda_router_scores(sch):
 
 
 CHOICES = {"moe_gemm": choose_moe_gemm}
-RULES = {"moe_permute": _rule(_cuda_single), "moe_gate_up": schedule_gemm, "moe_down": schedule_gemm,
-         "moe_combine": _rule(_cuda_rows), "router_scores": _rule(_cuda_router_scores),
-         "router_select": _rule(_cuda_rows), "router_hash": _rule(_cuda_rows)}
+RULES = {"moe_permute": schedule_rule(_cuda_single), "moe_gate_up": schedule_gemm, "moe_down": schedule_gemm,
+         "moe_combine": schedule_rule(_cuda_rows), "router_scores": schedule_rule(_cuda_router_scores),
+         "router_select": schedule_rule(_cuda_rows), "router_hash": schedule_rule(_cuda_rows)}
