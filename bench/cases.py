@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ops import (compressor, indexer, moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, rmsnorm, rope,
+from ..ops import (compressor, indexer, linear, moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, rmsnorm, rope,
                    router, router_hash, router_scores, sink_attention, sink_attention_sparse, topk)
 
 # Model dimensions per shape set (compiler/export/config.py, docs/deepseek-v4.md).
@@ -704,6 +704,48 @@ class SharedExpertDef(KernelDef):
                            * (x @ u.T).clamp(-limit, limit)) @ dn.T,)
 
 
+class LinearDef(KernelDef):
+    """A model weight's matmul, as the exporter writes a linear layer: ``Gemm(x, W, transB=1)`` with
+    W [N, K] an initializer (tide substitutes ``tide.ops.linear`` on the packed weight)."""
+
+    name, group = "linear", "linear"
+
+    def cases(self, shapes):
+        d = DIMS[shapes]
+        layers = {"q_a": (d["hidden"], d["q_lora"]), "q_b": (d["q_lora"], d["heads"] * d["head_dim"])}
+        if shapes == "tiny":
+            layers["lm_head"] = (d["hidden"], d["vocab"])
+        out = []
+        for layer, (dim, cols) in layers.items():
+            for phase, rows in (("decode", 1), ("prefill", d["chunk"]), ("prefill", 256)):
+                if layer == "q_a" and rows == 256:
+                    continue
+                out.append(Case(self.name, shapes, phase, f"{layer}-T{rows}", "Gemm", "",
+                                [("x", "float32", (rows, dim))], [("weight", "float32", (cols, dim))],
+                                [("y", "float32", (rows, cols))], {"transB": 1}, {}))
+        return out
+
+    def make_inputs(self, case, rng):
+        return {"x": _rand(rng, case.inputs[0][2])}
+
+    def make_weights(self, case, rng):
+        cols, dim = case.weights[0][2]
+        return {"weight": _rand(rng, (cols, dim), 1.0 / math.sqrt(dim))}
+
+    def reference(self, case, feeds, weights):
+        return {"y": linear.reference(feeds["x"], weights["weight"].T)}
+
+    def cost(self, case, feeds):
+        rows, dim = case.inputs[0][2]
+        return linear.cost(rows, dim, case.weights[0][2][0])
+
+    def torch_fn(self, case, weights, device):
+        import torch
+
+        w = torch.from_numpy(weights["weight"]).to(device)
+        return lambda x: (x @ w.T,)
+
+
 class TopKDef(KernelDef):
     """ONNX TopK (tide substitutes ``tide.ops.topk`` for every top-k, kernels on or off)."""
 
@@ -743,7 +785,8 @@ class TopKDef(KernelDef):
 
 
 KERNELS = {k.name: k for k in (RMSNorm(), RoPEDef(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(),
-                               CompressorDef(), RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef())}
+                               CompressorDef(), RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef(),
+                               LinearDef())}
 
 
 def all_cases(shape_sets, kernels=None, heavy: bool = False) -> list[Case]:

@@ -1,13 +1,22 @@
-"""Whole-model prefill and decode throughput: tide (C runtime) vs onnxruntime vs transformers eager.
+"""Whole-model prefill and decode: tide (C runtime) vs transformers eager vs onnxruntime vs llama.cpp.
 
-All run the same model in one process, one after the other: tide runs the compiled artifact
-(and ``tide-generic`` the same ONNX compiled without tide's kernels: generic TVM lowering),
-onnxruntime the exported ONNX file (feeding ``present.*`` back as ``past.*``), transformers the
-saved Hugging Face checkpoint with its own cache. Each figure is the median of ``--repeat`` runs
-after one warm-up; every engine's greedy tokens are checked against transformers' before any time
-is reported (a wrong engine has no speed).
+Every engine runs the same weights, in a process of its own, one engine after the other (a
+full-width model's weights are gigabytes per engine): tide the compiled artifact (and, for the small
+models, ``tide-generic``: the same ONNX compiled without tide's kernels), transformers the saved
+Hugging Face checkpoint with its own cache, onnxruntime the exported ONNX file (feeding ``present.*``
+back as ``past.*``), llama.cpp (when ``python -m tide.bench.llamacpp setup`` installed it) a float32
+GGUF converted from the checkpoint. Each engine's greedy tokens for every prompt are checked against
+transformers' before any of its times is reported (a wrong engine has no speed).
+
+Figures: prefill time per prompt length (last-position logits, as generation needs), decode time per
+token after the first prompt (each generate run less the median prefill, over its decode steps), the
+bytes of weights a decode step reads (every weight, but one row of the lookup tables: the embedding
+and the hash router's table, and ``top-k / experts`` of the routed experts) and the share of the weight-streaming floor (those
+bytes at the machine's all-core read bandwidth) each engine reaches.
 
     python -m tide.bench.e2e --model tiny --prompt-len 64 --new-tokens 32 [--json out.json]
+    python -m tide.bench.e2e --model flash-2layer --prompt-len 32 --prompt-len 256 --new-tokens 16 \\
+        --workdir ~/.cache/tide-bench/e2e    # exports and compiles once, then reuses the files
 """
 
 from __future__ import annotations
@@ -17,10 +26,17 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
+
+ENGINES = ("tide", "tide-generic", "transformers", "onnxruntime", "llama.cpp")
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+                        "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+GENERIC_MODELS = ("tiny",)  # tide-generic (TVM's own lowering) only here: a full-width compile takes hours
 
 
 def _times(fn, repeat: int) -> list[float]:
@@ -31,6 +47,11 @@ def _times(fn, repeat: int) -> list[float]:
         fn()
         times.append((time.perf_counter_ns() - t) * 1e-9)
     return times
+
+
+def prompt_ids(vocab: int, length: int) -> np.ndarray:
+    """The seeded prompt of ``length`` tokens every engine gets."""
+    return np.random.default_rng(length).integers(0, vocab, size=(1, length), dtype=np.int64)
 
 
 class _OrtDecoder:
@@ -61,116 +82,257 @@ class _OrtDecoder:
             out.append(ids[:, 0])
         return np.stack(out, axis=1)
 
+    def prefill(self, prompt: np.ndarray) -> None:
+        self.generate(prompt, 1)
 
-def run(model_name: str, prompt_len: int, new_tokens: int, repeat: int, workdir: str, threads: int) -> dict:
-    import torch
-    from transformers import DeepseekV4ForCausalLM
 
+def _engine(name: str, files: dict, threads: int, max_prompt: int):
+    """``(prefill(prompt), generate(prompt, n) -> tokens [1, n])`` of one engine."""
+    if name in ("tide", "tide-generic"):
+        from ..runtime import load
+
+        session = load(files["tide" if name == "tide" else "tide_generic"]).session()
+
+        def prefill(prompt):
+            session.reset()
+            session.prefill(prompt)
+
+        def generate(prompt, n):
+            session.reset()
+            return session.generate(prompt, n)
+
+        return prefill, generate
+    if name == "transformers":
+        import torch
+        from transformers import DeepseekV4ForCausalLM
+
+        torch.set_num_threads(threads)
+        model = DeepseekV4ForCausalLM.from_pretrained(files["checkpoint"], dtype=torch.float32).eval()
+
+        def prefill(prompt):
+            with torch.no_grad():
+                model(torch.from_numpy(prompt), use_cache=True, logits_to_keep=1)  # as its generate() prefills
+
+        def generate(prompt, n):
+            with torch.no_grad():
+                out = model.generate(torch.from_numpy(prompt), max_new_tokens=n, do_sample=False)
+            return out[:, prompt.shape[1]:].numpy()
+
+        return prefill, generate
+    if name == "onnxruntime":
+        dec = _OrtDecoder(files["onnx"], threads)
+        return dec.prefill, dec.generate
+    if name == "llama.cpp":
+        from .llamacpp import LlamaCppDecoder
+
+        dec = LlamaCppDecoder(files["gguf"], threads, n_ctx=max_prompt + 64)
+        return dec.prefill, dec.generate
+    raise ValueError(f"unknown engine {name!r}: expected one of {', '.join(ENGINES)}")
+
+
+def worker(name: str, files: dict, prompt_lens: list[int], new_tokens: int, repeat: int, threads: int,
+           vocab: int) -> dict:
+    """One engine: its greedy tokens for every prompt, prefill times per prompt, decode times per
+    token after the first prompt."""
+    prefill, generate = _engine(name, files, threads, max(prompt_lens))
+    tokens, prefill_times = {}, {}
+    for length in prompt_lens:
+        prompt = prompt_ids(vocab, length)
+        tokens[length] = np.asarray(generate(prompt, new_tokens)).tolist()
+        prefill_times[length] = _times(lambda: prefill(prompt), repeat)
+    first = prompt_ids(vocab, prompt_lens[0])
+    tp = statistics.median(prefill_times[prompt_lens[0]])
+    steps = max(new_tokens - 1, 1)
+    decode_times = [max(t - tp, 1e-9) / steps for t in _times(lambda: generate(first, new_tokens), repeat)]
+    return {"tokens": tokens, "prefill_times_s": prefill_times, "decode_times_s": decode_times}
+
+
+def decode_reads(checkpoint: str) -> tuple[int, int, int, int]:
+    """(bytes, elements) of the weights a decode step reads, the elements of the output projection
+    (lm_head) and of all weights, from the checkpoint's tensors: everything but the tables a token looks up (the embedding and the hash
+    router's token -> expert table: one row of each) and the routed experts (top-k / experts of
+    theirs)."""
+    from safetensors import safe_open
+
+    with open(os.path.join(checkpoint, "config.json")) as f:
+        config = json.load(f)
+    share = config["num_experts_per_tok"] / config["n_routed_experts"]
+    read = read_elements = head = elements = 0
+    for file in sorted(f for f in os.listdir(checkpoint) if f.endswith(".safetensors")):
+        with safe_open(os.path.join(checkpoint, file), "np") as st:
+            for key in st.keys():
+                part = st.get_slice(key)
+                shape, size = part.get_shape(), SAFETENSORS_ITEMSIZE[part.get_dtype()]
+                count = int(np.prod(shape))
+                elements += count
+                used = shape[-1] if "embed_tokens" in key or "tid2eid" in key else \
+                    int(count * share) if ".mlp.experts." in key else count
+                read += used * size
+                read_elements += used
+                head += count if key == "lm_head.weight" else 0
+    return read, read_elements, head, elements
+
+
+def prepare(model_name: str, workdir: str, engines: list[str], prompt_lens: list[int], log=print) -> dict:
+    """Exports, saves the checkpoint, compiles (with a prefill chunk per prompt length; and converts
+    for llama.cpp) what ``engines`` need into ``workdir``, reusing files a previous run left there;
+    returns their paths."""
     from ..compiler.driver import CompileOptions, compile_model
     from ..compiler.export import export
-    from ..runtime import load
 
-    onnx_path = os.path.join(workdir, f"{model_name}.onnx")
-    ckpt = os.path.join(workdir, f"{model_name}-ckpt")
-    art = os.path.join(workdir, f"{model_name}.tide")
-    export(model_name, onnx_path, seed=0, save_checkpoint=ckpt)
-    compile_model(onnx_path, art, CompileOptions(target="cpu", progress=False))
-    model = load(art)
-    generic_art = os.path.join(workdir, f"{model_name}-generic.tide")
-    compile_model(onnx_path, generic_art, CompileOptions(target="cpu", progress=False, kernels=False))
-    generic_session = load(generic_art).session()
-    vocab = int(model.metadata["vocab"])
-    prompt = np.random.default_rng(0).integers(0, vocab, size=(1, prompt_len), dtype=np.int64)
+    os.makedirs(workdir, exist_ok=True)
+    files = {"onnx": os.path.join(workdir, f"{model_name}.onnx"),
+             "checkpoint": os.path.join(workdir, f"{model_name}-ckpt"),
+             "tide": os.path.join(workdir, f"{model_name}.tide"),
+             "tide_generic": os.path.join(workdir, f"{model_name}-generic.tide"),
+             "gguf": os.path.join(workdir, f"{model_name}-f32.gguf")}
+    if not (os.path.exists(files["onnx"]) and os.path.exists(os.path.join(files["checkpoint"], "config.json"))):
+        log(f"export {model_name} -> {files['onnx']}")
+        export(model_name, files["onnx"], seed=0, save_checkpoint=files["checkpoint"])
+    chunks = tuple(sorted(set(prompt_lens)))  # each prompt one prefill call
+    if "tide" in engines and not os.path.exists(files["tide"]):
+        log(f"compile {files['tide']}")
+        compile_model(files["onnx"], files["tide"], CompileOptions(target="cpu", prefill_chunks=chunks, progress=False))
+    if "tide-generic" in engines and not os.path.exists(files["tide_generic"]):
+        log(f"compile {files['tide_generic']} (generic lowering)")
+        compile_model(files["onnx"], files["tide_generic"],
+                      CompileOptions(target="cpu", prefill_chunks=chunks, progress=False, kernels=False))
+    if "llama.cpp" in engines and not os.path.exists(files["gguf"]):
+        from . import llamacpp
 
-    torch.set_num_threads(threads)
-    ref = DeepseekV4ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    with torch.no_grad():
-        want = ref.generate(torch.from_numpy(prompt), max_new_tokens=new_tokens, do_sample=False)
-    want = want[:, prompt_len:].numpy()
+        with open(os.path.join(files["checkpoint"], "config.json")) as f:
+            config = json.load(f)
+        try:
+            llamacpp.release_config(config)
+        except ValueError as err:  # a V4 variant llama.cpp's implementation does not run
+            files["unsupported"] = {"llama.cpp": str(err)}
+            return files
+        log(f"convert {files['checkpoint']} -> {files['gguf']}")
+        llamacpp.convert(files["checkpoint"], files["gguf"], outtype="f32")
+    return files
 
-    ort_dec = _OrtDecoder(onnx_path, threads)
-    session = model.session()
-    checks = {
-        "tide": np.array_equal(session.generate(prompt, new_tokens), want),
-        "tide-generic": np.array_equal(generic_session.generate(prompt, new_tokens), want),
-        "onnxruntime": np.array_equal(ort_dec.generate(prompt, new_tokens), want),
-    }
 
-    def tide_prefill():
-        session.reset()
-        session.prefill(prompt)
+def available_engines(model_name: str) -> list[str]:
+    """Every engine this machine can run for the model (llama.cpp when its setup ran; tide-generic
+    for ``GENERIC_MODELS`` only)."""
+    from importlib.util import find_spec
 
-    def tide_generate():
-        session.reset()
-        session.generate(prompt, new_tokens)
+    out = ["tide"]
+    if model_name in GENERIC_MODELS:
+        out.append("tide-generic")
+    out += ["transformers", "onnxruntime"]
+    if find_spec("llama_cpp") is not None:
+        out.append("llama.cpp")
+    return out
 
-    def generic_prefill():
-        generic_session.reset()
-        generic_session.prefill(prompt)
 
-    def generic_generate():
-        generic_session.reset()
-        generic_session.generate(prompt, new_tokens)
+def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, workdir: str, threads: int,
+        engines: list[str] | None = None, log=print) -> dict:
+    """Every engine in its own subprocess, transformers first (the reference tokens)."""
+    from .harness import cpu_bandwidth
 
-    def ort_prefill():
-        ort_dec.generate(prompt, 1)
-
-    def ort_generate():
-        ort_dec.generate(prompt, new_tokens)
-
-    def hf_prefill():
-        with torch.no_grad():
-            ref(torch.from_numpy(prompt), use_cache=True)
-
-    def hf_generate():
-        with torch.no_grad():
-            ref.generate(torch.from_numpy(prompt), max_new_tokens=new_tokens, do_sample=False)
-
+    prompt_lens = sorted(set(prompt_lens), key=prompt_lens.index)
+    if engines is None:
+        engines = available_engines(model_name)
+    files = prepare(model_name, workdir, engines, prompt_lens, log)
+    unsupported = files.pop("unsupported", {})
+    for name, why in unsupported.items():
+        log(f"{name}: not run: {why}")
+    engines = [e for e in engines if e not in unsupported]
+    with open(os.path.join(files["checkpoint"], "config.json")) as f:
+        vocab = int(json.load(f)["vocab_size"])
+    order = ["transformers"] + [e for e in engines if e != "transformers"]
+    raw = {}
+    for name in order:
+        log(f"run {name}")
+        raw[name] = _run_worker(name, files, prompt_lens, new_tokens, repeat, threads, vocab)
+    want = raw["transformers"]["tokens"]
+    wrong = sorted(n for n in order if raw[n]["tokens"] != want)
+    bytes_read, read_elements, head, elements = decode_reads(files["checkpoint"])
+    bandwidth = cpu_bandwidth(threads=threads)["read_bandwidth"]
+    floor_s = bytes_read / bandwidth
     rows = {}
-    for name, prefill, generate in (("tide", tide_prefill, tide_generate),
-                                    ("tide-generic", generic_prefill, generic_generate),
-                                    ("onnxruntime", ort_prefill, ort_generate),
-                                    ("transformers", hf_prefill, hf_generate)):
-        if not checks.get(name, True):
-            continue  # its greedy tokens differ from transformers': no time for it
-        prefill_times = _times(prefill, repeat)
-        generate_times = _times(generate, repeat)
-        tp = statistics.median(prefill_times)
-        # per decode step: each generate run less the median prefill, over its decode steps
-        steps = max(new_tokens - 1, 1)
-        decode_times = [max(tg - tp, 1e-9) / steps for tg in generate_times]
-        decode_s = statistics.median(decode_times)
-        rows[name] = {"prefill_tokens_per_s": prompt_len / tp, "decode_tokens_per_s": 1.0 / decode_s,
-                      "prefill_ms": tp * 1e3, "decode_ms_per_token": decode_s * 1e3,
-                      "prefill_times_s": prefill_times, "decode_times_s": decode_times}
-    return {"model": model_name, "prompt_len": prompt_len, "new_tokens": new_tokens, "threads": threads,
+    for name in order:
+        if name in wrong:
+            continue
+        r = raw[name]
+        decode_s = statistics.median(r["decode_times_s"])
+        rows[name] = {"prefill_ms": {str(n): statistics.median(t) * 1e3 for n, t in r["prefill_times_s"].items()},
+                      "prefill_tokens_per_s": {str(n): int(n) / statistics.median(t)
+                                               for n, t in r["prefill_times_s"].items()},
+                      "decode_ms_per_token": decode_s * 1e3, "decode_tokens_per_s": 1.0 / decode_s,
+                      "decode_share_of_floor": floor_s / decode_s,
+                      "prefill_times_s": {str(n): t for n, t in r["prefill_times_s"].items()},
+                      "decode_times_s": r["decode_times_s"]}
+    return {"model": model_name, "prompt_lens": prompt_lens, "new_tokens": new_tokens, "threads": threads,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-            "weight_bytes": model.memory.weight_bytes,
-            "weight_elements": sum(int(np.prod(w.shape)) for w in ref.parameters()),
-            "tokens_checked_against_transformers": True,
-            "wrong_tokens": sorted(n for n, ok in checks.items() if not ok), "results": rows}
+            "weight_elements": elements, "decode_weight_elements": read_elements, "head_weight_elements": head,
+            "decode_bytes_per_token": bytes_read,
+            "read_bandwidth": bandwidth, "streaming_floor_ms": floor_s * 1e3,
+            "engines": order, "wrong_tokens": wrong, "unsupported": unsupported, "tokens": want, "results": rows}
+
+
+def _run_worker(name: str, files: dict, prompt_lens, new_tokens, repeat, threads, vocab) -> dict:
+    with tempfile.TemporaryDirectory(prefix="tide-e2e-") as tmp:
+        out = os.path.join(tmp, "result.json")
+        spec = {"engine": name, "files": files, "prompt_lens": list(prompt_lens), "new_tokens": new_tokens,
+                "repeat": repeat, "threads": threads, "vocab": vocab, "out": out}
+        env = dict(os.environ, TVM_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+        proc = subprocess.run([sys.executable, "-m", "tide.bench.e2e", "--worker", json.dumps(spec)], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"e2e: engine {name} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        with open(out) as f:
+            result = json.load(f)
+    result["tokens"] = {int(k): v for k, v in result["tokens"].items()}
+    result["prefill_times_s"] = {int(k): v for k, v in result["prefill_times_s"].items()}
+    return result
+
+
+def table(result: dict) -> str:
+    lens = result["prompt_lens"]
+    lines = [f"{result['model']}: prompts {', '.join(map(str, lens))}, {result['new_tokens']} new tokens, "
+             f"{result['threads']} threads; decode reads {result['decode_bytes_per_token'] / 1e9:.2f} GB of weights "
+             f"per token: floor {result['streaming_floor_ms']:.1f} ms at {result['read_bandwidth'] / 1e9:.1f} GB/s "
+             "(greedy tokens of every engine listed equal transformers')"]
+    lines += [f"{name}: greedy tokens differ from transformers' (not timed)" for name in result["wrong_tokens"]]
+    lines += [f"{name}: not run: {why}" for name, why in result["unsupported"].items()]
+    head = "".join(f"{'prefill ' + str(n) + ' ms':>17}" for n in lens)
+    lines.append(f"{'engine':<14}{head}{'decode ms/tok':>15}{'tok/s':>8}{'% floor':>9}")
+    for name, r in result["results"].items():
+        cells = "".join(f"{r['prefill_ms'][str(n)]:>17.1f}" for n in lens)
+        lines.append(f"{name:<14}{cells}{r['decode_ms_per_token']:>15.1f}{r['decode_tokens_per_s']:>8.2f}"
+                     f"{100 * r['decode_share_of_floor']:>8.0f}%")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--prompt-len", type=int, default=64)
+    parser.add_argument("--model", default="tiny", help="a built-in config: tiny, flash-2layer, pro-2layer")
+    parser.add_argument("--prompt-len", type=int, action="append", help="prompt lengths (repeatable; default 64)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--workdir")
+    parser.add_argument("--engine", action="append", choices=ENGINES, help="only these engines (repeatable)")
+    parser.add_argument("--workdir", help="keep the export, checkpoint and artifacts here (default: a temporary "
+                                          "folder)")
     parser.add_argument("--json")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        spec = json.loads(args.worker)
+        result = worker(spec["engine"], spec["files"], spec["prompt_lens"], spec["new_tokens"], spec["repeat"],
+                        spec["threads"], spec["vocab"])
+        with open(spec["out"], "w") as f:
+            json.dump(result, f)
+        return 0
+    engines = args.engine
+    if engines and "transformers" not in engines:
+        engines = ["transformers"] + engines  # the reference tokens
     with tempfile.TemporaryDirectory(prefix="tide-e2e-") as tmp:
-        result = run(args.model, args.prompt_len, args.new_tokens, args.repeat, args.workdir or tmp, args.threads)
-    print(f"{args.model}: prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.threads} threads "
-          "(tokens of every engine listed equal transformers')")
-    for name in result["wrong_tokens"]:
-        print(f"{name}: greedy tokens differ from transformers' (not timed)")
-    print(f"{'engine':<14}{'prefill tok/s':>15}{'decode tok/s':>15}{'decode ms/tok':>15}")
-    for name, r in result["results"].items():
-        print(f"{name:<14}{r['prefill_tokens_per_s']:>15.1f}{r['decode_tokens_per_s']:>15.1f}"
-              f"{r['decode_ms_per_token']:>15.2f}")
+        result = run(args.model, args.prompt_len or [64], args.new_tokens, args.repeat, args.workdir or tmp,
+                     args.threads, engines)
+    print(table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=2)

@@ -23,7 +23,7 @@ from pathlib import Path
 from . import harness
 
 SCHEMA_VERSION = 1
-BASELINES = ("generic", "torch", "onnxruntime", "transformers")
+BASELINES = ("generic", "torch", "onnxruntime", "transformers", "llama.cpp")
 _RESULT_KEYS = {"name": str, "kernel": str, "group": str, "shapes": str, "phase": str, "label": str,
                 "flops": (int, float), "bytes": (int, float), "engines": dict, "ratios": dict, "skipped": dict}
 _ENGINE_KEYS = ("median_s", "p25_s", "p75_s", "min_s", "reps", "spread", "gflops", "gbs", "roofline_pct")
@@ -95,7 +95,7 @@ def table(doc: dict) -> str:
              f"bandwidth {c['bandwidth'] / 1e9:.1f} GB/s",
              "times: median ms (IQR/median); ratios: baseline time / tide time (>1: tide faster)"]
     head = (f"{'case':<52}{'tide ms':>10}{'spread':>8}{'GFLOP/s':>9}{'GB/s':>8}{'%roof':>7}  "
-            f"{'vs generic':>10}{'vs torch':>10}{'vs ort':>9}{'vs hf':>9}")
+            f"{'vs generic':>10}{'vs torch':>10}{'vs ort':>9}{'vs hf':>9}{'vs llama':>9}")
     lines += [head, "-" * len(head)]
     for rec in doc["results"]:
         tide = rec["engines"].get("tide")
@@ -110,7 +110,7 @@ def table(doc: dict) -> str:
             lines.append(f"{rec['name']:<52}{_ms(tide['median_s']):>10}{100 * tide['spread']:>7.0f}%"
                          f"{tide['gflops']:>9.1f}{tide['gbs']:>8.1f}{tide['roofline_pct']:>7.1f}  "
                          f"{ratio('generic'):>10}{ratio('torch'):>10}{ratio('onnxruntime'):>9}"
-                         f"{ratio('transformers'):>9}")
+                         f"{ratio('transformers'):>9}{ratio('llama.cpp'):>9}")
         else:
             why = rec["skipped"].get("tide", "not run")
             lines.append(f"{rec['name']:<52}  tide: {why[:120]}")
@@ -170,7 +170,8 @@ def compare_text(result: dict, threshold: float) -> str:
 # ---------------------------------------------------------------------------------------------
 # plots
 
-_GROUP_COLORS = {"attention": "tab:blue", "moe": "tab:orange", "norm": "tab:green", "model": "tab:red"}
+_GROUP_COLORS = {"attention": "tab:blue", "moe": "tab:orange", "norm": "tab:green", "linear": "tab:purple",
+                 "model": "tab:red"}
 _PHASE_MARKERS = {"decode": "o", "prefill": "s"}
 
 
@@ -230,7 +231,8 @@ def plots(doc: dict, outdir: Path, stem: str = "") -> list[Path]:
     rows = max([sum(r["shapes"] == n for r in with_ratios) for n in sets] + [1])
     fig, axes = plt.subplots(1, len(sets), figsize=(8.5 * len(sets), 0.3 * rows + 2.0), squeeze=False)
     height = 0.8 / max(1, len(names))
-    colors = {"generic": "tab:purple", "torch": "tab:orange", "onnxruntime": "tab:blue", "transformers": "tab:red"}
+    colors = {"generic": "tab:purple", "torch": "tab:orange", "onnxruntime": "tab:blue", "transformers": "tab:red",
+              "llama.cpp": "tab:green"}
     for ax, shapes in zip(axes[0], sets):
         part = [r for r in with_ratios if r["shapes"] == shapes]
         for j, name in enumerate(names):

@@ -211,27 +211,46 @@ def _failed_record(case: Case, why: str) -> dict:
             "skipped": {"tide": why}}
 
 
-def _model_records(threads: int, policy: harness.TimingPolicy) -> list[dict]:
-    """Whole-model prefill and decode of the tiny model: tide vs onnxruntime vs transformers."""
+MODEL_RUNS = {"tiny": ([64], 32), "flash-2layer": ([32, 256], 16)}  # prompt lengths, new tokens
+
+
+def _model_records(threads: int, policy: harness.TimingPolicy, heavy: bool, cache: Path | None) -> list[dict]:
+    """Whole-model prefill and decode (``tide.bench.e2e``): tiny, and with ``heavy`` the full-width
+    flash-2layer (exported and compiled once into the cache); tide vs its generic lowering (tiny),
+    transformers, onnxruntime and llama.cpp (where its setup ran)."""
     import tempfile
 
     from . import e2e
+    from .prepare import DEFAULT_CACHE
 
-    with tempfile.TemporaryDirectory(prefix="tide-bench-e2e-") as tmp:
-        res = e2e.run("tiny", 64, 32, max(policy.min_reps, 3), tmp, threads or os.cpu_count() or 1)
     out = []
-    for phase, key, tokens in (("prefill", "prefill_times_s", res["prompt_len"]), ("decode", "decode_times_s", 1)):
-        eng = {name: harness.stats(r[key]) for name, r in res["results"].items()}
-        wb = res["weight_bytes"]
-        out.append({"name": f"model/tiny/{phase}/" + ("prompt64" if phase == "prefill" else "per-token"),
-                    "kernel": "model", "group": "model", "shapes": "tiny", "phase": phase,
-                    "label": "prompt64" if phase == "prefill" else "per-token",
-                    "flops": 2.0 * res["weight_elements"] * tokens, "bytes": float(wb),
-                    "cost_note": "estimate: 2 FLOPs per weight element per token, every weight read once per call",
-                    "rotation_sets": 1, "timer": "perf_counter_ns",
-                    "engines": {("generic" if n == "tide-generic" else n): s for n, s in eng.items()},
-                    "skipped": {("generic" if n == "tide-generic" else n): "WRONG OUTPUT, not timed: greedy tokens "
-                                "differ from transformers'" for n in res["wrong_tokens"]}})
+    for model in ("tiny", "flash-2layer") if heavy else ("tiny",):
+        lens, new_tokens = MODEL_RUNS[model]
+        _log(f"whole model ({model}): {', '.join(e2e.available_engines(model))}")
+        with tempfile.TemporaryDirectory(prefix="tide-bench-e2e-") as tmp:
+            workdir = tmp if model == "tiny" else str((cache or DEFAULT_CACHE) / "e2e")
+            res = e2e.run(model, lens, new_tokens, max(policy.min_reps, 3), workdir, threads or os.cpu_count() or 1,
+                          log=lambda m: _log(f"  {m}"))
+        for line in e2e.table(res).splitlines():
+            _log(f"  {line}")
+        skipped = {("generic" if n == "tide-generic" else n): "WRONG OUTPUT, not timed: greedy tokens differ from "
+                   "transformers'" for n in res["wrong_tokens"]}
+        skipped.update({n: f"not run: {why}" for n, why in res["unsupported"].items()})
+        phases = [("prefill", f"prompt{n}", int(n), lambda r, n=n: r["prefill_times_s"][str(n)]) for n in lens]
+        phases.append(("decode", "per-token", 1, lambda r: r["decode_times_s"]))
+        for phase, label, tokens, times in phases:
+            out.append({"name": f"model/{model}/{phase}/{label}", "kernel": "model", "group": "model",
+                        "shapes": model, "phase": phase, "label": label,
+                        "flops": 2.0 * ((res["decode_weight_elements"] - res["head_weight_elements"]) * tokens
+                                        + res["head_weight_elements"]),
+                        "bytes": float(res["decode_bytes_per_token"]),
+                        "cost_note": "estimate: 2 FLOPs per element of the weights a decode step reads (routed "
+                                     "experts at top-k/experts, one embedding row) per token, the lm_head's for the "
+                                     "last position only; attention's own FLOPs not counted",
+                        "rotation_sets": 1, "timer": "perf_counter_ns",
+                        "engines": {("generic" if n == "tide-generic" else n): harness.stats(times(r))
+                                    for n, r in res["results"].items()},
+                        "skipped": dict(skipped)})
     return out
 
 
@@ -298,9 +317,8 @@ def run_suite(target: str = "cpu", shapes=None, kernels=None, heavy: bool = Fals
         records.append(run_case(case, folder, target, device, tuple(engines), policy, seed, threads))
     records.extend(failed)
     if models and bundle is None and target == "cpu":
-        _log("whole model (tiny): tide vs tide-generic vs onnxruntime vs transformers")
         try:
-            records.extend(_model_records(threads, policy))
+            records.extend(_model_records(threads, policy, heavy, cache))
         except Exception as err:  # noqa: BLE001  (export/compile/transformers: reported, the kernels stand)
             _log(f"  whole model failed: {type(err).__name__}: {err}")
             records.append({"name": "model/tiny", "kernel": "model", "group": "model", "shapes": "tiny",

@@ -314,3 +314,34 @@ def test_ascend_compiled_cases():
         assert r["time_s"] >= r["bytes"] / cost.soc("Ascend910B1").hbm_bytes_per_s
     with pytest.raises(SystemExit, match="--compile is for --target ascend"):
         main(["bench", "--target", "cpu", "--compile"])
+
+
+def test_whole_model_rows_check_tokens_and_count_decode_reads(tmp_path):
+    """``tide.bench.e2e`` on tiny: every engine in its own process, tokens checked against
+    transformers' for every prompt before any time is kept, and the bytes a decode step reads
+    counted from the checkpoint as transformers' parameters give them (one embedding row, the
+    routed experts at top-k / experts)."""
+    import torch
+    from transformers import DeepseekV4ForCausalLM
+
+    from tide.bench import e2e
+
+    res = e2e.run("tiny", [16], 3, 1, str(tmp_path), 2, engines=["tide"], log=lambda m: None)
+    assert res["wrong_tokens"] == [] and set(res["results"]) == {"transformers", "tide"}
+    assert set(res["tokens"]) == {16} and len(res["tokens"][16][0]) == 3
+    for row in res["results"].values():
+        assert set(row["prefill_ms"]) == {"16"} and row["decode_ms_per_token"] > 0
+        assert 0 < row["decode_share_of_floor"]
+    model = DeepseekV4ForCausalLM.from_pretrained(str(tmp_path / "tiny-ckpt"), dtype=torch.float32)
+    cfg = model.config
+    want = 0
+    for name, p in model.state_dict().items():  # parameters and persistent buffers: what the checkpoint holds
+        n = p.numel()
+        if "embed_tokens" in name or "tid2eid" in name:  # tables a token looks up one row of
+            n = p.shape[-1]
+        elif ".mlp.experts." in name:
+            n = n * cfg.num_experts_per_tok // cfg.n_routed_experts
+        want += n * p.element_size()
+    assert res["decode_bytes_per_token"] == want
+    assert res["head_weight_elements"] == model.lm_head.weight.numel()
+    assert "tiny: prompts 16, 3 new tokens" in e2e.table(res)

@@ -57,7 +57,7 @@ def prepare_model(name: str, spec: dict, out: str, arch: str, work: str) -> dict
            config_overrides=spec["overrides"], save_checkpoint=ckpt)
     t1 = time.time()
     result = compile_model(onnx_path, art, CompileOptions(target="cuda", arch=arch, prefill_chunks=(spec["chunk"],),
-                                                          progress=False))
+                                                          all_logits=True, progress=False))
     t2 = time.time()
     ref = DeepseekV4ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
     vocab = ref.config.vocab_size
