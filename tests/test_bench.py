@@ -316,6 +316,7 @@ def test_ascend_compiled_cases():
         main(["bench", "--target", "cpu", "--compile"])
 
 
+@pytest.mark.heavy
 def test_whole_model_rows_check_tokens_and_count_decode_reads(tmp_path):
     """``tide.bench.e2e`` on tiny: every engine in its own process, tokens checked against
     transformers' for every prompt before any time is kept, and the bytes a decode step reads
