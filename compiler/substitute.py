@@ -158,21 +158,24 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             except Exception:  # noqa: BLE001  (no binding in this function: a parameter)
                 return None
 
+        def _unwidened(self, value):
+            """What a widening ``astype`` to float32 reads (``value`` itself when it is not one)."""
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+                return self._value(value.args[0])
+            return value
+
         def _weight(self, expr):
             """``(weight, transposed)`` when ``expr`` is a model weight, read as [K, N]: a constant or
             weight parameter as stored (transposed False) or through ``permute_dims`` of a stored
             [N, K] one (True), either possibly through a widening ``astype`` to float32; else None."""
-            value = self._value(expr)
-            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
-                value = self._value(value.args[0])
+            value = self._unwidened(self._value(expr))
             transposed = False
             if isinstance(value, relax.Call) and value.op == op_permute and len(value.args[0].ty.shape) == 2:
                 axes = value.attrs.axes
                 if axes is not None and [int(a) for a in axes] != [1, 0]:
                     return None
                 value, transposed = self._value(value.args[0]), True
-            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
-                value = self._value(value.args[0])
+            value = self._unwidened(value)
             stored = self._stored(value)
             return (stored, transposed) if stored is not None and len(stored.ty.shape) == 2 else None
 
@@ -206,14 +209,11 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             batch = lhs[0][:-2]
             if lhs[0][-2:] != g + k or out != batch + g + n or len(set(lhs[0] + n)) != len(lhs[0]) + 1:
                 return call
-            value = self._value(w)
-            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
-                value = self._value(value.args[0])
+            value = self._unwidened(self._value(w))
             gnk = [int(d) for d in w.ty.shape]
             if isinstance(value, relax.Call) and value.op == op_reshape:
                 value = self._value(value.args[0])
-            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
-                value = self._value(value.args[0])
+            value = self._unwidened(value)
             stored = self._stored(value)
             if stored is None or [int(d) for d in stored.ty.shape] not in ([gnk[0] * gnk[1], gnk[2]], gnk):
                 return call
