@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 import tempfile
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from .config import (BUILTIN_CONFIGS, ModelSpec, builtin_config, default_max_seq
 from .errors import ExportError
 from ..artifact.format import StateSpec
 from .graph import build_graph
+from .quant import FP4_BLOCK, Quantized, dequantize, fp8_scale_shape
 from .weights import BF16, CheckpointWeights, ParamSpec, RandomWeights, SafetensorsWriter, param_specs
 
 EXPORT_FORMAT_VERSION = "1"
@@ -25,9 +27,12 @@ EXPORT_FORMAT_VERSION = "1"
 EXTERNAL_DATA_THRESHOLD = int(1.5 * 2**30)
 _EXTERNAL_ALIGN = 4096
 OPSETS = tuple(range(17, 24))
-DTYPES = {"float32": np.dtype(np.float32), "bfloat16": BF16}
+# "auto": every weight as the checkpoint stores it (float32, bf16, fp8, fp4); "float32" and
+# "bfloat16": every floating weight converted to that type (quantized ones dequantized exactly).
+DTYPES = {"auto": None, "float32": np.dtype(np.float32), "bfloat16": BF16}
 _ONNX_TYPES = {np.dtype(np.float32): TensorProto.FLOAT, BF16: TensorProto.BFLOAT16,
-               np.dtype(np.int64): TensorProto.INT64}
+               np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint8): TensorProto.UINT8}
+_ITEMSIZE = {"float32": 4, "bfloat16": 2, "int64": 8}
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,11 @@ class ExportResult:
     max_seq_len: int
     opset: int
     dtype: str
+    weights: str                     # parameter count per stored form, e.g. "bfloat16:12,fp4:6,fp8:30"
 
 
 def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: int = 0,
-           max_seq_len: int | None = None, batch: int = 1, opset: int = 18, dtype: str = "float32",
+           max_seq_len: int | None = None, batch: int = 1, opset: int = 18, dtype: str = "auto",
            save_checkpoint: str | os.PathLike | None = None,
            config_overrides: dict | None = None) -> ExportResult:
     """Exports `source` (a Hugging Face DeepSeek-V4 checkpoint directory, or a built-in config
@@ -55,8 +61,11 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
 
     seed draws the weights of a built-in config; max_seq_len is the decode-state capacity
     (default min(max_position_embeddings, 4096)); batch is the static batch size; opset 17..23;
-    dtype float32 or bfloat16 (bf16 initializers, float32 compute). save_checkpoint writes the
-    exported weights as a checkpoint directory that transformers loads. config_overrides replaces
+    dtype "auto" keeps every weight as the checkpoint stores it (float32, bf16, or FP8 / FP4 bytes with
+    their scales, dequantized by tide functions in the graph), "float32" / "bfloat16" converts every
+    floating weight (quantized ones dequantized exactly); compute is float32 either way.
+    save_checkpoint writes the exported weights, dequantized, as a checkpoint directory that
+    transformers loads. config_overrides replaces
     fields of a built-in config (tests use it to shrink vocab and experts). Bad input raises
     ExportError, and no file is left at output_path.
     """
@@ -79,10 +88,10 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
             os.path.realpath(save_checkpoint) == os.path.realpath(source_dir):
         raise ExportError(f"{save_checkpoint}: save_checkpoint must differ from the source checkpoint directory")
 
-    storage = DTYPES[dtype]
-    parts = build_graph(spec, params, batch=batch, max_seq_len=max_seq_len, opset=opset, bf16=dtype == "bfloat16")
+    forms = _forms(params, weights.forms, dtype)
+    parts = build_graph(spec, params, batch=batch, max_seq_len=max_seq_len, opset=opset, forms=forms)
     sizes = {p.name: int(np.prod(p.shape, dtype=np.int64)) for p in params}
-    weight_bytes = sum(sizes[p.name] * (8 if p.integer else storage.itemsize) for p in params)
+    weight_bytes = sum(_stored_bytes(p.shape, forms[p.name]) for p in params)
     external = weight_bytes > EXTERNAL_DATA_THRESHOLD
 
     out_dir = os.path.dirname(os.path.abspath(output_path))
@@ -93,10 +102,10 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
     data_path = output_path + ".data" if external else None
     try:
         if save_checkpoint is not None:
-            checkpoint = _CheckpointSink(os.fspath(save_checkpoint), cfg, params, storage, dtype)
-        initializers = _write_weights(params, weights, storage, checkpoint,
+            checkpoint = _CheckpointSink(os.fspath(save_checkpoint), cfg, params, forms, dtype)
+        initializers = _write_weights(params, weights, forms, checkpoint,
                                       os.path.join(work, base + ".data") if external else None, base + ".data")
-        model = _make_model(parts, initializers, spec, opset, dtype, batch, max_seq_len)
+        model = _make_model(parts, initializers, spec, opset, dtype, batch, max_seq_len, forms)
         tmp_model = os.path.join(work, base)
         onnx.save_model(model, tmp_model)
         onnx.checker.check_model(tmp_model)
@@ -116,7 +125,7 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
         path=output_path, data_path=data_path, checkpoint=os.fspath(save_checkpoint) if save_checkpoint else None,
         spec=spec, states=tuple(parts.states), functions=tuple(f.name for f in parts.functions),
         num_parameters=sum(sizes.values()), weight_bytes=weight_bytes, batch=batch, max_seq_len=max_seq_len,
-        opset=opset, dtype=dtype)
+        opset=opset, dtype=dtype, weights=_form_summary(forms))
 
 
 def _resolve_source(source, seed: int, overrides: dict | None):
@@ -127,10 +136,10 @@ def _resolve_source(source, seed: int, overrides: dict | None):
         config_path = os.path.join(src, "config.json")
         if not os.path.isfile(config_path):
             raise ExportError(f"{config_path}: missing (a checkpoint directory holds config.json and *.safetensors)")
-        cfg = load_config_json(config_path)
+        cfg, quant = load_config_json(config_path)
         spec = spec_from_config(cfg, config_path)
         params = param_specs(spec)
-        return cfg, spec, params, CheckpointWeights(src, params, spec), src
+        return cfg, spec, params, CheckpointWeights(src, params, spec, quant), src
     if src in BUILTIN_CONFIGS:
         if not isinstance(seed, int):
             raise ExportError(f"seed: expected an integer, got {seed!r}")
@@ -149,17 +158,17 @@ class _CheckpointSink:
     """Writes config.json + model.safetensors into a directory, atomically (temporary names,
     renamed on commit)."""
 
-    def __init__(self, directory: str, cfg, params: list[ParamSpec], storage: np.dtype, dtype: str):
+    def __init__(self, directory: str, cfg, params: list[ParamSpec], forms: dict[str, str], dtype: str):
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise ExportError(f"{directory}: save_checkpoint path exists and is not a directory")
         os.makedirs(directory, exist_ok=True)
         self.directory = directory
         self._tmp_weights = os.path.join(directory, ".model.safetensors.tmp")
         self._tmp_config = os.path.join(directory, ".config.json.tmp")
-        cfg.dtype = dtype
+        cfg.dtype = "bfloat16" if dtype == "bfloat16" else "float32"
         cfg.architectures = ["DeepseekV4ForCausalLM"]
         self._config_json = cfg.to_json_string()
-        layout = [(p.name, p.shape, np.dtype(np.int64) if p.integer else storage) for p in params]
+        layout = [(p.name, p.shape, _checkpoint_dtype(forms[p.name])) for p in params]
         self._writer = SafetensorsWriter(self._tmp_weights, layout)
 
     def write(self, name: str, array: np.ndarray) -> None:
@@ -179,42 +188,84 @@ class _CheckpointSink:
                 os.remove(path)
 
 
-def _write_weights(params, weights, storage: np.dtype, checkpoint: _CheckpointSink | None,
+def _forms(params, stored: dict[str, str], dtype: str) -> dict[str, str]:
+    """How each parameter goes into the ONNX file: its stored form ("auto"), or every floating one
+    converted to ``dtype``."""
+    if dtype == "auto":
+        return dict(stored)
+    return {p.name: "int64" if p.integer else dtype for p in params}
+
+
+def _form_summary(forms: dict[str, str]) -> str:
+    return ",".join(f"{form}:{n}" for form, n in sorted(Counter(forms.values()).items()))
+
+
+def _stored_bytes(shape, form: str) -> int:
+    """Bytes of a [..., N, K] parameter in ``form``, scales included."""
+    count = int(np.prod(shape, dtype=np.int64))
+    if form == "fp8":
+        return count + int(np.prod(fp8_scale_shape(tuple(shape), (128, 128)), dtype=np.int64))
+    if form == "fp4":
+        return count // 2 + count // FP4_BLOCK
+    return count * _ITEMSIZE[form]
+
+
+def _checkpoint_dtype(form: str) -> np.dtype:
+    """save_checkpoint's dtype for a parameter in ``form`` (quantized ones are written dequantized)."""
+    return {"int64": np.dtype(np.int64), "bfloat16": BF16}.get(form, np.dtype(np.float32))
+
+
+def _write_weights(params, weights, forms: dict[str, str], checkpoint: _CheckpointSink | None,
                    data_file: str | None, location: str) -> list[TensorProto]:
     """Initializers for every parameter, streamed one tensor at a time: inline raw data, or
-    appended to `data_file` (4 KiB aligned) and referenced as ONNX external data."""
+    appended to `data_file` (4 KiB aligned) and referenced as ONNX external data. A quantized
+    parameter is two uint8 initializers, ``<name>`` (the data bytes) and ``<name>.scale``."""
     out = []
     sink = open(data_file, "wb") if data_file else None
     try:
         for p in params:
-            arr = weights.get(p.name)
-            if not p.integer:
-                arr = arr.astype(storage, copy=False)
-            arr = np.ascontiguousarray(arr)
+            form = forms[p.name]
+            value = weights.get_stored(p.name)
+            if form in ("fp8", "fp4"):
+                if checkpoint is not None:
+                    checkpoint.write(p.name, dequantize(value))
+                out.append(_initializer(p.name, value.data, sink, location))
+                out.append(_initializer(p.name + ".scale", value.scale, sink, location))
+                continue
+            if form in ("float32", "bfloat16"):
+                value = (dequantize(value) if isinstance(value, Quantized) else value).astype(
+                    np.float32 if form == "float32" else BF16, copy=False)
+            arr = np.ascontiguousarray(value)
             if checkpoint is not None:
-                checkpoint.write(p.name, arr)
-            tensor = TensorProto(name=p.name, data_type=_ONNX_TYPES[arr.dtype], dims=list(arr.shape))
-            if sink is None:
-                tensor.raw_data = arr.tobytes()
-            else:
-                offset = sink.tell()
-                pad = -offset % _EXTERNAL_ALIGN
-                sink.write(b"\0" * pad)
-                offset += pad
-                arr.tofile(sink)
-                tensor.data_location = TensorProto.EXTERNAL
-                for key, value in (("location", location), ("offset", str(offset)), ("length", str(arr.nbytes))):
-                    entry = tensor.external_data.add()
-                    entry.key, entry.value = key, value
-            out.append(tensor)
+                checkpoint.write(p.name, arr if form != "bfloat16" or arr.dtype == BF16 else arr.astype(BF16))
+            out.append(_initializer(p.name, arr, sink, location))
     finally:
         if sink is not None:
             sink.close()
     return out
 
 
+def _initializer(name: str, arr: np.ndarray, sink, location: str) -> TensorProto:
+    """One initializer: inline, or appended to ``sink`` (4 KiB aligned) as external data."""
+    arr = np.ascontiguousarray(arr)
+    tensor = TensorProto(name=name, data_type=_ONNX_TYPES[arr.dtype], dims=list(arr.shape))
+    if sink is None:
+        tensor.raw_data = arr.tobytes()
+        return tensor
+    offset = sink.tell()
+    pad = -offset % _EXTERNAL_ALIGN
+    sink.write(b"\0" * pad)
+    offset += pad
+    arr.tofile(sink)
+    tensor.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(arr.nbytes))):
+        entry = tensor.external_data.add()
+        entry.key, entry.value = key, value
+    return tensor
+
+
 def _make_model(parts, initializers, spec: ModelSpec, opset: int, dtype: str, batch: int,
-                max_seq_len: int) -> onnx.ModelProto:
+                max_seq_len: int, forms: dict[str, str]) -> onnx.ModelProto:
     graph = helper.make_graph(parts.nodes, "deepseek_v4", parts.inputs, parts.outputs, initializer=initializers)
     imports = [helper.make_opsetid("", opset), helper.make_opsetid(TIDE_DOMAIN, TIDE_VERSION)]
     model = helper.make_model(graph, opset_imports=imports, functions=parts.functions, producer_name="tide.export",
@@ -225,7 +276,8 @@ def _make_model(parts, initializers, spec: ModelSpec, opset: int, dtype: str, ba
         "tide.model": f"deepseek_v4-{spec.n_layers}L-d{spec.hidden}-h{spec.heads}x{spec.head_dim}-v{spec.vocab}",
         "tide.batch": batch,
         "tide.max_seq_len": max_seq_len,
-        "tide.dtype": dtype,
+        "tide.dtype": "bfloat16" if dtype == "bfloat16" else "float32",
+        "tide.weights": _form_summary(forms),
         "tide.sliding_window": spec.window,
         "tide.layer_kinds": ",".join(spec.layer_kinds),
         "tide.layer_ratios": ",".join(str(r) for r in spec.layer_ratios),

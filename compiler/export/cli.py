@@ -21,8 +21,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode-state capacity in tokens (default: min(max_position_embeddings, 4096))")
     parser.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
     parser.add_argument("--opset", type=int, default=18, choices=OPSETS, help="ONNX opset (default 18)")
-    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
-                        help="storage type of the weights; compute is float32 either way")
+    parser.add_argument("--dtype", default="auto", choices=sorted(DTYPES),
+                        help="storage of the weights: 'auto' keeps each as the checkpoint stores it (float32, bf16, "
+                             "FP8/FP4 with scales), float32/bfloat16 convert all floating weights; compute is "
+                             "float32 either way")
     parser.add_argument("--save-checkpoint", metavar="DIR", default=None,
                         help="also write the exported weights as a Hugging Face checkpoint directory")
 
@@ -39,7 +41,7 @@ def run_export(args: argparse.Namespace) -> int:
     spec = result.spec
     print(f"wrote {result.path}" + (f" (+ {result.data_path})" if result.data_path else ""))
     print(f"  {spec.n_layers} layers ({', '.join(spec.layer_kinds)}), {result.num_parameters:,} parameters, "
-          f"{result.weight_bytes / 2**20:.1f} MiB of {result.dtype} weights")
+          f"{result.weight_bytes / 2**20:.1f} MiB of weights ({result.weights})")
     print(f"  batch {result.batch}, max_seq_len {result.max_seq_len}, opset {result.opset}, "
           f"{len(result.states)} state tensors")
     if result.checkpoint:

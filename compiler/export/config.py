@@ -170,7 +170,10 @@ def builtin_config(name: str, overrides: dict | None = None):
 
 
 def load_config_json(path: str):
-    """Reads a checkpoint's config.json into a `DeepseekV4Config`."""
+    """Reads a checkpoint's config.json into a `DeepseekV4Config` and its quantization
+    (``tide.compiler.export.quant.QuantConfig``, None for a float checkpoint)."""
+    from .quant import parse_quantization
+
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
@@ -187,8 +190,10 @@ def load_config_json(path: str):
         if bad:
             raise ExportError(f"{path}: field 'compress_ratios': expected values in {sorted(_LEGACY_RATIOS)}, "
                               f"got {bad}")
-    kwargs = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
-    return _make_config(kwargs, path)
+    quant = parse_quantization(raw, path)
+    kwargs = {k: v for k, v in raw.items()
+              if k not in ("model_type", "architectures", "transformers_version", "quantization_config", "expert_dtype")}
+    return _make_config(kwargs, path), quant
 
 
 def _make_config(kwargs: dict, where: str):
@@ -214,9 +219,6 @@ def _is_int(v) -> bool:
 
 def spec_from_config(cfg, where: str) -> ModelSpec:
     """Validates a `DeepseekV4Config` against what the exporter honours and flattens it."""
-    _check(getattr(cfg, "quantization_config", None) is None, where, "quantization_config",
-           "none (quantized FP8/FP4 checkpoints are not supported; dequantize to bf16/fp32 first)",
-           getattr(cfg, "quantization_config", None))
     _check(cfg.num_key_value_heads == 1, where, "num_key_value_heads", "1 (shared-KV MQA)",
            cfg.num_key_value_heads)
     _check(cfg.scoring_func == "sqrtsoftplus", where, "scoring_func", "'sqrtsoftplus'", cfg.scoring_func)

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from onnx import AttributeProto, FunctionProto, helper
+import numpy as np
+from onnx import AttributeProto, FunctionProto, TensorProto, helper
 
 from .builder import TIDE_DOMAIN, TIDE_VERSION, Builder
+from .quant import E2M1_VALUES, E4M3_VALUES, E8M0_VALUES, FP4_BLOCK
 
 INT, FLOAT = AttributeProto.INT, AttributeProto.FLOAT
 INT64_MAX = 2**63 - 1
@@ -276,6 +278,28 @@ def _shared_expert(b: Builder) -> None:
     b.rename(b.linear(act, "down_weight"), "y")
 
 
+def _dequantize_fp8(b: Builder) -> None:
+    values = b.op("Gather", b.const(E4M3_VALUES), b.op("Cast", "q", to=TensorProto.INT64))
+    scale = b.op("Gather", b.const(E8M0_VALUES), b.op("Cast", "scale", to=TensorProto.INT64))   # [..., nb, kb]
+    block_n, block_k = b.to_1d(b.attr("block_n", "int")), b.to_1d(b.attr("block_k", "int"))
+    one = b.i64(1)
+    blocks = b.op("Expand", b.unsqueeze(scale, -3, -1), b.op("Concat", one, block_n, one, block_k, axis=0))
+    shape = b.op("Concat", b.shape(scale, end=-2), b.i64(-1), b.op("Mul", b.shape(scale, start=-1), block_k), axis=0)
+    full = b.op("Slice", b.op("Reshape", blocks, shape), b.i64(0, 0), b.shape("q", start=-2), b.i64(-2, -1))
+    b.op("Mul", values, full, outputs=["y"])
+
+
+def _dequantize_fp4(b: Builder) -> None:
+    sixteen = b.const(np.array(16, dtype=np.uint8))
+    low, high = b.op("Mod", "q", sixteen), b.op("Div", "q", sixteen)
+    codes = b.op("Reshape", b.stack_last(low, high), b.op("Concat", b.shape("q", end=-1), b.i64(-1), axis=0))
+    values = b.op("Gather", b.const(E2M1_VALUES), b.op("Cast", codes, to=TensorProto.INT64))
+    scale = b.op("Gather", b.const(E8M0_VALUES), b.op("Cast", "scale", to=TensorProto.INT64))   # [..., N, K/32]
+    blocks = b.op("Expand", b.unsqueeze(scale, -1), b.i64(1, FP4_BLOCK))
+    full = b.op("Reshape", blocks, b.op("Concat", b.shape(scale, end=-1), b.i64(-1), axis=0))
+    b.op("Mul", values, full, outputs=["y"])
+
+
 # ---------------------------------------------------------------------------------------------
 # registry
 
@@ -326,6 +350,12 @@ _FUNCTIONS: dict[str, tuple[list[str], list[str], list[str], Callable, str, tupl
                    "with [g; u] = gate_up_e x_t, e = indices[t,k] (dense reference body)", ()),
     "SharedExpert": (["x", "gate_weight", "up_weight", "down_weight"], ["y"], ["swiglu_limit"], _shared_expert,
                      "Shared SwiGLU expert with the same clamps as MoEExperts", ()),
+    "DequantizeFP8": (["q", "scale"], ["y"], ["block_n", "block_k"], _dequantize_fp8,
+                      "Block FP8: y[..., n, k] = e4m3(q[..., n, k]) * 2^(scale[..., n / block_n, k / block_k] - 127); "
+                      "q holds float8_e4m3fn bit patterns, scale e8m0 exponent bytes (both uint8)", ()),
+    "DequantizeFP4": (["q", "scale"], ["y"], [], _dequantize_fp4,
+                      "Block FP4: y[..., n, k] = e2m1(code k of row n) * 2^(scale[..., n, k / 32] - 127); q packs two "
+                      "e2m1 codes per byte, element 2j in the low nibble; scale holds e8m0 exponent bytes", ()),
 }
 
 FUNCTION_NAMES = tuple(_FUNCTIONS)

@@ -61,25 +61,30 @@ class GraphParts:
 
 class _MainGraph:
     def __init__(self, spec: ModelSpec, params: list[ParamSpec], batch: int, max_seq_len: int, opset: int,
-                 bf16: bool):
+                 forms: dict[str, str]):
         self.spec = spec
         self.batch = batch
         self.max_seq_len = max_seq_len
         self.b = Builder(opset, "model")
-        self.bf16 = bf16
-        self.integer_params = {p.name for p in params if p.integer}
+        self.forms = forms
         self.param_names = {p.name for p in params}
         self._params: dict[str, str] = {}
         self.used: set[str] = set()
 
     # plumbing ------------------------------------------------------------------------------------
     def w(self, name: str) -> str:
-        """A parameter as a float32 (or int64) value; bf16 initializers get one Cast each."""
+        """A parameter as a float32 (or int64) value: bf16 initializers get one Cast each, quantized
+        ones (initializers ``name`` and ``name.scale``) one tide.DequantizeFP8 / DequantizeFP4 call."""
         assert name in self.param_names, name
         if name not in self._params:
+            form = self.forms[name]
             self._params[name] = name
-            if self.bf16 and name not in self.integer_params:
+            if form == "bfloat16":
                 self._params[name] = self.b.op("Cast", name, to=TensorProto.FLOAT)
+            elif form == "fp8":
+                self._params[name] = self.call("DequantizeFP8", name, name + ".scale", block_n=128, block_k=128)
+            elif form == "fp4":
+                self._params[name] = self.call("DequantizeFP4", name, name + ".scale")
         return self._params[name]
 
     def call(self, fname: str, *inputs: str, outputs=1, **attrs):
@@ -288,5 +293,7 @@ class _MainGraph:
 
 
 def build_graph(spec: ModelSpec, params: list[ParamSpec], *, batch: int, max_seq_len: int, opset: int,
-                bf16: bool) -> GraphParts:
-    return _MainGraph(spec, params, batch, max_seq_len, opset, bf16).build()
+                forms: dict[str, str]) -> GraphParts:
+    """The main graph; ``forms`` says how each parameter is stored ("float32", "bfloat16", "fp8",
+    "fp4", "int64")."""
+    return _MainGraph(spec, params, batch, max_seq_len, opset, forms).build()

@@ -18,6 +18,8 @@ import numpy as np
 
 from .config import ModelSpec
 from .errors import ExportError
+from .quant import FP4_BLOCK, QuantConfig, Quantized, check_fp8, check_scale, concat, dequantize, \
+    fp4_scale_shape, fp8_scale_shape, stack
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -26,6 +28,7 @@ _ST_DTYPES = {
     "I64": np.dtype(np.int64), "I32": np.dtype(np.int32), "I16": np.dtype(np.int16), "I8": np.dtype(np.int8),
     "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
     "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "F8_E8M0": np.dtype(ml_dtypes.float8_e8m0fnu),
 }
 _ST_NAMES = {v: k for k, v in _ST_DTYPES.items()}
 _FLOAT_ST = ("F64", "F32", "F16", "BF16")
@@ -130,6 +133,10 @@ class RandomWeights:
         self._specs = {s.name: s for s in specs}
         self._seed = seed
         self._experts = num_experts
+        self.forms = {s.name: "int64" if s.integer else "float32" for s in specs}
+
+    def get_stored(self, name: str) -> np.ndarray:
+        return self.get(name)
 
     def get(self, name: str) -> np.ndarray:
         spec = self._specs[name]
@@ -196,49 +203,245 @@ def read_safetensors_header(path: str) -> dict[str, _StEntry]:
     return out
 
 
-class CheckpointWeights:
-    """Parameters read from a Hugging Face checkpoint directory (one or several safetensors files).
-    Construction checks names, shapes and dtypes of every expected tensor without reading data."""
+# Checkpoint layouts: transformers' module names ("hf", what tide's parameter names are); DeepSeek's
+# release names ("release": layers.N.attn.wq_a.weight, ffn.experts.E.w1.weight, ...); and what
+# transformers' save_pretrained writes for a V4 model ("hf-release": the release names of the layers
+# under a "model." prefix, with the top-level tensors under transformers' names).
+LAYOUTS = ("hf", "release", "hf-release")
 
-    def __init__(self, directory: str, specs: list[ParamSpec], spec: ModelSpec):
+# transformers' name inside a layer -> DeepSeek's (the inverse of transformers' deepseek_v4 renames)
+_LAYER_NAMES = {
+    "self_attn.sinks": "attn.attn_sink",
+    "self_attn.q_a_proj.weight": "attn.wq_a.weight",
+    "self_attn.q_a_norm.weight": "attn.q_norm.weight",
+    "self_attn.q_b_proj.weight": "attn.wq_b.weight",
+    "self_attn.kv_proj.weight": "attn.wkv.weight",
+    "self_attn.kv_norm.weight": "attn.kv_norm.weight",
+    "self_attn.o_a_proj.weight": "attn.wo_a.weight",
+    "self_attn.o_b_proj.weight": "attn.wo_b.weight",
+    "self_attn.compressor.position_bias": "attn.compressor.ape",
+    "self_attn.compressor.kv_proj.weight": "attn.compressor.wkv.weight",
+    "self_attn.compressor.gate_proj.weight": "attn.compressor.wgate.weight",
+    "self_attn.compressor.kv_norm.weight": "attn.compressor.norm.weight",
+    "self_attn.compressor.indexer.position_bias": "attn.indexer.compressor.ape",
+    "self_attn.compressor.indexer.kv_proj.weight": "attn.indexer.compressor.wkv.weight",
+    "self_attn.compressor.indexer.gate_proj.weight": "attn.indexer.compressor.wgate.weight",
+    "self_attn.compressor.indexer.kv_norm.weight": "attn.indexer.compressor.norm.weight",
+    "self_attn.compressor.indexer.q_b_proj.weight": "attn.indexer.wq_b.weight",
+    "self_attn.compressor.indexer.scorer.weights_proj.weight": "attn.indexer.weights_proj.weight",
+    "mlp.gate.weight": "ffn.gate.weight",
+    "mlp.gate.tid2eid": "ffn.gate.tid2eid",
+    "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn.shared_experts.w1.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn.shared_experts.w3.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn.shared_experts.w2.weight",
+    "input_layernorm.weight": "attn_norm.weight",
+    "post_attention_layernorm.weight": "ffn_norm.weight",
+    "attn_hc.fn": "hc_attn_fn", "attn_hc.base": "hc_attn_base", "attn_hc.scale": "hc_attn_scale",
+    "ffn_hc.fn": "hc_ffn_fn", "ffn_hc.base": "hc_ffn_base", "ffn_hc.scale": "hc_ffn_scale",
+}
+# top-level tensors: transformers' name -> (release name, save_pretrained name)
+_TOP_NAMES = {
+    "model.embed_tokens.weight": ("embed.weight", "model.embed_tokens.weight"),
+    "lm_head.weight": ("head.weight", "head.weight"),
+    "model.norm.weight": ("norm.weight", "model.norm.weight"),
+    "model.hc_head.hc_fn": ("hc_head_fn", "model.hc_head.hc_fn"),
+    "model.hc_head.hc_base": ("hc_head_base", "model.hc_head.hc_base"),
+    "model.hc_head.hc_scale": ("hc_head_scale", "model.hc_head.hc_scale"),
+}
+# the fused expert tensors and the per-expert release names that make them (gate_up = [w1; w3])
+_EXPERT_PARTS = {"mlp.experts.gate_up_proj": ("w1", "w3"), "mlp.experts.down_proj": ("w2",)}
+# a quantized weight's scale: "<base>.scale" (DeepSeek) or "<base>.weight_scale_inv" (transformers)
+_SCALE_SUFFIXES = (".scale", ".weight_scale_inv")
+_QUANT_ST = ("F8_E4M3", "I8", "U8")
+
+
+def layout_names(name: str, layout: str, experts: int) -> list[list[str]]:
+    """The checkpoint tensor name(s) holding parameter ``name`` in ``layout``: one list of
+    candidates per part (an expert tensor of the release layouts has one part per expert and
+    projection, in stacking order)."""
+    if layout == "hf":
+        return [[name]]
+    if name in _TOP_NAMES:
+        release, saved = _TOP_NAMES[name]
+        return [[release] if layout == "release" else [saved, "model." + release]]
+    prefix, _, inner = name.partition(".layers.")
+    layer, _, rest = inner.partition(".")
+    base = f"layers.{layer}." if layout == "release" else f"model.layers.{layer}."
+    if rest in _EXPERT_PARTS:
+        projections = _EXPERT_PARTS[rest]
+        return [[f"{base}ffn.experts.{e}.{w}.weight"] for e in range(experts) for w in projections]
+    return [[base + _LAYER_NAMES[rest]]]
+
+
+def detect_layout(entries: dict, directory: str) -> str:
+    """Which of LAYOUTS a checkpoint's tensor names follow."""
+    if "embed.weight" in entries or any(k.startswith("layers.") for k in entries):
+        return "release"
+    if any(k.startswith("model.layers.") and (".attn." in k or ".ffn." in k) for k in entries):
+        return "hf-release"
+    if any(k.startswith("model.layers.") for k in entries) or "model.embed_tokens.weight" in entries:
+        return "hf"
+    shown = ", ".join(sorted(entries)[:3])
+    raise ExportError(f"{directory}: the tensor names ({shown} ...) follow no DeepSeek-V4 layout tide reads "
+                      f"(transformers' module names, DeepSeek's release names, or save_pretrained's)")
+
+
+class CheckpointWeights:
+    """Parameters read from a DeepSeek-V4 checkpoint directory (one or several safetensors files) in
+    any of LAYOUTS, float or quantized (``quant``). Construction checks names, shapes, dtypes and
+    scale shapes of every expected tensor without reading data; ``forms`` says how each parameter
+    is stored: "float32", "bfloat16", "fp8", "fp4" or "int64"."""
+
+    def __init__(self, directory: str, specs: list[ParamSpec], spec: ModelSpec, quant: QuantConfig | None = None):
         self._entries = _index_checkpoint(directory)
         self._specs = {s.name: s for s in specs}
         self._experts = spec.experts
-        expected = set(self._specs)
+        self._quant = quant
+        self.layout = detect_layout(self._entries, directory)
+        self._parts: dict[str, list[tuple[_StEntry, str, _StEntry | None]]] = {}
+        self.forms: dict[str, str] = {}
+        used: set[str] = set()
         hc_hint = f" (from hc_mult={spec.hc_mult}, hidden_size={spec.hidden})"
         for s in specs:
-            entry = self._entries.get(s.name)
-            if entry is None:
-                raise ExportError(f"{directory}: tensor '{s.name}' is missing from the safetensors files "
-                                  f"(expected shape {list(s.shape)})")
-            if entry.shape != s.shape:
-                extra = hc_hint if "_hc." in s.name or "hc_head" in s.name else ""
-                raise ExportError(f"{entry.path}: tensor '{s.name}': expected shape {list(s.shape)}{extra}, "
-                                  f"got {list(entry.shape)}")
-            allowed = _INT_ST if s.integer else _FLOAT_ST
-            if entry.dtype not in allowed:
-                raise ExportError(f"{entry.path}: tensor '{s.name}': expected dtype one of {list(allowed)}, "
-                                  f"got {entry.dtype}")
+            candidates = layout_names(s.name, self.layout, spec.experts)
+            parts = []
+            for names in candidates:
+                key = next((n for n in names if n in self._entries), None)
+                if key is None:
+                    raise ExportError(f"{directory}: tensor '{names[0]}' is missing from the safetensors files "
+                                      f"(expected for {self.layout} layout; parameter {s.name}, shape {list(s.shape)})")
+                used.add(key)
+                parts.append(self._resolve(key, s, len(candidates), used, hc_hint))
+            forms = {form for _, form, _ in parts}
+            if len(forms) != 1:
+                raise ExportError(f"{parts[0][0].path}: parameter '{s.name}': its tensors mix storage formats "
+                                  f"{sorted(forms)}")
+            self._parts[s.name] = parts
+            self.forms[s.name] = forms.pop()
         # transformers ignores the MTP layer; a tied lm_head may still be stored.
-        tolerated = {"lm_head.weight"} if spec.tie_embeddings else set()
+        tolerated = set(_TOP_NAMES["lm_head.weight"]) | {"lm_head.weight"} if spec.tie_embeddings else set()
         unexpected = sorted(k for k in self._entries
-                            if k not in expected and k not in tolerated and not k.startswith("mtp."))
+                            if k not in used and k not in tolerated and not k.startswith(("mtp.", "model.mtp.")))
         if unexpected:
             shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
             raise ExportError(f"{directory}: {len(unexpected)} unexpected tensor(s) for this config: {shown}")
 
-    def get(self, name: str) -> np.ndarray:
-        entry = self._entries[name]
-        data = np.fromfile(entry.path, dtype=_ST_DTYPES[entry.dtype],
+    def _resolve(self, key: str, s: ParamSpec, n_parts: int, used: set, hc_hint: str):
+        """(entry, form, scale entry) of one stored part of parameter ``s``, checked."""
+        entry = self._entries[key]
+        # the logical shape of one part: an expert's [N, K] (gate_up parts are half of 2F)
+        shape = s.shape
+        if n_parts > 1:
+            per_expert = n_parts // self._experts
+            shape = (s.shape[1] // per_expert, s.shape[2])
+        if s.integer:
+            if entry.dtype not in _INT_ST:
+                raise ExportError(f"{entry.path}: tensor '{key}': expected dtype one of {list(_INT_ST)}, "
+                                  f"got {entry.dtype}")
+            self._check_shape(entry, key, shape, s, hc_hint)
+            return entry, "int64", None
+        if entry.dtype in _FLOAT_ST:
+            self._check_shape(entry, key, shape, s, hc_hint)
+            return entry, "bfloat16" if entry.dtype == "BF16" else "float32", None
+        if entry.dtype not in _QUANT_ST:
+            raise ExportError(f"{entry.path}: tensor '{key}': expected dtype one of {list(_FLOAT_ST)}, got "
+                              f"{entry.dtype} (quantized weights: F8_E4M3, or packed FP4 as I8/U8, with scales)")
+        if self._quant is None:
+            raise ExportError(f"{entry.path}: tensor '{key}' is stored as {entry.dtype}, but config.json announces no "
+                              f"quantization (no 'quantization_config')")
+        expert = n_parts > 1
+        fmt = "fp8" if entry.dtype == "F8_E4M3" else "fp4"
+        if fmt == "fp4" and not (expert and self._quant.expert_dtype == "fp4"):
+            what = "a routed expert" if expert else "this tensor"
+            raise ExportError(f"{entry.path}: tensor '{key}' is stored as {entry.dtype} (packed FP4), which config.json "
+                              f"does not announce for {what} (expert_dtype {self._quant.expert_dtype!r})")
+        if fmt == "fp8" and expert and self._quant.expert_dtype == "fp4":
+            raise ExportError(f"{entry.path}: tensor '{key}' is stored as F8_E4M3, but config.json announces FP4 "
+                              f"routed experts (expert_dtype 'fp4')")
+        n, k = shape[-2:]
+        if fmt == "fp4":
+            if k % FP4_BLOCK:
+                raise ExportError(f"{entry.path}: tensor '{key}': FP4 rows of {k} elements are not whole "
+                                  f"{FP4_BLOCK}-element scale blocks")
+            stored, scale_shape = (*shape[:-1], k // 2), fp4_scale_shape(shape)
+        else:
+            stored, scale_shape = shape, fp8_scale_shape(shape, self._quant.block)
+        if entry.shape != tuple(stored):
+            raise ExportError(f"{entry.path}: tensor '{key}': expected shape {list(stored)} ({fmt} of a "
+                              f"{list(shape)} weight), got {list(entry.shape)}")
+        base = key[: -len(".weight")] if key.endswith(".weight") else key
+        scale_key = next((base + suffix for suffix in _SCALE_SUFFIXES if base + suffix in self._entries), None)
+        if scale_key is None:
+            raise ExportError(f"{entry.path}: tensor '{key}' ({fmt}) has no scale tensor "
+                              f"('{base}.scale' or '{base}.weight_scale_inv')")
+        used.add(scale_key)
+        scale = self._entries[scale_key]
+        if scale.dtype not in ("F8_E8M0", "U8"):
+            raise ExportError(f"{scale.path}: tensor '{scale_key}': expected dtype F8_E8M0 (power-of-two scales), "
+                              f"got {scale.dtype}")
+        if scale.shape != tuple(scale_shape):
+            raise ExportError(f"{scale.path}: tensor '{scale_key}': expected shape {list(scale_shape)} (scales of "
+                              f"{fmt} weight '{key}' {list(shape)}), got {list(scale.shape)}")
+        return entry, fmt, scale
+
+    @staticmethod
+    def _check_shape(entry, key, shape, s, hc_hint):
+        if entry.shape != tuple(shape):
+            extra = hc_hint if "_hc." in s.name or "hc_head" in s.name or "hc_" in key else ""
+            raise ExportError(f"{entry.path}: tensor '{key}': expected shape {list(shape)}{extra}, "
+                              f"got {list(entry.shape)}")
+
+    def _read(self, entry: _StEntry, dtype=None) -> np.ndarray:
+        data = np.fromfile(entry.path, dtype=dtype or _ST_DTYPES[entry.dtype],
                            count=int(np.prod(entry.shape, dtype=np.int64)), offset=entry.offset)
-        data = data.reshape(entry.shape)
-        if self._specs[name].integer:
-            data = data.astype(np.int64)
-            if data.size and (data.min() < 0 or data.max() >= self._experts):
-                raise ExportError(f"{entry.path}: tensor '{name}': expert ids must lie in [0, {self._experts}), "
-                                  f"got values in [{data.min()}, {data.max()}]")
-            return data
-        return data.astype(np.float32)
+        return data.reshape(entry.shape)
+
+    def get_stored(self, name: str):
+        """Parameter ``name`` as stored: a float32 / bfloat16 / int64 array, or ``Quantized``."""
+        parts = self._parts[name]
+        form = self.forms[name]
+        if form not in ("fp8", "fp4"):
+            arrays = [self._read(e) for e, _, _ in parts]
+            data = arrays[0] if len(arrays) == 1 else self._join(arrays, name)
+            if form == "int64":
+                data = data.astype(np.int64)
+                if data.size and (data.min() < 0 or data.max() >= self._experts):
+                    raise ExportError(f"{parts[0][0].path}: tensor '{name}': expert ids must lie in "
+                                      f"[0, {self._experts}), got values in [{data.min()}, {data.max()}]")
+                return data
+            return data if data.dtype == BF16 else data.astype(np.float32)
+        quantized = []
+        for entry, fmt, scale_entry in parts:
+            data, scale = self._read(entry, np.uint8), self._read(scale_entry, np.uint8)
+            check_scale(scale, entry.path, _entry_name(self._entries, entry) + " scale")
+            if fmt == "fp8":
+                check_fp8(data, entry.path, _entry_name(self._entries, entry))
+            n, k = data.shape[-2], data.shape[-1] * (2 if fmt == "fp4" else 1)
+            quantized.append(Quantized(fmt, data, scale, (*data.shape[:-2], n, k), self._quant.block))
+        if len(quantized) == 1:
+            return quantized[0]
+        per_expert = len(quantized) // self._experts
+        experts = [concat(quantized[e * per_expert:(e + 1) * per_expert], -2, parts[0][0].path, name)
+                   if per_expert > 1 else quantized[e] for e in range(self._experts)]
+        return stack(experts, parts[0][0].path, name)
+
+    def _join(self, arrays: list[np.ndarray], name: str) -> np.ndarray:
+        """Per-expert float tensors stacked into the fused [E, ...] parameter."""
+        per_expert = len(arrays) // self._experts
+        return np.stack([np.concatenate(arrays[e * per_expert:(e + 1) * per_expert], axis=0)
+                         for e in range(self._experts)])
+
+    def get(self, name: str) -> np.ndarray:
+        """Parameter ``name`` as float32 (dequantized exactly) or int64."""
+        value = self.get_stored(name)
+        if isinstance(value, Quantized):
+            return dequantize(value)
+        return value if value.dtype == np.int64 else value.astype(np.float32)
+
+
+def _entry_name(entries: dict, entry: _StEntry) -> str:
+    return next(k for k, v in entries.items() if v is entry)
 
 
 def _index_checkpoint(directory: str) -> dict[str, _StEntry]:
