@@ -108,6 +108,8 @@ def _read_initializer(init: onnx.TensorProto, base: str) -> np.ndarray:
 # (memory-mapped) arrays instead of as constants, so importing never copies them; compile-time
 # transforms (folding) then do not apply to them.
 PARAMETER_MIN_BYTES = 1 << 30
+# tide functions whose first input is a quantized weight (docs/onnx-contract.md, section 7)
+QUANTIZED_READERS = ("DequantizeFP8", "DequantizeFP4")
 
 
 def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.ModelProto, dict]:
@@ -120,6 +122,16 @@ def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.Model
     gigabytes at run time. ``W`` itself stays only if something else (an embedding Gather) reads it."""
     big = {i.name: i for i in model.graph.initializer if i.name in weights
            and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES}
+    # quantized weights (what tide.DequantizeFP8 / FP4 read) are parameters whatever their size, so
+    # that no compile-time fold turns them into float32: they reach the artifact as stored
+    weights = dict(weights)
+    for node in model.graph.node:
+        if node.domain == "tide" and node.op_type in QUANTIZED_READERS:
+            for init in model.graph.initializer:
+                if init.name == node.input[0] and init.name not in big:
+                    big[init.name] = init
+                    if init.name not in weights:
+                        weights[init.name] = numpy_helper.to_array(init)
     params: dict = {}
     if not big:
         return model, params

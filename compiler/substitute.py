@@ -112,12 +112,13 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     from tvm.ir.expr import GenericConst
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from ..ops import kernel, linear, state_scatter, topk
+    from ..ops import kernel, linear, linear_fp8, quant, state_scatter, topk
 
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
     op_matmul, op_permute, op_astype = tvm_op("relax.matmul"), tvm_op("relax.permute_dims"), tvm_op("relax.astype")
     op_einsum, op_reshape = tvm_op("relax.einsum"), tvm_op("relax.reshape")
+    op_call_tir = tvm_op("relax.call_tir")
     weight_params = {} if weight_params is None else weight_params
     params = {p.name: p for p in mod["main"].params}
     state_vars = {params[name]: state for name, state in state_params.items() if name in params}
@@ -179,8 +180,37 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             stored = self._stored(value)
             return (stored, transposed) if stored is not None and len(stored.ty.shape) == 2 else None
 
+        def _fp8_weight(self, value):
+            """``(q, scale, block_n, block_k)`` when ``value`` is (a reshape of) the float32 output of a
+            one-group ``tide.DequantizeFP8`` kernel call on a stored weight q [N, K]; else None."""
+            if isinstance(value, relax.Call) and value.op == op_reshape:
+                value = self._value(value.args[0])
+            if not (isinstance(value, relax.Call) and value.op == op_call_tir and
+                    isinstance(value.args[0], relax.GlobalVar)):
+                return None
+            name, params = kernel.identity(self.builder_.get()[value.args[0]])
+            if name != "dequantize_fp8" or int(params["lead"]) != 1:
+                return None
+            q3, s3 = (self._value(a) for a in value.args[1].fields)
+            if not all(isinstance(v, relax.Call) and v.op == op_reshape for v in (q3, s3)):
+                return None
+            q, scale = (self._value(v.args[0]) for v in (q3, s3))
+            if self._stored(q, ("uint8",)) is None or self._stored(scale, ("uint8",)) is None or \
+                    len(q.ty.shape) != 2:
+                return None
+            return q, scale, int(params["block_n"]), int(params["block_k"])
+
         def _linear(self, call):
             x, w = call.args
+            value = self._value(w)
+            if isinstance(value, relax.Call) and value.op == op_permute and value.attrs.axes is not None and \
+                    [int(a) for a in value.attrs.axes] == [1, 0]:
+                fp8 = self._fp8_weight(self._value(value.args[0]))
+                if fp8 is not None and str(x.ty.dtype) == "float32" and len(x.ty.shape) >= 2:
+                    cols, dim = (int(d) for d in fp8[0].ty.shape)
+                    xshape = [int(d) for d in x.ty.shape]
+                    if xshape[-1] == dim:
+                        return self._emit_linear_fp8(call, x, xshape[:-1], 1, dim, cols, *fp8)
             found = self._weight(w)
             if found is None or str(x.ty.dtype) != "float32" or len(x.ty.shape) < 2 or \
                     str(call.ty.dtype) != "float32":
@@ -209,26 +239,69 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             batch = lhs[0][:-2]
             if lhs[0][-2:] != g + k or out != batch + g + n or len(set(lhs[0] + n)) != len(lhs[0]) + 1:
                 return call
-            value = self._unwidened(self._value(w))
             gnk = [int(d) for d in w.ty.shape]
+            xshape = [int(d) for d in x.ty.shape]
+            value = self._value(w)
+            if isinstance(value, relax.Call) and value.op == op_reshape and xshape[-2:] == [gnk[0], gnk[2]]:
+                fp8 = self._fp8_weight(self._value(value.args[0]))
+                if fp8 is not None and [int(d) for d in fp8[0].ty.shape] == [gnk[0] * gnk[1], gnk[2]]:
+                    return self._emit_linear_fp8(call, x, xshape[:-2], gnk[0], gnk[2], gnk[1], *fp8)
+            value = self._unwidened(value)
             if isinstance(value, relax.Call) and value.op == op_reshape:
                 value = self._value(value.args[0])
             value = self._unwidened(value)
             stored = self._stored(value)
             if stored is None or [int(d) for d in stored.ty.shape] not in ([gnk[0] * gnk[1], gnk[2]], gnk):
                 return call
-            xshape = [int(d) for d in x.ty.shape]
             if xshape[-2:] != [gnk[0], gnk[2]]:
                 return call
             return self._emit_linear(call, x, xshape[:-2], stored, True, gnk[0], gnk[2], gnk[1])
 
-        def _stored(self, value):
-            """``value`` if it is a model weight (a constant or weight parameter) of a dtype the
-            kernel reads, else None."""
+        def _stored(self, value, dtypes=linear.WEIGHT_DTYPES):
+            """``value`` if it is a model weight (a constant or weight parameter) of one of ``dtypes``,
+            else None."""
             if isinstance(value, GenericConst) or (isinstance(value, relax.Var) and value in weight_vars):
-                if str(value.ty.dtype) in linear.WEIGHT_DTYPES:
+                if str(value.ty.dtype) in dtypes:
                     return value
             return None
+
+        def _array(self, value):
+            """The numpy value of a stored weight (a constant or weight parameter)."""
+            return weight_params[weight_vars[value]] if value in weight_vars else value.value.numpy()
+
+        def _emit_linear_fp8(self, call, x, lead, groups: int, dim: int, cols: int, q, scale, block_n: int,
+                             block_k: int):
+            """The FP8 linear for ``x [*lead, groups * dim]`` on q [groups * cols, dim] and its scales, or
+            ``call`` unchanged when the target has no FP8 linear for it."""
+            rows = math.prod(lead)
+            cfg = target.choose("linear_fp8", rows=rows, dim=dim, cols=cols, groups=groups, block_n=block_n,
+                                block_k=block_k, features=features)
+            panel = int(cfg.get("panel", 0))
+            if cfg.get("layout") not in linear_fp8.LAYOUTS or block_n % panel or (groups > 1 and cols % block_n):
+                return call
+            scales = self._array(scale)
+            if scales.size and int(scales.max()) > quant.SCALE_MAX:
+                where = weight_vars.get(scale, "a scale constant")
+                raise CompileError(f"FP8 weight scales '{where}': exponent byte {int(scales.max())} (2^"
+                                   f"{int(scales.max()) - 127}) exceeds the largest scale tide reads, "
+                                   f"2^{quant.SCALE_MAX - 127}")
+            shape = f"{rows}x{dim}x{cols}" if groups == 1 else f"{rows}x{groups}g{dim}x{cols}"
+            name = f"tide_linear_fp8_{shape}_p{panel}"
+            gv = self._add(linear_fp8.prim_func(rows, dim, cols, panel, groups, block_n, block_k, name), name,
+                           "linear_fp8", rows=rows, dim=dim, cols=cols, groups=groups, panel=panel, layout="panel",
+                           weight_dtype="fp8", tile_rows=int(cfg.get("tile_rows", 1)), block_n=block_n,
+                           block_k=block_k, **linear_fp8.cost(rows, dim, cols, groups, block_n, block_k))
+            what = f"[{dim} x {cols}]" if groups == 1 else f"{groups} groups of [{dim} x {cols}]"
+            report.add(name, f"linear [{rows} x {groups * dim}] @ {what} (fp8 weight, {block_n}x{block_k} "
+                             f"scale blocks, {panel}-wide panels)")
+            packed = self._packed(q, True, groups, panel)
+            xshape = [int(d) for d in x.ty.shape]
+            flat = x if xshape == [rows, groups * dim] else \
+                self.builder_.emit(relax.op.reshape(x, (rows, groups * dim)))
+            y = self.builder_.emit(relax.call_tir(gv, [flat, packed, scale],
+                                                  out_ty=relax.TensorType((rows, groups * cols), "float32")))
+            oshape = [int(d) for d in call.ty.shape]
+            return y if oshape == [rows, groups * cols] else relax.op.reshape(y, oshape)
 
         def _emit_linear(self, call, x, lead, weight, transposed: bool, groups: int, dim: int, cols: int):
             """The linear call for ``x [*lead, groups * dim]`` (or ``[*lead, groups, dim]``), or ``call``

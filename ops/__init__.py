@@ -6,8 +6,9 @@ shapes, unscheduled), ``reference(...)`` (plain numpy, float64) and ``cost(...)`
 and minimum bytes moved). A module serving a tide-domain ONNX function also gives
 ``relax_convert(bb, inputs, attrs, *, choose, report)``: the Relax calls of its kernels, built with
 the target's choices (``choose``, ``tide.targets.Target.choose``) and tagged with their identity
-(``tide.ops.kernel``). ``rows`` and ``kernel`` are no kernels: the loop over independent rows
-that the row-wise kernels share, and the kernels' identity.
+(``tide.ops.kernel``). ``rows``, ``quant`` and ``kernel`` are no kernels: the loop over independent
+rows that the row-wise kernels share, the quantized formats' decoding expressions, and the
+kernels' identity.
 """
 
 # tide-domain ONNX functions (docs/onnx-contract.md) that a kernel of this package serves, with the
@@ -23,4 +24,6 @@ FUNCTION_KERNELS = {
     "SparseSinkAttention": "sink_attention_sparse",
     "LightningIndexer": "indexer",
     "Compressor": "compressor",
+    "DequantizeFP8": "dequantize_fp8",
+    "DequantizeFP4": "dequantize_fp4",
 }

@@ -64,5 +64,15 @@ def schedule_linear(func, target=None):
     return sch.mod["main"]
 
 
-CHOICES = {"linear": choose_linear}
-RULES = {"linear": schedule_linear}
+def choose_linear_fp8(*, rows: int, cols: int, block_n: int, features=frozenset(), **_) -> dict:
+    """The float32 linear's panels and row tiles, with panels inside one scale block; F16C (the
+    float16 -> float32 conversion that decodes e4m3 in registers) is required."""
+    if "f16c" not in features:
+        return {}
+    cfg = choose_linear(rows=rows, cols=cols, features=features)
+    return cfg if cfg and block_n % cfg["panel"] == 0 else {}
+
+
+CHOICES = {"linear": choose_linear, "linear_fp8": choose_linear_fp8}
+# the FP8 linear has the float32 one's loop nest (its weight decode is inside the reduction)
+RULES = {"linear": schedule_linear, "linear_fp8": schedule_linear}
