@@ -315,6 +315,13 @@ def _infer(path: str, model: onnx.ModelProto, kept_shapes: dict | None = None) -
         raise CompileError(f"{path}: shape inference failed: {err}") from err
 
 
+def _widens_weight(node: onnx.NodeProto, consts: dict) -> bool:
+    """A ``Cast`` of a bfloat16 initializer (a weight read through a widening cast): left in the graph
+    so that kernel substitution reads the weight as stored (``tide.compiler.substitute``) instead of
+    a float32 copy."""
+    return node.op_type == "Cast" and node.input[0] in consts and consts[node.input[0]].dtype.name == "bfloat16"
+
+
 def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
     out = {}
     for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
@@ -348,7 +355,8 @@ def _fold_once(path: str, model: onnx.ModelProto) -> bool:
                 value = [np.array(dims, dtype=np.int64)[start:end]]
         elif node.op_type == "Constant":
             value = _evaluate(path, node, consts, opset)
-        elif node.domain in ("", "ai.onnx") and all(i == "" or i in consts for i in node.input):
+        elif node.domain in ("", "ai.onnx") and all(i == "" or i in consts for i in node.input) and \
+                not _widens_weight(node, consts):
             outs_small = True
             for o in node.output:
                 if o in shapes:

@@ -18,8 +18,8 @@ from .errors import CompileError
 @contextlib.contextmanager
 def _converters(path: str, opset: int, function_converters: dict):
     """Adds tide's converters for ``tide``-domain function calls to the frontend's convert map
-    (its extension point), and its own ``Einsum`` converter (see ``_einsum``), and names the ONNX
-    node in every converter failure."""
+    (its extension point), its own ``Einsum`` converter (see ``_einsum``) and ``Cast`` of bfloat16
+    weights (``_widening_cast``), and names the ONNX node in every converter failure."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
     importer = onnx_frontend.ONNXGraphImporter
@@ -29,6 +29,7 @@ def _converters(path: str, opset: int, function_converters: dict):
     def convert_map():
         table = dict(original_map())
         table["Einsum"] = _converter_class("Einsum", _einsum)
+        table["Cast"] = _widening_cast(table["Cast"])
         for name, fn in function_converters.items():
             table[name] = _converter_class(name, fn)
         return table
@@ -61,6 +62,29 @@ def _einsum(bb, inputs, attrs):
 
     equation = attrs["equation"]
     return relax.op.einsum(inputs, equation.decode() if isinstance(equation, bytes) else equation)
+
+
+def _widening_cast(original):
+    """The frontend's ``Cast`` converter, except that a bfloat16 constant cast to float32 (a weight
+    read through a widening cast) stays a Relax ``astype`` instead of being evaluated now: kernel
+    substitution then reads the weight as stored, and only what no kernel absorbs is folded later."""
+    import onnx
+    from tvm import relax
+    from tvm.ir.expr import GenericConst
+
+    def get_converter(_cls, opset):
+        convert = original.get_converter(opset)
+
+        def cast(bb, inputs, attrs, params):
+            data = inputs[0]
+            if isinstance(data, GenericConst) and str(data.ty.dtype) == "bfloat16" and \
+                    attrs.get("to") == onnx.TensorProto.FLOAT:
+                return relax.op.astype(data, "float32")
+            return convert(bb, inputs, attrs, params)
+
+        return cast
+
+    return type("TideCast", (), {"get_converter": classmethod(get_converter)})
 
 
 def _converter_class(name: str, fn):

@@ -10,6 +10,7 @@ schedules it afterwards. What it replaces today:
 - ``relax.scatter_nd`` whose data is a decode-state input -> ``tide.ops.state_scatter``, an in-place
   update: the call's output is bound to the state buffer by the plan builder, which also orders
   the call after every read of the old state;
+- ``relax.take(astype(W), idx)`` of a bfloat16 weight (the embedding) -> ``astype(take(W, idx))``;
 - ``relax.matmul(x, W)`` with W a model weight ([K, N], or the transpose of a stored [N, K]; float32
   or bfloat16, read through a widening cast if the graph has one), and the grouped
   ``relax.einsum("...gk,gnk->...gn", x, W)`` on a stored [G * N, K] weight -> ``tide.ops.linear``
@@ -118,7 +119,7 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     op_scatter = tvm_op("relax.scatter_nd")
     op_matmul, op_permute, op_astype = tvm_op("relax.matmul"), tvm_op("relax.permute_dims"), tvm_op("relax.astype")
     op_einsum, op_reshape = tvm_op("relax.einsum"), tvm_op("relax.reshape")
-    op_call_tir = tvm_op("relax.call_tir")
+    op_call_tir, op_take = tvm_op("relax.call_tir"), tvm_op("relax.take")
     weight_params = {} if weight_params is None else weight_params
     params = {p.name: p for p in mod["main"].params}
     state_vars = {params[name]: state for name, state in state_params.items() if name in params}
@@ -148,7 +149,23 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
                 return self._linear(call)
             if call.op == op_einsum and linears:
                 return self._grouped_linear(call)
+            if call.op == op_take:
+                return self._take(call)
             return call
+
+        def _take(self, call):
+            """``take(astype(W, float32), idx)`` of a stored bfloat16 weight (the embedding) ->
+            ``astype(take(W, idx))``: the gathered rows are widened, never the table, which then
+            stays bfloat16 in the artifact (folding would widen a constant table)."""
+            data, index = call.args
+            value = self._value(data)
+            if not (isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32"):
+                return call
+            stored = self._stored(self._value(value.args[0]), ("bfloat16",))
+            if stored is None:
+                return call
+            rows = self.builder_.emit(relax.op.take(stored, index, axis=int(call.attrs.axis), mode=call.attrs.mode))
+            return relax.op.astype(rows, "float32")
 
         def _value(self, expr):
             """What a variable of main is bound to (None for a parameter)."""
@@ -203,8 +220,8 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
         def _linear(self, call):
             x, w = call.args
             value = self._value(w)
-            if isinstance(value, relax.Call) and value.op == op_permute and value.attrs.axes is not None and \
-                    [int(a) for a in value.attrs.axes] == [1, 0]:
+            if isinstance(value, relax.Call) and value.op == op_permute and len(value.args[0].ty.shape) == 2 and \
+                    (value.attrs.axes is None or [int(a) for a in value.attrs.axes] == [1, 0]):
                 fp8 = self._fp8_weight(self._value(value.args[0]))
                 if fp8 is not None and str(x.ty.dtype) == "float32" and len(x.ty.shape) >= 2:
                     cols, dim = (int(d) for d in fp8[0].ty.shape)

@@ -8,12 +8,17 @@ expert order; ``tide.ops.moe_experts``' combine brings them back to token order.
 Weight layouts (the target's ``moe_gemm`` choice picks one at compile time): ``"panel"``, packed at
 compile time from ``down [E, D, F]`` into ``[E, D / NB, F, NB]``, the F x NB panel of each block of
 NB output columns contiguous and row-major in F; ``"rows"``, the checkpoint's ``[E, D, F]`` as is
-(K-contiguous rows). float32 h, float32 or bfloat16 weights, float32 arithmetic.
+(K-contiguous rows). float32 h, float32 or bfloat16 weights, float32 arithmetic. FP4 weights
+(``weight_dtype="fp4"``, rows layout): the checkpoint's packed ``[E, D, F / 2]`` e2m1 bytes and their
+``[E, D, F / 32]`` e8m0 scales (an extra ``scale`` buffer), decoded in registers as in
+``tide.ops.moe_gate_up``, with h as its even and odd planes ``[rows, 2, F / 2]``.
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+FP4_BLOCK = 32  # elements per e8m0 scale along F
 
 
 LAYOUTS = ("panel", "rows")
@@ -45,6 +50,9 @@ def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: in
               name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32", nb: int = 0):
     from tvm.script import tirx as T
 
+    if weight_dtype == "fp4":
+        return _prim_func_fp4(dim, experts, inter, max_tiles, block_rows, name, layout, nb)
+
     wshape = weight_shape(experts, dim, inter, layout, nb)
     nb = col_block(dim, layout, nb)
     db = dim // nb
@@ -72,6 +80,53 @@ def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: in
                                 acc[vi, vc] = T.float32(0)
                             acc[vi, vc] = acc[vi, vc] + h[vt * block_rows + vi, vk] * weight(w, tile_expert[vt],
                                                                                              vj, vk, vc)
+                    for i, c in T.grid(block_rows, nb):
+                        with T.sblock("store"):
+                            vi, vc = T.axis.remap("SS", [i, c])
+                            o[vt * block_rows + vi, vj * nb + vc] = acc[vi, vc]
+
+    return func
+
+
+def _prim_func_fp4(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int, name: str, layout: str,
+                   nb: int):
+    """The FP4 variant: ``w [E, D, F / 2]`` packed e2m1 and ``scale [E, D, F / 32]`` (module
+    docstring), the reduction over F / 2 byte pairs."""
+    from tvm.script import tirx as T
+
+    from . import quant
+
+    if layout != "rows" or inter % FP4_BLOCK:
+        raise ValueError(f"moe_down: FP4 weights are read in the rows layout with F a multiple of {FP4_BLOCK} "
+                         f"(got layout {layout!r}, F {inter})")
+    nb = col_block(dim, layout, nb)
+    db = dim // nb
+    rows = max_tiles * block_rows
+    pairs = FP4_BLOCK // 2
+
+    def pair(h, w, scale, r, e, n, kk):
+        byte = w[e, n, kk]
+        return (h[r, 0, kk] * quant.e2m1_half(byte, False) + h[r, 1, kk] * quant.e2m1_half(byte, True)) \
+            * quant.e8m0_pow2(scale[e, n, kk // pairs], quant.E2M1_SHIFT)
+
+    @T.prim_func(s_tir=True)
+    def func(h: T.Buffer((rows, 2, inter // 2), "float32"), w: T.Buffer((experts, dim, inter // 2), "uint8"),
+             scale: T.Buffer((experts, dim, inter // FP4_BLOCK), "uint8"),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             o: T.Buffer((rows, dim), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        for jb, tile in T.grid(db, max_tiles):
+            with T.sblock("tile"):
+                vj, vt = T.axis.remap("SS", [jb, tile])
+                acc = T.sblock_alloc_buffer((block_rows, nb), "float32", scope="local")
+                if vt < num_tiles[0]:
+                    for i, c, kk in T.grid(block_rows, nb, inter // 2):
+                        with T.sblock("gemm"):
+                            vi, vc, vkk = T.axis.remap("SSR", [i, c, kk])
+                            with T.init():
+                                acc[vi, vc] = T.float32(0)
+                            acc[vi, vc] = acc[vi, vc] + pair(h, w, scale, vt * block_rows + vi, tile_expert[vt],
+                                                             vj * nb + vc, vkk)
                     for i, c in T.grid(block_rows, nb):
                         with T.sblock("store"):
                             vi, vc = T.axis.remap("SS", [i, c])
@@ -112,8 +167,8 @@ def reference(h, tile_expert, num_tiles, down, block_rows):
     return o
 
 
-def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: int = 4) -> dict:
-    """FLOPs of the rows computed (padding included); bytes: each active expert's down weights once,
-    h read and o written."""
+def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: float = 4) -> dict:
+    """FLOPs of the rows computed (padding included); bytes: each active expert's down weights once
+    (``itemsize`` bytes per weight: 17/32 for FP4 with its scales), h read and o written."""
     return {"flops": 2 * used_rows * dim * inter,
-            "bytes": (active_experts * dim * inter + used_rows * (dim + inter)) * itemsize}
+            "bytes": int(active_experts * dim * inter * itemsize) + used_rows * (dim + inter) * 4}

@@ -17,6 +17,8 @@ target's schedule wants (the target's ``moe_gemm`` choice), made at compile time
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from . import kernel, moe_down, moe_gate_up, moe_permute
@@ -75,6 +77,8 @@ def cost(tokens: int, top_k: int, dim: int, itemsize: int = 4) -> dict:
 
 
 WEIGHT_DTYPES = ("float32", "bfloat16")
+# bytes per weight of each stored format, scales included
+WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "fp4": 17 / 32}
 
 
 def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: float, index_dtype: str = "int64",
@@ -88,7 +92,7 @@ def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: 
     br = tile_rows or block_rows(tokens, top_k, experts)
     max_tiles, rows = moe_permute.tiling(tokens, top_k, experts, br)
     shape = f"{tag}t{tokens}k{top_k}e{experts}d{dim}f{inter}"
-    wtag = f"_{variant}" if variant else f"_{layout}" + ("_bf16" if weight_dtype == "bfloat16" else "")
+    wtag = f"_{variant}" if variant else f"_{layout}" + {"bfloat16": "_bf16", "fp4": "_fp4"}.get(weight_dtype, "")
     names = [f"tide_moe_permute_{shape}_b{br}", f"tide_moe_gate_up_{shape}{wtag}", f"tide_moe_down_{shape}{wtag}",
              f"tide_moe_combine_{shape}_b{br}"]
     gemm = {"experts": experts, "dim": dim, "inter": inter, "max_tiles": max_tiles, "tile_rows": br,
@@ -99,10 +103,14 @@ def kernels(tokens: int, top_k: int, experts: int, dim: int, inter: int, limit: 
                    tokens=tokens, top_k=top_k, experts=experts, tile_rows=br, **moe_permute.cost(tokens, top_k, experts, br)),
         kernel.tag(moe_gate_up.prim_func(tokens, dim, experts, inter, max_tiles, br, limit, name=names[1],
                                          layout=layout, weight_dtype=weight_dtype, nb=gate_up_nb), "moe_gate_up",
-                   tokens=tokens, limit=limit, **moe_gate_up.cost(rows, min(experts, tokens * top_k), dim, inter), **gemm),
+                   tokens=tokens, limit=limit, weight_dtype=weight_dtype,
+                   **moe_gate_up.cost(rows, min(experts, tokens * top_k), dim, inter, WEIGHT_BYTES[weight_dtype]),
+                   **gemm),
         kernel.tag(moe_down.prim_func(dim, experts, inter, max_tiles, br, name=names[2], layout=layout,
                                       weight_dtype=weight_dtype, nb=down_nb), "moe_down",
-                   **moe_down.cost(rows, min(experts, tokens * top_k), dim, inter), **gemm),
+                   weight_dtype=weight_dtype,
+                   **moe_down.cost(rows, min(experts, tokens * top_k), dim, inter, WEIGHT_BYTES[weight_dtype]),
+                   **gemm),
         kernel.tag(prim_func(tokens, top_k, dim, rows, name=names[3]), "moe_combine", tokens=tokens, top_k=top_k,
                    dim=dim, **cost(tokens, top_k, dim))]
     return list(zip(names, funcs)), br, max_tiles, rows
@@ -123,6 +131,32 @@ def check_dtypes(function: str, activations: dict, weights: dict) -> str:
     return next(iter(dtypes.values()))
 
 
+def fp4_source(bb, value):
+    """``(q, scale)`` when ``value`` is the float32 output of a ``tide.DequantizeFP4`` kernel call on a
+    stored [E, N, K / 2] expert weight (as its converter emits it: a reshape of the call on reshaped
+    operands), else None."""
+    import tvm
+    from tvm import relax
+
+    from .rope import bound_value
+
+    reshape = tvm.ir.Op.get("relax.reshape")
+    value = bound_value(bb, value)
+    if not (isinstance(value, relax.Call) and value.op == reshape):
+        return None
+    call = bound_value(bb, value.args[0])
+    if not (isinstance(call, relax.Call) and len(call.args) == 2 and isinstance(call.args[0], relax.GlobalVar)):
+        return None
+    func = bb.get()[call.args[0]]
+    if kernel.identity(func)[0] != "dequantize_fp4":
+        return None
+    operands = [bound_value(bb, a) for a in call.args[1].fields]
+    if not all(isinstance(v, relax.Call) and v.op == reshape for v in operands):
+        return None
+    q, scale = (v.args[0] for v in operands)
+    return (q, scale) if len(q.ty.shape) == 3 else None
+
+
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.MoEExperts`` -> permute, grouped gate/up, grouped down, combine. The weight layout (and
     a GEMM variant with its tile height) is the target's compile-time choice: constants are packed
@@ -137,6 +171,13 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     weight_dtype = check_dtypes("MoEExperts", {"x": x, "weights": weights}, {"gate_up": gate_up, "down": down})
     limit = float(attrs.get("swiglu_limit", 10.0))
     constant = isinstance(gate_up, GenericConst) and isinstance(down, GenericConst)
+    fp4 = [fp4_source(bb, w) for w in (gate_up, down)]
+    if all(fp4):
+        cfg = choose("moe_gemm", block_rows=block_rows(tokens, top_k, experts), weight_dtype="fp4", dim=dim,
+                     inter=inter, constant=False)
+        if cfg.get("fp4"):   # the target reads the packed bytes itself: the dequantizations become dead
+            weight_dtype, constant = "fp4", False
+            (gate_up, gate_up_scale), (down, down_scale) = fp4
     cfg = choose("moe_gemm", block_rows=block_rows(tokens, top_k, experts), weight_dtype=weight_dtype, dim=dim,
                  inter=inter, constant=constant)
     layout, variant = cfg.get("layout", "rows"), cfg.get("variant", "")
@@ -154,8 +195,14 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
         relax.TensorType((max_tiles,), "int32"), relax.TensorType((1,), "int32"),
         relax.TensorType((tokens, top_k), "int32")]))
     row_token, row_weight, tile_expert, num_tiles, slot = (bb.emit(relax.TupleGetItem(perm, i)) for i in range(5))
-    h = bb.emit(relax.call_tir(gvs[1], [x, moe_gate_up.relax_pack(bb, gate_up, layout, nbs[0]), row_token, row_weight,
-                                        tile_expert, num_tiles], out_ty=relax.TensorType((rows, inter), "float32")))
-    o = bb.emit(relax.call_tir(gvs[2], [h, moe_down.relax_pack(bb, down, layout, nbs[1]), tile_expert, num_tiles],
+    gate_up_w = [moe_gate_up.relax_pack(bb, gate_up, layout, nbs[0])]
+    down_w = [moe_down.relax_pack(bb, down, layout, nbs[1])]
+    x_in, planes = x, (lambda v: v)
+    if weight_dtype == "fp4":
+        gate_up_w, down_w = [gate_up, gate_up_scale], [down, down_scale]
+        x_in, planes = moe_gate_up.planes(bb, x), functools.partial(moe_gate_up.planes, bb)
+    h = bb.emit(relax.call_tir(gvs[1], [x_in, *gate_up_w, row_token, row_weight, tile_expert, num_tiles],
+                               out_ty=relax.TensorType((rows, inter), "float32")))
+    o = bb.emit(relax.call_tir(gvs[2], [planes(h), *down_w, tile_expert, num_tiles],
                                out_ty=relax.TensorType((rows, dim), "float32")))
     return relax.call_tir(gvs[3], [o, slot], out_ty=relax.TensorType((tokens, dim), "float32"))

@@ -22,6 +22,13 @@ Weight layouts (a compile-time choice of the target, its ``moe_gemm`` choice):
 
 x is float32, weights float32 or bfloat16; products and sums are float32 either way.
 
+FP4 weights (``weight_dtype="fp4"``, ``"rows"`` layout only: the checkpoint's packed ``[E, 2F, D / 2]``
+bytes, two e2m1 codes per byte with element 2j in the low nibble, and their e8m0 scales
+``[E, 2F, D / 32]``, an extra ``scale`` buffer after ``w``): the reduction runs over byte pairs, each
+step adding ``(x[2j] * e2m1(low) + x[2j + 1] * e2m1(high)) * scale``, decoded in registers
+(``tide.ops.quant``), float32 sums; only the routed experts' bytes are read. x comes as its even and
+odd planes ``[T, 2, D / 2]`` (``planes``), so that both products load x contiguously.
+
 The definition is target-neutral: an outer block per (column block, tile) holding the
 accumulator, a reduction block and the SwiGLU block; each target's ``moe_gate_up`` rule schedules it.
 """
@@ -32,6 +39,7 @@ import numpy as np
 
 
 LAYOUTS = ("panel", "rows")
+FP4_BLOCK = 32  # elements per e8m0 scale along D
 
 
 def col_block(inter: int, layout: str = "panel", nb: int = 0) -> int:
@@ -69,6 +77,9 @@ def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, b
               limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32",
               nb: int = 0):
     from tvm.script import tirx as T
+
+    if weight_dtype == "fp4":
+        return _prim_func_fp4(tokens, dim, experts, inter, max_tiles, block_rows, limit, name, layout, nb)
 
     wshape = weight_shape(experts, dim, inter, layout, nb)
     nb = col_block(inter, layout, nb)
@@ -108,6 +119,65 @@ def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, b
     return func
 
 
+def _prim_func_fp4(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int, limit: float,
+                   name: str, layout: str, nb: int):
+    """The FP4 variant (module docstring): the same blocks, the reduction over D / 2 byte pairs."""
+    from tvm.script import tirx as T
+
+    from . import quant
+
+    if layout != "rows" or dim % FP4_BLOCK:
+        raise ValueError(f"moe_gate_up: FP4 weights are read in the rows layout with D a multiple of {FP4_BLOCK} "
+                         f"(got layout {layout!r}, D {dim})")
+    nb = col_block(inter, layout, nb)
+    fb = inter // nb
+    rows = max_tiles * block_rows
+    lim = T.float32(float(limit))
+    pairs = FP4_BLOCK // 2
+
+    def pair(x, w, scale, t, e, n, kk):
+        """``(x[t, 2kk] * w[n, 2kk] + x[t, 2kk + 1] * w[n, 2kk + 1])`` of expert ``e``'s row ``n``."""
+        byte = w[e, n, kk]
+        return (x[t, 0, kk] * quant.e2m1_half(byte, False) + x[t, 1, kk] * quant.e2m1_half(byte, True)) \
+            * quant.e8m0_pow2(scale[e, n, kk // pairs], quant.E2M1_SHIFT)
+
+    @T.prim_func(s_tir=True)
+    def func(x: T.Buffer((tokens, 2, dim // 2), "float32"), w: T.Buffer((experts, 2 * inter, dim // 2), "uint8"),
+             scale: T.Buffer((experts, 2 * inter, dim // FP4_BLOCK), "uint8"),
+             row_token: T.Buffer((rows,), "int32"), row_weight: T.Buffer((rows,), "float32"),
+             tile_expert: T.Buffer((max_tiles,), "int32"), num_tiles: T.Buffer((1,), "int32"),
+             h: T.Buffer((rows, inter), "float32")):
+        T.func_attr({"global_symbol": name, "tirx.noalias": True})
+        for jb, tile in T.grid(fb, max_tiles):
+            with T.sblock("tile"):
+                vj, vt = T.axis.remap("SS", [jb, tile])
+                acc = T.sblock_alloc_buffer((block_rows, 2, nb), "float32", scope="local")
+                if vt < num_tiles[0]:
+                    for i, s, c, kk in T.grid(block_rows, 2, nb, dim // 2):
+                        with T.sblock("gemm"):
+                            vi, vs, vc, vkk = T.axis.remap("SSSR", [i, s, c, kk])
+                            with T.init():
+                                acc[vi, vs, vc] = T.float32(0)
+                            acc[vi, vs, vc] = acc[vi, vs, vc] + pair(x, w, scale, row_token[vt * block_rows + vi],
+                                                                     tile_expert[vt], vs * inter + vj * nb + vc, vkk)
+                    for i, c in T.grid(block_rows, nb):
+                        with T.sblock("swiglu"):
+                            vi, vc = T.axis.remap("SS", [i, c])
+                            h[vt * block_rows + vi, vj * nb + vc] = swiglu(row_weight[vt * block_rows + vi],
+                                                                           acc[vi, 0, vc], acc[vi, 1, vc], lim)
+
+    return func
+
+
+def planes(bb, x):
+    """``x [T, K]`` as its even and odd columns ``[T, 2, K / 2]`` (Relax ops): the activations of an
+    FP4 GEMM."""
+    from tvm import relax
+
+    rows, cols = (int(v) for v in x.ty.shape)
+    return bb.emit(relax.op.permute_dims(bb.emit(relax.op.reshape(x, (rows, cols // 2, 2))), [0, 2, 1]))
+
+
 def pack(gate_up: np.ndarray, layout: str = "panel", nb: int = 0) -> np.ndarray:
     """``[E, 2F, D]`` -> the kernel's layout (``"rows"``: unchanged)."""
     if layout == "rows":
@@ -143,8 +213,8 @@ def reference(x, row_token, row_weight, tile_expert, num_tiles, gate_up, limit, 
     return h
 
 
-def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: int = 4) -> dict:
+def cost(used_rows: int, active_experts: int, dim: int, inter: int, itemsize: float = 4) -> dict:
     """FLOPs of the rows computed (padding included); bytes: each active expert's gate/up weights
-    once, the gathered x rows and h."""
+    once (``itemsize`` bytes per weight: 17/32 for FP4 with its scales), the gathered x rows and h."""
     return {"flops": 2 * used_rows * dim * 2 * inter + 6 * used_rows * inter,
-            "bytes": (active_experts * 2 * inter * dim + used_rows * (dim + inter)) * itemsize}
+            "bytes": int(active_experts * 2 * inter * dim * itemsize) + used_rows * (dim + inter) * 4}

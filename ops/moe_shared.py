@@ -80,17 +80,38 @@ def cost(tokens: int, dim: int, inter: int, itemsize: int = 4) -> dict:
             "bytes": (3 * dim * inter + 2 * tokens * dim + tokens * inter) * itemsize}
 
 
+def as_linears(bb, x, gate_weight, up_weight, down_weight, limit: float):
+    """The expert as three ``x @ W^T`` matmuls and its SwiGLU: for weights computed in the graph
+    (``tide.DequantizeFP8`` outputs), whose matmuls kernel substitution turns into linears that read
+    the stored weights (``tide.ops.linear_fp8``)."""
+    from tvm import relax
+
+    def linear(a, w):
+        return bb.emit(relax.op.matmul(a, relax.op.permute_dims(w, [1, 0])))
+
+    lim = relax.const(limit, "float32")
+    gate = bb.emit(relax.op.minimum(linear(x, gate_weight), lim))
+    up = relax.op.clip(linear(x, up_weight), -limit, limit)
+    act = bb.emit(relax.op.multiply(relax.op.multiply(gate, relax.op.sigmoid(gate)), up))
+    return relax.op.matmul(act, relax.op.permute_dims(down_weight, [1, 0]))
+
+
 def relax_convert(bb, inputs, attrs, *, choose, report):
-    """``tide.SharedExpert`` -> gate/up, down and the row copy-out on a fixed tile schedule."""
+    """``tide.SharedExpert`` -> gate/up, down and the row copy-out on a fixed tile schedule; for
+    weights computed in the graph, ``as_linears``."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
 
+    from .rope import bound_value
+
     x, gate_weight, up_weight, down_weight = inputs
+    limit = float(attrs.get("swiglu_limit", 10.0))
+    if any(isinstance(bound_value(bb, w), relax.Call) for w in inputs[1:]):
+        return as_linears(bb, x, gate_weight, up_weight, down_weight, limit)
     tokens, dim = (int(v) for v in x.ty.shape)
     inter = int(gate_weight.ty.shape[0])
     weight_dtype = moe_experts.check_dtypes("SharedExpert", {"x": x}, {
         "gate_weight": gate_weight, "up_weight": up_weight, "down_weight": down_weight})
-    limit = float(attrs.get("swiglu_limit", 10.0))
     constant = all(isinstance(w, GenericConst) for w in inputs[1:])
     cfg = choose("moe_gemm", block_rows=block_rows(tokens), weight_dtype=weight_dtype, dim=dim, inter=inter,
                  constant=constant)

@@ -9,7 +9,8 @@ and element-wise kernels are vectorized 16 wide.
 On K-contiguous "rows" weights (parameters) the tasks are a few columns wide and each dot product
 is split into 16 vector lanes (rfactor), summed once at the end.
 
-Choice: constant expert weights are packed into "panel"s at compile time (a register tile streams
+Choice: FP4 expert weights (parameters) are read as the checkpoint packs them ("rows", decoded in
+registers with F16C). Constant expert weights are packed into "panel"s at compile time (a register tile streams
 one contiguous panel); weights that are parameters (memory-mapped, not folded) are read as the
 checkpoint stores them ("rows"). Panels are sized to the vector registers so that the register
 tile fits them (the same sizes for every entry, so decode and prefill share one packed copy):
@@ -24,7 +25,12 @@ from .generic import VECTOR
 from .linear import MAX_TILE_ROWS, vector_lanes
 
 
-def choose_moe_gemm(*, constant: bool, block_rows: int = 1, features=frozenset(), **_) -> dict:
+def choose_moe_gemm(*, constant: bool, block_rows: int = 1, features=frozenset(), weight_dtype: str = "float32",
+                    **_) -> dict:
+    if weight_dtype == "fp4":   # packed FP4 read as stored (rows), decoded with F16C's conversions
+        # 2 gate/up columns (4 dot products) and 4 down columns per task: 8 accumulators of two
+        # vectors each would spill, the decode temporaries need the rest of the 16 registers
+        return {"layout": "rows", "fp4": True, "gate_up_block": 2, "down_block": 4} if "f16c" in features else {}
     if not constant:
         return {"layout": "rows"}
     lanes = vector_lanes(features)
