@@ -165,6 +165,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         "kernels": report.kernels,
         "kernel_costs": {name: _cost(func) for name, func in kernels.items()},
         "entries": [p.name for p in plans],
+        "weight_formats": onnx_import.quantized_formats(model),
     }
     if sig:
         metadata.update(_decode_metadata(model, plans, options))

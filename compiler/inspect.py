@@ -26,8 +26,11 @@ def describe(path: str) -> str:
     arena = max((e.arena_bytes for e in plan.entries), default=0)
     lines.append(f"memory plan: arena {size_text(arena)} (largest entry), state {size_text(state_bytes)} in "
                  f"{len(plan.states)} tensors, weights {size_text(weight_bytes)} in {len(plan.weights)} tensors")
+    lines.append("weights by stored form: " + ", ".join(
+        f"{form} {size_text(n)}" for form, n in sorted(weight_forms(plan, meta).items(), key=lambda kv: -kv[1])))
     for e in plan.entries:
-        lines.append(f"entry {e.name}: {len(e.calls)} kernel calls, arena {size_text(e.arena_bytes)}")
+        lines.append(f"entry {e.name}: {len(e.calls)} kernel calls, arena {size_text(e.arena_bytes)}, "
+                     f"{size_text(step_bytes(e, meta))} moved per run")
         for what, ios in (("in ", e.inputs), ("out", e.outputs)):
             data = [io for io in ios if io.role == "data"]
             for io in data:
@@ -46,3 +49,30 @@ def describe(path: str) -> str:
     if art.device_code is not None:
         lines += device_format(art.target.kind).describe(art.device_code)
     return "\n".join(lines)
+
+
+def weight_forms(plan, meta: dict) -> dict[str, int]:
+    """Weight bytes per stored form: "fp8" / "fp4" codes and "e8m0" scales (the compiler's
+    ``weight_formats``; a weight re-laid-out at compile time keeps its name as a prefix), else the
+    dtype."""
+    formats = meta.get("weight_formats", {})
+    out: dict[str, int] = {}
+    for w in plan.weights:
+        names = [name for name in formats if w.name == name or w.name.startswith(name + ".")]
+        form = formats[max(names, key=len)] if names else w.dtype
+        out[form] = out.get(form, 0) + w.nbytes
+    return out
+
+
+def step_bytes(entry, meta: dict) -> int:
+    """Bytes one run of ``entry`` reads and writes: each call's own count where its kernel has one
+    (a tide kernel: the weights it really reads, e.g. only the routed experts), else its
+    arguments' bytes."""
+    costs = meta.get("kernel_costs", {})
+    total = 0
+    for call in entry.calls:
+        cost = costs.get(call.kernel, {}).get("bytes")
+        if cost is None:
+            cost = sum(entry.buffers[v].nbytes for kind, v in call.args if kind == "buf")
+        total += int(cost)
+    return total

@@ -122,16 +122,17 @@ def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.Model
     gigabytes at run time. ``W`` itself stays only if something else (an embedding Gather) reads it."""
     big = {i.name: i for i in model.graph.initializer if i.name in weights
            and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES}
-    # quantized weights (what tide.DequantizeFP8 / FP4 read) are parameters whatever their size, so
-    # that no compile-time fold turns them into float32: they reach the artifact as stored
+    # quantized weights and their scales (what tide.DequantizeFP8 / FP4 read) are parameters
+    # whatever their size, so that no compile-time fold turns them into float32: they reach the
+    # artifact as stored, under their own names
     weights = dict(weights)
-    for node in model.graph.node:
-        if node.domain == "tide" and node.op_type in QUANTIZED_READERS:
-            for init in model.graph.initializer:
-                if init.name == node.input[0] and init.name not in big:
-                    big[init.name] = init
-                    if init.name not in weights:
-                        weights[init.name] = numpy_helper.to_array(init)
+    quantized = {name for node in model.graph.node if node.domain == "tide" and node.op_type in QUANTIZED_READERS
+                 for name in node.input[:2]}
+    for init in model.graph.initializer:
+        if init.name in quantized and init.name not in big:
+            big[init.name] = init
+            if init.name not in weights:
+                weights[init.name] = numpy_helper.to_array(init)
     params: dict = {}
     if not big:
         return model, params
@@ -160,6 +161,17 @@ def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.Model
                                                                    list(init.dims)[::-1]))
             params[transposed[name]] = weights[name].T
     return model, params
+
+
+def quantized_formats(model: onnx.ModelProto) -> dict[str, str]:
+    """The stored format of each quantized weight of the graph: initializer name -> "fp8" or "fp4"
+    (what tide.DequantizeFP8 / FP4 read), and "e8m0" for their scales."""
+    formats = {}
+    for node in model.graph.node:
+        if node.domain == "tide" and node.op_type in QUANTIZED_READERS:
+            formats[node.input[0]] = "fp8" if node.op_type == "DequantizeFP8" else "fp4"
+            formats[node.input[1]] = "e8m0"
+    return formats
 
 
 def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:

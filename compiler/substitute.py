@@ -10,7 +10,8 @@ schedules it afterwards. What it replaces today:
 - ``relax.scatter_nd`` whose data is a decode-state input -> ``tide.ops.state_scatter``, an in-place
   update: the call's output is bound to the state buffer by the plan builder, which also orders
   the call after every read of the old state;
-- ``relax.take(astype(W), idx)`` of a bfloat16 weight (the embedding) -> ``astype(take(W, idx))``;
+- ``relax.take(W, ids)`` of a stored weight table (float32, or bfloat16 through a widening cast:
+  the embedding) -> ``tide.ops.embedding``;
 - ``relax.matmul(x, W)`` with W a model weight ([K, N], or the transpose of a stored [N, K]; float32
   or bfloat16, read through a widening cast if the graph has one), and the grouped
   ``relax.einsum("...gk,gnk->...gn", x, W)`` on a stored [G * N, K] weight -> ``tide.ops.linear``
@@ -113,7 +114,7 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     from tvm.ir.expr import GenericConst
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
-    from ..ops import kernel, linear, linear_fp8, quant, state_scatter, topk
+    from ..ops import embedding, kernel, linear, linear_fp8, quant, state_scatter, topk
 
     op_topk = tvm_op("relax.topk")
     op_scatter = tvm_op("relax.scatter_nd")
@@ -154,18 +155,28 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             return call
 
         def _take(self, call):
-            """``take(astype(W, float32), idx)`` of a stored bfloat16 weight (the embedding) ->
-            ``astype(take(W, idx))``: the gathered rows are widened, never the table, which then
-            stays bfloat16 in the artifact (folding would widen a constant table)."""
-            data, index = call.args
-            value = self._value(data)
-            if not (isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32"):
+            """``take(W, ids, axis=0)`` of a stored [V, D] weight table, float32 or bfloat16 read
+            through a widening astype (the embedding) -> ``tide.ops.embedding``: the table stays as
+            stored (folding would widen a constant bf16 table) and a step reads only its rows."""
+            data, ids = call.args
+            if int(call.attrs.axis) != 0 or str(ids.ty.dtype) not in ("int32", "int64") or \
+                    str(call.ty.dtype) != "float32":
                 return call
-            stored = self._stored(self._value(value.args[0]), ("bfloat16",))
-            if stored is None:
+            table = self._stored(self._unwidened(self._value(data)), ("float32", "bfloat16"))
+            if table is None or len(table.ty.shape) != 2:
                 return call
-            rows = self.builder_.emit(relax.op.take(stored, index, axis=int(call.attrs.axis), mode=call.attrs.mode))
-            return relax.op.astype(rows, "float32")
+            vocab, dim = (int(d) for d in table.ty.shape)
+            shape = [int(d) for d in ids.ty.shape]
+            rows, dtype = math.prod(shape), str(table.ty.dtype)
+            name = f"tide_embedding_{rows}x{vocab}x{dim}" + ("_bf16" if dtype == "bfloat16" else "")
+            row_threads = target.choose("rows", rows=rows).get("row_threads")
+            gv = self._add(embedding.prim_func(rows, vocab, dim, dtype, str(ids.ty.dtype), row_threads, name), name,
+                           "embedding", rows=rows, vocab=vocab, dim=dim,
+                           **embedding.cost(rows, dim, 2 if dtype == "bfloat16" else 4))
+            report.add(name, f"embedding lookup of {rows} ids in a [{vocab} x {dim}] {dtype} table")
+            flat = ids if len(shape) == 1 else self.builder_.emit(relax.op.reshape(ids, (rows,)))
+            out = self.builder_.emit(relax.call_tir(gv, [table, flat], out_ty=relax.TensorType((rows, dim), "float32")))
+            return relax.op.reshape(out, shape + [dim])
 
         def _value(self, expr):
             """What a variable of main is bound to (None for a parameter)."""

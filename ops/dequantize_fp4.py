@@ -28,7 +28,7 @@ def prim_func(lead: int, rows: int, cols: int, name: str = "tide_dequantize_fp4"
         for r, n, k in T.grid(lead, rows, cols):
             with T.sblock("dequantize"):
                 vr, vn, vk = T.axis.remap("SSS", [r, n, k])
-                y[vr, vn, vk] = quant.e2m1(T.bitwise_and(T.shift_right(T.Cast("int32", q[vr, vn, vk // 2]),
+                y[vr, vn, vk] = quant.e2m1(T.bitwise_and(T.shift_right(quant.byte(q[vr, vn, vk // 2]),
                                                                        (vk % 2) * 4), 15)) \
                     * quant.e8m0(scale[vr, vn, vk // BLOCK])
 

@@ -32,12 +32,20 @@ def pow2(e):
     return T.reinterpret("float32", T.shift_left(e + 127, 23))
 
 
+def byte(b):
+    """The uint8 expression ``b`` as an int32 in [0, 256), whether the target widens uint8 with a
+    zero or (Ascend, whose integers are signless) a sign extension."""
+    from tvm.script import tirx as T
+
+    return T.bitwise_and(T.Cast("int32", b), 255)
+
+
 def e8m0(s):
     """The exact float32 value ``2^(s - 127)`` of an e8m0 byte (uint8 expression; 255, NaN, is refused
     before compile and decodes to 2^128 = inf)."""
     from tvm.script import tirx as T
 
-    si = T.Cast("int32", s)
+    si = byte(s)
     return T.if_then_else(si == 0, T.float32(2.0 ** -127), T.reinterpret("float32", T.shift_left(si, 23)))
 
 
@@ -45,7 +53,7 @@ def e4m3(b):
     """The exact float32 value of a float8_e4m3fn bit pattern (uint8 expression)."""
     from tvm.script import tirx as T
 
-    bi = T.Cast("int32", b)
+    bi = byte(b)
     e, m = T.bitwise_and(T.shift_right(bi, 3), 15), T.bitwise_and(bi, 7)
     mag = T.if_then_else(e == 0, T.Cast("float32", m) * T.float32(2.0 ** -9),
                          T.Cast("float32", m + 8) * pow2(e - 10))

@@ -22,7 +22,10 @@ UB = "#hivm.address_space<ub>"
 
 # tide dtype -> (MLIR element type, bits)
 DTYPES = {"float32": ("f32", 32), "float16": ("f16", 16), "bfloat16": ("bf16", 16), "float64": ("f64", 64),
-          "int64": ("i64", 64), "int32": ("i32", 32), "int16": ("i16", 16), "int8": ("i8", 8), "bool": ("i1", 1)}
+          "int64": ("i64", 64), "int32": ("i32", 32), "int16": ("i16", 16), "int8": ("i8", 8), "bool": ("i1", 1),
+          # quantized weights' bytes: MLIR integers are signless and the translator widens with a sign
+          # extension, so a kernel reading uint8 masks after widening (``tide.ops.quant.byte``)
+          "uint8": ("i8", 8)}
 _BITS = dict(DTYPES.values())
 
 
