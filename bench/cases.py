@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..ops import (compressor, indexer, linear, moe_down, moe_experts, moe_gate_up, moe_permute, moe_shared, rmsnorm, rope,
-                   router, router_hash, router_scores, sink_attention, sink_attention_sparse, topk)
+from ..ops import (compressor, dequantize_fp4, dequantize_fp8, indexer, linear, linear_fp8, moe_down, moe_experts,
+                   moe_gate_up, moe_permute, moe_shared, rmsnorm, rope, router, router_hash, router_scores,
+                   sink_attention, sink_attention_sparse, topk)
 
 # Model dimensions per shape set (compiler/export/config.py, docs/deepseek-v4.md).
 DIMS = {
@@ -746,6 +747,106 @@ class LinearDef(KernelDef):
         return lambda x: (x @ w.T,)
 
 
+def _fp8(rng, shape) -> tuple[np.ndarray, np.ndarray]:
+    """Random e4m3 bytes (finite) and e8m0 scales of a [N, K] weight whose values are O(1/sqrt(K))."""
+    n, k = shape
+    finite = np.array([b for b in range(256) if b & 0x7F != 0x7F], np.uint8)
+    scale = np.uint8(127 - 5 - int(math.log2(k)) // 2)
+    return rng.choice(finite, size=shape), np.full((-(-n // 128), -(-k // 128)), scale, np.uint8)
+
+
+def _fp4(rng, shape, target_amax: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random packed e2m1 bytes and e8m0 scales of a [..., N, K] weight with |w| up to about ``target_amax``."""
+    *lead, n, k = shape
+    scale = np.uint8(127 + math.ceil(math.log2(target_amax / 6)))
+    return (rng.integers(0, 256, size=(*lead, n, k // 2), dtype=np.uint8),
+            np.full((*lead, n, k // 32), scale, np.uint8))
+
+
+class LinearFP8Def(LinearDef):
+    """A model weight's matmul on an FP8 weight as DeepSeek releases it (e4m3 bytes, 128 x 128
+    power-of-two scales), read through tide.DequantizeFP8 as the exporter writes it: tide reads the
+    bytes in its FP8 linear; the baselines multiply by the dequantized float32 weight."""
+
+    name, group = "linear_fp8", "linear"
+
+    def cases(self, shapes):
+        out = []
+        for case in super().cases(shapes):
+            if case.label.startswith("lm_head"):
+                continue   # the releases keep the lm_head in bf16
+            (_, _, (cols, dim)), = case.weights
+            out.append(dataclasses.replace(
+                case, kernel=self.name,
+                weights=[("weight", "uint8", (cols, dim)), ("weight.scale", "uint8", (-(-cols // 128), -(-dim // 128)))],
+                params={"quantized": {"weight": "fp8"}}))
+        return out
+
+    def make_weights(self, case, rng):
+        q, s = _fp8(rng, case.weights[0][2])
+        return {"weight": q, "weight.scale": s}
+
+    def reference(self, case, feeds, weights):
+        return {"y": linear_fp8.reference(feeds["x"], weights["weight"], weights["weight.scale"])}
+
+    def cost(self, case, feeds):
+        rows, dim = case.inputs[0][2]
+        return linear_fp8.cost(rows, dim, case.weights[0][2][0])
+
+    def torch_fn(self, case, weights, device):
+        import torch
+
+        w = torch.from_numpy(dequantize_fp8.reference(weights["weight"], weights["weight.scale"], 128, 128)
+                             .astype(np.float32)).to(device)
+        return lambda x: (x @ w.T,)
+
+
+class MoEExpertsFP4Def(MoEExpertsDef):
+    """Routed experts with FP4 weights as DeepSeek releases them (packed e2m1, 1 x 32 scales), read
+    through tide.DequantizeFP4: tide's grouped GEMMs read the routed experts' bytes; the baselines
+    run the dequantized float32 experts."""
+
+    name = "moe_experts_fp4"
+
+    def _case(self, shapes, phase, tokens):
+        case = super()._case(shapes, phase, tokens)
+        (_, _, (E, F2, D)), (_, _, (_, _, F)) = case.weights
+        weights = [("gate_up", "uint8", (E, F2, D // 2)), ("gate_up.scale", "uint8", (E, F2, D // 32)),
+                   ("down", "uint8", (E, D, F // 2)), ("down.scale", "uint8", (E, D, F // 32))]
+        return dataclasses.replace(case, kernel=self.name, weights=weights,
+                                   params={"quantized": {"gate_up": "fp4", "down": "fp4"}})
+
+    def make_weights(self, case, rng):
+        (_, _, (E, F2, half_d)), _, (_, _, (_, D, half_f)), _ = case.weights
+        limit = case.attrs["swiglu_limit"]
+        gq, gs = _fp4(rng, (E, F2, 2 * half_d), 2.5 * limit * 3 / math.sqrt(2 * half_d))
+        dq, ds = _fp4(rng, (E, D, 2 * half_f), 3 / math.sqrt(2 * half_f))
+        return {"gate_up": gq, "gate_up.scale": gs, "down": dq, "down.scale": ds}
+
+    def _float(self, weights):
+        return {n: dequantize_fp4.reference(weights[n], weights[f"{n}.scale"]).astype(np.float32)
+                for n in ("gate_up", "down")}
+
+    def reference(self, case, feeds, weights):
+        return super().reference(case, feeds, self._float(weights))
+
+    def cost(self, case, feeds):
+        T, D = case.inputs[0][2]
+        k = case.inputs[2][2][1]
+        E, F = case.weights[0][2][0], case.weights[0][2][1] // 2
+        br = moe_experts.block_rows(T, k, E)
+        counts = np.bincount(feeds["indices"].ravel(), minlength=E)
+        used = int(sum(-(-c // br) * br for c in counts))
+        active = int((counts > 0).sum())
+        size = moe_experts.WEIGHT_BYTES["fp4"]
+        parts = [moe_permute.cost(T, k, E, br), moe_gate_up.cost(used, active, D, F, size),
+                 moe_down.cost(used, active, D, F, size), moe_experts.cost(T, k, D)]
+        return {"flops": sum(p["flops"] for p in parts), "bytes": sum(p["bytes"] for p in parts)}
+
+    def torch_fn(self, case, weights, device):
+        return super().torch_fn(case, self._float(weights), device)
+
+
 class TopKDef(KernelDef):
     """ONNX TopK (tide substitutes ``tide.ops.topk`` for every top-k, kernels on or off)."""
 
@@ -786,7 +887,7 @@ class TopKDef(KernelDef):
 
 KERNELS = {k.name: k for k in (RMSNorm(), RoPEDef(), SinkAttentionDef(), SparseAttentionDef(), IndexerDef(),
                                CompressorDef(), RouterDef(), HashRouterDef(), MoEExpertsDef(), SharedExpertDef(), TopKDef(),
-                               LinearDef())}
+                               LinearDef(), LinearFP8Def(), MoEExpertsFP4Def())}
 
 
 def all_cases(shape_sets, kernels=None, heavy: bool = False) -> list[Case]:

@@ -17,6 +17,7 @@ bytes at the machine's all-core read bandwidth) each engine reaches.
     python -m tide.bench.e2e --model tiny --prompt-len 64 --new-tokens 32 [--json out.json]
     python -m tide.bench.e2e --model flash-2layer --prompt-len 32 --prompt-len 256 --new-tokens 16 \\
         --workdir ~/.cache/tide-bench/e2e    # exports and compiles once, then reuses the files
+    python -m tide.bench.e2e --model flash-2layer --weights fp8 ...   # DeepSeek's FP8 + FP4 release format
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ import numpy as np
 ENGINES = ("tide", "tide-generic", "transformers", "onnxruntime", "llama.cpp")
 SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
                         "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+# the weights' precision: float32 / bf16 exports of the built-in config, or its release-format checkpoint
+WEIGHTS = ("float32", "bfloat16", "fp8")
+WEIGHT_NAMES = {"float32": "float32", "bfloat16": "bf16", "fp8": "fp8 + fp4 experts"}
 GENERIC_MODELS = ("tiny",)  # tide-generic (TVM's own lowering) only here: a full-width compile takes hours
 
 
@@ -107,7 +111,13 @@ def _engine(name: str, files: dict, threads: int, max_prompt: int):
         from transformers import DeepseekV4ForCausalLM
 
         torch.set_num_threads(threads)
-        model = DeepseekV4ForCausalLM.from_pretrained(files["checkpoint"], dtype=torch.float32).eval()
+        if files.get("weights") == "fp8":   # its own dequantizer, then the float32 model
+            from transformers import FineGrainedFP8Config
+
+            model = DeepseekV4ForCausalLM.from_pretrained(
+                files["checkpoint"], quantization_config=FineGrainedFP8Config(dequantize=True)).float().eval()
+        else:
+            model = DeepseekV4ForCausalLM.from_pretrained(files["checkpoint"], dtype=torch.float32).eval()
 
         def prefill(prompt):
             with torch.no_grad():
@@ -149,9 +159,10 @@ def worker(name: str, files: dict, prompt_lens: list[int], new_tokens: int, repe
 
 def decode_reads(checkpoint: str) -> tuple[int, int, int, int]:
     """(bytes, elements) of the weights a decode step reads, the elements of the output projection
-    (lm_head) and of all weights, from the checkpoint's tensors: everything but the tables a token looks up (the embedding and the hash
-    router's token -> expert table: one row of each) and the routed experts (top-k / experts of
-    theirs)."""
+    (lm_head) and of all weights, from the checkpoint's tensors: everything but the tables a token
+    looks up (the embedding and the hash router's token -> expert table: one row of each) and the
+    routed experts (top-k / experts of theirs). Quantized weights count their stored bytes (two FP4
+    weights per byte) plus their scales' bytes."""
     from safetensors import safe_open
 
     with open(os.path.join(checkpoint, "config.json")) as f:
@@ -160,35 +171,49 @@ def decode_reads(checkpoint: str) -> tuple[int, int, int, int]:
     read = read_elements = head = elements = 0
     for file in sorted(f for f in os.listdir(checkpoint) if f.endswith(".safetensors")):
         with safe_open(os.path.join(checkpoint, file), "np") as st:
+            keys = set(st.keys())
             for key in st.keys():
                 part = st.get_slice(key)
                 shape, size = part.get_shape(), SAFETENSORS_ITEMSIZE[part.get_dtype()]
                 count = int(np.prod(shape))
-                elements += count
-                used = shape[-1] if "embed_tokens" in key or "tid2eid" in key else \
-                    int(count * share) if ".mlp.experts." in key else count
+                table = "embed_tokens" in key or key == "embed.weight" or "tid2eid" in key
+                used = shape[-1] if table else int(count * share) if ".experts." in key else count
                 read += used * size
-                read_elements += used
-                head += count if key == "lm_head.weight" else 0
+                if key.endswith(".scale") and f"{key[:-6]}.weight" in keys:   # block scales: bytes, not weights
+                    continue
+                per_byte = 2 if size == 1 and ".experts." in key and config.get("expert_dtype") == "fp4" else 1
+                elements += count * per_byte
+                read_elements += used * per_byte
+                head += count if key in ("lm_head.weight", "head.weight") else 0
     return read, read_elements, head, elements
 
 
-def prepare(model_name: str, workdir: str, engines: list[str], prompt_lens: list[int], log=print) -> dict:
+def prepare(model_name: str, workdir: str, engines: list[str], prompt_lens: list[int], log=print,
+            weights: str = "float32") -> dict:
     """Exports, saves the checkpoint, compiles (with a prefill chunk per prompt length; and converts
     for llama.cpp) what ``engines`` need into ``workdir``, reusing files a previous run left there;
-    returns their paths."""
+    returns their paths. ``weights``: the precision of the model's weights, one of WEIGHTS (fp8: the
+    release format, FP8 linears and FP4 experts, ``tide.bench.quantized``)."""
     from ..compiler.driver import CompileOptions, compile_model
     from ..compiler.export import export
 
     os.makedirs(workdir, exist_ok=True)
-    files = {"onnx": os.path.join(workdir, f"{model_name}.onnx"),
-             "checkpoint": os.path.join(workdir, f"{model_name}-ckpt"),
-             "tide": os.path.join(workdir, f"{model_name}.tide"),
-             "tide_generic": os.path.join(workdir, f"{model_name}-generic.tide"),
-             "gguf": os.path.join(workdir, f"{model_name}-f32.gguf")}
+    stem = model_name if weights == "float32" else f"{model_name}-{weights}"
+    files = {"onnx": os.path.join(workdir, f"{stem}.onnx"),
+             "checkpoint": os.path.join(workdir, f"{stem}-ckpt"),
+             "tide": os.path.join(workdir, f"{stem}.tide"),
+             "tide_generic": os.path.join(workdir, f"{stem}-generic.tide"),
+             "gguf": os.path.join(workdir, f"{stem}-f32.gguf"),
+             "weights": weights}
     if not (os.path.exists(files["onnx"]) and os.path.exists(os.path.join(files["checkpoint"], "config.json"))):
-        log(f"export {model_name} -> {files['onnx']}")
-        export(model_name, files["onnx"], seed=0, save_checkpoint=files["checkpoint"])
+        log(f"export {stem} -> {files['onnx']}")
+        if weights == "fp8":
+            from . import quantized
+
+            quantized.write(model_name, files["checkpoint"], seed=0)
+            export(files["checkpoint"], files["onnx"])
+        else:
+            export(model_name, files["onnx"], seed=0, dtype=weights, save_checkpoint=files["checkpoint"])
     chunks = tuple(sorted(set(prompt_lens)))  # each prompt one prefill call
     if "tide" in engines and not os.path.exists(files["tide"]):
         log(f"compile {files['tide']}")
@@ -197,6 +222,9 @@ def prepare(model_name: str, workdir: str, engines: list[str], prompt_lens: list
         log(f"compile {files['tide_generic']} (generic lowering)")
         compile_model(files["onnx"], files["tide_generic"],
                       CompileOptions(target="cpu", prefill_chunks=chunks, progress=False, kernels=False))
+    if "llama.cpp" in engines and weights == "fp8":
+        files["unsupported"] = {"llama.cpp": "the benchmark converts float checkpoints to GGUF only"}
+        return files
     if "llama.cpp" in engines and not os.path.exists(files["gguf"]):
         from . import llamacpp
 
@@ -227,14 +255,14 @@ def available_engines(model_name: str) -> list[str]:
 
 
 def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, workdir: str, threads: int,
-        engines: list[str] | None = None, log=print) -> dict:
+        engines: list[str] | None = None, log=print, weights: str = "float32") -> dict:
     """Every engine in its own subprocess, transformers first (the reference tokens)."""
     from .harness import cpu_bandwidth
 
     prompt_lens = sorted(set(prompt_lens), key=prompt_lens.index)
     if engines is None:
         engines = available_engines(model_name)
-    files = prepare(model_name, workdir, engines, prompt_lens, log)
+    files = prepare(model_name, workdir, engines, prompt_lens, log, weights)
     unsupported = files.pop("unsupported", {})
     for name, why in unsupported.items():
         log(f"{name}: not run: {why}")
@@ -264,7 +292,7 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
                       "decode_share_of_floor": floor_s / decode_s,
                       "prefill_times_s": {str(n): t for n, t in r["prefill_times_s"].items()},
                       "decode_times_s": r["decode_times_s"]}
-    return {"model": model_name, "prompt_lens": prompt_lens, "new_tokens": new_tokens, "threads": threads,
+    return {"model": model_name, "weights": weights, "prompt_lens": prompt_lens, "new_tokens": new_tokens, "threads": threads,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "weight_elements": elements, "decode_weight_elements": read_elements, "head_weight_elements": head,
             "decode_bytes_per_token": bytes_read,
@@ -291,7 +319,7 @@ def _run_worker(name: str, files: dict, prompt_lens, new_tokens, repeat, threads
 
 def table(result: dict) -> str:
     lens = result["prompt_lens"]
-    lines = [f"{result['model']}: prompts {', '.join(map(str, lens))}, {result['new_tokens']} new tokens, "
+    lines = [f"{result['model']} ({WEIGHT_NAMES[result.get('weights', 'float32')]} weights): prompts {', '.join(map(str, lens))}, {result['new_tokens']} new tokens, "
              f"{result['threads']} threads; decode reads {result['decode_bytes_per_token'] / 1e9:.2f} GB of weights "
              f"per token: floor {result['streaming_floor_ms']:.1f} ms at {result['read_bandwidth'] / 1e9:.1f} GB/s "
              "(greedy tokens of every engine listed equal transformers')"]
@@ -314,6 +342,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engine", action="append", choices=ENGINES, help="only these engines (repeatable)")
+    parser.add_argument("--weights", choices=WEIGHTS, default="float32",
+                        help="the weights' precision (fp8: DeepSeek's release format, FP8 linears and FP4 experts)")
     parser.add_argument("--workdir", help="keep the export, checkpoint and artifacts here (default: a temporary "
                                           "folder)")
     parser.add_argument("--json")
@@ -331,7 +361,7 @@ def main(argv=None) -> int:
         engines = ["transformers"] + engines  # the reference tokens
     with tempfile.TemporaryDirectory(prefix="tide-e2e-") as tmp:
         result = run(args.model, args.prompt_len or [64], args.new_tokens, args.repeat, args.workdir or tmp,
-                     args.threads, engines)
+                     args.threads, engines, weights=args.weights)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -51,7 +51,8 @@ def case_key(case: Case, target: str, digest: str | None = None, arch: str | Non
 
 
 def write_onnx(case: Case, weights: dict, path: Path) -> None:
-    """The case's one-node ONNX model; weights as external data next to it."""
+    """The case's one-node ONNX model (plus the dequantization of its quantized weights); weights as
+    external data next to it."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -62,21 +63,30 @@ def write_onnx(case: Case, weights: dict, path: Path) -> None:
     def info(name, dtype, shape):
         return helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(np.dtype(dtype)), list(shape))
 
-    names = [n for n, _, _ in case.inputs] + [n for n, _, _ in case.weights]
+    # quantized weights (``params["quantized"]``: name -> "fp8" | "fp4"): initializers ``name`` and
+    # ``name.scale`` (uint8), read by the node through a tide.DequantizeFP8 / FP4 call as the exporter writes it
+    quantized = case.params.get("quantized", {})
+    scales = {f"{n}.scale" for n in quantized}
+    names = [n for n, _, _ in case.inputs] + [n for n, _, _ in case.weights if n not in scales]
     if case.domain == "tide":  # the function's own input order (inputs and weights interleave)
         declared = FUNCTION_INPUTS[case.op]
         if sorted(declared) != sorted(names):
             raise ValueError(f"case {case.name}: tide.{case.op} takes {declared}, the case gives {names}")
         names = declared
-    node = helper.make_node(case.op, names,
-                            [n for n, _, _ in case.outputs], domain=case.domain, name=case.kernel, **case.attrs)
-    graph = helper.make_graph([node], case.kernel, [info(*i) for i in case.inputs], [info(*o) for o in case.outputs],
+    dequantize = {"fp8": ("DequantizeFP8", {"block_n": 128, "block_k": 128}), "fp4": ("DequantizeFP4", {})}
+    nodes = [helper.make_node(dequantize[form][0], [n, f"{n}.scale"], [f"{n}.dequantized"], domain="tide",
+                              name=f"{n}.dequantize", **dequantize[form][1]) for n, form in quantized.items()]
+    names = [f"{n}.dequantized" if n in quantized else n for n in names]
+    nodes.append(helper.make_node(case.op, names, [n for n, _, _ in case.outputs], domain=case.domain,
+                                  name=case.kernel, **case.attrs))
+    graph = helper.make_graph(nodes, case.kernel, [info(*i) for i in case.inputs], [info(*o) for o in case.outputs],
                               [numpy_helper.from_array(weights[n], n) for n, _, _ in case.weights])
     opsets = [helper.make_opsetid("", 18)]
     functions = []
-    if case.domain == "tide":
+    used = {n.op_type for n in nodes if n.domain == "tide"}
+    if used:
         opsets.append(helper.make_opsetid("tide", 1))
-        functions = build_functions({case.op}, 18, 1)
+        functions = build_functions(used, 18, 1)
     model = helper.make_model(graph, opset_imports=opsets, functions=functions, producer_name="tide.bench")
     onnx.save(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
               location=path.name + ".weights", size_threshold=1024)

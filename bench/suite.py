@@ -216,7 +216,8 @@ MODEL_RUNS = {"tiny": ([64], 32), "flash-2layer": ([32, 256], 16)}  # prompt len
 
 def _model_records(threads: int, policy: harness.TimingPolicy, heavy: bool, cache: Path | None) -> list[dict]:
     """Whole-model prefill and decode (``tide.bench.e2e``): tiny, and with ``heavy`` the full-width
-    flash-2layer (exported and compiled once into the cache); tide vs its generic lowering (tiny),
+    flash-2layer in float32, bf16 and DeepSeek's FP8 + FP4 release format (exported and compiled
+    once into the cache); tide vs its generic lowering (tiny),
     transformers, onnxruntime and llama.cpp (where its setup ran)."""
     import tempfile
 
@@ -224,13 +225,15 @@ def _model_records(threads: int, policy: harness.TimingPolicy, heavy: bool, cach
     from .prepare import DEFAULT_CACHE
 
     out = []
-    for model in ("tiny", "flash-2layer") if heavy else ("tiny",):
+    runs = [("tiny", "float32")] + ([("flash-2layer", w) for w in e2e.WEIGHTS] if heavy else [])
+    for model, weights in runs:
         lens, new_tokens = MODEL_RUNS[model]
-        _log(f"whole model ({model}): {', '.join(e2e.available_engines(model))}")
+        _log(f"whole model ({model}, {e2e.WEIGHT_NAMES[weights]} weights): {', '.join(e2e.available_engines(model))}")
         with tempfile.TemporaryDirectory(prefix="tide-bench-e2e-") as tmp:
             workdir = tmp if model == "tiny" else str((cache or DEFAULT_CACHE) / "e2e")
             res = e2e.run(model, lens, new_tokens, max(policy.min_reps, 3), workdir, threads or os.cpu_count() or 1,
-                          log=lambda m: _log(f"  {m}"))
+                          log=lambda m: _log(f"  {m}"), weights=weights)
+        shapes = model if weights == "float32" else f"{model}-{weights}"
         for line in e2e.table(res).splitlines():
             _log(f"  {line}")
         skipped = {("generic" if n == "tide-generic" else n): "WRONG OUTPUT, not timed: greedy tokens differ from "
@@ -239,8 +242,8 @@ def _model_records(threads: int, policy: harness.TimingPolicy, heavy: bool, cach
         phases = [("prefill", f"prompt{n}", int(n), lambda r, n=n: r["prefill_times_s"][str(n)]) for n in lens]
         phases.append(("decode", "per-token", 1, lambda r: r["decode_times_s"]))
         for phase, label, tokens, times in phases:
-            out.append({"name": f"model/{model}/{phase}/{label}", "kernel": "model", "group": "model",
-                        "shapes": model, "phase": phase, "label": label,
+            out.append({"name": f"model/{shapes}/{phase}/{label}", "kernel": "model", "group": "model",
+                        "shapes": shapes, "phase": phase, "label": label,
                         "flops": 2.0 * ((res["decode_weight_elements"] - res["head_weight_elements"]) * tokens
                                         + res["head_weight_elements"]),
                         "bytes": float(res["decode_bytes_per_token"]),

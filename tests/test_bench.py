@@ -51,6 +51,41 @@ def test_moe_experts_cost_counts_routed_rows_and_active_experts():
     assert got["bytes"] - weights < 4 * 16 * (D + F) + 1024
 
 
+def test_quantized_costs_count_the_stored_bytes():
+    """The quantized cases' rooflines are on the bytes a kernel reads: one byte per FP8 weight and
+    half a byte per FP4 weight, plus their e8m0 scales (one per 128 x 128 and per 1 x 32 block)."""
+    fp8 = next(c for c in KERNELS["linear_fp8"].cases("tiny") if c.phase == "decode")
+    (_, _, (rows, dim)), = fp8.inputs
+    cols = fp8.weights[0][2][0]
+    got = KERNELS["linear_fp8"].cost(fp8, {})
+    assert got["flops"] == 2 * rows * dim * cols
+    assert got["bytes"] == dim * cols + -(-dim // 128) * -(-cols // 128) + 4 * rows * (dim + cols)
+
+    fp4 = next(c for c in KERNELS["moe_experts_fp4"].cases("tiny") if c.label == "T1")
+    feeds = {"indices": np.array([[3, 7, 11, 12]], np.int64)}
+    D, F, active = 128, 64, 4
+    weights = active * 3 * F * D * 17 // 32   # 4 bits + one scale byte per 32 weights
+    got_fp4, got_f32 = KERNELS["moe_experts_fp4"].cost(fp4, feeds), KERNELS["moe_experts"].cost(fp4, feeds)
+    assert got_fp4["flops"] == got_f32["flops"]
+    assert got_f32["bytes"] - got_fp4["bytes"] == 4 * active * 3 * F * D - weights
+
+
+def test_release_format_checkpoint_reads_a_third_of_the_bytes(tmp_path):
+    """The whole-model rows' quantized checkpoint (``tide.bench.quantized``): the same weights as the
+    float32 export, stored as DeepSeek releases them; a decode step reads the same weights in fewer
+    bytes, and tide exports it keeping the FP8 / FP4 forms."""
+    from tide.bench import e2e, quantized
+    from tide.compiler.export import export
+
+    export("tiny", str(tmp_path / "f32.onnx"), save_checkpoint=str(tmp_path / "f32"))
+    quantized.write("tiny", str(tmp_path / "q"), seed=0)
+    f32, q = e2e.decode_reads(str(tmp_path / "f32")), e2e.decode_reads(str(tmp_path / "q"))
+    assert q[1:] == f32[1:]               # weights read, lm_head, all weights: the same model
+    assert q[0] < f32[0] / 2.5            # FP8 / FP4 / bf16 instead of float32
+    forms = dict(f.split(":") for f in export(str(tmp_path / "q"), str(tmp_path / "q.onnx")).weights.split(","))
+    assert {"fp8", "fp4", "bfloat16"} <= set(forms)
+
+
 def test_roofline_formula():
     peak, bw = 100e9, 10e9                    # ridge at 10 FLOP/byte
     mem = harness.roofline(1e9, 1e9, peak, bw)           # intensity 1: memory bound, 10 GFLOP/s attainable
