@@ -125,6 +125,7 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
     model_dtype = {p.key: p.value for p in model.metadata_props}.get("tide.dtype", "float32")
     converters = substitute.function_kernels(tgt, report, model_dtype, target) if options.kernels else {}
     plans, kernels = [], {}
+    packed: dict = {}  # weight parameters re-laid-out for a kernel, shared by the entries
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
@@ -138,7 +139,8 @@ def compile_model(onnx_path: str, output_path: str, options: CompileOptions | No
         for param, name in zip(mod["main"].params, input_names):
             if sig and name.startswith("past."):
                 state_params[param.name] = name.removeprefix("past.")
-        mod = substitute.substitute(mod, tgt, state_params, report, target, params, linears=options.kernels)
+        mod = substitute.substitute(mod, tgt, state_params, report, target, params, linears=options.kernels,
+                                    packed=packed)
         progress(f"lower and schedule {entry} for {options.target}")
         mod = lower.legalize_and_fuse(mod, target, tgt.fused_tensor_bytes)
         mod = schedule.schedule(mod, tgt, target)

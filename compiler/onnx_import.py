@@ -108,20 +108,29 @@ def _read_initializer(init: onnx.TensorProto, base: str) -> np.ndarray:
 # (memory-mapped) arrays instead of as constants, so importing never copies them; compile-time
 # transforms (folding) then do not apply to them.
 PARAMETER_MIN_BYTES = 1 << 30
+# Weights stored narrower than float32 (bf16, fp16) are never folded (a fold would widen them: the
+# kernels read them as stored), so those of this size or more are parameters too: a V4 checkpoint's
+# bf16 embedding and head (about 1 GB each) are then memory-mapped, not copied at every entry's import.
+NARROW_PARAMETER_MIN_BYTES = 16 << 20
 # tide functions whose first input is a quantized weight (docs/onnx-contract.md, section 7)
 QUANTIZED_READERS = ("DequantizeFP8", "DequantizeFP4")
 
 
 def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.ModelProto, dict]:
-    """Turns the held-out initializers of PARAMETER_MIN_BYTES or more into trailing graph inputs;
-    returns the model and those parameters (name -> array) in input order.
+    """Turns the held-out initializers of PARAMETER_MIN_BYTES or more (NARROW_PARAMETER_MIN_BYTES for
+    bf16 / fp16 ones) into trailing graph inputs; returns the model and those parameters (name ->
+    array) in input order.
 
     Folding does not reach parameters, so a layout change the graph asks of one is made here, once,
     at compile time: a ``Gemm(x, W, transB=1)`` reads ``W`` through a new parameter ``W.T`` (a
     transposed view of the memory-mapped array, written out in that layout), never transposing
     gigabytes at run time. ``W`` itself stays only if something else (an embedding Gather) reads it."""
+    def threshold(array: np.ndarray) -> int:
+        narrow = array.dtype.kind in "fV" and array.dtype.itemsize == 2   # fp16, bf16 (ml_dtypes: "V")
+        return NARROW_PARAMETER_MIN_BYTES if narrow else PARAMETER_MIN_BYTES
+
     big = {i.name: i for i in model.graph.initializer if i.name in weights
-           and int(np.prod(i.dims, dtype=np.int64)) * weights[i.name].dtype.itemsize >= PARAMETER_MIN_BYTES}
+           and weights[i.name].size * weights[i.name].dtype.itemsize >= threshold(weights[i.name])}
     # quantized weights and their scales (what tide.DequantizeFP8 / FP4 read) are parameters
     # whatever their size, so that no compile-time fold turns them into float32: they reach the
     # artifact as stored, under their own names

@@ -103,13 +103,15 @@ class NormOutputs:
 
 
 def substitute(mod, target, state_params: dict[str, str], report: SubstitutionReport, tvm_target=None,
-               weight_params: dict | None = None, linears: bool = True):
+               weight_params: dict | None = None, linears: bool = True, packed: dict | None = None):
     """Returns ``mod`` with tide kernels in place, built with ``target``'s choices. ``state_params``
     maps a main parameter name to its state name (``past.0.window`` -> ``0.window``);
     ``weight_params`` (name -> array) are main's trailing parameters, the weights passed as
     parameters (``onnx_import.weights_as_inputs``): updated in place, in main's new parameter order,
     when one is re-laid-out. ``tvm_target`` tells the choices the CPU's vector features;
-    ``linears`` False keeps weight matmuls as they are (TVM lowers them)."""
+    ``linears`` False keeps weight matmuls as they are (TVM lowers them). ``packed`` (new parameter
+    name -> array), shared by the entries of one compile, keeps each re-laid-out weight parameter
+    packed once, not once per entry."""
     from tvm import relax
     from tvm.ir.expr import GenericConst
     from tvm.relax.expr_functor import PyExprMutator, mutator
@@ -128,6 +130,7 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     weight_vars = dict(zip(main_params[len(main_params) - len(weight_params):], weight_params)) if weight_params else {}
     features = cpu_features(tvm_target)
     relaid: dict = {}  # (weight param, layout) -> the new parameter var
+    packed = {} if packed is None else packed
 
     @mutator
     class Rewriter(PyExprMutator):
@@ -381,9 +384,11 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
                 suffix = ("" if not transposed else ".T" if groups == 1 else f".g{groups}T")
                 new = f"{name}{suffix}.panel{panel}"
                 _, dim, cols = g_k_n.shape
+                if new not in packed:
+                    packed[new] = linear.pack(g_k_n, panel)
                 relaid[key] = (relax.Var(new, relax.TensorType(linear.weight_shape(dim, cols, panel, groups),
                                                                 str(weight.ty.dtype))),
-                               new, linear.pack(g_k_n, panel))
+                               new, packed[new])
             return relaid[key][0]
 
         def _topk(self, call):

@@ -90,6 +90,30 @@ def test_greedy_tokens_match_transformers(quantized):
     np.testing.assert_array_equal(got, want[:, prompt.shape[1]:].numpy())
 
 
+def test_large_bf16_tables_are_memory_mapped_parameters(quantized, tmp_path, monkeypatch):
+    """bf16 weights of NARROW_PARAMETER_MIN_BYTES or more (a real checkpoint's embedding and head)
+    enter the compile as memory-mapped parameters, not constants copied at every entry's import;
+    lowered here so the tiny model's embedding and head take that path: they reach the artifact as
+    bf16 (the head packed once for both entries), and the logits equal the default compile's."""
+    from tide.compiler import onnx_import
+
+    ckpt, art, model, _ = quantized
+    monkeypatch.setattr(onnx_import, "NARROW_PARAMETER_MIN_BYTES", 1 << 12)
+    onnx_path, mapped = str(tmp_path / "q.onnx"), str(tmp_path / "q.tide")
+    export(ckpt, onnx_path, max_seq_len=96)
+    compile_model(onnx_path, mapped, CompileOptions(target="cpu", prefill_chunks=(16,), all_logits=True,
+                                                    progress=False))
+    weights = {w.name: w for w in read_artifact(mapped).plan.weights}
+    tables = {n: w for n, w in weights.items() if n.startswith(("model.embed_tokens.weight", "lm_head.weight"))}
+    assert "model.embed_tokens.weight" in tables and any(n.startswith("lm_head.weight.T.panel") for n in tables), \
+        sorted(weights)
+    assert len(tables) == 2 and all(w.dtype == "bfloat16" for w in tables.values())
+    prompt = np.random.default_rng(9).integers(2, 512, size=(1, 16))
+    want = model.session().prefill(prompt, all_logits=True)
+    got = tide.load(mapped).session().prefill(prompt, all_logits=True)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * float(np.abs(want).max()))
+
+
 @pytest.fixture(scope="module")
 def quantized_onnx(quantized, tmp_path_factory):
     ckpt = quantized[0]
