@@ -18,6 +18,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_compile(args) -> int:
+    from .compiler import onnx_import
     from .compiler.driver import CompileOptions, compile_model
     from .targets import get, kinds
 
@@ -27,6 +28,7 @@ def _cmd_compile(args) -> int:
         if not value.isdigit():
             raise SystemExit(f"tide compile: --dim expects NAME=INT, got '{item}'")
         dims[name] = int(value)
+    bind = dict(onnx_import.parse_bind(item) for item in args.bind or [])
     target = get(args.target)
     for flag in {get(k).arch_flag for k in kinds()} - {None, target.arch_flag}:
         if getattr(args, flag):
@@ -35,7 +37,7 @@ def _cmd_compile(args) -> int:
     options = CompileOptions(target=args.target, batch=args.batch, max_seq_len=args.max_seq_len,
                              prefill_chunks=tuple(args.prefill_chunk or (32,)), dims=dims, mcpu=args.mcpu,
                              arch=getattr(args, target.arch_flag) if target.arch_flag else None,
-                             all_logits=args.all_logits, progress=not args.quiet)
+                             all_logits=args.all_logits, progress=not args.quiet, bind=bind)
     result = compile_model(args.model, args.output, options)
     generic = sorted(k for k, v in result.kernels.items() if v == "generic")
     tide_kernels = {k: v for k, v in result.kernels.items() if v != "generic"}
@@ -170,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefill entries return every position's logits (default: the last position's only, "
                         "which skips the output projection of the other positions)")
     p.add_argument("--dim", action="append", help="NAME=INT for other symbolic dimensions")
+    p.add_argument("--bind", action="append", metavar="NAME=VALUE",
+                   help="compile graph input NAME as a constant (repeatable): VALUE a number or comma-separated "
+                        "numbers, e.g. shape=1,-1,64, in the input's declared dtype and shape; needed for inputs "
+                        "that feed a shape, axes, k or other operand fixed at compile time")
     p.add_argument("--mcpu", help="LLVM CPU to compile for (default: this machine's; device targets: the generic "
                                   "host CPU)")
     for kind in kinds():

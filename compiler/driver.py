@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import lower, onnx_import, relax_import, schedule, substitute
-from .errors import CompileError
+from .errors import CompileError, internal, readable, sentence
 
 DEFAULT_PREFILL_CHUNKS = (32,)
 
@@ -38,6 +38,8 @@ class CompileOptions:
     progress: bool = True
     kernels: bool = True  # False: no tide-domain function kernels (their ONNX bodies get generic lowering)
     #                       and no tide linears (weight matmuls stay TVM-lowered)
+    bind: dict = field(default_factory=dict)  # graph input name -> its value (a number, numbers or an
+    #                       array), compiled in as a constant of the input's dtype and shape (--bind)
 
 
 @dataclass
@@ -49,11 +51,13 @@ class CompileResult:
 
 
 class _Progress:
-    def __init__(self, enabled: bool, total: int):
+    def __init__(self, enabled: bool, total: int = 0):
         self.enabled, self.total, self.step, self.t0 = enabled, total, 0, time.time()
+        self.what = "load"  # the stage running now (named in a failure's report)
 
     def __call__(self, what: str) -> None:
         self.step += 1
+        self.what = what
         if self.enabled:
             print(f"[{self.step}/{self.total}] {what} ({time.time() - self.t0:.1f}s)", file=sys.stderr,
                   flush=True)
@@ -99,16 +103,34 @@ def _entries(loaded, options: CompileOptions):
 
 
 def compile_model(onnx_path: str, output_path: str, options: CompileOptions | None = None) -> CompileResult:
-    """Compiles ``onnx_path`` for ``options.target`` into the artifact ``output_path``."""
+    """Compiles ``onnx_path`` for ``options.target`` into the artifact ``output_path``.
+
+    Every failure is a CompileError with a one-line message: a stage's own report as it is (or its
+    first meaningful line, without printed IR), anything unexpected as an internal compiler error
+    naming the stage; the original exception is chained."""
+    options = options or CompileOptions()
+    progress = _Progress(options.progress)
+    try:
+        return _compile(onnx_path, output_path, options, progress)
+    except CompileError as err:
+        message = str(err) if str(err).startswith(onnx_path) else f"{onnx_path}: {err}"
+        if message == str(err) and readable(message):
+            raise
+        raise CompileError(sentence(message)) from err
+    except Exception as err:  # noqa: BLE001  (TVM, numpy, ...: reported as an internal error of the stage)
+        raise internal(onnx_path, progress.what, err) from err
+
+
+def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress: _Progress) -> CompileResult:
     from ..targets import get as get_target
     from . import artifact
 
-    options = options or CompileOptions()
     t0 = time.time()
     tgt = get_target(options.target)
     loaded = onnx_import.load(onnx_path)
+    onnx_import.bind_inputs(loaded, options.bind)
     sig, entries = _entries(loaded, options)
-    progress = _Progress(options.progress, 4 * len(entries) + 2)
+    progress.total = 4 * len(entries) + 2
     device_archs = tgt.parse_archs(options.arch)
     target = tgt.tvm_target(options.mcpu, device_archs)
     model = loaded.model

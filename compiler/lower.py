@@ -199,9 +199,11 @@ def build_plan(mod, entry: str, input_names: list[str], output_names: list[str],
             elif isinstance(value, (relax.Var, GenericConst)):
                 where[var] = operand(value)
             else:
+                op = getattr(value, "op", None)
+                what = f"the Relax op {op.name}" if hasattr(op, "name") else f"a {type(value).__name__}"
                 raise CompileError(
-                    f"entry {entry}: the lowered graph calls {getattr(value, 'op', value)}, which has no "
-                    "kernel; tide's runtime executes only compiled kernels")
+                    f"entry {entry}: {what} was left without a kernel (TVM has no lowering for it on this "
+                    "target); tide's runtime executes only compiled kernels")
     plan.calls.extend(state_calls)
 
     result = body.body

@@ -42,10 +42,19 @@ class LoadedModel:
 
 
 def _default_opset(model: onnx.ModelProto) -> int:
+    version = _opset_version(model, "")
+    if version is None:
+        raise CompileError("model has no default-domain opset import")
+    return version
+
+
+def _opset_version(model: onnx.ModelProto, domain: str) -> int | None:
+    """The opset the model imports for ``domain`` ("" and "ai.onnx": the default domain)."""
+    default = ("", "ai.onnx")
     for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx"):
+        if imp.domain == domain or (imp.domain in default and domain in default):
             return imp.version
-    raise CompileError("model has no default-domain opset import")
+    return None
 
 
 def load(path: str) -> LoadedModel:
@@ -245,6 +254,8 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int],
         model = onnx.inliner.inline_selected_functions(model, keep, exclude=True)
     model = _fold_to_fixpoint(loaded.path, model, kernel_functions, kept_shapes)
     _check_static(loaded.path, model)
+    _check_tensors(loaded.path, model)
+    _check_modes(loaded.path, model)
     return model
 
 
@@ -317,6 +328,7 @@ def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits"
 def _fold_to_fixpoint(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str],
                       kept_shapes: dict | None = None) -> onnx.ModelProto:
     _check_supported(path, model, kernel_functions)
+    check_static_operands(path, model)
     for _ in range(8):
         model = _infer(path, model, kept_shapes)
         if not _fold_once(path, model):
@@ -436,11 +448,74 @@ def _check_static(path: str, model: onnx.ModelProto) -> None:
                 "execution plans, so every shape must follow from the input shapes")
 
 
+def _dtype_name(elem_type: int) -> str:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).name
+    except Exception:  # noqa: BLE001  (a type numpy has no dtype for)
+        return onnx.TensorProto.DataType.Name(elem_type).lower()
+
+
+def _check_tensors(path: str, model: onnx.ModelProto) -> None:
+    """Refuses graph inputs, outputs and node results whose dtype tide's runtime does not hold, and
+    empty graph inputs and outputs (after ``specialize``, so every result has its inferred type)."""
+    from ..runtime.dtypes import DTYPES
+
+    known = ", ".join(DTYPES)
+    shapes = _value_shapes(model)
+    inits = {i.name for i in model.graph.initializer}
+    opset = _opset_version(model, "")
+    for vi in [i for i in model.graph.input if i.name not in inits] + list(model.graph.output):
+        kind = "input" if vi in model.graph.input else "output"
+        if not vi.type.HasField("tensor_type"):
+            raise CompileError(f"{path}: graph {kind} '{vi.name}' is not a tensor (a sequence, map or optional); "
+                               "tide compiles tensors only")
+        dims, elem = shapes.get(vi.name, ([], vi.type.tensor_type.elem_type))
+        if _dtype_name(elem) not in DTYPES:
+            raise CompileError(f"{path}: graph {kind} '{vi.name}' is {_dtype_name(elem)}, a dtype tide does not "
+                               f"compile (it compiles {known})")
+        if 0 in dims:
+            raise CompileError(f"{path}: graph {kind} '{vi.name}' is empty (shape {dims}); tide does not compile "
+                               "empty tensors")
+    for node in model.graph.node:
+        for out in node.output:
+            if out in shapes and _dtype_name(shapes[out][1]) not in DTYPES:
+                raise CompileError(
+                    f"{path}: node '{node.name or node.output[0]}' (op {node.op_type}, opset {opset}): its output "
+                    f"'{out}' is {_dtype_name(shapes[out][1])}, a dtype tide does not compile (it compiles {known})")
+
+
 def frontend_ops() -> set[str]:
+    """The default-domain ops the Relax import has a converter for: TVM's frontend's and tide's own
+    (``tide.compiler.onnx_ops``)."""
     from tvm.relax.frontend.onnx import onnx_frontend
 
-    return set(onnx_frontend._get_convert_map()) | {"Constant"}
+    from . import onnx_ops
 
+    return set(onnx_frontend._get_convert_map()) | {"Constant"} | set(onnx_ops.CONVERTERS)
+
+
+# The default-domain ops tide compiles: each passes ONNX's backend node tests but for the modes it
+# refuses by name (``_REFUSED_MODES``, dtypes the runtime does not hold, empty tensors, operands
+# that must be constants); ``tests/onnx_conformance.py`` checks it and writes docs/onnx-ops.md from
+# it. Every other op is refused.
+SUPPORTED_OPS = frozenset({
+    "Abs", "Acos", "Acosh", "Add", "AffineGrid", "And", "ArgMax", "ArgMin", "Asin", "Asinh", "Atan", "Atanh",
+    "Attention", "AveragePool", "BatchNormalization", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor",
+    "BlackmanWindow", "Cast", "CastLike", "Ceil", "CenterCropPad", "Clip", "Concat", "Constant", "ConstantOfShape",
+    "Conv", "ConvTranspose", "Cos", "Cosh", "DepthToSpace", "Div", "Dropout", "DynamicQuantizeLinear", "Einsum",
+    "Elu", "Equal", "Erf", "Exp", "Expand", "EyeLike", "Flatten", "Floor", "Gather", "GatherElements", "GatherND",
+    "Gelu", "Gemm", "GlobalAveragePool", "GlobalMaxPool", "Greater", "GreaterOrEqual", "GridSample",
+    "GroupNormalization", "HammingWindow", "HannWindow", "HardSigmoid", "HardSwish", "Hardmax", "Identity",
+    "InstanceNormalization", "IsInf", "IsNaN", "LRN", "LayerNormalization", "LeakyRelu", "Less", "LessOrEqual",
+    "Log", "LogSoftmax", "LpPool", "MatMul", "MatMulInteger", "Max", "MaxPool", "MaxUnpool", "Mean",
+    "MeanVarianceNormalization", "Min", "Mod", "Mul", "Neg", "NegativeLogLikelihoodLoss", "Not", "Or", "PRelu",
+    "Pad", "Pow", "RMSNormalization", "Range", "Reciprocal", "ReduceL1", "ReduceL2", "ReduceLogSum",
+    "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin", "ReduceProd", "ReduceSum", "ReduceSumSquare",
+    "Relu", "Reshape", "RotaryEmbedding", "Round", "Scatter", "ScatterElements", "ScatterND", "Selu", "Shape",
+    "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Size", "Slice", "Softmax", "Softplus", "Softsign", "Split",
+    "Sqrt", "Squeeze", "Sub", "Sum", "Swish", "Tan", "Tanh", "ThresholdedRelu", "Tile", "TopK", "Transpose",
+    "Trilu", "Unsqueeze", "Where", "Xor",
+})
 
 # Ops the frontend lists but tide refuses, with the reason.
 _REFUSED = {
@@ -456,13 +531,67 @@ _REFUSED = {
     "RandomUniformLike": "random ops are not deterministic",
     "Multinomial": "random ops are not deterministic",
     "Bernoulli": "random ops are not deterministic",
+    "CumSum": "TVM's CPU lowering has no kernel for cumulative sums",
 }
+
+
+def _attr(node: onnx.NodeProto, name: str, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _dropout_mode(node: onnx.NodeProto, _types: dict) -> str | None:
+    if len(node.output) > 1 and node.output[1]:
+        return "its mask output is not compiled (Dropout compiles as inference: the identity)"
+    if len(node.input) > 2 and node.input[2]:
+        return "a training_mode input is not compiled (Dropout compiles as inference: the identity)"
+    return None
+
+
+def _float_input(node: onnx.NodeProto, types: dict) -> bool:
+    return _dtype_name(types.get(node.input[0], onnx.TensorProto.UNDEFINED)).startswith(("float", "bfloat"))
+
+
+# Modes of otherwise supported ops that tide refuses, per op: a check of the node and the element
+# types of the (specialized) graph's values returning the reason, or None when the node is fine.
+# Each is a mode whose lowering is known to give results that differ from ONNX's.
+_REFUSED_MODES = {
+    "Dropout": _dropout_mode,
+    "ConvTranspose": lambda node, _t: ("its output_shape attribute is not compiled (give pads instead)"
+                                       if _attr(node, "output_shape") else None),
+    "BatchNormalization": lambda node, _t: ("training_mode=1 is not compiled (inference statistics only)"
+                                            if _attr(node, "training_mode", 0) else None),
+    "IsInf": lambda node, _t: ("detect_positive=0 or detect_negative=0 is not compiled"
+                               if not (_attr(node, "detect_positive", 1) and _attr(node, "detect_negative", 1))
+                               else None),
+    **{op: (lambda node, types: "bool values are not compiled (TVM has no identity value for a bool "
+                                "reduction)" if _dtype_name(types.get(node.input[0], 0)) == "bool" else None)
+       for op in ("ReduceMax", "ReduceMin")},
+    "Pow": lambda node, types: ("an integer base is not compiled (TVM's power is defined on floating point only)"
+                                if not _float_input(node, types) else None),
+    "Mod": lambda node, types: ("floating-point values are not compiled (the results at infinities and zero "
+                                "divisors differ from ONNX's)" if _float_input(node, types) else None),
+}
+
+
+def _check_modes(path: str, model: onnx.ModelProto) -> None:
+    """Refuses the modes of ``_REFUSED_MODES`` (after ``specialize``: element types inferred)."""
+    types = {name: elem for name, (_, elem) in _value_shapes(model).items()}
+    opset = _opset_version(model, "")
+    for node in model.graph.node:
+        check = _REFUSED_MODES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+        why = check(node, types) if check else None
+        if why:
+            raise CompileError(f"{path}: node '{node.name or node.output[0]}' (op {node.op_type}, opset {opset}): "
+                               f"unsupported: {why}")
 
 
 def _check_supported(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str]) -> None:
     supported = frontend_ops()
-    opset = _default_opset(model)
     for node in model.graph.node:
+        opset = _opset_version(model, node.domain)
         where = f"{path}: node '{node.name or node.output[0]}' (op {node.domain + '.' if node.domain else ''}{node.op_type}, opset {opset})"
         if node.domain == TIDE_DOMAIN and node.op_type in kernel_functions:
             continue
@@ -472,3 +601,189 @@ def _check_supported(path: str, model: onnx.ModelProto, kernel_functions: frozen
             raise CompileError(f"{where}: unsupported: {_REFUSED[node.op_type]}")
         if node.op_type not in supported:
             raise CompileError(f"{where}: unsupported: no converter for this op type")
+        if node.op_type not in SUPPORTED_OPS:
+            raise CompileError(f"{where}: unsupported: not among the ops tide compiles (its lowering fails "
+                               "ONNX's conformance tests; docs/onnx-ops.md lists the ops tide compiles)")
+
+
+# Operands that must be known at compile time, per op: (first opset where the operand is an input,
+# input index, operand name). Each of them decides an output shape, or a parameter the Relax
+# frontend builds into the computation (a reduction's axes, a cumulative sum's axis, Trilu's
+# diagonal). tide compiles static plans, so such an operand must be a constant, or computed from
+# constants and static shapes only; a graph input that feeds one is refused before import
+# (``check_static_operands``) unless ``bind_inputs`` gave it a value (``tide compile --bind``).
+STATIC_OPERANDS: dict[str, tuple[tuple[int, int, str], ...]] = {
+    "Reshape": ((5, 1, "shape"),),
+    "Expand": ((8, 1, "shape"),),
+    "Tile": ((6, 1, "repeats"),),
+    "ConstantOfShape": ((9, 0, "shape"),),
+    "Slice": ((10, 1, "starts"), (10, 2, "ends"), (10, 3, "axes"), (10, 4, "steps")),
+    "Squeeze": ((13, 1, "axes"),),
+    "Unsqueeze": ((13, 1, "axes"),),
+    "Split": ((13, 1, "split"),),
+    "ReduceSum": ((13, 1, "axes"),),
+    **{op: ((18, 1, "axes"),) for op in ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1",
+                                           "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")},
+    "TopK": ((10, 1, "k"),),
+    "Range": ((11, 0, "start"), (11, 1, "limit"), (11, 2, "delta")),
+    "CumSum": ((11, 1, "axis"),),
+    "Trilu": ((14, 1, "k"),),
+    "Pad": ((11, 1, "pads"), (11, 2, "constant_value"), (18, 3, "axes")),
+    "Resize": ((10, 1, "scales"), (11, 1, "roi"), (11, 2, "scales"), (11, 3, "sizes")),
+    "Upsample": ((9, 1, "scales"),),
+    "OneHot": ((9, 1, "depth"), (9, 2, "values")),
+    "Dropout": ((12, 1, "ratio"), (12, 2, "training_mode")),
+    "AffineGrid": ((20, 1, "size"),),
+    "MaxUnpool": ((11, 2, "output_shape"),),
+}
+
+# ops whose output depends only on their input's shape (static once specialized), not its values
+_SHAPE_READERS = ("Shape", "Size")
+
+
+def static_operands(op_type: str, opset: int) -> dict[int, str]:
+    """Input index -> operand name of ``op_type``'s compile-time operands at ``opset``
+    (``STATIC_OPERANDS``; a later opset's entry for an index replaces an earlier one's)."""
+    out: dict[int, str] = {}
+    for since, index, name in STATIC_OPERANDS.get(op_type, ()):
+        if opset >= since:
+            out[index] = name
+    return out
+
+
+@dataclass(frozen=True)
+class StaticOperandUse:
+    """A graph input whose values reach a compile-time operand of a node."""
+
+    input: str
+    node: str
+    op_type: str
+    operand: str
+    direct: bool  # the operand is the graph input itself (not computed from it)
+
+
+def static_operand_uses(model: onnx.ModelProto) -> list[StaticOperandUse]:
+    """Every (graph input, node) pair where the input's values flow into one of the node's
+    ``STATIC_OPERANDS``; values flow through every node but ``Shape`` and ``Size``."""
+    opset = _opset_version(model, "") or 0
+    inits = {i.name for i in model.graph.initializer}
+    sources: dict[str, frozenset[str]] = {i.name: frozenset([i.name]) for i in model.graph.input
+                                          if i.name not in inits}
+    uses = []
+    for node in model.graph.node:
+        default = node.domain in ("", "ai.onnx")
+        if default:
+            for index, operand in sorted(static_operands(node.op_type, opset).items()):
+                name = node.input[index] if index < len(node.input) else ""
+                for source in sorted(sources.get(name, ())):
+                    uses.append(StaticOperandUse(source, node.name or node.output[0], node.op_type, operand,
+                                                 source == name))
+        if default and node.op_type in _SHAPE_READERS:
+            continue
+        reached = frozenset().union(*(sources.get(i, frozenset()) for i in node.input))
+        if reached:
+            for o in node.output:
+                sources[o] = reached
+    return uses
+
+
+def check_static_operands(path: str, model: onnx.ModelProto) -> None:
+    """Refuses (before import) a graph whose compile-time operands depend on a graph input."""
+    uses = static_operand_uses(model)
+    if not uses:
+        return
+    use = uses[0]
+    how = "is the graph input" if use.direct else "is computed from the graph input"
+    raise CompileError(
+        f"{path}: node '{use.node}' (op {use.op_type}, opset {_default_opset(model)}): its {use.operand} operand "
+        f"{how} '{use.input}'; tide compiles static plans: give its value with --bind {use.input}=...")
+
+
+def parse_bind(text: str) -> tuple[str, list[int | float]]:
+    """``NAME=VALUE`` (``tide compile --bind``): VALUE a number or comma-separated numbers."""
+    name, sep, value = text.partition("=")
+    if not sep or not name or not value.strip():
+        raise CompileError(f"--bind expects NAME=VALUE (a number or comma-separated numbers), got '{text}'")
+    numbers: list[int | float] = []
+    for item in value.split(","):
+        item = item.strip()
+        try:
+            numbers.append(int(item))
+        except ValueError:
+            try:
+                numbers.append(float(item))
+            except ValueError:
+                raise CompileError(f"--bind {name}: '{item}' is not a number (VALUE: a number or "
+                                   "comma-separated numbers)") from None
+    return name, numbers
+
+
+def bind_inputs(loaded: LoadedModel, values: dict) -> None:
+    """Replaces each graph input named in ``values`` by a constant of its declared dtype and shape
+    (in place, before ``specialize``); constant folding then treats it like any other constant.
+    A value is a number, a sequence of numbers (reshaped to the declared shape) or an array."""
+    if not values:
+        return
+    graph = loaded.model.graph
+    inputs = {i.name: i for i in graph.input}
+    for name, value in values.items():
+        where = f"{loaded.path}: --bind {name}"
+        if name not in inputs:
+            names = [i.name for i in graph.input if i.name not in {t.name for t in graph.initializer}]
+            raise CompileError(f"{where}: the graph has no input '{name}' (its inputs: {', '.join(names)})")
+        ttype = inputs[name].type.tensor_type
+        if not inputs[name].type.HasField("tensor_type") or ttype.elem_type == onnx.TensorProto.STRING:
+            raise CompileError(f"{where}: input '{name}' is not a numeric tensor; only those can be bound")
+        dtype = helper.tensor_dtype_to_np_dtype(ttype.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in ttype.shape.dim] \
+            if ttype.HasField("shape") else None
+        array = _bound_array(where, name, np.asarray(value), dims)
+        const = _representable(where, name, array, dtype)
+        graph.input.remove(inputs[name])
+        kept = [i for i in graph.initializer if i.name != name]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        graph.initializer.append(numpy_helper.from_array(const, name))
+
+
+def _bound_array(where: str, name: str, array: np.ndarray, dims: list[int | None] | None) -> np.ndarray:
+    """``array`` in the input's declared shape ``dims`` (None: no shape declared; a None dim: symbolic)."""
+    if array.dtype.kind not in "biuf":
+        raise CompileError(f"{where}: expected numbers for input '{name}', got {array.dtype} values")
+    if dims is None:
+        return array
+    if array.ndim == len(dims) and all(d is None or d == s for d, s in zip(dims, array.shape)):
+        return array
+    shape_text = "[" + ", ".join("?" if d is None else str(d) for d in dims) + "]"
+    known = int(np.prod([d for d in dims if d is not None], dtype=np.int64))
+    unknown = [i for i, d in enumerate(dims) if d is None]
+    if not unknown:
+        if array.size != known:
+            raise CompileError(f"{where}: input '{name}' has shape {shape_text}: expected {known} value(s), "
+                               f"got {array.size}")
+        return array.reshape(dims)
+    if len(unknown) == 1 and known > 0 and array.size % known == 0:
+        shape = list(dims)
+        shape[unknown[0]] = array.size // known
+        return array.reshape(shape)
+    raise CompileError(f"{where}: input '{name}' has shape {shape_text}: {array.size} value(s) do not fill it "
+                       "(give the value as an array of that shape)")
+
+
+def _representable(where: str, name: str, array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``array`` as ``dtype``, or a CompileError naming the first value that dtype cannot hold."""
+    flat = array.reshape(-1)
+    if dtype == np.bool_:
+        bad = [v for v in flat.tolist() if v not in (0, 1)]
+    elif dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        bad = [v for v in flat.tolist()
+               if not np.isfinite(float(v)) or float(v) != int(v) or not info.min <= int(v) <= info.max]
+    else:
+        with np.errstate(over="ignore"):
+            cast = flat.astype(dtype)
+        bad = [v for v, c in zip(flat.tolist(), cast.tolist()) if np.isfinite(v) and not np.isfinite(c)]
+    if bad:
+        raise CompileError(f"{where}: input '{name}' is {np.dtype(dtype).name}: expected values it can hold, "
+                           f"got {bad[0]}")
+    return array.astype(dtype)
