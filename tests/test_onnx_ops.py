@@ -396,9 +396,15 @@ def test_dynamo_exported_llama_matches_onnxruntime(llama, opset, tmp_path):
         _close(model.run({"ids": ids})["logits"], _llama_expected(path, ids), f"logits, opset {opset}")
 
 
-def test_dynamo_exported_llama_compiles_for_cuda(llama, tmp_path):
-    """The opset-23 export through the CUDA target (device code by nvcc for sm_80; no GPU needed)."""
+def test_dynamo_exported_llama_compiles_for_cuda(llama, tmp_path, monkeypatch):
+    """The opset-23 export through the CUDA target (device code by nvcc for sm_80; no GPU needed),
+    then run by the C runtime on the stand-in CUDA driver (tests/tide_test_models.py), which checks
+    every call: each device function launched with device pointers, grid and block dimensions and
+    shared memory within the limits. The stand-in does not execute generic kernels, so the numbers
+    are not checked here (no GPU in CI)."""
+    from tide import runtime
     from tide.compiler import artifact
+    from tide_test_models import build_standin
 
     art = str(tmp_path / "llama-cuda.tide")
     compile_model(llama[23], art, CompileOptions(target="cuda", arch="sm_80", progress=False))
@@ -406,6 +412,23 @@ def test_dynamo_exported_llama_compiles_for_cuda(llama, tmp_path):
     assert read.target.kind == "cuda" and read.target.device_arch == "sm_80"
     assert [img.arch for img in read.device_code.images] == ["sm_80"]
     assert len(read.device_code.functions) >= len(read.plan.kernels)
+
+    driver = build_standin("cuda_standin")
+    log = tmp_path / "standin.log"
+    monkeypatch.setenv("TIDE_STANDIN_LOG", str(log))
+    monkeypatch.setenv("TIDE_STANDIN_CC", "80")   # an A100: the artifact's sm_80 code
+    kinds = {"handle": "", "int32": "#", "float32": "#", "int64": "%", "float64": "%"}
+    monkeypatch.setenv("TIDE_STANDIN_KERNELS", ";".join(
+        f"{f.name}=" + ",".join(f"{kinds[a]}a{i}" for i, a in enumerate(f.args)) for f in read.device_code.functions))
+    model = runtime.load(art, device="cuda", cuda_driver=driver)
+    model.run({"ids": _llama_ids(0)})
+    lines = log.read_text().splitlines()
+    bad = [line for line in lines if any(k in line for k in ("is not a device pointer", "is not device memory",
+                                                             "bad dimensions", "above the function's limit",
+                                                             "no current context"))]
+    assert not bad, bad[:5]
+    launched = {line.split()[1] for line in lines if line.startswith("cuLaunchKernel ")}
+    assert launched == {f.name for f in read.device_code.functions}
 
 
 @pytest.mark.skipif(toolchain.missing_cpu_runner() is not None, reason=str(toolchain.missing_cpu_runner()))
