@@ -748,7 +748,7 @@ def bind_inputs(loaded: LoadedModel, values: dict) -> None:
 
 def _bound_array(where: str, name: str, array: np.ndarray, dims: list[int | None] | None) -> np.ndarray:
     """``array`` in the input's declared shape ``dims`` (None: no shape declared; a None dim: symbolic)."""
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "biuf" and array.dtype.name != "bfloat16":
         raise CompileError(f"{where}: expected numbers for input '{name}', got {array.dtype} values")
     if dims is None:
         return array
