@@ -136,7 +136,7 @@ def weights_as_inputs(model: onnx.ModelProto, weights: dict) -> tuple[onnx.Model
     gigabytes at run time. ``W`` itself stays only if something else (an embedding Gather) reads it."""
     def threshold(array: np.ndarray) -> int:
         narrow = array.dtype.kind in "fV" and array.dtype.itemsize == 2   # fp16, bf16 (ml_dtypes: "V")
-        return NARROW_PARAMETER_MIN_BYTES if narrow else PARAMETER_MIN_BYTES
+        return min(NARROW_PARAMETER_MIN_BYTES, PARAMETER_MIN_BYTES) if narrow else PARAMETER_MIN_BYTES
 
     big = {i.name: i for i in model.graph.initializer if i.name in weights
            and weights[i.name].size * weights[i.name].dtype.itemsize >= threshold(weights[i.name])}
