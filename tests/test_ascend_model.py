@@ -42,7 +42,7 @@ def tiny(tmp_path_factory):
     return tmp, onnx_path, ref
 
 
-@pytest.fixture(scope="module", params=SOCS)
+@pytest.fixture(scope="module", params=[SOCS[0], pytest.param(SOCS[1], marks=pytest.mark.heavy)])
 def compiled(request, tiny):
     """(soc, artifact path, {kernel: PrimFunc}) for one SoC, prefill chunk 16."""
     from tide.compiler.driver import CompileOptions, compile_model

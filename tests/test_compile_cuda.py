@@ -278,6 +278,7 @@ def _check_flash(tmp_path, overrides):
     assert any(k.startswith("tide_sink_attention") and "d512" in k for k in read.plan.kernels)
 
 
+@pytest.mark.heavy
 def test_flash_2layer_narrow_compiles_for_both_archs(tmp_path):
     _check_flash(tmp_path, FLASH_NARROW)
 

@@ -90,6 +90,7 @@ def test_greedy_tokens_match_transformers(quantized):
     np.testing.assert_array_equal(got, want[:, prompt.shape[1]:].numpy())
 
 
+@pytest.mark.heavy
 def test_large_bf16_tables_are_memory_mapped_parameters(quantized, tmp_path, monkeypatch):
     """bf16 weights of NARROW_PARAMETER_MIN_BYTES or more (a real checkpoint's embedding and head)
     enter the compile as memory-mapped parameters, not constants copied at every entry's import;
@@ -122,6 +123,7 @@ def quantized_onnx(quantized, tmp_path_factory):
     return path
 
 
+@pytest.mark.heavy
 def test_ascend_artifact_runs_on_the_cpu_runner_and_matches_transformers(quantized, quantized_onnx, tmp_path):
     """The quantized tiny for Ascend 910B: the FP8/FP4 bytes dequantized on the device at run time
     (tide.ops.dequantize_fp8 / fp4, translated by the Ascend codegen), then the float32 kernels; the
@@ -155,6 +157,7 @@ def test_ascend_artifact_runs_on_the_cpu_runner_and_matches_transformers(quantiz
         assert float(np.abs(g - w).max()) <= LOGIT_TOL * scale, f"step {step}"
 
 
+@pytest.mark.heavy
 def test_cuda_artifact_builds_with_the_quantized_weights_as_stored(quantized_onnx, tmp_path):
     """The quantized tiny for CUDA (sm_90): it builds, with the FP8/FP4 bytes in the artifact and
     dequantized by device kernels at run time (numerics on a GPU are not checked here: no GPU)."""

@@ -27,7 +27,7 @@ NEW_TOKENS = 33
 LOGIT_TOL = 1e-4
 
 
-@pytest.fixture(scope="module", params=[1, 2], ids=["batch1", "batch2"])
+@pytest.fixture(scope="module", params=[1, pytest.param(2, marks=pytest.mark.heavy)], ids=["batch1", "batch2"])
 def tiny(request, tmp_path_factory):
     batch = request.param
     tmp = tmp_path_factory.mktemp(f"tiny_b{batch}")
