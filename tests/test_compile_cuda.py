@@ -289,6 +289,7 @@ def test_flash_2layer_compiles_for_both_archs(tmp_path):
     _check_flash(tmp_path, FLASH_REDUCED)
 
 
+@pytest.mark.heavy
 def test_default_tiny_compiles_for_cuda(tmp_path):
     """The built-in tiny as exported by default (index top-4: the Lightning Indexer's CUDA schedule
     at a top-k below its 128 threads, and a float32 model: attention on the float32 kernels) builds

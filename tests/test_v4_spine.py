@@ -197,6 +197,7 @@ def test_flash_2layer_generates_transformers_tokens(tmp_path):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.heavy
 def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch):
     """Weights above onnx_import.PARAMETER_MIN_BYTES enter Relax as parameters bound to the
     memory-mapped arrays (how multi-GB models compile without copies); lowered to 64 KiB here so the
