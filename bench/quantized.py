@@ -112,7 +112,9 @@ def write(model_name: str, directory: str, seed: int = 0) -> None:
             f.write(np.ascontiguousarray(arr).tobytes())
     os.replace(tmp, os.path.join(directory, "model.safetensors"))
     config = cfg.to_dict()
-    config.update(quantization_config=QUANTIZATION_CONFIG, expert_dtype="fp4", architectures=["DeepseekV4ForCausalLM"])
+    # torch_dtype as the releases give it (transformers loads the e8m0 scales only with a dtype set)
+    config.update(quantization_config=QUANTIZATION_CONFIG, expert_dtype="fp4", architectures=["DeepseekV4ForCausalLM"],
+                  torch_dtype="bfloat16")
     with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
         json.dump(config, f, indent=2)
 

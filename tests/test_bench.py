@@ -84,6 +84,9 @@ def test_release_format_checkpoint_reads_a_third_of_the_bytes(tmp_path):
     assert q[0] < f32[0] / 2.5            # FP8 / FP4 / bf16 instead of float32
     forms = dict(f.split(":") for f in export(str(tmp_path / "q"), str(tmp_path / "q.onnx")).weights.split(","))
     assert {"fp8", "fp4", "bfloat16"} <= set(forms)
+    from transformers import AutoModelForCausalLM, FineGrainedFP8Config   # the bench's reference loads it
+
+    AutoModelForCausalLM.from_pretrained(str(tmp_path / "q"), quantization_config=FineGrainedFP8Config(dequantize=True))
 
 
 def test_roofline_formula():
