@@ -383,4 +383,4 @@ def test_whole_model_rows_check_tokens_and_count_decode_reads(tmp_path):
         want += n * p.element_size()
     assert res["decode_bytes_per_token"] == want
     assert res["head_weight_elements"] == model.lm_head.weight.numel()
-    assert "tiny: prompts 16, 3 new tokens" in e2e.table(res)
+    assert "tiny (float32 weights): prompts 16, 3 new tokens" in e2e.table(res)
