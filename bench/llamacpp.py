@@ -109,48 +109,6 @@ def setup(venv_python: str = sys.executable,
 # checkpoint -> release layout
 
 _LLAMA_CPP_RATIOS = {"compressed_sparse_attention": 4, "heavily_compressed_attention": 128}
-# transformers name (after ``model.``) -> release name, for the top-level tensors.
-_RELEASE_ROOT = {
-    "embed_tokens.weight": "embed.weight",
-    "norm.weight": "norm.weight",
-    "hc_head.hc_fn": "hc_head_fn",
-    "hc_head.hc_base": "hc_head_base",
-    "hc_head.hc_scale": "hc_head_scale",
-}
-# transformers name after ``model.layers.N.`` -> release name after ``layers.N.``: the inverse of
-# the renamings in transformers' conversion_mapping.py ("deepseek_v4"). The routed experts'
-# stacked ``gate_up_proj`` / ``down_proj`` are split by :func:`_release_tensors`.
-_RELEASE_LAYER = {
-    "input_layernorm.weight": "attn_norm.weight",
-    "post_attention_layernorm.weight": "ffn_norm.weight",
-    **{f"{hc}_hc.{p}": f"hc_{hc}_{p}" for hc in ("attn", "ffn") for p in ("fn", "base", "scale")},
-    "self_attn.sinks": "attn.attn_sink",
-    "self_attn.q_a_proj.weight": "attn.wq_a.weight",
-    "self_attn.q_a_norm.weight": "attn.q_norm.weight",
-    "self_attn.q_b_proj.weight": "attn.wq_b.weight",
-    "self_attn.kv_proj.weight": "attn.wkv.weight",
-    "self_attn.kv_norm.weight": "attn.kv_norm.weight",
-    "self_attn.o_a_proj.weight": "attn.wo_a.weight",
-    "self_attn.o_b_proj.weight": "attn.wo_b.weight",
-    "self_attn.compressor.kv_proj.weight": "attn.compressor.wkv.weight",
-    "self_attn.compressor.gate_proj.weight": "attn.compressor.wgate.weight",
-    "self_attn.compressor.position_bias": "attn.compressor.ape",
-    "self_attn.compressor.kv_norm.weight": "attn.compressor.norm.weight",
-    "self_attn.compressor.indexer.kv_proj.weight": "attn.indexer.compressor.wkv.weight",
-    "self_attn.compressor.indexer.gate_proj.weight": "attn.indexer.compressor.wgate.weight",
-    "self_attn.compressor.indexer.position_bias": "attn.indexer.compressor.ape",
-    "self_attn.compressor.indexer.kv_norm.weight": "attn.indexer.compressor.norm.weight",
-    "self_attn.compressor.indexer.q_b_proj.weight": "attn.indexer.wq_b.weight",
-    "self_attn.compressor.indexer.scorer.weights_proj.weight": "attn.indexer.weights_proj.weight",
-    "mlp.gate.weight": "ffn.gate.weight",
-    "mlp.gate.e_score_correction_bias": "ffn.gate.bias",
-    "mlp.gate.tid2eid": "ffn.gate.tid2eid",
-    "mlp.shared_experts.gate_proj.weight": "ffn.shared_experts.w1.weight",
-    "mlp.shared_experts.down_proj.weight": "ffn.shared_experts.w2.weight",
-    "mlp.shared_experts.up_proj.weight": "ffn.shared_experts.w3.weight",
-}
-
-
 class _Source:
     """One tensor of a safetensors file, or the part ``index`` of it (ints / slices on its leading
     dims), whose bytes are read in row chunks to bound memory."""
@@ -189,34 +147,28 @@ def _merge_index(outer: tuple, rows: slice) -> tuple:
 
 
 def _release_tensors(handles: dict[str, object], config: dict):
-    """(release name, :class:`_Source`) for every tensor of a transformers DeepSeek-V4 checkpoint."""
+    """(release name, :class:`_Source`) for every tensor of a transformers DeepSeek-V4 checkpoint:
+    the exporter's name mapping (``layout_names``), the routed experts' stacked ``gate_up_proj`` /
+    ``down_proj`` split into their per-expert parts."""
+    from ..compiler.export.weights import layout_names
+
     inter, n_experts = config["moe_intermediate_size"], config["n_routed_experts"]
     for name, handle in handles.items():
-        if name == "lm_head.weight":
-            yield "head.weight", _Source(handle, name)
-            continue
-        if not name.startswith("model."):
-            raise ValueError(f"unexpected tensor {name!r} in a DeepseekV4ForCausalLM checkpoint")
-        rest = name[len("model."):]
-        if rest in _RELEASE_ROOT:
-            yield _RELEASE_ROOT[rest], _Source(handle, name)
-            continue
-        m = re.fullmatch(r"layers\.(\d+)\.(.+)", rest)
-        if m is None:
-            raise ValueError(f"no release name for tensor {name!r}")
-        layer, leaf = f"layers.{m[1]}", m[2]
-        if leaf in _RELEASE_LAYER:
-            yield f"{layer}.{_RELEASE_LAYER[leaf]}", _Source(handle, name)
-        elif leaf == "mlp.experts.gate_up_proj":  # [E, 2I, H] = cat(w1, w3) along dim 1
+        if name.endswith("mlp.experts.gate_up_proj"):  # [E, 2I, H] = cat(w1, w3) along dim 1
+            w1_w3 = iter(layout_names(name, "release", n_experts))
             for e in range(n_experts):
-                yield f"{layer}.ffn.experts.{e}.w1.weight", _Source(handle, name, (e, slice(0, inter)))
-                yield (f"{layer}.ffn.experts.{e}.w3.weight",
-                       _Source(handle, name, (e, slice(inter, 2 * inter))))
-        elif leaf == "mlp.experts.down_proj":  # [E, H, I] = stack of w2
-            for e in range(n_experts):
-                yield f"{layer}.ffn.experts.{e}.w2.weight", _Source(handle, name, (e,))
-        else:
-            raise ValueError(f"no release name for tensor {name!r}")
+                yield next(w1_w3)[0], _Source(handle, name, (e, slice(0, inter)))
+                yield next(w1_w3)[0], _Source(handle, name, (e, slice(inter, 2 * inter)))
+            continue
+        if name.endswith("mlp.experts.down_proj"):  # [E, H, I] = stack of w2
+            for e, (w2,) in enumerate(layout_names(name, "release", n_experts)):
+                yield w2, _Source(handle, name, (e,))
+            continue
+        try:
+            (release,), = layout_names(name, "release", n_experts)
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"no release name for tensor {name!r}") from err
+        yield release, _Source(handle, name)
 
 
 def _write_safetensors(path: Path, tensors: list[tuple[str, _Source]]) -> None:
