@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 
 import pytest
 
-RUNTIME = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "runtime")
+from tide_test_models import repo_make
 
 
 def _make(target: str, *args: str, timeout: int) -> str:
     if shutil.which("make") is None or shutil.which(os.environ.get("CC", "cc")) is None:
         pytest.fail("make and a C compiler are required to build and test the runtime")
-    proc = subprocess.run(["make", "-j2", "-C", RUNTIME, target, *args], capture_output=True, text=True,
-                          timeout=timeout)
+    proc = repo_make("-j2", target, *args, timeout=timeout)
     assert proc.returncode == 0, f"make {target} failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}"
     return proc.stdout
 

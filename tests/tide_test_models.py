@@ -3,6 +3,7 @@ hand-written ABI kernels of runtime/tests/test_kernels.c (compiled here with the
 
 from __future__ import annotations
 
+import fcntl
 import os
 import platform
 import subprocess
@@ -28,12 +29,22 @@ def cpu_target(features: int = 0) -> A.TargetInfo:
     return A.TargetInfo("cpu", host_arch(), features, "")
 
 
+def repo_make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """make -C runtime ARGS in the repository's build directory, one caller at a time: test workers
+    running in parallel (pytest -n) share that directory, and a library half-written by one make must
+    never be loaded by another worker."""
+    os.makedirs(os.path.join(REPO, "build"), exist_ok=True)
+    with open(os.path.join(REPO, "build", ".make.lock"), "w") as lock:  # closing it releases the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), *args], capture_output=True, text=True,
+                              timeout=timeout)
+
+
 def build_standin(name: str) -> str:
     """runtime/tests/<name>.c built by the runtime's Makefile (a recording stand-in for a device
     library: libcuda_standin.so, libacl_standin.so); returns its path."""
     path = os.path.join(REPO, "build", "runtime-tests", f"lib{name}.so")
-    proc = subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), path], capture_output=True, text=True,
-                          timeout=300)
+    proc = repo_make(path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return path
 
