@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prefill chunk size (repeatable; default 32; single tokens use decode)")
     p.add_argument("--all-logits", action="store_true",
                    help="prefill entries return every position's logits (default: the last position's only, "
-                        "which skips the output projection of the other positions)")
+                        "and everything after the last state write that works row by row, e.g. the last "
+                        "layer's output projection, experts and the lm_head, runs on that position alone)")
     p.add_argument("--dim", action="append", help="NAME=INT for other symbolic dimensions")
     p.add_argument("--bind", action="append", metavar="NAME=VALUE",
                    help="compile graph input NAME as a constant (repeatable): VALUE a number or comma-separated "

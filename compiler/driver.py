@@ -8,7 +8,8 @@ artifact. The target comes from the registry (``tide.targets.get``); nothing her
 A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/``present.*`` outputs
 (the exporter's contract, docs/onnx-contract.md) becomes a decode model with entries ``decode``
 (one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``. A prefill entry
-returns the last position's logits only (``onnx_import.last_position_only``; metadata
+returns the last position's logits only, the row-wise tail of the graph computed for that position
+alone (``onnx_import.last_position_only``, ``tide.compiler.last_position``; metadata
 ``prefill_logits`` "last") unless ``CompileOptions.all_logits``.
 """
 
@@ -153,7 +154,7 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
         static = onnx_import.specialize(loaded, dims, frozenset(converters))
         if entry.startswith("prefill_") and not options.all_logits:
-            static = onnx_import.last_position_only(onnx_path, static)
+            static, _ = onnx_import.last_position_only(onnx_path, static)
         static, params = onnx_import.weights_as_inputs(static, loaded.weights)
         mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
         progress(f"substitute kernels for {entry}")

@@ -17,6 +17,7 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper, shape_inference
 
+from . import last_position
 from .errors import CompileError
 
 # Constants up to this many elements are folded at compile time; larger ones (weights and their
@@ -259,70 +260,14 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int],
     return model
 
 
-def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits") -> onnx.ModelProto:
+def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits") -> tuple[onnx.ModelProto, int]:
     """``model`` (static, as ``specialize`` returns it) with its output ``output`` [B, S, V] cut to the
-    last position [B, 1, V], computed for that position alone where the output is a per-position
-    projection (what a prefill entry needs: the next token's logits, not the prompt's):
-
-    - ``Reshape(Gemm|MatMul(rows [B*S, D], W), [B, S, V])`` (the exporter's linear): the rows of the
-      last positions are gathered before the product;
-    - ``MatMul(x [B, S, D], W)``: x's last position is sliced before the product;
-    - anything else: the output itself is sliced (correct, nothing saved).
-
-    Runs after ``specialize`` (whose inferred shapes it keeps, but for the values it changes); its
-    result is folded and shape-inferred again."""
-    graph = model.graph
-    outputs = {o.name: o for o in graph.output}
-    if output not in outputs:
-        raise CompileError(f"{path}: the graph has no output '{output}'")
-    shapes = _value_shapes(model)
-    dims = shapes.get(output, ([], 0))[0]
-    if len(dims) != 3 or None in dims:
-        raise CompileError(f"{path}: output '{output}' is {dims}, expected a static [batch, seq, vocab]")
-    batch, seq, vocab = dims
-    producer = {o: n for n in graph.node for o in n.output}
-    consts = {i.name for i in graph.initializer}
-
-    def const(name: str, values) -> str:
-        graph.initializer.append(numpy_helper.from_array(np.asarray(values, dtype=np.int64), name))
-        return name
-
-    def insert_before(consumer, node) -> None:
-        index = next(i for i, n in enumerate(graph.node) if n is consumer)
-        graph.node.insert(index, node)
-
-    def last_slice(source: str, name: str):
-        return helper.make_node("Slice", [source, const(f"{name}.starts", [seq - 1]), const(f"{name}.ends", [seq]),
-                                          const(f"{name}.axes", [1])], [name], name=name)
-
-    node = producer.get(output)
-    gemm = producer.get(node.input[0]) if node is not None and node.op_type == "Reshape" else None
-    rows = gemm.input[0] if gemm is not None and gemm.op_type in ("Gemm", "MatMul") else None
-    row_dims = shapes.get(rows, ([], 0))[0] if rows is not None else []
-    if len(row_dims) == 2 and row_dims[0] == batch * seq and node.input[1] in consts:
-        last = f"{output}.last_rows"
-        index = const(f"{last}.index", [b * seq + seq - 1 for b in range(batch)])
-        insert_before(gemm, helper.make_node("Gather", [rows, index], [last], name=last, axis=0))
-        gemm.input[0] = last
-        node.input[1] = const(f"{output}.last_shape", [batch, 1, vocab])
-        changed = {gemm.output[0]}
-    elif node is not None and node.op_type == "MatMul" and len(shapes.get(node.input[0], ([], 0))[0]) == 3:
-        last = f"{output}.last_x"
-        insert_before(node, last_slice(node.input[0], last))
-        node.input[0] = last
-        changed = set()
-    else:
-        whole = f"{output}.all_positions"
-        for n in graph.node:
-            n.input[:] = [whole if i == output else i for i in n.input]
-            n.output[:] = [whole if o == output else o for o in n.output]
-        graph.node.append(last_slice(whole, output))
-        changed = set()
-    outputs[output].type.tensor_type.shape.dim[1].dim_value = 1
-    kept = [vi for vi in graph.value_info if vi.name not in changed]
-    del graph.value_info[:]
-    graph.value_info.extend(kept)
-    return _fold_to_fixpoint(path, model, frozenset(n.op_type for n in graph.node if n.domain == TIDE_DOMAIN))
+    last position [B, 1, V], the row-wise suffix of the graph computed for that position alone
+    (``tide.compiler.last_position``); returns the folded model and how many nodes run on one row.
+    Runs after ``specialize``; its result is folded and shape-inferred again."""
+    model, rows = last_position.last_position_only(path, model, output)
+    kernels = frozenset(n.op_type for n in model.graph.node if n.domain == TIDE_DOMAIN)
+    return _fold_to_fixpoint(path, model, kernels), rows
 
 
 def _fold_to_fixpoint(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str],

@@ -88,10 +88,13 @@ def test_chunked_prefill_equals_single_prefill(tiny):
 
 
 def test_prefill_computes_only_the_last_positions_logits_by_default(tiny):
-    """Compiled without ``all_logits`` (the default), a prefill chunk projects only its last position
-    onto the vocabulary (the lm_head linear runs on ``batch`` rows, not ``batch x 16``), and a
-    session's prefill returns the same next-token logits as the every-position artifact."""
+    """Compiled without ``all_logits`` (the default), a prefill chunk computes the last layer's
+    row-wise tail (attention output projection, hyper-connection mixing, router, experts, shared
+    expert, final norm, lm_head) on its last position alone: those kernels run on ``batch`` rows, not
+    ``batch x 16``, while every state write still sees the whole chunk; and a session's prefill returns
+    the same next-token logits as the every-position artifact, chunk after chunk."""
     import os
+    from collections import Counter
 
     batch, model, ref = tiny
     art = model.path.replace(".tide", "-last.tide")
@@ -104,15 +107,29 @@ def test_prefill_computes_only_the_last_positions_logits_by_default(tiny):
     def prefill_kernels(path):
         entry = next(e for e in read_artifact(path).plan.entries if e.name == "prefill_16")
         logits = entry.buffers[next(o.buffer for o in entry.outputs if o.name == "logits")]
-        return tuple(logits.shape), {c.kernel for c in entry.calls}
+        return tuple(logits.shape), Counter(c.kernel for c in entry.calls)
 
     shape_all, calls_all = prefill_kernels(model.path)
     shape_last, calls_last = prefill_kernels(art)
     assert shape_all == (batch, 16, vocab) and shape_last == (batch, 1, vocab)
     head = f"tide_linear_{{}}x{hidden}x{vocab}_"
-    assert [k for k in calls_all - calls_last if k.startswith(head.format(16 * batch))]
+    assert [k for k in calls_all if k.startswith(head.format(16 * batch))]
     assert [k for k in calls_last if k.startswith(head.format(batch))]
     assert not [k for k in calls_last if k.startswith(head.format(16 * batch))]
+
+    def count(calls, prefix):
+        return sum(n for k, n in calls.items() if k.startswith(prefix))
+
+    layers = ref.config.num_hidden_layers
+    for kernel in ("tide_moe_gate_up", "tide_moe_down", "tide_shared_gate_up", "tide_shared_down"):
+        # the last layer's experts on one row per sequence, every other layer's on the whole chunk
+        assert count(calls_all, f"{kernel}_t{16 * batch}k") + count(calls_all, f"{kernel}_t{16 * batch}d") == layers
+        assert count(calls_last, f"{kernel}_t{batch}k") + count(calls_last, f"{kernel}_t{batch}d") == 1
+        assert count(calls_last, f"{kernel}_t{16 * batch}k") + count(calls_last, f"{kernel}_t{16 * batch}d") == \
+            layers - 1
+    # the state writes (scatters into the decode state) are the same in both
+    scatters = [k for k in calls_all if "scatter" in k]
+    assert scatters and all(calls_last[k] == calls_all[k] for k in scatters)
     prompt = _prompt(model, batch, 37, seed=9)  # 16 + 16 + 5 by decode
     every, only = model.session(), last.session()
     for part in (prompt[:, :16], prompt[:, 16:35], prompt[:, 35:]):
