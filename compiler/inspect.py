@@ -7,6 +7,13 @@ from .artifact import ArtifactError, nbytes_of, read_artifact
 from .artifact.format import device_format, size_text
 from .errors import CompileError
 
+# a layer's kind by the decode state it keeps (first match): V4's compressed sparse attention keeps
+# indexer keys, its heavily compressed attention compressed entries only, a sliding-window layer its ring
+LAYER_KINDS = (("index_keys", "CSA"), ("compressed", "HCA"), ("window", "sliding window"))
+CONTEXT_STATES = ("compressed", "index_keys")  # one entry per `ratio` positions: grow with the context
+# a DeepSeek-V3.2-style MLA cache: kv_lora_rank 512 + 64 RoPE dims per position per layer, bfloat16
+MLA_VALUES, MLA_ITEMSIZE = 576, 2
+
 
 def describe(path: str) -> str:
     try:
@@ -26,6 +33,8 @@ def describe(path: str) -> str:
     arena = max((e.arena_bytes for e in plan.entries), default=0)
     lines.append(f"memory plan: arena {size_text(arena)} (largest entry), state {size_text(state_bytes)} in "
                  f"{len(plan.states)} tensors, weights {size_text(weight_bytes)} in {len(plan.weights)} tensors")
+    if meta.get("kind") == "decode" and plan.states:
+        lines += state_plan_lines(state_plan(plan, meta))
     lines.append("weights by stored form: " + ", ".join(
         f"{form} {size_text(n)}" for form, n in sorted(weight_forms(plan, meta).items(), key=lambda kv: -kv[1])))
     for e in plan.entries:
@@ -49,6 +58,47 @@ def describe(path: str) -> str:
     if art.device_code is not None:
         lines += device_format(art.target.kind).describe(art.device_code)
     return "\n".join(lines)
+
+
+def state_plan(plan, meta: dict) -> dict:
+    """The decode state by layer kind for the artifact's capacity: per kind its layers, compression
+    ratio, and bytes per layer that grow with the context (compressed entries, indexer keys) or stay
+    fixed (window ring, compressor rings); the total, and what a V3.2-style MLA cache would hold for
+    the same depth, capacity and batch."""
+    capacity, batch = int(meta["max_seq_len"]), int(meta["batch"])
+    layers: dict[str, dict] = {}
+    for s in plan.states:
+        layer, _, what = s.name.partition(".")
+        layers.setdefault(layer, {})[what] = s
+    kinds: dict[str, dict] = {}
+    for states in layers.values():
+        kind = next((label for key, label in LAYER_KINDS if key in states), "other")
+        ratio = None
+        if "compressed" in states:
+            entries = states["compressed"].shape[1]
+            ratio = round(capacity / max(entries - 1, 1))
+            kind = f"{kind} 1/{ratio}"
+        grows = sum(nbytes_of(s.dtype, s.shape) for w, s in states.items() if w in CONTEXT_STATES)
+        fixed = sum(nbytes_of(s.dtype, s.shape) for w, s in states.items() if w not in CONTEXT_STATES)
+        entry = kinds.setdefault(kind, {"layers": 0, "grows": grows, "fixed": fixed, "ratio": ratio})
+        entry["layers"] += 1
+    total = sum(k["layers"] * (k["grows"] + k["fixed"]) for k in kinds.values())
+    mla = len(layers) * batch * capacity * MLA_VALUES * MLA_ITEMSIZE
+    return {"capacity": capacity, "batch": batch, "layers": len(layers), "kinds": kinds, "total": total,
+            "dtypes": sorted({s.dtype for s in plan.states}), "mla": mla, "ratio": total / mla}
+
+
+def state_plan_lines(sp: dict) -> list[str]:
+    lines = [f"decode state for {sp['capacity']} positions x batch {sp['batch']} ({', '.join(sp['dtypes'])}): "
+             f"{size_text(sp['total'])} for {sp['layers']} layers; a V3.2-style MLA cache ({MLA_VALUES} bf16 "
+             f"values per position per layer) for the same depth and length: {size_text(sp['mla'])}; "
+             f"ratio {100 * sp['ratio']:.1f}%"]
+    for kind, k in sorted(sp["kinds"].items(), key=lambda kv: -kv[1]["layers"] * (kv[1]["grows"] + kv[1]["fixed"])):
+        split = (f"{size_text(k['grows'])} grows with the context, {size_text(k['fixed'])} fixed" if k["grows"]
+                 else "fixed")
+        lines.append(f"  {kind} x {k['layers']} layer{'s' if k['layers'] > 1 else ''}: "
+                     f"{size_text(k['grows'] + k['fixed'])} per layer ({split})")
+    return lines
 
 
 def weight_forms(plan, meta: dict) -> dict[str, int]:

@@ -245,3 +245,38 @@ def test_weights_passed_as_parameters_give_the_same_logits(tmp_path, monkeypatch
     panel = int(heads[0].rsplit("panel", 1)[1])
     assert weights[heads[0]] == (1, 512 // panel, 128, panel)
     assert "lm_head.weight" not in weights and "lm_head.weight.T" not in weights
+
+
+def test_inspect_prints_the_state_plan_by_layer_kind(tiny):
+    """``tide inspect``'s decode-state plan against the model's own config: layers per kind (sliding
+    window, CSA, HCA with their compression ratios), the bytes that grow with the context (one
+    compressed entry of head_dim values, plus indexer keys for CSA, per ``ratio`` positions), and
+    the V3.2-style MLA cache (576 bf16 values per position per layer) it is compared with."""
+    from tide.compiler.inspect import describe, state_plan
+
+    batch, model, ref = tiny
+    cfg = ref.config
+    art = read_artifact(model.path)
+    plan = state_plan(art.plan, art.metadata)
+    capacity = int(model.metadata["max_seq_len"])
+    assert plan["capacity"] == capacity and plan["layers"] == cfg.num_hidden_layers
+    assert plan["mla"] == cfg.num_hidden_layers * batch * capacity * 576 * 2
+    label = {"sliding_attention": "sliding window", "compressed_sparse_attention": "CSA",
+             "heavily_compressed_attention": "HCA"}
+    want: dict[str, int] = {}
+    for layer_type in cfg.layer_types:
+        rate = (cfg.compress_rates or {}).get(layer_type)
+        kind = label[layer_type] + (f" 1/{rate}" if rate else "")
+        want[kind] = want.get(kind, 0) + 1
+    assert {k: v["layers"] for k, v in plan["kinds"].items()} == want
+    for kind, k in plan["kinds"].items():
+        if k["ratio"] is None:
+            assert k["grows"] == 0
+            continue
+        values = cfg.head_dim + (cfg.index_head_dim if kind.startswith("CSA") else 0)
+        per_entry = batch * values * 4  # float32 state
+        entries = k["grows"] // per_entry
+        assert k["grows"] == entries * per_entry and capacity // k["ratio"] <= entries <= capacity // k["ratio"] + 1
+    text = describe(model.path)
+    assert f"decode state for {capacity} positions x batch {batch} (float32)" in text
+    assert f"ratio {100 * plan['ratio']:.1f}%" in text and "CSA 1/4 x 2 layers" in text
