@@ -3,8 +3,9 @@ nvcc (no GPU needed). Checks the DEVICE_CODE section against the cubins themselv
 version, defined kernels and their parameter counts, read from each cubin's own symbol table and
 .nv.info records) and against the host library (kernel names it looks up, exported entry points).
 
-Most models here set ``index_topk`` to 128 (the Lightning Indexer's 128 threads per block, no
-thread-guarded list merges); ``test_default_tiny_compiles_for_cuda`` builds the default tiny (top-4).
+The regular tests read the default tiny (index top-4: the Lightning Indexer's CUDA schedule at a top-k
+below its 128 threads), compiled once per session and shared with tests/test_runtime_cuda.py; the
+heavy ones set ``index_topk`` to 128 (128 threads per block, no thread-guarded list merges).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from tide.compiler.export import export
 from tide.targets import get
 from tide.targets.cuda import device_code, nvcc
 
+import tide_test_models
+
 ARCHS = ("sm_80", "sm_90")
 EM_CUDA = 190
 EIATTR_KPARAM_INFO = 0x17
@@ -31,12 +34,7 @@ INDEXER_OVERRIDES = {"index_topk": 128, "max_position_embeddings": 512}
 
 @pytest.fixture(scope="module")
 def tiny_cuda(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("tiny_cuda")
-    onnx_path, art = str(tmp / "tiny.onnx"), str(tmp / "tiny.tide")
-    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides=INDEXER_OVERRIDES)
-    result = compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_90,sm_80", prefill_chunks=(16,),
-                                                          progress=False))
-    return result, artifact.read_artifact(art)
+    return artifact.read_artifact(tide_test_models.tiny_cuda_artifact(tmp_path_factory))
 
 
 # ---- a minimal ELF reader for cubins and the host library -----------------------------------------
@@ -91,7 +89,7 @@ def _sm_of(cubin: bytes) -> int:
 # ---- the compiled artifact ------------------------------------------------------------------------
 
 def test_tiny_artifact_holds_a_cubin_per_arch(tiny_cuda):
-    result, art = tiny_cuda
+    art = tiny_cuda
     assert art.target.kind == "cuda" and art.target.device_arch == "sm_80,sm_90"
     assert art.target.host_features == 0  # generic host stubs
     code = art.device_code
@@ -112,7 +110,7 @@ def test_tiny_artifact_holds_a_cubin_per_arch(tiny_cuda):
 
 
 def test_host_library_exports_every_kernel_and_looks_up_every_device_function(tiny_cuda):
-    _, art = tiny_cuda
+    art = tiny_cuda
     host = art.section_bytes("KERNELS_HOST")
     exported = _symbols(host, ".dynsym")
     missing = [k for k in art.plan.kernels if f"__tvm_ffi_{k}" not in exported]
@@ -125,7 +123,7 @@ def test_host_library_exports_every_kernel_and_looks_up_every_device_function(ti
 
 
 def test_inspect_shows_archs_and_device_functions(tiny_cuda):
-    _, art = tiny_cuda
+    art = tiny_cuda
     res = subprocess.run([sys.executable, "-m", "tide.cli", "inspect", art.path], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "target: cuda (x86_64, sm_80,sm_90)" in res.stdout
@@ -139,7 +137,7 @@ def test_inspect_shows_archs_and_device_functions(tiny_cuda):
 # ---- the DEVICE_CODE reader ---------------------------------------------------------------------------
 
 def test_device_code_roundtrip(tiny_cuda):
-    _, art = tiny_cuda
+    art = tiny_cuda
     raw = art.section_bytes("DEVICE_CODE")
     assert device_code.encode(device_code.decode(raw)) == raw
 
@@ -170,7 +168,7 @@ def _corruptions(raw: bytes):
 
 
 def test_device_code_reader_rejects_corrupt_sections(tiny_cuda):
-    _, art = tiny_cuda
+    art = tiny_cuda
     raw = art.section_bytes("DEVICE_CODE")
     for what, bad, message in _corruptions(raw):
         with pytest.raises(artifact.ArtifactError, match="DEVICE_CODE") as err:
@@ -179,7 +177,7 @@ def test_device_code_reader_rejects_corrupt_sections(tiny_cuda):
 
 
 def test_writer_and_reader_check_device_arch_and_presence(tiny_cuda, tmp_path):
-    _, art = tiny_cuda
+    art = tiny_cuda
     raw = art.section_bytes("DEVICE_CODE")
     weights = [art.weight(i) for i in range(len(art.plan.weights))]
     host = art.section_bytes("KERNELS_HOST")
@@ -289,19 +287,28 @@ def test_flash_2layer_compiles_for_both_archs(tmp_path):
     _check_flash(tmp_path, FLASH_REDUCED)
 
 
+def test_default_tiny_indexer_and_attention_kernels(tiny_cuda):
+    """The built-in tiny as exported by default (index top-4, a float32 model): the Lightning
+    Indexer's CUDA kernels at top-4 for decode and the prefill chunk, attention on the float32
+    kernels, every device function defined in every image."""
+    indexers = [k for k in tiny_cuda.plan.kernels if k.startswith("tide_lightning_indexer") and k.endswith("k4r4")]
+    assert len(indexers) == 2, tiny_cuda.plan.kernels  # decode and the prefill chunk
+    attention = [k for k in tiny_cuda.plan.kernels if "sink_attention" in k]
+    assert attention and not any(k.endswith("_mma_bf16") for k in attention)
+    for image in tiny_cuda.device_code.images:
+        assert {f.name for f in tiny_cuda.device_code.functions} <= _symbols(image.data, ".symtab", kind=2)
+
+
 @pytest.mark.heavy
-def test_default_tiny_compiles_for_cuda(tmp_path):
-    """The built-in tiny as exported by default (index top-4: the Lightning Indexer's CUDA schedule
-    at a top-k below its 128 threads, and a float32 model: attention on the float32 kernels) builds
-    for sm_90, one prefill chunk."""
+def test_tiny_with_index_topk_128_compiles_for_cuda(tmp_path):
+    """tiny with ``index_topk`` 128 (the Lightning Indexer's 128 threads per block, no thread-guarded
+    list merges) builds for sm_90, one prefill chunk."""
     onnx_path, art = str(tmp_path / "tiny.onnx"), str(tmp_path / "tiny.tide")
-    export("tiny", onnx_path, seed=0)
+    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides=INDEXER_OVERRIDES)
     compile_model(onnx_path, art, CompileOptions(target="cuda", arch="sm_90", prefill_chunks=(16,), progress=False))
     read = artifact.read_artifact(art)
-    indexers = [k for k in read.plan.kernels if k.startswith("tide_lightning_indexer") and k.endswith("k4r4")]
+    indexers = [k for k in read.plan.kernels if k.startswith("tide_lightning_indexer") and k.endswith("k128r4")]
     assert len(indexers) == 2, read.plan.kernels  # decode and the prefill chunk
-    attention = [k for k in read.plan.kernels if "sink_attention" in k]
-    assert attention and not any(k.endswith("_mma_bf16") for k in attention)
     defined = _symbols(read.device_code.images[0].data, ".symtab", kind=2)
     assert {f.name for f in read.device_code.functions} <= defined
 

@@ -25,6 +25,7 @@ from tide.compiler import artifact as A
 from tide.targets.cuda import device_code
 from tide.runtime import bindings
 from tide.runtime._ffi import ffi
+import tide_test_models
 from tide_test_models import (REPO, build_standin, compile_test_kernels, host_arch, standard_plan,
                               write_standard)
 
@@ -347,18 +348,11 @@ def test_release_frees_everything(launch_artifact, launch_env):
         assert call in log
 
 
-# ---- the whole tiny model compiled for sm_90, every launch checked by the stand-in -----------------
+# ---- the whole tiny model (sm_90 + sm_80 images; the stand-in is an sm_90 device), every launch checked
 
 @pytest.fixture(scope="module")
 def tiny_cuda_artifact(tmp_path_factory):
-    from tide.compiler.driver import CompileOptions, compile_model
-    from tide.compiler.export import export
-
-    tmp = tmp_path_factory.mktemp("tiny_cuda_run")
-    onnx_path, path = str(tmp / "tiny.onnx"), str(tmp / "tiny.tide")
-    export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides={"max_position_embeddings": 512})
-    compile_model(onnx_path, path, CompileOptions(target="cuda", arch="sm_90", prefill_chunks=(16,), progress=False))
-    return path
+    return tide_test_models.tiny_cuda_artifact(tmp_path_factory)
 
 
 def test_tiny_model_launches_are_valid_and_decode_replays_a_graph(tiny_cuda_artifact, standin, driver_env,

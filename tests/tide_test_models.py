@@ -6,6 +6,7 @@ from __future__ import annotations
 import fcntl
 import os
 import platform
+import shutil
 import subprocess
 
 import numpy as np
@@ -38,6 +39,41 @@ def repo_make(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
         fcntl.flock(lock, fcntl.LOCK_EX)
         return subprocess.run(["make", "-C", os.path.join(REPO, "runtime"), *args], capture_output=True, text=True,
                               timeout=timeout)
+
+
+def shared_dir(tmp_path_factory, key: str, build) -> str:
+    """A directory that ``build(path)`` fills once per test session, for whichever test file (and
+    pytest-xdist worker) asks first; the others wait for it and reuse it."""
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the session's directory, shared by its workers
+    path = os.path.join(base, f"shared-{key}")
+    with open(path + ".lock", "w") as lock:  # closing it releases the lock
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(os.path.join(path, ".built")):
+            shutil.rmtree(path, ignore_errors=True)
+            os.makedirs(path)
+            build(path)
+            open(os.path.join(path, ".built"), "w").close()
+    return path
+
+
+CUDA_TINY_OVERRIDES = {"max_position_embeddings": 512}
+
+
+def tiny_cuda_artifact(tmp_path_factory) -> str:
+    """The built-in tiny model (512 positions) compiled for sm_90 + sm_80 with a
+    16-token prefill chunk, once per session (tests/test_compile_cuda.py, tests/test_runtime_cuda.py)."""
+    def build(path):
+        from tide.compiler.driver import CompileOptions, compile_model
+        from tide.compiler.export import export
+
+        onnx_path = os.path.join(path, "tiny.onnx")
+        export("tiny", onnx_path, seed=0, max_seq_len=512, config_overrides=CUDA_TINY_OVERRIDES)
+        compile_model(onnx_path, os.path.join(path, "tiny.tide"),
+                      CompileOptions(target="cuda", arch="sm_90,sm_80", prefill_chunks=(16,), progress=False))
+
+    return os.path.join(shared_dir(tmp_path_factory, "tiny-cuda", build), "tiny.tide")
 
 
 def build_standin(name: str) -> str:
