@@ -9,7 +9,7 @@ A model with ``input_ids``/``start_pos``/``past.*`` inputs and ``logits``/``pres
 (the exporter's contract, docs/onnx-contract.md) becomes a decode model with entries ``decode``
 (one token) and ``prefill_<S>`` per chunk size; any other graph gets ``main``. A prefill entry
 returns the last position's logits only, the row-wise tail of the graph computed for that position
-alone (``onnx_import.last_position_only``, ``tide.compiler.last_position``; metadata
+alone (``tide.compiler.last_position``; metadata
 ``prefill_logits`` "last") unless ``CompileOptions.all_logits``.
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from . import lower, onnx_import, relax_import, schedule, substitute
+from . import last_position, lower, onnx_import, relax_import, schedule, substitute
 from .errors import CompileError, internal, readable, sentence
 
 DEFAULT_PREFILL_CHUNKS = (32,)
@@ -154,7 +154,7 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
         static = onnx_import.specialize(loaded, dims, frozenset(converters))
         if entry.startswith("prefill_") and not options.all_logits:
-            static, _ = onnx_import.last_position_only(onnx_path, static)
+            static, _ = last_position.last_position_only(onnx_path, static)
         static, params = onnx_import.weights_as_inputs(static, loaded.weights)
         mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
         progress(f"substitute kernels for {entry}")

@@ -35,8 +35,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import CompileError
-
-TIDE_DOMAIN = "tide"
+from .onnx_import import TIDE_DOMAIN, fold_to_fixpoint, value_shapes
 
 ELEMENTWISE = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Where", "Neg", "Abs", "Exp", "Log", "Sqrt", "Reciprocal",
@@ -70,13 +69,22 @@ class _NotRowWise(Exception):
 
 
 def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits") -> tuple[onnx.ModelProto, int]:
+    """``cut`` (below), then the model folded and shape-inferred again, ready for the Relax import;
+    returns it and the number of nodes computed on one row per sequence."""
+    model, rows = cut(path, model, output)
+    kernels = frozenset(n.op_type for n in model.graph.node if n.domain == TIDE_DOMAIN)
+    return fold_to_fixpoint(path, model, kernels), rows
+
+
+def cut(path: str, model: onnx.ModelProto, output: str = "logits") -> tuple[onnx.ModelProto, int]:
     """``model`` with ``output`` [B, S, V] cut to [B, 1, V], its row-wise suffix computed on the last
     rows only (module docstring). Returns the model and the number of nodes now computed on one row
     per sequence."""
     graph = model.graph
     if output not in {o.name for o in graph.output}:
         raise CompileError(f"{path}: the graph has no output '{output}'")
-    shapes = _shapes(model)
+    typed = value_shapes(model)
+    shapes = {name: dims for name, (dims, _) in typed.items()}
     dims = shapes.get(output)
     if dims is None or len(dims) != 3 or None in dims:
         raise CompileError(f"{path}: output '{output}' is {dims}, expected a static [batch, seq, vocab]")
@@ -136,13 +144,12 @@ def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits"
         new_nodes.append(n)
     del graph.node[:]
     graph.node.extend(new_nodes)
-    elem_types = {name: _elem_type(model, name) for name in inside}
     kept = [vi for vi in graph.value_info if vi.name not in inside]
     del graph.value_info[:]
     graph.value_info.extend(kept)
     for name in sorted(inside):
         if name in need and shapes.get(name) is not None and name != output:
-            elem = elem_types[name]
+            elem = typed[name][1]
             if elem:
                 graph.value_info.append(helper.make_tensor_value_info(
                     name, elem, _cut_dims(shapes[name], need[name], batch)))
@@ -395,21 +402,3 @@ def _cut_output(path, model, output, batch, seq) -> onnx.ModelProto:
     graph.node.extend(_cut(graph, whole, output, Rows(1), [batch, seq], batch, seq))
     next(o for o in graph.output if o.name == output).type.tensor_type.shape.dim[1].dim_value = 1
     return model
-
-
-def _shapes(model) -> dict[str, list[int | None]]:
-    out = {}
-    for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
-    for init in model.graph.initializer:
-        out[init.name] = list(init.dims)
-    return out
-
-
-def _elem_type(model, name: str) -> int:
-    for vi in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input):
-        if vi.name == name:
-            return vi.type.tensor_type.elem_type
-    return 0

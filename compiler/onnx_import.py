@@ -17,7 +17,6 @@ import onnx
 import onnx.inliner
 from onnx import helper, numpy_helper, shape_inference
 
-from . import last_position
 from .errors import CompileError
 
 # Constants up to this many elements are folded at compile time; larger ones (weights and their
@@ -246,32 +245,24 @@ def specialize(loaded: LoadedModel, dim_values: dict[str, int],
     if model.functions and kernel_functions:
         # ONNX shape inference does not always see through a kept function call; the static shapes
         # of the calls' outputs come from the same graph with every function inlined.
-        inlined = _fold_to_fixpoint(loaded.path, onnx.inliner.inline_local_functions(model), frozenset())
-        shapes = _value_shapes(inlined)
+        inlined = fold_to_fixpoint(loaded.path, onnx.inliner.inline_local_functions(model), frozenset())
+        shapes = value_shapes(inlined)
         kept_shapes = {o: shapes[o] for n in model.graph.node if n.domain == TIDE_DOMAIN
                        and n.op_type in kernel_functions for o in n.output if o in shapes}
     if model.functions:
         keep = [(TIDE_DOMAIN, name) for name in sorted(kernel_functions)]
         model = onnx.inliner.inline_selected_functions(model, keep, exclude=True)
-    model = _fold_to_fixpoint(loaded.path, model, kernel_functions, kept_shapes)
+    model = fold_to_fixpoint(loaded.path, model, kernel_functions, kept_shapes)
     _check_static(loaded.path, model)
     _check_tensors(loaded.path, model)
     _check_modes(loaded.path, model)
     return model
 
 
-def last_position_only(path: str, model: onnx.ModelProto, output: str = "logits") -> tuple[onnx.ModelProto, int]:
-    """``model`` (static, as ``specialize`` returns it) with its output ``output`` [B, S, V] cut to the
-    last position [B, 1, V], the row-wise suffix of the graph computed for that position alone
-    (``tide.compiler.last_position``); returns the folded model and how many nodes run on one row.
-    Runs after ``specialize``; its result is folded and shape-inferred again."""
-    model, rows = last_position.last_position_only(path, model, output)
-    kernels = frozenset(n.op_type for n in model.graph.node if n.domain == TIDE_DOMAIN)
-    return _fold_to_fixpoint(path, model, kernels), rows
-
-
-def _fold_to_fixpoint(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str],
-                      kept_shapes: dict | None = None) -> onnx.ModelProto:
+def fold_to_fixpoint(path: str, model: onnx.ModelProto, kernel_functions: frozenset[str],
+                     kept_shapes: dict | None = None) -> onnx.ModelProto:
+    """``model`` checked (supported ops, static operands), then shape-inferred and its constant
+    subgraphs folded until nothing changes; calls of ``kernel_functions`` stay single nodes."""
     _check_supported(path, model, kernel_functions)
     check_static_operands(path, model)
     for _ in range(8):
@@ -300,7 +291,8 @@ def _widens_weight(node: onnx.NodeProto, consts: dict) -> bool:
     return node.op_type == "Cast" and node.input[0] in consts and consts[node.input[0]].dtype.name == "bfloat16"
 
 
-def _value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
+def value_shapes(model: onnx.ModelProto) -> dict[str, tuple[list[int | None], int]]:
+    """Every value's dims (None where symbolic) and ONNX element type, as the graph declares them."""
     out = {}
     for vi in list(model.graph.input) + list(model.graph.value_info) + list(model.graph.output):
         t = vi.type.tensor_type
@@ -320,7 +312,7 @@ def _fold_once(path: str, model: onnx.ModelProto) -> bool:
     for init in graph.initializer:
         if int(np.prod(init.dims, dtype=np.int64)) <= FOLD_MAX_ELEMENTS:
             consts[init.name] = numpy_helper.to_array(init)
-    shapes = _value_shapes(model)
+    shapes = value_shapes(model)
     opset = _default_opset(model)
     kept, new_inits, changed = [], [], False
     for node in graph.node:
@@ -384,7 +376,7 @@ def _evaluate(path, node, consts, opset):
 
 
 def _check_static(path: str, model: onnx.ModelProto) -> None:
-    shapes = _value_shapes(model)
+    shapes = value_shapes(model)
     for out in model.graph.output:
         dims = shapes.get(out.name, ([None], 0))[0]
         if None in dims:
@@ -406,7 +398,7 @@ def _check_tensors(path: str, model: onnx.ModelProto) -> None:
     from ..runtime.dtypes import DTYPES
 
     known = ", ".join(DTYPES)
-    shapes = _value_shapes(model)
+    shapes = value_shapes(model)
     inits = {i.name for i in model.graph.initializer}
     opset = _opset_version(model, "")
     for vi in [i for i in model.graph.input if i.name not in inits] + list(model.graph.output):
@@ -523,7 +515,7 @@ _REFUSED_MODES = {
 
 def _check_modes(path: str, model: onnx.ModelProto) -> None:
     """Refuses the modes of ``_REFUSED_MODES`` (after ``specialize``: element types inferred)."""
-    types = {name: elem for name, (_, elem) in _value_shapes(model).items()}
+    types = {name: elem for name, (_, elem) in value_shapes(model).items()}
     opset = _opset_version(model, "")
     for node in model.graph.node:
         check = _REFUSED_MODES.get(node.op_type) if node.domain in ("", "ai.onnx") else None

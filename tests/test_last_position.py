@@ -25,7 +25,7 @@ def _check(model: onnx.ModelProto, feeds: dict, rows_expected) -> int:
     full = onnx.ModelProto()
     full.CopyFrom(model)
     model = onnx.shape_inference.infer_shapes(model, strict_mode=True)
-    cut, rows = last_position.last_position_only("test.onnx", model)
+    cut, rows = last_position.cut("test.onnx", model)
     onnx.checker.check_model(cut, full_check=True)
     want, got = _run(full, feeds), _run(cut, feeds)
     assert got["logits"].shape == (want["logits"].shape[0], 1, want["logits"].shape[2])
@@ -153,7 +153,7 @@ def test_exported_v4_prefill_cuts_the_last_layer_tail(tmp_path, batch):
     dims = next(d for e, d in entries if e == "prefill_16")
     static = onnx_import.specialize(loaded, dims, kernels)
     full = onnx_import.with_weights(static, loaded.weights)
-    cut, rows = onnx_import.last_position_only(path, onnx_import.specialize(loaded, dims, kernels))
+    cut, rows = last_position.last_position_only(path, onnx_import.specialize(loaded, dims, kernels))
     cut = onnx_import.with_weights(cut, loaded.weights)
     assert rows > 100
     sources = {n.input[0] for n in cut.graph.node if n.name.endswith(".last_rows")}
