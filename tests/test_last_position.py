@@ -174,3 +174,14 @@ def test_exported_v4_prefill_cuts_the_last_layer_tail(tmp_path, batch):
     for name in want:
         if name != "logits":
             np.testing.assert_array_equal(got[name], want[name])
+
+
+def test_a_graph_without_static_logits_is_refused_by_name():
+    from tide.compiler.errors import CompileError
+
+    model = _model([helper.make_node("Einsum", ["x", "w"], ["logits"], equation="bsd,dv->bsv")], [("w", (D, V))])
+    with pytest.raises(CompileError, match="test.onnx: the graph has no output 'scores'"):
+        last_position.cut("test.onnx", model, output="scores")
+    model.graph.output[0].type.tensor_type.shape.dim[1].dim_param = "seq"
+    with pytest.raises(CompileError, match=r"output 'logits' is \[2, None, 5\], expected a static \[batch, seq, vocab\]"):
+        last_position.cut("test.onnx", model)
