@@ -59,6 +59,9 @@ def legalize_and_fuse(mod, target, max_fused_bytes: int | None = None):
     import tvm
     from tvm import relax
 
+    from .fold_layout import fold_layout
+
+    mod = fold_layout(mod)
     passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant()]
     if max_fused_bytes is not None:
         passes.append(_opaque_above(max_fused_bytes))
