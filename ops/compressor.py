@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 
 LOWEST = float(np.finfo(np.float32).min)  # the score of a slot before position 0; the slot max starts here
 
@@ -51,6 +53,7 @@ def exp_lets(name: str, arg):
     return let(name, p * T.reinterpret("float32", T.shift_left(T.Cast("int32", n) + T.int32(127), T.int32(23))))
 
 
+@kernel.builder
 def prim_func(batch: int, seq: int, ratio: int, overlap: int, head_dim: int, cache_rows: int, rope_dim: int,
               epsilon: float, name: str = "tide_compressor"):
     """The unscheduled kernel: ``kv``/``gate [B,S,F]`` (the projections, gate without the position
@@ -238,7 +241,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     kernel."""
     from tvm import relax
 
-    from . import kernel
     from .sink_attention import static_shape
 
     x, start_pos, kv_state, score_state, cache, kv_weight, gate_weight, position_bias, norm_weight, cos, sin = inputs

@@ -13,11 +13,12 @@ import math
 
 import numpy as np
 
-from . import quant
+from . import kernel, quant
 
 BLOCK = 32
 
 
+@kernel.builder
 def prim_func(lead: int, rows: int, cols: int, name: str = "tide_dequantize_fp4"):
     from tvm.script import tirx as T
 
@@ -51,8 +52,6 @@ def cost(lead: int, rows: int, cols: int) -> dict:
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.DequantizeFP4(q, scale)`` -> one call of this kernel on q viewed as ``[R, N, K / 2]``."""
     from tvm import relax
-
-    from . import kernel
 
     q, scale = inputs
     shape = [int(d) for d in q.ty.shape]

@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 
-from . import quant
+from . import kernel, quant
 
 
+@kernel.builder
 def prim_func(lead: int, rows: int, cols: int, block_n: int, block_k: int, name: str = "tide_dequantize_fp8"):
     from tvm.script import tirx as T
 
@@ -53,8 +54,6 @@ def cost(lead: int, rows: int, cols: int, block_n: int, block_k: int) -> dict:
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.DequantizeFP8(q, scale)`` -> one call of this kernel on q viewed as ``[R, N, K]``."""
     from tvm import relax
-
-    from . import kernel
 
     q, scale = inputs
     shape = [int(d) for d in q.ty.shape]

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
 
+
+@kernel.builder
 def prim_func(rows: int, vocab: int, dim: int, table_dtype: str = "float32", index_dtype: str = "int64",
               row_threads: int | None = None, name: str = "tide_embedding"):
     """Rows in parallel (``tide.ops.rows.over_rows``), each one row copy widened to float32."""

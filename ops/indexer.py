@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 
 LOWEST = float(np.finfo(np.float32).min)  # the score of an empty list slot or a masked candidate
 SENTINEL = 1 << 30  # entry ids of empty slots (SENTINEL + slot) and masked candidates
@@ -88,6 +90,7 @@ def _merge_stages(prefix: str, n_cand: int, K: int):
     return merge
 
 
+@kernel.builder
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, rope_dim: int, cache_rows: int, new_rows: int,
               ratio: int, top_k: int, scale: float, entry_block: int = 8, splits: int = 1,
               name: str = "tide_lightning_indexer"):
@@ -378,7 +381,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     weights_proj)`` -> the two projections (linears) and one call of this kernel."""
     from tvm import relax
 
-    from . import kernel
     from .sink_attention import static_shape
 
     q_residual, x, cos, sin, cache, entries, start_pos, q_weight, weights_proj = inputs

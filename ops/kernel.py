@@ -12,9 +12,51 @@ target implements itself, with the same signature and contract).
 
 from __future__ import annotations
 
+import functools
+import inspect
+
 KERNEL_ATTR = "tide.kernel"
 PARAMS_ATTR = "tide.params"
 OPAQUE = 8  # Relax op pattern of a tide kernel: never fused with its neighbours
+BUILDER_CACHE_SIZE = 4096  # kernels kept per builder (``builder``)
+
+
+def builder(build):
+    """Decorates a kernel builder (a function of shape parameters and choices returning a PrimFunc)
+    so that each distinct kernel is built once per process.
+
+    Builders are pure: the same arguments give the same kernel, and TVMScript parsing costs tens of
+    milliseconds a kernel, so the layers of a model (and the entries of one compile, and the compiles
+    of one process) that need the same kernel share one parse. The cache key is every argument but
+    ``name`` (lists and dicts keyed by value); a hit is returned renamed (``global_symbol``) to the
+    name asked for, sharing the cached function's body. TVM's schedule edits the function it is given
+    in place, so a kernel is scheduled only through a copy (``tide.targets.helpers.schedule_of``)."""
+    signature = inspect.signature(build)
+    cache: dict = {}
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        name = bound.arguments.pop("name", None)
+        key = _frozen(bound.arguments)
+        func = cache.get(key)
+        if func is None:
+            if len(cache) >= BUILDER_CACHE_SIZE:
+                cache.clear()
+            func = cache[key] = build(*bound.args, **bound.kwargs, **({} if name is None else {"name": name}))
+        return func if name is None else func.with_attr("global_symbol", name)
+
+    return wrapper
+
+
+def _frozen(value):
+    """``value`` made hashable (lists and tuples as tuples, dicts as sorted item tuples)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _frozen(v)) for k, v in value.items()))
+    return value
 
 
 def tag(func, kernel: str, **params):

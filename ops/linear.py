@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 LAYOUTS = ("panel",)
 WEIGHT_DTYPES = ("float32", "bfloat16")
 
@@ -39,6 +41,7 @@ def weight_shape(dim: int, cols: int, panel: int, groups: int = 1) -> tuple:
     return (groups, cols // panel, dim, panel)
 
 
+@kernel.builder
 def prim_func(rows: int, dim: int, cols: int, panel: int, weight_dtype: str = "float32", name: str = "tide_linear",
               groups: int = 1):
     """``y [rows, groups * cols] = x [rows, groups * dim] @ W`` group by group, W packed as

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import quant
+from . import kernel, quant
 from .linear import weight_shape
 
 LAYOUTS = ("panel",)
@@ -38,6 +38,7 @@ def scale_shape(dim: int, cols: int, groups: int, block_n: int, block_k: int) ->
     return (-(-groups * cols // block_n), -(-dim // block_k))
 
 
+@kernel.builder
 def prim_func(rows: int, dim: int, cols: int, panel: int, groups: int = 1, block_n: int = 128, block_k: int = 128,
               name: str = "tide_linear_fp8"):
     """``y [rows, groups * cols] = x [rows, groups * dim] @ W`` with W as q (packed

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 FP4_BLOCK = 32  # elements per e8m0 scale along F
 
 
@@ -46,6 +48,7 @@ def weight_shape(experts: int, dim: int, inter: int, layout: str, nb: int = 0) -
     raise ValueError(f"moe_down: unknown weight layout '{layout}' (expected one of {LAYOUTS})")
 
 
+@kernel.builder
 def prim_func(dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
               name: str = "tide_moe_down", layout: str = "panel", weight_dtype: str = "float32", nb: int = 0):
     from tvm.script import tirx as T

@@ -37,6 +37,7 @@ def slot_sum(o, slot, t, c, top_k: int):
     return total
 
 
+@kernel.builder
 def prim_func(tokens: int, top_k: int, dim: int, rows: int, name: str = "tide_moe_combine"):
     """The combine: ``y [T, D]`` from ``o [rows, D]`` and ``slot [T, k]``."""
     from tvm.script import tirx as T

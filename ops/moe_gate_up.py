@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 
 LAYOUTS = ("panel", "rows")
 FP4_BLOCK = 32  # elements per e8m0 scale along D
@@ -73,6 +75,7 @@ def swiglu(weight, g, u, limit):
             * T.max(T.min(u, limit), T.float32(0) - limit))
 
 
+@kernel.builder
 def prim_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, block_rows: int,
               limit: float, name: str = "tide_moe_gate_up", layout: str = "panel", weight_dtype: str = "float32",
               nb: int = 0):

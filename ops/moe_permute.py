@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
+
 
 def tiling(tokens: int, top_k: int, experts: int, block_rows: int) -> tuple[int, int]:
     """(max_tiles, rows): the tile and row capacity the permutation and the GEMMs are sized for."""
@@ -30,6 +32,7 @@ def tiling(tokens: int, top_k: int, experts: int, block_rows: int) -> tuple[int,
     return max_tiles, max_tiles * block_rows
 
 
+@kernel.builder
 def prim_func(tokens: int, top_k: int, experts: int, block_rows: int, index_dtype: str = "int64",
               weight_dtype: str = "float32", name: str = "tide_moe_permute"):
     """Outputs ``row_token [R] int32, row_weight [R], tile_expert [Q] int32, num_tiles [1] int32,

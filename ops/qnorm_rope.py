@@ -18,9 +18,10 @@ import functools
 
 import numpy as np
 
-from . import rope
+from . import kernel, rope
 
 
+@kernel.builder
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, epsilon: float, inverse: bool = False,
               dtype: str = "float32", name: str = "tide_norm_rope", row_kind: str = "serial", lead=None):
     """``(x [rows, dim], weight [dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y
@@ -91,8 +92,6 @@ def emit(bb, norm, cos, sin, shape, rope_dim: int, groups: int, inverse: bool, c
     import math
 
     from tvm import relax
-
-    from . import kernel
 
     dtype = str(norm.x.ty.dtype)
     rows, dim = math.prod(shape[:-1]), shape[-1]

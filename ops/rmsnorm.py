@@ -13,7 +13,10 @@ import math
 
 import numpy as np
 
+from . import kernel
 
+
+@kernel.builder
 def prim_func(rows: int, dim: int, epsilon: float, dtype: str = "float32"):
     from tvm import te
 
@@ -40,8 +43,6 @@ def cost(rows: int, dim: int, itemsize: int = 4) -> dict:
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.RMSNorm(x, weight)`` -> one call of this kernel on x viewed as ``[rows, dim]``."""
     from tvm import relax
-
-    from . import kernel
 
     x, weight = inputs
     shape = [int(d) for d in x.ty.shape]

@@ -26,6 +26,8 @@ import math
 
 import numpy as np
 
+from . import kernel
+
 
 def check_dims(dim: int, rope_dim: int, rows: int, groups: int) -> None:
     if rope_dim % 2 or not 0 < rope_dim <= dim:
@@ -81,6 +83,7 @@ def row_index(lead: tuple, vi) -> tuple:
     return tuple(reversed(index))
 
 
+@kernel.builder
 def prim_func(rows: int, dim: int, rope_dim: int, groups: int, inverse: bool = False, dtype: str = "float32",
               name: str = "tide_rope", row_kind: str = "serial", lead=None):
     """The kernel ``(x [rows, dim], cos, sin [groups, rope_dim/2]) -> y [rows, dim]`` (x and y shaped
@@ -212,7 +215,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report, norms=None):
     from tvm import relax
 
     from ..compiler.errors import CompileError
-    from . import kernel
 
     x, cos, sin = inputs
     if "rope_dim" not in attrs:

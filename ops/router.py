@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import router_scores
+from . import kernel, router_scores
 
 
+@kernel.builder
 def prim_func(tokens: int, experts: int, top_k: int, scale: float, index_dtype: str = "int64",
               name: str = "tide_router_select"):
     """``scores [T, E]``, ``bias [E]`` -> ``weights [T, k]``, ``indices [T, k]``."""
@@ -79,8 +80,6 @@ def cost(tokens: int, experts: int, top_k: int, itemsize: int = 4) -> dict:
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.MoERouter`` -> router scores, then this selection."""
     from tvm import relax
-
-    from . import kernel
 
     x, weight, bias = inputs
     tokens, dim = (int(v) for v in x.ty.shape)

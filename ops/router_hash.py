@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import router_scores
+from . import kernel, router_scores
 
 
+@kernel.builder
 def prim_func(tokens: int, experts: int, top_k: int, vocab: int, scale: float, index_dtype: str = "int64",
               id_dtype: str = "int64", name: str = "tide_router_hash"):
     """``scores [T, E]``, ``tid2eid [V, k]``, ``input_ids [T]`` -> ``weights [T, k]``, ``indices [T, k]``."""
@@ -69,8 +70,6 @@ def cost(tokens: int, top_k: int, itemsize: int = 4) -> dict:
 def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.HashMoERouter`` -> router scores, then this gather."""
     from tvm import relax
-
-    from . import kernel
 
     x, weight, tid2eid, input_ids = inputs
     tokens, dim = (int(v) for v in x.ty.shape)

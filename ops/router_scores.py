@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
 
+
+@kernel.builder
 def prim_func(tokens: int, dim: int, experts: int, name: str = "tide_router_scores"):
     from tvm import te, tirx
 
@@ -34,8 +37,6 @@ def relax_emit(bb, x, weight, report):
     """The scores call for ``x [T, D]`` and the gate ``weight [E, D]``, transposed to ``[D, E]`` (a
     constant: folded at compile time)."""
     from tvm import relax
-
-    from . import kernel
 
     tokens, dim = (int(v) for v in x.ty.shape)
     experts = int(weight.ty.shape[0])

@@ -18,7 +18,7 @@ Precision: reads float32 (q, entries, biases, sinks) and computes and accumulate
 softmax state, ``p @ tile``, the split-K merge); writes float32.
 
 The kernel definition is shared with ``sink_attention_sparse`` (the CSA variant), which adds the
-per-query top-k entries to the entry list (int64 indices, bool flags); ``kernel`` builds both.
+per-query top-k entries to the entry list (int64 indices, bool flags); ``build`` builds both.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from . import kernel
 
 
 MASKED = -1.0e30  # biases at or below this are masked entries (the graph passes -inf)
@@ -37,7 +39,8 @@ def _tiles(n_entries: int, entry_block: int, splits: int) -> tuple[int, int]:
     return splits, -(-n_tiles // splits)
 
 
-def kernel(name: str, batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float, head_block: int,
+@kernel.builder
+def build(name: str, batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float, head_block: int,
            entry_block: int, splits: int, sparse: dict | None):
     """The attention kernel. ``sparse`` (the CSA variant) holds ``top_k``, ``cache_rows``,
     ``new_rows`` and ``ratio``: after the ``n_kv`` shared entries, query s also reads its ``top_k``
@@ -262,13 +265,14 @@ def kernel(name: str, batch: int, seq: int, heads: int, head_dim: int, n_kv: int
     return csa
 
 
+@kernel.builder
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
               head_block: int | None = None, entry_block: int = 16, splits: int = 1,
               name: str = "tide_sink_attention"):
     """The unscheduled kernel for ``q [B,S,H,Dh]``, ``kv [B,N,Dh]``, ``kv_bias [B,S,N]``,
     ``sinks [H]`` -> ``out [B,S,H,Dh]``; each target's ``sink_attention`` rule schedules it."""
     head_block = head_block or default_head_block(heads)
-    return kernel(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits, None)
+    return build(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits, None)
 
 
 def default_head_block(heads: int) -> int:
@@ -301,8 +305,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
     """``tide.SinkAttention(q, kv, kv_bias, sinks)`` -> one call of this kernel, blocked as the
     target chooses (a target variant, e.g. CUDA's tensor-core prefill, is tagged for its rule)."""
     from tvm import relax
-
-    from . import kernel
 
     q, kv, kv_bias, sinks = inputs
     B, S, H, D = static_shape(q, "SinkAttention q")

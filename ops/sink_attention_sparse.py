@@ -6,7 +6,7 @@ The entry list of query s is ``[kv (N shared) ; its k picks]``. Pick ``w`` is th
 ``cache[w]`` otherwise; invalid picks are masked. The kernel gathers the picked rows straight into
 its entry tiles: no ``[B, S, k, Dh]`` gather is materialized. The LightningIndexer returns its picks
 sorted by score with the invalid ones last, so the skipped-tile range cuts them off. Same kernel
-body as ``sink_attention`` (``sink_attention.kernel`` with ``sparse``), same target schedules, same
+body as ``sink_attention`` (``sink_attention.build`` with ``sparse``), same target schedules, same
 precision (float32 reads and accumulation; int64 pick indices, bool flags).
 """
 
@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import sink_attention
+from . import kernel, sink_attention
 
 
+@kernel.builder
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k: int, cache_rows: int,
               new_rows: int, ratio: int, scale: float, head_block: int | None = None, entry_block: int = 16,
               splits: int = 1, name: str = "tide_sparse_sink_attention"):
@@ -25,7 +26,7 @@ def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, top_k:
     ``sinks [H]`` -> ``out [B,S,H,Dh]``."""
     head_block = head_block or sink_attention.default_head_block(heads)
     sparse = {"top_k": top_k, "cache_rows": cache_rows, "new_rows": new_rows, "ratio": ratio}
-    return sink_attention.kernel(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits,
+    return sink_attention.build(name, batch, seq, heads, head_dim, n_kv, scale, head_block, entry_block, splits,
                                  sparse)
 
 
@@ -70,8 +71,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report, model_dtype="float32"):
     -> one call of this kernel, blocked as the target chooses (a target variant, e.g. CUDA's
     tensor-core prefill, is tagged for its rule)."""
     from tvm import relax
-
-    from . import kernel
 
     q, kv, kv_bias, cache, entries, indices, valid, start_pos, sinks = inputs
     B, S, H, D = sink_attention.static_shape(q, "SparseSinkAttention q")

@@ -17,7 +17,10 @@ import operator
 
 import numpy as np
 
+from . import kernel
 
+
+@kernel.builder
 def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str = "int64",
               row_threads: int | None = None, name: str = "tide_state_scatter"):
     """Updated rows are written in parallel: the CPU thread pool, or one row per GPU thread over

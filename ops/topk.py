@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import kernel
 
+
+@kernel.builder
 def prim_func(rows: int, n: int, k: int, dtype: str = "float32", index_dtype: str = "int64",
               largest: bool = True, row_threads: int | None = None, name: str = "tide_topk"):
     """Rows run in parallel: the CPU thread pool, or one row per GPU thread over blocks of

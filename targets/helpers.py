@@ -3,6 +3,18 @@
 from __future__ import annotations
 
 
+def schedule_of(func):
+    """A ``tvm.s_tir.Schedule`` of a private copy of ``func``. TVM's schedule edits the function it
+    is given in place, and tide's kernel builders hand out one parse per distinct kernel
+    (``tide.ops.kernel.builder``), so a rule that scheduled a kernel itself would edit every other
+    use of it."""
+    import copy
+
+    from tvm import s_tir
+
+    return s_tir.Schedule(copy.deepcopy(func))
+
+
 def loop_extent(sch, loop) -> int:
     """The constant extent of ``loop`` in schedule ``sch``."""
     return int(sch.get(loop).extent)
@@ -38,9 +50,7 @@ def schedule_rule(body):
     of the kernel in place."""
 
     def rule(func, target=None):
-        from tvm import s_tir
-
-        sch = s_tir.Schedule(func)
+        sch = schedule_of(func)
         body(sch)
         return sch.mod["main"]
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import math
 
+from ..helpers import schedule_of
+
 CORES = 48  # vector cores of a 910B (Ascend910B1): how many iterations a parallel row loop should offer
 
 
@@ -27,11 +29,11 @@ def _parallel_outer(func):
     which codegen vectorizes) that fuse into one parallel loop of at least CORES iterations (else
     the longest that fuses), so each core keeps whole inner loops; of other nests the outermost
     loop alone. ``func`` itself when none is accepted."""
-    from tvm import s_tir, tirx
+    from tvm import tirx
 
     if _single_nest_loop(func) is None or not _has_root(func):
         return func
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     blocks = sch.get_child_blocks(sch.get_sblock("root"))
     if not blocks or sch.get(sch.get_loops(blocks[0])[0]).kind != tirx.ForKind.SERIAL:
         return func
@@ -41,7 +43,7 @@ def _parallel_outer(func):
     extents = [sch.get(lp).extent for lp in loops[:depth]]
     best = func
     for n in range(1, depth + 1):
-        trial = s_tir.Schedule(func)
+        trial = schedule_of(func)
         lead = trial.get_loops(trial.get_child_blocks(trial.get_sblock("root"))[0])[:n]
         try:
             trial.parallel(trial.fuse(*lead) if n > 1 else lead[0])

@@ -16,6 +16,7 @@ import math
 import os
 
 from ...ops import indexer, sink_attention
+from ..helpers import schedule_of
 from ..helpers import has_block as _has_block
 from ..helpers import loop_extent as _extent
 from ..helpers import vectorize_last
@@ -39,9 +40,7 @@ def _vectorize_last(sch, block, lanes: int = VECTOR) -> None:
 
 def schedule_sink_attention(func, target=None):
     """The CPU schedule of a ``sink_attention`` kernel (dense or sparse)."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     attn = sch.get_sblock("attn")
     outer = sch.get_loops(attn)
     sch.parallel(sch.fuse(*outer))
@@ -102,9 +101,7 @@ def _rank_vectorized(sch, block) -> None:
 def schedule_indexer(func, target=None):
     """CPU: (batch, query, split) rows on the thread pool; the dots as ``[entries x 16 heads]``
     register tiles; list ranks vectorized over the list."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("score"))))
     for name in ("q_load", "w_load", "list_init", "pend_init", "pend_reset", "tile_load", "commit", "f_commit"):
         _vectorize_last(sch, sch.get_sblock(name))
@@ -142,9 +139,7 @@ _SLOT_REDUCTIONS = ("slot_max", "slot_pool")
 def schedule_compressor(func, target=None):
     """CPU: candidates on the thread pool; the slot softmax and pooling with slots outside and
     channels in the vector; the ring rows parallel over tokens, vectorized over features."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     sch.parallel(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))))
     for name in _SLOT_REDUCTIONS:
         _rank_vectorized(sch, sch.get_sblock(name))

@@ -15,6 +15,7 @@ the tile is stored once at the end.
 from __future__ import annotations
 
 from ...ops.kernel import identity
+from ..helpers import schedule_of
 
 # Register budget: tile_rows x (panel / lanes) accumulators; 12 leaves room for the weight loads
 # and the broadcast in the 16 vector registers of AVX2 (32 with AVX-512: the same tile, half used).
@@ -40,10 +41,8 @@ def choose_linear(*, rows: int, cols: int, features=frozenset(), **_) -> dict:
 
 
 def schedule_linear(func, target=None):
-    from tvm import s_tir
-
     params = identity(func)[1]
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     block = sch.get_sblock("gemm")
     g, jb, i, p, k = sch.get_loops(block)
     i0, i1 = sch.split(i, factors=[None, int(params["tile_rows"])])

@@ -11,6 +11,7 @@ rotated pairs as a loop LLVM vectorizes.
 
 from __future__ import annotations
 
+from ..helpers import schedule_of
 from ..helpers import has_block as _has_block
 from ..helpers import loop_extent as _extent
 from ..helpers import vectorize as _vectorize
@@ -24,9 +25,7 @@ def choose_rope(*, rows: int, dim: int, **_) -> dict:
 
 
 def schedule_rope(func, target=None):
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     if _has_block(sch, "sum_sq"):
         block = sch.get_sblock("sum_sq")
         (k,) = sch.get_loops(block)[-1:]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from ...ops import indexer, sink_attention
 from .kernels import sink_attention_prefill_mma
+from ..helpers import schedule_of
 from ..helpers import has_block as _has_block
 from ..helpers import loop_extent as _extent
 from .limits import STATIC_SHARED_BYTES, THREADS
@@ -56,9 +57,7 @@ def schedule_simt(func, target=None):
     block, split); the query block, the entry tile, logits and softmax state in shared memory; each
     thread owns ``head_block x 4`` accumulator channels in registers. The split merge is a second
     kernel (one thread block per query row, channels over threads)."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     attn = sch.get_sblock("attn")
     sch.bind(sch.fuse(*sch.get_loops(attn)), "blockIdx.x")
     acc_init = sch.get_sblock("acc_init")
@@ -161,9 +160,7 @@ def schedule_indexer(func, target=None):
     """CUDA: one thread block per (batch, query, split); q, the key tile and the top-k lists in
     shared memory; one (entry, head) dot product per thread; merges one list slot or candidate per
     thread. The split merge is a second kernel, one thread block per query row."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     threads = THREADS
     sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("score"))), "blockIdx.x")
     # Buffer placement. TVM's sync planner treats all "shared.dyn" buffers as one: a block guarded by
@@ -257,9 +254,7 @@ def schedule_compressor(func, target=None):
     running max, sum and pool stay in registers), slots serial in each thread; the squared sum a
     cross-thread reduction; RoPE reads neighbours from shared memory. The ring rows: one thread
     per feature."""
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     sch.bind(sch.fuse(*sch.get_loops(sch.get_sblock("entry"))), "blockIdx.x")
     dim = _extent(sch, sch.get_loops(sch.get_sblock("norm"))[-1])
     threads = min(dim, THREADS)

@@ -5,6 +5,7 @@ channels over the threads; the squared sum is a cross-thread reduction into shar
 
 from __future__ import annotations
 
+from ..helpers import schedule_of
 from ..helpers import has_block as _has_block
 from ..helpers import loop_extent as _extent
 from .limits import THREADS
@@ -15,9 +16,7 @@ def choose_rope(**_) -> dict:
 
 
 def schedule_rope(func, target=None):
-    from tvm import s_tir
-
-    sch = s_tir.Schedule(func)
+    sch = schedule_of(func)
     rotate = sch.get_sblock("rotate")
     rd = _extent(sch, sch.get_loops(rotate)[-2]) * 2
     dim = rd

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....ops import kernel
+
 TILE_ROWS = 16  # the mma's M
 MMA_K = 16
 MMA_N = 8
@@ -59,6 +61,7 @@ def _out_col(max_tiles: int, bx, warp, n, lane, j):
     return bx // max_tiles * COLS + (warp * WARP_TILES + n) * MMA_N + lane % 4 * 2 + j
 
 
+@kernel.builder
 def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int, limit: float,
                  name: str = "tide_moe_gate_up_mma"):
     """h [rows, F] = row_weight * silu(min(g, L)) * clip(u, -L, L) over the used 16-row tiles."""
@@ -108,6 +111,7 @@ def gate_up_func(tokens: int, dim: int, experts: int, inter: int, max_tiles: int
     return func
 
 
+@kernel.builder
 def down_func(dim: int, experts: int, inter: int, max_tiles: int, name: str = "tide_moe_down_mma"):
     """o [rows, D] = h W_down[e]^T over the used 16-row tiles (rows stay in expert order)."""
     from tvm.script import tirx as T

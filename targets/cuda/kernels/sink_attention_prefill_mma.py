@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ....ops import kernel
 from ....ops.sink_attention import MASKED
 
 MMA_M = 16  # heads per thread block
@@ -62,6 +63,7 @@ def _frag_k(start, half, lane, j):
     return start + half * 8 + lane % 4 * 2 + j
 
 
+@kernel.builder
 def prim_func(batch: int, seq: int, heads: int, head_dim: int, n_kv: int, scale: float,
               sparse: dict | None = None, name: str = "tide_sink_attention_mma"):
     """The tensor-core kernel with the parameters of ``sink_attention.prim_func`` (``sparse`` None)

@@ -1,0 +1,112 @@
+"""Compile-time machinery that must not change what a model computes: the kernel builders' cache
+(``tide.ops.kernel.builder``) and the numpy folding of layout ops on constants
+(``tide.compiler.fold_layout``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+from tide.compiler.fold_layout import fold_layout
+from tide.compiler.schedule import schedule_kernel
+from tide.ops import kernel, linear
+from tide.targets.registry import get
+
+
+def test_a_builder_parses_each_distinct_kernel_once_and_renames_the_copies():
+    built = []
+
+    @kernel.builder
+    def build(rows: int, shape, scale: float = 1.0, name: str = "k"):
+        built.append((rows, shape, scale, name))
+        return linear.prim_func.__wrapped__(rows, 16, 16, 16, name=name)
+
+    a = build(2, [1, 2], name="first")
+    b = build(2, (1, 2), name="second")  # a list and a tuple of the same values are one key
+    c = build(2, [1, 2], 1.0)
+    d = build(3, [1, 2], name="third")
+    assert [(r, tuple(s), f, n) for r, s, f, n in built] == [(2, (1, 2), 1.0, "first"), (3, (1, 2), 1.0, "third")]
+    assert [str(f.attrs["global_symbol"]) for f in (a, b, c, d)] == ["first", "second", "k", "third"]
+    tvm.ir.assert_structural_equal(a.with_attr("global_symbol", "x"), b.with_attr("global_symbol", "x"))
+    assert a.body.same_as(b.body) and not a.body.same_as(d.body)
+
+
+def test_scheduling_a_built_kernel_leaves_the_builders_copy_as_written():
+    """TVM's schedule edits the function it is given in place; the targets schedule through
+    ``schedule_of`` (a private copy), so the next compile that asks for the same kernel gets it as
+    written, not already tiled (which would fail its rule or schedule it twice)."""
+    cpu = get("cpu")
+    target = cpu.tvm_target()
+    fresh = linear.prim_func.__wrapped__(4, 32, 64, 16, name="tide_linear_test")
+    params = dict(rows=4, dim=32, cols=64, groups=1, panel=16, layout="panel", weight_dtype="float32", tile_rows=4)
+    for _ in range(2):
+        func = kernel.tag(linear.prim_func(4, 32, 64, 16, name="tide_linear_test"), "linear", **params)
+        with target:
+            scheduled = schedule_kernel(func, cpu, target, "tide_linear_test")
+        assert "T.parallel" in scheduled.script() and "T.parallel" not in func.script()
+    tvm.ir.assert_structural_equal(linear.prim_func(4, 32, 64, 16, name="tide_linear_test"), fresh)
+
+
+def _folded_main(build):
+    """``main`` of a module with one dataflow block built by ``build(bb, x)`` (x: a float32 [2, 6]
+    parameter), after fold_layout."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, x))
+        bb.emit_func_output(out)
+    mod = fold_layout(bb.get())
+    return mod["main"]
+
+
+def _const(expr) -> np.ndarray:
+    from tvm.ir.expr import GenericConst
+
+    assert isinstance(expr, GenericConst), f"not folded: {expr}"
+    return expr.value.numpy()
+
+
+def test_layout_ops_on_constants_fold_to_numpys_values_through_chains():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((4, 6)).astype(np.float32)
+    b = rng.standard_normal((4, 3)).astype(np.float32)
+    seen = {}
+
+    def build(bb, x):
+        r = bb.emit(relax.op.reshape(relax.const(a), (2, 12)))
+        t = bb.emit(relax.op.permute_dims(r, [1, 0]))  # of a folded value: folds too
+        e = bb.emit(relax.op.expand_dims(t, [0]))
+        s = bb.emit(relax.op.squeeze(e, [0]))
+        c = bb.emit(relax.op.concat([relax.const(a), relax.const(b)], axis=1))
+        shape = bb.emit(relax.op.shape_to_tensor(relax.op.shape_of(x)))
+        seen.update(t=t, s=s, c=c, shape=shape)
+        return relax.Tuple([s, c, shape, x])
+
+    main = _folded_main(build)
+    values = {b.var.name: b.value for block in main.body.blocks for b in block.bindings}
+    np.testing.assert_array_equal(_const(values[seen["t"].name]), a.reshape(2, 12).T)
+    np.testing.assert_array_equal(_const(values[seen["s"].name]), a.reshape(2, 12).T)
+    np.testing.assert_array_equal(_const(values[seen["c"].name]), np.concatenate([a, b], axis=1))
+    shape = _const(values[seen["shape"].name])
+    assert shape.dtype == np.int64 and shape.tolist() == [2, 6]
+
+
+@pytest.mark.parametrize("case", ["astype", "arithmetic", "reshape of a parameter"])
+def test_only_value_preserving_layout_ops_on_constants_fold(case):
+    """A widening astype stays (kernels read stored bf16 weights as stored), arithmetic is left to
+    Relax's FoldConstant, and nothing that reads a non-constant folds."""
+    a = np.arange(12, dtype=np.float32).reshape(2, 6)
+
+    def build(bb, x):
+        if case == "astype":
+            return bb.emit(relax.op.astype(relax.const(a.astype(np.float16)), "float32"))
+        if case == "arithmetic":
+            return bb.emit(relax.op.add(relax.const(a), relax.const(a)))
+        return bb.emit(relax.op.reshape(x, (3, 4)))
+
+    main = _folded_main(build)
+    values = [b.value for block in main.body.blocks for b in block.bindings]
+    assert isinstance(values[0], relax.Call), f"{case} was folded: {values[0]}"
