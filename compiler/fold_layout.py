@@ -1,16 +1,18 @@
-"""Relax pass: data-movement ops on constants folded with numpy, before legalization.
+"""Relax pass: data-movement ops and exact widening casts on constants folded with numpy, before
+legalization.
 
-Runs after kernel substitution (``tide.compiler.substitute``) and before ``LegalizeOps`` in
-``tide.compiler.lower.legalize_and_fuse``. The ONNX-level folding (``onnx_import.fold_to_fixpoint``)
-leaves large constants alone, and the ONNX frontend and the substitutions then reshape, transpose,
-expand or concatenate weights in Relax; Relax's own ``FoldConstant`` would fold each of those by
-compiling and running a kernel with LLVM (about a tenth of a second apiece, a third of a small
-model's compile). Here each is one numpy call: ``reshape``, ``expand_dims``, ``squeeze``,
-``permute_dims``, ``concat`` and ``shape_to_tensor`` of a static shape (a tensor's
-``shape_of`` included), repeated through chains
-(a reshape of a folded transpose folds too). Only these exact, value-preserving ops are folded
-(no arithmetic, no dtype change: an ``astype`` that widens a stored bf16 weight must stay for the
-kernels that read the weight as stored); everything else is left for ``FoldConstant``.
+Runs after kernel substitution (``tide.compiler.substitute``: the tide kernels have taken the
+weights they read as stored) and before ``LegalizeOps`` in ``tide.compiler.lower.legalize_and_fuse``.
+The ONNX-level folding (``onnx_import.fold_to_fixpoint``) leaves large constants alone, and the ONNX
+frontend and the substitutions then reshape, transpose, expand, concatenate or widen weights in
+Relax; Relax's own ``FoldConstant`` would fold each of those by compiling and running a kernel with
+LLVM (about a tenth of a second apiece, a third of a small model's compile). Here each is one numpy
+call: ``reshape``, ``expand_dims``, ``squeeze``, ``permute_dims``, ``concat``, ``shape_to_tensor`` of a
+static shape (a tensor's ``shape_of`` included) and ``astype`` where every value converts exactly
+(bfloat16, float16 or float8 to float32 or float64, float32 to float64, an integer to a wider one of
+the same signedness), repeated through chains (a reshape of a folded transpose folds too): the same
+values ``FoldConstant`` would compute. Everything else (arithmetic, rounding or truncating casts) is
+left to ``FoldConstant``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ def fold_layout(mod):
     from .substitute import tvm_op
 
     ops = {name: tvm_op(f"relax.{name}") for name in
-           ("reshape", "expand_dims", "squeeze", "permute_dims", "concat", "shape_to_tensor")}
+           ("reshape", "expand_dims", "squeeze", "permute_dims", "concat", "shape_to_tensor", "astype")}
     op_shape_of = tvm_op("relax.shape_of")
 
     def value(expr):
@@ -57,6 +59,9 @@ def fold_layout(mod):
         data = value(call.args[0])
         if data is None:
             return None
+        if op == ops["astype"]:
+            to = str(call.attrs.dtype)
+            return data.astype(to) if _exact(str(call.args[0].ty.dtype), to) else None
         if op == ops["reshape"]:
             dims = ints(call.args[1].values) if isinstance(call.args[1], relax.ShapeExpr) else None
             return None if dims is None else data.reshape(dims)
@@ -84,3 +89,17 @@ def fold_layout(mod):
     out = folder.builder_.get()
     out["main"] = main
     return out
+
+
+_FLOAT_BITS = {"float8_e4m3fn": 8, "float8_e5m2": 8, "bfloat16": 16, "float16": 16, "float32": 32, "float64": 64}
+
+
+def _exact(source: str, to: str) -> bool:
+    """Whether every ``source`` value converts to ``to`` exactly (a widening cast)."""
+    if source in _FLOAT_BITS and to in ("float32", "float64"):
+        return _FLOAT_BITS[source] < _FLOAT_BITS[to]
+    for kind in ("int", "uint"):
+        if source.startswith(kind) and to.startswith(kind) and source[len(kind):].isdigit() and \
+                to[len(kind):].isdigit():
+            return int(source[len(kind):]) < int(to[len(kind):])
+    return False

@@ -1,9 +1,10 @@
 """Compile-time machinery that must not change what a model computes: the kernel builders' cache
-(``tide.ops.kernel.builder``) and the numpy folding of layout ops on constants
+(``tide.ops.kernel.builder``) and the numpy folding of layout ops and exact casts on constants
 (``tide.compiler.fold_layout``)."""
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import tvm
@@ -82,8 +83,9 @@ def test_layout_ops_on_constants_fold_to_numpys_values_through_chains():
         s = bb.emit(relax.op.squeeze(e, [0]))
         c = bb.emit(relax.op.concat([relax.const(a), relax.const(b)], axis=1))
         shape = bb.emit(relax.op.shape_to_tensor(relax.op.shape_of(x)))
-        seen.update(t=t, s=s, c=c, shape=shape)
-        return relax.Tuple([s, c, shape, x])
+        wide = bb.emit(relax.op.astype(relax.const(a.astype(ml_dtypes.bfloat16), "bfloat16"), "float32"))
+        seen.update(t=t, s=s, c=c, shape=shape, wide=wide)
+        return relax.Tuple([s, c, shape, wide, x])
 
     main = _folded_main(build)
     values = {b.var.name: b.value for block in main.body.blocks for b in block.bindings}
@@ -92,17 +94,22 @@ def test_layout_ops_on_constants_fold_to_numpys_values_through_chains():
     np.testing.assert_array_equal(_const(values[seen["c"].name]), np.concatenate([a, b], axis=1))
     shape = _const(values[seen["shape"].name])
     assert shape.dtype == np.int64 and shape.tolist() == [2, 6]
+    wide = _const(values[seen["wide"].name])
+    assert wide.dtype == np.float32
+    np.testing.assert_array_equal(wide, a.astype(ml_dtypes.bfloat16).astype(np.float32))
 
 
-@pytest.mark.parametrize("case", ["astype", "arithmetic", "reshape of a parameter"])
-def test_only_value_preserving_layout_ops_on_constants_fold(case):
-    """A widening astype stays (kernels read stored bf16 weights as stored), arithmetic is left to
-    Relax's FoldConstant, and nothing that reads a non-constant folds."""
+@pytest.mark.parametrize("case", ["rounding astype", "truncating astype", "arithmetic", "reshape of a parameter"])
+def test_only_exact_ops_on_constants_fold(case):
+    """Casts that round or truncate and arithmetic are left to Relax's FoldConstant, and nothing that
+    reads a non-constant folds."""
     a = np.arange(12, dtype=np.float32).reshape(2, 6)
 
     def build(bb, x):
-        if case == "astype":
-            return bb.emit(relax.op.astype(relax.const(a.astype(np.float16)), "float32"))
+        if case == "rounding astype":
+            return bb.emit(relax.op.astype(relax.const(a), "float16"))
+        if case == "truncating astype":
+            return bb.emit(relax.op.astype(relax.const(a.astype(np.int64)), "int32"))
         if case == "arithmetic":
             return bb.emit(relax.op.add(relax.const(a), relax.const(a)))
         return bb.emit(relax.op.reshape(x, (3, 4)))
