@@ -4,18 +4,19 @@ at the start instead of one worker finishing alone with them. The order inside a
 
 from __future__ import annotations
 
-# longest first (about 2-6 minutes each on a 2-core machine); the two CUDA files share one compiled
+# longest first (about 1-3 minutes each on a 2-core machine); the two CUDA files share one compiled
 # artifact (tide_test_models.tiny_cuda_artifact), so they sit apart: the second finds it built
 LONG_FILES = (
+    "test_onnx_conformance.py",
     "test_v4_spine.py",
     "test_quantized_model.py",
     "test_runtime_cuda.py",
-    "test_onnx_conformance.py",
-    "test_moe_kernels.py",
-    "test_runtime_ascend.py",
-    "test_ascend_model.py",
-    "test_compile_cuda.py",
     "test_ascend_ops.py",
+    "test_moe_kernels.py",
+    "test_ascend_model.py",
+    "test_runtime_ascend.py",
+    "test_compile_cuda.py",
+    "test_export.py",
     "test_export_quantized.py",
 )
 
