@@ -255,16 +255,31 @@ def _check_state_bindings(plan, sig) -> None:
 
 
 def _merge_kernels(kernels: dict, entry_kernels: dict, plan) -> None:
+    """Adds an entry's kernels to the compile's ``kernels`` (name -> PrimFunc) and points the entry's
+    calls at them. A kernel equal, but for its name, to one already there (the same fused kernel in
+    another layer of the same kind, or in another entry) is not added: its calls use the one there,
+    so codegen compiles each distinct kernel once, however deep the model. A different kernel under a
+    name already taken is added as ``<entry>_<name>``."""
     import tvm_ffi
 
+    def anonymous(func):
+        return func.with_attr("global_symbol", "")
+
+    by_hash: dict = {}
+    for name, func in kernels.items():
+        by_hash.setdefault(tvm_ffi.structural_hash(anonymous(func)), []).append(name)
     rename = {}
     for name, func in entry_kernels.items():
-        if name in kernels and not tvm_ffi.structural_equal(kernels[name], func):
-            new = f"{plan.name}_{name}"
-            rename[name] = new
-            kernels[new] = func
-        else:
-            kernels.setdefault(name, func)
+        key = tvm_ffi.structural_hash(anonymous(func))
+        same = next((n for n in by_hash.get(key, ()) if tvm_ffi.structural_equal(anonymous(kernels[n]),
+                                                                                  anonymous(func))), None)
+        if same is not None:
+            rename[name] = same
+            continue
+        new = f"{plan.name}_{name}" if name in kernels else name
+        kernels[new] = func
+        by_hash.setdefault(key, []).append(new)
+        rename[name] = new
     for call in plan.calls:
         call.kernel = rename.get(call.kernel, call.kernel)
 

@@ -1,6 +1,7 @@
 """Compile-time machinery that must not change what a model computes: the kernel builders' cache
-(``tide.ops.kernel.builder``) and the numpy folding of layout ops and exact casts on constants
-(``tide.compiler.fold_layout``)."""
+(``tide.ops.kernel.builder``), the numpy folding of layout ops and exact casts on constants
+(``tide.compiler.fold_layout``) and the merging of kernels equal but for their name
+(``tide.compiler.driver``)."""
 
 from __future__ import annotations
 
@@ -117,3 +118,24 @@ def test_only_exact_ops_on_constants_fold(case):
     main = _folded_main(build)
     values = [b.value for block in main.body.blocks for b in block.bindings]
     assert isinstance(values[0], relax.Call), f"{case} was folded: {values[0]}"
+
+
+def test_kernels_equal_but_for_their_name_are_compiled_once():
+    """The same fused kernel in several layers (or entries) becomes one kernel of the artifact that
+    every such call names; a different kernel under a taken name is renamed for its entry."""
+    from tide.compiler.artifact.format import Call, Entry
+    from tide.compiler.driver import _merge_kernels
+
+    def func(rows, name):
+        return linear.prim_func.__wrapped__(rows, 16, 16, 16, name=name)
+
+    kernels = {}
+    decode = Entry("decode", calls=[Call("add1", []), Call("add7", []), Call("mul", [])])
+    _merge_kernels(kernels, {"add1": func(1, "add1"), "add7": func(1, "add7"), "mul": func(2, "mul")}, decode)
+    assert list(kernels) == ["add1", "mul"]
+    assert [c.kernel for c in decode.calls] == ["add1", "add1", "mul"]
+    prefill = Entry("prefill_16", calls=[Call("add3", []), Call("mul", [])])
+    _merge_kernels(kernels, {"add3": func(2, "add3"), "mul": func(16, "mul")}, prefill)
+    assert list(kernels) == ["add1", "mul", "prefill_16_mul"]
+    assert [c.kernel for c in prefill.calls] == ["mul", "prefill_16_mul"]
+    tvm.ir.assert_structural_equal(kernels["prefill_16_mul"], func(16, "mul"))
