@@ -1,23 +1,28 @@
-"""Test order: the files that take longest (a whole-model compile in their fixtures) run first, so that
+"""Test order: the files that take longest (whole-model compiles, many kernel builds) run first, so that
 the parallel workers of ./test.sh (pytest-xdist, one file per worker at a time) share the long ones
 at the start instead of one worker finishing alone with them. The order inside a file is kept."""
 
 from __future__ import annotations
 
-# longest first (about 1-3 minutes each on a 2-core machine); the two CUDA files share one compiled
-# artifact (tide_test_models.tiny_cuda_artifact), so they sit apart: the second finds it built
+# longest first, by their total time in a two-worker run on a 2-core machine (seconds: 270, 190,
+# 187, 160, 118, 108, 103, 92, 74, 74, 67, 58, 50); ./test.sh keeps this order
+# (--no-loadscope-reorder: xdist would otherwise order files by their number of tests). The two CUDA
+# files share one compiled artifact (tide_test_models.tiny_cuda_artifact): test_compile_cuda.py, short,
+# runs late and finds it built.
 LONG_FILES = (
+    "test_attention_kernels.py",
+    "test_moe_kernels.py",
+    "test_ascend_ops.py",
     "test_onnx_conformance.py",
     "test_v4_spine.py",
-    "test_quantized_model.py",
-    "test_runtime_cuda.py",
-    "test_ascend_ops.py",
-    "test_moe_kernels.py",
-    "test_ascend_model.py",
-    "test_runtime_ascend.py",
-    "test_compile_cuda.py",
-    "test_export.py",
     "test_export_quantized.py",
+    "test_runtime_cuda.py",
+    "test_export.py",
+    "test_ascend_model.py",
+    "test_quantized_model.py",
+    "test_runtime_ascend.py",
+    "test_onnx_ops.py",
+    "test_ascend_kernels.py",
 )
 
 
