@@ -260,26 +260,21 @@ def _merge_kernels(kernels: dict, entry_kernels: dict, plan) -> None:
     another layer of the same kind, or in another entry) is not added: its calls use the one there,
     so codegen compiles each distinct kernel once, however deep the model. A different kernel under a
     name already taken is added as ``<entry>_<name>``."""
-    import tvm_ffi
+    from tvm_ffi import StructuralKey
 
-    def anonymous(func):
-        return func.with_attr("global_symbol", "")
+    def key(func):
+        return StructuralKey(func.with_attr("global_symbol", ""))
 
-    by_hash: dict = {}
-    for name, func in kernels.items():
-        by_hash.setdefault(tvm_ffi.structural_hash(anonymous(func)), []).append(name)
+    existing = {key(func): name for name, func in kernels.items()}
     rename = {}
     for name, func in entry_kernels.items():
-        key = tvm_ffi.structural_hash(anonymous(func))
-        same = next((n for n in by_hash.get(key, ()) if tvm_ffi.structural_equal(anonymous(kernels[n]),
-                                                                                  anonymous(func))), None)
-        if same is not None:
-            rename[name] = same
-            continue
-        new = f"{plan.name}_{name}" if name in kernels else name
-        kernels[new] = func
-        by_hash.setdefault(key, []).append(new)
-        rename[name] = new
+        k = key(func)
+        same = existing.get(k)
+        if same is None:
+            same = f"{plan.name}_{name}" if name in kernels else name
+            kernels[same] = func
+            existing[k] = same
+        rename[name] = same
     for call in plan.calls:
         call.kernel = rename.get(call.kernel, call.kernel)
 
