@@ -7,8 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./setup.sh --no-demo
-workers="${TIDE_TEST_WORKERS:-2}"
-if [ "$workers" = 0 ]; then
-    exec .venv/bin/python -m pytest -q "$@"
-fi
-exec .venv/bin/python -m pytest -q -n "$workers" --dist loadfile --no-loadscope-reorder "$@"
+exec .venv/bin/python -m pytest -q -n "${TIDE_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
