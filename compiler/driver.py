@@ -15,6 +15,7 @@ alone (``tide.compiler.last_position``; metadata
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 import time
@@ -166,6 +167,11 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
                                     packed=packed)
         progress(f"lower and schedule {entry} for {options.target}")
         mod = lower.legalize_and_fuse(mod, target, tgt.fused_tensor_bytes)
+        # the modules lowering replaced hold the entry's weights as constants, kept alive by reference
+        # cycles of TVM's Python mutators (their memo holds every expression they visited): collected
+        # now, not whenever Python's collector next runs (flash-2layer's three entries otherwise
+        # piled up past 23 GB)
+        gc.collect()
         mod = schedule.schedule(mod, tgt, target)
         mod = lower.to_dps(mod)
         progress(f"plan {entry}")
@@ -173,6 +179,7 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
         plan, entry_kernels = lower.build_plan(mod, entry, input_names, output_names, state_index,
                                                state_names, weights, params)
         del mod
+        gc.collect()
         _merge_kernels(kernels, entry_kernels, plan)
         _check_state_bindings(plan, sig)
         plans.append(plan)

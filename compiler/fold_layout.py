@@ -33,9 +33,14 @@ def fold_layout(mod):
     op_shape_of = tvm_op("relax.shape_of")
 
     def value(expr):
+        """A constant's values, as a numpy view of its tensor where numpy can hold the dtype (no
+        copy of a weight), else a copy; None for anything but a constant."""
         if isinstance(expr, relax.Var):
             expr = folder.lookup_binding(expr)
-        return expr.value.numpy() if isinstance(expr, GenericConst) else None
+        if not isinstance(expr, GenericConst):
+            return None
+        tensor = expr.value
+        return np.from_dlpack(tensor) if str(tensor.dtype) in _DLPACK_DTYPES else tensor.numpy()
 
     def ints(values) -> list[int] | None:
         out = [getattr(v, "value", v) for v in values]
@@ -91,6 +96,9 @@ def fold_layout(mod):
     return out
 
 
+# dtypes numpy imports through DLPack (bfloat16 and float8 it does not know)
+_DLPACK_DTYPES = frozenset({"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8",
+                            "uint16", "uint32", "uint64"})
 _FLOAT_BITS = {"float8_e4m3fn": 8, "float8_e5m2": 8, "bfloat16": 16, "float16": 16, "float32": 32, "float64": 64}
 
 
