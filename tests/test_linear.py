@@ -36,15 +36,19 @@ def _tvm_target():
                                                          (5, 200, 64, "bfloat16", 1), (1, 96, 32, "float32", 4),
                                                          (6, 64, 48, "float32", 3),
                                                          (3, 64, 24, "float32", 1),  # one-vector panels
-                                                         (8, 4096, 1024, "float32", 1)])  # V4-Flash compressor
+                                                         (8, 4096, 1024, "float32", 1),  # V4-Flash compressor
+                                                         (50, 96, 32, "float32", 1),  # 6-row tiles, last of 2
+                                                         (13, 64, 32, "bfloat16", 2)])  # 6-row tiles, last of 1
 def test_kernel_matches_numpy(rows, dim, cols, wdtype, groups):
     """Every element of y against float64 numpy; bfloat16 weights widened exactly, so the only
-    error is float32 accumulation over K (a few ulps times sqrt(K) of the output scale)."""
+    error is float32 accumulation over K (a few ulps times sqrt(K) of the output scale). Row counts
+    that no 4-to-6-row tile divides run a predicated last tile."""
     import tvm
 
     target = _tvm_target()
     cfg = cpu_linear.choose_linear(rows=rows, cols=cols, features=cpu_features(target))
-    assert cfg["layout"] == "panel" and rows % cfg["tile_rows"] == 0
+    assert cfg["layout"] == "panel"
+    assert rows in (7, 13, 50) or rows % cfg["tile_rows"] == 0
     func = kernel.tag(linear.prim_func(rows, dim, cols, cfg["panel"], wdtype, "k", groups), "linear", **cfg)
     lib = compile_kernels({"k": cpu_linear.schedule_linear(func, target)}, target)
     rng = np.random.default_rng(rows * 1000 + dim)
@@ -58,6 +62,14 @@ def test_kernel_matches_numpy(rows, dim, cols, wdtype, groups):
     lib["k"](tvm.runtime.tensor(x), tvm.runtime.tensor(packed), y)
     want = linear.reference(x, w.astype(np.float32))
     np.testing.assert_allclose(y.numpy(), want, rtol=0, atol=1e-6 * math.sqrt(dim) * float(np.abs(want).max()))
+
+
+def test_tile_rows():
+    """6-row register tiles where 6 divides M, past TAIL_ROWS rows and where no 4- or 5-row tile
+    divides; otherwise the largest dividing tile; the FP8 linear's choice never has a partial tile."""
+    assert [cpu_linear.tile_rows_for(r) for r in (1, 5, 8, 12, 13, 32, 50, 256)] == [1, 5, 4, 6, 6, 4, 6, 6]
+    assert [cpu_linear.tile_rows_for(r, tail=False) for r in (13, 32, 50, 256)] == [1, 4, 5, 4]
+    assert cpu_linear.choose_linear_fp8(rows=256, cols=256, block_n=128, features={"avx2", "f16c"})["tile_rows"] == 4
 
 
 def test_pack_is_a_view_of_a_transposed_weight():
