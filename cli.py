@@ -70,7 +70,7 @@ def _cmd_run(args) -> int:
         raise SystemExit(f"tide run: {err}") from None
     device = args.device or runtime
     try:
-        model = load(args.artifact, device=device)
+        model = load(args.artifact, device=device, copy_weights=args.copy_weights)
     except TideError as err:
         hint = get(runtime).missing_device_hint
         if device.split(":")[0] != runtime or not hint:
@@ -201,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", action="store_true",
                    help="time every kernel call (after a warm-up) and print the per-kernel table")
     p.add_argument("--profile-json", metavar="FILE", help="write the per-kernel profile as JSON to FILE")
+    p.add_argument("--copy-weights", action="store_true",
+                   help="cpu: copy the weights into memory at load instead of reading the file mapping in place")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="kernel benchmark suite: every kernel vs the machine's ceilings and "

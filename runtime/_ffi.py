@@ -58,6 +58,7 @@ typedef struct tide_model_options_s {
   int32_t device_ordinal;
   const char* cuda_driver_path;
   const char* ascend_acl_path;
+  int32_t copy_weights;
 } tide_model_options_t;
 enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2, TIDE_DEVICE_ASCEND = 3 };
 void tide_model_options_initialize(tide_model_options_t* out_options);

@@ -55,7 +55,8 @@ class Model:
     decode models."""
 
     def __init__(self, path, verify: bool = True, num_threads: int = 0, device: str = "cpu",
-                 cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None):
+                 cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None,
+                 copy_weights: bool = False):
         lib = library()
         name, ordinal = parse_device(device)
         self.device = (DEVICE_TYPES[name], ordinal)  # DLPack (device_type, device_id)
@@ -69,6 +70,7 @@ class Model:
         opts.cuda_driver_path = driver
         acl = ffi.new("char[]", ascend_acl.encode()) if ascend_acl is not None else ffi.NULL
         opts.ascend_acl_path = acl
+        opts.copy_weights = 1 if copy_weights else 0
         out = ffi.new("tide_model_t**")
         check(lib.tide_model_load_file(str(path).encode(), opts, out))
         self._ptr = ffi.gc(out[0], lib.tide_model_release)
@@ -203,7 +205,8 @@ class Model:
 
 
 def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
-         cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None) -> Model:
+         cuda_driver: str | None = None, cuda_graphs: bool = True, ascend_acl: str | None = None,
+         copy_weights: bool = False) -> Model:
     """Loads a compiled ``.tide`` artifact. ``device``: "cpu", or "cuda[:N]" for a cuda artifact
     (the CUDA driver is dlopened, the device's image loaded and the weights copied to the device).
     ``cuda_driver``: the driver library to dlopen (default "libcuda.so.1"). ``cuda_graphs``: capture
@@ -211,5 +214,8 @@ def load(path, device: str = "cpu", verify: bool = True, num_threads: int = 0,
     ascend artifact (AscendCL is dlopened, default "libascendcl.so" or ``ascend_acl``; the artifact
     must hold device binaries, i.e. have been compiled where CANN's hivmc is installed).
     ``verify=False`` skips the weight/device-code checksums (faster load of big models; the plan and
-    kernel library are always verified). ``num_threads``: threads per session (0: one per CPU)."""
-    return Model(path, verify, num_threads, device, cuda_driver, cuda_graphs, ascend_acl)
+    kernel library are always verified). ``num_threads``: threads per session (0: one per CPU).
+    ``copy_weights`` (CPU artifacts): copy the weights into the model's own memory at load instead of
+    reading them in place from the file mapping: the weights' size in memory and a copy at load, for
+    a weight-streaming decode that reads them faster on some machines (README, "The C runtime")."""
+    return Model(path, verify, num_threads, device, cuda_driver, cuda_graphs, ascend_acl, copy_weights)

@@ -404,14 +404,15 @@ def test_tide_run_picks_the_cuda_device_for_a_cuda_artifact(launch_artifact, cap
     assert "targets cuda" in capsys.readouterr().err
     asked = []
 
-    def load(path, device="cpu"):
-        asked.append(device)
+    def load(path, device="cpu", copy_weights=False):
+        asked.append((device, copy_weights))
         raise R.TideError("stop here")
 
     monkeypatch.setattr(R, "load", load)
     assert main(["run", launch_artifact[0]]) == 2
     assert main(["run", launch_artifact[0], "--device", "cuda:1"]) == 2
-    assert asked == ["cuda", "cuda:1"]
+    assert main(["run", launch_artifact[0], "--copy-weights"]) == 2  # the flag reaches load
+    assert asked == [("cuda", False), ("cuda:1", False), ("cuda", True)]
 
 
 def test_shared_memory_opt_in_leaves_room_for_static_shared(launch_artifact, launch_env, monkeypatch):

@@ -410,6 +410,15 @@ def test_session_prefill_decode_generate(decode_model):
     np.testing.assert_array_equal(s.position, [10, 10])  # the last new token is not fed back
 
 
+def test_copied_weights_give_the_same_logits(decode_model):
+    """copy_weights=True: the weights read from the model's own copy, the logits exactly the mapped
+    model's and the reference's."""
+    ids = np.random.default_rng(1).integers(0, 7, (2, 6))
+    copied = R.load(decode_model, copy_weights=True).session().prefill(ids, all_logits=True)
+    np.testing.assert_array_equal(copied, ToyLM(2, 7).feed(ids))
+    np.testing.assert_array_equal(copied, R.load(decode_model).session().prefill(ids, all_logits=True))
+
+
 def test_session_rejects_and_stays_usable(decode_model):
     s = R.load(decode_model).session(batch=2)
     ids = np.ones((2, 10), dtype=np.int64)

@@ -372,7 +372,9 @@ struct tide_model_s {
   uint64_t map_size;
   tide_artifact_t artifact;
   tide_kernel_library_t kernels;
-  const uint8_t* weights_base;
+  const uint8_t* weights_base; /* into the mapping, or weights_copy */
+  void* weights_copy;          /* copy_weights: the WEIGHTS section in anonymous pages, else NULL */
+  size_t weights_copy_size;
   char* metadata; /* NUL-terminated copy */
   uint64_t max_arena_bytes;
   uint64_t state_bytes; /* sum over states, each rounded up to 64 */

@@ -23,6 +23,7 @@ TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options) {
   out_options->device_ordinal = 0;
   out_options->cuda_driver_path = NULL;
   out_options->ascend_acl_path = NULL;
+  out_options->copy_weights = 0;
 }
 
 /* Copies the caller's options over the defaults, field by field as far as struct_size reaches. */
@@ -50,6 +51,13 @@ static tide_status_t read_options(const tide_model_options_t* in, tide_model_opt
   }
   if (in->struct_size >= offsetof(tide_model_options_t, ascend_acl_path) + sizeof(const char*)) {
     out->ascend_acl_path = in->ascend_acl_path;
+  }
+  if (in->struct_size >= offsetof(tide_model_options_t, copy_weights) + sizeof(int32_t)) {
+    out->copy_weights = in->copy_weights;
+  }
+  if (out->copy_weights != 0 && out->copy_weights != 1) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT, "tide_model_options_t.copy_weights is %d (0 or 1)",
+                            out->copy_weights);
   }
   if (out->device_kind < TIDE_DEVICE_CPU || out->device_kind > TIDE_DEVICE_ASCEND) {
     return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
@@ -105,6 +113,7 @@ static void model_destroy(tide_model_t* m) {
   if (m->device) m->device->model_release(m->device_model);
   tide_artifact_free(&m->artifact);
   if (m->map) munmap(m->map, (size_t)m->map_size);
+  if (m->weights_copy) munmap(m->weights_copy, m->weights_copy_size);
   free(m);
 }
 
@@ -138,6 +147,36 @@ static tide_status_t map_file(const char* path, tide_model_t* m) {
                             (unsigned long long)m->map_size, strerror(e));
   }
   m->map = p;
+  return NULL;
+}
+
+/* The WEIGHTS section copied into private anonymous pages, read-only once filled; weights_base
+ * points there instead of into the file mapping. */
+static tide_status_t copy_weights(tide_model_t* m) {
+  if (m->artifact.target_kind != TIDE_TARGET_CPU) {
+    return tide_make_status(TIDE_STATUS_INVALID_ARGUMENT,
+                            "copy_weights: the artifact targets %s, whose weights are uploaded to the device at "
+                            "load; the option is for CPU artifacts",
+                            k_target_names[m->artifact.target_kind]);
+  }
+  const tide_section_ref_t* w = &m->artifact.sections[TIDE_SECTION_WEIGHTS];
+  if (!w->present || w->size == 0) return NULL;
+  size_t size = (size_t)w->size;
+  void* p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "copy_weights: cannot allocate %llu bytes: %s",
+                            (unsigned long long)w->size, strerror(e));
+  }
+  m->weights_copy = p; /* released by model_destroy whatever happens next */
+  m->weights_copy_size = size;
+  memcpy(p, m->weights_base, size);
+  if (mprotect(p, size, PROT_READ) != 0) {
+    int e = errno;
+    return tide_make_status(TIDE_STATUS_RESOURCE_EXHAUSTED, "copy_weights: cannot make the copy read-only: %s",
+                            strerror(e));
+  }
+  m->weights_base = p;
   return NULL;
 }
 
@@ -182,6 +221,7 @@ TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_o
   if (!st) st = tide_artifact_parse(m->map, m->map_size, opts.verify_checksums != 0, &m->artifact);
   if (!st) st = check_target(&m->artifact, &opts);
   if (!st) st = prepare(m);
+  if (!st && opts.copy_weights) st = copy_weights(m);
   if (!st && m->artifact.target_kind == TIDE_TARGET_CUDA) {
     st = tide_cuda_model_create(&m->artifact, m->map, &opts, &m->device_model);
     if (!st) m->device = &tide_cuda_backend;

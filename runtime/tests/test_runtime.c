@@ -264,6 +264,75 @@ static void test_run_main(void) {
   tide_session_release(s);
 }
 
+/* Zeroes the WEIGHTS section of the artifact file at path in place (no truncation, no rename). */
+static void zero_weights_in_place(const char* path, const tb_bytes_t* img) {
+  tb_layout_t lay;
+  tb_layout(img->p, &lay);
+  for (int i = 0; i < lay.num_sections; ++i) {
+    if (lay.kind[i] != TIDE_SECTION_WEIGHTS) continue;
+    FILE* f = fopen(path, "r+b");
+    CHECK(f != NULL);
+    if (!f) return;
+    CHECK(fseek(f, (long)lay.offset[i], SEEK_SET) == 0);
+    for (uint64_t j = 0; j < lay.size[i]; ++j) CHECK(fputc(0, f) == 0);
+    CHECK(fclose(f) == 0);
+  }
+}
+
+/* The first output of entry main (x + w0) on a fixed x, into y[4]. */
+static void run_main_once(tide_model_t* m, float* y) {
+  tide_session_t* s = NULL;
+  OK(tide_session_create(m, NULL, &s));
+  if (!s) return;
+  float* x = aligned(16);
+  for (int i = 0; i < 4; ++i) x[i] = (float)(i + 1) * 0.25f;
+  tide_tensor_t in = f32_tensor(x, 1, (int64_t[]){4});
+  tide_tensor_t out[4];
+  OK(tide_session_run(s, 0, &in, 1, out, 4));
+  for (int i = 0; i < 4; ++i) y[i] = ((float*)out[0].data)[i] - x[i];
+  free(x);
+  tide_session_release(s);
+}
+
+/* copy_weights: a model that copied its weights keeps them when the file's bytes change under it,
+ * where a model reading the mapping sees the change; a value other than 0 or 1, or a device
+ * artifact, is refused. */
+static void test_copy_weights(void) {
+  tb_config_t c;
+  tb_config_default(&c, g_kernels);
+  tb_bytes_t img;
+  tb_build(&c, &img);
+  tide_model_options_t o;
+  tide_model_options_initialize(&o);
+  CHECK(o.copy_weights == 0);
+  o.copy_weights = 2;
+  tide_status_t st;
+  CHECK(load_bytes(&img, &o, &st) == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_INVALID_ARGUMENT, "copy_weights is 2 (0 or 1)");
+  for (int copy = 0; copy <= 1; ++copy) {
+    o.copy_weights = copy;
+    tide_model_t* m = load_bytes(&img, &o, &st);
+    OK(st);
+    if (!m) continue;
+    float y[4] = {0};
+    run_main_once(m, y);
+    for (int i = 0; i < 4; ++i) CHECK(y[i] == (float)(i + 1));
+    zero_weights_in_place(scratch_path("t.tide"), &img);
+    run_main_once(m, y);
+    for (int i = 0; i < 4; ++i) CHECK(y[i] == (copy ? (float)(i + 1) : 0.0f));
+    tide_model_release(m);
+  }
+  tb_free(&img);
+
+  tb_build_cuda(g_kernels, &img);
+  o.copy_weights = 1;
+  o.device_kind = TIDE_DEVICE_CUDA;
+  o.cuda_driver_path = g_standin;
+  CHECK(load_bytes(&img, &o, &st) == NULL);
+  EXPECT_ERROR(st, TIDE_STATUS_INVALID_ARGUMENT, "copy_weights: the artifact targets cuda");
+  tb_free(&img);
+}
+
 static void test_state(void) {
   tide_model_t* m = NULL;
   tide_session_t* s = standard_session(&m);
@@ -1131,7 +1200,8 @@ int main(int argc, char** argv) {
     void (*fn)(void);
   } tests[] = {
       {"crc32", test_crc32},          {"status", test_status},           {"load_and_query", test_load_and_query},
-      {"options", test_options},      {"run_main", test_run_main},       {"state", test_state},
+      {"options", test_options},      {"run_main", test_run_main},       {"copy_weights", test_copy_weights},
+      {"state", test_state},
       {"kernel_error", test_kernel_error}, {"time", test_time}, {"profile", test_profile}, {"parallel", test_parallel},
       {"two_models", test_two_models},
       {"corruption", test_corruption},   {"device_code", test_device_code}, {"cuda_device", test_cuda_device}, {"cuda_pack_launch", test_cuda_pack_launch},

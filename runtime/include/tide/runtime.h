@@ -123,6 +123,12 @@ typedef struct tide_model_options_s {
   /* The AscendCL library dlopened for TIDE_DEVICE_ASCEND; NULL (default): "libascendcl.so". Read
    * during tide_model_load_file only. */
   const char* ascend_acl_path;
+  /* 0 (default): the weights are read in place from the file mapping (page cache, shared with other
+   * processes, nothing copied at load). 1: the WEIGHTS section is copied into memory of the model's
+   * own at load (private anonymous pages; costs the weights' size in memory and one copy), which a
+   * weight-streaming decode reads faster on some machines (README, "The C runtime"). CPU artifacts only:
+   * device artifacts upload their weights at load either way, and 1 is an error for them. */
+  int32_t copy_weights;
 } tide_model_options_t;
 
 enum { TIDE_DEVICE_CPU = 1, TIDE_DEVICE_CUDA = 2, TIDE_DEVICE_ASCEND = 3 };
@@ -131,8 +137,8 @@ TIDE_API void tide_model_options_initialize(tide_model_options_t* out_options);
 
 /*
  * Loads and validates an artifact. options may be NULL (defaults). The file is memory-mapped
- * read-only for the model's lifetime (weights are used in place): it must not be truncated or
- * rewritten in place while loaded (replace it by rename instead).
+ * read-only for the model's lifetime (weights are used in place unless copy_weights): it must not
+ * be truncated or rewritten in place while loaded (replace it by rename instead).
  */
 TIDE_API tide_status_t tide_model_load_file(const char* path, const tide_model_options_t* options,
                                             tide_model_t** out_model);
