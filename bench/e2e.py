@@ -95,7 +95,8 @@ def _engine(name: str, files: dict, threads: int, max_prompt: int):
     if name in ("tide", "tide-generic"):
         from ..runtime import load
 
-        session = load(files["tide" if name == "tide" else "tide_generic"]).session()
+        # the weights copied into memory: this machine streams them faster from there (README)
+        session = load(files["tide" if name == "tide" else "tide_generic"], copy_weights=True).session()
 
         def prefill(prompt):
             session.reset()
