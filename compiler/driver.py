@@ -25,6 +25,7 @@ from . import last_position, lower, onnx_import, relax_import, schedule, substit
 from .errors import CompileError, internal, readable, sentence
 
 DEFAULT_PREFILL_CHUNKS = (32,)
+COLLECT_WEIGHT_BYTES = 256 << 20  # weights from which each entry's stages end with a garbage collection
 
 
 @dataclass
@@ -150,6 +151,12 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
     converters = substitute.function_kernels(tgt, report, model_dtype, target) if options.kernels else {}
     plans, kernels = [], {}
     packed: dict = {}  # weight parameters re-laid-out for a kernel, shared by the entries
+    # the modules lowering replaces hold the entry's weights as constants, kept alive by reference
+    # cycles of TVM's Python mutators (their memo holds every expression they visited): for a model
+    # with large weights they are collected at the end of each stage, not whenever Python's collector
+    # next runs (flash-2layer's three entries otherwise piled up past 23 GB); a small model skips the
+    # collections (0.15 s each with TVM loaded: most of a small graph's compile)
+    collect = gc.collect if sum(w.nbytes for w in loaded.weights.values()) >= COLLECT_WEIGHT_BYTES else lambda: 0
     for entry, dims in entries:
         shape_note = ", ".join(f"{k}={v}" for k, v in dims.items())
         progress(f"import {entry}" + (f" ({shape_note})" if shape_note else ""))
@@ -167,11 +174,7 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
                                     packed=packed)
         progress(f"lower and schedule {entry} for {options.target}")
         mod = lower.legalize_and_fuse(mod, target, tgt.fused_tensor_bytes)
-        # the modules lowering replaced hold the entry's weights as constants, kept alive by reference
-        # cycles of TVM's Python mutators (their memo holds every expression they visited): collected
-        # now, not whenever Python's collector next runs (flash-2layer's three entries otherwise
-        # piled up past 23 GB)
-        gc.collect()
+        collect()
         mod = schedule.schedule(mod, tgt, target)
         mod = lower.to_dps(mod)
         progress(f"plan {entry}")
@@ -179,7 +182,7 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
         plan, entry_kernels = lower.build_plan(mod, entry, input_names, output_names, state_index,
                                                state_names, weights, params)
         del mod
-        gc.collect()
+        collect()
         _merge_kernels(kernels, entry_kernels, plan)
         _check_state_bindings(plan, sig)
         plans.append(plan)
