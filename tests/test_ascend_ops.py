@@ -7,7 +7,8 @@ accepts every kernel), run through the CPU runner (``tide.targets.ascend.cpu_run
 artifact's own MLIR of each kernel, in a child process with ``MALLOC_PERTURB_`` set) on the case's
 seeded inputs, and checked with
 ``bench.harness.check_outputs`` (relative 1e-4; top-k picks by their scores), as ``tide bench``
-checks the CPU and CUDA kernels.
+checks the CPU and CUDA kernels. Every case runs for the 910B; for the 950 the default run takes the
+first decode and the first prefill case of each kernel, ``-m heavy`` the others.
 """
 
 from __future__ import annotations
@@ -27,14 +28,22 @@ pytestmark = pytest.mark.skipif(toolchain.missing_cpu_runner() is not None,
 SOCS = ("Ascend910B1", "Ascend950PR_9599")
 
 
-def _cases():
+def _runs():
+    """(soc, case) pairs: every case for the 910B; for the 950 each kernel's first decode and first
+    prefill case, the other cases heavy."""
     from tide.bench.cases import all_cases
 
-    return all_cases(["tiny"])
+    cases = all_cases(["tiny"])
+    firsts = {(c.kernel, c.phase): c.name for c in reversed(cases)}
+    runs = [pytest.param(SOCS[0], c, id=f"{SOCS[0]}-{c.name}") for c in cases]
+    for c in cases:
+        marks = () if firsts[(c.kernel, c.phase)] == c.name else (pytest.mark.heavy,)
+        runs.append(pytest.param(SOCS[1], c, id=f"{SOCS[1]}-{c.name}", marks=marks))
+    return runs
 
 
-@pytest.mark.parametrize("case", _cases(), ids=lambda c: c.name)
-def test_kernel_matches_reference_on_both_socs(case, tmp_path):
+@pytest.mark.parametrize("soc, case", _runs())
+def test_kernel_matches_reference(soc, case, tmp_path):
     from tide.bench import harness
     from tide.bench.cases import KERNELS
     from tide.bench.prepare import write_onnx
@@ -47,16 +56,15 @@ def test_kernel_matches_reference_on_both_socs(case, tmp_path):
     feeds = kdef.make_inputs(case, np.random.default_rng([1, case.seed]))
     want = kdef.reference(case, feeds, weights)
     np.savez(tmp_path / "in.npz", **feeds)
-    for soc in SOCS:
-        art = tmp_path / f"{soc}.tide"
-        compile_model(str(onnx_path), str(art), CompileOptions(target="ascend", arch=soc, progress=False))
-        out = tmp_path / f"{soc}-out.npz"
-        proc = subprocess.run([sys.executable, "-m", "tide.targets.ascend.cpu_runner", str(art), "--inputs",
-                               str(tmp_path / "in.npz"), "--outputs", str(out)], capture_output=True, text=True,
-                              env={**os.environ, "MALLOC_PERTURB_": "165"}, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        with np.load(out) as got:
-            harness.check_outputs(case.outputs, {k: got[k] for k in got.files}, want, kdef.paired)
+    art = tmp_path / f"{soc}.tide"
+    compile_model(str(onnx_path), str(art), CompileOptions(target="ascend", arch=soc, progress=False))
+    out = tmp_path / f"{soc}-out.npz"
+    proc = subprocess.run([sys.executable, "-m", "tide.targets.ascend.cpu_runner", str(art), "--inputs",
+                           str(tmp_path / "in.npz"), "--outputs", str(out)], capture_output=True, text=True,
+                          env={**os.environ, "MALLOC_PERTURB_": "165"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with np.load(out) as got:
+        harness.check_outputs(case.outputs, {k: got[k] for k in got.files}, want, kdef.paired)
 
 
 def test_cpu_runner_command_line_errors(tmp_path):

@@ -384,3 +384,41 @@ def test_whole_model_rows_check_tokens_and_count_decode_reads(tmp_path):
     assert res["decode_bytes_per_token"] == want
     assert res["head_weight_elements"] == model.lm_head.weight.numel()
     assert "tiny (float32 weights): prompts 16, 3 new tokens" in e2e.table(res)
+
+
+def test_whole_model_rounds_alternate_the_order_and_pool_the_times(tmp_path, monkeypatch):
+    """``rounds``: every engine runs once per round, the order reversed each round; its figures are
+    the medians over all rounds, each round's median is kept, and an engine whose tokens change
+    between rounds is reported wrong (not timed)."""
+    from tide.bench import e2e, harness
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps({"vocab_size": 7}))
+    monkeypatch.setattr(e2e, "prepare", lambda *args, **kw: {"checkpoint": str(ckpt)})
+    monkeypatch.setattr(e2e, "decode_reads", lambda checkpoint: (1000, 250, 10, 500))
+    monkeypatch.setattr(harness, "cpu_bandwidth", lambda threads: {"read_bandwidth": 1e5})
+    calls = []
+
+    def worker(name, files, prompt_lens, new_tokens, repeat, threads, vocab):
+        calls.append(name)
+        k = len(calls)
+        tokens = [[1, 2, 4]] if name == "onnxruntime" and k > 3 else [[1, 2, 3]]
+        return {"tokens": {16: tokens}, "prefill_times_s": {16: [0.01 * k]}, "decode_times_s": [0.001 * k, 0.003 * k]}
+
+    monkeypatch.setattr(e2e, "_run_worker", worker)
+    res = e2e.run("tiny", [16], 3, 1, str(tmp_path), 2, engines=["tide", "onnxruntime"], log=lambda m: None,
+                  rounds=3)
+    assert calls == ["transformers", "tide", "onnxruntime", "onnxruntime", "tide", "transformers",
+                     "transformers", "tide", "onnxruntime"]
+    assert res["rounds"] == 3 and res["wrong_tokens"] == ["onnxruntime"]
+    assert set(res["results"]) == {"transformers", "tide"}
+    row = res["results"]["tide"]  # calls 2, 5 and 8
+    assert row["decode_ms_per_round"] == pytest.approx([4, 10, 16])
+    assert row["decode_ms_per_token"] == pytest.approx(7)  # median of 2, 6, 5, 15, 8, 24 ms
+    assert row["prefill_ms_per_round"]["16"] == pytest.approx([20, 50, 80])
+    assert row["prefill_ms"]["16"] == pytest.approx(50)
+    text = e2e.table(res)
+    assert "3 rounds, alternating order" in text and "tide        decode 4.0 10.0 16.0 | prefill 16: 20 50 80" in text
+    with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
+        e2e.run("tiny", [16], 3, 1, str(tmp_path), 2, engines=["tide"], log=lambda m: None, rounds=0)

@@ -154,10 +154,9 @@ def _rewrite(src, dst, tensor_edit=None, config_edit=None):
     config.json edited."""
     os.makedirs(dst, exist_ok=True)
     path = os.path.join(src, "model.safetensors")
-    tensors = {}
-    for name, (dt, raw) in _read_all(path).items():
-        shape = tuple(read_safetensors_header(path)[name].shape)
-        tensors[name] = (dt, raw.view(_NP[dt]).reshape(shape))
+    header = read_safetensors_header(path)
+    tensors = {name: (dt, raw.view(_NP[dt]).reshape(tuple(header[name].shape)))
+               for name, (dt, raw) in _read_all(path).items()}
     if tensor_edit:
         tensor_edit(tensors)
     write_safetensors(os.path.join(dst, "model.safetensors"), tensors)

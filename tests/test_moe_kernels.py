@@ -712,70 +712,51 @@ def test_tensor_core_kernels_on_a_warp_emulator(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_onnx(tmp_path_factory):
-    """The exported tiny model, and onnxruntime's logits for a 16-token prefill from empty state and
-    for the decode step after it (its inputs: the prefill's state outputs)."""
+def tiny_model(tmp_path_factory):
+    """The tiny model compiled for the CPU (shared with tests/test_v4_spine.py), and onnxruntime's
+    logits on its exported graph for a 16-token prefill from empty state and for the decode step after
+    it (its inputs: the prefill's state outputs)."""
     import onnxruntime as ort
 
-    from tide.compiler.export import export
+    from tide_test_models import tiny_cpu_model
 
-    path = str(tmp_path_factory.mktemp("tiny") / "tiny.onnx")
-    export("tiny", path, seed=0, batch=1)
-    from tide.compiler import onnx_import
-
-    loaded = onnx_import.load(path)
-    graph = loaded.model.graph
-    names, outs = [i.name for i in graph.input], [o.name for o in graph.output]
+    files = tiny_cpu_model(tmp_path_factory)
+    session = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(1)
     prefill = {"input_ids": rng.integers(0, 512, (1, 16)).astype(np.int64), "start_pos": np.zeros(1, np.int64)}
-    for inp in graph.input[2:]:
-        prefill[inp.name] = np.zeros([d.dim_value for d in inp.type.tensor_type.shape.dim], np.float32)
-    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for inp in session.get_inputs()[2:]:
+        prefill[inp.name] = np.zeros(inp.shape, np.float32)
     ref_prefill = session.run(None, prefill)
     decode = dict(prefill, input_ids=rng.integers(0, 512, (1, 1)).astype(np.int64),
                   start_pos=np.array([16], np.int64))
-    for name, value in zip(outs[1:], ref_prefill[1:]):
-        decode[name.replace("present.", "past.", 1)] = value
-    ref_decode = session.run(None, decode)
-    return loaded, names, {16: (prefill, ref_prefill[0]), 1: (decode, ref_decode[0])}
+    for out, value in zip(session.get_outputs()[1:], ref_prefill[1:]):
+        decode[out.name.replace("present.", "past.", 1)] = value
+    return files["artifact"], {16: (prefill, ref_prefill[0]), 1: (decode, session.run(None, decode)[0])}
 
 
-@pytest.mark.parametrize("seq", [1, 16], ids=["decode", "prefill16"])
-def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_onnx, seq):
-    """The tiny model with every MoE function served by these kernels (plus the registered ones),
-    lowered and run with TVM's runtime, against onnxruntime on the reference bodies."""
-    from tvm import relax
-    from tvm.ir.expr import GenericConst
+def test_tiny_model_with_moe_kernels_matches_onnxruntime(tiny_model):
+    """The tiny model compiled with every MoE function served by these kernels, each packed expert
+    weight a constant of the artifact (no layout change runs in a step), run by the C runtime
+    against onnxruntime on the reference bodies: a 16-token prefill, then a decode step."""
+    import tide
+    from tide.compiler.artifact import read_artifact
 
-    from tide.compiler import lower, onnx_import, relax_import, schedule, substitute
-
-    loaded, names, runs = tiny_onnx
-    feeds, want = runs[seq]
-    report = substitute.SubstitutionReport()
-    cpu = get("cpu")
-    converters = substitute.function_kernels(cpu, report)
-    static = onnx_import.specialize(loaded, {"seq": seq}, frozenset(converters))
-    target = cpu.tvm_target()
-    mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), loaded.path, converters)
-    mod = substitute.substitute(mod, cpu, {}, report)
-    mod = lower.legalize_and_fuse(mod, target)
-    mod = schedule.schedule(mod, cpu, target)
-    served = {k for k, v in report.kernels.items() if k.startswith(("tide_moe_", "tide_router_", "tide_shared_"))}
-    assert len(served) == 10  # scores, select, hash, permute, gate/up, down, combine; shared gate/up, down, rows
-    packed_args = 0  # the packed weights are folded constants: no layout change runs in the graph
-    for block in mod["main"].body.blocks:
-        for binding in block.bindings:
-            value = binding.value
-            if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir"):
-                callee = value.args[0].name_hint
-                if callee.startswith(("tide_moe_gate_up", "tide_moe_down", "tide_router_scores", "tide_shared_gate_up",
-                                      "tide_shared_down")):
-                    assert isinstance(value.args[1].fields[1], GenericConst), callee
-                    packed_args += 1
-    assert packed_args == 5 * 5  # router scores, routed and shared gate/up and down in each of the 5 layers
-    for gv, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gv] = func.with_attr("global_symbol", gv.name_hint)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
-    logits = vm["main"](*[tvm.runtime.tensor(feeds[n], tvm.cpu()) for n in names])[0].numpy()
-    np.testing.assert_allclose(logits, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    path, runs = tiny_model
+    plan = read_artifact(path).plan
+    served = {k.split("_t")[0] for k in plan.kernels if k.startswith(("tide_moe_", "tide_router_", "tide_shared_"))}
+    # routed: scores, select, hash, permute, gate/up, down, combine; shared: gate/up, down, rows
+    assert len(served) == 10, sorted(served)
+    weighted = ("tide_moe_gate_up", "tide_moe_down", "tide_router_scores", "tide_shared_gate_up", "tide_shared_down")
+    for entry in plan.entries:
+        calls = [c for c in entry.calls if c.kernel.startswith(weighted)]
+        assert len(calls) == 5 * 5, entry.name  # router scores, routed and shared gate/up and down, 5 layers
+        for call in calls:
+            kind, index = call.args[1]
+            assert kind == "buf" and entry.buffers[index].kind == "weight", (entry.name, call.kernel)
+    session = tide.load(path).session()
+    prefill, want = runs[16]
+    got = session.prefill(prefill["input_ids"], all_logits=True)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    decode, want = runs[1]
+    got = session.decode(decode["input_ids"])
+    np.testing.assert_allclose(got, want[:, 0], rtol=0, atol=1e-5 * np.abs(want).max())

@@ -17,6 +17,7 @@ from tide.compiler.artifact import read_artifact
 from tide.compiler.driver import CompileOptions, compile_model
 from tide.compiler.export import export
 from tide.runtime import TideError
+from tide_test_models import tiny_cpu_model
 
 NEW_TOKENS = 33
 # Teacher-forced logits: float32 on both sides, but different GEMM blocking and reduction orders
@@ -30,12 +31,9 @@ LOGIT_TOL = 1e-4
 @pytest.fixture(scope="module", params=[1, pytest.param(2, marks=pytest.mark.heavy)], ids=["batch1", "batch2"])
 def tiny(request, tmp_path_factory):
     batch = request.param
-    tmp = tmp_path_factory.mktemp(f"tiny_b{batch}")
-    onnx_path, ckpt, art = str(tmp / "tiny.onnx"), str(tmp / "ckpt"), str(tmp / "tiny.tide")
-    export("tiny", onnx_path, seed=0, batch=batch, save_checkpoint=ckpt)
-    compile_model(onnx_path, art, CompileOptions(target="cpu", prefill_chunks=(16,), all_logits=True, progress=False))
-    ref = DeepseekV4ForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
-    return batch, tide.load(art), ref
+    files = tiny_cpu_model(tmp_path_factory, batch)
+    ref = DeepseekV4ForCausalLM.from_pretrained(files["checkpoint"], dtype=torch.float32).eval()
+    return batch, tide.load(files["artifact"]), ref
 
 
 def _prompt(model, batch, length, seed):
@@ -87,7 +85,7 @@ def test_chunked_prefill_equals_single_prefill(tiny):
                                atol=LOGIT_TOL * float(np.abs(whole).max()))
 
 
-def test_prefill_computes_only_the_last_positions_logits_by_default(tiny):
+def test_prefill_computes_only_the_last_positions_logits_by_default(tiny, tmp_path):
     """Compiled without ``all_logits`` (the default), a prefill chunk computes the last layer's
     row-wise tail (attention output projection, hyper-connection mixing, router, experts, shared
     expert, final norm, lm_head) on its last position alone: those kernels run on ``batch`` rows, not
@@ -97,7 +95,7 @@ def test_prefill_computes_only_the_last_positions_logits_by_default(tiny):
     from collections import Counter
 
     batch, model, ref = tiny
-    art = model.path.replace(".tide", "-last.tide")
+    art = str(tmp_path / "tiny-last.tide")
     compile_model(os.path.join(os.path.dirname(model.path), "tiny.onnx"), art,
                   CompileOptions(target="cpu", prefill_chunks=(16,), progress=False))
     last = tide.load(art)

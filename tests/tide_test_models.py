@@ -58,6 +58,24 @@ def shared_dir(tmp_path_factory, key: str, build) -> str:
     return path
 
 
+def tiny_cpu_model(tmp_path_factory, batch: int = 1) -> dict:
+    """The built-in tiny model (seed 0, ``batch`` rows) exported with its checkpoint and compiled for the
+    CPU with a 16-token prefill chunk computing every position's logits, once per session
+    (tests/test_v4_spine.py, tests/test_moe_kernels.py): paths ``onnx``, ``checkpoint``, ``artifact``."""
+    def build(path):
+        from tide.compiler.driver import CompileOptions, compile_model
+        from tide.compiler.export import export
+
+        export("tiny", os.path.join(path, "tiny.onnx"), seed=0, batch=batch,
+               save_checkpoint=os.path.join(path, "ckpt"))
+        compile_model(os.path.join(path, "tiny.onnx"), os.path.join(path, "tiny.tide"),
+                      CompileOptions(target="cpu", prefill_chunks=(16,), all_logits=True, progress=False))
+
+    path = shared_dir(tmp_path_factory, f"tiny-cpu-b{batch}", build)
+    return {"onnx": os.path.join(path, "tiny.onnx"), "checkpoint": os.path.join(path, "ckpt"),
+            "artifact": os.path.join(path, "tiny.tide")}
+
+
 CUDA_TINY_OVERRIDES = {"max_position_embeddings": 512}
 
 
