@@ -17,6 +17,7 @@ bytes at the machine's all-core read bandwidth) each engine reaches.
     python -m tide.bench.e2e --model tiny --prompt-len 64 --new-tokens 32 [--json out.json]
     python -m tide.bench.e2e --model flash-2layer --prompt-len 32 --prompt-len 256 --new-tokens 16 \\
         --workdir ~/.cache/tide-bench/e2e    # exports and compiles once, then reuses the files
+    python -m tide.bench.e2e ... --engine tide --engine llama.cpp --rounds 4   # alternating order, pooled
     python -m tide.bench.e2e --model flash-2layer --weights fp8 ...   # DeepSeek's FP8 + FP4 release format
 """
 
@@ -256,10 +257,16 @@ def available_engines(model_name: str) -> list[str]:
 
 
 def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, workdir: str, threads: int,
-        engines: list[str] | None = None, log=print, weights: str = "float32") -> dict:
-    """Every engine in its own subprocess, transformers first (the reference tokens)."""
+        engines: list[str] | None = None, log=print, weights: str = "float32", rounds: int = 1) -> dict:
+    """Every engine in its own subprocess, transformers first (the reference tokens). With ``rounds``
+    > 1 every engine runs that many times, the order reversed from one round to the next, and its
+    figures are the medians over all rounds: a machine whose speed drifts during the run (a shared VM)
+    then weighs on every engine alike instead of on whichever ran at its slow moment; an engine whose
+    tokens change from one round to another counts as wrong."""
     from .harness import cpu_bandwidth
 
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
     prompt_lens = sorted(set(prompt_lens), key=prompt_lens.index)
     if engines is None:
         engines = available_engines(model_name)
@@ -271,12 +278,26 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
     with open(os.path.join(files["checkpoint"], "config.json")) as f:
         vocab = int(json.load(f)["vocab_size"])
     order = ["transformers"] + [e for e in engines if e != "transformers"]
-    raw = {}
-    for name in order:
-        log(f"run {name}")
-        raw[name] = _run_worker(name, files, prompt_lens, new_tokens, repeat, threads, vocab)
+    raw, unstable = {}, set()
+    for r in range(rounds):
+        for name in order if r % 2 == 0 else order[::-1]:
+            log(f"run {name}" + (f" (round {r + 1} of {rounds})" if rounds > 1 else ""))
+            got = _run_worker(name, files, prompt_lens, new_tokens, repeat, threads, vocab)
+            rounds_ms = {"decode": [statistics.median(got["decode_times_s"]) * 1e3],
+                         "prefill": {n: [statistics.median(t) * 1e3] for n, t in got["prefill_times_s"].items()}}
+            if name not in raw:
+                raw[name] = dict(got, rounds_ms=rounds_ms)
+                continue
+            kept = raw[name]
+            if got["tokens"] != kept["tokens"]:
+                unstable.add(name)
+            kept["decode_times_s"] += got["decode_times_s"]
+            kept["rounds_ms"]["decode"] += rounds_ms["decode"]
+            for n, t in got["prefill_times_s"].items():
+                kept["prefill_times_s"][n] += t
+                kept["rounds_ms"]["prefill"][n] += rounds_ms["prefill"][n]
     want = raw["transformers"]["tokens"]
-    wrong = sorted(n for n in order if raw[n]["tokens"] != want)
+    wrong = sorted(n for n in order if raw[n]["tokens"] != want or n in unstable)
     bytes_read, read_elements, head, elements = decode_reads(files["checkpoint"])
     bandwidth = cpu_bandwidth(threads=threads)["read_bandwidth"]
     floor_s = bytes_read / bandwidth
@@ -292,8 +313,11 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
                       "decode_ms_per_token": decode_s * 1e3, "decode_tokens_per_s": 1.0 / decode_s,
                       "decode_share_of_floor": floor_s / decode_s,
                       "prefill_times_s": {str(n): t for n, t in r["prefill_times_s"].items()},
-                      "decode_times_s": r["decode_times_s"]}
-    return {"model": model_name, "weights": weights, "prompt_lens": prompt_lens, "new_tokens": new_tokens, "threads": threads,
+                      "decode_times_s": r["decode_times_s"],
+                      "decode_ms_per_round": r["rounds_ms"]["decode"],
+                      "prefill_ms_per_round": {str(n): t for n, t in r["rounds_ms"]["prefill"].items()}}
+    return {"model": model_name, "weights": weights, "prompt_lens": prompt_lens, "new_tokens": new_tokens,
+            "threads": threads, "rounds": rounds,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "weight_elements": elements, "decode_weight_elements": read_elements, "head_weight_elements": head,
             "decode_bytes_per_token": bytes_read,
@@ -323,7 +347,8 @@ def table(result: dict) -> str:
     lines = [f"{result['model']} ({WEIGHT_NAMES[result.get('weights', 'float32')]} weights): prompts {', '.join(map(str, lens))}, {result['new_tokens']} new tokens, "
              f"{result['threads']} threads; decode reads {result['decode_bytes_per_token'] / 1e9:.2f} GB of weights "
              f"per token: floor {result['streaming_floor_ms']:.1f} ms at {result['read_bandwidth'] / 1e9:.1f} GB/s "
-             "(greedy tokens of every engine listed equal transformers')"]
+             "(greedy tokens of every engine listed equal transformers')"
+             + (f"; {result['rounds']} rounds, alternating order, medians over all" if result.get("rounds", 1) > 1 else "")]
     lines += [f"{name}: greedy tokens differ from transformers' (not timed)" for name in result["wrong_tokens"]]
     lines += [f"{name}: not run: {why}" for name, why in result["unsupported"].items()]
     head = "".join(f"{'prefill ' + str(n) + ' ms':>17}" for n in lens)
@@ -332,6 +357,13 @@ def table(result: dict) -> str:
         cells = "".join(f"{r['prefill_ms'][str(n)]:>17.1f}" for n in lens)
         lines.append(f"{name:<14}{cells}{r['decode_ms_per_token']:>15.1f}{r['decode_tokens_per_s']:>8.2f}"
                      f"{100 * r['decode_share_of_floor']:>8.0f}%")
+    if result.get("rounds", 1) > 1:
+        lines.append("per round, in round order (decode ms/tok | prefill ms per prompt length):")
+        for name, r in result["results"].items():
+            prefill = " | ".join(f"{n}: " + " ".join(f"{t:.0f}" for t in r["prefill_ms_per_round"][str(n)])
+                                 for n in lens)
+            lines.append(f"  {name:<12}decode " + " ".join(f"{t:.1f}" for t in r["decode_ms_per_round"]) +
+                         f" | prefill {prefill}")
     return "\n".join(lines)
 
 
@@ -341,6 +373,9 @@ def main(argv=None) -> int:
     parser.add_argument("--prompt-len", type=int, action="append", help="prompt lengths (repeatable; default 64)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run every engine this many times, the order reversed each round (a drifting machine "
+                             "then weighs on every engine alike)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--engine", action="append", choices=ENGINES, help="only these engines (repeatable)")
     parser.add_argument("--weights", choices=WEIGHTS, default="float32",
@@ -350,6 +385,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if args.worker:
         spec = json.loads(args.worker)
         result = worker(spec["engine"], spec["files"], spec["prompt_lens"], spec["new_tokens"], spec["repeat"],
@@ -362,7 +399,7 @@ def main(argv=None) -> int:
         engines = ["transformers"] + engines  # the reference tokens
     with tempfile.TemporaryDirectory(prefix="tide-e2e-") as tmp:
         result = run(args.model, args.prompt_len or [64], args.new_tokens, args.repeat, args.workdir or tmp,
-                     args.threads, engines, weights=args.weights)
+                     args.threads, engines, weights=args.weights, rounds=args.rounds)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
