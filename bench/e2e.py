@@ -260,7 +260,8 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
         engines: list[str] | None = None, log=print, weights: str = "float32", rounds: int = 1) -> dict:
     """Every engine in its own subprocess, transformers first (the reference tokens). With ``rounds``
     > 1 every engine runs that many times, the order reversed from one round to the next, and its
-    figures are the medians over all rounds: a machine whose speed drifts during the run (a shared VM)
+    figures (and the read bandwidth of the floor, measured after each round) are the medians over all
+    rounds: a machine whose speed drifts during the run (a shared VM)
     then weighs on every engine alike instead of on whichever ran at its slow moment; an engine whose
     tokens change from one round to another counts as wrong."""
     from .harness import cpu_bandwidth
@@ -278,7 +279,7 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
     with open(os.path.join(files["checkpoint"], "config.json")) as f:
         vocab = int(json.load(f)["vocab_size"])
     order = ["transformers"] + [e for e in engines if e != "transformers"]
-    raw, unstable = {}, set()
+    raw, unstable, bandwidths = {}, set(), []
     for r in range(rounds):
         for name in order if r % 2 == 0 else order[::-1]:
             log(f"run {name}" + (f" (round {r + 1} of {rounds})" if rounds > 1 else ""))
@@ -296,10 +297,11 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
             for n, t in got["prefill_times_s"].items():
                 kept["prefill_times_s"][n] += t
                 kept["rounds_ms"]["prefill"][n] += rounds_ms["prefill"][n]
+        bandwidths.append(cpu_bandwidth(threads=threads)["read_bandwidth"])   # the machine as this round left it
     want = raw["transformers"]["tokens"]
     wrong = sorted(n for n in order if raw[n]["tokens"] != want or n in unstable)
     bytes_read, read_elements, head, elements = decode_reads(files["checkpoint"])
-    bandwidth = cpu_bandwidth(threads=threads)["read_bandwidth"]
+    bandwidth = statistics.median(bandwidths)
     floor_s = bytes_read / bandwidth
     rows = {}
     for name in order:
@@ -321,7 +323,7 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
             "weight_elements": elements, "decode_weight_elements": read_elements, "head_weight_elements": head,
             "decode_bytes_per_token": bytes_read,
-            "read_bandwidth": bandwidth, "streaming_floor_ms": floor_s * 1e3,
+            "read_bandwidth": bandwidth, "read_bandwidth_per_round": bandwidths, "streaming_floor_ms": floor_s * 1e3,
             "engines": order, "wrong_tokens": wrong, "unsupported": unsupported, "tokens": want, "results": rows}
 
 
@@ -362,7 +364,7 @@ def table(result: dict) -> str:
         for name, r in result["results"].items():
             prefill = " | ".join(f"{n}: " + " ".join(f"{t:.0f}" for t in r["prefill_ms_per_round"][str(n)])
                                  for n in lens)
-            lines.append(f"  {name:<12}decode " + " ".join(f"{t:.1f}" for t in r["decode_ms_per_round"]) +
+            lines.append(f"  {name:<14}decode " + " ".join(f"{t:.1f}" for t in r["decode_ms_per_round"]) +
                          f" | prefill {prefill}")
     return "\n".join(lines)
 

@@ -387,9 +387,9 @@ def test_whole_model_rows_check_tokens_and_count_decode_reads(tmp_path):
 
 
 def test_whole_model_rounds_alternate_the_order_and_pool_the_times(tmp_path, monkeypatch):
-    """``rounds``: every engine runs once per round, the order reversed each round; its figures are
-    the medians over all rounds, each round's median is kept, and an engine whose tokens change
-    between rounds is reported wrong (not timed)."""
+    """``rounds``: every engine runs once per round, the order reversed each round; its figures (and
+    the floor's bandwidth, measured after each round) are the medians over all rounds, each round's
+    median is kept, and an engine whose tokens change between rounds is reported wrong (not timed)."""
     from tide.bench import e2e, harness
 
     ckpt = tmp_path / "ckpt"
@@ -397,7 +397,8 @@ def test_whole_model_rounds_alternate_the_order_and_pool_the_times(tmp_path, mon
     (ckpt / "config.json").write_text(json.dumps({"vocab_size": 7}))
     monkeypatch.setattr(e2e, "prepare", lambda *args, **kw: {"checkpoint": str(ckpt)})
     monkeypatch.setattr(e2e, "decode_reads", lambda checkpoint: (1000, 250, 10, 500))
-    monkeypatch.setattr(harness, "cpu_bandwidth", lambda threads: {"read_bandwidth": 1e5})
+    measured = iter([1e5, 3e5, 2e5])
+    monkeypatch.setattr(harness, "cpu_bandwidth", lambda threads: {"read_bandwidth": next(measured)})
     calls = []
 
     def worker(name, files, prompt_lens, new_tokens, repeat, threads, vocab):
@@ -412,6 +413,7 @@ def test_whole_model_rounds_alternate_the_order_and_pool_the_times(tmp_path, mon
     assert calls == ["transformers", "tide", "onnxruntime", "onnxruntime", "tide", "transformers",
                      "transformers", "tide", "onnxruntime"]
     assert res["rounds"] == 3 and res["wrong_tokens"] == ["onnxruntime"]
+    assert res["read_bandwidth_per_round"] == [1e5, 3e5, 2e5] and res["streaming_floor_ms"] == pytest.approx(5)
     assert set(res["results"]) == {"transformers", "tide"}
     row = res["results"]["tide"]  # calls 2, 5 and 8
     assert row["decode_ms_per_round"] == pytest.approx([4, 10, 16])
@@ -419,6 +421,6 @@ def test_whole_model_rounds_alternate_the_order_and_pool_the_times(tmp_path, mon
     assert row["prefill_ms_per_round"]["16"] == pytest.approx([20, 50, 80])
     assert row["prefill_ms"]["16"] == pytest.approx(50)
     text = e2e.table(res)
-    assert "3 rounds, alternating order" in text and "tide        decode 4.0 10.0 16.0 | prefill 16: 20 50 80" in text
+    assert "3 rounds, alternating order" in text and "tide          decode 4.0 10.0 16.0 | prefill 16: 20 50 80" in text
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         e2e.run("tiny", [16], 3, 1, str(tmp_path), 2, engines=["tide"], log=lambda m: None, rounds=0)
