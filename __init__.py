@@ -7,8 +7,9 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu", verify=True):
-    """Loads a compiled ``.tide`` artifact; see ``tide.runtime.load``."""
+def load(path, device="cpu", **options):
+    """Loads a compiled ``.tide`` artifact: ``tide.runtime.load``, with every option it takes
+    (``verify``, ``num_threads``, ``copy_weights``, ...)."""
     from .runtime import load as _load
 
-    return _load(path, device=device, verify=verify)
+    return _load(path, device=device, **options)

@@ -419,6 +419,17 @@ def test_copied_weights_give_the_same_logits(decode_model):
     np.testing.assert_array_equal(copied, R.load(decode_model).session().prefill(ids, all_logits=True))
 
 
+def test_top_level_load_takes_the_runtime_options(decode_model):
+    """``tide.load`` passes every option on to ``tide.runtime.load``; a misspelt one is refused by name."""
+    import tide
+
+    ids = np.random.default_rng(2).integers(0, 7, (2, 5))
+    model = tide.load(decode_model, verify=True, num_threads=1, copy_weights=True)
+    np.testing.assert_array_equal(model.session().prefill(ids, all_logits=True), ToyLM(2, 7).feed(ids))
+    with pytest.raises(TypeError, match="copy_weight"):
+        tide.load(decode_model, copy_weight=True)
+
+
 def test_session_rejects_and_stays_usable(decode_model):
     s = R.load(decode_model).session(batch=2)
     ids = np.ones((2, 10), dtype=np.int64)
