@@ -33,12 +33,17 @@ def describe(path: str) -> str:
     arena = max((e.arena_bytes for e in plan.entries), default=0)
     lines.append(f"memory plan: arena {size_text(arena)} (largest entry), state {size_text(state_bytes)} in "
                  f"{len(plan.states)} tensors, weights {size_text(weight_bytes)} in {len(plan.weights)} tensors")
+    layers = 0
     if meta.get("kind") == "decode" and plan.states:
-        lines += state_plan_lines(state_plan(plan, meta))
+        sp = state_plan(plan, meta)
+        layers = sp["layers"]
+        lines += state_plan_lines(sp)
     lines.append("weights by stored form: " + ", ".join(
         f"{form} {size_text(n)}" for form, n in sorted(weight_forms(plan, meta).items(), key=lambda kv: -kv[1])))
     for e in plan.entries:
-        lines.append(f"entry {e.name}: {len(e.calls)} kernel calls, arena {size_text(e.arena_bytes)}, "
+        per_layer = (f" ({len(e.calls) / layers:.0f} per layer over {layers} layers, embedding and head included)"
+                     if layers else "")
+        lines.append(f"entry {e.name}: {len(e.calls)} kernel calls{per_layer}, arena {size_text(e.arena_bytes)}, "
                      f"{size_text(step_bytes(e, meta))} moved per run")
         for what, ios in (("in ", e.inputs), ("out", e.outputs)):
             data = [io for io in ios if io.role == "data"]

@@ -278,3 +278,7 @@ def test_inspect_prints_the_state_plan_by_layer_kind(tiny):
     text = describe(model.path)
     assert f"decode state for {capacity} positions x batch {batch} (float32)" in text
     assert f"ratio {100 * plan['ratio']:.1f}%" in text and "CSA 1/4 x 2 layers" in text
+    decode = next(e for e in art.plan.entries if e.name == "decode")
+    layers = cfg.num_hidden_layers
+    assert (f"entry decode: {len(decode.calls)} kernel calls ({len(decode.calls) / layers:.0f} per layer over "
+            f"{layers} layers, embedding and head included)") in text
