@@ -261,9 +261,9 @@ def run(model_name: str, prompt_lens: list[int], new_tokens: int, repeat: int, w
     """Every engine in its own subprocess, transformers first (the reference tokens). With ``rounds``
     > 1 every engine runs that many times, the order reversed from one round to the next, and its
     figures (and the read bandwidth of the floor, measured after each round) are the medians over all
-    rounds: a machine whose speed drifts during the run (a shared VM)
-    then weighs on every engine alike instead of on whichever ran at its slow moment; an engine whose
-    tokens change from one round to another counts as wrong."""
+    rounds: a machine whose speed drifts during the run (a shared VM) then weighs on every engine
+    alike instead of on whichever ran at its slow moment; an engine whose tokens change from one
+    round to another counts as wrong."""
     from .harness import cpu_bandwidth
 
     if rounds < 1:
