@@ -137,16 +137,17 @@ def test_planted_fp4_bugs_move_the_logits(tmp_path, checkpoints, plant):
 # bad checkpoints
 
 
+_NP = {"F8_E4M3": np.uint8, "F8_E8M0": np.uint8, "U8": np.uint8, "I8": np.int8, "BF16": np.uint16,
+       "F32": np.float32, "I64": np.int64, "I32": np.int32}
+
+
 def _read_all(path):
+    """name -> (safetensors dtype, array of its shape) of every tensor in ``path``."""
     out = {}
     for name, entry in read_safetensors_header(path).items():
         raw = np.fromfile(path, dtype=np.uint8, count=entry.nbytes, offset=entry.offset)
-        out[name] = (entry.dtype, raw)
+        out[name] = (entry.dtype, raw.view(_NP[entry.dtype]).reshape(tuple(entry.shape)))
     return out
-
-
-_NP = {"F8_E4M3": np.uint8, "F8_E8M0": np.uint8, "U8": np.uint8, "I8": np.int8, "BF16": np.uint16,
-       "F32": np.float32, "I64": np.int64, "I32": np.int32}
 
 
 def _rewrite(src, dst, tensor_edit=None, config_edit=None):
@@ -154,9 +155,7 @@ def _rewrite(src, dst, tensor_edit=None, config_edit=None):
     config.json edited."""
     os.makedirs(dst, exist_ok=True)
     path = os.path.join(src, "model.safetensors")
-    header = read_safetensors_header(path)
-    tensors = {name: (dt, raw.view(_NP[dt]).reshape(tuple(header[name].shape)))
-               for name, (dt, raw) in _read_all(path).items()}
+    tensors = _read_all(path)
     if tensor_edit:
         tensor_edit(tensors)
     write_safetensors(os.path.join(dst, "model.safetensors"), tensors)
