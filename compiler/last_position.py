@@ -10,7 +10,8 @@ its last layer): the longest suffix of the graph, walking back from ``logits``, 
 - every node works row by row along the position axis, by a rule of its op (elementwise ops with ONNX
   broadcasting, Unsqueeze/Squeeze/Transpose/Reduce*/Softmax/Concat/Split/Slice/Gather off that axis, MatMul/Gemm/
   Einsum with the rows on the left operand, Reshape that keeps a row's elements together, and the
-  row-wise tide functions: RMSNorm, RoPE, MoERouter, HashMoERouter, MoEExperts, SharedExpert); and
+  row-wise tide functions: RMSNorm, RoPE, MoERouter, HashMoERouter, MoEExperts, SharedExpert, and the
+  hyper-connection mixing HyperConnectionPre / HyperConnectionPost); and
 - every output of the node feeds only nodes of the region (never a ``present.*`` state or a node that
   needs every row).
 
@@ -53,6 +54,12 @@ ROW_FUNCTIONS = {
     "HashMoERouter": (0, 1),     # the token ids pick the hash row
     "MoEExperts": (0, 1, 2),      # tokens, their expert ids and weights
     "SharedExpert": (0,),
+}
+# tide functions on the residual streams ``[B, S, N, D]``: the same, with the position axis at the same
+# place (from the left) in every row input and output
+STREAM_FUNCTIONS = {
+    "HyperConnectionPre": (0,),   # h; fn, base and scale are weights
+    "HyperConnectionPost": (0, 1, 2, 3),
 }
 
 
@@ -192,6 +199,13 @@ def _input_rows(node, out_rows: dict, shapes: dict, consts: dict, batch: int, se
             raise _NotRowWise
         ins[k] = want
 
+    if node.domain == TIDE_DOMAIN and op in STREAM_FUNCTIONS:
+        for k in STREAM_FUNCTIONS[op]:
+            dims = shapes.get(node.input[k]) if k < len(node.input) else None
+            if dims is None or None in dims or not _fits(dims, out, batch, seq):
+                raise _NotRowWise
+            ins[k] = out
+        return ins
     if node.domain == TIDE_DOMAIN:
         row_inputs = ROW_FUNCTIONS.get(op)
         if row_inputs is None or out.axis >= len(out_dims) - 1:

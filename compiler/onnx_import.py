@@ -213,6 +213,28 @@ def symbolic_dims(model: onnx.ModelProto) -> dict[str, list[tuple[str, int]]]:
     return dims
 
 
+def sinkhorn_kernel_usable(path: str, model: onnx.ModelProto) -> bool:
+    """Whether ``tide.HyperConnectionPre`` calls can be served by their kernel (``tide.ops.hc_pre``),
+    which takes the Sinkhorn iteration count from the calls' ``sinkhorn_iters`` attribute while the
+    function body has the loop unrolled. False for a function that does not declare the attribute
+    (an older export: its body is inlined and lowered generically); a call whose count disagrees
+    with the body's normalizations (``2 * iters - 1`` Div nodes) is a CompileError naming the node."""
+    function = next((f for f in model.functions if f.domain == TIDE_DOMAIN and f.name == "HyperConnectionPre"),
+                    None)
+    if function is None or "sinkhorn_iters" not in function.attribute:
+        return False
+    divisions = sum(n.op_type == "Div" for n in function.node)
+    for node in model.graph.node:
+        if node.domain != TIDE_DOMAIN or node.op_type != "HyperConnectionPre":
+            continue
+        iters = _attr(node, "sinkhorn_iters")
+        if not isinstance(iters, int) or iters < 1 or 2 * iters - 1 != divisions:
+            raise CompileError(f"{path}: node '{node.name}' (tide.HyperConnectionPre): attribute "
+                               f"'sinkhorn_iters' is {iters!r}, but the function body unrolls "
+                               f"{(divisions + 1) / 2:g} Sinkhorn iterations ({divisions} normalizations)")
+    return True
+
+
 def specialize(loaded: LoadedModel, dim_values: dict[str, int],
                kernel_functions: frozenset[str] = frozenset()) -> onnx.ModelProto:
     """Returns a copy of the model with every symbolic input dimension set to a static value.

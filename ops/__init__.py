@@ -26,4 +26,6 @@ FUNCTION_KERNELS = {
     "Compressor": "compressor",
     "DequantizeFP8": "dequantize_fp8",
     "DequantizeFP4": "dequantize_fp4",
+    "HyperConnectionPre": "hc_pre",
+    "HyperConnectionPost": "hc_post",
 }

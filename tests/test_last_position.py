@@ -155,7 +155,7 @@ def test_exported_v4_prefill_cuts_the_last_layer_tail(tmp_path, batch):
     full = onnx_import.with_weights(static, loaded.weights)
     cut, rows = last_position.last_position_only(path, onnx_import.specialize(loaded, dims, kernels))
     cut = onnx_import.with_weights(cut, loaded.weights)
-    assert rows > 100
+    assert rows > 30  # the last layer's tail: output projection, mixing, router, experts, head
     sources = {n.input[0] for n in cut.graph.node if n.name.endswith(".last_rows")}
     assert any("SinkAttention" in s for s in sources), sources
     rng = np.random.default_rng(11)

@@ -310,7 +310,8 @@ _FUNCTIONS: dict[str, tuple[list[str], list[str], list[str], Callable, str, tupl
     "RoPE": (["x", "cos", "sin"], ["y"], ["rope_dim"], _rope,
              "Interleaved rotary embedding of the last rope_dim channels of x; cos/sin broadcast to "
              "x[..., :rope_dim/2]. Inverse rotation: pass -sin.", ()),
-    "HyperConnectionPre": (["h", "fn", "base", "scale"], ["x", "post", "comb"], ["hc_mult", "hc_eps", "norm_eps"],
+    "HyperConnectionPre": (["h", "fn", "base", "scale"], ["x", "post", "comb"],
+                           ["hc_mult", "hc_eps", "norm_eps", "sinkhorn_iters"],
                            _hc_pre, "mHC weights (pre, post, Sinkhorn comb) from the streams h and the "
                            "collapsed sublayer input x = sum_k pre_k h_k", ()),
     "HyperConnectionPost": (["f", "h", "post", "comb"], ["y"], [], _hc_post,

@@ -253,7 +253,7 @@ class _MainGraph:
         spec = self.spec
         return self.call("HyperConnectionPre", h, self.w(prefix + ".fn"), self.w(prefix + ".base"),
                          self.w(prefix + ".scale"), outputs=3, hc_mult=spec.hc_mult, hc_eps=spec.hc_eps,
-                         norm_eps=spec.rms_eps)
+                         norm_eps=spec.rms_eps, sinkhorn_iters=spec.hc_iters)
 
     def build(self) -> GraphParts:
         b, spec = self.b, self.spec
