@@ -62,7 +62,8 @@ def legalize_and_fuse(mod, target, max_fused_bytes: int | None = None):
     from .fold_layout import fold_layout
 
     mod = fold_layout(mod)
-    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant()]
+    passes = [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(), relax.transform.FoldConstant(),
+              relax.transform.RewriteDataflowReshape()]
     if max_fused_bytes is not None:
         passes.append(_opaque_above(max_fused_bytes))
     seq = tvm.transform.Sequential(passes + [

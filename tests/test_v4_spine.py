@@ -282,3 +282,20 @@ def test_inspect_prints_the_state_plan_by_layer_kind(tiny):
     layers = cfg.num_hidden_layers
     assert (f"entry decode: {len(decode.calls)} kernel calls ({len(decode.calls) / layers:.0f} per layer over "
             f"{layers} layers, embedding and head included)") in text
+
+
+def test_decode_step_is_few_kernels_per_layer(tiny):
+    """The hyper-connection mixing is three kernel calls per sublayer (projection, per-token mixing,
+    stream rebuild; every call of the mixing functions served by them), and no call of the plan is a
+    reshape (reshapes are views of their source)."""
+    from collections import Counter
+
+    _, model, ref = tiny
+    art = read_artifact(model.path)
+    layers = ref.config.num_hidden_layers
+    for entry in art.plan.entries:
+        calls = Counter(c.kernel for c in entry.calls)
+        assert sum(n for k, n in calls.items() if k.startswith("tide_hc_pre_")) == 2 * layers
+        assert sum(n for k, n in calls.items() if k.startswith("tide_hc_post_")) == 2 * layers
+        assert not [k for k in calls if all(p.startswith("reshape") for p in k.removeprefix("fused_").split("_"))]
+        assert sum(calls.values()) <= 55 * layers, (entry.name, sum(calls.values()), calls.most_common(8))
