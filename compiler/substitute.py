@@ -123,6 +123,9 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
     op_matmul, op_permute, op_astype = tvm_op("relax.matmul"), tvm_op("relax.permute_dims"), tvm_op("relax.astype")
     op_einsum, op_reshape = tvm_op("relax.einsum"), tvm_op("relax.reshape")
     op_call_tir, op_take = tvm_op("relax.call_tir"), tvm_op("relax.take")
+    op_where, op_less, op_add = tvm_op("relax.where"), tvm_op("relax.less"), tvm_op("relax.add")
+    op_slice, op_to_tensor, op_shape_of = (tvm_op("relax.strided_slice"), tvm_op("relax.shape_to_tensor"),
+                                           tvm_op("relax.shape_of"))
     weight_params = {} if weight_params is None else weight_params
     params = {p.name: p for p in mod["main"].params}
     state_vars = {params[name]: state for name, state in state_params.items() if name in params}
@@ -425,6 +428,43 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
                 outs.append(item)
             return relax.Tuple(outs)
 
+        def _unwrapped_index(self, index, data):
+            """``i`` when ``index`` is the ONNX frontend's wrap of negative coordinates ``i`` against the
+            leading extents of ``data`` (``where(i < 0, i + shape(data)[:k], i)``), else None."""
+            value = self._value(index)
+            if not (isinstance(value, relax.Call) and value.op == op_where):
+                return None
+            raw = value.args[2]
+            cond, wrapped = self._value(value.args[0]), self._value(value.args[1])
+            if not (isinstance(cond, relax.Call) and cond.op == op_less and cond.args[0].same_as(raw) and
+                    isinstance(cond.args[1], GenericConst) and int(cond.args[1].value.numpy()) == 0):
+                return None
+            if not (isinstance(wrapped, relax.Call) and wrapped.op == op_add and wrapped.args[0].same_as(raw)):
+                return None
+            extents = self._unwidened_int(self._value(wrapped.args[1]))
+            k = int(index.ty.shape[-1])
+            if not (isinstance(extents, relax.Call) and extents.op == op_slice and len(extents.args) == 4):
+                return None
+            try:  # axes, begin, end: tuples of integers
+                axes, begin, end = ([int(f.value) for f in a.fields] for a in extents.args[1:])
+            except (AttributeError, TypeError):
+                return None
+            if (axes, begin, end) != ([0], [0], [k]):
+                return None
+            tensor = self._value(extents.args[0])
+            if not (isinstance(tensor, relax.Call) and tensor.op == op_to_tensor):
+                return None
+            shape = self._value(tensor.args[0])
+            if not (isinstance(shape, relax.Call) and shape.op == op_shape_of and shape.args[0].same_as(data)):
+                return None
+            return raw
+
+        def _unwidened_int(self, value):
+            """What an integer ``astype`` reads (``value`` itself when it is not one)."""
+            if isinstance(value, relax.Call) and value.op == op_astype:
+                return self._value(value.args[0])
+            return value
+
         def _state_scatter(self, call, state):
             data, index, updates = call.args
             if call.attrs.reduction != "update":
@@ -434,7 +474,11 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             ishape = [int(d) for d in index.ty.shape]
             name = f"tide_state_scatter_{state.replace('.', '_')}"
             row_threads = target.choose("rows", rows=math.prod(ishape[:-1])).get("row_threads")
-            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, row_threads, name)
+            raw = self._unwrapped_index(index, data)
+            if raw is not None:  # the kernel wraps negative coordinates itself
+                index = raw
+            func = state_scatter.prim_func(dshape, ishape, data.ty.dtype, index.ty.dtype, row_threads, raw is not None,
+                                           name)
             gv = self._add(func, name, "state_scatter", state=state, **state_scatter.cost(ishape, dshape))
             report.add(name, f"in-place update of state '{state}'")
             return relax.call_tir(gv, [index, updates], out_ty=data.ty)

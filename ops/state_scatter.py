@@ -22,9 +22,11 @@ from . import kernel
 
 @kernel.builder
 def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str = "int64",
-              row_threads: int | None = None, name: str = "tide_state_scatter"):
+              row_threads: int | None = None, wrap_negative: bool = False, name: str = "tide_state_scatter"):
     """Updated rows are written in parallel: the CPU thread pool, or one row per GPU thread over
-    blocks of ``row_threads`` (``tide.ops.rows.over_rows``)."""
+    blocks of ``row_threads`` (``tide.ops.rows.over_rows``). ``wrap_negative``: a negative
+    coordinate counts from the end of its axis (ONNX's rule: ``c + extent``) before the range check,
+    so the graph's own wrap of the indices (a kernel call per update) is not needed."""
     import tvm
     from tvm.script import tirx as T
 
@@ -43,7 +45,10 @@ def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str 
 
     def coords(idx, m):
         """The k int64 coordinates of index row ``m``."""
-        return [T.int64(idx[m * k + j]) for j in range(k)]
+        raw = [T.int64(idx[m * k + j]) for j in range(k)]
+        if not wrap_negative:
+            return raw
+        return [T.if_then_else(c < T.int64(0), c + T.int64(extent), c) for c, extent in zip(raw, data_shape)]
 
     def in_range(idx, m):
         """Whether index row ``m`` lies inside the state."""
@@ -75,10 +80,12 @@ def prim_func(data_shape, index_shape, dtype: str = "float32", index_dtype: str 
     return kernel
 
 
-def reference(data: np.ndarray, indices: np.ndarray, updates: np.ndarray) -> np.ndarray:
+def reference(data: np.ndarray, indices: np.ndarray, updates: np.ndarray, wrap_negative: bool = False) -> np.ndarray:
     out = data.copy()
     k = indices.shape[-1]
     for m, idx in enumerate(indices.reshape(-1, k)):
+        if wrap_negative:
+            idx = np.where(idx < 0, idx + np.array(data.shape[:k]), idx)
         if all(0 <= idx[j] < data.shape[j] for j in range(k)):
             out[tuple(idx)] = updates.reshape((-1,) + data.shape[k:])[m]
     return out
