@@ -167,6 +167,8 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
             static, _ = last_position.last_position_only(onnx_path, static)
         static, params = onnx_import.weights_as_inputs(static, loaded.weights)
         mod = relax_import.to_relax(onnx_import.with_weights(static, loaded.weights), onnx_path, converters)
+        del static  # its initializers hold a copy of every weight the import made a constant
+        collect()
         progress(f"substitute kernels for {entry}")
         state_params = {}
         for param, name in zip(mod["main"].params, input_names):
