@@ -149,8 +149,8 @@ def _compile(onnx_path: str, output_path: str, options: CompileOptions, progress
     report = substitute.SubstitutionReport()
     model_dtype = {p.key: p.value for p in model.metadata_props}.get("tide.dtype", "float32")
     converters = substitute.function_kernels(tgt, report, model_dtype, target) if options.kernels else {}
-    if not onnx_import.sinkhorn_kernel_usable(onnx_path, model):
-        converters.pop("HyperConnectionPre", None)
+    if "HyperConnectionPre" in converters and not onnx_import.sinkhorn_kernel_usable(onnx_path, model):
+        del converters["HyperConnectionPre"]
     plans, kernels = [], {}
     packed: dict = {}  # weight parameters re-laid-out for a kernel, shared by the entries
     # the modules lowering replaces hold the entry's weights as constants, kept alive by reference

@@ -143,7 +143,7 @@ def test_large_weights_are_collected_after_each_stage(tmp_path, mlp, monkeypatch
     assert calls == []
     monkeypatch.setattr(driver, "COLLECT_WEIGHT_BYTES", 0)
     compile_model(onnx_path, str(tmp_path / "large.tide"), CompileOptions(batch=x.shape[0], progress=False))
-    assert len(calls) == 2  # the one entry: after lowering, after planning
+    assert len(calls) == 3  # the one entry: after the import, after lowering, after planning
 
 
 def _node_model(tmp_path, node, inputs, outputs, opset=17, domain_imports=()):
