@@ -28,7 +28,7 @@ from transformers import DeepseekV4ForCausalLM
 from tide.compiler.export import FUNCTION_NAMES, ExportError, add_export_arguments, export, run_export
 from tide.compiler.export import api as export_api
 from tide.compiler.export import weights as export_weights
-from tide.compiler.export.config import builtin_config, spec_from_config
+from tide.compiler.export.config import BUILTIN_CONFIGS, CSA, HCA, SLIDING, builtin_config, spec_from_config
 from tide.compiler.export.weights import param_specs
 
 TOL = 1e-4
@@ -398,6 +398,44 @@ def test_flash_2layer_matches_transformers(tmp_path):
     for k in range(fed.shape[1]):
         logits, state = ours.step(fed[:, k:k + 1], [130 + k], state)
         assert_close(logits, hf.step(fed[:, k:k + 1]))
+
+
+def test_full_depth_configs_follow_the_released_layer_schedules(tmp_path):
+    """flash and pro are 43 and 61 layers with the released schedules (flash: layers 0-1 sliding, CSA
+    on even, HCA on odd; pro: 0-1 HCA, then the same; hash MoE on 0-2); `--layers N` keeps the first N.
+    The first 5 layers of flash at tiny's widths match transformers (prefill, then decode steps)."""
+    flash, pro = builtin_config("flash"), builtin_config("pro")
+
+    def counts(cfg):
+        return tuple(sum(t == kind for t in cfg.layer_types) for kind in (SLIDING, CSA, HCA))
+
+    assert (flash.num_hidden_layers, counts(flash)) == (43, (2, 21, 20))
+    assert (pro.num_hidden_layers, counts(pro)) == (61, (0, 30, 31))
+    assert flash.layer_types[:5] == [SLIDING, SLIDING, CSA, HCA, CSA]
+    assert pro.layer_types[:5] == [HCA, HCA, CSA, HCA, CSA]
+    for cfg in (flash, pro):
+        n = cfg.num_hidden_layers
+        assert list(cfg.mlp_layer_types) == ["hash_moe"] * 3 + ["moe"] * (n - 3)
+        assert cfg.hidden_size == BUILTIN_CONFIGS[f"{'flash' if cfg is flash else 'pro'}-2layer"]["hidden_size"]
+    widths = {k: v for k, v in BUILTIN_CONFIGS["tiny"].items()
+              if k not in ("num_hidden_layers", "layer_types", "mlp_layer_types")}
+    result = export("flash", tmp_path / "flash5.onnx", layers=5, max_seq_len=64, config_overrides=widths,
+                    save_checkpoint=tmp_path / "ckpt")
+    assert result.spec.layer_kinds == ("sliding", "sliding", "csa", "hca", "csa")
+    assert result.spec.hash_layers == (True, True, True, False, False)
+    hf = HfRunner(load_hf(result.checkpoint))
+    ours = OrtModel(result.path)
+    prompt, fed = tokens(21, 37), tokens(22, 4)
+    logits, state = ours.step(prompt, [0], ours.empty())
+    assert_close(logits, hf.step(prompt))
+    for k in range(fed.shape[1]):
+        logits, state = ours.step(fed[:, k:k + 1], [37 + k], state)
+        assert_close(logits, hf.step(fed[:, k:k + 1]))
+    with pytest.raises(ExportError, match="layers: expected a positive integer, got 0"):
+        export("tiny", tmp_path / "none.onnx", layers=0)
+    with pytest.raises(ExportError, match="--layers applies to built-in configs only"):
+        export(result.checkpoint, tmp_path / "x.onnx", layers=3)
+    assert not os.path.exists(tmp_path / "none.onnx") and not os.path.exists(tmp_path / "x.onnx")
 
 
 def test_tied_embeddings(tmp_path):

@@ -55,9 +55,9 @@ class ExportResult:
 def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: int = 0,
            max_seq_len: int | None = None, batch: int = 1, opset: int = 18, dtype: str = "auto",
            save_checkpoint: str | os.PathLike | None = None,
-           config_overrides: dict | None = None) -> ExportResult:
+           config_overrides: dict | None = None, layers: int | None = None) -> ExportResult:
     """Exports `source` (a Hugging Face DeepSeek-V4 checkpoint directory, or a built-in config
-    name: tiny, flash-2layer, pro-2layer) to the ONNX graph described in docs/onnx-contract.md.
+    name: tiny, flash-2layer, pro-2layer, flash, pro) to the ONNX graph described in docs/onnx-contract.md.
 
     seed draws the weights of a built-in config; max_seq_len is the decode-state capacity
     (default min(max_position_embeddings, 4096)); batch is the static batch size; opset 17..23;
@@ -66,7 +66,8 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
     floating weight (quantized ones dequantized exactly); compute is float32 either way.
     save_checkpoint writes the exported weights, dequantized, as a checkpoint directory that
     transformers loads. config_overrides replaces
-    fields of a built-in config (tests use it to shrink vocab and experts). Bad input raises
+    fields of a built-in config (tests use it to shrink vocab and experts); layers keeps the first N
+    layers of a built-in config's layer schedule (flash and pro: the released 43- and 61-layer ones). Bad input raises
     ExportError, and no file is left at output_path.
     """
     output_path = os.fspath(output_path)
@@ -79,7 +80,7 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
     if os.path.isdir(output_path):
         raise ExportError(f"{output_path}: output path is a directory, expected an ONNX file name")
 
-    cfg, spec, params, weights, source_dir = _resolve_source(source, seed, config_overrides)
+    cfg, spec, params, weights, source_dir = _resolve_source(source, seed, config_overrides, layers)
     if max_seq_len is None:
         max_seq_len = default_max_seq_len(spec)
     if not isinstance(max_seq_len, int) or max_seq_len < 1:
@@ -128,11 +129,13 @@ def export(source: str | os.PathLike, output_path: str | os.PathLike, *, seed: i
         opset=opset, dtype=dtype, weights=_form_summary(forms))
 
 
-def _resolve_source(source, seed: int, overrides: dict | None):
+def _resolve_source(source, seed: int, overrides: dict | None, layers: int | None = None):
     src = os.fspath(source)
     if os.path.isdir(src):
         if overrides:
             raise ExportError(f"{src}: config_overrides apply to built-in configs only")
+        if layers is not None:
+            raise ExportError(f"{src}: --layers applies to built-in configs only (a checkpoint has its own depth)")
         config_path = os.path.join(src, "config.json")
         if not os.path.isfile(config_path):
             raise ExportError(f"{config_path}: missing (a checkpoint directory holds config.json and *.safetensors)")
@@ -144,7 +147,7 @@ def _resolve_source(source, seed: int, overrides: dict | None):
         if not isinstance(seed, int):
             raise ExportError(f"seed: expected an integer, got {seed!r}")
         where = f"built-in config '{src}'"
-        cfg = builtin_config(src, overrides)
+        cfg = builtin_config(src, overrides, layers)
         spec = spec_from_config(cfg, where)
         params = param_specs(spec)
         return cfg, spec, params, RandomWeights(params, seed, spec.experts), None

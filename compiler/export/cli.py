@@ -17,6 +17,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                              f"or a built-in config: {', '.join(BUILTIN_CONFIGS)}")
     parser.add_argument("-o", "--output", required=True, help="the ONNX file to write")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random weights of a built-in config")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="a built-in config's first N layers of its layer schedule (flash, pro: the released "
+                             "V4-Flash / V4-Pro schedules, 43 and 61 layers)")
     parser.add_argument("--max-seq-len", type=int, default=None,
                         help="decode-state capacity in tokens (default: min(max_position_embeddings, 4096))")
     parser.add_argument("--batch", type=int, default=1, help="static batch size (default 1)")
@@ -34,7 +37,7 @@ def run_export(args: argparse.Namespace) -> int:
     error to stderr and returns 1 on bad input (ExportError)."""
     try:
         result = export(args.source, args.output, seed=args.seed, max_seq_len=args.max_seq_len, batch=args.batch,
-                        opset=args.opset, dtype=args.dtype, save_checkpoint=args.save_checkpoint)
+                        opset=args.opset, dtype=args.dtype, save_checkpoint=args.save_checkpoint, layers=args.layers)
     except ExportError as err:
         print(f"tide export: error: {err}", file=sys.stderr)
         return 1

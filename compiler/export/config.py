@@ -59,6 +59,40 @@ _V4_2LAYER = dict(
     rope_parameters={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 65536},
 )
 
+
+def _flash_layer(i: int) -> tuple[str, str]:
+    """Layer i of the released V4-Flash schedule: 0-1 sliding only, then CSA on even and HCA on odd
+    layers; hash-routed MoE on layers 0-2 (docs/deepseek-v4.md, layer schedule)."""
+    return (SLIDING if i < 2 else CSA if i % 2 == 0 else HCA), ("hash_moe" if i < 3 else "moe")
+
+
+def _pro_layer(i: int) -> tuple[str, str]:
+    """Layer i of the released V4-Pro schedule: 0-1 HCA, then CSA on even and HCA on odd layers;
+    hash-routed MoE on layers 0-2."""
+    return (HCA if i < 2 or i % 2 else CSA), ("hash_moe" if i < 3 else "moe")
+
+
+def _tiny_layer(i: int) -> tuple[str, str]:
+    """tiny's pattern continued: a sliding layer, then CSA on odd and HCA on even layers; hash MoE on 0-1."""
+    return (SLIDING if i == 0 else CSA if i % 2 else HCA), ("hash_moe" if i < 2 else "moe")
+
+
+def _two_layer(i: int) -> tuple[str, str]:
+    """flash-2layer's / pro-2layer's pattern continued: CSA on even, HCA on odd layers; hash MoE on 0."""
+    return (CSA if i % 2 == 0 else HCA), ("hash_moe" if i == 0 else "moe")
+
+
+# What layer i of each built-in config is (attention kind, MoE kind): `--layers N` takes the first N.
+LAYER_SCHEDULES = {"tiny": _tiny_layer, "flash-2layer": _two_layer, "pro-2layer": _two_layer,
+                   "flash": _flash_layer, "pro": _pro_layer}
+
+
+def _schedule(name: str, n_layers: int) -> dict:
+    kinds = [LAYER_SCHEDULES[name](i) for i in range(n_layers)]
+    return {"num_hidden_layers": n_layers, "layer_types": [k for k, _ in kinds],
+            "mlp_layer_types": [m for _, m in kinds]}
+
+
 BUILTIN_CONFIGS: dict[str, dict] = {
     # Every code path on a model that runs in milliseconds: a sliding-only layer, CSA (ratio 4,
     # top-4 of the visible entries, 16 indexer heads so top-k has no ties) and HCA (ratio 16)
@@ -116,6 +150,10 @@ BUILTIN_CONFIGS: dict[str, dict] = {
         index_topk=1024,
     ),
 }
+# Full depth with the released layer schedules (43 and 61 layers) at the 2-layer configs' widths and
+# 8 routed experts; `--layers N` exports the first N layers of either.
+BUILTIN_CONFIGS["flash"] = {**BUILTIN_CONFIGS["flash-2layer"], **_schedule("flash", 43)}
+BUILTIN_CONFIGS["pro"] = {**BUILTIN_CONFIGS["pro-2layer"], **_schedule("pro", 61)}
 
 
 @dataclass(frozen=True)
@@ -161,10 +199,15 @@ def _config_class():
     return DeepseekV4Config
 
 
-def builtin_config(name: str, overrides: dict | None = None):
+def builtin_config(name: str, overrides: dict | None = None, layers: int | None = None):
     """The transformers config of a built-in model, with optional field overrides (tests use them
-    to shrink vocab and expert counts)."""
+    to shrink vocab and expert counts); ``layers`` keeps the first N layers of the model's schedule
+    (``LAYER_SCHEDULES``: continued past the config's own depth)."""
     kwargs = dict(BUILTIN_CONFIGS[name])
+    if layers is not None:
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 1:
+            raise ExportError(f"layers: expected a positive integer, got {layers!r}")
+        kwargs.update(_schedule(name, layers))
     kwargs.update(overrides or {})
     return _make_config(kwargs, f"built-in config '{name}'")
 
