@@ -108,6 +108,16 @@ def assert_close(a, b, tol=TOL):
     assert diff <= tol, f"max |diff| = {diff:.3g} > {tol:.3g}"
 
 
+def assert_steps_match(ours, hf, prompt, fed):
+    """Prefill ``prompt`` from position 0, then decode each token of ``fed``: onnxruntime's logits
+    against transformers' at every step."""
+    logits, state = ours.step(prompt, [0], ours.empty())
+    assert_close(logits, hf.step(prompt))
+    for k in range(fed.shape[1]):
+        logits, state = ours.step(fed[:, k:k + 1], [prompt.shape[1] + k], state)
+        assert_close(logits, hf.step(fed[:, k:k + 1]))
+
+
 def export_checkpoint_variant(src, dst, config_edit=None, tensor_edit=None):
     """Copies a saved checkpoint, editing its config dict and/or its tensor dict in place."""
     os.makedirs(dst)
@@ -372,11 +382,7 @@ def test_bf16_export_matches_transformers_on_rounded_weights(tmp_path, tiny):
 
     ours, hf = OrtModel(result.path), HfRunner(load_hf(result.checkpoint))  # loaded as float32
     prompt, fed = tokens(12, 30), tokens(13, 8)
-    logits, state = ours.step(prompt, [0], ours.empty())
-    assert_close(logits, hf.step(prompt))
-    for k in range(fed.shape[1]):
-        logits, state = ours.step(fed[:, k:k + 1], [30 + k], state)
-        assert_close(logits, hf.step(fed[:, k:k + 1]))
+    assert_steps_match(ours, hf, prompt, fed)
 
 
 def test_flash_2layer_matches_transformers(tmp_path):
@@ -393,11 +399,7 @@ def test_flash_2layer_matches_transformers(tmp_path):
     hf = HfRunner(load_hf(result.checkpoint))
     ours = OrtModel(result.path)
     prompt, fed = tokens(14, 130, 1024), tokens(15, 4, 1024)
-    logits, state = ours.step(prompt, [0], ours.empty())
-    assert_close(logits, hf.step(prompt))
-    for k in range(fed.shape[1]):
-        logits, state = ours.step(fed[:, k:k + 1], [130 + k], state)
-        assert_close(logits, hf.step(fed[:, k:k + 1]))
+    assert_steps_match(ours, hf, prompt, fed)
 
 
 def test_full_depth_configs_follow_the_released_layer_schedules(tmp_path):
@@ -426,11 +428,7 @@ def test_full_depth_configs_follow_the_released_layer_schedules(tmp_path):
     hf = HfRunner(load_hf(result.checkpoint))
     ours = OrtModel(result.path)
     prompt, fed = tokens(21, 37), tokens(22, 4)
-    logits, state = ours.step(prompt, [0], ours.empty())
-    assert_close(logits, hf.step(prompt))
-    for k in range(fed.shape[1]):
-        logits, state = ours.step(fed[:, k:k + 1], [37 + k], state)
-        assert_close(logits, hf.step(fed[:, k:k + 1]))
+    assert_steps_match(ours, hf, prompt, fed)
     with pytest.raises(ExportError, match="layers: expected a positive integer, got 0"):
         export("tiny", tmp_path / "none.onnx", layers=0)
     with pytest.raises(ExportError, match="--layers applies to built-in configs only"):
@@ -459,11 +457,7 @@ def test_pro_2layer_matches_transformers(tmp_path):
     hf = HfRunner(load_hf(result.checkpoint))
     ours = OrtModel(result.path)
     prompt, fed = tokens(18, 131, 1024), tokens(19, 3, 1024)
-    logits, state = ours.step(prompt, [0], ours.empty())
-    assert_close(logits, hf.step(prompt))
-    for k in range(fed.shape[1]):
-        logits, state = ours.step(fed[:, k:k + 1], [131 + k], state)
-        assert_close(logits, hf.step(fed[:, k:k + 1]))
+    assert_steps_match(ours, hf, prompt, fed)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -10,52 +10,30 @@ float64 references: the collapsed x and the rebuilt streams are sums of N terms 
 
 from __future__ import annotations
 
-import functools
 import zlib
 
 import numpy as np
 import onnx
 import pytest
-import tvm
 from onnx import helper
 from tvm import relax
 
-from tide.compiler import onnx_import, schedule, substitute
+from tide.compiler import onnx_import
 from tide.compiler.errors import CompileError
 from tide.ops import hc_post, hc_pre
-from tide.targets import get
+from tide_test_models import run_converters
 
 TOL, TOL_WEIGHTS = 2e-5, 2e-6
 
 
-@functools.cache
-def _target():
-    return get("cpu").tvm_target()
+def _run(name, arrays, attrs, n_outputs, weights=0):
+    """The converter of tide function ``name`` on ``arrays`` (the last ``weights`` of them passed as
+    model weights, as the compiler passes them), built and run for the CPU."""
+    def body(bb, params, converters, _report):
+        out = converters[name](bb, list(params), attrs)
+        return [relax.TupleGetItem(out, i) for i in range(n_outputs)] if n_outputs > 1 else [out]
 
-
-def _run(name, arrays, attrs, n_outputs, weights=()):
-    """The converter of tide function ``name`` on ``arrays`` (those at ``weights`` indices passed as
-    model weights, as the compiler passes them), substituted, scheduled and built for the CPU."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
-    report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels(get("cpu"), report)
-    with bb.function("main", params):
-        with bb.dataflow():
-            out = converters[name](bb, list(params), attrs)
-            fields = [bb.emit(relax.TupleGetItem(out, i)) for i in range(n_outputs)] if n_outputs > 1 else [out]
-            result = bb.emit_output(relax.Tuple([bb.emit(f) for f in fields]))
-        bb.emit_func_output(result)
-    weight_params = {f"in{i}": arrays[i] for i in weights}
-    mod = substitute.substitute(bb.get(), get("cpu"), {}, report, _target(), weight_params)
-    mod = schedule.schedule(mod, get("cpu"), _target())
-    for gv, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc):
-            mod[gv] = func.with_attr("global_symbol", gv.name_hint)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=_target()), tvm.cpu())
-    args = [arrays[i] for i in range(len(arrays)) if i not in weights] + list(weight_params.values())
-    outs = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
-    return [o.numpy() for o in outs], report
+    return run_converters(body, arrays, weights)
 
 
 def _close(got, want, tol):
@@ -82,7 +60,7 @@ def test_hc_pre_matches_reference(case):
     base = rng.standard_normal(m).astype(np.float32) * 0.5
     scale = rng.uniform(0.5, 2.0, 3).astype(np.float32)
     attrs = {"hc_mult": n, "hc_eps": 1e-6, "norm_eps": 1e-6, "sinkhorn_iters": iters}
-    (x, post, comb), report = _run("HyperConnectionPre", [h, fn, base, scale], attrs, 3, weights=(1, 2, 3))
+    (x, post, comb), report = _run("HyperConnectionPre", [h, fn, base, scale], attrs, 3, weights=3)
     tokens = int(np.prod(lead))
     want_x, want_post, want_comb = hc_pre.reference(h.reshape(tokens, n, dim), fn, base, scale, iters, 1e-6, 1e-6)
     _close(x.reshape(tokens, dim), want_x, TOL)

@@ -26,6 +26,7 @@ from tide.compiler.errors import CompileError
 from tide.ops import qnorm_rope, rmsnorm, rope
 from tide.ops.kernel import tag
 from tide.targets import get
+from tide_test_models import run_converters
 
 TOL = 2e-5
 
@@ -41,28 +42,6 @@ def _tables(starts, seq, rope_dim, theta):
     pos = np.asarray(starts)[:, None] + np.arange(seq)[None]
     freqs = (pos[..., None] * inv_freq).astype(np.float32)
     return np.cos(freqs), np.sin(freqs)
-
-
-def _build(body, arrays):
-    """A Relax function over ``arrays``' shapes whose body is ``body(bb, params, converters, report)``,
-    substituted as the compiler does; returns (run(arrays) -> outputs, report)."""
-    bb = relax.BlockBuilder()
-    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
-    report = substitute.SubstitutionReport()
-    converters = substitute.function_kernels(get("cpu"), report)
-    with bb.function("main", params):
-        with bb.dataflow():
-            outs = body(bb, params, converters, report)
-            out = bb.emit_output(relax.Tuple([bb.emit(o) for o in outs]))
-        bb.emit_func_output(out)
-    mod = schedule.schedule(substitute.substitute(bb.get(), get("cpu"), {}, report), get("cpu"), _target())
-    for gv, func in mod.functions_items():
-        if isinstance(func, tvm.tirx.PrimFunc):  # the compiler names every kernel so (Target.build)
-            mod[gv] = func.with_attr("global_symbol", gv.name_hint)
-    ex = tvm.compile(mod, target=_target())
-    vm = relax.VirtualMachine(ex, tvm.cpu())
-    result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in arrays])
-    return [r.numpy() for r in result], report
 
 
 # (x shape, cos/sin shape, rope_dim, start positions of the batch rows, theta)
@@ -89,7 +68,7 @@ def _case_arrays(case):
 @pytest.mark.parametrize("case", list(CASES))
 def test_rope_matches_reference(case):
     x, cos, sin, rd = _case_arrays(case)
-    (got,), report = _build(lambda bb, p, conv, rep: [conv["RoPE"](bb, p, {"rope_dim": rd})], [x, cos, sin])
+    (got,), report = run_converters(lambda bb, p, conv, rep: [conv["RoPE"](bb, p, {"rope_dim": rd})], [x, cos, sin])
     want = rope.reference(x, cos, sin, rd)
     np.testing.assert_allclose(got, want, rtol=0, atol=TOL)
     assert [k for k in report.kernels if k.startswith("tide_rope_")], report.kernels
@@ -107,7 +86,7 @@ def test_inverse_rope_on_negated_sin(case):
         neg = bb.emit(relax.op.negative(p[2]))
         return [conv["RoPE"](bb, [p[0], p[1], neg], {"rope_dim": rd})]
 
-    (got,), report = _build(body, [x, cos, sin])
+    (got,), report = run_converters(body, [x, cos, sin])
     np.testing.assert_allclose(got, rope.reference(x, cos, -sin, rd), rtol=0, atol=TOL)
     assert any(k.endswith("_inv") for k in report.kernels), report.kernels
     forward = rope.reference(x, cos, sin, rd)
@@ -128,7 +107,7 @@ def test_rmsnorm_then_rope_is_one_fused_kernel(case):
         normed = bb.emit(conv["RMSNorm"](bb, [p[0], p[3]], {"epsilon": 1e-6}))
         return [conv["RoPE"](bb, [normed, p[1], p[2]], {"rope_dim": rd})]
 
-    (got,), report = _build(body, [x, cos, sin, weight])
+    (got,), report = run_converters(body, [x, cos, sin, weight])
     np.testing.assert_allclose(got, qnorm_rope.reference(x, weight, cos, sin, 1e-6, rd), rtol=0, atol=TOL)
     assert [k for k in report.kernels if k.startswith("tide_norm_rope_")], report.kernels
     assert not [k for k in report.kernels if k.startswith("tide_rmsnorm_")], report.kernels
@@ -142,7 +121,7 @@ def test_fused_norm_output_read_elsewhere_keeps_its_kernel():
         normed = bb.emit(conv["RMSNorm"](bb, [p[0], p[3]], {"epsilon": 1e-6}))
         return [conv["RoPE"](bb, [normed, p[1], p[2]], {"rope_dim": rd}), normed]
 
-    (got, normed), report = _build(body, [x, cos, sin, weight])
+    (got, normed), report = run_converters(body, [x, cos, sin, weight])
     np.testing.assert_allclose(normed, rmsnorm.reference(x, weight, 1e-6), rtol=0, atol=TOL)
     np.testing.assert_allclose(got, qnorm_rope.reference(x, weight, cos, sin, 1e-6, rd), rtol=0, atol=TOL)
     assert [k for k in report.kernels if k.startswith("tide_rmsnorm_")], report.kernels
@@ -158,7 +137,7 @@ def test_bad_rope_input_is_a_clear_error(rd, table, message):
     x = np.ones((2, 7, 8, 64), np.float32)
     cos = np.ones(table, np.float32)
     with pytest.raises(CompileError, match=message):
-        _build(lambda bb, p, conv, rep: [conv["RoPE"](bb, p, {"rope_dim": rd})], [x, cos, cos])
+        run_converters(lambda bb, p, conv, rep: [conv["RoPE"](bb, p, {"rope_dim": rd})], [x, cos, cos])
 
 
 def test_cost_counts():

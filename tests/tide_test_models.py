@@ -223,3 +223,39 @@ class ToyLM:
                 p = len(self.history[b]) - 1
                 out[b, s, (sum(self.history[b]) + p) % self.vocab] = 1
         return out
+
+
+def run_converters(body, arrays, weights: int = 0):
+    """A Relax function over ``arrays``' shapes whose body is ``body(bb, params, converters, report)``
+    (a list of output expressions; ``converters`` are the CPU target's tide-function converters),
+    substituted, scheduled and built for this CPU as the compiler does, then run on ``arrays``; the
+    last ``weights`` arrays are passed as model weights (main's trailing parameters, as
+    ``onnx_import.weights_as_inputs`` passes them). Returns (outputs as numpy arrays, report)."""
+    import tvm
+    from tvm import relax
+
+    from tide.compiler import schedule, substitute
+    from tide.targets import get
+
+    cpu = get("cpu")
+    target = cpu.tvm_target()
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"in{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(arrays)]
+    report = substitute.SubstitutionReport()
+    converters = substitute.function_kernels(cpu, report)
+    with bb.function("main", params):
+        with bb.dataflow():
+            outs = body(bb, params, converters, report)
+            out = bb.emit_output(relax.Tuple([bb.emit(o) for o in outs]))
+        bb.emit_func_output(out)
+    weight_params = {f"in{i}": arrays[i] for i in range(len(arrays) - weights, len(arrays))}
+    mod = substitute.substitute(bb.get(), cpu, {}, report, target, weight_params)
+    mod = schedule.schedule(mod, cpu, target)
+    for gv, func in mod.functions_items():
+        if isinstance(func, tvm.tirx.PrimFunc):  # the compiler names every kernel so (Target.build)
+            mod[gv] = func.with_attr("global_symbol", gv.name_hint)
+    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    # a weight the substitution re-laid-out is a new parameter: weight_params holds them in main's new order
+    args = list(arrays[:len(arrays) - weights]) + list(weight_params.values())
+    result = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args])
+    return [r.numpy() for r in result], report
