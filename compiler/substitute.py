@@ -193,9 +193,10 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
             except Exception:  # noqa: BLE001  (no binding in this function: a parameter)
                 return None
 
-        def _unwidened(self, value):
-            """What a widening ``astype`` to float32 reads (``value`` itself when it is not one)."""
-            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == "float32":
+        def _unwidened(self, value, dtype: str = "float32"):
+            """What an ``astype`` to ``dtype`` (a widening one to float32 by default) reads (``value``
+            itself when it is not one)."""
+            if isinstance(value, relax.Call) and value.op == op_astype and str(value.attrs.dtype) == dtype:
                 return self._value(value.args[0])
             return value
 
@@ -428,42 +429,34 @@ def substitute(mod, target, state_params: dict[str, str], report: SubstitutionRe
                 outs.append(item)
             return relax.Tuple(outs)
 
+        def _bound_call(self, expr, op):
+            """The call of ``op`` that ``expr`` is (or is bound to), else None."""
+            value = self._value(expr)
+            return value if isinstance(value, relax.Call) and value.op == op else None
+
         def _unwrapped_index(self, index, data):
             """``i`` when ``index`` is the ONNX frontend's wrap of negative coordinates ``i`` against the
             leading extents of ``data`` (``where(i < 0, i + shape(data)[:k], i)``), else None."""
-            value = self._value(index)
-            if not (isinstance(value, relax.Call) and value.op == op_where):
+            where = self._bound_call(index, op_where)
+            if where is None:
                 return None
-            raw = value.args[2]
-            cond, wrapped = self._value(value.args[0]), self._value(value.args[1])
-            if not (isinstance(cond, relax.Call) and cond.op == op_less and cond.args[0].same_as(raw) and
-                    isinstance(cond.args[1], GenericConst) and int(cond.args[1].value.numpy()) == 0):
+            cond, wrapped, raw = where.args
+            less, add = self._bound_call(cond, op_less), self._bound_call(wrapped, op_add)
+            if less is None or add is None or not (less.args[0].same_as(raw) and add.args[0].same_as(raw)) or \
+                    not (isinstance(less.args[1], GenericConst) and int(less.args[1].value.numpy()) == 0):
                 return None
-            if not (isinstance(wrapped, relax.Call) and wrapped.op == op_add and wrapped.args[0].same_as(raw)):
-                return None
-            extents = self._unwidened_int(self._value(wrapped.args[1]))
-            k = int(index.ty.shape[-1])
-            if not (isinstance(extents, relax.Call) and extents.op == op_slice and len(extents.args) == 4):
+            extents = self._bound_call(self._unwidened(self._value(add.args[1]), str(index.ty.dtype)), op_slice)
+            if extents is None or len(extents.args) != 4:
                 return None
             try:  # axes, begin, end: tuples of integers
-                axes, begin, end = ([int(f.value) for f in a.fields] for a in extents.args[1:])
+                bounds = [[int(f.value) for f in a.fields] for a in extents.args[1:]]
             except (AttributeError, TypeError):
                 return None
-            if (axes, begin, end) != ([0], [0], [k]):
-                return None
-            tensor = self._value(extents.args[0])
-            if not (isinstance(tensor, relax.Call) and tensor.op == op_to_tensor):
-                return None
-            shape = self._value(tensor.args[0])
-            if not (isinstance(shape, relax.Call) and shape.op == op_shape_of and shape.args[0].same_as(data)):
+            tensor = self._bound_call(extents.args[0], op_to_tensor)
+            shape = None if tensor is None else self._bound_call(tensor.args[0], op_shape_of)
+            if bounds != [[0], [0], [int(index.ty.shape[-1])]] or shape is None or not shape.args[0].same_as(data):
                 return None
             return raw
-
-        def _unwidened_int(self, value):
-            """What an integer ``astype`` reads (``value`` itself when it is not one)."""
-            if isinstance(value, relax.Call) and value.op == op_astype:
-                return self._value(value.args[0])
-            return value
 
         def _state_scatter(self, call, state):
             data, index, updates = call.args
