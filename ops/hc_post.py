@@ -56,7 +56,6 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     """``tide.HyperConnectionPost`` -> one call of this kernel on ``[tokens, ...]`` views."""
     from tvm import relax
 
-    del attrs, choose  # no attributes; no target choices
     f, h, post, comb = inputs
     shape = [int(d) for d in h.ty.shape]
     *lead, n, dim = shape

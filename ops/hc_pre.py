@@ -171,9 +171,11 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
     shape = [int(d) for d in h.ty.shape]
     *lead, n, dim = shape
     tokens, m = math.prod(lead), int(fn.ty.shape[0])
-    if str(h.ty.dtype) != "float32" or m != n * (2 + n) or [int(d) for d in fn.ty.shape] != [m, n * dim]:
-        raise ValueError(f"tide.HyperConnectionPre kernels take float32 streams and fn [(2+N)N, N*D]; got h "
-                         f"{h.ty.dtype}{shape}, fn {[int(d) for d in fn.ty.shape]}")
+    if any(str(v.ty.dtype) != "float32" for v in inputs) or m != n * (2 + n) or \
+            [int(d) for d in fn.ty.shape] != [m, n * dim]:
+        raise ValueError(f"tide.HyperConnectionPre kernels take float32 inputs (a stored bf16 weight arrives "
+                         f"widened) and fn [(2+N)N, N*D]; got h {h.ty.dtype}{shape}, fn {fn.ty.dtype}"
+                         f"{[int(d) for d in fn.ty.shape]}, base {base.ty.dtype}, scale {scale.ty.dtype}")
     if int(attrs.get("hc_mult", n)) != n:
         raise ValueError(f"tide.HyperConnectionPre: hc_mult {attrs['hc_mult']} but h has {n} streams")
     iters = int(attrs["sinkhorn_iters"])
@@ -186,10 +188,7 @@ def relax_convert(bb, inputs, attrs, *, choose, report):
                      "norm, mixing weights, Sinkhorn, collapse")
     flat = bb.emit(relax.op.reshape(h, (tokens, n * dim)))
     mix = bb.emit(relax.op.matmul(flat, bb.emit(relax.op.permute_dims(fn))))
-    if str(mix.ty.dtype) != "float32":
-        mix = bb.emit(relax.op.astype(mix, "float32"))
-    f32 = [bb.emit(relax.op.astype(v, "float32")) if str(v.ty.dtype) != "float32" else v for v in (base, scale)]
-    out = bb.emit(relax.call_tir(gv, [mix, flat, *f32], out_ty=[
+    out = bb.emit(relax.call_tir(gv, [mix, flat, base, scale], out_ty=[
         relax.TensorType((tokens, dim), "float32"), relax.TensorType((tokens, n), "float32"),
         relax.TensorType((tokens, n, n), "float32")]))
     x, post, comb = (bb.emit(relax.TupleGetItem(out, i)) for i in range(3))
